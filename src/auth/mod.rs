@@ -1,0 +1,42 @@
+//! Who the user is: account rules, passwords, the typed session and login
+//! throttling.
+
+pub mod password;
+pub mod session;
+pub mod throttle;
+
+/// Why a username or password is refused at registration (SPEC §2).
+pub fn validate_new_account(username: &str, password: &str) -> Result<(), &'static str> {
+    if !valid_username(username) {
+        return Err("Usernames are 3 to 32 characters: letters, digits, and _ . -");
+    }
+    let chars = password.chars().count();
+    if !(8..=256).contains(&chars) {
+        return Err("Passwords are 8 to 256 characters.");
+    }
+    Ok(())
+}
+
+/// 3 to 32 characters of `A-Z a-z 0-9 _ . -`.
+pub fn valid_username(username: &str) -> bool {
+    (3..=32).contains(&username.len())
+        && username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_rules_follow_the_spec() {
+        assert!(validate_new_account("al.ice_-9", "12345678").is_ok());
+        assert!(validate_new_account(&"a".repeat(32), &"p".repeat(256)).is_ok());
+        for name in ["al", &"a".repeat(33), "al ice", "alïce", "al/ice", ""] {
+            assert!(validate_new_account(name, "12345678").is_err(), "{name}");
+        }
+        for password in ["1234567", &"p".repeat(257)] {
+            assert!(validate_new_account("alice", password).is_err());
+        }
+        assert!(validate_new_account("alice", "éééééééé").is_ok(), "characters, not bytes");
+    }
+}

@@ -1,0 +1,448 @@
+//! The in-process backend: the same contracts as Redis, inside one process.
+//!
+//! It lets `cargo run` work on a machine with no Redis and keeps unit tests
+//! fast. Nothing is shared with other instances and nothing survives a
+//! restart, which the start-up log says loudly.
+
+use std::{
+    collections::{hash_map::Entry, HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, Notify};
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+
+use super::{
+    Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult, StoredUser, User,
+    UserId, UserStore,
+};
+use crate::{
+    chat::{now_ms, Appended, Message, MessageId, NewMessage, RoomName},
+    config::Config,
+};
+
+/// How long a `(user, client_id)` pair is remembered to drop resends.
+const DEDUPE_FOR: Duration = Duration::from_secs(120);
+
+/// `(room, user, client_id)` -> the id stored for it, and when.
+type SentIndex = HashMap<(RoomName, String, String), (MessageId, Instant)>;
+/// room -> `(instance, user)` -> deadline.
+type PresenceEntries = HashMap<RoomName, HashMap<(String, String), Instant>>;
+
+#[derive(Debug, Default)]
+struct RoomLog {
+    messages: VecDeque<Message>,
+    last_id: MessageId,
+}
+
+#[derive(Debug)]
+pub struct MemoryBackend {
+    users: Mutex<HashMap<String, StoredUser>>,
+    sessions: Mutex<HashMap<Id, Record>>,
+    session_creates: AtomicU64,
+    index: Mutex<HashMap<UserId, HashMap<Id, i64>>>,
+    counters: Mutex<HashMap<String, (u64, Instant)>>,
+    bus: broadcast::Sender<Notice>,
+    rooms: Mutex<HashMap<RoomName, RoomLog>>,
+    activity: Mutex<HashMap<String, i64>>,
+    sent: Mutex<SentIndex>,
+    /// Woken on every append and by `wake_tail`, for `tail`.
+    appended: Notify,
+    presence: Mutex<PresenceEntries>,
+    history_max_len: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (every
+    // critical section is a single map operation), so poisoning is ignored.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryBackend {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            users: Mutex::default(),
+            sessions: Mutex::default(),
+            session_creates: AtomicU64::new(0),
+            index: Mutex::default(),
+            counters: Mutex::default(),
+            bus: broadcast::channel(1024).0,
+            rooms: Mutex::default(),
+            activity: Mutex::default(),
+            sent: Mutex::default(),
+            appended: Notify::new(),
+            presence: Mutex::default(),
+            history_max_len: config.history_max_len.max(1) as usize,
+        }
+    }
+
+    fn new_messages(&self, cursors: &[(RoomName, MessageId)]) -> Vec<(RoomName, Vec<Message>)> {
+        let rooms = lock(&self.rooms);
+        cursors
+            .iter()
+            .filter_map(|(room, cursor)| {
+                let log = rooms.get(room)?;
+                let fresh: Vec<Message> = log.messages.iter().filter(|m| m.id > *cursor).cloned().collect();
+                (!fresh.is_empty()).then(|| (room.clone(), fresh))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryBackend {
+    async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
+        match lock(&self.users).entry(user.name.to_ascii_lowercase()) {
+            Entry::Occupied(_) => Ok(false),
+            Entry::Vacant(slot) => {
+                slot.insert(StoredUser { user: user.clone(), password_hash: password_hash.to_owned() });
+                Ok(true)
+            }
+        }
+    }
+
+    async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
+        Ok(lock(&self.users).get(&name.to_ascii_lowercase()).cloned())
+    }
+}
+
+fn is_live(record: &Record) -> bool {
+    record.expiry_date > OffsetDateTime::now_utc()
+}
+
+#[async_trait]
+impl SessionStore for MemoryBackend {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        let mut sessions = lock(&self.sessions);
+        if self.session_creates.fetch_add(1, Ordering::Relaxed) % 256 == 0 {
+            sessions.retain(|_, r| is_live(r));
+        }
+        while sessions.contains_key(&record.id) {
+            record.id = Id::default();
+        }
+        sessions.insert(record.id, record.clone());
+        Ok(())
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        // Like Redis `SET XX`: saving never resurrects a deleted session.
+        if let Some(existing) = lock(&self.sessions).get_mut(&record.id) {
+            *existing = record.clone();
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let mut sessions = lock(&self.sessions);
+        match sessions.get(id) {
+            Some(record) if is_live(record) => Ok(Some(record.clone())),
+            Some(_) => {
+                sessions.remove(id);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        lock(&self.sessions).remove(id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionIndex for MemoryBackend {
+    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()> {
+        let mut index = lock(&self.index);
+        let sessions = index.entry(user).or_default();
+        let now = now_ms();
+        sessions.retain(|_, by| *by > now);
+        sessions.insert(session, expires_by);
+        Ok(())
+    }
+
+    async fn remove(&self, user: UserId, session: Id) -> StoreResult<()> {
+        if let Some(sessions) = lock(&self.index).get_mut(&user) {
+            sessions.remove(&session);
+        }
+        Ok(())
+    }
+
+    async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>> {
+        Ok(lock(&self.index).remove(&user).map(|s| s.into_keys().collect()).unwrap_or_default())
+    }
+
+    async fn exist(&self, ids: &[Id]) -> StoreResult<Vec<bool>> {
+        let sessions = lock(&self.sessions);
+        Ok(ids.iter().map(|id| sessions.get(id).is_some_and(is_live)).collect())
+    }
+}
+
+#[async_trait]
+impl Counters for MemoryBackend {
+    async fn get(&self, keys: &[String]) -> StoreResult<Vec<(u64, Duration)>> {
+        let counters = lock(&self.counters);
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|k| match counters.get(k) {
+                Some((n, until)) if *until > now => (*n, *until - now),
+                _ => (0, Duration::ZERO),
+            })
+            .collect())
+    }
+
+    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<()> {
+        let mut counters = lock(&self.counters);
+        let now = Instant::now();
+        counters.retain(|_, (_, until)| *until > now);
+        for key in keys {
+            counters.entry(key.clone()).or_insert((0, now + window)).0 += 1;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str) -> StoreResult<()> {
+        lock(&self.counters).remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBackend {
+    async fn publish(&self, event: &Event) -> StoreResult<()> {
+        // No receiver is not an error: nobody is listening yet.
+        let _ = self.bus.send(Notice::Event(event.clone()));
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.bus.subscribe()
+    }
+}
+
+#[async_trait]
+impl History for MemoryBackend {
+    async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
+        let now = Instant::now();
+        let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.user.clone(), cid));
+        let mut sent = lock(&self.sent);
+        sent.retain(|_, (_, at)| now.duration_since(*at) < DEDUPE_FOR);
+        if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
+            return Ok(Appended::Duplicate(*id));
+        }
+        let stored = {
+            let mut rooms = lock(&self.rooms);
+            let log = rooms.entry(room.clone()).or_default();
+            let ms = message.sent_at.max(0) as u64;
+            let id = if ms > log.last_id.ms {
+                MessageId { ms, seq: 0 }
+            } else {
+                MessageId { ms: log.last_id.ms, seq: log.last_id.seq + 1 }
+            };
+            log.last_id = id;
+            let stored = Message {
+                id,
+                user: message.user,
+                body: message.body,
+                sent_at: message.sent_at,
+                client_id: message.client_id,
+            };
+            log.messages.push_back(stored.clone());
+            while log.messages.len() > self.history_max_len {
+                log.messages.pop_front();
+            }
+            stored
+        };
+        if let Some(key) = dedupe_key {
+            sent.insert(key, (stored.id, now));
+        }
+        drop(sent);
+        lock(&self.activity).insert(room.to_string(), stored.sent_at);
+        self.appended.notify_waiters();
+        Ok(Appended::New(stored))
+    }
+
+    async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        let rooms = lock(&self.rooms);
+        Ok(rooms
+            .get(room)
+            .map(|log| log.messages.iter().filter(|m| m.id > after).take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
+        let rooms = lock(&self.rooms);
+        Ok(rooms
+            .get(room)
+            .map(|log| log.messages.iter().skip(log.messages.len().saturating_sub(limit)).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
+        Ok(lock(&self.rooms).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
+    }
+
+    async fn tail(
+        &self,
+        cursors: &[(RoomName, MessageId)],
+        wait: Duration,
+    ) -> StoreResult<Vec<(RoomName, Vec<Message>)>> {
+        // Register interest before looking, so an append between the look and
+        // the wait is not missed.
+        let woken = self.appended.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let fresh = self.new_messages(cursors);
+        if !fresh.is_empty() {
+            return Ok(fresh);
+        }
+        let _ = tokio::time::timeout(wait, woken).await;
+        Ok(self.new_messages(cursors))
+    }
+
+    async fn wake_tail(&self) -> StoreResult<()> {
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
+        lock(&self.activity).entry(room.to_string()).or_insert_with(now_ms);
+        Ok(())
+    }
+
+    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>> {
+        let activity = lock(&self.activity);
+        let mut rooms: Vec<(&String, &i64)> = activity.iter().collect();
+        rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        Ok(rooms.into_iter().take(limit).map(|(name, _)| name.clone()).collect())
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryBackend {
+    async fn update(
+        &self,
+        instance: &str,
+        online: &[(RoomName, String)],
+        offline: &[(RoomName, String)],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let mut presence = lock(&self.presence);
+        let until = Instant::now() + ttl;
+        for (room, user) in online {
+            presence.entry(room.clone()).or_default().insert((instance.to_owned(), user.clone()), until);
+        }
+        for (room, user) in offline {
+            if let Some(entries) = presence.get_mut(room) {
+                entries.remove(&(instance.to_owned(), user.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn online(&self, rooms: &[RoomName]) -> StoreResult<Vec<Vec<(String, String)>>> {
+        let mut presence = lock(&self.presence);
+        let now = Instant::now();
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                let Some(entries) = presence.get_mut(room) else { return Vec::new() };
+                entries.retain(|_, until| *until > now);
+                entries.keys().cloned().collect()
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Health for MemoryBackend {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> MemoryBackend {
+        MemoryBackend::new(&Config { history_max_len: 3, ..Config::default() })
+    }
+
+    fn msg(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
+        NewMessage { user: user.into(), body: body.into(), client_id: client_id.map(Into::into), sent_at: now_ms() }
+    }
+
+    #[tokio::test]
+    async fn usernames_are_unique_ignoring_case() {
+        let b = backend();
+        let alice = User { id: UserId::new_v4(), name: "Alice".into() };
+        assert!(UserStore::create(&b, &alice, "h").await.unwrap());
+        let other = User { id: UserId::new_v4(), name: "aLICE".into() };
+        assert!(!UserStore::create(&b, &other, "h").await.unwrap());
+        assert_eq!(b.find("ALICE").await.unwrap().unwrap().user, alice);
+    }
+
+    #[tokio::test]
+    async fn history_is_ordered_bounded_and_deduplicated() {
+        let b = backend();
+        let room = RoomName::lobby();
+        let first = b.append(&room, msg("a", "1", Some("c1"))).await.unwrap();
+        assert_eq!(b.append(&room, msg("a", "1", Some("c1"))).await.unwrap(), Appended::Duplicate(first.id()));
+        let mut ids = vec![first.id()];
+        for i in 2..=4 {
+            ids.push(b.append(&room, msg("a", &i.to_string(), None)).await.unwrap().id());
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let recent = b.recent(&room, 10).await.unwrap();
+        assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), ids[1..]);
+        let after = b.after(&room, ids[1], 10).await.unwrap();
+        assert_eq!(after.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["3", "4"]);
+        assert_eq!(b.last_id(&room).await.unwrap(), ids[3]);
+    }
+
+    #[tokio::test]
+    async fn tail_returns_what_arrives_after_the_cursor() {
+        let b = std::sync::Arc::new(backend());
+        let room = RoomName::lobby();
+        let cursor = b.last_id(&room).await.unwrap();
+        let waiter = {
+            let b = b.clone();
+            let room = room.clone();
+            tokio::spawn(async move { b.tail(&[(room, cursor)], Duration::from_secs(10)).await.unwrap() })
+        };
+        tokio::task::yield_now().await;
+        b.append(&room, msg("a", "hello", None)).await.unwrap();
+        let got = waiter.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1[0].body, "hello");
+    }
+
+    #[tokio::test]
+    async fn presence_expires_with_its_instance() {
+        let b = backend();
+        let lobby = RoomName::lobby();
+        b.update("i1", &[(lobby.clone(), "bob".into()), (lobby.clone(), "al".into())], &[], Duration::from_secs(60))
+            .await
+            .unwrap();
+        // An instance whose entries were not refreshed in time: already expired.
+        b.update("i2", &[(lobby.clone(), "zed".into())], &[], Duration::ZERO).await.unwrap();
+        let mut entries = b.online(std::slice::from_ref(&lobby)).await.unwrap().remove(0);
+        entries.sort();
+        assert_eq!(entries, [("i1".to_string(), "al".to_string()), ("i1".into(), "bob".into())]);
+        b.update("i1", &[], &[(lobby.clone(), "bob".into())], Duration::from_secs(60)).await.unwrap();
+        assert_eq!(b.online(&[lobby]).await.unwrap(), [[("i1".to_string(), "al".to_string())]]);
+    }
+}

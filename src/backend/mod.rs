@@ -1,0 +1,318 @@
+//! Storage and messaging behind palaver, as traits with two implementations:
+//! [`redis`] (shared by every instance) and [`memory`] (one process only).
+//!
+//! Everything that must be the same on every instance lives behind these
+//! traits: users, sessions (through tower-sessions' `SessionStore`), the
+//! per-user index of sessions, login-failure counters, the event bus, room
+//! history and presence. Everything else (open sockets, timers) is local.
+
+pub mod memory;
+pub mod redis;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+use uuid::Uuid;
+
+use crate::{
+    chat::{Appended, Message, MessageId, NewMessage, RoomName},
+    config::{BackendChoice, Config},
+};
+
+/// The Redis tried when `REDIS_URL` is unset and the backend is `auto`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub type UserId = Uuid;
+
+/// A failure of the shared store. Every request that needs the store fails
+/// closed on it (503), never open.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("session store: {0}")]
+    Session(#[from] session_store::Error),
+    #[error("unreadable data in the store: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A registered user, as sessions and sockets know them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// A user with the password hash, only ever read to verify a login.
+#[derive(Clone)]
+pub struct StoredUser {
+    pub user: User,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for StoredUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredUser").field("user", &self.user).field("password_hash", &"[redacted]").finish()
+    }
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates the user unless the name is taken, ignoring case. Atomic: of
+    /// two concurrent registrations of one name exactly one returns `true`.
+    async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool>;
+    /// Finds a user by name, ignoring case.
+    async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>>;
+}
+
+/// The per-user index of live session ids, so that "log out everywhere" can
+/// find every session of a user without scanning the store.
+#[async_trait]
+pub trait SessionIndex: Send + Sync {
+    /// Records a new session; `expires_by` (unix ms) is when it ends at the
+    /// latest (its absolute lifetime), after which the entry is dropped.
+    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()>;
+    async fn remove(&self, user: UserId, session: Id) -> StoreResult<()>;
+    /// Removes and returns every session id recorded for the user.
+    async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>>;
+    /// For each id, whether that session still exists in the session store.
+    /// One round trip for the whole batch.
+    async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>>;
+}
+
+/// Fixed-window counters, for login throttling.
+#[async_trait]
+pub trait Counters: Send + Sync {
+    /// Each counter's value and the time left in its window (zero if unset).
+    async fn get(&self, keys: &[String]) -> StoreResult<Vec<(u64, Duration)>>;
+    /// Increments each counter; the first increment opens its window.
+    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<()>;
+    async fn reset(&self, key: &str) -> StoreResult<()>;
+}
+
+/// An event every instance must hear about, published on the channel
+/// [`EVENTS_CHANNEL`] as JSON.
+///
+/// Pub/sub does not queue: an instance whose subscriber is away misses
+/// events. That is why nothing depends on events alone: sockets of ended
+/// sessions are also found by the revalidation sweep, which runs on every
+/// reconnect, and presence is recomputed on a timer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Sessions ended by `POST /logout` (one id) or `/logout/everywhere`
+    /// (`everywhere: true`: every socket of the user goes, whatever its session).
+    Logout { user_id: UserId, sessions: Vec<String>, everywhere: bool },
+    /// The set of users online in a room changed somewhere.
+    Presence { room: String },
+}
+
+/// The pub/sub channel carrying [`Event`]s between instances.
+pub const EVENTS_CHANNEL: &str = "palaver:events";
+
+/// What a bus subscriber receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Event(Event),
+    /// The subscription was re-established (or the local receiver fell
+    /// behind): events may have been missed, so state must be re-checked.
+    Resync,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    async fn publish(&self, event: &Event) -> StoreResult<()>;
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// Durable, ordered room history.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// Stores a message. A resend with the same `(user, client_id)` within a
+    /// few minutes returns the first one's id instead of storing it twice.
+    async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
+    /// Up to `limit` messages after `after`, oldest first.
+    async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
+    /// The last `limit` messages, oldest first.
+    async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
+    /// The id of the newest message, or [`MessageId::ZERO`].
+    async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId>;
+    /// Waits up to `wait` for messages after each room's cursor and returns
+    /// what arrived, per room, oldest first. Returns early, possibly empty,
+    /// after [`History::wake_tail`].
+    async fn tail(
+        &self,
+        cursors: &[(RoomName, MessageId)],
+        wait: Duration,
+    ) -> StoreResult<Vec<(RoomName, Vec<Message>)>>;
+    /// Interrupts a pending [`History::tail`] so it picks up a new room set.
+    async fn wake_tail(&self) -> StoreResult<()>;
+    /// Records that a room was opened (a room exists once someone opens it).
+    async fn open_room(&self, room: &RoomName) -> StoreResult<()>;
+    /// Rooms by most recent activity.
+    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>>;
+}
+
+/// Who is online where, shared by all instances. Each instance writes its own
+/// entries with a deadline and refreshes them on a heartbeat, so the entries
+/// of an instance that died vanish by themselves.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
+    /// Marks `(room, user)` pairs online (until `ttl` from now) or offline for
+    /// this instance.
+    async fn update(
+        &self,
+        instance: &str,
+        online: &[(RoomName, String)],
+        offline: &[(RoomName, String)],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// For each room, the live `(instance, user)` entries (expired ones are dropped).
+    async fn online(&self, rooms: &[RoomName]) -> StoreResult<Vec<Vec<(String, String)>>>;
+}
+
+#[async_trait]
+pub trait Health: Send + Sync {
+    /// Answers when the store is reachable.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Closes connections; called once at the end of graceful shutdown.
+    async fn close(&self);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Redis,
+    Memory,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Redis => "redis",
+            BackendKind::Memory => "memory",
+        }
+    }
+}
+
+/// The store handles the application uses, whichever backend is behind them.
+#[derive(Clone)]
+pub struct Backend {
+    pub kind: BackendKind,
+    pub users: Arc<dyn UserStore>,
+    pub sessions: SharedSessionStore,
+    pub session_index: Arc<dyn SessionIndex>,
+    pub counters: Arc<dyn Counters>,
+    pub bus: Arc<dyn EventBus>,
+    pub history: Arc<dyn History>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub health: Arc<dyn Health>,
+}
+
+/// Why no backend could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid REDIS_URL {url:?}: {source}")]
+    BadUrl { url: String, source: fred::error::Error },
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable { url: String, source: fred::error::Error },
+}
+
+impl Backend {
+    /// Picks and connects the backend `PALAVER_BACKEND` and `REDIS_URL` ask for.
+    pub async fn connect(config: &Config, instance_id: &str) -> Result<Backend, ConnectError> {
+        match (config.backend, &config.redis_url) {
+            (BackendChoice::Memory, _) => Ok(Self::memory(config)),
+            (BackendChoice::Redis, url) | (BackendChoice::Auto, url @ Some(_)) => {
+                let url = url.as_deref().unwrap_or(DEFAULT_REDIS_URL);
+                Ok(Self::redis(redis::RedisBackend::connect(url, config, instance_id).await?))
+            }
+            (BackendChoice::Auto, None) => {
+                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, config, instance_id).await {
+                    Ok(backend) => Ok(Self::redis(backend)),
+                    Err(err) => {
+                        tracing::warn!(
+                            "no Redis at {DEFAULT_REDIS_URL} ({err}); running on the IN-PROCESS backend: \
+                             sessions, history and logouts are local to this one process and are lost when \
+                             it stops. Start redis-server or set REDIS_URL to share them between instances."
+                        );
+                        Ok(Self::memory(config))
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn memory(config: &Config) -> Backend {
+        let backend = Arc::new(memory::MemoryBackend::new(config));
+        Backend {
+            kind: BackendKind::Memory,
+            users: backend.clone(),
+            sessions: SharedSessionStore(backend.clone()),
+            session_index: backend.clone(),
+            counters: backend.clone(),
+            bus: backend.clone(),
+            history: backend.clone(),
+            presence: backend.clone(),
+            health: backend,
+        }
+    }
+
+    fn redis(backend: redis::RedisBackend) -> Backend {
+        let backend = Arc::new(backend);
+        Backend {
+            kind: BackendKind::Redis,
+            users: backend.clone(),
+            sessions: SharedSessionStore(Arc::new(backend.session_store())),
+            session_index: backend.clone(),
+            counters: backend.clone(),
+            bus: backend.clone(),
+            history: backend.clone(),
+            presence: backend.clone(),
+            health: backend,
+        }
+    }
+}
+
+/// The session store handed to tower-sessions' layer, whichever backend.
+#[derive(Clone)]
+pub struct SharedSessionStore(pub Arc<dyn SessionStore>);
+
+impl fmt::Debug for SharedSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedSessionStore")
+    }
+}
+
+/// How long a session store call may take before the store counts as down.
+const SESSION_STORE_TIMEOUT: Duration = Duration::from_millis(2500);
+
+async fn bounded<T>(fut: impl std::future::Future<Output = session_store::Result<T>>) -> session_store::Result<T> {
+    tokio::time::timeout(SESSION_STORE_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(session_store::Error::Backend("session store timed out".into())))
+}
+
+/// Every call is bounded in time: a request fails closed rather than hang.
+#[async_trait]
+impl SessionStore for SharedSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        bounded(self.0.create(record)).await
+    }
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        bounded(self.0.save(record)).await
+    }
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        bounded(self.0.load(id)).await
+    }
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        bounded(self.0.delete(id)).await
+    }
+}

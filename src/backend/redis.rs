@@ -1,0 +1,638 @@
+//! The Redis backend, shared by every instance (fred 10).
+//!
+//! Connections:
+//! - a small pool for ordinary commands; request paths use it through
+//!   `fail_fast` + a timeout, so that a Redis outage turns into a quick 503
+//!   instead of requests queueing behind the reconnect loop;
+//! - a `SubscriberClient` for the [`EVENTS_CHANNEL`];
+//! - a dedicated client for `XREAD BLOCK` (a blocking command must never sit
+//!   on a pooled connection other commands wait behind).
+//!
+//! Every client has a reconnect policy that never gives up. Multi-step
+//! operations are small Lua scripts: atomic and one round trip each.
+//!
+//! Keys (all prefixed `palaver:` except the sessions, which
+//! tower-sessions-redis-store keys by the bare session id):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `palaver:user:{name lowercased}` | string | JSON `{id, name, hash}`; `SET NX` makes names unique |
+//! | `palaver:user:{id}:sessions` | zset | session ids scored by their latest possible end |
+//! | `palaver:throttle:{key}` | string | login failure counter with the window as TTL |
+//! | `palaver:room:{room}:messages` | stream | the room's history; the entry id is the message id |
+//! | `palaver:room:{room}:sent:{user}:{client_id}` | string | id of a stored message, to drop resends (2 min) |
+//! | `palaver:room:{room}:presence` | zset | `{instance}\|{user}` scored by the entry's deadline |
+//! | `palaver:rooms` | zset | room names scored by last activity |
+//! | `palaver:instance:{id}:wake` | stream | pokes this instance's `XREAD BLOCK` (1 h TTL) |
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use fred::{clients::SubscriberClient, prelude::*, types::streams::XReadResponse};
+use tokio::sync::{broadcast, Mutex as AsyncMutex};
+use tower_sessions::session::Id;
+use tower_sessions_redis_store::RedisStore;
+
+use super::{
+    ConnectError, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreError,
+    StoreResult, StoredUser, User, UserId, UserStore, EVENTS_CHANNEL,
+};
+use crate::{
+    chat::{now_ms, Appended, Message, MessageId, NewMessage, RoomName},
+    config::Config,
+};
+
+/// How long a request-path command may take before the store counts as down.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pooled connections for ordinary commands.
+const POOL_SIZE: usize = 4;
+/// How many entries one `XREAD` returns per stream at most.
+const TAIL_BATCH: u64 = 512;
+/// How long a `(user, client_id)` pair is remembered to drop resends.
+const DEDUPE_SECS: u64 = 120;
+
+mod keys {
+    use super::{Id, RoomName, UserId};
+
+    pub fn user(name: &str) -> String {
+        format!("palaver:user:{}", name.to_ascii_lowercase())
+    }
+    pub fn user_sessions(user: UserId) -> String {
+        format!("palaver:user:{user}:sessions")
+    }
+    /// Must match tower-sessions-redis-store, which keys a session by its id.
+    pub fn session(id: &Id) -> String {
+        id.to_string()
+    }
+    pub fn counter(key: &str) -> String {
+        format!("palaver:throttle:{key}")
+    }
+    pub fn messages(room: &RoomName) -> String {
+        format!("palaver:room:{room}:messages")
+    }
+    pub fn sent(room: &RoomName, user: &str, client_id: &str) -> String {
+        format!("palaver:room:{room}:sent:{user}:{client_id}")
+    }
+    pub fn presence(room: &RoomName) -> String {
+        format!("palaver:room:{room}:presence")
+    }
+    pub const ROOMS: &str = "palaver:rooms";
+    pub fn wake(instance: &str) -> String {
+        format!("palaver:instance:{instance}:wake")
+    }
+}
+
+/// A Lua script run by digest, loaded on first use (or after a Redis restart
+/// emptied the script cache).
+struct Script {
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(source: &'static str) -> Self {
+        Self { source, sha: fred::util::sha1_hash(source) }
+    }
+}
+
+struct Scripts {
+    index_add: Script,
+    index_take_all: Script,
+    exist: Script,
+    counters_get: Script,
+    counters_incr: Script,
+    append: Script,
+    wake: Script,
+    presence_update: Script,
+    presence_online: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS[1] index; ARGV: now, expires_by, session id
+            index_add: Script::new(
+                "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+                 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+                 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+                 redis.call('PEXPIREAT', KEYS[1], last[2])
+                 return 1",
+            ),
+            // KEYS[1] index
+            index_take_all: Script::new(
+                "local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+                 redis.call('DEL', KEYS[1])
+                 return ids",
+            ),
+            // KEYS: session keys
+            exist: Script::new(
+                "local out = {}
+                 for i, key in ipairs(KEYS) do out[i] = redis.call('EXISTS', key) end
+                 return out",
+            ),
+            // KEYS: counters; returns value, pttl pairs flattened
+            counters_get: Script::new(
+                "local out = {}
+                 for i, key in ipairs(KEYS) do
+                   out[2 * i - 1] = tonumber(redis.call('GET', key) or '0')
+                   out[2 * i] = redis.call('PTTL', key)
+                 end
+                 return out",
+            ),
+            // KEYS: counters; ARGV[1] window ms
+            counters_incr: Script::new(
+                "for _, key in ipairs(KEYS) do
+                   if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+                 end
+                 return 1",
+            ),
+            // KEYS: stream, dedupe key (or '' when no client_id), rooms zset
+            // ARGV: maxlen, user, body, sent_at, client_id, room, dedupe secs
+            // Returns {id, 1} when stored, {id, 0} for a resend of a stored message.
+            append: Script::new(
+                "if KEYS[2] ~= '' then
+                   local seen = redis.call('GET', KEYS[2])
+                   if seen then return {seen, 0} end
+                 end
+                 local id
+                 if ARGV[5] ~= '' then
+                   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                     'user', ARGV[2], 'body', ARGV[3], 'sent_at', ARGV[4], 'client_id', ARGV[5])
+                   redis.call('SET', KEYS[2], id, 'EX', ARGV[7])
+                 else
+                   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                     'user', ARGV[2], 'body', ARGV[3], 'sent_at', ARGV[4])
+                 end
+                 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+                 return {id, 1}",
+            ),
+            // KEYS[1] wake stream
+            wake: Script::new(
+                "redis.call('XADD', KEYS[1], 'MAXLEN', '~', 16, '*', 'w', 1)
+                 redis.call('PEXPIRE', KEYS[1], 3600000)
+                 return 1",
+            ),
+            // KEYS: presence zsets, first the online ones then the offline ones
+            // ARGV: deadline, number online, then one member per key
+            presence_update: Script::new(
+                "local online = tonumber(ARGV[2])
+                 for i, key in ipairs(KEYS) do
+                   if i <= online then
+                     redis.call('ZADD', key, ARGV[1], ARGV[i + 2])
+                     redis.call('PEXPIREAT', key, ARGV[1])
+                   else
+                     redis.call('ZREM', key, ARGV[i + 2])
+                   end
+                 end
+                 return 1",
+            ),
+            // KEYS: presence zsets; ARGV[1] now. Drops expired entries first.
+            presence_online: Script::new(
+                "local out = {}
+                 for i, key in ipairs(KEYS) do
+                   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+                   out[i] = redis.call('ZRANGE', key, 0, -1)
+                 end
+                 return out",
+            ),
+        }
+    }
+}
+
+/// Options for every request-path command: fail at once while disconnected
+/// (the caller answers 503) and never wait long.
+fn request_options() -> Options {
+    Options { fail_fast: true, timeout: Some(COMMAND_TIMEOUT), max_attempts: Some(1), ..Default::default() }
+}
+
+/// Bounds a command's wait whatever the client does: a request must never
+/// hang on the store. (fred's own `timeout` option is set too, but a command
+/// sent just as the connection drops was seen to wait past it.)
+pub(crate) async fn guarded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT + Duration::from_millis(500), fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!("redis {what} timed out");
+            Err(StoreError::Redis(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("{what} timed out"),
+            )))
+        }
+    }
+}
+
+pub struct RedisBackend {
+    pool: Pool,
+    /// The pool with `fail_fast` and a timeout: every request-path command.
+    fast: fred::clients::WithOptions<Pool>,
+    subscriber: SubscriberClient,
+    /// Dedicated to `XREAD BLOCK`; the lock keeps one reader at a time.
+    tail_client: Client,
+    /// Last entry seen on this instance's wake stream.
+    wake_cursor: AsyncMutex<Option<String>>,
+    wake_key: String,
+    events: broadcast::Sender<Notice>,
+    scripts: Scripts,
+    history_max_len: u64,
+}
+
+impl RedisBackend {
+    /// Connects every client; fails when Redis does not answer now.
+    pub async fn connect(url: &str, config: &Config, instance_id: &str) -> Result<Self, ConnectError> {
+        let bad_url = |source| ConnectError::BadUrl { url: url.to_owned(), source };
+        let unreachable = |source| ConnectError::Unreachable { url: url.to_owned(), source };
+
+        let mut builder = Builder::from_config(fred::types::config::Config::from_url(url).map_err(bad_url)?);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
+            })
+            .with_performance_config(|p| p.broadcast_channel_capacity = 1024)
+            // Never give up: a Redis restart must heal by itself.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+
+        let pool = builder.build_pool(POOL_SIZE).map_err(bad_url)?;
+        let subscriber = builder.build_subscriber_client().map_err(bad_url)?;
+        let tail_client = builder.build().map_err(bad_url)?;
+        pool.init().await.map_err(unreachable)?;
+        subscriber.init().await.map_err(unreachable)?;
+        tail_client.init().await.map_err(unreachable)?;
+
+        let fast = pool.with_options(&request_options());
+
+        let (events, _) = broadcast::channel(1024);
+        let backend = RedisBackend {
+            pool,
+            fast,
+            subscriber,
+            tail_client,
+            wake_cursor: AsyncMutex::new(None),
+            wake_key: keys::wake(instance_id),
+            events,
+            scripts: Scripts::new(),
+            history_max_len: config.history_max_len.max(1),
+        };
+        backend.start_subscriber().await.map_err(unreachable)?;
+        Ok(backend)
+    }
+
+    /// The tower-sessions store over the same pool (fail fast, timed out).
+    pub fn session_store(&self) -> RedisStore<fred::clients::WithOptions<Pool>> {
+        RedisStore::new(self.fast.clone())
+    }
+
+    /// Subscribes to the events channel and forwards what arrives to local
+    /// receivers. After every reconnect it subscribes again *before* telling
+    /// receivers to resync, so that the resync sweep cannot run ahead of a
+    /// subscription that is not back yet.
+    async fn start_subscriber(&self) -> Result<(), fred::error::Error> {
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnects = self.subscriber.reconnect_rx();
+        self.subscriber.subscribe(EVENTS_CHANNEL).await?;
+
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(message) => {
+                        let Some(text) = message.value.as_str() else { continue };
+                        match serde_json::from_str::<Event>(&text) {
+                            Ok(event) => {
+                                let _ = events.send(Notice::Event(event));
+                            }
+                            Err(err) => tracing::warn!(%err, "ignoring malformed event on {EVENTS_CHANNEL}"),
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event subscriber fell behind; resyncing");
+                        let _ = events.send(Notice::Resync);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+
+        let subscriber = self.subscriber.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(server) => {
+                        // Retry until the subscription is back: an instance that
+                        // silently stops hearing logouts is the failure to avoid.
+                        let mut delay = Duration::from_millis(50);
+                        while let Err(err) = subscriber.resubscribe_all().await {
+                            tracing::warn!(%err, "resubscribing to {EVENTS_CHANNEL} failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                        tracing::info!(%server, "event subscriber reconnected and resubscribed; resyncing");
+                        let _ = events.send(Notice::Resync);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = events.send(Notice::Resync);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn run<R: FromValue>(&self, script: &Script, keys: Vec<String>, args: Vec<Value>) -> StoreResult<R> {
+        let result =
+            guarded("evalsha", self.fast.evalsha::<R, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())).await;
+        match result {
+            Err(StoreError::Redis(err)) if err.details().starts_with("NOSCRIPT") => {
+                guarded("eval", self.fast.eval::<R, _, _, _>(script.source, keys, args)).await
+            }
+            other => other,
+        }
+    }
+
+    fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> StoreResult<Message> {
+        let corrupt = || StoreError::Corrupt(format!("stream entry {id}"));
+        Ok(Message {
+            id: id.parse().map_err(|_| corrupt())?,
+            user: fields.remove("user").ok_or_else(corrupt)?,
+            body: fields.remove("body").ok_or_else(corrupt)?,
+            sent_at: fields.get("sent_at").and_then(|t| t.parse().ok()).ok_or_else(corrupt)?,
+            client_id: fields.remove("client_id"),
+        })
+    }
+
+    async fn range(
+        &self,
+        room: &RoomName,
+        start: String,
+        end: &str,
+        limit: usize,
+        rev: bool,
+    ) -> StoreResult<Vec<Message>> {
+        let key = keys::messages(room);
+        let entries: Vec<(String, HashMap<String, String>)> = if rev {
+            guarded("xrevrange", self.fast.xrevrange_values(key, end, start, Some(limit as u64))).await?
+        } else {
+            guarded("xrange", self.fast.xrange_values(key, start, end, Some(limit as u64))).await?
+        };
+        entries.into_iter().map(|(id, fields)| Self::parse_entry(&id, fields)).collect()
+    }
+}
+
+#[async_trait]
+impl UserStore for RedisBackend {
+    async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
+        let record = serde_json::json!({ "id": user.id, "name": user.name, "hash": password_hash }).to_string();
+        let set: Option<String> =
+            guarded("set", self.fast.set(keys::user(&user.name), record, None, Some(SetOptions::NX), false)).await?;
+        Ok(set.is_some())
+    }
+
+    async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
+        let Some(record): Option<String> = guarded("get", self.fast.get(keys::user(name))).await? else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Record {
+            id: UserId,
+            name: String,
+            hash: String,
+        }
+        let r: Record = serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(format!("user record: {e}")))?;
+        Ok(Some(StoredUser { user: User { id: r.id, name: r.name }, password_hash: r.hash }))
+    }
+}
+
+#[async_trait]
+impl SessionIndex for RedisBackend {
+    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()> {
+        let args = vec![now_ms().into(), expires_by.into(), session.to_string().into()];
+        self.run::<()>(&self.scripts.index_add, vec![keys::user_sessions(user)], args).await
+    }
+
+    async fn remove(&self, user: UserId, session: Id) -> StoreResult<()> {
+        guarded("zrem", self.fast.zrem(keys::user_sessions(user), session.to_string())).await
+    }
+
+    async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>> {
+        let ids: Vec<String> = self.run(&self.scripts.index_take_all, vec![keys::user_sessions(user)], vec![]).await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<i64> =
+            self.run(&self.scripts.exist, sessions.iter().map(keys::session).collect(), vec![]).await?;
+        Ok(found.into_iter().map(|n| n == 1).collect())
+    }
+}
+
+#[async_trait]
+impl Counters for RedisBackend {
+    async fn get(&self, names: &[String]) -> StoreResult<Vec<(u64, Duration)>> {
+        let keys = names.iter().map(|k| keys::counter(k)).collect();
+        let flat: Vec<i64> = self.run(&self.scripts.counters_get, keys, vec![]).await?;
+        Ok(flat.chunks(2).map(|pair| (pair[0].max(0) as u64, Duration::from_millis(pair[1].max(0) as u64))).collect())
+    }
+
+    async fn incr(&self, names: &[String], window: Duration) -> StoreResult<()> {
+        let keys = names.iter().map(|k| keys::counter(k)).collect();
+        self.run::<()>(&self.scripts.counters_incr, keys, vec![(window.as_millis() as i64).into()]).await
+    }
+
+    async fn reset(&self, name: &str) -> StoreResult<()> {
+        guarded("del", self.fast.del(keys::counter(name))).await
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBackend {
+    async fn publish(&self, event: &Event) -> StoreResult<()> {
+        let payload = serde_json::to_string(event).expect("events serialize");
+        guarded("publish", self.pool.next().with_options(&request_options()).publish(EVENTS_CHANNEL, payload)).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.events.subscribe()
+    }
+}
+
+#[async_trait]
+impl History for RedisBackend {
+    async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
+        let client_id = message.client_id.clone().unwrap_or_default();
+        let dedupe_key = if client_id.is_empty() { String::new() } else { keys::sent(room, &message.user, &client_id) };
+        let keys = vec![keys::messages(room), dedupe_key, keys::ROOMS.to_owned()];
+        let args: Vec<Value> = vec![
+            (self.history_max_len as i64).into(),
+            message.user.as_str().into(),
+            message.body.as_str().into(),
+            message.sent_at.into(),
+            client_id.as_str().into(),
+            room.as_str().into(),
+            (DEDUPE_SECS as i64).into(),
+        ];
+        let (id, stored): (String, i64) = self.run(&self.scripts.append, keys, args).await?;
+        let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
+        Ok(if stored == 1 {
+            Appended::New(Message {
+                id,
+                user: message.user,
+                body: message.body,
+                sent_at: message.sent_at,
+                client_id: message.client_id,
+            })
+        } else {
+            Appended::Duplicate(id)
+        })
+    }
+
+    async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        self.range(room, format!("({after}"), "+", limit, false).await
+    }
+
+    async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
+        let mut messages = self.range(room, "-".into(), "+", limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
+        Ok(self.range(room, "-".into(), "+", 1, true).await?.first().map(|m| m.id).unwrap_or(MessageId::ZERO))
+    }
+
+    async fn tail(
+        &self,
+        cursors: &[(RoomName, MessageId)],
+        wait: Duration,
+    ) -> StoreResult<Vec<(RoomName, Vec<Message>)>> {
+        let mut wake_cursor = self.wake_cursor.lock().await;
+        if wake_cursor.is_none() {
+            // Start after whatever wake entries exist, so old pokes are ignored.
+            let last: Vec<(String, HashMap<String, String>)> =
+                guarded("xrevrange", self.fast.xrevrange_values(&self.wake_key, "+", "-", Some(1))).await?;
+            *wake_cursor = Some(last.first().map(|(id, _)| id.clone()).unwrap_or_else(|| "0-0".into()));
+        }
+        let mut stream_keys: Vec<String> = cursors.iter().map(|(room, _)| keys::messages(room)).collect();
+        let mut ids: Vec<String> = cursors.iter().map(|(_, id)| id.to_string()).collect();
+        stream_keys.push(self.wake_key.clone());
+        ids.push(wake_cursor.clone().unwrap_or_default());
+
+        let read =
+            self.tail_client.xread::<Value, _, _>(Some(TAIL_BATCH), Some(wait.as_millis() as u64), stream_keys, ids);
+        // A blocking read in flight when the connection dropped was seen to
+        // never return; the cursors make a retry safe, so give up on it and
+        // start over on a fresh connection.
+        let reply = match tokio::time::timeout(wait + COMMAND_TIMEOUT, read).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                tracing::warn!("XREAD BLOCK did not return; reconnecting the tail connection");
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.tail_client.force_reconnection()).await;
+                return Err(StoreError::Redis(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "XREAD BLOCK did not return",
+                )));
+            }
+        };
+        if reply.is_null() {
+            return Ok(Vec::new());
+        }
+        let mut reply: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
+        if let Some(pokes) = reply.remove(&self.wake_key) {
+            if let Some((id, _)) = pokes.last() {
+                *wake_cursor = Some(id.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (room, _) in cursors {
+            if let Some(entries) = reply.remove(&keys::messages(room)) {
+                let messages = entries
+                    .into_iter()
+                    .map(|(id, fields)| Self::parse_entry(&id, fields))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                out.push((room.clone(), messages));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wake_tail(&self) -> StoreResult<()> {
+        self.run::<()>(&self.scripts.wake, vec![self.wake_key.clone()], vec![]).await
+    }
+
+    async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
+        let _: i64 = guarded(
+            "zadd",
+            self.fast.zadd(keys::ROOMS, Some(SetOptions::NX), None, false, false, (now_ms() as f64, room.as_str())),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>> {
+        guarded("zrevrange", self.fast.zrevrange(keys::ROOMS, 0, limit as i64 - 1, false)).await
+    }
+}
+
+fn presence_member(instance: &str, user: &str) -> String {
+    format!("{instance}|{user}")
+}
+
+#[async_trait]
+impl PresenceStore for RedisBackend {
+    async fn update(
+        &self,
+        instance: &str,
+        online: &[(RoomName, String)],
+        offline: &[(RoomName, String)],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        if online.is_empty() && offline.is_empty() {
+            return Ok(());
+        }
+        let deadline = now_ms() + ttl.as_millis() as i64;
+        let pairs = online.iter().chain(offline);
+        let keys = pairs.clone().map(|(room, _)| keys::presence(room)).collect();
+        let mut args: Vec<Value> = vec![deadline.into(), (online.len() as i64).into()];
+        args.extend(pairs.map(|(_, user)| Value::from(presence_member(instance, user))));
+        self.run::<()>(&self.scripts.presence_update, keys, args).await
+    }
+
+    async fn online(&self, rooms: &[RoomName]) -> StoreResult<Vec<Vec<(String, String)>>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = rooms.iter().map(keys::presence).collect();
+        let members: Vec<Vec<String>> = self.run(&self.scripts.presence_online, keys, vec![now_ms().into()]).await?;
+        Ok(members
+            .into_iter()
+            .map(|members| {
+                members
+                    .into_iter()
+                    .filter_map(|m| m.split_once('|').map(|(instance, user)| (instance.to_owned(), user.to_owned())))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Health for RedisBackend {
+    async fn ping(&self) -> StoreResult<()> {
+        let _: String = guarded("ping", self.fast.ping(None)).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.tail_client.quit().await;
+        let _ = self.pool.quit().await;
+    }
+}

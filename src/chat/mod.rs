@@ -1,0 +1,185 @@
+//! The chat itself: rooms, messages and their ids, the fan-out hub and presence.
+
+pub mod hub;
+pub mod presence;
+
+use std::{cmp::Ordering, fmt, str::FromStr, sync::Arc};
+
+use serde::Serialize;
+
+/// The room every user lands in.
+pub const LOBBY: &str = "lobby";
+
+/// Longest message body, in characters, after trimming.
+pub const MAX_BODY_CHARS: usize = 2000;
+
+/// Longest `client_id`, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+
+/// A valid room name: 1 to 32 characters of `a-z 0-9 -` (SPEC §2).
+///
+/// Cheap to clone: the registry and the hub hold many copies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub fn parse(name: &str) -> Option<Self> {
+        let ok = (1..=32).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        ok.then(|| Self(name.into()))
+    }
+
+    pub fn lobby() -> Self {
+        Self(LOBBY.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RoomName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A message id: a Redis stream id `<ms>-<seq>`, ordered numerically (as
+/// strings they would not sort: `"9-0" > "10-0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MessageId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl MessageId {
+    /// The id before every message; `after=0-0` replays a whole room.
+    pub const ZERO: MessageId = MessageId { ms: 0, seq: 0 };
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.ms, self.seq).cmp(&(other.ms, other.seq))
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(());
+        }
+        Ok(MessageId { ms: ms.parse().map_err(|_| ())?, seq: seq.parse().map_err(|_| ())? })
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A message as the sender hands it over, already validated.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub user: String,
+    pub body: String,
+    pub client_id: Option<String>,
+    pub sent_at: i64,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: MessageId,
+    pub user: String,
+    pub body: String,
+    pub sent_at: i64,
+    pub client_id: Option<String>,
+}
+
+/// What `append` did: stored a new message, or found the one already stored
+/// for this sender's `client_id` (a resend after a lost ack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    New(Message),
+    Duplicate(MessageId),
+}
+
+impl Appended {
+    pub fn id(&self) -> MessageId {
+        match self {
+            Appended::New(m) => m.id,
+            Appended::Duplicate(id) => *id,
+        }
+    }
+}
+
+/// Validates and trims a message body; `None` when empty or too long.
+pub fn clean_body(body: &str) -> Option<&str> {
+    let body = body.trim();
+    let chars = body.chars().count();
+    (1..=MAX_BODY_CHARS).contains(&chars).then_some(body)
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_spec() {
+        for ok in ["lobby", "a", "rust-lang", "0", &"x".repeat(32)] {
+            assert!(RoomName::parse(ok).is_some(), "{ok}");
+        }
+        for bad in ["", "Lobby", "a b", "a_b", "é", &"x".repeat(33), "../x"] {
+            assert!(RoomName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn message_ids_order_numerically() {
+        let a: MessageId = "9-0".parse().unwrap();
+        let b: MessageId = "10-0".parse().unwrap();
+        let c: MessageId = "10-1".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "10-1");
+        assert_eq!("5".parse::<MessageId>().unwrap(), MessageId { ms: 5, seq: 0 });
+        for bad in ["", "-", "a-1", "1-", "1-2-3", "-1-0", "99999999999999999999999-0"] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_trimmed_and_bounded() {
+        assert_eq!(clean_body("  hi \n"), Some("hi"));
+        assert_eq!(clean_body("   "), None);
+        assert!(clean_body(&"é".repeat(2000)).is_some());
+        assert!(clean_body(&"é".repeat(2001)).is_none());
+    }
+}

@@ -1,0 +1,62 @@
+//! The application's error type and how each error is shown.
+//!
+//! Causes are logged; users see a status and a plain sentence, never the
+//! internals.
+
+use warp::http::StatusCode;
+
+use crate::backend::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The shared store did not answer: fail closed.
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("not signed in")]
+    Unauthorized,
+    #[error("cross-origin request refused")]
+    CrossOrigin,
+    #[error("not found")]
+    NotFound,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("page rendering failed: {0}")]
+    Render(#[from] askama::Error),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::CrossOrigin => StatusCode::FORBIDDEN,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A sentence safe to show to the user.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "Something went wrong on our side.",
+            Error::Store(_) => "palaver cannot reach its store right now. Please try again in a moment.",
+            Error::Unauthorized => "Please sign in.",
+            Error::CrossOrigin => "This request came from another site and was refused.",
+            Error::NotFound => "There is nothing here.",
+            Error::BadRequest(why) => why,
+        }
+    }
+
+    /// Logs the cause at a level matching its seriousness.
+    pub fn log(&self) {
+        match self.status() {
+            s if s.is_server_error() => tracing::error!(error = %self, "request failed"),
+            StatusCode::FORBIDDEN => tracing::warn!(error = %self, "request refused"),
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
+    }
+}
+
+/// warp turns any `Reject` into a `Rejection`, so `?` works in handlers.
+impl warp::reject::Reject for Error {}

@@ -1,0 +1,31 @@
+//! The palaver binary: read the configuration, build, serve until stopped.
+
+use std::process::ExitCode;
+
+use palaver::{telemetry, Application, Config};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("palaver: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init();
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(err) => {
+            eprintln!("palaver: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("palaver: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The WebSocket protocol's frames and close codes (SPEC §3).
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::chat::{Message, MessageId, RoomName};
+
+/// A frame from the client.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Send {
+        body: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Reauth,
+}
+
+/// A frame to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Hello {
+        user: &'a str,
+        room: &'a RoomName,
+        expires_at: i64,
+    },
+    Message {
+        room: &'a RoomName,
+        id: MessageId,
+        user: &'a str,
+        body: &'a str,
+        sent_at: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+        id: MessageId,
+    },
+    Presence {
+        room: &'a RoomName,
+        online: &'a [String],
+    },
+    Reauthenticate {
+        expires_at: i64,
+    },
+    Reauthenticated {
+        expires_at: i64,
+    },
+    /// `client_id` is an extension of SPEC §3: present when the error is
+    /// about one `send`, so the client knows which message failed.
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Invalid,
+    RateLimited,
+    Unavailable,
+}
+
+impl ServerFrame<'_> {
+    pub fn to_text(&self) -> Utf8Bytes {
+        serde_json::to_string(self).expect("frames serialize").into()
+    }
+}
+
+/// The `message` frame of a stored message, serialized once per delivery.
+pub fn message(room: &RoomName, m: &Message) -> Utf8Bytes {
+    ServerFrame::Message {
+        room,
+        id: m.id,
+        user: &m.user,
+        body: &m.body,
+        sent_at: m.sent_at,
+        client_id: m.client_id.as_deref(),
+    }
+    .to_text()
+}
+
+/// A close code with its reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+pub const LOGGED_OUT: CloseReason = CloseReason { code: 4401, reason: "logged out" };
+pub const SESSION_EXPIRED: CloseReason = CloseReason { code: 4401, reason: "session expired" };
+pub const SESSION_REVOKED: CloseReason = CloseReason { code: 4401, reason: "session revoked" };
+pub const SHUTTING_DOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
+pub const POLICY_VIOLATION: CloseReason = CloseReason { code: 1008, reason: "policy violation" };
+pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too big" };
+/// Not in SPEC §3's table: the socket stopped reading and its queue filled.
+/// 1013 "try again later" makes clients reconnect with `after=`.
+pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1013, reason: "slow consumer" };
+/// Not in SPEC §3's table: the store could not confirm the session at its
+/// deadline (or replay failed). The client reconnects; the upgrade answers
+/// 503 until the store is back, and 101 only if the session still lives.
+pub const STORE_UNAVAILABLE: CloseReason = CloseReason { code: 1013, reason: "store unavailable" };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_and_reject_strangers() {
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"send","body":"hi","client_id":"c1"}"#).unwrap(),
+            ClientFrame::Send { body: "hi".into(), client_id: Some("c1".into()) }
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"send","body":"hi"}"#).unwrap(),
+            ClientFrame::Send { body: "hi".into(), client_id: None }
+        );
+        assert_eq!(serde_json::from_str::<ClientFrame>(r#"{"type":"reauth"}"#).unwrap(), ClientFrame::Reauth);
+        for bad in [r#"{"type":"shout"}"#, r#"{"body":"x"}"#, r#"{"type":"send","body":5}"#, "[]", "nope"] {
+            assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_frames_match_the_spec() {
+        let room = RoomName::lobby();
+        let hello = ServerFrame::Hello { user: "alice", room: &room, expires_at: 5 }.to_text();
+        assert_eq!(hello.as_str(), r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#);
+        let m = Message {
+            id: MessageId { ms: 7, seq: 1 },
+            user: "bob".into(),
+            body: "<b>".into(),
+            sent_at: 9,
+            client_id: None,
+        };
+        assert_eq!(
+            message(&room, &m).as_str(),
+            r#"{"type":"message","room":"lobby","id":"7-1","user":"bob","body":"<b>","sent_at":9}"#
+        );
+        let err = ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow down", client_id: None };
+        assert_eq!(err.to_text().as_str(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+    }
+}

@@ -1,0 +1,453 @@
+//! The connection registry: every open socket of this instance, indexed by
+//! session, user and room.
+//!
+//! Closing "every socket of session S" or "of user U" costs the number of
+//! those sockets, not a scan of all of them, and fan-out to a room walks only
+//! that room. One mutex guards it all; every critical section is a few map
+//! operations (or one `try_send` per member for fan-out), never an await.
+//!
+//! Only a socket's own task removes its entry (in [`Registry::remove`]), so
+//! the bookkeeping that follows a departure (presence, stopping a room's
+//! tail) happens in one place. Closing a socket just fires its close signal.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tower_sessions::session::Id;
+
+use super::frames::{self, CloseReason};
+use crate::{
+    backend::UserId,
+    chat::{Message, MessageId, RoomName},
+};
+
+pub type ConnId = u64;
+
+/// What the registry pushes to a socket's task.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A chat message; the socket skips ids it already sent (replay overlap).
+    Message { id: MessageId, frame: Utf8Bytes },
+    /// Any other frame, sent as is.
+    Frame(Utf8Bytes),
+}
+
+/// Everything needed to register a socket.
+pub struct Registration {
+    pub session: Id,
+    pub user: UserId,
+    pub name: Arc<str>,
+    pub room: RoomName,
+    pub outbox: mpsc::Sender<Outbound>,
+    pub close: oneshot::Sender<CloseReason>,
+    /// Where to start tailing the room if this instance does not follow it yet.
+    pub room_start: MessageId,
+}
+
+/// The result of registering.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined {
+    pub id: ConnId,
+    /// Every message after this id reaches the socket through its outbox.
+    pub cursor: MessageId,
+    /// This instance did not follow the room before.
+    pub new_room: bool,
+}
+
+struct Conn {
+    session: Id,
+    user: UserId,
+    name: Arc<str>,
+    room: RoomName,
+    /// Taken by whoever closes the socket first.
+    close: Option<oneshot::Sender<CloseReason>>,
+}
+
+struct Room {
+    members: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    /// name -> number of that user's sockets in the room on this instance.
+    online: BTreeMap<Arc<str>, usize>,
+    /// The last message delivered to the room's sockets: the tail reads on
+    /// from here. Kept under the same lock as `members`, so a socket's
+    /// registration and a delivery are totally ordered.
+    cursor: MessageId,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Conn>,
+    by_session: HashMap<Id, Vec<ConnId>>,
+    by_user: HashMap<UserId, Vec<ConnId>>,
+    rooms: HashMap<RoomName, Room>,
+}
+
+/// A reserved place under the connection cap; released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    reserved: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    /// Sockets open or being opened, for the connection cap.
+    reserved: Arc<AtomicUsize>,
+    max_connections: usize,
+    /// Set at shutdown: no new sockets.
+    closing: AtomicBool,
+    /// Notified whenever the registry becomes empty.
+    emptied: Notify,
+}
+
+fn remove_from(index: &mut Vec<ConnId>, id: ConnId) {
+    if let Some(pos) = index.iter().position(|c| *c == id) {
+        index.swap_remove(pos);
+    }
+}
+
+impl Registry {
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            reserved: Arc::default(),
+            max_connections,
+            closing: AtomicBool::new(false),
+            emptied: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reserves a place for a new socket, unless the instance is full or
+    /// shutting down.
+    pub fn reserve(&self) -> Option<Slot> {
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut current = self.reserved.load(Ordering::Acquire);
+        loop {
+            if current >= self.max_connections {
+                return None;
+            }
+            match self.reserved.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Slot { reserved: self.reserved.clone() }),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub fn register(&self, reg: Registration) -> Joined {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.by_session.entry(reg.session).or_default().push(id);
+        inner.by_user.entry(reg.user).or_default().push(id);
+        let new_room = !inner.rooms.contains_key(&reg.room);
+        let room = inner.rooms.entry(reg.room.clone()).or_insert_with(|| Room {
+            members: HashMap::new(),
+            online: BTreeMap::new(),
+            cursor: reg.room_start,
+        });
+        room.members.insert(id, reg.outbox);
+        *room.online.entry(reg.name.clone()).or_default() += 1;
+        let cursor = room.cursor;
+        inner.conns.insert(
+            id,
+            Conn { session: reg.session, user: reg.user, name: reg.name, room: reg.room, close: Some(reg.close) },
+        );
+        Joined { id, cursor, new_room }
+    }
+
+    /// Removes a socket; called by its own task as it ends.
+    pub fn remove(&self, id: ConnId) {
+        let mut inner = self.lock();
+        let Some(conn) = inner.conns.remove(&id) else { return };
+        if let Some(ids) = inner.by_session.get_mut(&conn.session) {
+            remove_from(ids, id);
+            if ids.is_empty() {
+                inner.by_session.remove(&conn.session);
+            }
+        }
+        if let Some(ids) = inner.by_user.get_mut(&conn.user) {
+            remove_from(ids, id);
+            if ids.is_empty() {
+                inner.by_user.remove(&conn.user);
+            }
+        }
+        if let Some(room) = inner.rooms.get_mut(&conn.room) {
+            room.members.remove(&id);
+            if let Some(count) = room.online.get_mut(&conn.name) {
+                *count -= 1;
+                if *count == 0 {
+                    room.online.remove(&conn.name);
+                }
+            }
+            if room.members.is_empty() {
+                inner.rooms.remove(&conn.room);
+            }
+        }
+        if inner.conns.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    fn close_ids(inner: &mut Inner, ids: &[ConnId], reason: CloseReason) -> usize {
+        ids.iter()
+            .filter_map(|id| inner.conns.get_mut(id)?.close.take())
+            .map(|close| {
+                let _ = close.send(reason);
+            })
+            .count()
+    }
+
+    /// Closes every socket opened with this session; returns how many.
+    pub fn close_session(&self, session: &Id, reason: CloseReason) -> usize {
+        let mut inner = self.lock();
+        let ids = inner.by_session.get(session).cloned().unwrap_or_default();
+        Self::close_ids(&mut inner, &ids, reason)
+    }
+
+    /// Closes every socket of this user, whatever its session.
+    pub fn close_user(&self, user: &UserId, reason: CloseReason) -> usize {
+        let mut inner = self.lock();
+        let ids = inner.by_user.get(user).cloned().unwrap_or_default();
+        Self::close_ids(&mut inner, &ids, reason)
+    }
+
+    /// Refuses new sockets from now on and closes every open one.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        self.closing.store(true, Ordering::Release);
+        let mut inner = self.lock();
+        let ids: Vec<ConnId> = inner.conns.keys().copied().collect();
+        Self::close_ids(&mut inner, &ids, reason)
+    }
+
+    /// Waits until no socket is registered.
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.lock().conns.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The distinct sessions with open sockets, for the revalidation sweep.
+    pub fn sessions(&self) -> Vec<Id> {
+        self.lock().by_session.keys().copied().collect()
+    }
+
+    /// The rooms this instance follows and the last id delivered in each.
+    pub fn cursors(&self) -> Vec<(RoomName, MessageId)> {
+        self.lock().rooms.iter().map(|(name, room)| (name.clone(), room.cursor)).collect()
+    }
+
+    /// Whether this instance follows the room already (then its cursor).
+    pub fn room_cursor(&self, room: &RoomName) -> Option<MessageId> {
+        self.lock().rooms.get(room).map(|r| r.cursor)
+    }
+
+    /// Hands freshly stored messages to every socket in the room, in order,
+    /// skipping any at or before the room's cursor (a tail that raced a
+    /// re-registration). A socket whose outbox is full is closed: it is not
+    /// reading, and it will catch up with `after=` when it reconnects.
+    pub fn deliver(&self, room_name: &RoomName, messages: &[Message]) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(room) = inner.rooms.get_mut(room_name) else { return };
+        let mut slow = Vec::new();
+        for message in messages {
+            if message.id <= room.cursor {
+                continue;
+            }
+            let frame = frames::message(room_name, message);
+            room.cursor = message.id;
+            for (id, outbox) in &room.members {
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    outbox.try_send(Outbound::Message { id: message.id, frame: frame.clone() })
+                {
+                    slow.push(*id);
+                }
+            }
+        }
+        if !slow.is_empty() {
+            slow.sort_unstable();
+            slow.dedup();
+            tracing::warn!(room = %room_name, sockets = slow.len(), "closing sockets that stopped reading");
+            Self::close_ids(inner, &slow, frames::SLOW_CONSUMER);
+        }
+    }
+
+    /// Sends a frame to every socket in the room (presence).
+    pub fn broadcast(&self, room: &RoomName, frame: Utf8Bytes) {
+        let inner = self.lock();
+        if let Some(room) = inner.rooms.get(room) {
+            for outbox in room.members.values() {
+                // A full outbox is handled by the next chat delivery; presence
+                // is refreshed often enough to skip one.
+                let _ = outbox.try_send(Outbound::Frame(frame.clone()));
+            }
+        }
+    }
+
+    /// The names with at least one socket in the room on this instance.
+    pub fn local_names(&self, room: &RoomName) -> Vec<String> {
+        self.lock().rooms.get(room).map(|r| r.online.keys().map(|n| n.to_string()).collect()).unwrap_or_default()
+    }
+
+    /// Whether `name` has a socket in the room on this instance.
+    pub fn is_online(&self, room: &RoomName, name: &str) -> bool {
+        self.lock().rooms.get(room).is_some_and(|r| r.online.contains_key(name))
+    }
+
+    /// Every (room, name) pair present on this instance, for the heartbeat.
+    pub fn presence_pairs(&self) -> Vec<(RoomName, String)> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .iter()
+            .flat_map(|(room, r)| r.online.keys().map(move |name| (room.clone(), name.to_string())))
+            .collect()
+    }
+
+    /// The rooms with sockets on this instance.
+    pub fn rooms(&self) -> Vec<RoomName> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::now_ms;
+
+    struct Socket {
+        id: ConnId,
+        outbox: mpsc::Receiver<Outbound>,
+        close: oneshot::Receiver<CloseReason>,
+    }
+
+    fn join(reg: &Registry, session: Id, user: UserId, name: &str, room: &str, capacity: usize) -> Socket {
+        let (tx, outbox) = mpsc::channel(capacity);
+        let (close_tx, close) = oneshot::channel();
+        let joined = reg.register(Registration {
+            session,
+            user,
+            name: name.into(),
+            room: RoomName::parse(room).unwrap(),
+            outbox: tx,
+            close: close_tx,
+            room_start: MessageId::ZERO,
+        });
+        Socket { id: joined.id, outbox, close }
+    }
+
+    fn message(id: u64) -> Message {
+        Message {
+            id: MessageId { ms: id, seq: 0 },
+            user: "a".into(),
+            body: "b".into(),
+            sent_at: now_ms(),
+            client_id: None,
+        }
+    }
+
+    #[test]
+    fn closing_a_session_reaches_exactly_its_sockets() {
+        let reg = Registry::new(10);
+        let (s1, s2, u) = (Id(1), Id(2), UserId::new_v4());
+        let mut a = join(&reg, s1, u, "al", "lobby", 4);
+        let mut b = join(&reg, s1, u, "al", "other", 4);
+        let mut c = join(&reg, s2, u, "al", "lobby", 4);
+        assert_eq!(reg.close_session(&s1, frames::LOGGED_OUT), 2);
+        assert_eq!(a.close.try_recv().unwrap(), frames::LOGGED_OUT);
+        assert_eq!(b.close.try_recv().unwrap(), frames::LOGGED_OUT);
+        assert!(c.close.try_recv().is_err());
+        assert_eq!(reg.close_session(&s1, frames::LOGGED_OUT), 0, "a socket is closed once");
+        assert_eq!(reg.close_user(&u, frames::LOGGED_OUT), 1);
+        for s in [&a, &b, &c] {
+            reg.remove(s.id);
+        }
+        assert!(reg.is_empty() && reg.cursors().is_empty() && reg.sessions().is_empty());
+    }
+
+    #[test]
+    fn delivery_is_per_room_ordered_and_never_repeats() {
+        let reg = Registry::new(10);
+        let mut lobby = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 8);
+        let mut other = join(&reg, Id(2), UserId::new_v4(), "bo", "other", 8);
+        let room = RoomName::lobby();
+        reg.deliver(&room, &[message(1), message(2)]);
+        reg.deliver(&room, &[message(2), message(3)]);
+        let ids: Vec<u64> = std::iter::from_fn(|| match lobby.outbox.try_recv().ok()? {
+            Outbound::Message { id, .. } => Some(id.ms),
+            Outbound::Frame(_) => None,
+        })
+        .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(other.outbox.try_recv().is_err());
+        assert_eq!(reg.room_cursor(&room), Some(MessageId { ms: 3, seq: 0 }));
+    }
+
+    #[test]
+    fn a_socket_that_does_not_read_is_closed() {
+        let reg = Registry::new(10);
+        let mut s = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        reg.deliver(&RoomName::lobby(), &[message(1), message(2)]);
+        assert_eq!(s.close.try_recv().unwrap(), frames::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn the_cap_counts_reserved_slots() {
+        let reg = Registry::new(2);
+        let a = reg.reserve().unwrap();
+        let _b = reg.reserve().unwrap();
+        assert!(reg.reserve().is_none());
+        drop(a);
+        assert!(reg.reserve().is_some());
+        reg.close_all(frames::SHUTTING_DOWN);
+        assert!(reg.reserve().is_none(), "no new sockets while shutting down");
+    }
+
+    #[test]
+    fn presence_counts_sockets_per_user() {
+        let reg = Registry::new(10);
+        let room = RoomName::lobby();
+        let a = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        let b = join(&reg, Id(2), UserId::new_v4(), "al", "lobby", 1);
+        let _c = join(&reg, Id(3), UserId::new_v4(), "bo", "lobby", 1);
+        assert_eq!(reg.local_names(&room), ["al", "bo"]);
+        reg.remove(a.id);
+        assert!(reg.is_online(&room, "al"));
+        reg.remove(b.id);
+        assert!(!reg.is_online(&room, "al"));
+        assert_eq!(reg.presence_pairs(), [(room, "bo".to_string())]);
+    }
+}

@@ -1,0 +1,458 @@
+//! One socket's task: from `hello` to its close code.
+//!
+//! A single task per socket owns the WebSocket and selects over: its close
+//! signal (logout, revocation, shutdown, slow consumer), its outbox (chat
+//! messages and presence from the registry), incoming frames, the ping
+//! timer, and the session deadline timer. Nothing else touches the socket,
+//! so there is no lock per message.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{mpsc, oneshot},
+    time::{timeout, Instant},
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Bytes, Error as WsError, Message as WsMessage, Utf8Bytes,
+    },
+    WebSocketStream,
+};
+use tower_sessions::session::Id;
+
+use super::{
+    frames::{self, ClientFrame, CloseReason, ErrorCode, ServerFrame},
+    limits::{Strikes, TokenBucket},
+    registry::{ConnId, Outbound, Registration, Slot},
+};
+use crate::{
+    auth::session::lookup,
+    backend::User,
+    chat::{clean_body, hub, now_ms, presence, Appended, MessageId, NewMessage, RoomName, MAX_CLIENT_ID_CHARS},
+    state::SharedState,
+};
+
+/// Queued frames per socket before it counts as not reading. Tokio's channel
+/// allocates in small blocks as it fills, so an idle socket costs little.
+const OUTBOX_CAPACITY: usize = 1024;
+/// Messages per replay read.
+const REPLAY_BATCH: usize = 500;
+/// Frames written per flush when the outbox has a backlog.
+const WRITE_BATCH: usize = 64;
+/// A write that cannot complete in this long means a dead or stuck peer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Invalid frames tolerated per minute before 1008.
+const MAX_INVALID_PER_MINUTE: usize = 20;
+/// Frames refused as `rate_limited` in a row before 1008.
+const MAX_FLOOD: u32 = 10;
+
+/// Who a new socket belongs to, as the upgrade established it.
+pub struct SocketContext {
+    pub session_id: Id,
+    pub user: User,
+    pub room: RoomName,
+    pub after: Option<MessageId>,
+    /// The session's expiry (unix ms): the socket's first deadline.
+    pub expires_at: i64,
+    pub slot: Slot,
+}
+
+/// What the loop does next.
+enum Flow {
+    Continue,
+    Close(CloseReason),
+    /// The peer is gone or broken: no close handshake.
+    Drop,
+}
+
+/// Removes the socket from the registry however its task ends.
+struct Registered {
+    state: SharedState,
+    id: ConnId,
+    room: RoomName,
+    name: Arc<str>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.registry.remove(self.id);
+        self.state.presence.touched(&self.room, &self.name);
+    }
+}
+
+struct Socket<S> {
+    state: SharedState,
+    ws: WebSocketStream<S>,
+    session_id: Id,
+    user: User,
+    name: Arc<str>,
+    room: RoomName,
+    /// The newest message id this socket has sent: nothing at or before it
+    /// is sent again, which makes replay and live delivery meet seamlessly.
+    last_sent: MessageId,
+    /// Unix ms at which the session ends unless it is found slid.
+    deadline: i64,
+    /// Whether `reauthenticate` was sent for the current deadline.
+    warned: bool,
+    last_seen: Instant,
+    bucket: TokenBucket,
+    flood: u32,
+    invalid: Strikes,
+}
+
+/// Runs a socket to its end.
+pub async fn serve<S>(state: SharedState, ws: WebSocketStream<S>, ctx: SocketContext)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _slot = ctx.slot;
+    let now = Instant::now();
+    let name: Arc<str> = ctx.user.name.as_str().into();
+    let mut socket = Socket {
+        bucket: TokenBucket::new(state.config.message_rate, state.config.message_burst, now.into_std()),
+        invalid: Strikes::new(MAX_INVALID_PER_MINUTE, Duration::from_secs(60)),
+        state,
+        ws,
+        session_id: ctx.session_id,
+        user: ctx.user,
+        name: name.clone(),
+        room: ctx.room,
+        last_sent: MessageId::ZERO,
+        deadline: ctx.expires_at,
+        warned: false,
+        last_seen: now,
+        flood: 0,
+    };
+
+    let start = match hub::start_for(&socket.state, &socket.room).await {
+        Ok(start) => start,
+        Err(err) => {
+            tracing::warn!(%err, "socket refused after upgrade: store unavailable");
+            return socket.close(frames::STORE_UNAVAILABLE).await;
+        }
+    };
+    let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let (close_tx, mut close_rx) = oneshot::channel();
+    let joined = socket.state.registry.register(Registration {
+        session: socket.session_id,
+        user: socket.user.id,
+        name: name.clone(),
+        room: socket.room.clone(),
+        outbox: outbox_tx,
+        close: close_tx,
+        room_start: start,
+    });
+    let _registered = Registered { state: socket.state.clone(), id: joined.id, room: socket.room.clone(), name };
+    socket.state.presence.touched(&socket.room, &socket.name);
+    if joined.new_room {
+        // The tail may be blocked on the old room set: make it look again.
+        if let Err(err) = socket.state.backend.history.wake_tail().await {
+            tracing::warn!(%err, room = %socket.room, "could not wake the room tail; it picks the room up within seconds");
+        }
+    }
+    socket.last_sent = joined.cursor;
+
+    let flow = match socket.greet(ctx.after).await {
+        Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
+        other => other,
+    };
+    match flow {
+        Flow::Close(reason) => socket.close(reason).await,
+        Flow::Continue | Flow::Drop => {}
+    }
+}
+
+impl<S> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// `hello`, the room's presence, then every stored message after `after`.
+    async fn greet(&mut self, after: Option<MessageId>) -> Flow {
+        let hello = ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline }.to_text();
+        let online = presence::snapshot(&self.state, &self.room).await;
+        let presence = ServerFrame::Presence { room: &self.room, online: &online }.to_text();
+        if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
+            return flow;
+        }
+        let Some(after) = after else { return Flow::Continue };
+        let mut cursor = after;
+        loop {
+            let batch = match self.state.backend.history.after(&self.room, cursor, REPLAY_BATCH).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    // Closing (rather than going on without the replay) keeps
+                    // the promise of no gap: the client reconnects with the
+                    // same `after` once the store is back.
+                    tracing::warn!(%err, "replay failed: store unavailable");
+                    return Flow::Close(frames::STORE_UNAVAILABLE);
+                }
+            };
+            let frames: Vec<Utf8Bytes> = batch.iter().map(|m| frames::message(&self.room, m)).collect();
+            if let flow @ (Flow::Drop | Flow::Close(_)) = self.write(frames).await {
+                return flow;
+            }
+            if let Some(last) = batch.last() {
+                cursor = last.id;
+            }
+            if batch.len() < REPLAY_BATCH {
+                break;
+            }
+        }
+        self.last_sent = self.last_sent.max(cursor);
+        Flow::Continue
+    }
+
+    async fn run(
+        &mut self,
+        outbox: &mut mpsc::Receiver<Outbound>,
+        close_rx: &mut oneshot::Receiver<CloseReason>,
+    ) -> Flow {
+        let config = &self.state.config;
+        let (ping_every, idle_limit) = (config.ws_ping_interval, config.ws_idle_timeout);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timer = tokio::time::sleep_until(self.timer_instant());
+        tokio::pin!(timer);
+
+        loop {
+            let flow = tokio::select! {
+                biased;
+                reason = &mut *close_rx => match reason {
+                    Ok(reason) => Flow::Close(reason),
+                    // The registry dropped the sender: it is going away.
+                    Err(_) => Flow::Close(frames::SHUTTING_DOWN),
+                },
+                out = outbox.recv() => match out {
+                    Some(out) => self.forward(out, outbox).await,
+                    None => Flow::Close(frames::SHUTTING_DOWN),
+                },
+                frame = self.ws.next() => self.incoming(frame).await,
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > idle_limit {
+                        tracing::debug!(user = %self.user.name, "dropping a socket that stopped answering pings");
+                        Flow::Drop
+                    } else {
+                        self.write_message(WsMessage::Ping(Bytes::new())).await
+                    }
+                },
+                _ = &mut timer => self.on_timer().await,
+            };
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+            if timer.deadline() != self.timer_instant() {
+                timer.as_mut().reset(self.timer_instant());
+            }
+        }
+    }
+
+    /// When the deadline timer should next fire: the warning, then the deadline.
+    fn timer_instant(&self) -> Instant {
+        let warning = self.state.config.reauth_warning.as_millis() as i64;
+        let at = if self.warned { self.deadline } else { self.deadline - warning };
+        Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
+    }
+
+    async fn on_timer(&mut self) -> Flow {
+        let now = now_ms();
+        if !self.warned && now < self.deadline {
+            self.warned = true;
+            return self.write([ServerFrame::Reauthenticate { expires_at: self.deadline }.to_text()]).await;
+        }
+        // The deadline: the user may have been active over HTTP elsewhere,
+        // which slid the session, so ask the store once before closing.
+        match lookup(&self.state.backend.sessions, &self.session_id).await {
+            Ok(Some(live)) if live.user.id == self.user.id && live.expires_at > now => {
+                if self.move_deadline(live.expires_at) {
+                    return self.write([ServerFrame::Reauthenticate { expires_at: self.deadline }.to_text()]).await;
+                }
+                Flow::Continue
+            }
+            Ok(_) => Flow::Close(frames::SESSION_EXPIRED),
+            // Unverifiable is not valid: the socket does not outlive the
+            // deadline it knows. 1013 makes the client come back later.
+            Err(err) => {
+                tracing::warn!(%err, "session deadline passed with the store unavailable");
+                Flow::Close(frames::STORE_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// Moves the deadline; returns whether the client should be warned now
+    /// (the new deadline is already within the warning period and later
+    /// than the one it was warned about).
+    fn move_deadline(&mut self, new: i64) -> bool {
+        let warning = self.state.config.reauth_warning.as_millis() as i64;
+        let old = std::mem::replace(&mut self.deadline, new);
+        if new - now_ms() > warning {
+            self.warned = false;
+            false
+        } else {
+            let warn = new > old;
+            self.warned = true;
+            warn
+        }
+    }
+
+    async fn incoming(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Flow {
+        let message = match frame {
+            None => return Flow::Drop,
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(_))) => return Flow::Close(frames::TOO_BIG),
+            Some(Err(err)) => {
+                tracing::debug!(%err, "socket read failed");
+                return Flow::Drop;
+            }
+        };
+        self.last_seen = Instant::now();
+        match message {
+            WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
+                Ok(ClientFrame::Send { body, client_id }) => self.on_send(body, client_id).await,
+                Ok(ClientFrame::Reauth) => self.on_reauth().await,
+                Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
+            },
+            WsMessage::Binary(_) => self.refuse("Binary frames are not accepted.", None).await,
+            // Pongs only prove liveness; tungstenite answers pings itself.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
+            // tungstenite has queued the reply to the peer's close.
+            WsMessage::Close(_) => {
+                let _ = timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+                Flow::Drop
+            }
+        }
+    }
+
+    /// Answers an invalid frame; too many in a minute end the socket.
+    async fn refuse(&mut self, message: &str, client_id: Option<&str>) -> Flow {
+        if self.invalid.hit(Instant::now().into_std()) {
+            return Flow::Close(frames::POLICY_VIOLATION);
+        }
+        self.error(ErrorCode::Invalid, message, client_id).await
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str, client_id: Option<&str>) -> Flow {
+        self.write([ServerFrame::Error { code, message, client_id }.to_text()]).await
+    }
+
+    /// The rate limit for frames that cost a store round trip. `Err` holds
+    /// what to do instead of handling the frame.
+    async fn rate_limit(&mut self, client_id: Option<&str>) -> Result<(), Flow> {
+        if self.bucket.take(Instant::now().into_std()) {
+            self.flood = 0;
+            return Ok(());
+        }
+        self.flood += 1;
+        if self.flood > MAX_FLOOD {
+            return Err(Flow::Close(frames::POLICY_VIOLATION));
+        }
+        Err(self.error(ErrorCode::RateLimited, "Too many messages; slow down.", client_id).await)
+    }
+
+    async fn on_send(&mut self, body: String, client_id: Option<String>) -> Flow {
+        let client_id = client_id.filter(|c| !c.is_empty());
+        let cid = client_id.as_deref();
+        if cid.is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS) {
+            return self.refuse("client_id is at most 64 characters.", None).await;
+        }
+        let Some(body) = clean_body(&body) else {
+            return self.refuse("A message is 1 to 2000 characters.", cid).await;
+        };
+        if let Err(flow) = self.rate_limit(cid).await {
+            return flow;
+        }
+        let message = NewMessage {
+            user: self.user.name.clone(),
+            body: body.to_owned(),
+            client_id: client_id.clone(),
+            sent_at: now_ms(),
+        };
+        match self.state.backend.history.append(&self.room, message).await {
+            Ok(appended) => {
+                if let Appended::Duplicate(id) = appended {
+                    tracing::debug!(%id, "resend of a stored message acknowledged again");
+                }
+                self.write([ServerFrame::Ack { client_id: cid, id: appended.id() }.to_text()]).await
+            }
+            Err(err) => {
+                tracing::warn!(%err, "message not stored");
+                self.error(ErrorCode::Unavailable, "The message was not stored; send it again.", cid).await
+            }
+        }
+    }
+
+    async fn on_reauth(&mut self) -> Flow {
+        if let Err(flow) = self.rate_limit(None).await {
+            return flow;
+        }
+        match lookup(&self.state.backend.sessions, &self.session_id).await {
+            Ok(Some(live)) if live.user.id == self.user.id && live.expires_at > now_ms() => {
+                // The client just proved itself: no new warning for this deadline.
+                self.move_deadline(live.expires_at);
+                self.write([ServerFrame::Reauthenticated { expires_at: live.expires_at }.to_text()]).await
+            }
+            Ok(_) => Flow::Close(frames::SESSION_EXPIRED),
+            Err(err) => {
+                tracing::warn!(%err, "reauth not checked: store unavailable");
+                self.error(ErrorCode::Unavailable, "The session could not be checked; try again.", None).await
+            }
+        }
+    }
+
+    /// Sends one outbox item and whatever else is queued, in one flush.
+    async fn forward(&mut self, first: Outbound, outbox: &mut mpsc::Receiver<Outbound>) -> Flow {
+        let mut frames = Vec::new();
+        let mut next = Some(first);
+        while let Some(out) = next {
+            match out {
+                Outbound::Message { id, frame } => {
+                    if id > self.last_sent {
+                        self.last_sent = id;
+                        frames.push(frame);
+                    }
+                }
+                Outbound::Frame(frame) => frames.push(frame),
+            }
+            next = if frames.len() < WRITE_BATCH { outbox.try_recv().ok() } else { None };
+        }
+        self.write(frames).await
+    }
+
+    async fn write(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) -> Flow {
+        let ws = &mut self.ws;
+        let sent = timeout(WRITE_TIMEOUT, async {
+            for frame in frames {
+                ws.feed(WsMessage::Text(frame)).await?;
+            }
+            ws.flush().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Flow::Continue,
+            _ => Flow::Drop,
+        }
+    }
+
+    async fn write_message(&mut self, message: WsMessage) -> Flow {
+        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Flow::Continue,
+            _ => Flow::Drop,
+        }
+    }
+
+    /// Sends the close frame and waits briefly for the peer's reply.
+    async fn close(mut self, reason: CloseReason) {
+        let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            if self.ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+}

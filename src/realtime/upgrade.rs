@@ -1,0 +1,142 @@
+//! `GET /ws`: the upgrade, authenticated before anything is upgraded.
+//!
+//! This runs as a plain tower service behind the session layer (so the
+//! request's `Session` is in its extensions) rather than as a warp filter:
+//! warp's `ws()` cannot be given tungstenite's `read_buffer_size`, and its
+//! default 128 KiB read buffer per socket is what makes idle sockets
+//! expensive. Here the upgrade is taken from hyper directly and the
+//! WebSocket is built with small buffers (see `state::ws_config`).
+//!
+//! Every check answers with a status before any 101: the origin (403: a GET
+//! is not covered by the POST checks, and a browser sends cookies on
+//! cross-site WebSocket upgrades), the query (400), the session against the
+//! shared store (401, or 503 when the store does not answer), the
+//! connection cap (503).
+
+use hyper::{body::Incoming, header, upgrade::OnUpgrade, Method, Request, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role},
+    WebSocketStream,
+};
+use tower_sessions::Session;
+use warp::Reply;
+
+use super::socket::{self, SocketContext};
+use crate::{
+    auth::session::AuthSession,
+    chat::{MessageId, RoomName},
+    state::SharedState,
+};
+
+type Response = warp::reply::Response;
+
+fn refuse(status: StatusCode, message: &'static str) -> Response {
+    warp::reply::with_status(message, status).into_response()
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[derive(serde::Deserialize)]
+struct Query {
+    room: Option<String>,
+    after: Option<String>,
+}
+
+/// Handles `GET /ws`.
+pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response {
+    if req.method() != Method::GET {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET to open a WebSocket");
+    }
+    if !header_has_token(&req, header::UPGRADE, "websocket") {
+        let mut res = refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
+        res.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+        return res;
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(accept), true, true, Version::HTTP_11) =
+        (key, version_ok, header_has_token(&req, header::CONNECTION, "upgrade"), req.version())
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "malformed WebSocket handshake");
+    };
+
+    if state.origins.check(req.headers()).is_err() {
+        tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "cross-origin WebSocket upgrade refused");
+        return refuse(StatusCode::FORBIDDEN, "cross-origin WebSocket refused");
+    }
+
+    let query: Query = match serde_urlencoded::from_str(req.uri().query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "malformed query"),
+    };
+    let room = match query.room.as_deref() {
+        None => RoomName::lobby(),
+        Some(name) => match RoomName::parse(name) {
+            Some(room) => room,
+            None => return refuse(StatusCode::BAD_REQUEST, "invalid room name"),
+        },
+    };
+    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(after) => match after.parse::<MessageId>() {
+            Ok(id) => Some(id),
+            Err(()) => return refuse(StatusCode::BAD_REQUEST, "invalid after id"),
+        },
+    };
+
+    let Some(session) = req.extensions().get::<Session>().cloned() else {
+        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    let current = match AuthSession::new(session, state.sessions).current().await {
+        Ok(Some(current)) => current,
+        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "not signed in"),
+        Err(err) => {
+            tracing::warn!(%err, "upgrade refused: store unavailable");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+        }
+    };
+
+    let Some(slot) = state.registry.reserve() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+
+    let context = SocketContext {
+        session_id: current.session_id,
+        user: current.user,
+        room,
+        after,
+        expires_at: current.expires_at,
+        slot,
+    };
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(task_state.ws_config))
+                        .await;
+                socket::serve(task_state, ws, context).await;
+            }
+            Err(err) => tracing::debug!(%err, "upgrade did not complete"),
+        }
+    });
+
+    let mut res = warp::reply::reply().into_response();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().expect("base64 is a valid header value"));
+    res
+}

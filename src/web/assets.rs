@@ -1,0 +1,71 @@
+//! `GET /static/...`: the page assets, compiled into the binary so that it
+//! runs from any working directory with nothing beside it.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+};
+
+use warp::{
+    http::{header, HeaderValue, StatusCode},
+    reply::Response,
+    Filter, Rejection, Reply,
+};
+
+use super::with_state;
+use crate::state::SharedState;
+
+const FILES: &[(&str, &[u8], &str)] = &[
+    ("style.css", include_bytes!("../../static/style.css"), "text/css; charset=utf-8"),
+    ("chat.js", include_bytes!("../../static/chat.js"), "text/javascript; charset=utf-8"),
+    ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
+];
+
+struct Asset {
+    body: &'static [u8],
+    content_type: &'static str,
+    etag: HeaderValue,
+}
+
+/// The assets by file name, with an ETag each: browsers revalidate
+/// (`no-cache`) and get a 304 until a new build changes the file.
+pub struct Assets {
+    files: HashMap<&'static str, Asset>,
+}
+
+impl Default for Assets {
+    fn default() -> Self {
+        let files = FILES
+            .iter()
+            .map(|(name, body, content_type)| {
+                let mut hasher = DefaultHasher::new();
+                body.hash(&mut hasher);
+                let etag =
+                    HeaderValue::from_str(&format!("\"{:016x}\"", hasher.finish())).expect("hex is a valid header");
+                (*name, Asset { body, content_type, etag })
+            })
+            .collect();
+        Self { files }
+    }
+}
+
+/// GET /static/{file}
+pub fn route(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("static" / String)
+        .and(warp::get())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and(with_state(state))
+        .and_then(|name: String, if_none_match: Option<String>, state: SharedState| async move {
+            let asset = state.assets.files.get(name.as_str()).ok_or_else(warp::reject::not_found)?;
+            let mut res = if if_none_match.as_deref() == asset.etag.to_str().ok() {
+                warp::reply::with_status(warp::reply(), StatusCode::NOT_MODIFIED).into_response()
+            } else {
+                let mut res = Response::new(bytes::Bytes::from_static(asset.body).into());
+                res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+                res
+            };
+            res.headers_mut().insert(header::ETAG, asset.etag.clone());
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            Ok::<_, Rejection>(res)
+        })
+}

@@ -1,0 +1,151 @@
+//! The server-rendered pages: templates and the page routes.
+
+use askama::Template;
+use time::OffsetDateTime;
+use warp::{
+    http::{header, HeaderValue, StatusCode, Uri},
+    reply::Response,
+    Filter, Rejection, Reply,
+};
+
+use super::{auth_session, with_state};
+use crate::{
+    auth::session::AuthSession,
+    chat::{Message, RoomName},
+    error::Error,
+    state::SharedState,
+};
+
+/// Messages rendered on a room's page.
+const RECENT_MESSAGES: usize = 50;
+/// Rooms listed in the sidebar.
+const SIDEBAR_ROOMS: usize = 30;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub error: Option<String>,
+    pub username: String,
+}
+
+#[derive(Template)]
+#[template(path = "register.html")]
+pub struct RegisterPage {
+    pub error: Option<String>,
+    pub username: String,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub status: u16,
+    pub title: String,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "chat.html")]
+pub struct ChatPage {
+    pub user: String,
+    pub room: String,
+    pub rooms: Vec<String>,
+    pub messages: Vec<MessageView>,
+    pub last_id: String,
+    pub expires_at: i64,
+}
+
+pub struct MessageView {
+    pub id: String,
+    pub user: String,
+    pub body: String,
+    pub sent_at: i64,
+    /// "HH:MM" UTC; the client rewrites it in local time.
+    pub time: String,
+    pub mine: bool,
+}
+
+impl MessageView {
+    fn new(m: Message, me: &str) -> Self {
+        let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.sent_at) * 1_000_000)
+            .map(|t| format!("{:02}:{:02}", t.hour(), t.minute()))
+            .unwrap_or_default();
+        Self { id: m.id.to_string(), mine: m.user == me, user: m.user, body: m.body, sent_at: m.sent_at, time }
+    }
+}
+
+/// Renders a page with a status; pages are never cached (they show who is
+/// signed in).
+pub fn page(status: StatusCode, template: &impl Template) -> Result<Response, Error> {
+    let mut res = warp::reply::with_status(warp::reply::html(template.render()?), status).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error").to_owned();
+    let template = ErrorPage { status: status.as_u16(), title, message: message.to_owned() };
+    page(status, &template).unwrap_or_else(|err| {
+        tracing::error!(%err, "error page failed to render");
+        warp::reply::with_status(message.to_owned(), status).into_response()
+    })
+}
+
+pub fn see_other(location: &str) -> Response {
+    let uri: Uri = location.parse().expect("redirect targets are valid paths");
+    warp::redirect::see_other(uri).into_response()
+}
+
+/// GET /
+pub fn index(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end().and(warp::get()).and(auth_session(state)).and_then(|session: AuthSession| async move {
+        let target = if session.current().await.map_err(Error::from)?.is_some() { "/chat" } else { "/login" };
+        Ok::<_, Rejection>(see_other(target))
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct OpenRoom {
+    room: Option<String>,
+}
+
+/// GET /chat (and GET /chat?room=name from the sidebar's form)
+pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("chat").and(warp::get()).and(warp::query::<OpenRoom>()).and_then(|query: OpenRoom| async move {
+        match query.room.map(|r| r.trim().to_ascii_lowercase()) {
+            None => Ok::<_, Rejection>(see_other("/chat/lobby")),
+            Some(name) => match RoomName::parse(&name) {
+                Some(room) => Ok(see_other(&format!("/chat/{room}"))),
+                None => Err(Error::BadRequest("Room names are 1 to 32 characters: a-z, 0-9 and -.").into()),
+            },
+        }
+    })
+}
+
+/// GET /chat/{room}
+pub fn chat_room(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("chat" / String).and(warp::get()).and(auth_session(state.clone())).and(with_state(state)).and_then(
+        |room: String, session: AuthSession, state: SharedState| async move {
+            render_room(room, session, state).await.map_err(Rejection::from)
+        },
+    )
+}
+
+async fn render_room(room: String, session: AuthSession, state: SharedState) -> Result<Response, Error> {
+    let Some(current) = session.current().await? else { return Ok(see_other("/login")) };
+    let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
+    let history = &state.backend.history;
+    history.open_room(&room).await?;
+    let (recent, mut rooms) = tokio::try_join!(history.recent(&room, RECENT_MESSAGES), history.rooms(SIDEBAR_ROOMS))?;
+    for always in [crate::chat::LOBBY, room.as_str()] {
+        if !rooms.iter().any(|r| r == always) {
+            rooms.push(always.to_owned());
+        }
+    }
+    let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
+    let name = current.user.name;
+    let messages = recent.into_iter().map(|m| MessageView::new(m, &name)).collect();
+    page(
+        StatusCode::OK,
+        &ChatPage { user: name, room: room.to_string(), rooms, messages, last_id, expires_at: current.expires_at },
+    )
+}

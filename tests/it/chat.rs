@@ -1,0 +1,358 @@
+//! Chat that loses nothing (SPEC §3 frames, §4 guarantees): fan-out across
+//! instances, replay, reconnects, a Redis restart, bad input, floods,
+//! presence, and escaping on the server-rendered page.
+
+use std::collections::HashSet;
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+/// Tests that send many messages quickly lift the per-socket rate limit.
+const NO_RATE_LIMIT: [(&str, &str); 2] = [("MESSAGE_RATE_PER_SEC", "10000"), ("MESSAGE_BURST", "10000")];
+
+async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
+    (TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await, TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await)
+}
+
+/// Reads `n` message frames, skipping everything else.
+async fn messages(socket: &mut Socket, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.push(socket.next_of("message").await);
+    }
+    out
+}
+
+fn bodies(messages: &[Value]) -> Vec<String> {
+    messages.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_two_instances_get_the_same_message_and_rooms_do_not_leak() {
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let (mut bobs, _) = bob.join(&b, "").await;
+    let (mut elsewhere, _) = bob.join(&b, "?room=elsewhere").await;
+
+    let ack = alices.say("hello bob", "c-1").await;
+    let id = ack["id"].as_str().unwrap().to_owned();
+    for socket in [&mut alices, &mut bobs] {
+        let m = socket.next_of("message").await;
+        assert_eq!(m["id"], id.as_str());
+        assert_eq!(
+            (m["room"].as_str(), m["user"].as_str(), m["body"].as_str()),
+            (Some("lobby"), Some("alice"), Some("hello bob"))
+        );
+        assert_eq!(m["client_id"], "c-1");
+        assert!(m["sent_at"].as_i64().unwrap() > 0);
+    }
+    // The other room hears its own message, and never the lobby's.
+    let other = elsewhere.say("meanwhile", "c-2").await;
+    let m = elsewhere.next_of("message").await;
+    assert_eq!(m["id"], other["id"]);
+    assert_eq!(m["body"], "meanwhile");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_an_id_returns_exactly_the_missed_messages_in_order() {
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(alices.say(&format!("m{i}"), &format!("c{i}")).await["id"].as_str().unwrap().to_owned());
+    }
+    // Bob saw up to m4; he gets m5..m11, in order, then live ones.
+    let (mut bobs, _) = bob.join(&b, &format!("?after={}", ids[4])).await;
+    let replayed = messages(&mut bobs, 7).await;
+    assert_eq!(bodies(&replayed), (5..12).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        replayed.iter().map(|m| m["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        ids[5..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    alices.say("live", "c-live").await;
+    let live = bobs.next_of("message").await;
+    assert_eq!(live["body"], "live", "nothing repeated between replay and live");
+    // after=0-0 replays the whole room.
+    let (mut fresh, _) = bob.join(&a, "?after=0-0").await;
+    assert_eq!(messages(&mut fresh, 13).await.len(), 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_a_client_reconnects_are_neither_lost_nor_duplicated() {
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut bobs, _) = bob.join(&b, "").await;
+
+    // Alice sends steadily from another task while Bob drops and comes back.
+    let (alice_ref, a_ref) = (&alice, &a);
+    let sender = async move {
+        let (mut socket, _) = alice_ref.join(a_ref, "").await;
+        for i in 0..60 {
+            socket.say(&format!("m{i}"), &format!("c{i}")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        }
+    };
+    let receiver = async {
+        let mut seen: Vec<Value> = messages(&mut bobs, 10).await;
+        let last = seen.last().unwrap()["id"].as_str().unwrap().to_owned();
+        drop(bobs);
+        // Reconnect on the other instance, from the last id seen.
+        let (mut again, _) = bob.join(&a, &format!("?after={last}")).await;
+        while seen.len() < 60 {
+            seen.push(again.next_of("message").await);
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(sender, receiver);
+    assert_eq!(bodies(&seen), (0..60).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let unique: HashSet<&str> = seen.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(unique.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_survives_a_redis_restart_with_persistence() {
+    let mut redis = RedisServer::start_persistent();
+    let (a, b) = two_instances(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let (mut bobs, _) = bob.join(&b, "").await;
+    alices.say("before", "c0").await;
+    assert_eq!(bobs.next_of("message").await["body"], "before");
+
+    redis.restart();
+    // Sending works again once the store answers; every acked message then
+    // reaches the sockets on both instances, once, in order.
+    let mut acked: Vec<String> = Vec::new();
+    let mut alice_seen: Vec<Value> = Vec::new();
+    let mut attempt = 0;
+    while acked.len() < 5 {
+        attempt += 1;
+        assert!(attempt < 500, "sending never recovered");
+        alices
+            .send_json(
+                json!({"type": "send", "body": format!("after{}", acked.len()), "client_id": format!("r{attempt}")}),
+            )
+            .await;
+        loop {
+            match alices.next_frame().await {
+                Frame::Json(v) if v["type"] == "ack" => {
+                    acked.push(v["id"].as_str().unwrap().to_owned());
+                    break;
+                }
+                Frame::Json(v) if v["type"] == "error" => {
+                    assert_eq!(v["code"], "unavailable");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    break;
+                }
+                Frame::Json(v) if v["type"] == "message" => alice_seen.push(v),
+                Frame::Json(_) => continue,
+                other => panic!("alice's socket ended: {other:?}"),
+            }
+        }
+    }
+    let ids = |seen: &[Value]| -> Vec<String> { seen.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect() };
+    while alice_seen.len() < 6 {
+        alice_seen.push(alices.next_of("message").await);
+    }
+    assert_eq!(ids(&alice_seen[1..]), acked, "alice: the acked messages, once, in order");
+    assert_eq!(ids(&messages(&mut bobs, 5).await), acked, "bob: the acked messages, once, in order");
+    // And the history survived the restart.
+    let (mut late, _) = bob.join(&b, "?after=0-0").await;
+    assert_eq!(bodies(&messages(&mut late, 6).await), ["before", "after0", "after1", "after2", "after3", "after4"]);
+}
+
+#[tokio::test]
+async fn bad_frames_get_invalid_without_closing_the_socket() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    let bad = [
+        "not json".to_string(),
+        json!({"type": "shout", "body": "hi"}).to_string(),
+        json!({"body": "no type"}).to_string(),
+        json!({"type": "send", "body": 42}).to_string(),
+        json!({"type": "send", "body": "   "}).to_string(),
+        json!({"type": "send", "body": "x".repeat(2001)}).to_string(),
+        json!({"type": "send", "body": "ok", "client_id": "c".repeat(65)}).to_string(),
+    ];
+    for frame in &bad {
+        socket.send_text(frame).await;
+        let error = socket.next_of("error").await;
+        assert_eq!(error["code"], "invalid", "{frame}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    socket.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(socket.next_of("error").await["code"], "invalid");
+    // Exactly 2000 characters after trimming is fine, and it is stored trimmed.
+    let body = "é".repeat(2000);
+    socket.send_json(json!({"type": "send", "body": format!("  {body}\n"), "client_id": "long"})).await;
+    socket.next_of("ack").await;
+    assert_eq!(socket.next_of("message").await["body"], body.as_str());
+    // Nothing invalid was stored.
+    let (mut replay, _) = alice.join(&app, "?after=0-0").await;
+    socket.say("end", "end").await;
+    assert_eq!(bodies(&messages(&mut replay, 2).await), [body.clone(), "end".into()]);
+}
+
+#[tokio::test]
+async fn more_than_twenty_invalid_frames_in_a_minute_close_with_1008() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    for _ in 0..20 {
+        socket.send_text("{").await;
+        assert_eq!(socket.next_of("error").await["code"], "invalid");
+    }
+    socket.send_text("{").await;
+    assert_eq!(socket.closed().await, (1008, "policy violation".to_string()));
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_closed_with_1008() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("MESSAGE_RATE_PER_SEC", "1"), ("MESSAGE_BURST", "5")]).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    for i in 0..40 {
+        socket.send_json(json!({"type": "send", "body": format!("spam {i}"), "client_id": format!("s{i}")})).await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    let close = loop {
+        match socket.next_frame().await {
+            Frame::Json(v) if v["type"] == "ack" => acks += 1,
+            Frame::Json(v) if v["type"] == "error" => {
+                assert_eq!(v["code"], "rate_limited");
+                assert!(v["client_id"].as_str().unwrap().starts_with('s'));
+                limited += 1;
+            }
+            Frame::Json(_) => {}
+            Frame::Close(code, reason) => break (code, reason),
+            Frame::Ended => panic!("ended without a close frame"),
+        }
+    };
+    assert_eq!(close, (1008, "policy violation".to_string()));
+    assert!((5..=6).contains(&acks), "the burst passes: {acks}");
+    assert_eq!(limited, 10, "rate_limited ten times, then closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_send_gets_unavailable_and_nothing_half_stored() {
+    let mut redis = RedisServer::start_persistent();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    socket.say("stored", "c0").await;
+    redis.stop();
+    socket.send_json(json!({"type": "send", "body": "lost?", "client_id": "c1"})).await;
+    let error = socket.next_of("error").await;
+    assert_eq!((error["code"].as_str(), error["client_id"].as_str()), (Some("unavailable"), Some("c1")));
+    redis.restart();
+    let stream = redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap();
+    assert_eq!(stream.trim(), ":1", "only the acked message is stored");
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_client_id_is_stored_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    let first = socket.say("once", "same").await;
+    let again = socket.say("once", "same").await;
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":1");
+}
+
+#[tokio::test]
+async fn html_in_a_message_is_escaped_on_the_page() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    let evil = r#"<img src=x onerror="alert(1)"><script>alert(2)</script>"#;
+    socket.say(evil, "x").await;
+    let html = alice.get(&app, "/chat/lobby").await.text().await.unwrap();
+    assert!(!html.contains("<img src=x") && !html.contains("<script>alert"), "raw HTML on the page");
+    // Escaped, in whichever entity style the template engine picks.
+    let normalized = html.replace("&#60;", "&lt;").replace("&#62;", "&gt;").replace("&#34;", "&quot;");
+    assert!(
+        normalized.contains("&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn the_page_renders_recent_history_and_the_last_id() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &NO_RATE_LIMIT).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    let mut last = Value::Null;
+    for i in 0..55 {
+        last = socket.say(&format!("msg-{i:02}"), &format!("c{i}")).await;
+    }
+    let html = alice.get(&app, "/chat/lobby").await.text().await.unwrap();
+    assert_eq!(html.matches(r#"<li class="msg"#).count(), 50, "the last 50");
+    assert!(!html.contains("msg-04<") && html.contains("msg-05<") && html.contains("msg-54<"));
+    assert!(html.contains(&format!(r#"data-last-id="{}""#, last["id"].as_str().unwrap())));
+}
+
+/// Reads presence frames until one lists exactly `want`.
+async fn until(socket: &mut Socket, want: Value) -> Value {
+    loop {
+        let p = socket.next_of("presence").await;
+        if p["online"] == want {
+            return p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_instances_and_follows_departures() {
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let first = alices.next_of("presence").await;
+    assert_eq!(first["online"], json!(["alice"]));
+    let (mut bobs, _) = bob.join(&b, "").await;
+    until(&mut bobs, json!(["alice", "bob"])).await;
+    until(&mut alices, json!(["alice", "bob"])).await;
+    // A second tab of bob's changes nothing; closing one of two neither.
+    let (tab, _) = bob.join(&a, "").await;
+    drop(tab);
+    drop(bobs);
+    let p = until(&mut alices, json!(["alice"])).await;
+    assert_eq!(p["room"], "lobby");
+}
+
+#[tokio::test]
+async fn the_memory_backend_chats_replays_and_shows_presence() {
+    let app = TestApp::spawn_memory().await;
+    let alice = signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    let (mut alices, _) = alice.join(&app, "").await;
+    let ack = alices.say("hi", "c1").await;
+    let (mut bobs, _) = bob.join(&app, "?after=0-0").await;
+    let replayed = bobs.next_of("message").await;
+    assert_eq!(replayed["id"], ack["id"]);
+    alices.say("live", "c2").await;
+    assert_eq!(bobs.next_of("message").await["body"], "live");
+    let presence = alices.next_of("presence").await;
+    assert!(presence["online"].as_array().unwrap().len() <= 2);
+}

@@ -1,0 +1,42 @@
+//! Failing closed: while Redis does not answer, nothing is let in; when it
+//! returns, everything recovers without a restart.
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
+    let mut redis = RedisServer::start_persistent();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
+
+    redis.stop();
+    let stranger = Browser::new();
+    assert_eq!(stranger.get(&app, "/healthz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        stranger.get(&app, "/healthz").await.text().await.unwrap(),
+        r#"{"status":"unavailable","backend":"redis"}"#
+    );
+    assert_eq!(stranger.login(&app, "alice", "correct horse battery").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stranger.register(&app, "bob", "correct horse battery").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = alice.get(&app, "/chat/lobby").await;
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE, "a page needing a session is never served");
+    assert!(!page.text().await.unwrap().contains("id=\"chat\""));
+    assert_eq!(alice.get(&app, "/").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(alice.refresh(&app).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(alice.open_socket(&app, "").await.err(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    // Pages without a session still render.
+    assert_eq!(stranger.get(&app, "/login").await.status(), StatusCode::OK);
+
+    redis.restart();
+    let app_ref = &app;
+    eventually("health to recover", || async move {
+        Browser::new().get(app_ref, "/healthz").await.status() == StatusCode::OK
+    })
+    .await;
+    assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK, "the session survived");
+    assert_redirect(&Browser::new().register(&app, "bob", "correct horse battery").await, "/chat");
+    alice.join(&app, "").await;
+}

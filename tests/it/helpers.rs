@@ -1,0 +1,461 @@
+//! The test harness: a real `redis-server` per test on a free port (which a
+//! test can stop and restart), the real application on port 0, and HTTP and
+//! WebSocket clients with per-route helpers.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use palaver::{Application, Config};
+use reqwest::{cookie::CookieStore, redirect::Policy, StatusCode};
+use serde_json::Value;
+use tokio::{net::TcpStream as TokioTcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, protocol::CloseFrame, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// How long any awaited event may take before the test fails. Generous:
+/// CI machines are slow; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Awaits `fut` or fails the test naming what did not happen.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    within_for(DEADLINE, what, fut).await
+}
+
+pub async fn within_for<T>(deadline: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {deadline:?} waiting for: {what}"),
+    }
+}
+
+/// Polls `check` until it holds (a state observed from outside, such as a
+/// key in Redis), failing after the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        palaver::telemetry::init();
+    }
+}
+
+// ---------------------------------------------------------------- Redis --
+
+/// A `redis-server` child process in its own temp dir and port.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// A throwaway Redis, no persistence.
+    pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// A Redis with an fsync-always append-only file, so that whatever it
+    /// acknowledged survives being killed.
+    pub fn start_persistent() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer { port: 0, dir, child: None, persistent };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args(["--save", "", "--loglevel", "warning", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) => panic!(
+                "cannot run redis-server ({err}). Install it (`apt-get install redis-server`) or run `scripts/test`, \
+                 which installs it."
+            ),
+        };
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if self.ping() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false; // the port was taken meanwhile
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command in RESP and returns the raw reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+
+    pub fn ping(&self) -> bool {
+        self.command(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Kills the server (SIGKILL: nothing is saved on the way out).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        let started = Instant::now();
+        while !self.spawn() {
+            assert!(started.elapsed() < DEADLINE, "redis-server did not restart on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------- App --
+
+/// The real application, in-process, on port 0.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub origin: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Settings tests start from: short enough to exercise timing paths.
+pub fn base_vars(redis: Option<&RedisServer>) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = [("LISTEN_ADDR", "127.0.0.1:0"), ("RUST_LOG", "warn")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match redis {
+        Some(redis) => {
+            vars.insert("PALAVER_BACKEND".into(), "redis".into());
+            vars.insert("REDIS_URL".into(), redis.url());
+        }
+        None => {
+            vars.insert("PALAVER_BACKEND".into(), "memory".into());
+        }
+    }
+    vars
+}
+
+impl TestApp {
+    pub async fn spawn(redis: &RedisServer) -> TestApp {
+        Self::spawn_with(Some(redis), &[]).await
+    }
+
+    pub async fn spawn_memory() -> TestApp {
+        Self::spawn_with(None, &[]).await
+    }
+
+    /// Starts an instance with extra variables on top of [`base_vars`].
+    pub async fn spawn_with(redis: Option<&RedisServer>, extra: &[(&str, &str)]) -> TestApp {
+        let mut vars = base_vars(redis);
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        Self::spawn_config(Config::from_map(&vars).expect("test config is valid")).await
+    }
+
+    pub async fn spawn_config(config: Config) -> TestApp {
+        init_logging();
+        let app = Application::build(config).await.expect("application starts");
+        let addr = app.local_addr();
+        let origin = app.public_origin().to_owned();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        TestApp { addr, origin, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits for it to finish.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        let task = self.task.take().expect("running");
+        within("graceful shutdown", task).await.expect("shutdown task")
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Users --
+
+/// A browser-like HTTP client: its own cookie jar, redirects not followed.
+#[derive(Clone)]
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(Policy::none())
+            .build()
+            .expect("http client");
+        Self { http, jar }
+    }
+
+    /// The `Cookie` header this browser would send to `app`.
+    pub fn cookie_header(&self, app: &TestApp) -> Option<String> {
+        let url = app.url("/").parse().unwrap();
+        self.jar.cookies(&url).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// The session cookie's value, if any.
+    pub fn session_id(&self, app: &TestApp) -> Option<String> {
+        let header = self.cookie_header(app)?;
+        header.split("; ").find_map(|c| c.strip_prefix("palaver_session=")).map(str::to_owned)
+    }
+
+    /// Puts a session cookie in the jar, as an attacker-chosen or stolen id.
+    pub fn set_session_id(&self, app: &TestApp, id: &str) {
+        let url = app.url("/").parse().unwrap();
+        self.jar.add_cookie_str(&format!("palaver_session={id}; Path=/"), &url);
+    }
+
+    pub async fn get(&self, app: &TestApp, path: &str) -> reqwest::Response {
+        self.http.get(app.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn post_form(&self, app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http.post(app.url(path)).form(form).send().await.expect("POST")
+    }
+
+    pub async fn post(&self, app: &TestApp, path: &str) -> reqwest::Response {
+        self.http.post(app.url(path)).send().await.expect("POST")
+    }
+
+    pub async fn register(&self, app: &TestApp, username: &str, password: &str) -> reqwest::Response {
+        self.post_form(app, "/register", &[("username", username), ("password", password)]).await
+    }
+
+    pub async fn login(&self, app: &TestApp, username: &str, password: &str) -> reqwest::Response {
+        self.post_form(app, "/login", &[("username", username), ("password", password)]).await
+    }
+
+    pub async fn logout(&self, app: &TestApp) -> reqwest::Response {
+        self.post(app, "/logout").await
+    }
+
+    pub async fn refresh(&self, app: &TestApp) -> reqwest::Response {
+        self.post(app, "/session/refresh").await
+    }
+
+    /// Opens `/ws` with this browser's cookies (and its page origin).
+    pub async fn open_socket(&self, app: &TestApp, query: &str) -> Result<Socket, StatusCode> {
+        let mut request = app.ws_url(query).into_client_request().unwrap();
+        if let Some(cookie) = self.cookie_header(app) {
+            request.headers_mut().insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+        }
+        request.headers_mut().insert("origin", HeaderValue::from_str(&app.origin).unwrap());
+        connect(request).await
+    }
+
+    /// Opens a socket and reads its `hello`.
+    pub async fn join(&self, app: &TestApp, query: &str) -> (Socket, Value) {
+        let mut socket = self.open_socket(app, query).await.expect("upgrade accepted");
+        let hello = socket.next_of("hello").await;
+        (socket, hello)
+    }
+}
+
+/// Registers a new user in a fresh browser, signed in.
+pub async fn signed_up(app: &TestApp, username: &str) -> Browser {
+    let browser = Browser::new();
+    let res = browser.register(app, username, "correct horse battery").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "registering {username}");
+    browser
+}
+
+/// Connects; an HTTP refusal comes back as its status.
+pub async fn connect(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<Socket, StatusCode> {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(Socket { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            Err(StatusCode::from_u16(res.status().as_u16()).unwrap())
+        }
+        Err(err) => panic!("WebSocket connect failed without an HTTP answer: {err}"),
+    }
+}
+
+pub fn assert_redirect(res: &reqwest::Response, location: &str) {
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "expected a 303 to {location}");
+    assert_eq!(res.headers().get("location").unwrap(), location);
+}
+
+// ---------------------------------------------------------------- Sockets --
+
+/// What a socket can receive.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+pub struct Socket {
+    pub ws: WebSocketStream<MaybeTlsStream<TokioTcpStream>>,
+}
+
+impl Socket {
+    /// The next frame (pings are answered by tungstenite and skipped).
+    pub async fn next_frame(&mut self) -> Frame {
+        within("a frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return Frame::Json(serde_json::from_str(&text).expect("server frames are JSON"));
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = frame
+                            .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        return Frame::Close(code, reason);
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Frame::Ended,
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next JSON frame of `kind`, skipping others (presence, mostly).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            match self.next_frame().await {
+                Frame::Json(v) if v["type"] == kind => return v,
+                Frame::Json(_) => continue,
+                other => panic!("expected a {kind} frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the close frame and returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Frame::Json(_) => continue,
+                Frame::Close(code, reason) => return (code, reason),
+                Frame::Ended => panic!("the socket ended without a close frame"),
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.ws.send(Message::Text(value.to_string().into())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.to_owned().into())).await.expect("send");
+    }
+
+    /// Sends a chat message and returns the ack.
+    pub async fn say(&mut self, body: &str, client_id: &str) -> Value {
+        self.send_json(serde_json::json!({"type": "send", "body": body, "client_id": client_id})).await;
+        let ack = self.next_of("ack").await;
+        assert_eq!(ack["client_id"], client_id);
+        ack
+    }
+}

@@ -1,0 +1,12 @@
+//! palaver's integration tests: one binary (one link step), one module per
+//! area. Every test starts its own `redis-server` on a free port and its own
+//! application instance(s) on port 0, so they run in parallel without
+//! sharing keys or ports.
+
+mod auth;
+mod chat;
+mod faults;
+mod helpers;
+mod lifecycle;
+mod process;
+mod ws;

@@ -1,0 +1,190 @@
+//! The real binary: start-up messages and exit codes, the in-process
+//! fallback, self-contained assets, and graceful shutdown on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
+
+/// A running binary whose log lines are collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
+        let mut cmd = Command::new(BINARY);
+        cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap()).env("RUST_LOG", "info");
+        cmd.env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Running { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no log line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// The bound port, from the "listening on" line.
+    fn port(&mut self) -> u16 {
+        let line = self.wait_for_line("listening on ");
+        let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the binary did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn an_unreachable_redis_url_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let mut run = Running::start(dir.path(), &[("REDIS_URL", &dead), ("LISTEN_ADDR", "127.0.0.1:0")]);
+    let status = run.wait_exit();
+    assert!(!status.success());
+    let line = run.wait_for_line("cannot reach Redis");
+    assert!(line.contains(&dead), "{line}");
+}
+
+#[test]
+fn a_bad_variable_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), &[("SESSION_TTL_SECS", "soon")]);
+    assert!(!run.wait_exit().success());
+    run.wait_for_line("SESSION_TTL_SECS");
+}
+
+#[tokio::test]
+async fn the_binary_runs_from_an_empty_directory_reading_dot_env_and_says_which_store() {
+    let dir = tempfile::tempdir().unwrap();
+    // .env is read; the real environment wins over it.
+    std::fs::write(dir.path().join(".env"), "PALAVER_BACKEND=memory\nLISTEN_ADDR=127.0.0.1:1\n").unwrap();
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "127.0.0.1:0")]);
+    run.wait_for_line("IN-PROCESS");
+    let port = run.port();
+    assert_ne!(port, 0);
+    let base = format!("http://127.0.0.1:{port}");
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap().text().await.unwrap();
+    assert_eq!(health, r#"{"status":"ok","backend":"memory"}"#);
+    // Templates and assets are inside the binary.
+    assert_eq!(reqwest::get(format!("{base}/login")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(reqwest::get(format!("{base}/static/chat.js")).await.unwrap().status(), StatusCode::OK);
+}
+
+#[test]
+fn auto_falls_back_to_memory_only_when_no_local_redis_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let local_redis = std::net::TcpStream::connect("127.0.0.1:6379").is_ok();
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "127.0.0.1:0")]);
+    if local_redis {
+        run.wait_for_line("store: Redis");
+    } else {
+        let warning = run.wait_for_line("no Redis at redis://127.0.0.1:6379");
+        assert!(warning.contains("IN-PROCESS"), "{warning}");
+    }
+    run.port();
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_zero() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), &[("REDIS_URL", &redis.url()), ("LISTEN_ADDR", "127.0.0.1:0")]);
+    let port = run.port();
+    // Talk to it with the usual helpers through a TestApp-shaped address.
+    let app = ExternalApp::new(port);
+    let browser = Browser::new();
+    let res = browser
+        .http
+        .post(format!("{}/register", app.base))
+        .form(&[("username", "alice"), ("password", "correct horse battery")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let mut socket = app.open_socket(&browser).await;
+    socket.next_of("hello").await;
+
+    sigterm(&run.child);
+    assert_eq!(socket.closed().await, (1001, "server shutting down".to_string()));
+    let status = run.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    run.wait_for_line("palaver stopped");
+}
+
+/// A server started as a separate process.
+struct ExternalApp {
+    base: String,
+    port: u16,
+}
+
+impl ExternalApp {
+    fn new(port: u16) -> Self {
+        Self { base: format!("http://127.0.0.1:{port}"), port }
+    }
+
+    async fn open_socket(&self, browser: &Browser) -> Socket {
+        use reqwest::cookie::CookieStore;
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+        let mut request = format!("ws://127.0.0.1:{}/ws", self.port).into_client_request().unwrap();
+        let cookie = browser.jar.cookies(&self.base.parse().unwrap()).unwrap();
+        request.headers_mut().insert("cookie", HeaderValue::from_str(cookie.to_str().unwrap()).unwrap());
+        connect(request).await.expect("upgrade")
+    }
+}
