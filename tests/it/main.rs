@@ -9,4 +9,5 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod process;
+mod tls;
 mod ws;

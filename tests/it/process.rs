@@ -188,3 +188,35 @@ impl ExternalApp {
         connect(request).await.expect("upgrade")
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_dies_without_cleaning_up_drops_out_of_presence() {
+    let redis = RedisServer::start();
+    let ttl = ("PRESENCE_TTL_SECS", "3");
+    let a = TestApp::spawn_with(Some(&redis), &[ttl]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Running::start(dir.path(), &[("REDIS_URL", &redis.url()), ("LISTEN_ADDR", "127.0.0.1:0"), ttl]);
+    let b_app = ExternalApp::new(b.port());
+
+    let alice = signed_up(&a, "alice").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let bob = Browser::new();
+    let res = bob
+        .http
+        .post(format!("{}/register", b_app.base))
+        .form(&[("username", "bob"), ("password", "correct horse battery")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let mut bobs = b_app.open_socket(&bob).await;
+    bobs.next_of("hello").await;
+    let both = serde_json::json!(["alice", "bob"]);
+    while alices.next_of("presence").await["online"] != both {}
+
+    // SIGKILL: no graceful shutdown, no presence cleanup.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let alone = serde_json::json!(["alice"]);
+    while alices.next_of("presence").await["online"] != alone {}
+}
