@@ -34,3 +34,20 @@ pub mod web;
 
 pub use config::Config;
 pub use startup::{Application, StartError};
+
+/// Makes freed large allocations go back to the system (glibc only).
+///
+/// Every Argon2 hash allocates and frees 19 MiB. glibc's dynamic mmap
+/// threshold rises to that size after the first free, after which such
+/// blocks come from the heap and are kept: resident memory grew by about
+/// 16 MiB per login, without bound (measured: 40 registrations, 656 MB).
+/// A fixed threshold keeps large blocks on mmap, returned on free, at the
+/// cost of the kernel zeroing fresh pages (~10% of a hash). Call it first
+/// thing in `main`, before any threads start.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}

@@ -3,8 +3,12 @@
 //! Parameters are OWASP's minimum for Argon2id (m = 19 MiB, t = 2, p = 1).
 //! Hashing takes tens of milliseconds of CPU, so it runs on the blocking pool;
 //! on the runtime it would stall every socket served by that worker thread.
+//! At most one hash per core runs at a time: each needs 19 MiB, and a burst
+//! of logins must queue for the CPU rather than multiply that memory.
 
 use std::{fmt, sync::LazyLock};
+
+use tokio::sync::Semaphore;
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -62,15 +66,25 @@ fn verify_blocking(password: &Password, hash: &str) -> bool {
     }
 }
 
+/// Hashes or verifications running at once.
+static SLOTS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+
+/// Runs `work` on the blocking pool once a slot is free.
+async fn bounded<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let _slot = SLOTS.acquire().await.expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(work).await.expect("argon2 does not panic")
+}
+
 /// Hashes a new password into a PHC string.
 pub async fn hash(password: Password) -> String {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await.expect("hashing does not panic")
+    bounded(move || hash_blocking(&password)).await
 }
 
 /// Checks a password against the stored hash, or against the dummy hash
 /// when there is no such user (and then answers `false`).
 pub async fn verify(password: Password, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || match stored {
+    bounded(move || match stored {
         Some(hash) => verify_blocking(&password, &hash),
         None => {
             verify_blocking(&password, &DUMMY_HASH);
@@ -78,7 +92,6 @@ pub async fn verify(password: Password, stored: Option<String>) -> bool {
         }
     })
     .await
-    .expect("verifying does not panic")
 }
 
 /// Computes the dummy hash now, so the first unknown-user login is not slower.
