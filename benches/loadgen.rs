@@ -1,0 +1,421 @@
+//! palaver's load generator: real release binaries, a real `redis-server`,
+//! thousands of real WebSocket clients.
+//!
+//! ```sh
+//! cargo bench --bench loadgen -- idle --sockets 10000
+//! cargo bench --bench loadgen -- chat --sockets 1000 --rates 100,200,400 --seconds 10
+//! ```
+//!
+//! `idle`: one instance; opens `--sockets` authenticated sockets that only
+//! answer pings, and reports the server's resident memory per socket.
+//!
+//! `login`: the cost of a login: Argon2id verification alone (in this
+//! process, release build, the same parameters as the server), then whole
+//! `POST /login` round trips against a release instance.
+//!
+//! `chat`: two instances on one Redis; `--sockets` sockets in one room,
+//! split across the instances; `--senders` of them send at each total rate
+//! in turn. Reports messages delivered per second and delivery latency
+//! (send to receipt, over every recipient) at p50/p99/max, and checks that
+//! every socket got every acked message once, in order.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream as StdTcpStream,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{net::TcpStream, sync::Semaphore};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    eprintln!("open files limit: {}", limit.rlim_cur);
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_redis(dir: &std::path::Path) -> (Process, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    wait_for_port(port, "redis-server");
+    (Process(child), port)
+}
+
+fn start_palaver(redis_port: u16, extra: &[(&str, &str)]) -> (Process, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(BINARY);
+    cmd.env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env("MAX_CONNECTIONS", "100000");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(Stdio::null()).spawn().expect("palaver binary");
+    wait_for_port(port, "palaver");
+    (Process(child), port)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// POSTs a form over raw HTTP/1.1 and returns the whole response.
+fn post_form(port: u16, path: &str, body: &str) -> String {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Registers `username` and returns the `Cookie` header value.
+fn register(port: u16, username: &str) -> String {
+    let response = post_form(port, "/register", &format!("username={username}&password=load-test-password"));
+    assert!(response.starts_with("HTTP/1.1 303"), "registration failed: {response}");
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+async fn open(port: u16, cookie: &str, query: &str) -> Ws {
+    let mut request = format!("ws://127.0.0.1:{port}/ws{query}").into_client_request().unwrap();
+    request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).unwrap());
+    let mut attempt = 0;
+    loop {
+        match tokio_tungstenite::connect_async(request.clone()).await {
+            Ok((ws, _)) => return ws,
+            Err(err) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("connect retry after: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("cannot open a socket: {err}"),
+        }
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(text)) => return serde_json::from_str(&text).ok(),
+            Ok(Message::Close(frame)) => panic!("socket closed: {frame:?}"),
+            Ok(_) => continue,
+            Err(err) => panic!("socket failed: {err}"),
+        }
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {name}")))
+        .unwrap_or(default)
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+async fn idle(args: &[String]) {
+    let sockets: usize = arg(args, "--sockets", 10_000);
+    let users: usize = arg(args, "--users", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = start_redis(dir.path());
+    let (server, port) = start_palaver(redis_port, &[]);
+    let pid = server.0.id();
+
+    let cookies: Vec<String> = (0..users).map(|i| register(port, &format!("idle{i}"))).collect();
+    // Warm up: one socket per user (their rooms exist, presence is written).
+    let mut warm = Vec::new();
+    for (i, cookie) in cookies.iter().enumerate() {
+        let mut ws = open(port, cookie, &format!("?room=r{i}")).await;
+        next_json(&mut ws).await;
+        warm.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(pid);
+
+    let gate = Arc::new(Semaphore::new(256));
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(sockets);
+    let started = Instant::now();
+    for i in 0..sockets {
+        let cookie = cookies[i % users].clone();
+        let (gate, opened) = (gate.clone(), opened.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let mut ws = open(port, &cookie, &format!("?room=r{}", i % users)).await;
+            next_json(&mut ws).await.expect("hello");
+            drop(permit);
+            opened.fetch_add(1, Ordering::Relaxed);
+            // An idle client: it reads (answering pings) and never sends.
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+    while opened.load(Ordering::Relaxed) < sockets as u64 {
+        assert!(!tasks.iter().any(|t| t.is_finished()), "a socket ended during the idle run");
+        assert!(started.elapsed() < Duration::from_secs(300), "opening sockets took too long");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_time = started.elapsed();
+    // Every task has passed its hello once all permits are back and no more
+    // are waiting; give the server a moment to settle its allocations.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    println!(
+        "idle: {sockets} sockets opened in {open_time:.1?}; server RSS {before} KiB -> {after} KiB: {:.1} KiB per idle authenticated socket",
+        (after.saturating_sub(before)) as f64 / sockets as f64
+    );
+    drop(warm);
+}
+
+/// POSTs a login and returns the status line.
+fn login(port: u16, username: &str, password: &str) -> String {
+    let response = post_form(port, "/login", &format!("username={username}&password={password}"));
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+fn summary(mut samples: Vec<Duration>) -> String {
+    samples.sort_unstable();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    format!(
+        "mean {:.1?}, p50 {:.1?}, max {:.1?} over {}",
+        mean,
+        samples[samples.len() / 2],
+        samples[samples.len() - 1],
+        samples.len()
+    )
+}
+
+async fn logins(args: &[String]) {
+    use palaver::auth::password::{self, Password};
+    let count: usize = arg(args, "--count", 30);
+    let hash = password::hash(Password::new("load-test-password".into())).await;
+    let mut verify = Vec::new();
+    for _ in 0..count {
+        let started = Instant::now();
+        assert!(password::verify(Password::new("load-test-password".into()), Some(hash.clone())).await);
+        verify.push(started.elapsed());
+    }
+    println!("argon2id verify (m=19456 KiB, t=2, p=1): {}", summary(verify));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = start_redis(dir.path());
+    let (_server, port) = start_palaver(redis_port, &[("LOGIN_MAX_FAILURES", "1000000")]);
+    register(port, "timer");
+    let (mut ok, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        let started = Instant::now();
+        assert!(login(port, "timer", "load-test-password").starts_with("HTTP/1.1 303"));
+        ok.push(started.elapsed());
+        let started = Instant::now();
+        assert!(login(port, "nobody-here", "load-test-password").starts_with("HTTP/1.1 401"));
+        unknown.push(started.elapsed());
+    }
+    println!("POST /login, right password: {}", summary(ok));
+    println!("POST /login, unknown user:   {}", summary(unknown));
+}
+
+#[derive(Default)]
+struct Receiver {
+    latencies_us: Vec<u64>,
+    ids: Vec<String>,
+}
+
+async fn chat(args: &[String]) {
+    let sockets: usize = arg(args, "--sockets", 1000);
+    let senders: usize = arg(args, "--senders", 10);
+    let users: usize = arg(args, "--users", 50);
+    let seconds: u64 = arg(args, "--seconds", 10);
+    let rates: String = arg(args, "--rates", "100,200,400".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = start_redis(dir.path());
+    let unlimited = [("MESSAGE_RATE_PER_SEC", "100000"), ("MESSAGE_BURST", "100000")];
+    let (_a, port_a) = start_palaver(redis_port, &unlimited);
+    let (_b, port_b) = start_palaver(redis_port, &unlimited);
+    let cookies: Vec<String> = (0..users).map(|i| register(port_a, &format!("chat{i}"))).collect();
+
+    for rate in rates.split(',').map(|r| r.parse::<u64>().unwrap()) {
+        let room = format!("bench-{rate}");
+        let received: Arc<Vec<Mutex<Receiver>>> = Arc::new((0..sockets).map(|_| Mutex::default()).collect());
+        let ready = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        let mut sender_sockets = Vec::new();
+        for i in 0..sockets {
+            let port = if i % 2 == 0 { port_a } else { port_b };
+            let mut ws = open(port, &cookies[i % users], &format!("?room={room}")).await;
+            next_json(&mut ws).await.expect("hello");
+            if i < senders {
+                sender_sockets.push(ws);
+                continue;
+            }
+            let (received, ready) = (received.clone(), ready.clone());
+            readers.push(tokio::spawn(async move {
+                ready.fetch_add(1, Ordering::Relaxed);
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else { continue };
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] != "message" {
+                        continue;
+                    }
+                    let now = unix_micros();
+                    let sent: u64 = frame["body"].as_str().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+                    let mut r = received[i].lock().unwrap();
+                    r.latencies_us.push(now.saturating_sub(sent));
+                    r.ids.push(frame["id"].as_str().unwrap().to_owned());
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // presence settles
+
+        // Senders: each sends rate/senders per second, evenly spaced, and
+        // counts its acks.
+        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let per_sender = (rate as f64 / senders as f64).max(0.1);
+        let started = Instant::now();
+        let mut sending = Vec::new();
+        for (s, ws) in sender_sockets.into_iter().enumerate() {
+            let acked = acked.clone();
+            sending.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sender));
+                let end = Instant::now() + Duration::from_secs(seconds);
+                let (mut sent, mut acks) = (0u64, 0u64);
+                let (mut sink, mut stream) = ws.split();
+                let reader = tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    while let Some(Ok(Message::Text(text))) = stream.next().await {
+                        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        match frame["type"].as_str() {
+                            Some("ack") => ids.push(frame["id"].as_str().unwrap().to_owned()),
+                            Some("error") => panic!("sender got an error: {frame}"),
+                            _ => {}
+                        }
+                    }
+                    ids
+                });
+                while Instant::now() < end {
+                    tick.tick().await;
+                    let body = format!("{s}-{sent} {}", unix_micros());
+                    let frame = serde_json::json!({"type": "send", "body": body, "client_id": format!("{s}-{sent}")});
+                    sink.send(Message::Text(frame.to_string().into())).await.unwrap();
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = sink.close().await;
+                let ids = reader.await.unwrap();
+                acks += ids.len() as u64;
+                acked.lock().unwrap().extend(ids);
+                (sent, acks)
+            }));
+        }
+        let mut sent_total = 0;
+        for task in sending {
+            let (sent, _) = task.await.unwrap();
+            sent_total += sent;
+        }
+        let elapsed = started.elapsed().as_secs_f64() - 2.0;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for r in &readers {
+            r.abort();
+        }
+        let acked = acked.lock().unwrap().clone();
+        let mut all: Vec<u64> = Vec::new();
+        let mut problems = 0;
+        let receivers = sockets - senders;
+        for r in received.iter().skip(senders) {
+            let r = r.lock().unwrap();
+            all.extend_from_slice(&r.latencies_us);
+            let unique: std::collections::HashSet<&String> = r.ids.iter().collect();
+            if unique.len() != r.ids.len() || r.ids.len() != acked.len() {
+                problems += 1;
+            }
+        }
+        all.sort_unstable();
+        let pct =
+            |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+        println!(
+            "chat @ {rate} msg/s offered into one room of {sockets} sockets over 2 instances ({senders} senders, {receivers} receivers): \
+             {sent_total} sent, {} acked, {} deliveries = {:.0} deliveries/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             receivers missing/duplicating messages: {problems}",
+            acked.len(),
+            all.len(),
+            all.len() as f64 / elapsed,
+            pct(0.50) as f64 / 1000.0,
+            pct(0.99) as f64 / 1000.0,
+            all.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    raise_fd_limit();
+    match args.first().map(String::as_str) {
+        Some("idle") => idle(&args).await,
+        Some("chat") => chat(&args).await,
+        Some("login") => logins(&args).await,
+        _ => eprintln!("usage: cargo bench --bench loadgen -- idle|chat|login [--sockets N] [--rates a,b] [--seconds S] [--count N]"),
+    }
+}
