@@ -252,25 +252,23 @@ impl Backend {
 
     pub fn memory(config: &Config) -> Backend {
         let backend = Arc::new(memory::MemoryBackend::new(config));
-        Backend {
-            kind: BackendKind::Memory,
-            users: backend.clone(),
-            sessions: SharedSessionStore(backend.clone()),
-            session_index: backend.clone(),
-            counters: backend.clone(),
-            bus: backend.clone(),
-            history: backend.clone(),
-            presence: backend.clone(),
-            health: backend,
-        }
+        Self::assemble(BackendKind::Memory, backend.clone(), SharedSessionStore(backend))
     }
 
     fn redis(backend: redis::RedisBackend) -> Backend {
-        let backend = Arc::new(backend);
+        let sessions = SharedSessionStore(Arc::new(backend.session_store()));
+        Self::assemble(BackendKind::Redis, Arc::new(backend), sessions)
+    }
+
+    /// One implementation behind every trait handle.
+    fn assemble<B>(kind: BackendKind, backend: Arc<B>, sessions: SharedSessionStore) -> Backend
+    where
+        B: UserStore + SessionIndex + Counters + EventBus + History + PresenceStore + Health + 'static,
+    {
         Backend {
-            kind: BackendKind::Redis,
+            kind,
             users: backend.clone(),
-            sessions: SharedSessionStore(Arc::new(backend.session_store())),
+            sessions,
             session_index: backend.clone(),
             counters: backend.clone(),
             bus: backend.clone(),

@@ -179,6 +179,15 @@ impl ExternalApp {
         Self { base: format!("http://127.0.0.1:{port}"), port }
     }
 
+    /// Registers a user in a fresh browser, signed in.
+    async fn signed_up(&self, username: &str) -> Browser {
+        let browser = Browser::new();
+        let form = [("username", username), ("password", "correct horse battery")];
+        let res = browser.http.post(format!("{}/register", self.base)).form(&form).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        browser
+    }
+
     async fn open_socket(&self, browser: &Browser) -> Socket {
         use reqwest::cookie::CookieStore;
         use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
@@ -200,15 +209,7 @@ async fn an_instance_that_dies_without_cleaning_up_drops_out_of_presence() {
 
     let alice = signed_up(&a, "alice").await;
     let (mut alices, _) = alice.join(&a, "").await;
-    let bob = Browser::new();
-    let res = bob
-        .http
-        .post(format!("{}/register", b_app.base))
-        .form(&[("username", "bob"), ("password", "correct horse battery")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let bob = b_app.signed_up("bob").await;
     let mut bobs = b_app.open_socket(&bob).await;
     bobs.next_of("hello").await;
     let both = serde_json::json!(["alice", "bob"]);
