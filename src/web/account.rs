@@ -120,13 +120,20 @@ fn too_many_attempts(username: &str, retry_after: Duration) -> Result<Response, 
 }
 
 /// Starts a session for `user` under a new id and indexes it under the user.
+/// A session the browser was signed in with before ends, sockets included.
 async fn sign_in(session: &AuthSession, state: &SharedState, user: User) -> Result<Current, Error> {
+    let previous = session.current().await?;
     let current = session.sign_in(user).await?;
     let end_by = session.policy().end_by(crate::chat::now_ms() / 1000);
     if let Err(err) = state.backend.session_index.add(current.user.id, current.session_id, end_by).await {
         // A session "log out everywhere" cannot find must not exist.
         let _ = session.sign_out().await;
         return Err(err.into());
+    }
+    if let Some(previous) = previous {
+        // `sign_in` deleted it from the store already; its sockets go now.
+        let _ = state.backend.session_index.remove(previous.user.id, previous.session_id).await;
+        announce_logout(state, previous.user.id, &[previous.session_id], false).await;
     }
     Ok(current)
 }

@@ -115,6 +115,18 @@ async fn a_logout_missed_during_a_reconnect_is_caught_by_the_resync_sweep() {
 }
 
 #[tokio::test]
+async fn signing_in_over_a_live_session_ends_that_sessions_sockets() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[SLOW_SWEEP]).await;
+    let shared_computer = signed_up(&app, "alice").await;
+    signed_up(&app, "bob").await;
+    let (mut alices, _) = shared_computer.join(&app, "").await;
+    assert_redirect(&shared_computer.login(&app, "bob", "correct horse battery").await, "/chat");
+    let closed = within_for(LOGOUT_DEADLINE, "the replaced session's socket to close", alices.closed()).await;
+    assert_eq!(closed, (4401, "logged out".to_string()));
+}
+
+#[tokio::test]
 async fn revalidation_closes_sockets_whose_session_vanished() {
     let redis = RedisServer::start();
     let app = TestApp::spawn_with(Some(&redis), &[("REVALIDATE_INTERVAL_SECS", "1")]).await;
