@@ -44,6 +44,13 @@ struct RoomLog {
     last_id: MessageId,
 }
 
+impl RoomLog {
+    /// The messages after `id`, oldest first (ids are ascending: a binary search).
+    fn after(&self, id: MessageId) -> impl Iterator<Item = &Message> {
+        self.messages.range(self.messages.partition_point(|m| m.id <= id)..)
+    }
+}
+
 #[derive(Debug)]
 pub struct MemoryBackend {
     users: Mutex<HashMap<String, StoredUser>>,
@@ -91,7 +98,7 @@ impl MemoryBackend {
             .iter()
             .filter_map(|(room, cursor)| {
                 let log = rooms.get(room)?;
-                let fresh: Vec<Message> = log.messages.iter().filter(|m| m.id > *cursor).cloned().collect();
+                let fresh: Vec<Message> = log.after(*cursor).cloned().collect();
                 (!fresh.is_empty()).then(|| (room.clone(), fresh))
             })
             .collect()
@@ -276,7 +283,7 @@ impl History for MemoryBackend {
         let rooms = lock(&self.rooms);
         Ok(rooms
             .get(room)
-            .map(|log| log.messages.iter().filter(|m| m.id > after).take(limit).cloned().collect())
+            .map(|log| log.after(after).take(limit).cloned().collect())
             .unwrap_or_default())
     }
 
