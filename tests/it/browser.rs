@@ -147,26 +147,45 @@ async fn an_open_page_outlives_the_session_ttl_but_not_a_session_ended_on_the_se
         alice.js("window.__sameDocument = true;", vec![]).await?;
         bob.register(&b, "bob").await?;
 
-        // Bob's session ends on the server behind his page's back: its key
-        // is deleted from Redis (no logout event is published).
-        let bob_session = bob.session_id().await?;
-        let deleted = redis.command(&["DEL", &bob_session]);
-        ensure!(deleted.as_deref() == Some(":1\r\n"), "deleting bob's session key {bob_session}: {deleted:?}");
-        bob.wait_path("/login", TTL + Duration::from_secs(5)).await?;
-
         // Alice's page, left alone, stays connected well past the expiry
         // of the session it was opened with: it refreshes and
-        // re-authenticates in-band.
+        // re-authenticates in-band. Watched all along, while bob's sessions
+        // are ended under his page.
         let until = signed_in + TTL * 5 / 2;
-        while Instant::now() < until {
-            let state = alice.state().await?;
+        let alice_stays = async {
+            while Instant::now() < until {
+                let state = alice.state().await?;
+                ensure!(
+                    state.as_deref() == Some("connected"),
+                    "alice's page went {state:?} {:?} after signing in",
+                    signed_in.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(())
+        };
+        let bob_is_sent_away = async {
+            // Bob's session key is deleted from Redis behind his page's
+            // back (no logout event is published).
+            let session = bob.session_id().await?;
+            let deleted = redis.command(&["DEL", &session]);
+            ensure!(deleted.as_deref() == Some(":1\r\n"), "deleting bob's session key {session}: {deleted:?}");
+            bob.wait_path("/login", TTL + Duration::from_secs(5)).await?;
+
+            // Signed in again, his new session is logged out by another
+            // client over HTTP with the same cookie.
+            bob.login(&b, "bob").await?;
+            let http = Browser::new();
+            http.set_session_id(&b, &bob.session_id().await?);
+            let res = http.logout(&b).await;
             ensure!(
-                state.as_deref() == Some("connected"),
-                "alice's page went {state:?} {:?} after signing in",
-                signed_in.elapsed()
+                res.status() == reqwest::StatusCode::SEE_OTHER,
+                "logging bob out over HTTP answered {}",
+                res.status()
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            bob.wait_path("/login", LOGOUT_DEADLINE).await
+        };
+        tokio::try_join!(alice_stays, bob_is_sent_away)?;
         let same = alice.js("return window.__sameDocument === true;", vec![]).await?;
         ensure!(same == json!(true), "alice's chat page was reloaded or left");
         ensure!(alice.path().await? == "/chat/lobby", "alice left the chat");
