@@ -193,6 +193,7 @@ impl Journey {
         chromium_binary();
         chromedriver_binary();
         let slot = BROWSER_SLOTS.acquire().await.expect("the semaphore is never closed");
+        forget_old_artifacts(name);
         let scratch = tempfile::tempdir().expect("temp dir");
         let driver = Driver::start(&scratch.path().join("chromedriver.log")).await;
         Journey { name: name.to_owned(), driver, scratch, browsers: Mutex::new(Vec::new()), _slot: slot }
@@ -262,7 +263,7 @@ impl Journey {
     }
 
     async fn save_artifacts(&self) -> Vec<String> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("browser-artifacts");
+        let dir = artifacts_dir();
         if let Err(err) = std::fs::create_dir_all(&dir) {
             return vec![format!("(could not create {}: {err})", dir.display())];
         }
@@ -280,6 +281,23 @@ impl Journey {
             }
         }
         saved
+    }
+}
+
+fn artifacts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("browser-artifacts")
+}
+
+/// Removes what an earlier failed run of this journey left, so that the
+/// directory only ever shows the latest failures.
+fn forget_old_artifacts(journey: &str) {
+    let prefix = format!("{journey}-");
+    if let Ok(entries) = std::fs::read_dir(artifacts_dir()) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
