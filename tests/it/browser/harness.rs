@@ -63,7 +63,10 @@ pub const PASSWORD: &str = "correct horse battery";
 /// Browser journeys share this: each runs its own chromedriver, browsers,
 /// Redis and instances, but several Chromiums at once starve a 2-core
 /// machine (and the timing-sensitive tests running beside them), so at most
-/// this many journeys drive browsers at a time.
+/// this many journeys drive browsers at a time. Measured on 2 cores with
+/// `--test-threads 8`: one at a time, the seven journeys take 55-60 s; two
+/// at a time about 40 s, but an integration test beside them failed on
+/// timing.
 static BROWSER_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 // ------------------------------------------------------------ binaries --
