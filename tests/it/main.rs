@@ -4,6 +4,7 @@
 //! sharing keys or ports.
 
 mod auth;
+mod browser;
 mod chat;
 mod faults;
 mod helpers;
