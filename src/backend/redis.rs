@@ -631,8 +631,15 @@ impl Health for RedisBackend {
     }
 
     async fn close(&self) {
-        let _ = self.subscriber.quit().await;
-        let _ = self.tail_client.quit().await;
-        let _ = self.pool.quit().await;
+        // The hub's task is gone, but its XREAD BLOCK may still be waiting on
+        // the tail connection, and QUIT would queue behind it for up to the
+        // block time: answer it first.
+        let _ = self.wake_tail().await;
+        let quit = async {
+            let _ = tokio::join!(self.subscriber.quit(), self.tail_client.quit(), self.pool.quit());
+        };
+        if tokio::time::timeout(COMMAND_TIMEOUT, quit).await.is_err() {
+            tracing::warn!("Redis connections did not close in time");
+        }
     }
 }
