@@ -87,8 +87,9 @@ async fn after_a_redis_restart_every_instance_subscribes_again_and_hears_logouts
     assert_eq!(subscribers(&redis), Some(2));
     let alice = signed_up(&a, "alice").await;
 
+    // A restarted Redis starts with no subscriptions: reaching two again
+    // proves both instances subscribed anew (they may already have).
     redis.restart();
-    assert_eq!(subscribers(&redis), Some(0), "a restarted Redis has no subscriptions");
     let redis_ref = &redis;
     eventually("both instances to subscribe again", || async move { subscribers(redis_ref) == Some(2) }).await;
 
