@@ -48,6 +48,8 @@
   let stopped = false;          // 4401 or leaving for /login: never reconnect
   let leaving = false;          // page is being hidden/unloaded
   let refreshing = false;
+  let hellos = 0;               // sockets opened (1 unless it reconnected)
+  let reauthentications = 0;    // `reauthenticated` frames received
   let lastSessionCheck = 0;
   let unread = 0;
   const baseTitle = document.title;
@@ -209,6 +211,7 @@
       case "presence": onPresence(f); break;
       case "reauthenticate": onReauthenticate(f); break;
       case "reauthenticated":
+        reauthentications += 1;
         if (Number.isFinite(Number(f.expires_at))) expiresAt = Number(f.expires_at);
         break;
       case "error": onError(f); break;
@@ -218,6 +221,7 @@
 
   function onHello(f) {
     helloSeen = true;
+    hellos += 1;
     attempt = 0;
     if (Number.isFinite(Number(f.expires_at))) expiresAt = Number(f.expires_at);
     setState("connected");
@@ -659,6 +663,9 @@
     value: Object.freeze({
       state: () => currentState,
       lastId: () => lastId,
+      // How many sockets said hello, and how many in-band reauths succeeded.
+      hellos: () => hellos,
+      reauthentications: () => reauthentications,
     }),
     writable: false,
     configurable: false,

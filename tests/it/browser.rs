@@ -189,6 +189,11 @@ async fn an_open_page_outlives_the_session_ttl_but_not_a_session_ended_on_the_se
         let same = alice.js("return window.__sameDocument === true;", vec![]).await?;
         ensure!(same == json!(true), "alice's chat page was reloaded or left");
         ensure!(alice.path().await? == "/chat/lobby", "alice left the chat");
+        // One socket all along, kept alive by in-band re-authentication
+        // (not by reconnecting, nor only by the server re-reading the session).
+        let counts = alice.js("return [window.palaver.hellos(), window.palaver.reauthentications()];", vec![]).await?;
+        ensure!(counts[0] == json!(1), "alice's page opened {} sockets", counts[0]);
+        ensure!(counts[1].as_u64().unwrap_or(0) >= 2, "alice's page re-authenticated {} times", counts[1]);
 
         let body = format!("still here after {:?}", signed_in.elapsed());
         alice.send(&body).await?;
