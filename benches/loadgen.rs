@@ -47,12 +47,18 @@ fn free_port() -> u16 {
 
 fn raise_fd_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        // Root may raise the hard limit too; others get their hard limit.
+        let wanted = libc::rlimit { rlim_cur: 200_000, rlim_max: 200_000.max(limit.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
-    eprintln!("open files limit: {}", limit.rlim_cur);
+    eprintln!("open files limit: {} (the servers inherit it)", limit.rlim_cur);
 }
 
 struct Process(Child);
@@ -137,13 +143,27 @@ fn register(port: u16, username: &str) -> String {
         .to_owned()
 }
 
+/// Source addresses cycle through 127.0.0.1-16: one source address has only
+/// ~28k ephemeral ports towards one server port.
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
+
 async fn open(port: u16, cookie: &str, query: &str) -> Ws {
     let mut request = format!("ws://127.0.0.1:{port}/ws{query}").into_client_request().unwrap();
     request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).unwrap());
     let mut attempt = 0;
     loop {
-        match tokio_tungstenite::connect_async(request.clone()).await {
-            Ok((ws, _)) => return ws,
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16) as u8);
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((source, 0).into())?;
+            let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+            let (ws, _) = tokio_tungstenite::client_async(request.clone(), MaybeTlsStream::Plain(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(ws)
+        };
+        match connected.await {
+            Ok(ws) => return ws,
             Err(err) if attempt < 5 => {
                 attempt += 1;
                 eprintln!("connect retry after: {err}");

@@ -281,10 +281,7 @@ impl History for MemoryBackend {
 
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
         let rooms = lock(&self.rooms);
-        Ok(rooms
-            .get(room)
-            .map(|log| log.after(after).take(limit).cloned().collect())
-            .unwrap_or_default())
+        Ok(rooms.get(room).map(|log| log.after(after).take(limit).cloned().collect()).unwrap_or_default())
     }
 
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
