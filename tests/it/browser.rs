@@ -24,12 +24,18 @@ const LOGOUT_DEADLINE: Duration = Duration::from_secs(2);
 /// The chat client's reconnect backoff cap (30 s), plus a margin.
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(35);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_on_two_instances_see_each_other_and_chat() {
-    let j = Journey::start("chat").await;
+/// A Redis and two instances on it.
+async fn two_instances() -> (RedisServer, TestApp, TestApp) {
     let redis = RedisServer::start();
     let a = TestApp::spawn(&redis).await;
     let b = TestApp::spawn(&redis).await;
+    (redis, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_on_two_instances_see_each_other_and_chat() {
+    let j = Journey::start("chat").await;
+    let (_redis, a, b) = two_instances().await;
     j.run(async {
         let alice = j.browser("alice").await?;
         let bob = j.browser("bob").await?;
@@ -69,9 +75,7 @@ async fn two_users_on_two_instances_see_each_other_and_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_in_one_tab_sends_the_other_tab_to_login() {
     let j = Journey::start("logout-tab").await;
-    let redis = RedisServer::start();
-    let a = TestApp::spawn(&redis).await;
-    let b = TestApp::spawn(&redis).await;
+    let (_redis, a, b) = two_instances().await;
     j.run(async {
         let chrome = j.browser("alice").await?;
         chrome.register(&a, "alice").await?;
@@ -105,9 +109,7 @@ async fn logging_out_in_one_tab_sends_the_other_tab_to_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_everywhere_sends_the_users_other_browser_to_login() {
     let j = Journey::start("logout-everywhere").await;
-    let redis = RedisServer::start();
-    let a = TestApp::spawn(&redis).await;
-    let b = TestApp::spawn(&redis).await;
+    let (_redis, a, b) = two_instances().await;
     j.run(async {
         let laptop = j.browser("laptop").await?;
         let phone = j.browser("phone").await?;
@@ -268,9 +270,7 @@ async fn html_in_a_message_is_shown_as_text_and_never_runs() {
     const IMG: &str = r#"<img src=x onerror="window.__pwned=1">"#;
     const SCRIPT: &str = "<script>window.__pwned=2</script>";
     let j = Journey::start("html").await;
-    let redis = RedisServer::start();
-    let a = TestApp::spawn(&redis).await;
-    let b = TestApp::spawn(&redis).await;
+    let (_redis, a, b) = two_instances().await;
     j.run(async {
         let alice = j.browser("alice").await?;
         let bob = j.browser("bob").await?;
