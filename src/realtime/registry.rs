@@ -30,14 +30,18 @@ use crate::{
 
 pub type ConnId = u64;
 
-/// What the registry pushes to a socket's task.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A chat message; the socket skips ids it already sent (replay overlap).
-    Message { id: MessageId, frame: Utf8Bytes },
-    /// Any other frame, sent as is.
-    Frame(Utf8Bytes),
+/// A frame the registry pushes to sockets, serialized once and shared by
+/// every socket it goes to. (One pointer per queue slot also keeps an idle
+/// socket's queue small: tokio allocates it 32 slots at a time.)
+#[derive(Debug)]
+pub struct OutFrame {
+    /// Set on chat messages: a socket skips ids it already sent (the
+    /// overlap between replay and live delivery).
+    pub id: Option<MessageId>,
+    pub text: Utf8Bytes,
 }
+
+pub type Outbound = Arc<OutFrame>;
 
 /// Everything needed to register a socket.
 pub struct Registration {
@@ -287,12 +291,10 @@ impl Registry {
             if message.id <= room.cursor {
                 continue;
             }
-            let frame = frames::message(room_name, message);
+            let out = Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) });
             room.cursor = message.id;
             for (id, outbox) in &room.members {
-                if let Err(mpsc::error::TrySendError::Full(_)) =
-                    outbox.try_send(Outbound::Message { id: message.id, frame: frame.clone() })
-                {
+                if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(out.clone()) {
                     slow.push(*id);
                 }
             }
@@ -309,10 +311,11 @@ impl Registry {
     pub fn broadcast(&self, room: &RoomName, frame: Utf8Bytes) {
         let inner = self.lock();
         if let Some(room) = inner.rooms.get(room) {
+            let out = Arc::new(OutFrame { id: None, text: frame });
             for outbox in room.members.values() {
                 // A full outbox is handled by the next chat delivery; presence
                 // is refreshed often enough to skip one.
-                let _ = outbox.try_send(Outbound::Frame(frame.clone()));
+                let _ = outbox.try_send(out.clone());
             }
         }
     }
@@ -406,11 +409,7 @@ mod tests {
         let room = RoomName::lobby();
         reg.deliver(&room, &[message(1), message(2)]);
         reg.deliver(&room, &[message(2), message(3)]);
-        let ids: Vec<u64> = std::iter::from_fn(|| match lobby.outbox.try_recv().ok()? {
-            Outbound::Message { id, .. } => Some(id.ms),
-            Outbound::Frame(_) => None,
-        })
-        .collect();
+        let ids: Vec<u64> = std::iter::from_fn(|| lobby.outbox.try_recv().ok()?.id.map(|id| id.ms)).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert!(other.outbox.try_recv().is_err());
         assert_eq!(reg.room_cursor(&room), Some(MessageId { ms: 3, seq: 0 }));

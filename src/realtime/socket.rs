@@ -409,14 +409,13 @@ where
         let mut frames = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next {
-            match out {
-                Outbound::Message { id, frame } => {
-                    if id > self.last_sent {
-                        self.last_sent = id;
-                        frames.push(frame);
-                    }
+            match out.id {
+                Some(id) if id <= self.last_sent => {}
+                Some(id) => {
+                    self.last_sent = id;
+                    frames.push(out.text.clone());
                 }
-                Outbound::Frame(frame) => frames.push(frame),
+                None => frames.push(out.text.clone()),
             }
             next = if frames.len() < WRITE_BATCH { outbox.try_recv().ok() } else { None };
         }
