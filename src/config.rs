@@ -34,6 +34,8 @@ pub struct Config {
     /// `None` means "derived from the bound address" (see [`Config::resolve_origin`]).
     pub public_origin: Option<String>,
     pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (for throttling).
+    pub trusted_proxies: Vec<crate::web::client::Network>,
     /// `None` means "true when the public origin is https".
     pub cookie_secure: Option<bool>,
     pub session_ttl: Duration,
@@ -137,6 +139,22 @@ impl Config {
             None => Vec::new(),
         };
 
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    crate::web::client::Network::parse(p).ok_or_else(|| ConfigError {
+                        name: "TRUSTED_PROXIES",
+                        value: p.to_owned(),
+                        reason: "each entry must be an IP address or a network like 10.0.0.0/8".into(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+
         let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
             (None, None) => None,
@@ -155,6 +173,7 @@ impl Config {
             backend,
             public_origin,
             allowed_origins,
+            trusted_proxies,
             cookie_secure: match get("COOKIE_SECURE") {
                 Some(_) => Some(vars.flag("COOKIE_SECURE")?),
                 None => None,
@@ -307,6 +326,8 @@ mod tests {
         assert_eq!(config(&[("PALAVER_BACKEND", "sqlite")]).unwrap_err().name, "PALAVER_BACKEND");
         assert_eq!(config(&[("TLS_CERT", "/x.pem")]).unwrap_err().name, "TLS_CERT");
         assert_eq!(config(&[("PUBLIC_ORIGIN", "example.com")]).unwrap_err().name, "PUBLIC_ORIGIN");
+        assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.1, lb")]).unwrap_err().name, "TRUSTED_PROXIES");
+        assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.0/8,::1")]).unwrap().trusted_proxies.len(), 2);
     }
 
     #[test]

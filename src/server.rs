@@ -35,10 +35,6 @@ use tower::Service;
 
 use crate::{config::TlsPaths, realtime::upgrade, state::SharedState};
 
-/// The TCP peer of a request, for login throttling.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Binds with a deep accept backlog: the default 128 drops SYNs under a burst
 /// of reconnecting clients and stalls each of them for a second.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

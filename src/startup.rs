@@ -16,9 +16,9 @@ use crate::{
     chat::{hub, presence, presence::Presence},
     config::Config,
     realtime::{frames, lifecycle, registry::Registry},
-    server::{self, AppService, ClientAddr, TlsError},
+    server::{self, AppService, TlsError},
     state::{self, AppState, SharedState},
-    web::{self, assets::Assets, guard::OriginPolicy},
+    web::{self, assets::Assets, client::TrustedProxies, guard::OriginPolicy},
 };
 
 /// Why the application could not start.
@@ -134,10 +134,13 @@ impl Application {
             .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.session_ttl.as_secs() as i64)));
         let web = warp::service(web::routes(state.clone()));
         let app = AppService { state: state.clone(), web };
+        let proxies = Arc::new(TrustedProxies(config.trusted_proxies.clone()));
         let make_service = move |peer: SocketAddr| {
+            let proxies = proxies.clone();
             ServiceBuilder::new()
                 .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
+                    let client = proxies.client(peer, req.headers());
+                    req.extensions_mut().insert(client);
                     req
                 })
                 .layer(session_layer.clone())

@@ -12,7 +12,9 @@ use warp::{
 };
 
 use super::{
-    auth_session, client_addr,
+    auth_session,
+    client::ClientAddr,
+    client_addr,
     guard::same_origin,
     pages::{page, see_other, LoginPage, RegisterPage},
     with_state,
@@ -26,7 +28,6 @@ use crate::{
     backend::{StoreError, User, UserId},
     error::Error,
     realtime::lifecycle::announce_logout,
-    server::ClientAddr,
     state::SharedState,
 };
 
@@ -85,7 +86,7 @@ async fn handle_login(
         return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { error, username: String::new() });
     };
     let username = username.trim().to_owned();
-    let ip = addr.0.ip();
+    let ip = addr.0;
     if let Some(retry_after) = state.throttle.check(&username, ip).await? {
         tracing::warn!(%ip, "login throttled");
         return too_many_attempts(&username, retry_after);

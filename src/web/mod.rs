@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod assets;
+pub mod client;
 pub mod guard;
 pub mod pages;
 
@@ -15,7 +16,8 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use crate::{auth::session::AuthSession, error::Error, server::ClientAddr, state::SharedState};
+use self::client::ClientAddr;
+use crate::{auth::session::AuthSession, error::Error, state::SharedState};
 
 /// Injects the shared state.
 pub fn with_state(state: SharedState) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
@@ -28,7 +30,7 @@ pub fn auth_session(state: SharedState) -> impl Filter<Extract = (AuthSession,),
     warp::ext::get::<Session>().map(move |session| AuthSession::new(session, state.sessions))
 }
 
-/// The TCP peer's address, put in the extensions by the accept loop.
+/// The client's address, put in the extensions by the accept loop.
 pub fn client_addr() -> impl Filter<Extract = (ClientAddr,), Error = Rejection> + Clone {
     warp::ext::get::<ClientAddr>()
 }

@@ -404,3 +404,40 @@ async fn the_memory_backend_serves_the_same_account_flows() {
     assert_eq!(Browser::new().login(&app, "alice", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
     tokio::time::sleep(Duration::ZERO).await;
 }
+
+/// Fails logins for `name` from `forwarded_for` until refused; returns how
+/// many 401s came first.
+async fn failures_until_429(app: &TestApp, name: &str, forwarded_for: &str) -> usize {
+    let browser = Browser::new();
+    for failures in 0..10 {
+        let res = browser
+            .http
+            .post(app.url("/login"))
+            .header("x-forwarded-for", forwarded_for)
+            .form(&[("username", name), ("password", "wrong password")])
+            .send()
+            .await
+            .unwrap();
+        match res.status() {
+            StatusCode::UNAUTHORIZED => continue,
+            StatusCode::TOO_MANY_REQUESTS => return failures,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    panic!("never throttled");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_on_its_own() {
+    let redis = RedisServer::start();
+    let limit = ("LOGIN_MAX_FAILURES", "2");
+    let proxied = TestApp::spawn_with(Some(&redis), &[limit, ("TRUSTED_PROXIES", "127.0.0.0/8")]).await;
+    // Each client address gets its own budget for the same name...
+    assert_eq!(failures_until_429(&proxied, "alice", "198.51.100.1").await, 2);
+    assert_eq!(failures_until_429(&proxied, "alice", "198.51.100.2").await, 2);
+
+    // ...while from an untrusted peer the header is ignored: one budget.
+    let direct = TestApp::spawn_with(Some(&redis), &[limit]).await;
+    assert_eq!(failures_until_429(&direct, "bob", "198.51.100.3").await, 2);
+    assert_eq!(failures_until_429(&direct, "bob", "198.51.100.4").await, 0, "a spoofed header is no new budget");
+}
