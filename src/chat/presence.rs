@@ -32,6 +32,15 @@ use crate::{
 const FLUSH_DELAY: Duration = Duration::from_millis(50);
 /// How soon a failed flush is retried.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The most often one room's list is pushed to its sockets: in a big room
+/// under churn, every push is the whole list to every socket.
+const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The list last pushed to a room's sockets, and when.
+struct Pushed {
+    online: Vec<String>,
+    at: Instant,
+}
 
 #[derive(Debug)]
 pub enum Command {
@@ -135,7 +144,7 @@ pub async fn run(
     let mut heartbeat = tokio::time::interval(ttl / 3);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending = Pending::default();
-    let mut last_sent: HashMap<RoomName, Vec<String>> = HashMap::new();
+    let mut pushed: HashMap<RoomName, Pushed> = HashMap::new();
     let mut flush_at: Option<Instant> = None;
 
     loop {
@@ -146,7 +155,7 @@ pub async fn run(
                 flush_at.get_or_insert_with(|| Instant::now() + FLUSH_DELAY);
             }
             _ = async { sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
-                flush_at = flush(&state, &mut pending, &mut last_sent).await.then(|| Instant::now() + RETRY_DELAY);
+                flush_at = flush(&state, &mut pending, &mut pushed).await;
             }
             _ = heartbeat.tick() => {
                 let pairs = state.registry.presence_pairs();
@@ -164,12 +173,13 @@ pub async fn run(
     while let Ok(command) = commands.try_recv() {
         pending.apply(&state, command);
     }
-    let _ = flush(&state, &mut pending, &mut last_sent).await;
+    let _ = flush(&state, &mut pending, &mut pushed).await;
 }
 
 /// Writes touched entries, tells other instances, pushes changed lists.
-/// Returns `true` when something failed and must be retried.
-async fn flush(state: &SharedState, pending: &mut Pending, last_sent: &mut HashMap<RoomName, Vec<String>>) -> bool {
+/// Returns when to flush again: soon after a failure, or when a room whose
+/// push was held back by [`MIN_PUSH_INTERVAL`] may be pushed.
+async fn flush(state: &SharedState, pending: &mut Pending, pushed: &mut HashMap<RoomName, Pushed>) -> Option<Instant> {
     let mut failed = false;
     if !pending.touched.is_empty() {
         // What to write is decided now, from the registry: the last word on a
@@ -193,28 +203,35 @@ async fn flush(state: &SharedState, pending: &mut Pending, last_sent: &mut HashM
         }
     }
 
+    let now = Instant::now();
     let local: HashSet<RoomName> = state.registry.rooms().into_iter().collect();
-    last_sent.retain(|room, _| local.contains(room));
-    let rooms: Vec<RoomName> = pending.dirty.iter().filter(|room| local.contains(*room)).cloned().collect();
+    pushed.retain(|room, _| local.contains(room));
+    pending.dirty.retain(|room| local.contains(room));
+    let held_until = |pushed: &HashMap<RoomName, Pushed>, room: &RoomName| {
+        pushed.get(room).map(|p| p.at + MIN_PUSH_INTERVAL).filter(|t| *t > now)
+    };
+    let rooms: Vec<RoomName> =
+        pending.dirty.iter().filter(|room| held_until(pushed, room).is_none()).cloned().collect();
     if !rooms.is_empty() {
         match compute(state, &rooms).await {
             Ok(lists) => {
                 for (room, online) in rooms.into_iter().zip(lists) {
-                    if last_sent.get(&room) != Some(&online) {
+                    pending.dirty.remove(&room);
+                    if pushed.get(&room).is_none_or(|p| p.online != online) {
                         let frame = ServerFrame::Presence { room: &room, online: &online }.to_text();
                         state.registry.broadcast(&room, frame);
-                        last_sent.insert(room, online);
+                        pushed.insert(room, Pushed { online, at: now });
                     }
                 }
-                pending.dirty.clear();
             }
             Err(err) => {
                 tracing::warn!(%err, "presence read failed; will retry");
                 failed = true;
             }
         }
-    } else {
-        pending.dirty.clear();
     }
-    failed
+    if failed {
+        return Some(Instant::now() + RETRY_DELAY);
+    }
+    pending.dirty.iter().filter_map(|room| held_until(pushed, room)).min()
 }
