@@ -175,6 +175,11 @@ impl Registry {
             id,
             Conn { session: reg.session, user: reg.user, name: reg.name, room: reg.room, close: Some(reg.close) },
         );
+        // An upgrade accepted just before shutdown began must not slip past
+        // `close_all`.
+        if self.closing.load(Ordering::Acquire) {
+            Self::close_ids(inner, &[id], frames::SHUTTING_DOWN);
+        }
         Joined { id, cursor, new_room }
     }
 
@@ -421,6 +426,14 @@ mod tests {
         let mut s = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         reg.deliver(&RoomName::lobby(), &[message(1), message(2)]);
         assert_eq!(s.close.try_recv().unwrap(), frames::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn a_socket_registered_during_shutdown_is_closed_at_once() {
+        let reg = Registry::new(10);
+        reg.close_all(frames::SHUTTING_DOWN);
+        let mut late = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        assert_eq!(late.close.try_recv().unwrap(), frames::SHUTTING_DOWN);
     }
 
     #[test]
