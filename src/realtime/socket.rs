@@ -51,6 +51,11 @@ const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
 
+/// The runtime instant of a unix time in ms (now, if it has passed).
+fn instant_at(unix_ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis((unix_ms - now_ms()).max(0) as u64)
+}
+
 /// Who a new socket belongs to, as the upgrade established it.
 pub struct SocketContext {
     pub session_id: Id,
@@ -216,7 +221,8 @@ where
         let (ping_every, idle_limit) = (config.ws_ping_interval, config.ws_idle_timeout);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let timer = tokio::time::sleep_until(self.timer_instant());
+        let mut armed_for = self.timer_target();
+        let timer = tokio::time::sleep_until(instant_at(armed_for));
         tokio::pin!(timer);
 
         loop {
@@ -246,17 +252,22 @@ where
                 Flow::Continue => {}
                 other => return other,
             }
-            if timer.deadline() != self.timer_instant() {
-                timer.as_mut().reset(self.timer_instant());
+            if self.timer_target() != armed_for {
+                armed_for = self.timer_target();
+                timer.as_mut().reset(instant_at(armed_for));
             }
         }
     }
 
-    /// When the deadline timer should next fire: the warning, then the deadline.
-    fn timer_instant(&self) -> Instant {
+    /// When (unix ms) the deadline timer should next fire: at the warning,
+    /// then at the deadline. Every firing changes it or ends the socket.
+    fn timer_target(&self) -> i64 {
         let warning = self.state.config.reauth_warning.as_millis() as i64;
-        let at = if self.warned { self.deadline } else { self.deadline - warning };
-        Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64)
+        if self.warned {
+            self.deadline
+        } else {
+            self.deadline - warning
+        }
     }
 
     async fn on_timer(&mut self) -> Flow {
