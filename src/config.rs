@@ -123,37 +123,13 @@ impl Config {
             })?),
             None => None,
         };
-        let allowed_origins = match get("ALLOWED_ORIGINS") {
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(|o| {
-                    normalize_origin(o).ok_or_else(|| ConfigError {
-                        name: "ALLOWED_ORIGINS",
-                        value: o.to_owned(),
-                        reason: "each entry must be scheme://host[:port]".into(),
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-
-        let trusted_proxies = match get("TRUSTED_PROXIES") {
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    crate::web::client::Network::parse(p).ok_or_else(|| ConfigError {
-                        name: "TRUSTED_PROXIES",
-                        value: p.to_owned(),
-                        reason: "each entry must be an IP address or a network like 10.0.0.0/8".into(),
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
+        let allowed_origins =
+            vars.list("ALLOWED_ORIGINS", "each entry must be scheme://host[:port]", normalize_origin)?;
+        let trusted_proxies = vars.list(
+            "TRUSTED_PROXIES",
+            "each entry must be an IP address or a network like 10.0.0.0/8",
+            crate::web::client::Network::parse,
+        )?;
 
         let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
@@ -259,6 +235,24 @@ impl Vars<'_> {
     {
         let value = (self.get)(name).unwrap_or_else(|| default.to_owned());
         value.parse().map_err(|err: T::Err| ConfigError { name, value, reason: err.to_string() })
+    }
+
+    /// A comma-separated list, each entry parsed by `parse`; unset is empty.
+    fn list<T>(
+        &self,
+        name: &'static str,
+        reason: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let value = (self.get)(name).unwrap_or_default();
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                parse(entry).ok_or_else(|| ConfigError { name, value: entry.to_owned(), reason: reason.into() })
+            })
+            .collect()
     }
 
     fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {

@@ -494,21 +494,22 @@ impl Chrome {
     /// Registers `username` through the real form on `app` and waits for
     /// the lobby to be connected.
     pub async fn register(&self, app: &TestApp, username: &str) -> Outcome {
-        self.goto(&app.url("/register")).await?;
-        self.fill("#username", username).await?;
-        self.fill("#password", PASSWORD).await?;
-        self.click("#register-submit").await?;
-        self.wait_path("/chat/lobby", PAGE_DEADLINE).await?;
-        self.wait_state("connected", PAGE_DEADLINE).await
+        self.enter_chat(app, "/register", "#register-submit", username).await
     }
 
     /// Signs in through the real form on `app` and waits for the lobby to
     /// be connected.
     pub async fn login(&self, app: &TestApp, username: &str) -> Outcome {
-        self.goto(&app.url("/login")).await?;
+        self.enter_chat(app, "/login", "#login-submit", username).await
+    }
+
+    /// Fills the username/password form at `path`, submits it and waits for
+    /// a connected lobby.
+    async fn enter_chat(&self, app: &TestApp, path: &str, submit: &str, username: &str) -> Outcome {
+        self.goto(&app.url(path)).await?;
         self.fill("#username", username).await?;
         self.fill("#password", PASSWORD).await?;
-        self.click("#login-submit").await?;
+        self.click(submit).await?;
         self.wait_path("/chat/lobby", PAGE_DEADLINE).await?;
         self.wait_state("connected", PAGE_DEADLINE).await
     }
