@@ -152,7 +152,9 @@ pub async fn run(
             command = commands.recv() => {
                 let Some(command) = command else { break };
                 pending.apply(&state, command);
-                flush_at.get_or_insert_with(|| Instant::now() + FLUSH_DELAY);
+                // Sooner than a room's held push, if one is scheduled.
+                let soon = Instant::now() + FLUSH_DELAY;
+                flush_at = Some(flush_at.map_or(soon, |at| at.min(soon)));
             }
             _ = async { sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
                 flush_at = flush(&state, &mut pending, &mut pushed).await;
