@@ -6,6 +6,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use crate::net::{normalize_origin, Network};
+
 /// Which store backs users, sessions, events and history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -35,7 +37,7 @@ pub struct Config {
     pub public_origin: Option<String>,
     pub allowed_origins: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client (for throttling).
-    pub trusted_proxies: Vec<crate::web::client::Network>,
+    pub trusted_proxies: Vec<Network>,
     /// `None` means "true when the public origin is https".
     pub cookie_secure: Option<bool>,
     pub session_ttl: Duration,
@@ -128,7 +130,7 @@ impl Config {
         let trusted_proxies = vars.list(
             "TRUSTED_PROXIES",
             "each entry must be an IP address or a network like 10.0.0.0/8",
-            crate::web::client::Network::parse,
+            Network::parse,
         )?;
 
         let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
@@ -269,25 +271,6 @@ impl Vars<'_> {
     }
 }
 
-/// Canonical form of an origin: lowercase scheme and host, no trailing slash,
-/// no default port. `None` if it is not `http(s)://host[:port]`.
-pub fn normalize_origin(origin: &str) -> Option<String> {
-    let origin = origin.trim().trim_end_matches('/');
-    let (scheme, rest) = origin.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => ":80",
-        "https" => ":443",
-        _ => return None,
-    };
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-        return None;
-    }
-    let host = rest.to_ascii_lowercase();
-    let host = host.strip_suffix(default_port).unwrap_or(&host);
-    Some(format!("{scheme}://{host}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,12 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn origins_are_normalized() {
-        assert_eq!(normalize_origin("HTTPS://Chat.Example.com:443/").unwrap(), "https://chat.example.com");
-        assert_eq!(normalize_origin("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080");
-        assert_eq!(normalize_origin("http://a:80").unwrap(), "http://a");
-        assert!(normalize_origin("ftp://a").is_none());
-        assert!(normalize_origin("http://a/path").is_none());
+    fn extra_origins_are_normalized() {
         let c = config(&[("ALLOWED_ORIGINS", "http://a:1, https://b ")]).unwrap();
         assert_eq!(c.allowed_origins, vec!["http://a:1", "https://b"]);
     }

@@ -14,8 +14,6 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("not signed in")]
     Unauthorized,
-    #[error("cross-origin request refused")]
-    CrossOrigin,
     #[error("not found")]
     NotFound,
     #[error("bad request: {0}")]
@@ -30,7 +28,6 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::CrossOrigin => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -42,7 +39,6 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "Something went wrong on our side.",
             Error::Store(_) => "palaver cannot reach its store right now. Please try again in a moment.",
             Error::Unauthorized => "Please sign in.",
-            Error::CrossOrigin => "This request came from another site and was refused.",
             Error::NotFound => "There is nothing here.",
             Error::BadRequest(why) => why,
         }
@@ -52,7 +48,6 @@ impl Error {
     pub fn log(&self) {
         match self.status() {
             s if s.is_server_error() => tracing::error!(error = %self, "request failed"),
-            StatusCode::FORBIDDEN => tracing::warn!(error = %self, "request refused"),
             _ => tracing::debug!(error = %self, "request refused"),
         }
     }

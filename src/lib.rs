@@ -1,30 +1,38 @@
 //! palaver: a chat web app that does WebSocket authentication right.
 //!
-//! The request path, module by module:
+//! The request path, module by module (each depends only on those listed
+//! before it):
 //!
+//! - [`clock`]: [`clock::UnixMillis`], the one unit and the one clock.
+//! - [`model`]: users, rooms, messages and their ids, and their rules.
+//! - [`net`]: client addresses behind proxies, origins and the
+//!   cross-origin policy.
 //! - [`config`]: configuration from the environment and `.env`.
-//! - [`startup`]: `Application::build` / `run_until_stopped`, the wiring.
-//! - [`server`]: the accept loop: TCP, optional TLS, hyper with upgrades,
-//!   graceful shutdown.
-//! - [`web`]: the HTTP surface: pages, account forms, the origin guard,
-//!   security headers, static assets.
+//! - [`protocol`]: the WebSocket frames and close codes.
+//! - [`backend`]: the storage traits, the rules every backend follows, and
+//!   the Redis and in-process implementations.
 //! - [`auth`]: account rules, Argon2 passwords off the runtime, the typed
-//!   session, login throttling.
+//!   cookie session, the session lifecycle, login throttling.
 //! - [`realtime`]: `GET /ws`: the authenticated upgrade, one task per
-//!   socket, the connection registry, frames, limits, and the lifecycle
-//!   (logout events, revalidation).
-//! - [`chat`]: rooms and messages, the fan-out hub that tails room history,
-//!   presence.
-//! - [`backend`]: the storage traits and their Redis and in-process
-//!   implementations.
-//! - [`state`]: what requests and sockets share.
+//!   socket and its deadline, the connection registry, the fan-out hub,
+//!   presence, limits, and the lifecycle (logout events, revalidation).
+//! - [`web`]: the route table and the HTTP handlers: pages, account forms,
+//!   static assets; the cross-origin check and security headers at its
+//!   boundary.
 //! - [`error`]: the application error and its status.
+//! - [`server`]: the accept loop: TCP, optional TLS, hyper with upgrades.
+//! - [`state`]: assembly: which handle goes to which route and task.
+//! - [`startup`]: `Application::build` / `run_until_stopped`, the order of
+//!   start and shutdown.
 
 pub mod auth;
 pub mod backend;
-pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod model;
+pub mod net;
+pub mod protocol;
 pub mod realtime;
 pub mod server;
 pub mod startup;

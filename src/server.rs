@@ -2,22 +2,13 @@
 //!
 //! warp 0.4 serves only a `Filter`, and the session layer is a tower layer,
 //! so palaver runs its own loop: every connection gets the tower stack
-//! (client address → session layer → `/ws` or warp) wrapped for hyper and
+//! (client address → session layer → the route table) wrapped for hyper and
 //! served with `serve_connection_with_upgrades` (WebSockets need upgrades).
 //! Every connection is watched by hyper-util's `GracefulShutdown`, so that
 //! shutdown can stop accepting, let in-flight requests finish, and close
 //! idle keep-alive connections.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, Request};
 use hyper_util::{
@@ -33,7 +24,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::{config::TlsPaths, realtime::upgrade, state::SharedState};
+use crate::config::TlsPaths;
 
 /// Binds with a deep accept backlog: the default 128 drops SYNs under a burst
 /// of reconnecting clients and stalls each of them for a second.
@@ -72,38 +63,7 @@ pub fn tls_acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The innermost service: `/ws` to the upgrade handler, the rest to warp.
-#[derive(Clone)]
-pub struct AppService<W> {
-    pub state: SharedState,
-    pub web: W,
-}
-
 type Response = warp::reply::Response;
-
-impl<W> Service<Request<Incoming>> for AppService<W>
-where
-    W: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    W::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        if req.uri().path() == "/ws" {
-            let state = self.state.clone();
-            Box::pin(async move { Ok(upgrade::handle(state, req).await) })
-        } else {
-            let mut web = self.web.clone();
-            Box::pin(async move { web.call(req).await })
-        }
-    }
-}
 
 /// Accepts until `stop` turns true, serving each connection with the
 /// service `make_service` builds for its peer. Returns the graceful-shutdown

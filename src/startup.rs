@@ -5,20 +5,20 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, Request};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
 use crate::{
-    auth::{password, session::SessionPolicy, session::SESSION_COOKIE, throttle::LoginThrottle},
+    auth::{password, session::SESSION_COOKIE},
     backend::{Backend, BackendKind, ConnectError},
-    chat::{hub, presence, presence::Presence},
     config::Config,
-    realtime::{frames, lifecycle, registry::Registry},
-    server::{self, AppService, TlsError},
-    state::{self, AppState, SharedState},
-    web::{self, assets::Assets, client::TrustedProxies, guard::OriginPolicy},
+    net::{OriginPolicy, TrustedProxies},
+    protocol,
+    server::{self, TlsError},
+    state::{AppState, Tasks},
+    web,
 };
 
 /// Why the application could not start.
@@ -37,9 +37,11 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    state: SharedState,
+    public_origin: String,
+    config: Config,
+    state: AppState,
+    tasks: Tasks,
     tls: Option<TlsAcceptor>,
-    presence_commands: tokio::sync::mpsc::UnboundedReceiver<presence::Command>,
 }
 
 impl Application {
@@ -65,23 +67,8 @@ impl Application {
             tls.is_some(),
         );
         password::warm_up().await;
-
-        let (presence, presence_commands) = Presence::new();
-        let state = Arc::new(AppState {
-            instance_id,
-            origins,
-            sessions: SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
-            throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
-            registry: Registry::new(config.max_connections),
-            presence,
-            assets: Assets::default(),
-            ws_config: state::ws_config(),
-            tls: tls.is_some(),
-            public_origin,
-            backend,
-            config,
-        });
-        Ok(Self { listener, addr, state, tls, presence_commands })
+        let (state, tasks) = AppState::assemble(&config, backend, instance_id, origins, tls.is_some());
+        Ok(Self { listener, addr, public_origin, config, state, tasks, tls })
     }
 
     /// The address actually bound.
@@ -91,11 +78,11 @@ impl Application {
 
     /// The origin browsers use to reach this instance.
     pub fn public_origin(&self) -> &str {
-        &self.state.public_origin
+        &self.public_origin
     }
 
     pub fn backend_kind(&self) -> BackendKind {
-        self.state.backend.kind
+        self.state.backend_kind
     }
 
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
@@ -104,36 +91,33 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then: stops accepting, closes every
-    /// socket with 1001, lets in-flight requests finish, removes this
-    /// instance's presence, and closes the store connections.
+    /// socket with 1001, removes this instance's presence, lets in-flight
+    /// requests finish, and closes the store connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { listener, addr, state, tls, presence_commands } = self;
-        let config = &state.config;
-        match state.backend.kind {
+        let Self { listener, addr, public_origin, config, state, tasks, tls } = self;
+        match state.backend_kind {
             BackendKind::Redis => tracing::info!(backend = "redis", "store: Redis, shared by every instance"),
             BackendKind::Memory => tracing::warn!(
                 backend = "memory",
                 "store: IN-PROCESS. Sessions, history and logouts are local to this one process and vanish when it stops."
             ),
         }
-        tracing::info!(%addr, origin = %state.public_origin, tls = tls.is_some(), "palaver listening on {addr}");
+        tracing::info!(%addr, origin = %public_origin, tls = tls.is_some(), "palaver listening on {addr}");
 
+        let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let background: Vec<JoinHandle<()>> = vec![
-            tokio::spawn(hub::run(state.clone(), stop_rx.clone())),
-            tokio::spawn(lifecycle::run(state.clone(), stop_rx.clone())),
-        ];
-        let presence_task = tokio::spawn(presence::run(state.clone(), presence_commands, stop_rx.clone()));
+        let (stop_presence, presence_stopped) = watch::channel(false);
+        let background = [tokio::spawn(hub.run(stop_rx.clone())), tokio::spawn(lifecycle.run(stop_rx.clone()))];
+        let presence_task = tokio::spawn(presence.run(presence_stopped));
 
-        let session_layer = SessionManagerLayer::new(state.backend.sessions.clone())
+        let session_layer = SessionManagerLayer::new(session_store)
             .with_name(SESSION_COOKIE)
             .with_http_only(true)
             .with_same_site(SameSite::Lax)
             .with_path("/")
-            .with_secure(config.cookie_secure.unwrap_or(state.public_origin.starts_with("https://")))
+            .with_secure(config.cookie_secure.unwrap_or(public_origin.starts_with("https://")))
             .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.session_ttl.as_secs() as i64)));
-        let web = warp::service(web::routes(state.clone()));
-        let app = AppService { state: state.clone(), web };
+        let router = web::routes(&state);
         let proxies = Arc::new(TrustedProxies(config.trusted_proxies.clone()));
         let make_service = move |peer: SocketAddr| {
             let proxies = proxies.clone();
@@ -144,7 +128,7 @@ impl Application {
                     req
                 })
                 .layer(session_layer.clone())
-                .service(app.clone())
+                .service(router.clone())
         };
 
         let accepting = tokio::spawn(server::accept_loop(listener, tls, make_service, stop_rx));
@@ -155,23 +139,26 @@ impl Application {
         let graceful = accepting.await.map_err(std::io::Error::other)?;
         // 2. Close every socket with 1001 and wait for their tasks.
         let grace = config.shutdown_grace;
-        let closed = state.registry.close_all(frames::SHUTTING_DOWN);
+        let closed = registry.close_all(protocol::SHUTTING_DOWN);
         tracing::info!(sockets = closed, "closing sockets");
-        if tokio::time::timeout(grace, state.registry.wait_empty()).await.is_err() {
-            tracing::warn!(left = state.registry.len(), "sockets still open after the grace period");
+        if tokio::time::timeout(grace, registry.wait_empty()).await.is_err() {
+            tracing::warn!(left = registry.len(), "sockets still open after the grace period");
         }
-        // 3. Let in-flight requests finish; idle connections are closed.
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!("HTTP connections still open after the grace period");
-        }
-        // 4. Background tasks end; presence writes its last word first.
+        // 3. Presence writes its last word: with the sockets gone, this
+        // instance's users leave every room, on every instance, now.
+        let _ = stop_presence.send(true);
         if tokio::time::timeout(Duration::from_secs(3), presence_task).await.is_err() {
             tracing::warn!("presence cleanup did not finish in time");
         }
+        // 4. Let in-flight requests finish; idle connections are closed.
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("HTTP connections still open after the grace period");
+        }
+        // 5. The other background tasks end (they saw the stop signal).
         for task in background {
             task.abort();
         }
-        state.backend.health.close().await;
+        state.health.close().await;
         tracing::info!("palaver stopped");
         Ok(())
     }

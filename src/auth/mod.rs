@@ -1,11 +1,17 @@
-//! Who the user is: account rules, passwords, the typed session and login
+//! Who the user is: account rules, passwords, the typed cookie session, the
+//! session lifecycle (sign in, refresh, sign out, end everywhere) and login
 //! throttling.
 
 pub mod password;
 pub mod session;
+pub mod sessions;
 pub mod throttle;
 
-/// Why a username or password is refused at registration (SPEC §2).
+pub use sessions::{Ended, Sessions, SessionsEnded};
+
+use crate::model::valid_username;
+
+/// Why a username or password is refused at registration (docs/protocol.md §2).
 pub fn validate_new_account(username: &str, password: &str) -> Result<(), &'static str> {
     if !valid_username(username) {
         return Err("Usernames are 3 to 32 characters: letters, digits, and _ . -");
@@ -15,12 +21,6 @@ pub fn validate_new_account(username: &str, password: &str) -> Result<(), &'stat
         return Err("Passwords are 8 to 256 characters.");
     }
     Ok(())
-}
-
-/// 3 to 32 characters of `A-Z a-z 0-9 _ . -`.
-pub fn valid_username(username: &str) -> bool {
-    (3..=32).contains(&username.len())
-        && username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]

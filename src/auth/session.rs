@@ -1,7 +1,7 @@
-//! The typed session: who is signed in, since when, and until when.
+//! The typed cookie session: who is signed in, since when, and until when.
 //!
-//! Handlers never touch tower-sessions' raw keys; they ask an [`AuthSession`]
-//! for the [`Current`] user, or to `sign_in` / `sign_out`.
+//! Handlers never touch tower-sessions' raw keys; [`Sessions`](super::Sessions)
+//! asks an [`AuthSession`] for the [`Current`] user, or to start or end one.
 //!
 //! Expiry is computed here, in whole seconds (the Redis store expires keys
 //! with `EXAT`, a number of seconds), so that the expiry a socket is told is
@@ -12,13 +12,16 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use tower_sessions::{
-    session::{Error as SessionError, Expiry, Id},
-    Session, SessionStore,
+    session::{Error as SessionError, Expiry, Id, Record},
+    Session,
 };
 
-use crate::backend::{StoreError, StoreResult, User};
+use crate::{
+    backend::{StoreError, StoreResult},
+    clock::UnixMillis,
+    model::User,
+};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "palaver_session";
@@ -30,8 +33,8 @@ const SIGNED_IN: &str = "signed_in";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SignedIn {
     user: User,
-    /// Unix seconds of the sign-in; the absolute lifetime counts from here.
-    signed_in_at: i64,
+    /// The absolute lifetime counts from here.
+    signed_in_at: UnixMillis,
 }
 
 /// The session lifetimes from the configuration.
@@ -42,16 +45,17 @@ pub struct SessionPolicy {
 }
 
 impl SessionPolicy {
-    /// The expiry (unix seconds) a session signed in at `signed_in_at` gets
-    /// when touched at `now`, or `None` once past its absolute lifetime.
-    pub fn expiry(&self, signed_in_at: i64, now: i64) -> Option<i64> {
-        let absolute = signed_in_at + self.max_lifetime.as_secs() as i64;
-        (now < absolute).then(|| (now + self.ttl.as_secs() as i64).min(absolute))
+    /// The expiry a session signed in at `signed_in_at` gets when touched at
+    /// `now`, in whole seconds, or `None` once past its absolute lifetime.
+    pub fn expiry(&self, signed_in_at: UnixMillis, now: UnixMillis) -> Option<UnixMillis> {
+        let absolute = self.end_by(signed_in_at);
+        let now = now.floor_secs();
+        (now < absolute).then(|| (now + self.ttl).min(absolute))
     }
 
-    /// The latest a session signed in at `signed_in_at` can live (unix ms).
-    pub fn end_by(&self, signed_in_at: i64) -> i64 {
-        (signed_in_at + self.max_lifetime.as_secs() as i64) * 1000
+    /// The latest a session signed in at `signed_in_at` can live.
+    pub fn end_by(&self, signed_in_at: UnixMillis) -> UnixMillis {
+        signed_in_at.floor_secs() + self.max_lifetime
     }
 }
 
@@ -60,8 +64,15 @@ impl SessionPolicy {
 pub struct Current {
     pub user: User,
     pub session_id: Id,
-    /// Unix ms at which the session now expires.
-    pub expires_at: i64,
+    /// When the session now expires.
+    pub expires_at: UnixMillis,
+}
+
+/// A live session as a socket re-reads it from the store.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub user: User,
+    pub expires_at: UnixMillis,
 }
 
 /// A request's session, typed.
@@ -71,19 +82,15 @@ pub struct AuthSession {
     policy: SessionPolicy,
 }
 
-fn unix_now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn at(unix_secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(unix_secs).expect("session times are in range")
-}
-
-fn store_error(err: SessionError) -> StoreError {
+pub(super) fn store_error(err: SessionError) -> StoreError {
     match err {
         SessionError::Store(err) => StoreError::Session(err),
         SessionError::SerdeJson(err) => StoreError::Corrupt(format!("session record: {err}")),
     }
+}
+
+fn expiry_at(at: UnixMillis) -> Expiry {
+    Expiry::AtDateTime(at.to_datetime())
 }
 
 impl AuthSession {
@@ -106,12 +113,12 @@ impl AuthSession {
             return Ok(None);
         };
         let Some(session_id) = self.session.id() else { return Ok(None) };
-        match self.policy.expiry(signed.signed_in_at, unix_now()) {
-            Some(expiry) => {
+        match self.policy.expiry(signed.signed_in_at, UnixMillis::now()) {
+            Some(expires_at) => {
                 // Marks the session modified: the session layer saves it (and
                 // so slides it) after the handler answers.
-                self.session.set_expiry(Some(Expiry::AtDateTime(at(expiry))));
-                Ok(Some(Current { user: signed.user, session_id, expires_at: expiry * 1000 }))
+                self.session.set_expiry(Some(expiry_at(expires_at)));
+                Ok(Some(Current { user: signed.user, session_id, expires_at }))
             }
             None => {
                 self.session.flush().await.map_err(store_error)?;
@@ -120,50 +127,37 @@ impl AuthSession {
         }
     }
 
-    /// Signs `user` in under a new session id: whatever id the browser held
-    /// before is deleted from the store (session fixation).
-    pub async fn sign_in(&self, user: User) -> StoreResult<Current> {
+    /// Records `user` under a new session id: whatever id the browser held
+    /// before is deleted from the store (session fixation). Saved at once,
+    /// to learn the new id.
+    pub(super) async fn start(&self, user: User) -> StoreResult<Current> {
         self.session.clear().await;
         self.session.cycle_id().await.map_err(store_error)?;
-        let signed_in_at = unix_now();
-        let expiry = self.policy.expiry(signed_in_at, signed_in_at).expect("a new session is within its lifetime");
-        self.session.set_expiry(Some(Expiry::AtDateTime(at(expiry))));
+        let signed_in_at = UnixMillis::now();
+        let expires_at = self.policy.expiry(signed_in_at, signed_in_at).expect("a new session is within its lifetime");
+        self.session.set_expiry(Some(expiry_at(expires_at)));
         self.session.insert(SIGNED_IN, SignedIn { user: user.clone(), signed_in_at }).await.map_err(store_error)?;
-        // Save now rather than in the layer, to learn the new id.
         self.session.save().await.map_err(store_error)?;
         let session_id = self.session.id().ok_or_else(|| StoreError::Corrupt("saved session has no id".into()))?;
-        Ok(Current { user, session_id, expires_at: expiry * 1000 })
+        Ok(Current { user, session_id, expires_at })
     }
 
     /// Deletes the session from the store; the layer clears the cookie.
-    pub async fn sign_out(&self) -> StoreResult<()> {
+    pub(super) async fn end(&self) -> StoreResult<()> {
         self.session.flush().await.map_err(store_error)
     }
-
-    pub fn policy(&self) -> SessionPolicy {
-        self.policy
-    }
 }
 
-/// A live session as a socket re-reads it.
-#[derive(Debug, Clone)]
-pub struct LiveSession {
-    pub user: User,
-    /// Unix ms.
-    pub expires_at: i64,
-}
-
-/// Reads a session straight from the store (no cookie, no sliding): what a
-/// socket does before moving its deadline.
-pub async fn lookup(store: &dyn SessionStore, id: &Id) -> StoreResult<Option<LiveSession>> {
-    let Some(record) = store.load(id).await? else { return Ok(None) };
-    if record.expiry_date <= OffsetDateTime::now_utc() {
+/// Reads a stored record as a live session (no cookie, no sliding).
+pub(super) fn live(record: &Record, now: UnixMillis) -> StoreResult<Option<LiveSession>> {
+    let expires_at = UnixMillis::from_datetime(record.expiry_date);
+    if expires_at <= now {
         return Ok(None);
     }
     let Some(value) = record.data.get(SIGNED_IN) else { return Ok(None) };
     let signed: SignedIn =
         serde_json::from_value(value.clone()).map_err(|e| StoreError::Corrupt(format!("session record: {e}")))?;
-    Ok(Some(LiveSession { user: signed.user, expires_at: record.expiry_date.unix_timestamp() * 1000 }))
+    Ok(Some(LiveSession { user: signed.user, expires_at }))
 }
 
 #[cfg(test)]
@@ -171,12 +165,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expiry_slides_but_never_past_the_absolute_lifetime() {
+    fn expiry_slides_in_whole_seconds_but_never_past_the_absolute_lifetime() {
         let policy = SessionPolicy { ttl: Duration::from_secs(100), max_lifetime: Duration::from_secs(1000) };
-        assert_eq!(policy.expiry(0, 0), Some(100));
-        assert_eq!(policy.expiry(0, 500), Some(600));
-        assert_eq!(policy.expiry(0, 950), Some(1000));
-        assert_eq!(policy.expiry(0, 1000), None);
-        assert_eq!(policy.end_by(5), 1_005_000);
+        let at = |s: i64| UnixMillis::from_secs(s);
+        assert_eq!(policy.expiry(at(0), at(0)), Some(at(100)));
+        assert_eq!(policy.expiry(at(0), UnixMillis::from_millis(500_999)), Some(at(600)));
+        assert_eq!(policy.expiry(at(0), at(950)), Some(at(1000)));
+        assert_eq!(policy.expiry(at(0), at(1000)), None);
+        assert_eq!(policy.end_by(UnixMillis::from_millis(5_500)), at(1005));
     }
 }

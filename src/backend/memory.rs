@@ -22,16 +22,14 @@ use tower_sessions::{
 };
 
 use super::{
-    Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult, StoredUser, User,
-    UserId, UserStore,
+    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult, StoredUser,
+    UserStore,
 };
 use crate::{
-    chat::{now_ms, Appended, Message, MessageId, NewMessage, RoomName},
+    clock::UnixMillis,
     config::Config,
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
 };
-
-/// How long a `(user, client_id)` pair is remembered to drop resends.
-const DEDUPE_FOR: Duration = Duration::from_secs(120);
 
 /// `(room, user, client_id)` -> the id stored for it, and when.
 type SentIndex = HashMap<(RoomName, String, String), (MessageId, Instant)>;
@@ -56,11 +54,11 @@ pub struct MemoryBackend {
     users: Mutex<HashMap<String, StoredUser>>,
     sessions: Mutex<HashMap<Id, Record>>,
     session_creates: AtomicU64,
-    index: Mutex<HashMap<UserId, HashMap<Id, i64>>>,
+    index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
     counters: Mutex<HashMap<String, (u64, Instant)>>,
     bus: broadcast::Sender<Notice>,
     rooms: Mutex<HashMap<RoomName, RoomLog>>,
-    activity: Mutex<HashMap<String, i64>>,
+    activity: Mutex<HashMap<String, UnixMillis>>,
     sent: Mutex<SentIndex>,
     /// Woken on every append and by `wake_tail`, for `tail`.
     appended: Notify,
@@ -88,7 +86,7 @@ impl MemoryBackend {
             sent: Mutex::default(),
             appended: Notify::new(),
             presence: Mutex::default(),
-            history_max_len: config.history_max_len.max(1) as usize,
+            history_max_len: rules::history_cap(config) as usize,
         }
     }
 
@@ -108,7 +106,7 @@ impl MemoryBackend {
 #[async_trait]
 impl UserStore for MemoryBackend {
     async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
-        match lock(&self.users).entry(user.name.to_ascii_lowercase()) {
+        match lock(&self.users).entry(folded_username(&user.name)) {
             Entry::Occupied(_) => Ok(false),
             Entry::Vacant(slot) => {
                 slot.insert(StoredUser { user: user.clone(), password_hash: password_hash.to_owned() });
@@ -118,7 +116,7 @@ impl UserStore for MemoryBackend {
     }
 
     async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
-        Ok(lock(&self.users).get(&name.to_ascii_lowercase()).cloned())
+        Ok(lock(&self.users).get(&folded_username(name)).cloned())
     }
 }
 
@@ -168,10 +166,10 @@ impl SessionStore for MemoryBackend {
 
 #[async_trait]
 impl SessionIndex for MemoryBackend {
-    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()> {
+    async fn add(&self, user: UserId, session: Id, expires_by: UnixMillis) -> StoreResult<()> {
         let mut index = lock(&self.index);
         let sessions = index.entry(user).or_default();
-        let now = now_ms();
+        let now = UnixMillis::now();
         sessions.retain(|_, by| *by > now);
         sessions.insert(session, expires_by);
         Ok(())
@@ -243,27 +241,22 @@ impl History for MemoryBackend {
         let now = Instant::now();
         let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.user.clone(), cid));
         let mut sent = lock(&self.sent);
-        sent.retain(|_, (_, at)| now.duration_since(*at) < DEDUPE_FOR);
+        sent.retain(|_, (_, at)| now.duration_since(*at) < rules::DEDUPE_WINDOW);
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }
         let stored = {
             let mut rooms = lock(&self.rooms);
             let log = rooms.entry(room.clone()).or_default();
-            let ms = message.sent_at.max(0) as u64;
+            // Like a Redis stream id: the time, then a sequence within it.
+            let ms = message.sent_at.as_millis().max(0) as u64;
             let id = if ms > log.last_id.ms {
                 MessageId { ms, seq: 0 }
             } else {
                 MessageId { ms: log.last_id.ms, seq: log.last_id.seq + 1 }
             };
             log.last_id = id;
-            let stored = Message {
-                id,
-                user: message.user,
-                body: message.body,
-                sent_at: message.sent_at,
-                client_id: message.client_id,
-            };
+            let stored = message.stored(id);
             log.messages.push_back(stored.clone());
             while log.messages.len() > self.history_max_len {
                 log.messages.pop_front();
@@ -320,13 +313,13 @@ impl History for MemoryBackend {
     }
 
     async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
-        lock(&self.activity).entry(room.to_string()).or_insert_with(now_ms);
+        lock(&self.activity).entry(room.to_string()).or_insert_with(UnixMillis::now);
         Ok(())
     }
 
     async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>> {
         let activity = lock(&self.activity);
-        let mut rooms: Vec<(&String, &i64)> = activity.iter().collect();
+        let mut rooms: Vec<(&String, &UnixMillis)> = activity.iter().collect();
         rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         Ok(rooms.into_iter().take(limit).map(|(name, _)| name.clone()).collect())
     }
@@ -375,78 +368,4 @@ impl Health for MemoryBackend {
     }
 
     async fn close(&self) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backend() -> MemoryBackend {
-        MemoryBackend::new(&Config { history_max_len: 3, ..Config::default() })
-    }
-
-    fn msg(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
-        NewMessage { user: user.into(), body: body.into(), client_id: client_id.map(Into::into), sent_at: now_ms() }
-    }
-
-    #[tokio::test]
-    async fn usernames_are_unique_ignoring_case() {
-        let b = backend();
-        let alice = User { id: UserId::new_v4(), name: "Alice".into() };
-        assert!(UserStore::create(&b, &alice, "h").await.unwrap());
-        let other = User { id: UserId::new_v4(), name: "aLICE".into() };
-        assert!(!UserStore::create(&b, &other, "h").await.unwrap());
-        assert_eq!(b.find("ALICE").await.unwrap().unwrap().user, alice);
-    }
-
-    #[tokio::test]
-    async fn history_is_ordered_bounded_and_deduplicated() {
-        let b = backend();
-        let room = RoomName::lobby();
-        let first = b.append(&room, msg("a", "1", Some("c1"))).await.unwrap();
-        assert_eq!(b.append(&room, msg("a", "1", Some("c1"))).await.unwrap(), Appended::Duplicate(first.id()));
-        let mut ids = vec![first.id()];
-        for i in 2..=4 {
-            ids.push(b.append(&room, msg("a", &i.to_string(), None)).await.unwrap().id());
-        }
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        let recent = b.recent(&room, 10).await.unwrap();
-        assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), ids[1..]);
-        let after = b.after(&room, ids[1], 10).await.unwrap();
-        assert_eq!(after.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["3", "4"]);
-        assert_eq!(b.last_id(&room).await.unwrap(), ids[3]);
-    }
-
-    #[tokio::test]
-    async fn tail_returns_what_arrives_after_the_cursor() {
-        let b = std::sync::Arc::new(backend());
-        let room = RoomName::lobby();
-        let cursor = b.last_id(&room).await.unwrap();
-        let waiter = {
-            let b = b.clone();
-            let room = room.clone();
-            tokio::spawn(async move { b.tail(&[(room, cursor)], Duration::from_secs(10)).await.unwrap() })
-        };
-        tokio::task::yield_now().await;
-        b.append(&room, msg("a", "hello", None)).await.unwrap();
-        let got = waiter.await.unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].1[0].body, "hello");
-    }
-
-    #[tokio::test]
-    async fn presence_expires_with_its_instance() {
-        let b = backend();
-        let lobby = RoomName::lobby();
-        b.update("i1", &[(lobby.clone(), "bob".into()), (lobby.clone(), "al".into())], &[], Duration::from_secs(60))
-            .await
-            .unwrap();
-        // An instance whose entries were not refreshed in time: already expired.
-        b.update("i2", &[(lobby.clone(), "zed".into())], &[], Duration::ZERO).await.unwrap();
-        let mut entries = b.online(std::slice::from_ref(&lobby)).await.unwrap().remove(0);
-        entries.sort();
-        assert_eq!(entries, [("i1".to_string(), "al".to_string()), ("i1".into(), "bob".into())]);
-        b.update("i1", &[], &[(lobby.clone(), "bob".into())], Duration::from_secs(60)).await.unwrap();
-        assert_eq!(b.online(&[lobby]).await.unwrap(), [[("i1".to_string(), "al".to_string())]]);
-    }
 }

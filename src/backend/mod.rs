@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod rules;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -18,17 +19,15 @@ use tower_sessions::{
     session::{Id, Record},
     session_store, SessionStore,
 };
-use uuid::Uuid;
 
 use crate::{
-    chat::{Appended, Message, MessageId, NewMessage, RoomName},
+    clock::UnixMillis,
     config::{BackendChoice, Config},
+    model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
 };
 
 /// The Redis tried when `REDIS_URL` is unset and the backend is `auto`.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-pub type UserId = Uuid;
 
 /// A failure of the shared store. Every request that needs the store fails
 /// closed on it (503), never open.
@@ -43,13 +42,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A registered user, as sessions and sockets know them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    pub id: UserId,
-    pub name: String,
-}
 
 /// A user with the password hash, only ever read to verify a login.
 #[derive(Clone)]
@@ -77,9 +69,9 @@ pub trait UserStore: Send + Sync {
 /// find every session of a user without scanning the store.
 #[async_trait]
 pub trait SessionIndex: Send + Sync {
-    /// Records a new session; `expires_by` (unix ms) is when it ends at the
-    /// latest (its absolute lifetime), after which the entry is dropped.
-    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()>;
+    /// Records a new session; `expires_by` is when it ends at the latest
+    /// (its absolute lifetime), after which the entry is dropped.
+    async fn add(&self, user: UserId, session: Id, expires_by: UnixMillis) -> StoreResult<()>;
     async fn remove(&self, user: UserId, session: Id) -> StoreResult<()>;
     /// Removes and returns every session id recorded for the user.
     async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>>;
@@ -109,10 +101,28 @@ pub trait Counters: Send + Sync {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Sessions ended by `POST /logout` (one id) or `/logout/everywhere`
-    /// (`everywhere: true`: every socket of the user goes, whatever its session).
-    Logout { user_id: UserId, sessions: Vec<String>, everywhere: bool },
+    /// (`everywhere: true`: every socket of the user goes, whatever its
+    /// session), or revoked (`reason`).
+    Logout {
+        user_id: UserId,
+        sessions: Vec<String>,
+        everywhere: bool,
+        #[serde(default)]
+        reason: EndReason,
+    },
     /// The set of users online in a room changed somewhere.
     Presence { room: String },
+}
+
+/// Why sessions ended, which their sockets' close reason says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The user logged out (here or everywhere).
+    #[default]
+    LoggedOut,
+    /// The session was ended for them (found gone, or a credential misused).
+    Revoked,
 }
 
 /// The pub/sub channel carrying [`Event`]s between instances.

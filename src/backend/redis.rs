@@ -34,12 +34,13 @@ use tower_sessions::session::Id;
 use tower_sessions_redis_store::RedisStore;
 
 use super::{
-    ConnectError, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreError,
-    StoreResult, StoredUser, User, UserId, UserStore, EVENTS_CHANNEL,
+    rules, ConnectError, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreError,
+    StoreResult, StoredUser, UserStore, EVENTS_CHANNEL,
 };
 use crate::{
-    chat::{now_ms, Appended, Message, MessageId, NewMessage, RoomName},
+    clock::UnixMillis,
     config::Config,
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
 };
 
 /// How long a request-path command may take before the store counts as down.
@@ -48,14 +49,12 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_SIZE: usize = 4;
 /// How many entries one `XREAD` returns per stream at most.
 const TAIL_BATCH: u64 = 512;
-/// How long a `(user, client_id)` pair is remembered to drop resends.
-const DEDUPE_SECS: u64 = 120;
 
 mod keys {
-    use super::{Id, RoomName, UserId};
+    use super::{folded_username, Id, RoomName, UserId};
 
     pub fn user(name: &str) -> String {
-        format!("palaver:user:{}", name.to_ascii_lowercase())
+        format!("palaver:user:{}", folded_username(name))
     }
     pub fn user_sessions(user: UserId) -> String {
         format!("palaver:user:{user}:sessions")
@@ -199,6 +198,11 @@ impl Scripts {
     }
 }
 
+/// A time as a script argument.
+fn millis(at: UnixMillis) -> Value {
+    at.as_millis().into()
+}
+
 /// Options for every request-path command: fail at once while disconnected
 /// (the caller answers 503) and never wait long.
 fn request_options() -> Options {
@@ -275,7 +279,7 @@ impl RedisBackend {
             wake_key: keys::wake(instance_id),
             events,
             scripts: Scripts::new(),
-            history_max_len: config.history_max_len.max(1),
+            history_max_len: rules::history_cap(config),
         };
         backend.start_subscriber().await.map_err(unreachable)?;
         Ok(backend)
@@ -361,7 +365,11 @@ impl RedisBackend {
             id: id.parse().map_err(|_| corrupt())?,
             user: fields.remove("user").ok_or_else(corrupt)?,
             body: fields.remove("body").ok_or_else(corrupt)?,
-            sent_at: fields.get("sent_at").and_then(|t| t.parse().ok()).ok_or_else(corrupt)?,
+            sent_at: fields
+                .get("sent_at")
+                .and_then(|t| t.parse().ok())
+                .map(UnixMillis::from_millis)
+                .ok_or_else(corrupt)?,
             client_id: fields.remove("client_id"),
         })
     }
@@ -410,8 +418,8 @@ impl UserStore for RedisBackend {
 
 #[async_trait]
 impl SessionIndex for RedisBackend {
-    async fn add(&self, user: UserId, session: Id, expires_by: i64) -> StoreResult<()> {
-        let args = vec![now_ms().into(), expires_by.into(), session.to_string().into()];
+    async fn add(&self, user: UserId, session: Id, expires_by: UnixMillis) -> StoreResult<()> {
+        let args = vec![millis(UnixMillis::now()), millis(expires_by), session.to_string().into()];
         self.run::<()>(&self.scripts.index_add, vec![keys::user_sessions(user)], args).await
     }
 
@@ -474,24 +482,14 @@ impl History for RedisBackend {
             (self.history_max_len as i64).into(),
             message.user.as_str().into(),
             message.body.as_str().into(),
-            message.sent_at.into(),
+            millis(message.sent_at),
             client_id.as_str().into(),
             room.as_str().into(),
-            (DEDUPE_SECS as i64).into(),
+            (rules::DEDUPE_WINDOW.as_secs() as i64).into(),
         ];
         let (id, stored): (String, i64) = self.run(&self.scripts.append, keys, args).await?;
         let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
-        Ok(if stored == 1 {
-            Appended::New(Message {
-                id,
-                user: message.user,
-                body: message.body,
-                sent_at: message.sent_at,
-                client_id: message.client_id,
-            })
-        } else {
-            Appended::Duplicate(id)
-        })
+        Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
     }
 
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
@@ -570,7 +568,14 @@ impl History for RedisBackend {
     async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
         let _: i64 = guarded(
             "zadd",
-            self.fast.zadd(keys::ROOMS, Some(SetOptions::NX), None, false, false, (now_ms() as f64, room.as_str())),
+            self.fast.zadd(
+                keys::ROOMS,
+                Some(SetOptions::NX),
+                None,
+                false,
+                false,
+                (UnixMillis::now().as_millis() as f64, room.as_str()),
+            ),
         )
         .await?;
         Ok(())
@@ -597,10 +602,10 @@ impl PresenceStore for RedisBackend {
         if online.is_empty() && offline.is_empty() {
             return Ok(());
         }
-        let deadline = now_ms() + ttl.as_millis() as i64;
+        let deadline = UnixMillis::now() + ttl;
         let pairs = online.iter().chain(offline);
         let keys = pairs.clone().map(|(room, _)| keys::presence(room)).collect();
-        let mut args: Vec<Value> = vec![deadline.into(), (online.len() as i64).into()];
+        let mut args: Vec<Value> = vec![millis(deadline), (online.len() as i64).into()];
         args.extend(pairs.map(|(_, user)| Value::from(presence_member(instance, user))));
         self.run::<()>(&self.scripts.presence_update, keys, args).await
     }
@@ -610,7 +615,8 @@ impl PresenceStore for RedisBackend {
             return Ok(Vec::new());
         }
         let keys = rooms.iter().map(keys::presence).collect();
-        let members: Vec<Vec<String>> = self.run(&self.scripts.presence_online, keys, vec![now_ms().into()]).await?;
+        let members: Vec<Vec<String>> =
+            self.run(&self.scripts.presence_online, keys, vec![millis(UnixMillis::now())]).await?;
         Ok(members
             .into_iter()
             .map(|members| {

@@ -1,10 +1,13 @@
-//! The authenticated WebSocket: the upgrade, one task per socket, the
-//! registry of open sockets, the frames, limits, and the lifecycle (logout
-//! events, revalidation).
+//! The authenticated WebSocket: the upgrade, one task per socket and its
+//! deadline, the registry of open sockets, the fan-out hub that tails room
+//! history, presence, limits, and the lifecycle (logout events,
+//! revalidation).
 
-pub mod frames;
+pub mod deadline;
+pub mod hub;
 pub mod lifecycle;
 pub mod limits;
+pub mod presence;
 pub mod registry;
 pub mod socket;
 pub mod upgrade;

@@ -22,10 +22,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tower_sessions::session::Id;
 
-use super::frames::{self, CloseReason};
 use crate::{
-    backend::UserId,
-    chat::{Message, MessageId, RoomName},
+    auth::{Ended, SessionsEnded},
+    backend::EndReason,
+    model::{Message, MessageId, RoomName, UserId},
+    protocol::{self as frames, CloseReason},
 };
 
 pub type ConnId = u64;
@@ -239,6 +240,19 @@ impl Registry {
         Self::close_ids(&mut inner, &ids, reason)
     }
 
+    /// Closes the sockets of sessions that ended.
+    pub fn close_ended(&self, ended: &Ended) -> usize {
+        let reason = match ended.reason {
+            EndReason::LoggedOut => frames::LOGGED_OUT,
+            EndReason::Revoked => frames::SESSION_REVOKED,
+        };
+        if ended.everywhere {
+            self.close_user(&ended.user, reason)
+        } else {
+            ended.sessions.iter().map(|s| self.close_session(s, reason)).sum()
+        }
+    }
+
     /// Refuses new sockets from now on and closes every open one.
     pub fn close_all(&self, reason: CloseReason) -> usize {
         self.closing.store(true, Ordering::Release);
@@ -351,18 +365,33 @@ impl Registry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::chat::now_ms;
+impl SessionsEnded for Registry {
+    fn ended(&self, ended: &Ended) -> usize {
+        self.close_ended(ended)
+    }
+}
 
-    struct Socket {
-        id: ConnId,
-        outbox: mpsc::Receiver<Outbound>,
-        close: oneshot::Receiver<CloseReason>,
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::clock::UnixMillis;
+
+    /// The far end of a registered socket, as its task would hold it.
+    pub(crate) struct Joined {
+        pub id: ConnId,
+        pub outbox: mpsc::Receiver<Outbound>,
+        pub close: oneshot::Receiver<CloseReason>,
     }
 
-    fn join(reg: &Registry, session: Id, user: UserId, name: &str, room: &str, capacity: usize) -> Socket {
+    fn register(
+        reg: &Registry,
+        session: Id,
+        user: UserId,
+        name: &str,
+        room: &str,
+        start: MessageId,
+        capacity: usize,
+    ) -> Joined {
         let (tx, outbox) = mpsc::channel(capacity);
         let (close_tx, close) = oneshot::channel();
         let joined = reg.register(Registration {
@@ -372,9 +401,18 @@ mod tests {
             room: RoomName::parse(room).unwrap(),
             outbox: tx,
             close: close_tx,
-            room_start: MessageId::ZERO,
+            room_start: start,
         });
-        Socket { id: joined.id, outbox, close }
+        Joined { id: joined.id, outbox, close }
+    }
+
+    fn join_as(reg: &Registry, session: Id, user: UserId, name: &str, room: &str, capacity: usize) -> Joined {
+        register(reg, session, user, name, room, MessageId::ZERO, capacity)
+    }
+
+    /// Registers a socket of a new session of a new user, starting at `start`.
+    pub(crate) fn join(reg: &Registry, name: &str, room: &str, start: MessageId, capacity: usize) -> Joined {
+        register(reg, Id::default(), UserId::new_v4(), name, room, start, capacity)
     }
 
     fn message(id: u64) -> Message {
@@ -382,7 +420,7 @@ mod tests {
             id: MessageId { ms: id, seq: 0 },
             user: "a".into(),
             body: "b".into(),
-            sent_at: now_ms(),
+            sent_at: UnixMillis::now(),
             client_id: None,
         }
     }
@@ -391,9 +429,9 @@ mod tests {
     fn closing_a_session_reaches_exactly_its_sockets() {
         let reg = Registry::new(10);
         let (s1, s2, u) = (Id(1), Id(2), UserId::new_v4());
-        let mut a = join(&reg, s1, u, "al", "lobby", 4);
-        let mut b = join(&reg, s1, u, "al", "other", 4);
-        let mut c = join(&reg, s2, u, "al", "lobby", 4);
+        let mut a = join_as(&reg, s1, u, "al", "lobby", 4);
+        let mut b = join_as(&reg, s1, u, "al", "other", 4);
+        let mut c = join_as(&reg, s2, u, "al", "lobby", 4);
         assert_eq!(reg.close_session(&s1, frames::LOGGED_OUT), 2);
         assert_eq!(a.close.try_recv().unwrap(), frames::LOGGED_OUT);
         assert_eq!(b.close.try_recv().unwrap(), frames::LOGGED_OUT);
@@ -409,8 +447,8 @@ mod tests {
     #[test]
     fn delivery_is_per_room_ordered_and_never_repeats() {
         let reg = Registry::new(10);
-        let mut lobby = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 8);
-        let mut other = join(&reg, Id(2), UserId::new_v4(), "bo", "other", 8);
+        let mut lobby = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 8);
+        let mut other = join_as(&reg, Id(2), UserId::new_v4(), "bo", "other", 8);
         let room = RoomName::lobby();
         reg.deliver(&room, &[message(1), message(2)]);
         reg.deliver(&room, &[message(2), message(3)]);
@@ -423,7 +461,7 @@ mod tests {
     #[test]
     fn a_socket_that_does_not_read_is_closed() {
         let reg = Registry::new(10);
-        let mut s = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        let mut s = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         reg.deliver(&RoomName::lobby(), &[message(1), message(2)]);
         assert_eq!(s.close.try_recv().unwrap(), frames::SLOW_CONSUMER);
     }
@@ -432,7 +470,7 @@ mod tests {
     fn a_socket_registered_during_shutdown_is_closed_at_once() {
         let reg = Registry::new(10);
         reg.close_all(frames::SHUTTING_DOWN);
-        let mut late = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        let mut late = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         assert_eq!(late.close.try_recv().unwrap(), frames::SHUTTING_DOWN);
     }
 
@@ -452,9 +490,9 @@ mod tests {
     fn presence_counts_sockets_per_user() {
         let reg = Registry::new(10);
         let room = RoomName::lobby();
-        let a = join(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
-        let b = join(&reg, Id(2), UserId::new_v4(), "al", "lobby", 1);
-        let _c = join(&reg, Id(3), UserId::new_v4(), "bo", "lobby", 1);
+        let a = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
+        let b = join_as(&reg, Id(2), UserId::new_v4(), "al", "lobby", 1);
+        let _c = join_as(&reg, Id(3), UserId::new_v4(), "bo", "lobby", 1);
         assert_eq!(reg.local_names(&room), ["al", "bo"]);
         reg.remove(a.id);
         assert!(reg.is_online(&room, "al"));

@@ -24,15 +24,18 @@ use tokio_tungstenite::{
 use tower_sessions::session::Id;
 
 use super::{
-    frames::{self, ClientFrame, CloseReason, ErrorCode, ServerFrame},
+    deadline::{Deadline, Lookup, Step},
+    hub::Hub,
     limits::{Strikes, TokenBucket},
-    registry::{ConnId, Outbound, Registration, Slot},
+    presence::Presence,
+    registry::{ConnId, Outbound, Registration, Registry, Slot},
 };
 use crate::{
-    auth::session::lookup,
-    backend::User,
-    chat::{clean_body, hub, now_ms, presence, Appended, MessageId, NewMessage, RoomName, MAX_CLIENT_ID_CHARS},
-    state::SharedState,
+    auth::Sessions,
+    backend::History,
+    clock::UnixMillis,
+    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
+    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
 };
 
 /// Queued frames per socket before it counts as not reading. Tokio's channel
@@ -51,9 +54,32 @@ const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
 
-/// The runtime instant of a unix time in ms (now, if it has passed).
-fn instant_at(unix_ms: i64) -> Instant {
-    Instant::now() + Duration::from_millis((unix_ms - now_ms()).max(0) as u64)
+/// The runtime instant of a wall-clock time (now, if it has passed).
+fn instant_at(at: UnixMillis) -> Instant {
+    Instant::now() + UnixMillis::now().until(at)
+}
+
+/// The per-socket limits from the configuration.
+#[derive(Debug, Clone)]
+pub struct SocketLimits {
+    /// Sustained `send` frames per second, and the burst above it.
+    pub message_rate: f64,
+    pub message_burst: u32,
+    pub ping_interval: Duration,
+    /// A socket silent for this long (no frame, no pong) is dropped.
+    pub idle_timeout: Duration,
+    /// How long before its deadline a socket is told to re-authenticate.
+    pub reauth_warning: Duration,
+}
+
+/// What every socket task uses; one shared copy for all of them.
+pub struct SocketDeps {
+    pub sessions: Sessions,
+    pub history: Arc<dyn History>,
+    pub registry: Arc<Registry>,
+    pub hub: Hub,
+    pub presence: Presence,
+    pub limits: SocketLimits,
 }
 
 /// Who a new socket belongs to, as the upgrade established it.
@@ -62,8 +88,8 @@ pub struct SocketContext {
     pub user: User,
     pub room: RoomName,
     pub after: Option<MessageId>,
-    /// The session's expiry (unix ms): the socket's first deadline.
-    pub expires_at: i64,
+    /// The session's expiry: the socket's first deadline.
+    pub expires_at: UnixMillis,
     pub slot: Slot,
 }
 
@@ -77,7 +103,7 @@ enum Flow {
 
 /// Removes the socket from the registry however its task ends.
 struct Registered {
-    state: SharedState,
+    deps: Arc<SocketDeps>,
     id: ConnId,
     room: RoomName,
     name: Arc<str>,
@@ -85,13 +111,13 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.state.registry.remove(self.id);
-        self.state.presence.touched(&self.room, &self.name);
+        self.deps.registry.remove(self.id);
+        self.deps.presence.touched(&self.room, &self.name);
     }
 }
 
 struct Socket<S> {
-    state: SharedState,
+    deps: Arc<SocketDeps>,
     ws: WebSocketStream<S>,
     session_id: Id,
     user: User,
@@ -100,10 +126,8 @@ struct Socket<S> {
     /// The newest message id this socket has sent: nothing at or before it
     /// is sent again, which makes replay and live delivery meet seamlessly.
     last_sent: MessageId,
-    /// Unix ms at which the session ends unless it is found slid.
-    deadline: i64,
-    /// Whether `reauthenticate` was sent for the current deadline.
-    warned: bool,
+    /// When the session ends unless it is found slid or re-authenticated.
+    deadline: Deadline,
     last_seen: Instant,
     bucket: TokenBucket,
     flood: u32,
@@ -111,30 +135,30 @@ struct Socket<S> {
 }
 
 /// Runs a socket to its end.
-pub async fn serve<S>(state: SharedState, ws: WebSocketStream<S>, ctx: SocketContext)
+pub async fn serve<S>(deps: Arc<SocketDeps>, ws: WebSocketStream<S>, ctx: SocketContext)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _slot = ctx.slot;
     let now = Instant::now();
     let name: Arc<str> = ctx.user.name.as_str().into();
+    let limits = &deps.limits;
     let mut socket = Socket {
-        bucket: TokenBucket::new(state.config.message_rate, state.config.message_burst, now.into_std()),
+        bucket: TokenBucket::new(limits.message_rate, limits.message_burst, now.into_std()),
         invalid: Strikes::new(MAX_INVALID_PER_MINUTE, Duration::from_secs(60)),
-        state,
+        deadline: Deadline::new(ctx.expires_at, limits.reauth_warning),
+        deps: deps.clone(),
         ws,
         session_id: ctx.session_id,
         user: ctx.user,
         name: name.clone(),
         room: ctx.room,
         last_sent: MessageId::ZERO,
-        deadline: ctx.expires_at,
-        warned: false,
         last_seen: now,
         flood: 0,
     };
 
-    let start = match hub::start_for(&socket.state, &socket.room).await {
+    let start = match deps.hub.start_for(&socket.room).await {
         Ok(start) => start,
         Err(err) => {
             tracing::warn!(%err, "socket refused after upgrade: store unavailable");
@@ -143,7 +167,7 @@ where
     };
     let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, mut close_rx) = oneshot::channel();
-    let joined = socket.state.registry.register(Registration {
+    let joined = deps.registry.register(Registration {
         session: socket.session_id,
         user: socket.user.id,
         name: name.clone(),
@@ -152,13 +176,11 @@ where
         close: close_tx,
         room_start: start,
     });
-    let _registered = Registered { state: socket.state.clone(), id: joined.id, room: socket.room.clone(), name };
-    socket.state.presence.touched(&socket.room, &socket.name);
+    let _registered = Registered { deps: deps.clone(), id: joined.id, room: socket.room.clone(), name };
+    deps.presence.touched(&socket.room, &socket.name);
     if joined.new_room {
         // The tail may be blocked on the old room set: make it look again.
-        if let Err(err) = socket.state.backend.history.wake_tail().await {
-            tracing::warn!(%err, room = %socket.room, "could not wake the room tail; it picks the room up within seconds");
-        }
+        deps.hub.follow_new_room(&socket.room).await;
     }
     socket.last_sent = joined.cursor;
 
@@ -178,8 +200,9 @@ where
 {
     /// `hello`, the room's presence, then every stored message after `after`.
     async fn greet(&mut self, after: Option<MessageId>) -> Flow {
-        let hello = ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline }.to_text();
-        let online = presence::snapshot(&self.state, &self.room).await;
+        let hello =
+            ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline.at() }.to_text();
+        let online = self.deps.presence.snapshot(&self.room).await;
         let presence = ServerFrame::Presence { room: &self.room, online: &online }.to_text();
         if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
             return flow;
@@ -187,7 +210,7 @@ where
         let Some(after) = after else { return Flow::Continue };
         let mut cursor = after;
         loop {
-            let batch = match self.state.backend.history.after(&self.room, cursor, REPLAY_BATCH).await {
+            let batch = match self.deps.history.after(&self.room, cursor, REPLAY_BATCH).await {
                 Ok(batch) => batch,
                 Err(err) => {
                     // Closing (rather than going on without the replay) keeps
@@ -217,11 +240,10 @@ where
         outbox: &mut mpsc::Receiver<Outbound>,
         close_rx: &mut oneshot::Receiver<CloseReason>,
     ) -> Flow {
-        let config = &self.state.config;
-        let (ping_every, idle_limit) = (config.ws_ping_interval, config.ws_idle_timeout);
+        let (ping_every, idle_limit) = (self.deps.limits.ping_interval, self.deps.limits.idle_timeout);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut armed_for = self.timer_target();
+        let mut armed_for = self.deadline.wake_at();
         let timer = tokio::time::sleep_until(instant_at(armed_for));
         tokio::pin!(timer);
 
@@ -246,68 +268,69 @@ where
                         self.write_message(WsMessage::Ping(Bytes::new())).await
                     }
                 },
-                _ = &mut timer => self.on_timer().await,
+                _ = &mut timer => {
+                    // Re-armed below even if the target did not move (a
+                    // timer that fired a hair early waits again).
+                    armed_for = UnixMillis::EPOCH;
+                    self.on_timer().await
+                }
             };
             match flow {
                 Flow::Continue => {}
                 other => return other,
             }
-            if self.timer_target() != armed_for {
-                armed_for = self.timer_target();
+            if self.deadline.wake_at() != armed_for {
+                armed_for = self.deadline.wake_at();
                 timer.as_mut().reset(instant_at(armed_for));
             }
         }
     }
 
-    /// When (unix ms) the deadline timer should next fire: at the warning,
-    /// then at the deadline. Every firing changes it or ends the socket.
-    fn timer_target(&self) -> i64 {
-        let warning = self.state.config.reauth_warning.as_millis() as i64;
-        if self.warned {
-            self.deadline
-        } else {
-            self.deadline - warning
+    /// Asks the store whether this is still the user's live session.
+    async fn recheck(&mut self) -> Lookup {
+        let found = self.deps.sessions.lookup(&self.session_id).await;
+        if let Err(err) = &found {
+            tracing::warn!(%err, "session not re-checked: store unavailable");
         }
+        let found = found.map(|live| live.map(|live| (live.user.id, live.expires_at)));
+        Lookup::judge(found, self.user.id, UnixMillis::now())
     }
 
     async fn on_timer(&mut self) -> Flow {
-        let now = now_ms();
-        if !self.warned && now < self.deadline {
-            self.warned = true;
-            return self.write([ServerFrame::Reauthenticate { expires_at: self.deadline }.to_text()]).await;
-        }
-        // The deadline: the user may have been active over HTTP elsewhere,
-        // which slid the session, so ask the store once before closing.
-        match lookup(&self.state.backend.sessions, &self.session_id).await {
-            Ok(Some(live)) if live.user.id == self.user.id && live.expires_at > now => {
-                if self.move_deadline(live.expires_at) {
-                    return self.write([ServerFrame::Reauthenticate { expires_at: self.deadline }.to_text()]).await;
-                }
-                Flow::Continue
+        let step = match self.deadline.on_timer(UnixMillis::now()) {
+            Step::Recheck => {
+                let found = self.recheck().await;
+                self.deadline.at_deadline(UnixMillis::now(), found)
             }
-            Ok(_) => Flow::Close(frames::SESSION_EXPIRED),
-            // Unverifiable is not valid: the socket does not outlive the
-            // deadline it knows. 1013 makes the client come back later.
-            Err(err) => {
-                tracing::warn!(%err, "session deadline passed with the store unavailable");
-                Flow::Close(frames::STORE_UNAVAILABLE)
-            }
-        }
+            step => step,
+        };
+        self.carry_out(step).await
     }
 
-    /// Moves the deadline; returns whether the client should be warned now
-    /// (the new deadline is already within the warning period and later
-    /// than the one it was warned about).
-    fn move_deadline(&mut self, new: i64) -> bool {
-        let warning = self.state.config.reauth_warning.as_millis() as i64;
-        let old = std::mem::replace(&mut self.deadline, new);
-        if new - now_ms() > warning {
-            self.warned = false;
-            false
-        } else {
-            let warn = new > old;
-            self.warned = true;
-            warn
+    async fn on_reauth(&mut self) -> Flow {
+        if let Err(flow) = self.rate_limit(None).await {
+            return flow;
+        }
+        let found = self.recheck().await;
+        let step = self.deadline.on_reauth(UnixMillis::now(), found);
+        self.carry_out(step).await
+    }
+
+    /// Does what the deadline decided.
+    async fn carry_out(&mut self, step: Step) -> Flow {
+        match step {
+            Step::Wait | Step::Recheck => Flow::Continue,
+            Step::Warn(expires_at) => self.write([ServerFrame::Reauthenticate { expires_at }.to_text()]).await,
+            Step::Reauthenticated(expires_at) => {
+                self.write([ServerFrame::Reauthenticated { expires_at }.to_text()]).await
+            }
+            Step::RetryLater => {
+                self.error(ErrorCode::Unavailable, "The session could not be checked; try again.", None).await
+            }
+            Step::Expire => Flow::Close(frames::SESSION_EXPIRED),
+            // Unverifiable is not valid: the socket does not outlive the
+            // deadline it knows. 1013 makes the client come back later.
+            Step::StoreUnavailable => Flow::Close(frames::STORE_UNAVAILABLE),
         }
     }
 
@@ -381,9 +404,9 @@ where
             user: self.user.name.clone(),
             body: body.to_owned(),
             client_id: client_id.clone(),
-            sent_at: now_ms(),
+            sent_at: UnixMillis::now(),
         };
-        match self.state.backend.history.append(&self.room, message).await {
+        match self.deps.history.append(&self.room, message).await {
             Ok(appended) => {
                 if let Appended::Duplicate(id) = appended {
                     tracing::debug!(%id, "resend of a stored message acknowledged again");
@@ -393,24 +416,6 @@ where
             Err(err) => {
                 tracing::warn!(%err, "message not stored");
                 self.error(ErrorCode::Unavailable, "The message was not stored; send it again.", cid).await
-            }
-        }
-    }
-
-    async fn on_reauth(&mut self) -> Flow {
-        if let Err(flow) = self.rate_limit(None).await {
-            return flow;
-        }
-        match lookup(&self.state.backend.sessions, &self.session_id).await {
-            Ok(Some(live)) if live.user.id == self.user.id && live.expires_at > now_ms() => {
-                // The client just proved itself: no new warning for this deadline.
-                self.move_deadline(live.expires_at);
-                self.write([ServerFrame::Reauthenticated { expires_at: live.expires_at }.to_text()]).await
-            }
-            Ok(_) => Flow::Close(frames::SESSION_EXPIRED),
-            Err(err) => {
-                tracing::warn!(%err, "reauth not checked: store unavailable");
-                self.error(ErrorCode::Unavailable, "The session could not be checked; try again.", None).await
             }
         }
     }

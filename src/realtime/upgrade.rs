@@ -5,7 +5,7 @@
 //! warp's `ws()` cannot be given tungstenite's `read_buffer_size`, and its
 //! default 128 KiB read buffer per socket is what makes idle sockets
 //! expensive. Here the upgrade is taken from hyper directly and the
-//! WebSocket is built with small buffers (see `state::ws_config`).
+//! WebSocket is built with small buffers (see [`ws_config`]).
 //!
 //! Every check answers with a status before any 101: the origin (403: a GET
 //! is not covered by the POST checks, and a browser sends cookies on
@@ -13,21 +13,51 @@
 //! shared store (401, or 503 when the store does not answer), the
 //! connection cap (503).
 
+use std::sync::Arc;
+
 use hyper::{body::Incoming, header, upgrade::OnUpgrade, Method, Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{
-    tungstenite::{handshake::derive_accept_key, protocol::Role},
+    tungstenite::{
+        handshake::derive_accept_key,
+        protocol::{Role, WebSocketConfig},
+    },
     WebSocketStream,
 };
 use tower_sessions::Session;
 use warp::Reply;
 
-use super::socket::{self, SocketContext};
-use crate::{
-    auth::session::AuthSession,
-    chat::{MessageId, RoomName},
-    state::SharedState,
+use super::{
+    registry::Registry,
+    socket::{self, SocketContext, SocketDeps},
 };
+use crate::{
+    auth::Sessions,
+    model::{MessageId, RoomName},
+    net::OriginPolicy,
+};
+
+/// Largest WebSocket frame or message a client may send (1009 above).
+pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+
+/// Small buffers: most sockets are idle most of the time, and tungstenite's
+/// default 128 KiB read buffer would cost that much per socket.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// What the upgrade checks against and hands the socket to.
+pub struct Upgrader {
+    pub origins: Arc<OriginPolicy>,
+    pub sessions: Sessions,
+    pub registry: Arc<Registry>,
+    pub socket: Arc<SocketDeps>,
+}
 
 type Response = warp::reply::Response;
 
@@ -51,7 +81,7 @@ struct Query {
 }
 
 /// Handles `GET /ws`.
-pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response {
+pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response {
     if req.method() != Method::GET {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET to open a WebSocket");
     }
@@ -68,7 +98,7 @@ pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response 
         return refuse(StatusCode::BAD_REQUEST, "malformed WebSocket handshake");
     };
 
-    if state.origins.check(req.headers()).is_err() {
+    if upgrader.origins.check(req.headers()).is_err() {
         tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "cross-origin WebSocket upgrade refused");
         return refuse(StatusCode::FORBIDDEN, "cross-origin WebSocket refused");
     }
@@ -95,7 +125,7 @@ pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response 
     let Some(session) = req.extensions().get::<Session>().cloned() else {
         return refuse(StatusCode::UNAUTHORIZED, "not signed in");
     };
-    let current = match AuthSession::new(session, state.sessions).current().await {
+    let current = match upgrader.sessions.refresh(&upgrader.sessions.cookie(session)).await {
         Ok(Some(current)) => current,
         Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "not signed in"),
         Err(err) => {
@@ -104,7 +134,7 @@ pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response 
         }
     };
 
-    let Some(slot) = state.registry.reserve() else {
+    let Some(slot) = upgrader.registry.reserve() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
@@ -119,14 +149,13 @@ pub async fn handle(state: SharedState, mut req: Request<Incoming>) -> Response 
         expires_at: current.expires_at,
         slot,
     };
-    let task_state = state.clone();
+    let deps = upgrader.socket.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(task_state.ws_config))
-                        .await;
-                socket::serve(task_state, ws, context).await;
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+                socket::serve(deps, ws, context).await;
             }
             Err(err) => tracing::debug!(%err, "upgrade did not complete"),
         }

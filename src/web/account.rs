@@ -1,7 +1,8 @@
 //! Accounts and sessions over HTTP: register, log in, log out (here or
-//! everywhere), refresh.
+//! everywhere), refresh. Each handler reads its form and calls one method
+//! of [`Sessions`]; what a session is lives in `auth`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde_json::json;
@@ -12,27 +13,33 @@ use warp::{
 };
 
 use super::{
-    auth_session,
-    client::ClientAddr,
     client_addr,
-    guard::same_origin,
     pages::{page, see_other, LoginPage, RegisterPage},
-    with_state,
+    session, with,
 };
 use crate::{
     auth::{
         password::{self, Password},
-        session::{AuthSession, Current},
-        valid_username, validate_new_account,
+        session::AuthSession,
+        throttle::LoginThrottle,
+        validate_new_account, Sessions,
     },
-    backend::{StoreError, User, UserId},
+    backend::UserStore,
     error::Error,
-    realtime::lifecycle::announce_logout,
-    state::SharedState,
+    model::{valid_username, User, UserId},
+    net::ClientAddr,
 };
 
 /// Largest form body accepted.
 const MAX_FORM_BYTES: u64 = 16 * 1024;
+
+/// What the account forms use.
+#[derive(Clone)]
+pub struct Accounts {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Sessions,
+    pub throttle: LoginThrottle,
+}
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
 #[derive(Debug)]
@@ -51,8 +58,8 @@ fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + C
 }
 
 /// GET /login
-pub fn login_form(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("login").and(warp::get()).and(auth_session(state)).and_then(|session: AuthSession| async move {
+pub fn login_form(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions).and_then(|session: AuthSession| async move {
         // Only a request with a cookie costs a store lookup.
         if session.has_cookie() && session.current().await.map_err(Error::from)?.is_some() {
             return Ok(see_other("/chat"));
@@ -62,24 +69,19 @@ pub fn login_form(state: SharedState) -> impl Filter<Extract = (Response,), Erro
 }
 
 /// POST /login
-pub fn login(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("login")
-        .and(warp::post())
-        .and(same_origin(state.clone()))
-        .and(credentials())
-        .and(auth_session(state.clone()))
-        .and(client_addr())
-        .and(with_state(state))
-        .and_then(|form: Credentials, session: AuthSession, addr: ClientAddr, state: SharedState| async move {
-            handle_login(form, session, addr, state).await.map_err(Rejection::from)
-        })
+pub fn login(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
+        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
+            handle_login(form, session, addr, accounts).await.map_err(Rejection::from)
+        },
+    )
 }
 
 async fn handle_login(
     form: Credentials,
     session: AuthSession,
     addr: ClientAddr,
-    state: SharedState,
+    accounts: Accounts,
 ) -> Result<Response, Error> {
     let (Some(username), Some(password)) = (form.username, form.password) else {
         let error = Some("Enter your username and password.".to_owned());
@@ -87,22 +89,22 @@ async fn handle_login(
     };
     let username = username.trim().to_owned();
     let ip = addr.0;
-    if let Some(retry_after) = state.throttle.check(&username, ip).await? {
+    if let Some(retry_after) = accounts.throttle.check(&username, ip).await? {
         tracing::warn!(%ip, "login throttled");
         return too_many_attempts(&username, retry_after);
     }
     // A name that cannot exist is not looked up, but it is verified against
     // the dummy hash all the same: every failure takes the same time.
-    let stored = if valid_username(&username) { state.backend.users.find(&username).await? } else { None };
+    let stored = if valid_username(&username) { accounts.users.find(&username).await? } else { None };
     let verified = password::verify(password, stored.as_ref().map(|s| s.password_hash.clone())).await;
     match stored {
         Some(stored) if verified => {
-            state.throttle.succeeded(&username, ip).await?;
-            sign_in(&session, &state, stored.user).await?;
+            accounts.throttle.succeeded(&username, ip).await?;
+            accounts.sessions.sign_in(&session, stored.user).await?;
             Ok(see_other("/chat"))
         }
         _ => {
-            state.throttle.failed(&username, ip).await?;
+            accounts.throttle.failed(&username, ip).await?;
             let error = Some("Wrong username or password.".to_owned());
             page(StatusCode::UNAUTHORIZED, &LoginPage { error, username })
         }
@@ -120,46 +122,23 @@ fn too_many_attempts(username: &str, retry_after: Duration) -> Result<Response, 
     Ok(res)
 }
 
-/// Starts a session for `user` under a new id and indexes it under the user.
-/// A session the browser was signed in with before ends, sockets included.
-async fn sign_in(session: &AuthSession, state: &SharedState, user: User) -> Result<Current, Error> {
-    let previous = session.current().await?;
-    let current = session.sign_in(user).await?;
-    let end_by = session.policy().end_by(crate::chat::now_ms() / 1000);
-    if let Err(err) = state.backend.session_index.add(current.user.id, current.session_id, end_by).await {
-        // A session "log out everywhere" cannot find must not exist.
-        let _ = session.sign_out().await;
-        return Err(err.into());
-    }
-    if let Some(previous) = previous {
-        // `sign_in` deleted it from the store already; its sockets go now.
-        let _ = state.backend.session_index.remove(previous.user.id, previous.session_id).await;
-        announce_logout(state, previous.user.id, &[previous.session_id], false).await;
-    }
-    Ok(current)
-}
-
 /// GET /register
 pub fn register_form() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("register").and(warp::get()).and_then(|| async {
+    warp::any().and_then(|| async {
         page(StatusCode::OK, &RegisterPage { error: None, username: String::new() }).map_err(Rejection::from)
     })
 }
 
 /// POST /register
-pub fn register(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("register")
-        .and(warp::post())
-        .and(same_origin(state.clone()))
-        .and(credentials())
-        .and(auth_session(state.clone()))
-        .and(with_state(state))
-        .and_then(|form: Credentials, session: AuthSession, state: SharedState| async move {
-            handle_register(form, session, state).await.map_err(Rejection::from)
-        })
+pub fn register(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    credentials().and(session(accounts.sessions.clone())).and(with(accounts)).and_then(
+        |form: Credentials, session: AuthSession, accounts: Accounts| async move {
+            handle_register(form, session, accounts).await.map_err(Rejection::from)
+        },
+    )
 }
 
-async fn handle_register(form: Credentials, session: AuthSession, state: SharedState) -> Result<Response, Error> {
+async fn handle_register(form: Credentials, session: AuthSession, accounts: Accounts) -> Result<Response, Error> {
     let refuse =
         |status, error: &str, username: String| page(status, &RegisterPage { error: Some(error.to_owned()), username });
     let (Some(username), Some(password)) = (form.username, form.password) else {
@@ -171,84 +150,46 @@ async fn handle_register(form: Credentials, session: AuthSession, state: SharedS
     }
     const TAKEN: &str = "That username is taken. Choose another one.";
     // Checked first to spare the hashing; `create` below is what decides.
-    if state.backend.users.find(&username).await?.is_some() {
+    if accounts.users.find(&username).await?.is_some() {
         return refuse(StatusCode::CONFLICT, TAKEN, username);
     }
     let hash = password::hash(password).await;
     let user = User { id: UserId::new_v4(), name: username };
-    if !state.backend.users.create(&user, &hash).await? {
+    if !accounts.users.create(&user, &hash).await? {
         return refuse(StatusCode::CONFLICT, TAKEN, user.name);
     }
     tracing::info!(user = %user.name, "registered");
-    sign_in(&session, &state, user).await?;
+    accounts.sessions.sign_in(&session, user).await?;
     Ok(see_other("/chat"))
 }
 
 /// POST /logout
-pub fn logout(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("logout")
-        .and(warp::post())
-        .and(same_origin(state.clone()))
-        .and(auth_session(state.clone()))
-        .and(with_state(state))
-        .and_then(|session: AuthSession, state: SharedState| async move {
-            end_sessions(session, state, false).await.map_err(Rejection::from)
-        })
+pub fn logout(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions.clone()).and(with(sessions)).and_then(|session: AuthSession, sessions: Sessions| async move {
+        sessions.sign_out(&session).await.map_err(Error::from)?;
+        Ok::<_, Rejection>(see_other("/login"))
+    })
 }
 
 /// POST /logout/everywhere
-pub fn logout_everywhere(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("logout" / "everywhere")
-        .and(warp::post())
-        .and(same_origin(state.clone()))
-        .and(auth_session(state.clone()))
-        .and(with_state(state))
-        .and_then(|session: AuthSession, state: SharedState| async move {
-            end_sessions(session, state, true).await.map_err(Rejection::from)
-        })
-}
-
-/// Ends this session, or every session of the user, in the store first and
-/// then on every instance's sockets.
-async fn end_sessions(session: AuthSession, state: SharedState, everywhere: bool) -> Result<Response, Error> {
-    let Some(current) = session.current().await? else { return Ok(see_other("/login")) };
-    let user = current.user.id;
-    let mut ended = vec![current.session_id];
-    if everywhere {
-        for id in state.backend.session_index.take_all(user).await? {
-            if id != current.session_id {
-                state.backend.sessions.0.delete(&id).await.map_err(StoreError::from)?;
-                ended.push(id);
-            }
-        }
-    }
-    session.sign_out().await?;
-    if !everywhere {
-        if let Err(err) = state.backend.session_index.remove(user, current.session_id).await {
-            // Harmless: the entry points at a deleted session and ages out.
-            tracing::warn!(%err, "session index entry not removed");
-        }
-    }
-    tracing::info!(user = %current.user.name, sessions = ended.len(), everywhere, "logged out");
-    announce_logout(&state, user, &ended, everywhere).await;
-    Ok(see_other("/login"))
+pub fn logout_everywhere(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions.clone()).and(with(sessions)).and_then(|session: AuthSession, sessions: Sessions| async move {
+        sessions.sign_out_everywhere(&session).await.map_err(Error::from)?;
+        Ok::<_, Rejection>(see_other("/login"))
+    })
 }
 
 /// POST /session/refresh
-pub fn refresh(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("session" / "refresh")
-        .and(warp::post())
-        .and(same_origin(state.clone()))
-        .and(auth_session(state))
-        .and_then(|session: AuthSession| async move {
-            let res = match session.current().await.map_err(Error::from)? {
-                Some(current) => warp::reply::json(&json!({ "expires_at": current.expires_at })).into_response(),
-                None => warp::reply::with_status(
-                    warp::reply::json(&json!({ "error": "not signed in" })),
-                    StatusCode::UNAUTHORIZED,
-                )
-                .into_response(),
-            };
-            Ok::<_, Rejection>(res)
-        })
+pub fn refresh(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions.clone()).and(with(sessions)).and_then(|session: AuthSession, sessions: Sessions| async move {
+        let res = match sessions.refresh(&session).await.map_err(Error::from)? {
+            Some(current) => warp::reply::json(&json!({ "expires_at": current.expires_at })).into_response(),
+            None => warp::reply::with_status(
+                warp::reply::json(&json!({ "error": "not signed in" })),
+                StatusCode::UNAUTHORIZED,
+            )
+            .into_response(),
+        };
+        Ok::<_, Rejection>(res)
+    })
 }

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
 };
 
 use warp::{
@@ -12,8 +13,7 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use super::with_state;
-use crate::state::SharedState;
+use super::{router::param, with};
 
 const FILES: &[(&str, &[u8], &str)] = &[
     ("style.css", include_bytes!("../../static/style.css"), "text/css; charset=utf-8"),
@@ -50,13 +50,10 @@ impl Default for Assets {
 }
 
 /// GET /static/{file}
-pub fn route(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("static" / String)
-        .and(warp::get())
-        .and(warp::header::optional::<String>("if-none-match"))
-        .and(with_state(state))
-        .and_then(|name: String, if_none_match: Option<String>, state: SharedState| async move {
-            let asset = state.assets.files.get(name.as_str()).ok_or_else(warp::reject::not_found)?;
+pub fn route(assets: Arc<Assets>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    param("file").and(warp::header::optional::<String>("if-none-match")).and(with(assets)).and_then(
+        |name: String, if_none_match: Option<String>, assets: Arc<Assets>| async move {
+            let asset = assets.files.get(name.as_str()).ok_or_else(warp::reject::not_found)?;
             let mut res = if if_none_match.as_deref() == asset.etag.to_str().ok() {
                 warp::reply::with_status(warp::reply(), StatusCode::NOT_MODIFIED).into_response()
             } else {
@@ -67,5 +64,6 @@ pub fn route(state: SharedState) -> impl Filter<Extract = (Response,), Error = R
             res.headers_mut().insert(header::ETAG, asset.etag.clone());
             res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             Ok::<_, Rejection>(res)
-        })
+        },
+    )
 }

@@ -1,13 +1,12 @@
-//! The HTTP surface: the route table, shared filters, security headers and
-//! the one place rejections become responses.
+//! The HTTP surface: the route table, the filters handlers share, security
+//! headers, and the one place rejections become responses.
 
 pub mod account;
 pub mod assets;
-pub mod client;
-pub mod guard;
 pub mod pages;
+pub mod router;
 
-use std::convert::Infallible;
+use std::sync::Arc;
 
 use tower_sessions::Session;
 use warp::{
@@ -16,18 +15,38 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use self::client::ClientAddr;
-use crate::{auth::session::AuthSession, error::Error, state::SharedState};
+use self::router::{web, Handler, Router};
+use crate::{
+    auth::{session::AuthSession, Sessions},
+    backend::{BackendKind, Health},
+    error::Error,
+    net::{ClientAddr, OriginPolicy},
+    state::AppState,
+};
 
-/// Injects the shared state.
-pub fn with_state(state: SharedState) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
+/// The route table: every method and path palaver answers.
+pub fn routes(state: &AppState) -> Router {
+    let sessions = &state.sessions;
+    Router::new(state.origins.clone(), security_headers(&state.origins, state.tls))
+        .get("/", web(pages::index(sessions.clone())))
+        .get("/login", web(account::login_form(sessions.clone())))
+        .post("/login", web(account::login(state.accounts.clone())))
+        .get("/register", web(account::register_form()))
+        .post("/register", web(account::register(state.accounts.clone())))
+        .post("/logout", web(account::logout(sessions.clone())))
+        .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
+        .post("/session/refresh", web(account::refresh(sessions.clone())))
+        .get("/chat", web(pages::chat_redirect()))
+        .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
+        .get("/ws", Handler::Upgrade(state.upgrader.clone()))
+        .get("/healthz", web(health(state.health.clone(), state.backend_kind)))
+        .get("/static/{file}", web(assets::route(state.assets.clone())))
 }
 
 /// The request's typed session (the session layer put the raw one in the
 /// request's extensions).
-pub fn auth_session(state: SharedState) -> impl Filter<Extract = (AuthSession,), Error = Rejection> + Clone {
-    warp::ext::get::<Session>().map(move |session| AuthSession::new(session, state.sessions))
+pub fn session(sessions: Sessions) -> impl Filter<Extract = (AuthSession,), Error = Rejection> + Clone {
+    warp::ext::get::<Session>().map(move |session| sessions.cookie(session))
 }
 
 /// The client's address, put in the extensions by the accept loop.
@@ -35,70 +54,40 @@ pub fn client_addr() -> impl Filter<Extract = (ClientAddr,), Error = Rejection> 
     warp::ext::get::<ClientAddr>()
 }
 
-/// Every route but `/ws` (served before warp, see `realtime::upgrade`).
-pub fn routes(state: SharedState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let headers = security_headers(&state);
-    pages::index(state.clone())
-        .or(account::login_form(state.clone()))
-        .unify()
-        .or(account::login(state.clone()))
-        .unify()
-        .or(account::register_form())
-        .unify()
-        .or(account::register(state.clone()))
-        .unify()
-        .or(account::logout(state.clone()))
-        .unify()
-        .or(account::logout_everywhere(state.clone()))
-        .unify()
-        .or(account::refresh(state.clone()))
-        .unify()
-        .or(pages::chat_redirect())
-        .unify()
-        .or(pages::chat_room(state.clone()))
-        .unify()
-        .or(health(state.clone()))
-        .unify()
-        .or(assets::route(state))
-        .unify()
-        .recover(handle_rejection)
-        .unify()
-        .map(move |mut res: Response| {
-            for (name, value) in &headers {
-                res.headers_mut().entry(name).or_insert_with(|| value.clone());
-            }
-            res
-        })
+/// Injects a handle.
+pub fn with<T: Clone + Send + Sync + 'static>(
+    value: T,
+) -> impl Filter<Extract = (T,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || value.clone())
 }
 
-/// The `/healthz` body, fields in the order SPEC §2 shows them.
+/// The `/healthz` body, fields in a fixed order.
 #[derive(serde::Serialize)]
-struct Health {
+struct HealthBody {
     status: &'static str,
     backend: &'static str,
 }
 
 /// GET /healthz
-fn health(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).and(with_state(state)).then(|state: SharedState| async move {
-        let backend = state.backend.kind.as_str();
-        match state.backend.health.ping().await {
-            Ok(()) => warp::reply::json(&Health { status: "ok", backend }).into_response(),
+fn health(health: Arc<dyn Health>, kind: BackendKind) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    with(health).and_then(move |health: Arc<dyn Health>| async move {
+        let backend = kind.as_str();
+        Ok::<_, Rejection>(match health.ping().await {
+            Ok(()) => warp::reply::json(&HealthBody { status: "ok", backend }).into_response(),
             Err(err) => {
                 tracing::warn!(%err, "health check: store unavailable");
-                let body = warp::reply::json(&Health { status: "unavailable", backend });
+                let body = warp::reply::json(&HealthBody { status: "unavailable", backend });
                 warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
             }
-        }
+        })
     })
 }
 
 /// Headers on every response: a strict CSP (no inline script or style), no
 /// framing, no sniffing, and HSTS when serving TLS.
-fn security_headers(state: &SharedState) -> HeaderMap {
+fn security_headers(origins: &OriginPolicy, tls: bool) -> HeaderMap {
     // CSP source expressions cannot name IPv6 literals; 'self' covers those.
-    let sockets: Vec<String> = state
-        .origins
+    let sockets: Vec<String> = origins
         .origins()
         .filter(|o| !o.contains("://["))
         .filter_map(|o| {
@@ -119,21 +108,19 @@ fn security_headers(state: &SharedState) -> HeaderMap {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-    if state.tls {
+    if tls {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }
     headers
 }
 
 /// Turns every rejection into a page with the right status.
-async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+pub fn rejection_page(rejection: Rejection) -> Response {
     let (status, message) = if let Some(err) = rejection.find::<Error>() {
         err.log();
         (err.status(), err.public_message())
     } else if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "There is nothing here.")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "That method is not allowed here.")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         (StatusCode::PAYLOAD_TOO_LARGE, "That request is too large.")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
@@ -144,5 +131,5 @@ async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> 
         tracing::debug!(?rejection, "unhandled rejection");
         (StatusCode::BAD_REQUEST, "That request could not be understood.")
     };
-    Ok(pages::error_page(status, message))
+    pages::error_page(status, message)
 }

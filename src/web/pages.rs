@@ -1,19 +1,21 @@
 //! The server-rendered pages: templates and the page routes.
 
+use std::sync::Arc;
+
 use askama::Template;
-use time::OffsetDateTime;
 use warp::{
     http::{header, HeaderValue, StatusCode, Uri},
     reply::Response,
     Filter, Rejection, Reply,
 };
 
-use super::{auth_session, with_state};
+use super::{router::param, session, with};
 use crate::{
-    auth::session::AuthSession,
-    chat::{Message, RoomName},
+    auth::{session::AuthSession, Sessions},
+    backend::History,
+    clock::UnixMillis,
     error::Error,
-    state::SharedState,
+    model::{Message, RoomName, LOBBY},
 };
 
 /// Messages rendered on a room's page.
@@ -51,14 +53,14 @@ pub struct ChatPage {
     pub rooms: Vec<String>,
     pub messages: Vec<MessageView>,
     pub last_id: String,
-    pub expires_at: i64,
+    pub expires_at: UnixMillis,
 }
 
 pub struct MessageView {
     pub id: String,
     pub user: String,
     pub body: String,
-    pub sent_at: i64,
+    pub sent_at: UnixMillis,
     /// "HH:MM" UTC; the client rewrites it in local time.
     pub time: String,
     pub mine: bool,
@@ -66,9 +68,8 @@ pub struct MessageView {
 
 impl MessageView {
     fn new(m: Message, me: &str) -> Self {
-        let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.sent_at) * 1_000_000)
-            .map(|t| format!("{:02}:{:02}", t.hour(), t.minute()))
-            .unwrap_or_default();
+        let at = m.sent_at.to_datetime();
+        let time = format!("{:02}:{:02}", at.hour(), at.minute());
         Self { id: m.id.to_string(), mine: m.user == me, user: m.user, body: m.body, sent_at: m.sent_at, time }
     }
 }
@@ -96,8 +97,8 @@ pub fn see_other(location: &str) -> Response {
 }
 
 /// GET /
-pub fn index(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path::end().and(warp::get()).and(auth_session(state)).and_then(|session: AuthSession| async move {
+pub fn index(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions).and_then(|session: AuthSession| async move {
         let target = if session.current().await.map_err(Error::from)?.is_some() { "/chat" } else { "/login" };
         Ok::<_, Rejection>(see_other(target))
     })
@@ -110,7 +111,7 @@ struct OpenRoom {
 
 /// GET /chat (and GET /chat?room=name from the sidebar's form)
 pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("chat").and(warp::get()).and(warp::query::<OpenRoom>()).and_then(|query: OpenRoom| async move {
+    warp::query::<OpenRoom>().and_then(|query: OpenRoom| async move {
         match query.room.map(|r| r.trim().to_ascii_lowercase()) {
             None => Ok::<_, Rejection>(see_other("/chat/lobby")),
             Some(name) => match RoomName::parse(&name) {
@@ -121,22 +122,28 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
     })
 }
 
+/// What a room's page reads.
+#[derive(Clone)]
+pub struct RoomPages {
+    pub sessions: Sessions,
+    pub history: Arc<dyn History>,
+}
+
 /// GET /chat/{room}
-pub fn chat_room(state: SharedState) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("chat" / String).and(warp::get()).and(auth_session(state.clone())).and(with_state(state)).and_then(
-        |room: String, session: AuthSession, state: SharedState| async move {
-            render_room(room, session, state).await.map_err(Rejection::from)
+pub fn chat_room(rooms: RoomPages) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    param("room").and(session(rooms.sessions.clone())).and(with(rooms.history)).and_then(
+        |room: String, session: AuthSession, history: Arc<dyn History>| async move {
+            render_room(room, session, &*history).await.map_err(Rejection::from)
         },
     )
 }
 
-async fn render_room(room: String, session: AuthSession, state: SharedState) -> Result<Response, Error> {
+async fn render_room(room: String, session: AuthSession, history: &dyn History) -> Result<Response, Error> {
     let Some(current) = session.current().await? else { return Ok(see_other("/login")) };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
-    let history = &state.backend.history;
     history.open_room(&room).await?;
     let (recent, mut rooms) = tokio::try_join!(history.recent(&room, RECENT_MESSAGES), history.rooms(SIDEBAR_ROOMS))?;
-    for always in [crate::chat::LOBBY, room.as_str()] {
+    for always in [LOBBY, room.as_str()] {
         if !rooms.iter().any(|r| r == always) {
             rooms.push(always.to_owned());
         }

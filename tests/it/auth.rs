@@ -195,7 +195,7 @@ async fn refresh_slides_the_session_and_reports_its_expiry() {
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let expires_at = body["expires_at"].as_i64().unwrap();
-    let now = palaver::chat::now_ms();
+    let now = palaver::clock::UnixMillis::now().as_millis();
     assert!((now + 598_000..=now + 600_000).contains(&expires_at), "{expires_at} vs now {now}");
     // The store agrees: the session key expires exactly then.
     let id = browser.session_id(&app).unwrap();
@@ -228,7 +228,7 @@ async fn refresh_cannot_pass_the_absolute_lifetime() {
         &[("SESSION_TTL_SECS", "60"), ("SESSION_MAX_LIFETIME_SECS", "3"), ("REAUTH_WARNING_SECS", "1")],
     )
     .await;
-    let signed_in_at = palaver::chat::now_ms();
+    let signed_in_at = palaver::clock::UnixMillis::now().as_millis();
     let browser = signed_up(&app, "alice").await;
     let first: Value = browser.refresh(&app).await.json().await.unwrap();
     assert!(first["expires_at"].as_i64().unwrap() <= signed_in_at + 3_000 + 1_000, "capped by the lifetime: {first}");

@@ -177,9 +177,12 @@ async fn a_socket_is_warned_then_closed_at_its_deadline_without_reauth() {
     let (mut socket, hello) = alice.join(&app, "").await;
     let warning = socket.next_of("reauthenticate").await;
     assert_eq!(warning["expires_at"], hello["expires_at"]);
-    assert!(palaver::chat::now_ms() < hello["expires_at"].as_i64().unwrap(), "warned before the deadline");
+    assert!(
+        palaver::clock::UnixMillis::now().as_millis() < hello["expires_at"].as_i64().unwrap(),
+        "warned before the deadline"
+    );
     assert_eq!(socket.closed().await, (4401, "session expired".to_string()));
-    assert!(palaver::chat::now_ms() >= hello["expires_at"].as_i64().unwrap(), "not closed early");
+    assert!(palaver::clock::UnixMillis::now().as_millis() >= hello["expires_at"].as_i64().unwrap(), "not closed early");
 }
 
 #[tokio::test]
@@ -202,7 +205,7 @@ async fn reauth_after_refresh_moves_the_deadline_and_keeps_the_socket() {
         assert!(answer["expires_at"].as_i64().unwrap() >= deadline);
         deadline = answer["expires_at"].as_i64().unwrap();
     }
-    assert!(palaver::chat::now_ms() > first_deadline);
+    assert!(palaver::clock::UnixMillis::now().as_millis() > first_deadline);
     assert_eq!(socket.say("still here", "c1").await["type"], "ack");
 }
 
@@ -218,7 +221,7 @@ async fn activity_over_http_elsewhere_keeps_the_socket_without_a_close() {
     let tab = alice.clone();
     let app_ref = &app;
     let browsing = async move {
-        while palaver::chat::now_ms() < first_deadline + 2_500 {
+        while palaver::clock::UnixMillis::now().as_millis() < first_deadline + 2_500 {
             assert_eq!(tab.get(app_ref, "/chat/lobby").await.status(), StatusCode::OK);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -1,11 +1,33 @@
-//! The chat itself: rooms, messages and their ids, the fan-out hub and presence.
-
-pub mod hub;
-pub mod presence;
+//! What palaver talks about: users, rooms, messages and their ids, and the
+//! rules a valid one follows. Plain data; no I/O.
 
 use std::{cmp::Ordering, fmt, str::FromStr, sync::Arc};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::UnixMillis;
+
+pub type UserId = Uuid;
+
+/// A registered user, as sessions and sockets know them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// 3 to 32 characters of `A-Z a-z 0-9 _ . -` (docs/protocol.md §2).
+pub fn valid_username(username: &str) -> bool {
+    (3..=32).contains(&username.len())
+        && username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The form of a username that uniqueness is decided on: names are unique
+/// ignoring case.
+pub fn folded_username(username: &str) -> String {
+    username.to_ascii_lowercase()
+}
 
 /// The room every user lands in.
 pub const LOBBY: &str = "lobby";
@@ -16,7 +38,7 @@ pub const MAX_BODY_CHARS: usize = 2000;
 /// Longest `client_id`, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
-/// A valid room name: 1 to 32 characters of `a-z 0-9 -` (SPEC §2).
+/// A valid room name: 1 to 32 characters of `a-z 0-9 -` (docs/protocol.md §2).
 ///
 /// Cheap to clone: the registry and the hub hold many copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,7 +128,14 @@ pub struct NewMessage {
     pub user: String,
     pub body: String,
     pub client_id: Option<String>,
-    pub sent_at: i64,
+    pub sent_at: UnixMillis,
+}
+
+impl NewMessage {
+    /// The message as stored under `id`.
+    pub fn stored(self, id: MessageId) -> Message {
+        Message { id, user: self.user, body: self.body, sent_at: self.sent_at, client_id: self.client_id }
+    }
 }
 
 /// A stored message.
@@ -115,7 +144,7 @@ pub struct Message {
     pub id: MessageId,
     pub user: String,
     pub body: String,
-    pub sent_at: i64,
+    pub sent_at: UnixMillis,
     pub client_id: Option<String>,
 }
 
@@ -143,14 +172,20 @@ pub fn clean_body(body: &str) -> Option<&str> {
     (1..=MAX_BODY_CHARS).contains(&chars).then_some(body)
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usernames_follow_the_rules_and_fold_case() {
+        for ok in ["al.ice_-9", "abc", &"a".repeat(32)] {
+            assert!(valid_username(ok), "{ok}");
+        }
+        for bad in ["al", &"a".repeat(33), "al ice", "alïce", "al/ice", ""] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+        assert_eq!(folded_username("AlIcE"), "alice");
+    }
 
     #[test]
     fn room_names_follow_the_spec() {

@@ -1,9 +1,13 @@
-//! The WebSocket protocol's frames and close codes (SPEC §3).
+//! The WebSocket protocol's frames and close codes (docs/protocol.md §3):
+//! the wire format, and nothing else.
 
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::chat::{Message, MessageId, RoomName};
+use crate::{
+    clock::UnixMillis,
+    model::{Message, MessageId, RoomName},
+};
 
 /// A frame from the client.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -24,14 +28,14 @@ pub enum ServerFrame<'a> {
     Hello {
         user: &'a str,
         room: &'a RoomName,
-        expires_at: i64,
+        expires_at: UnixMillis,
     },
     Message {
         room: &'a RoomName,
         id: MessageId,
         user: &'a str,
         body: &'a str,
-        sent_at: i64,
+        sent_at: UnixMillis,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
     },
@@ -45,12 +49,12 @@ pub enum ServerFrame<'a> {
         online: &'a [String],
     },
     Reauthenticate {
-        expires_at: i64,
+        expires_at: UnixMillis,
     },
     Reauthenticated {
-        expires_at: i64,
+        expires_at: UnixMillis,
     },
-    /// `client_id` is an extension of SPEC §3: present when the error is
+    /// `client_id` is an extension of the original contract: present when the error is
     /// about one `send`, so the client knows which message failed.
     Error {
         code: ErrorCode,
@@ -100,10 +104,10 @@ pub const SESSION_REVOKED: CloseReason = CloseReason { code: 4401, reason: "sess
 pub const SHUTTING_DOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
 pub const POLICY_VIOLATION: CloseReason = CloseReason { code: 1008, reason: "policy violation" };
 pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too big" };
-/// Not in SPEC §3's table: the socket stopped reading and its queue filled.
+/// An addition to the original close codes: the socket stopped reading and its queue filled.
 /// 1013 "try again later" makes clients reconnect with `after=`.
 pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1013, reason: "slow consumer" };
-/// Not in SPEC §3's table: the store could not confirm the session at its
+/// An addition to the original close codes: the store could not confirm the session at its
 /// deadline (or replay failed). The client reconnects; the upgrade answers
 /// 503 until the store is back, and 101 only if the session still lives.
 pub const STORE_UNAVAILABLE: CloseReason = CloseReason { code: 1013, reason: "store unavailable" };
@@ -131,13 +135,13 @@ mod tests {
     #[test]
     fn server_frames_match_the_spec() {
         let room = RoomName::lobby();
-        let hello = ServerFrame::Hello { user: "alice", room: &room, expires_at: 5 }.to_text();
+        let hello = ServerFrame::Hello { user: "alice", room: &room, expires_at: UnixMillis::from_millis(5) }.to_text();
         assert_eq!(hello.as_str(), r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#);
         let m = Message {
             id: MessageId { ms: 7, seq: 1 },
             user: "bob".into(),
             body: "<b>".into(),
-            sent_at: 9,
+            sent_at: UnixMillis::from_millis(9),
             client_id: None,
         };
         assert_eq!(

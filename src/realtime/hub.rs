@@ -1,0 +1,135 @@
+//! Fan-out without loss: each instance tails the streams of the rooms it has
+//! sockets in and hands every stored message to those sockets, in stream
+//! order, exactly once.
+//!
+//! Pub/sub would drop messages published while a subscriber reconnects (the
+//! failure Socket.IO's Redis adapter is known for). A stream does not: the
+//! tail reads on from the last id it delivered in each room (the room's
+//! cursor in the registry), so after a dropped connection or a Redis restart
+//! with persistence it resumes exactly where it stopped.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::registry::Registry;
+use crate::{
+    backend::{History, StoreResult},
+    model::{MessageId, RoomName},
+};
+
+/// How long one `XREAD BLOCK` waits before the room set is read again.
+const TAIL_WAIT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The room tail: what it reads from and where it delivers.
+#[derive(Clone)]
+pub struct Hub {
+    history: Arc<dyn History>,
+    registry: Arc<Registry>,
+}
+
+impl Hub {
+    pub fn new(history: Arc<dyn History>, registry: Arc<Registry>) -> Self {
+        Self { history, registry }
+    }
+
+    /// The tail loop; ends when `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let cursors = self.registry.cursors();
+            let result = tokio::select! {
+                result = self.history.tail(&cursors, TAIL_WAIT) => result,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(batches) => {
+                    backoff = Duration::from_millis(100);
+                    for (room, messages) in batches {
+                        self.registry.deliver(&room, &messages);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "tailing room history failed; retrying from the same ids");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Where a socket joining `room` should start: the room's cursor when
+    /// this instance already follows it, else the newest stored id (the
+    /// tail then starts there).
+    pub async fn start_for(&self, room: &RoomName) -> StoreResult<MessageId> {
+        match self.registry.room_cursor(room) {
+            Some(cursor) => Ok(cursor),
+            None => self.history.last_id(room).await,
+        }
+    }
+
+    /// Makes a pending tail look at the room set again (a new room joined).
+    pub async fn follow_new_room(&self, room: &RoomName) {
+        if let Err(err) = self.history.wake_tail().await {
+            tracing::warn!(%err, %room, "could not wake the room tail; it picks the room up within seconds");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        backend::memory::MemoryBackend,
+        clock::UnixMillis,
+        config::Config,
+        model::NewMessage,
+        realtime::registry::tests::{join, Joined},
+    };
+
+    fn said(body: &str) -> NewMessage {
+        NewMessage { user: "al".into(), body: body.into(), client_id: None, sent_at: UnixMillis::now() }
+    }
+
+    async fn bodies(socket: &mut Joined, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let frame = tokio::time::timeout(Duration::from_secs(5), socket.outbox.recv()).await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(frame.text.as_str()).unwrap();
+            out.push(v["body"].as_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn it_delivers_what_is_stored_after_a_sockets_start_in_order_and_only_to_its_room() {
+        let history = Arc::new(MemoryBackend::new(&Config::default()));
+        let registry = Arc::new(Registry::new(10));
+        let hub = Hub::new(history.clone(), registry.clone());
+        let lobby = RoomName::lobby();
+        history.append(&lobby, said("before")).await.unwrap();
+
+        let start = hub.start_for(&lobby).await.unwrap();
+        let mut a = join(&registry, "al", "lobby", start, 16);
+        let mut other = join(&registry, "bo", "other", MessageId::ZERO, 16);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(hub.clone().run(stopped));
+        for body in ["one", "two", "three"] {
+            history.append(&lobby, said(body)).await.unwrap();
+        }
+        assert_eq!(bodies(&mut a, 3).await, ["one", "two", "three"], "nothing from before its start");
+        // A second socket of the same room starts at the room's cursor.
+        let cursor = hub.start_for(&lobby).await.unwrap();
+        let mut b = join(&registry, "cy", "lobby", cursor, 16);
+        history.append(&lobby, said("four")).await.unwrap();
+        assert_eq!(bodies(&mut a, 1).await, ["four"]);
+        assert_eq!(bodies(&mut b, 1).await, ["four"]);
+        assert!(other.outbox.try_recv().is_err(), "rooms do not leak");
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
