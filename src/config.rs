@@ -55,6 +55,9 @@ pub struct Config {
     pub message_burst: u32,
     /// Approximate number of messages kept per room (`XADD MAXLEN ~`).
     pub history_max_len: u64,
+    /// How long a `send`'s `client_id` is remembered, so that a resend is
+    /// acknowledged with the first id instead of being stored twice.
+    pub send_dedupe_window: Duration,
     /// Server ping period on every socket.
     pub ws_ping_interval: Duration,
     /// A socket silent for this long (no frame, no pong) is dropped.
@@ -167,6 +170,7 @@ impl Config {
             message_rate: vars.parse("MESSAGE_RATE_PER_SEC", "10")?,
             message_burst: vars.parse("MESSAGE_BURST", "20")?,
             history_max_len: vars.parse("HISTORY_MAX_LEN", "10000")?,
+            send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120)?,
             ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20)?,
             ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60)?,
             presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45)?,
@@ -195,6 +199,9 @@ impl Config {
         }
         if !(self.message_rate > 0.0 && self.message_rate.is_finite()) {
             return bad("MESSAGE_RATE_PER_SEC", self.message_rate.to_string(), "must be above 0");
+        }
+        if self.send_dedupe_window.is_zero() {
+            return bad("SEND_DEDUPE_SECS", "0".into(), "must be at least 1");
         }
         if self.message_burst == 0 {
             return bad("MESSAGE_BURST", "0".into(), "must be at least 1");

@@ -64,6 +64,7 @@ pub struct MemoryBackend {
     appended: Notify,
     presence: Mutex<PresenceEntries>,
     history_max_len: usize,
+    dedupe_window: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +88,7 @@ impl MemoryBackend {
             appended: Notify::new(),
             presence: Mutex::default(),
             history_max_len: rules::history_cap(config) as usize,
+            dedupe_window: rules::dedupe_window(config),
         }
     }
 
@@ -241,7 +243,7 @@ impl History for MemoryBackend {
         let now = Instant::now();
         let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.user.clone(), cid));
         let mut sent = lock(&self.sent);
-        sent.retain(|_, (_, at)| now.duration_since(*at) < rules::DEDUPE_WINDOW);
+        sent.retain(|_, (_, at)| now.duration_since(*at) < self.dedupe_window);
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }

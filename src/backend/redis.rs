@@ -241,6 +241,7 @@ pub struct RedisBackend {
     events: broadcast::Sender<Notice>,
     scripts: Scripts,
     history_max_len: u64,
+    dedupe_window: Duration,
 }
 
 impl RedisBackend {
@@ -280,6 +281,7 @@ impl RedisBackend {
             events,
             scripts: Scripts::new(),
             history_max_len: rules::history_cap(config),
+            dedupe_window: rules::dedupe_window(config),
         };
         backend.start_subscriber().await.map_err(unreachable)?;
         Ok(backend)
@@ -485,7 +487,7 @@ impl History for RedisBackend {
             millis(message.sent_at),
             client_id.as_str().into(),
             room.as_str().into(),
-            (rules::DEDUPE_WINDOW.as_secs() as i64).into(),
+            (self.dedupe_window.as_secs() as i64).into(),
         ];
         let (id, stored): (String, i64) = self.run(&self.scripts.append, keys, args).await?;
         let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;

@@ -8,8 +8,10 @@ use crate::config::Config;
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
 /// resend after a lost ack is acknowledged with the first id instead of
-/// being stored twice.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// being stored twice (`SEND_DEDUPE_SECS`, whole seconds).
+pub fn dedupe_window(config: &Config) -> Duration {
+    Duration::from_secs(config.send_dedupe_window.as_secs().max(1))
+}
 
 /// How many messages a room keeps at least (Redis trims approximately, in
 /// whole nodes, so it may keep somewhat more; never fewer).
