@@ -1,6 +1,6 @@
 //! Configuration, read once at start from the environment (and `.env`).
 //!
-//! Every variable is listed with its default in `.env.example`; SPEC.md §1
+//! Every variable is listed with its default in `.env.example`; docs/protocol.md §1
 //! fixes the documented ones. A value that does not parse is an error that
 //! names the variable: a typo must not silently fall back to a default.
 

@@ -85,6 +85,11 @@ impl Application {
         self.state.backend_kind
     }
 
+    /// Every (method, path pattern) this instance serves, from its route table.
+    pub fn route_table(&self) -> Vec<(http::Method, &'static str)> {
+        web::routes(&self.state).table()
+    }
+
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(server::shutdown_signal()).await

@@ -11,7 +11,7 @@
 
   const ROOM = root.dataset.room || "lobby";
   const ME = root.dataset.user || "";
-  const MAX_BODY = 2000;          // characters, after trimming (SPEC §3)
+  const MAX_BODY = 2000;          // characters, after trimming (docs/protocol.md §3)
   const MAX_DOM = 500;            // messages kept in the page
   const BACKOFF_BASE = 500;       // ms
   const BACKOFF_CAP = 30000;      // ms

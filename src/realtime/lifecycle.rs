@@ -109,3 +109,72 @@ impl Lifecycle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::watch;
+    use tower_sessions::SessionStore;
+
+    use super::super::testing::{closed, eventually, next_of, Rig};
+    use crate::{
+        backend::{EndReason, Event},
+        config::Config,
+    };
+
+    #[tokio::test]
+    async fn a_logout_event_from_another_instance_closes_exactly_that_sessions_sockets() {
+        let rig = Rig::new(Config::default());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.lifecycle().run(stopped));
+        let laptop = rig.sign_in("alice").await;
+        let phone = rig.sign_in("alice").await;
+        let (mut a, _) = rig.open(&laptop, "lobby", None).await;
+        let (mut b, _) = rig.open(&phone, "lobby", None).await;
+        next_of(&mut a, "hello").await;
+        next_of(&mut b, "hello").await;
+
+        // As published by another instance's `POST /logout`.
+        let event = Event::Logout {
+            user_id: laptop.current.user.id,
+            sessions: vec![laptop.current.session_id.to_string()],
+            everywhere: false,
+            reason: EndReason::LoggedOut,
+        };
+        rig.backend.bus.publish(&event).await.unwrap();
+        assert_eq!(closed(&mut a).await, (4401, "logged out".into()));
+        eventually("the closed socket to leave the registry", || rig.registry.len() == 1).await;
+        assert_eq!(rig.registry.sessions(), [phone.current.session_id], "the other session's socket stays");
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_sockets_whose_session_vanished_from_the_store() {
+        let rig = Rig::new(Config::default());
+        let alice = rig.sign_in("alice").await;
+        let bob = rig.sign_in("bob").await;
+        let (mut a, _) = rig.open(&alice, "lobby", None).await;
+        let (mut b, _) = rig.open(&bob, "lobby", None).await;
+        next_of(&mut a, "hello").await;
+        next_of(&mut b, "hello").await;
+        let lifecycle = rig.lifecycle();
+        assert_eq!(lifecycle.sweep().await, 0, "both sessions live");
+
+        // Deleted behind everyone's back: no event at all.
+        rig.backend.sessions.delete(&alice.current.session_id).await.unwrap();
+        assert_eq!(lifecycle.sweep().await, 1);
+        assert_eq!(closed(&mut a).await, (4401, "session revoked".into()));
+        eventually("the closed socket to leave the registry", || rig.registry.len() == 1).await;
+        assert_eq!(rig.registry.sessions(), [bob.current.session_id]);
+    }
+
+    #[tokio::test]
+    async fn the_periodic_sweep_runs_without_being_asked() {
+        let rig = Rig::new(Config::from_map(&[("REVALIDATE_INTERVAL_SECS".into(), "1".into())].into()).unwrap());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.lifecycle().run(stopped));
+        let alice = rig.sign_in("alice").await;
+        let (mut a, _) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut a, "hello").await;
+        rig.backend.sessions.delete(&alice.current.session_id).await.unwrap();
+        assert_eq!(closed(&mut a).await, (4401, "session revoked".into()));
+    }
+}

@@ -10,4 +10,6 @@ pub mod limits;
 pub mod presence;
 pub mod registry;
 pub mod socket;
+#[cfg(test)]
+mod testing;
 pub mod upgrade;

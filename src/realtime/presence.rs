@@ -278,3 +278,85 @@ impl Flusher<'_> {
         pending.dirty.iter().filter_map(|room| held_until(pushed, room)).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tokio::sync::watch;
+
+    use super::super::testing::{next_of, Client, Rig, DEADLINE};
+    use crate::{
+        backend::{Event, Notice},
+        config::Config,
+        model::RoomName,
+    };
+
+    /// Reads presence frames until one lists exactly `want`.
+    async fn until(ws: &mut Client, want: serde_json::Value) {
+        while next_of(ws, "presence").await["online"] != want {}
+    }
+
+    #[tokio::test]
+    async fn a_join_is_stored_announced_and_pushed_to_the_rooms_sockets() {
+        let mut rig = Rig::new(Config::default());
+        let mut events = rig.backend.bus.subscribe();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(rig.presence_task().run(stopped));
+        let alice = rig.sign_in("alice").await;
+        let bob = rig.sign_in("bob").await;
+        let (mut alices, _) = rig.open(&alice, "lobby", None).await;
+        let (mut bobs, _) = rig.open(&bob, "lobby", None).await;
+        until(&mut alices, json!(["alice", "bob"])).await;
+        until(&mut bobs, json!(["alice", "bob"])).await;
+
+        let lobby = RoomName::lobby();
+        let mut stored = rig.backend.presence.online(std::slice::from_ref(&lobby)).await.unwrap().remove(0);
+        stored.sort();
+        assert_eq!(stored, [("this-instance".into(), "alice".into()), ("this-instance".into(), "bob".into())]);
+        let announced = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Ok(Notice::Event(Event::Presence { room })) = events.recv().await {
+                    return room;
+                }
+            }
+        });
+        assert_eq!(announced.await.unwrap(), "lobby");
+
+        // Bob leaves: alice hears it, and the store forgets him.
+        drop(bobs);
+        until(&mut alices, json!(["alice"])).await;
+        let stored = rig.backend.presence.online(std::slice::from_ref(&lobby)).await.unwrap().remove(0);
+        assert_eq!(stored, [("this-instance".to_string(), "alice".to_string())]);
+
+        // At shutdown, after its sockets closed, the instance leaves for good.
+        drop(alices);
+        tokio::time::timeout(DEADLINE, rig.registry.wait_empty()).await.unwrap();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert!(rig.backend.presence.online(&[lobby]).await.unwrap()[0].is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_instances_entries_are_merged_in_and_expire() {
+        let mut rig = Rig::new(Config::default());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.presence_task().run(stopped));
+        let alice = rig.sign_in("alice").await;
+        let (mut ws, _) = rig.open(&alice, "lobby", None).await;
+        until(&mut ws, json!(["alice"])).await;
+
+        let lobby = RoomName::lobby();
+        let carol = [(lobby.clone(), "carol".to_string())];
+        rig.backend.presence.update("elsewhere", &carol, &[], Duration::from_millis(400)).await.unwrap();
+        rig.presence.changed_elsewhere(lobby.clone());
+        until(&mut ws, json!(["alice", "carol"])).await;
+        // The other instance died: its entries lapse, and the next look at
+        // the room (an event, a resync or the heartbeat) drops them.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        rig.presence.resync();
+        until(&mut ws, json!(["alice"])).await;
+        assert_eq!(rig.presence.snapshot(&lobby).await, ["alice"]);
+    }
+}

@@ -471,3 +471,108 @@ where
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio::sync::watch;
+
+    use super::super::testing::{closed, next_of, receive, send, Received, Rig};
+    use crate::{backend::EndReason, clock::UnixMillis, config::Config, model::NewMessage};
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        Config::from_map(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hello_comes_first_then_presence_then_the_replay_then_live_messages_once() {
+        let rig = Rig::new(Config::default());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.hub.clone().run(stopped));
+        let alice = rig.sign_in("alice").await;
+        let lobby = crate::model::RoomName::lobby();
+        let mut ids = Vec::new();
+        for body in ["m0", "m1", "m2"] {
+            let new = NewMessage { user: "bob".into(), body: body.into(), client_id: None, sent_at: UnixMillis::now() };
+            ids.push(rig.deps.history.append(&lobby, new).await.unwrap().id());
+        }
+
+        let (mut ws, _task) = rig.open(&alice, "lobby", Some(ids[0])).await;
+        let Received::Json(hello) = receive(&mut ws).await else { panic!("hello first") };
+        assert_eq!(
+            hello,
+            json!({"type": "hello", "user": "alice", "room": "lobby", "expires_at": alice.current.expires_at})
+        );
+        let Received::Json(presence) = receive(&mut ws).await else { panic!("presence second") };
+        assert_eq!(presence["online"], json!(["alice"]));
+        assert_eq!(next_of(&mut ws, "message").await["body"], "m1");
+        assert_eq!(next_of(&mut ws, "message").await["body"], "m2");
+
+        send(&mut ws, json!({"type": "send", "body": "  live \n", "client_id": "c1"})).await;
+        let ack = next_of(&mut ws, "ack").await;
+        assert_eq!(ack["client_id"], "c1");
+        let live = next_of(&mut ws, "message").await;
+        assert_eq!((live["id"].clone(), live["body"].clone()), (ack["id"].clone(), json!("live")));
+    }
+
+    #[tokio::test]
+    async fn invalid_frames_get_invalid_and_too_many_close_with_1008() {
+        let rig = Rig::new(Config::default());
+        let alice = rig.sign_in("alice").await;
+        let (mut ws, _task) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut ws, "hello").await;
+        for _ in 0..20 {
+            send(&mut ws, json!({"type": "shout"})).await;
+            assert_eq!(next_of(&mut ws, "error").await["code"], "invalid");
+        }
+        send(&mut ws, json!({"type": "send", "body": ""})).await;
+        assert_eq!(closed(&mut ws).await, (1008, "policy violation".into()));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_warned_before_its_deadline_and_a_reauth_moves_it() {
+        let rig = Rig::new(config(&[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")]));
+        let alice = rig.sign_in("alice").await;
+        let (mut ws, _task) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut ws, "hello").await;
+        let warned = next_of(&mut ws, "reauthenticate").await;
+        assert_eq!(warned["expires_at"], json!(alice.current.expires_at));
+
+        // The client refreshed over HTTP: the session slid in the store.
+        let slid = rig.sessions.refresh(&alice.cookie).await.unwrap().unwrap();
+        alice.session.save().await.unwrap();
+        send(&mut ws, json!({"type": "reauth"})).await;
+        let moved = next_of(&mut ws, "reauthenticated").await;
+        assert_eq!(moved["expires_at"], json!(slid.expires_at));
+        assert!(slid.expires_at >= alice.current.expires_at);
+    }
+
+    #[tokio::test]
+    async fn without_a_reauth_the_socket_closes_at_its_deadline() {
+        let rig = Rig::new(config(&[("SESSION_TTL_SECS", "2"), ("REAUTH_WARNING_SECS", "1")]));
+        let alice = rig.sign_in("alice").await;
+        let (mut ws, _task) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut ws, "reauthenticate").await;
+        assert_eq!(closed(&mut ws).await, (4401, "session expired".into()));
+        assert!(UnixMillis::now() >= alice.current.expires_at, "not closed before the deadline");
+    }
+
+    #[tokio::test]
+    async fn ending_its_session_closes_the_socket_with_4401_and_unregisters_it() {
+        let rig = Rig::new(Config::default());
+        let alice = rig.sign_in("alice").await;
+        let bob = rig.sign_in("bob").await;
+        let (mut alices, task) = rig.open(&alice, "lobby", None).await;
+        let (mut bobs, _) = rig.open(&bob, "lobby", None).await;
+        next_of(&mut alices, "hello").await;
+        next_of(&mut bobs, "hello").await;
+
+        rig.sessions.sign_out(&alice.cookie).await.unwrap();
+        assert_eq!(closed(&mut alices).await, (4401, "logged out".into()));
+        tokio::time::timeout(super::super::testing::DEADLINE, task).await.unwrap().unwrap();
+        assert_eq!(rig.registry.sessions(), [bob.current.session_id], "alice's socket left the registry; bob's stayed");
+
+        rig.sessions.end(bob.current.user.id, bob.current.session_id, EndReason::Revoked).await.unwrap();
+        assert_eq!(closed(&mut bobs).await, (4401, "session revoked".into()));
+    }
+}

@@ -67,3 +67,39 @@ pub fn route(assets: Arc<Assets>) -> impl Filter<Extract = (Response,), Error = 
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::router::PathParams;
+
+    fn request(file: &str) -> warp::test::RequestBuilder {
+        warp::test::request().extension(PathParams::new(vec![("file", file.to_owned())]))
+    }
+
+    #[tokio::test]
+    async fn assets_are_served_with_their_type_and_revalidated_by_etag() {
+        let route = route(Arc::new(Assets::default()));
+        let res = request("chat.js").reply(&route).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
+        assert_eq!(res.headers()["cache-control"], "no-cache");
+        assert_eq!(res.body().as_ref(), include_bytes!("../../static/chat.js"));
+        let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+
+        let again = request("chat.js").header("if-none-match", &etag).reply(&route).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert!(again.body().is_empty());
+        let stale = request("chat.js").header("if-none-match", "\"other\"").reply(&route).await;
+        assert_eq!(stale.status(), StatusCode::OK);
+        assert_ne!(request("style.css").reply(&route).await.headers()["etag"], etag.as_str(), "one tag per file");
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_not_found() {
+        let route = route(Arc::new(Assets::default()));
+        for name in ["nope.js", "../Cargo.toml", ""] {
+            assert!(request(name).filter(&route).await.is_err(), "{name}");
+        }
+    }
+}

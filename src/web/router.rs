@@ -30,6 +30,11 @@ use crate::{net::OriginPolicy, realtime::upgrade};
 pub struct PathParams(Vec<(&'static str, String)>);
 
 impl PathParams {
+    /// Parameters as a matched route would capture them (for tests).
+    pub fn new(params: Vec<(&'static str, String)>) -> Self {
+        Self(params)
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }

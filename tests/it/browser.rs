@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::helpers::*;
 use harness::*;
 
-/// "Within two seconds" for a logout to reach another tab (SPEC: one second
+/// "Within two seconds" for a logout to reach another tab (docs/protocol.md §4: one second
 /// while Redis is up; the test allows for a loaded machine).
 const LOGOUT_DEADLINE: Duration = Duration::from_secs(2);
 /// The chat client's reconnect backoff cap (30 s), plus a margin.

@@ -1,4 +1,4 @@
-//! Chat that loses nothing (SPEC §3 frames, §4 guarantees): fan-out across
+//! Chat that loses nothing (docs/protocol.md §3 frames, §4 guarantees): fan-out across
 //! instances, replay, reconnects, a Redis restart, bad input, floods,
 //! presence, and escaping on the server-rendered page.
 

@@ -19,8 +19,8 @@ async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
         stranger.get(&app, "/healthz").await.text().await.unwrap(),
         r#"{"status":"unavailable","backend":"redis"}"#
     );
-    assert_eq!(stranger.login(&app, "alice", "correct horse battery").await.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(stranger.register(&app, "bob", "correct horse battery").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stranger.login(&app, "alice", PASSWORD).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stranger.register(&app, "bob", PASSWORD).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let page = alice.get(&app, "/chat/lobby").await;
     assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE, "a page needing a session is never served");
     assert!(!page.text().await.unwrap().contains("id=\"chat\""));
@@ -37,6 +37,6 @@ async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
     })
     .await;
     assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK, "the session survived");
-    assert_redirect(&Browser::new().register(&app, "bob", "correct horse battery").await, "/chat");
+    assert_redirect(&Browser::new().register(&app, "bob", PASSWORD).await, "/chat");
     alice.join(&app, "").await;
 }

@@ -22,6 +22,12 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 
+/// The password every test user gets.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The session cookie's name: what browsers already hold, so it is pinned.
+pub const COOKIE: &str = "palaver_session";
+
 /// How long any awaited event may take before the test fails. Generous:
 /// CI machines are slow; a passing test never waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -38,19 +44,58 @@ pub async fn within_for<T>(deadline: Duration, what: &str, fut: impl Future<Outp
     }
 }
 
-/// Polls `check` until it holds (a state observed from outside, such as a
-/// key in Redis), failing after the deadline.
+/// How long a poll waits between two looks.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The one poll: looks with `check` until it yields `Some`, at least once
+/// and for at most `deadline`. For states observed from outside (a key in
+/// Redis, a page's text), where there is no event to await.
+pub async fn poll<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if started.elapsed() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`poll`] for code that cannot await (starting and stopping processes).
+pub fn poll_blocking<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if started.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `check` until it holds, failing the test after [`DEADLINE`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    within(what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    if poll(DEADLINE, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
     })
     .await
+    .is_none()
+    {
+        panic!("timed out after {DEADLINE:?} waiting for: {what}");
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -118,18 +163,17 @@ impl RedisServer {
             ),
         };
         self.child = Some(child);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(5) {
+        let up = poll_blocking(Duration::from_secs(5), || {
             if self.ping() {
-                return true;
+                return Some(true);
             }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false; // the port was taken meanwhile
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            // Exited: the port was taken meanwhile.
+            matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_)))).then_some(false)
+        });
+        if up != Some(true) {
+            self.stop();
         }
-        false
+        up == Some(true)
     }
 
     pub fn url(&self) -> String {
@@ -165,11 +209,9 @@ impl RedisServer {
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();
-        let started = Instant::now();
-        while !self.spawn() {
-            assert!(started.elapsed() < DEADLINE, "redis-server did not restart on port {}", self.port);
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let port = self.port;
+        poll_blocking(DEADLINE, || self.spawn().then_some(()))
+            .unwrap_or_else(|| panic!("redis-server did not restart on port {port}"));
     }
 }
 
@@ -185,6 +227,8 @@ impl Drop for RedisServer {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub origin: String,
+    /// The route table the instance serves.
+    pub routes: Vec<(reqwest::Method, &'static str)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -230,11 +274,12 @@ impl TestApp {
         let app = Application::build(config).await.expect("application starts");
         let addr = app.local_addr();
         let origin = app.public_origin().to_owned();
+        let routes = app.route_table();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        TestApp { addr, origin, stop: Some(stop), task: Some(task) }
+        TestApp { addr, origin, routes, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -302,13 +347,13 @@ impl Browser {
     /// The session cookie's value, if any.
     pub fn session_id(&self, app: &TestApp) -> Option<String> {
         let header = self.cookie_header(app)?;
-        header.split("; ").find_map(|c| c.strip_prefix("palaver_session=")).map(str::to_owned)
+        header.split("; ").find_map(|c| c.strip_prefix(COOKIE)?.strip_prefix('=')).map(str::to_owned)
     }
 
     /// Puts a session cookie in the jar, as an attacker-chosen or stolen id.
     pub fn set_session_id(&self, app: &TestApp, id: &str) {
         let url = app.url("/").parse().unwrap();
-        self.jar.add_cookie_str(&format!("palaver_session={id}; Path=/"), &url);
+        self.jar.add_cookie_str(&format!("{COOKIE}={id}; Path=/"), &url);
     }
 
     pub async fn get(&self, app: &TestApp, path: &str) -> reqwest::Response {
@@ -360,7 +405,7 @@ impl Browser {
 /// Registers a new user in a fresh browser, signed in.
 pub async fn signed_up(app: &TestApp, username: &str) -> Browser {
     let browser = Browser::new();
-    let res = browser.register(app, username, "correct horse battery").await;
+    let res = browser.register(app, username, PASSWORD).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER, "registering {username}");
     browser
 }

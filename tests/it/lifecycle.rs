@@ -1,4 +1,4 @@
-//! Sockets never outlive their session (SPEC §3, §4): logout on any
+//! Sockets never outlive their session (docs/protocol.md §3, §4): logout on any
 //! instance, logout everywhere, expiry with in-band re-authentication,
 //! revalidation against the store, and what a Redis restart changes.
 //!
@@ -36,7 +36,7 @@ async fn logout_closes_every_socket_of_that_session_on_every_instance_and_no_oth
     let (a, b) = two_instances(&redis, &[]).await;
     let laptop = signed_up(&a, "alice").await;
     let phone = Browser::new();
-    assert_redirect(&phone.login(&a, "alice", "correct horse battery").await, "/chat");
+    assert_redirect(&phone.login(&a, "alice", PASSWORD).await, "/chat");
 
     let (mut laptop_a, _) = laptop.join(&a, "").await;
     let (mut laptop_b, _) = on(&b, &laptop, &a).join(&b, "?room=other").await;
@@ -57,7 +57,7 @@ async fn logout_everywhere_closes_every_socket_of_the_user_on_every_instance() {
     let (a, b) = two_instances(&redis, &[]).await;
     let laptop = signed_up(&a, "alice").await;
     let phone = Browser::new();
-    phone.login(&b, "alice", "correct horse battery").await;
+    phone.login(&b, "alice", PASSWORD).await;
     let bob = signed_up(&b, "bob").await;
 
     let (mut s1, _) = laptop.join(&a, "").await;
@@ -122,7 +122,7 @@ async fn signing_in_over_a_live_session_ends_that_sessions_sockets() {
     let shared_computer = signed_up(&app, "alice").await;
     signed_up(&app, "bob").await;
     let (mut alices, _) = shared_computer.join(&app, "").await;
-    assert_redirect(&shared_computer.login(&app, "bob", "correct horse battery").await, "/chat");
+    assert_redirect(&shared_computer.login(&app, "bob", PASSWORD).await, "/chat");
     let closed = within_for(LOGOUT_DEADLINE, "the replaced session's socket to close", alices.closed()).await;
     assert_eq!(closed, (4401, "logged out".to_string()));
 }

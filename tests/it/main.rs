@@ -10,5 +10,6 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod process;
+mod routes;
 mod tls;
 mod ws;

@@ -5,7 +5,6 @@ use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::Duration,
 };
 
 use reqwest::StatusCode;
@@ -68,14 +67,7 @@ impl Running {
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the binary did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_blocking(DEADLINE, || self.child.try_wait().unwrap()).expect("the binary did not exit")
     }
 }
 
@@ -153,7 +145,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_zero() {
     let res = browser
         .http
         .post(format!("{}/register", app.base))
-        .form(&[("username", "alice"), ("password", "correct horse battery")])
+        .form(&[("username", "alice"), ("password", PASSWORD)])
         .send()
         .await
         .unwrap();
@@ -182,7 +174,7 @@ impl ExternalApp {
     /// Registers a user in a fresh browser, signed in.
     async fn signed_up(&self, username: &str) -> Browser {
         let browser = Browser::new();
-        let form = [("username", username), ("password", "correct horse battery")];
+        let form = [("username", username), ("password", PASSWORD)];
         let res = browser.http.post(format!("{}/register", self.base)).form(&form).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::SEE_OTHER);
         browser

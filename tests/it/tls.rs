@@ -54,12 +54,8 @@ async fn with_a_certificate_it_speaks_https_and_wss_only() {
     assert_eq!(health.status(), StatusCode::OK);
     assert!(health.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));
 
-    let registered = https
-        .post(app.url("/register"))
-        .form(&[("username", "alice"), ("password", "correct horse battery")])
-        .send()
-        .await
-        .unwrap();
+    let registered =
+        https.post(app.url("/register")).form(&[("username", "alice"), ("password", PASSWORD)]).send().await.unwrap();
     assert_eq!(registered.status(), StatusCode::SEE_OTHER);
     let cookie = registered.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");

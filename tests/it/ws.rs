@@ -1,4 +1,4 @@
-//! `GET /ws` (SPEC §3): who may open a socket, what it is told first, and
+//! `GET /ws` (docs/protocol.md §3): who may open a socket, what it is told first, and
 //! the per-socket limits (frame size, liveness, the connection cap).
 
 use futures_util::StreamExt;

@@ -17,14 +17,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use fantoccini::{key::Key, Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{free_port, TestApp};
+use crate::helpers::{free_port, poll, poll_blocking, TestApp, COOKIE, PASSWORD, POLL};
 
 /// What a journey step returns: `Err` says what did not happen.
 pub type Outcome<T = ()> = Result<T, String>;
@@ -53,12 +53,8 @@ impl<T, E: Display> Ctx<T> for Result<T, E> {
 /// How long a page condition may take unless a step says otherwise.
 /// Generous for a loaded 2-core machine; a passing test never waits this long.
 pub const PAGE_DEADLINE: Duration = Duration::from_secs(10);
-/// How often page conditions are polled.
-const POLL: Duration = Duration::from_millis(50);
 /// The longest one journey may run before it counts as hung.
 const JOURNEY_DEADLINE: Duration = Duration::from_secs(120);
-
-pub const PASSWORD: &str = "correct horse battery";
 
 /// Browser journeys share this: each runs its own chromedriver, browsers,
 /// Redis and instances, but several Chromiums at once starve a 2-core
@@ -135,21 +131,20 @@ impl Driver {
     async fn ready(&mut self) -> bool {
         let http = reqwest::Client::new();
         let status = format!("{}/status", self.url());
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Ok(res) = http.get(&status).timeout(Duration::from_secs(2)).send().await {
-                if let Ok(body) = res.json::<Value>().await {
-                    if body["value"]["ready"] == true {
-                        return true;
-                    }
+        let child = &mut self.child;
+        let ready = poll(Duration::from_secs(15), || {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            let request = http.get(&status).timeout(Duration::from_secs(2)).send();
+            async move {
+                if exited {
+                    return Some(false);
                 }
+                let body = request.await.ok()?.json::<Value>().await.ok()?;
+                (body["value"]["ready"] == true).then_some(true)
             }
-            tokio::time::sleep(POLL).await;
-        }
-        false
+        })
+        .await;
+        ready == Some(true)
     }
 }
 
@@ -160,13 +155,7 @@ impl Drop for Driver {
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write!(stream, "GET /shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         }
-        let asked = Instant::now();
-        while asked.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_blocking(Duration::from_secs(3), || self.child.try_wait().ok().flatten());
         // Whatever is left of its process group (Chromium helpers included).
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
@@ -366,21 +355,28 @@ impl Chrome {
     /// or `undefined` and returns that. Script errors (a page in the middle
     /// of navigating) count as "not yet".
     pub async fn until_js(&self, what: &str, deadline: Duration, script: &str, args: Vec<Value>) -> Outcome<Value> {
-        let started = Instant::now();
-        loop {
-            let last = match self.client.execute(script, args.clone()).await {
-                Ok(Value::Null) | Ok(Value::Bool(false)) => Value::Null,
-                Ok(value) => return Ok(value),
-                Err(err) => Value::String(format!("script error: {err}")),
-            };
-            if started.elapsed() >= deadline {
-                let path = self.path().await.unwrap_or_else(|e| e);
-                return Err(format!(
-                    "{}: timed out after {deadline:?} waiting for {what} (page {path}, last answer {last})",
-                    self.name
-                ));
+        let last = std::cell::RefCell::new(Value::Null);
+        let found = poll(deadline, || async {
+            match self.client.execute(script, args.clone()).await {
+                Ok(Value::Null) | Ok(Value::Bool(false)) => None,
+                Ok(value) => Some(value),
+                Err(err) => {
+                    *last.borrow_mut() = Value::String(format!("script error: {err}"));
+                    None
+                }
             }
-            tokio::time::sleep(POLL).await;
+        })
+        .await;
+        match found {
+            Some(value) => Ok(value),
+            None => {
+                let path = self.path().await.unwrap_or_else(|e| e);
+                Err(format!(
+                    "{}: timed out after {deadline:?} waiting for {what} (page {path}, last answer {})",
+                    self.name,
+                    last.into_inner()
+                ))
+            }
         }
     }
 
@@ -392,21 +388,17 @@ impl Chrome {
 
     /// Waits until the browser shows `path`.
     pub async fn wait_path(&self, path: &str, deadline: Duration) -> Outcome {
-        let started = Instant::now();
-        loop {
-            let now = self.path().await;
-            if now.as_deref() == Ok(path) {
-                return Ok(());
-            }
-            if started.elapsed() >= deadline {
-                return Err(format!(
-                    "{}: timed out after {deadline:?} waiting to be at {path}; at {}",
-                    self.name,
-                    now.unwrap_or_else(|e| e)
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let at = std::cell::RefCell::new(String::new());
+        let arrived = poll(deadline, || async {
+            let now = self.path().await.unwrap_or_else(|e| e);
+            let here = now == path;
+            *at.borrow_mut() = now;
+            here.then_some(())
+        })
+        .await;
+        arrived.ok_or_else(|| {
+            format!("{}: timed out after {deadline:?} waiting to be at {path}; at {}", self.name, at.into_inner())
+        })
     }
 
     /// Waits for an element to exist.
@@ -454,22 +446,21 @@ impl Chrome {
         deadline: Duration,
         check: impl Fn(&[String]) -> bool,
     ) -> Outcome<Vec<String>> {
-        let started = Instant::now();
-        loop {
+        let last = std::cell::RefCell::new(Ok(Vec::new()));
+        let found = poll(deadline, || async {
             let texts = self.texts(css).await;
-            if let Ok(texts) = &texts {
-                if check(texts) {
-                    return Ok(texts.clone());
-                }
-            }
-            if started.elapsed() >= deadline {
-                return Err(format!(
-                    "{}: timed out after {deadline:?} waiting for {what}; `{css}` reads {texts:?}",
-                    self.name
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            let done = texts.as_ref().ok().filter(|t| check(t)).cloned();
+            *last.borrow_mut() = texts;
+            done
+        })
+        .await;
+        found.ok_or_else(|| {
+            format!(
+                "{}: timed out after {deadline:?} waiting for {what}; `{css}` reads {:?}",
+                self.name,
+                last.into_inner()
+            )
+        })
     }
 
     /// The chat client's connection state (`window.palaver.state()`), or
@@ -544,11 +535,8 @@ impl Chrome {
 
     /// The value of the session cookie (HttpOnly, so read through WebDriver).
     pub async fn session_id(&self) -> Outcome<String> {
-        let cookie = self
-            .client
-            .get_named_cookie("palaver_session")
-            .await
-            .ctx(format!("{}: reading the palaver_session cookie", self.name))?;
+        let cookie =
+            self.client.get_named_cookie(COOKIE).await.ctx(format!("{}: reading the {COOKIE} cookie", self.name))?;
         Ok(cookie.value().to_owned())
     }
 }

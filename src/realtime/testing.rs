@@ -1,0 +1,199 @@
+//! A test rig for the realtime tasks: every handle over the in-process
+//! backend, and sockets over in-memory pipes, so the socket, hub, presence
+//! and lifecycle tasks are tested without Redis or a network.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::{io::DuplexStream, task::JoinHandle};
+use tokio_tungstenite::{
+    tungstenite::{protocol::Role, Message as WsMessage},
+    WebSocketStream,
+};
+use tower_sessions::Session;
+
+use super::{
+    hub::Hub,
+    lifecycle::Lifecycle,
+    presence::{Presence, PresenceTask},
+    registry::Registry,
+    socket::{self, SocketContext, SocketDeps, SocketLimits},
+    upgrade::ws_config,
+};
+use crate::{
+    auth::{
+        session::{AuthSession, Current, SessionPolicy},
+        Sessions,
+    },
+    backend::Backend,
+    config::Config,
+    model::{MessageId, RoomName, User, UserId},
+};
+
+/// How long a test waits for anything before failing.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Rig {
+    pub backend: Backend,
+    pub registry: Arc<Registry>,
+    pub sessions: Sessions,
+    pub presence: Presence,
+    pub hub: Hub,
+    pub deps: Arc<SocketDeps>,
+    pub config: Config,
+    presence_task: Option<PresenceTask>,
+}
+
+/// A signed-in user: the session as the store has it, and a handle on it.
+pub struct SignedIn {
+    pub current: Current,
+    pub cookie: AuthSession,
+    pub session: Session,
+}
+
+pub type Client = WebSocketStream<DuplexStream>;
+
+impl Rig {
+    pub fn new(config: Config) -> Rig {
+        let backend = Backend::memory(&config);
+        let registry = Arc::new(Registry::new(config.max_connections));
+        let sessions = Sessions::new(
+            backend.sessions.clone(),
+            backend.session_index.clone(),
+            backend.bus.clone(),
+            registry.clone(),
+            SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
+        );
+        let (presence, presence_task) = Presence::new(
+            backend.presence.clone(),
+            backend.bus.clone(),
+            registry.clone(),
+            "this-instance".into(),
+            config.presence_ttl,
+        );
+        let hub = Hub::new(backend.history.clone(), registry.clone());
+        let deps = Arc::new(SocketDeps {
+            sessions: sessions.clone(),
+            history: backend.history.clone(),
+            registry: registry.clone(),
+            hub: hub.clone(),
+            presence: presence.clone(),
+            limits: SocketLimits {
+                message_rate: config.message_rate,
+                message_burst: config.message_burst,
+                ping_interval: config.ws_ping_interval,
+                idle_timeout: config.ws_idle_timeout,
+                reauth_warning: config.reauth_warning,
+            },
+        });
+        Rig { backend, registry, sessions, presence, hub, deps, config, presence_task: Some(presence_task) }
+    }
+
+    /// The presence task, to run (once).
+    pub fn presence_task(&mut self) -> PresenceTask {
+        self.presence_task.take().expect("the presence task is taken once")
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            bus: self.backend.bus.clone(),
+            sessions: self.sessions.clone(),
+            registry: self.registry.clone(),
+            presence: self.presence.clone(),
+            interval: self.config.revalidate_interval,
+        }
+    }
+
+    /// Signs a new user in, as `POST /login` would.
+    pub async fn sign_in(&self, name: &str) -> SignedIn {
+        let session = Session::new(None, Arc::new(self.backend.sessions.clone()), None);
+        let cookie = self.sessions.cookie(session.clone());
+        let user = User { id: UserId::new_v4(), name: name.into() };
+        let current = self.sessions.sign_in(&cookie, user).await.expect("sign in");
+        SignedIn { current, cookie, session }
+    }
+
+    /// Opens a socket for `who` in `room`, as an accepted upgrade would.
+    pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let slot = self.registry.reserve().expect("a free slot");
+        let ctx = SocketContext {
+            session_id: who.current.session_id,
+            user: who.current.user.clone(),
+            room: RoomName::parse(room).expect("a valid room"),
+            after,
+            expires_at: who.current.expires_at,
+            slot,
+        };
+        let deps = self.deps.clone();
+        let task = tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(ws_config())).await;
+            socket::serve(deps, ws, ctx).await;
+        });
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (client, task)
+    }
+}
+
+/// What the client side of a test socket receives.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    Json(Value),
+    Close(u16, String),
+    Ended,
+}
+
+pub async fn receive(ws: &mut Client) -> Received {
+    let next = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(text))) => return Received::Json(serde_json::from_str(&text).unwrap()),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) =
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                    return Received::Close(code, reason);
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Ended,
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, next).await.expect("a frame in time")
+}
+
+/// The next JSON frame of `kind`, skipping others.
+pub async fn next_of(ws: &mut Client, kind: &str) -> Value {
+    loop {
+        match receive(ws).await {
+            Received::Json(v) if v["type"] == kind => return v,
+            Received::Json(_) => continue,
+            other => panic!("expected a {kind} frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame.
+pub async fn closed(ws: &mut Client) -> (u16, String) {
+    loop {
+        match receive(ws).await {
+            Received::Json(_) => continue,
+            Received::Close(code, reason) => return (code, reason),
+            Received::Ended => panic!("ended without a close frame"),
+        }
+    }
+}
+
+pub async fn send(ws: &mut Client, frame: Value) {
+    ws.send(WsMessage::Text(frame.to_string().into())).await.expect("send");
+}
+
+/// Polls `check` until it holds, failing after [`DEADLINE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let polled = async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, polled).await.unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}
