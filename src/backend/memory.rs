@@ -60,8 +60,12 @@ pub struct MemoryBackend {
     rooms: Mutex<HashMap<RoomName, RoomLog>>,
     activity: Mutex<HashMap<String, UnixMillis>>,
     sent: Mutex<SentIndex>,
-    /// Woken on every append and by `wake_tail`, for `tail`.
+    /// Woken on every append, for `tail`.
     appended: Notify,
+    /// Poked by `wake_tail`. A poke with no tail waiting is kept for the
+    /// next one (like the Redis backend's wake stream), so that a room joined
+    /// just before the tail starts waiting is not missed.
+    wake: Notify,
     presence: Mutex<PresenceEntries>,
     history_max_len: usize,
     dedupe_window: Duration,
@@ -86,6 +90,7 @@ impl MemoryBackend {
             activity: Mutex::default(),
             sent: Mutex::default(),
             appended: Notify::new(),
+            wake: Notify::new(),
             presence: Mutex::default(),
             history_max_len: rules::history_cap(config) as usize,
             dedupe_window: rules::dedupe_window(config),
@@ -296,21 +301,30 @@ impl History for MemoryBackend {
         cursors: &[(RoomName, MessageId)],
         wait: Duration,
     ) -> StoreResult<Vec<(RoomName, Vec<Message>)>> {
-        // Register interest before looking, so an append between the look and
-        // the wait is not missed.
-        let woken = self.appended.notified();
+        let deadline = tokio::time::Instant::now() + wait;
+        let woken = self.wake.notified();
         tokio::pin!(woken);
-        woken.as_mut().enable();
-        let fresh = self.new_messages(cursors);
-        if !fresh.is_empty() {
-            return Ok(fresh);
+        loop {
+            // Register interest before looking, so an append between the look
+            // and the wait is not missed.
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let fresh = self.new_messages(cursors);
+            if !fresh.is_empty() {
+                return Ok(fresh);
+            }
+            // An append to a room not followed here is no reason to return.
+            tokio::select! {
+                _ = appended => {}
+                _ = woken.as_mut() => return Ok(self.new_messages(cursors)),
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
         }
-        let _ = tokio::time::timeout(wait, woken).await;
-        Ok(self.new_messages(cursors))
     }
 
     async fn wake_tail(&self) -> StoreResult<()> {
-        self.appended.notify_waiters();
+        self.wake.notify_one();
         Ok(())
     }
 

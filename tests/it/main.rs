@@ -6,6 +6,7 @@
 mod auth;
 mod browser;
 mod chat;
+mod contract;
 mod faults;
 mod helpers;
 mod lifecycle;

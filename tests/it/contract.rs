@@ -1,0 +1,709 @@
+//! The backend contract: what every implementation of the storage traits in
+//! `palaver::backend` must do, written once and run against both the Redis
+//! backend (a real `redis-server` per test) and the in-process one.
+//!
+//! It pins down: usernames unique ignoring case, also under concurrent
+//! registration; the resend dedupe window of `(room, user, client_id)`;
+//! history ids increasing in append order, `recent`, `last_id`, the cap that
+//! keeps at least the newest messages, and exact round trips of stored
+//! messages; `after` replay from any id; `tail` following only the rooms it
+//! is given and never losing a `wake_tail`; the per-user session index, its
+//! expiry and `exist`; presence entries per instance with their deadlines;
+//! fixed-window counters; event delivery on the bus; and health.
+//!
+//! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
+//! macro runs it as `contract::memory::<rule>` and `contract::redis::<rule>`.
+//! What only a shared store can do is in `contract::redis_only`.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use palaver::{
+    backend::{Backend, BackendKind, EndReason, Event, Notice},
+    clock::UnixMillis,
+    model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
+    Config,
+};
+use tokio::sync::{broadcast, Barrier};
+use tower_sessions::{
+    session::{Id, Record},
+    SessionStore,
+};
+
+use crate::helpers::{base_vars, eventually, within, within_for, RedisServer};
+
+/// Runs each rule on both backends. A rule may name configuration it needs:
+/// `rule => [("HISTORY_MAX_LEN", "3")]`.
+macro_rules! contract {
+    (@vars) => { &[] };
+    (@vars $vars:expr) => { &$vars };
+    ($($rule:ident $(=> $vars:expr)?),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    super::$rule(super::memory(contract!(@vars $($vars)?))).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    let server = crate::helpers::RedisServer::start();
+                    super::$rule(super::redis(&server, "instance-1", contract!(@vars $($vars)?)).await).await;
+                    drop(server); // alive until the rule is done
+                }
+            )*
+        }
+    };
+}
+
+contract! {
+    usernames_are_unique_ignoring_case_even_when_registered_concurrently,
+    a_resend_within_the_window_gets_the_first_id_and_is_stored_once,
+    a_resend_after_the_window_is_stored_anew => [("SEND_DEDUPE_SECS", "1")],
+    ids_increase_in_append_order_even_within_one_millisecond,
+    a_room_keeps_at_least_its_cap_and_always_the_newest => [("HISTORY_MAX_LEN", "3")],
+    a_stored_message_round_trips_exactly,
+    after_replays_exactly_the_messages_strictly_after_an_id,
+    tail_returns_what_is_appended_after_the_cursor_and_only_for_followed_rooms,
+    wake_tail_ends_a_pending_tail_early_and_is_not_lost_when_it_comes_first,
+    the_session_index_tracks_removes_takes_and_expires_entries,
+    exist_reports_which_sessions_are_in_the_session_store,
+    presence_lists_every_instances_live_entries_per_room,
+    counters_count_within_a_fixed_window_that_starts_at_the_first_increment,
+    rooms_are_listed_by_most_recent_activity,
+    published_events_reach_subscribers_as_published,
+    health_answers,
+}
+
+// ------------------------------------------------------------ backends --
+
+fn config(redis: Option<&RedisServer>, vars: &[(&str, &str)]) -> Config {
+    let mut map = base_vars(redis);
+    map.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_map(&map).expect("test config is valid")
+}
+
+fn memory(vars: &[(&str, &str)]) -> Backend {
+    let backend = Backend::memory(&config(None, vars));
+    assert_eq!(backend.kind, BackendKind::Memory);
+    backend
+}
+
+async fn redis(server: &RedisServer, instance: &str, vars: &[(&str, &str)]) -> Backend {
+    let backend = Backend::connect(&config(Some(server), vars), instance).await.expect("connects to the test Redis");
+    assert_eq!(backend.kind, BackendKind::Redis);
+    backend
+}
+
+// ------------------------------------------------------------- helpers --
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name).expect("valid room name")
+}
+
+fn said(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
+    said_at(user, body, client_id, UnixMillis::now())
+}
+
+fn said_at(user: &str, body: &str, client_id: Option<&str>, sent_at: UnixMillis) -> NewMessage {
+    NewMessage { user: user.into(), body: body.into(), client_id: client_id.map(Into::into), sent_at }
+}
+
+/// Appends a message that must be stored (not taken for a resend).
+async fn append_new(b: &Backend, room: &RoomName, message: NewMessage) -> Message {
+    match b.history.append(room, message).await.expect("append") {
+        Appended::New(stored) => stored,
+        Appended::Duplicate(id) => panic!("expected a new message, got a duplicate of {id}"),
+    }
+}
+
+async fn all(b: &Backend, room: &RoomName) -> Vec<Message> {
+    b.history.recent(room, 10_000).await.expect("recent")
+}
+
+fn ids(messages: &[Message]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+fn who_said(messages: &[Message]) -> Vec<(&str, &str)> {
+    messages.iter().map(|m| (m.user.as_str(), m.body.as_str())).collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// Session ids in a comparable order.
+fn session_ids(ids: Vec<Id>) -> Vec<i128> {
+    sorted(ids.into_iter().map(|id| id.0).collect())
+}
+
+fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// A session record as the session layer creates one.
+async fn create_session(b: &Backend) -> Id {
+    let mut record = Record {
+        id: Id::default(),
+        data: Default::default(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::minutes(5),
+    };
+    b.sessions.create(&mut record).await.expect("create session");
+    record.id // the store may have picked another id
+}
+
+/// The next event a subscriber hears (a resync notice is not one).
+async fn next_event(rx: &mut broadcast::Receiver<Notice>) -> Event {
+    within("an event on the bus", async {
+        loop {
+            match rx.recv().await {
+                Ok(Notice::Event(event)) => return event,
+                Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("the bus closed"),
+            }
+        }
+    })
+    .await
+}
+
+// --------------------------------------------------------------- users --
+
+async fn usernames_are_unique_ignoring_case_even_when_registered_concurrently(b: Backend) {
+    const RACERS: usize = 16;
+    // alice, Alice, aLice, ALice, ... : 16 spellings of one name.
+    let spellings = (0..RACERS).map(|mask| {
+        "alice"
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if (mask >> i) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+            .collect::<String>()
+    });
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = spellings
+        .enumerate()
+        .map(|(i, name)| {
+            let (b, start) = (b.clone(), start.clone());
+            let user = User { id: UserId::new_v4(), name };
+            let hash = format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${i}+/=");
+            tokio::spawn(async move {
+                start.wait().await;
+                let created = b.users.create(&user, &hash).await.expect("create");
+                (user, hash, created)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (user, hash, created) = within("a registration", racer).await.expect("racer");
+        if created {
+            winners.push((user, hash));
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one registration of a name wins: {winners:?}");
+    let (winner, hash) = &winners[0];
+
+    for spelling in ["alice", "ALICE", "aLiCe", winner.name.as_str()] {
+        let found = b.users.find(spelling).await.expect("find").expect("the user is found by any case");
+        assert_eq!(&found.user, winner, "the first user's id and spelling, found as {spelling}");
+        assert_eq!(&found.password_hash, hash, "the hash as stored");
+    }
+    let late = User { id: UserId::new_v4(), name: "ALICE".into() };
+    assert!(!b.users.create(&late, "h").await.expect("create"), "a later registration in another case is refused");
+    assert!(b.users.find("alicia").await.expect("find").is_none());
+    let bob = User { id: UserId::new_v4(), name: "bob".into() };
+    assert!(b.users.create(&bob, "h").await.expect("create"), "another name is free");
+    assert_eq!(b.users.find("Bob").await.expect("find").expect("bob").user, bob);
+}
+
+// ------------------------------------------------------------- history --
+
+async fn a_resend_within_the_window_gets_the_first_id_and_is_stored_once(b: Backend) {
+    let (lobby, other) = (room("lobby"), room("other"));
+    let first = append_new(&b, &lobby, said("al", "hi", Some("c1"))).await;
+    let resend = b.history.append(&lobby, said("al", "hi (resent)", Some("c1"))).await.expect("append");
+    assert_eq!(resend, Appended::Duplicate(first.id));
+    assert_eq!(who_said(&all(&b, &lobby).await), [("al", "hi")], "a resend is stored once");
+
+    // The same client_id from another user, or in another room, is another message.
+    let bo = append_new(&b, &lobby, said("bo", "hi", Some("c1"))).await;
+    assert!(bo.id > first.id);
+    let elsewhere = append_new(&b, &other, said("al", "hi", Some("c1"))).await;
+    assert_eq!(
+        b.history.append(&other, said("al", "hi", Some("c1"))).await.expect("append"),
+        Appended::Duplicate(elsewhere.id)
+    );
+    assert_eq!(
+        b.history.append(&lobby, said("bo", "hi", Some("c1"))).await.expect("append"),
+        Appended::Duplicate(bo.id)
+    );
+
+    // Without a client_id nothing is taken for a resend.
+    let once = append_new(&b, &lobby, said("al", "same", None)).await;
+    let twice = append_new(&b, &lobby, said("al", "same", None)).await;
+    assert!(twice.id > once.id);
+
+    assert_eq!(who_said(&all(&b, &lobby).await), [("al", "hi"), ("bo", "hi"), ("al", "same"), ("al", "same")]);
+    assert_eq!(who_said(&all(&b, &other).await), [("al", "hi")]);
+}
+
+async fn a_resend_after_the_window_is_stored_anew(b: Backend) {
+    // SEND_DEDUPE_SECS=1
+    let lobby = room("lobby");
+    let started = Instant::now();
+    let first = append_new(&b, &lobby, said("al", "hi", Some("c1"))).await;
+    assert_eq!(
+        b.history.append(&lobby, said("al", "hi", Some("c1"))).await.expect("append"),
+        Appended::Duplicate(first.id)
+    );
+
+    let anew: Mutex<Option<Message>> = Mutex::new(None);
+    let (backend, lobby_ref, anew_ref) = (&b, &lobby, &anew);
+    eventually("a resend after the window to be stored anew", || async move {
+        match backend.history.append(lobby_ref, said("al", "hi", Some("c1"))).await.expect("append") {
+            Appended::New(stored) => {
+                *anew_ref.lock().unwrap() = Some(stored);
+                true
+            }
+            Appended::Duplicate(id) => {
+                assert_eq!(id, first.id, "within the window a resend is the first message");
+                false
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900), "the window lasts its second; it ended after {elapsed:?}");
+    let anew = anew.into_inner().unwrap().expect("stored anew");
+    assert!(anew.id > first.id);
+    assert_eq!(ids(&all(&b, &lobby).await), [first.id, anew.id]);
+}
+
+async fn ids_increase_in_append_order_even_within_one_millisecond(b: Backend) {
+    let lobby = room("lobby");
+    assert_eq!(b.history.last_id(&lobby).await.expect("last_id"), MessageId::ZERO, "an empty room");
+    assert!(all(&b, &lobby).await.is_empty());
+
+    // One after the other: ids follow the order of appends.
+    let mut appended = Vec::new();
+    for i in 0..20 {
+        appended.push(append_new(&b, &lobby, said("al", &format!("m{i}"), None)).await.id);
+    }
+    assert!(appended.windows(2).all(|w| w[0] < w[1]), "ids increase in append order: {appended:?}");
+
+    // A burst, all at once (and all sent in one millisecond): every id distinct.
+    let start = Arc::new(Barrier::new(32));
+    let sent_at = UnixMillis::now();
+    let burst: Vec<_> = (0..32)
+        .map(|i| {
+            let (b, start, lobby) = (b.clone(), start.clone(), lobby.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                append_new(&b, &lobby, said_at("bo", &format!("b{i}"), None, sent_at)).await.id
+            })
+        })
+        .collect();
+    let mut burst_ids = Vec::new();
+    for task in burst {
+        burst_ids.push(within("an append", task).await.expect("append task"));
+    }
+    let burst_ids = sorted(burst_ids);
+    assert!(burst_ids.windows(2).all(|w| w[0] < w[1]), "no two appends share an id: {burst_ids:?}");
+    assert!(burst_ids[0] > *appended.last().unwrap(), "a later append has a larger id");
+    assert!(
+        burst_ids.windows(2).any(|w| w[0].ms == w[1].ms),
+        "some appends fell in one millisecond (this test is about them): {burst_ids:?}"
+    );
+    appended.extend(&burst_ids);
+
+    // Oldest first, and the last n.
+    assert_eq!(ids(&all(&b, &lobby).await), appended);
+    assert_eq!(ids(&b.history.recent(&lobby, 5).await.expect("recent")), appended[appended.len() - 5..]);
+    assert_eq!(ids(&b.history.recent(&lobby, 1).await.expect("recent")), [*appended.last().unwrap()]);
+    assert!(b.history.recent(&lobby, 0).await.expect("recent").is_empty());
+    assert_eq!(b.history.last_id(&lobby).await.expect("last_id"), *appended.last().unwrap());
+    assert_eq!(b.history.last_id(&room("empty")).await.expect("last_id"), MessageId::ZERO);
+}
+
+async fn a_room_keeps_at_least_its_cap_and_always_the_newest(b: Backend) {
+    // HISTORY_MAX_LEN=3. Redis trims approximately (`MAXLEN ~`, whole nodes
+    // of up to 100 entries), so enough messages that it must trim some.
+    let lobby = room("lobby");
+    let mut appended = Vec::new();
+    for i in 0..250 {
+        appended.push(append_new(&b, &lobby, said("al", &format!("m{i}"), None)).await.id);
+    }
+    let kept = ids(&all(&b, &lobby).await);
+    assert!(kept.len() >= 3, "at least the cap is kept: {}", kept.len());
+    assert!(kept.len() < appended.len(), "the oldest are dropped");
+    assert_eq!(kept, appended[appended.len() - kept.len()..], "what is kept is the newest, in order");
+    assert_eq!(ids(&b.history.recent(&lobby, 3).await.expect("recent")), appended[appended.len() - 3..]);
+    assert_eq!(ids(&b.history.after(&lobby, MessageId::ZERO, 10_000).await.expect("after")), kept);
+    assert_eq!(b.history.last_id(&lobby).await.expect("last_id"), *appended.last().unwrap());
+}
+
+async fn a_stored_message_round_trips_exactly(b: Backend) {
+    let lobby = room("lobby");
+    let sent = [
+        said_at(
+            "Al.ice_-9",
+            "héllo 👋 — 你好, ½ ∑ \u{200d}",
+            Some("c-ü-1"),
+            UnixMillis::from_millis(1_700_000_000_123),
+        ),
+        said_at("bo", "line one\nline two\r\n\ttabbed \"quoted\" \\ | : {json}", None, UnixMillis::from_millis(1)),
+        said_at("cy", &"x".repeat(2000), Some(&"k".repeat(64)), UnixMillis::now()),
+    ];
+    let mut stored = Vec::new();
+    for message in sent.iter().cloned() {
+        let id = match b.history.append(&lobby, message.clone()).await.expect("append") {
+            Appended::New(m) => {
+                assert_eq!(m, message.clone().stored(m.id), "append returns what it stored");
+                m.id
+            }
+            Appended::Duplicate(id) => panic!("not a resend: {id}"),
+        };
+        stored.push(message.stored(id));
+    }
+    assert_eq!(all(&b, &lobby).await, stored, "recent");
+    assert_eq!(b.history.after(&lobby, MessageId::ZERO, 10).await.expect("after"), stored, "after");
+    let tailed = b.history.tail(&[(lobby.clone(), MessageId::ZERO)], Duration::from_secs(1)).await.expect("tail");
+    assert_eq!(tailed, [(lobby, stored)], "tail");
+}
+
+async fn after_replays_exactly_the_messages_strictly_after_an_id(b: Backend) {
+    let lobby = room("lobby");
+    assert!(b.history.after(&lobby, MessageId::ZERO, 10).await.expect("after").is_empty(), "an empty room");
+
+    // Two batches, in two different milliseconds; several messages share one.
+    let first_ms = UnixMillis::now();
+    for i in 0..6 {
+        append_new(&b, &lobby, said_at("al", &format!("a{i}"), None, first_ms)).await;
+    }
+    eventually("the clock to move on", || async move { UnixMillis::now() > first_ms + Duration::from_millis(1) }).await;
+    let second_ms = UnixMillis::now();
+    for i in 0..6 {
+        append_new(&b, &lobby, said_at("al", &format!("b{i}"), None, second_ms)).await;
+    }
+    let stored = all(&b, &lobby).await;
+    assert_eq!(stored.len(), 12);
+    let (first, last) = (stored[0].id, stored[11].id);
+
+    let after = |id: MessageId, limit: usize| {
+        let b = b.clone();
+        let lobby = lobby.clone();
+        async move { ids(&b.history.after(&lobby, id, limit).await.expect("after")) }
+    };
+    assert_eq!(after(MessageId::ZERO, 100).await, ids(&stored), "from the start");
+    assert_eq!(after(MessageId::ZERO, 4).await, ids(&stored[..4]), "at most limit, oldest first");
+    assert_eq!(after(first, 3).await, ids(&stored[1..4]), "strictly after");
+    assert!(after(last, 100).await.is_empty(), "nothing after the newest");
+    assert!(
+        after(MessageId { ms: last.ms + 1, seq: 0 }, 100).await.is_empty(),
+        "nothing after an id beyond the newest"
+    );
+    assert!(after(first, 0).await.is_empty(), "limit 0");
+
+    // Every id, every id's millisecond alone (`<ms>`, as a client may send
+    // it), and the ids just after each (between two messages or not).
+    let mut probes = BTreeSet::new();
+    for m in &stored {
+        probes.extend([m.id, MessageId { ms: m.id.ms, seq: 0 }, MessageId { ms: m.id.ms, seq: m.id.seq + 1 }]);
+    }
+    assert!(
+        probes.iter().any(|p| !stored.iter().any(|m| m.id == *p) && *p > first && *p < last),
+        "some probe lies strictly between two messages"
+    );
+    for probe in probes {
+        let expected: Vec<MessageId> = stored.iter().map(|m| m.id).filter(|id| *id > probe).collect();
+        for limit in [1, 3, 100] {
+            let want = &expected[..expected.len().min(limit)];
+            assert_eq!(after(probe, limit).await, want, "after {probe}, limit {limit}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tail --
+
+/// How long a test watches for something that must not happen.
+const QUIET: Duration = Duration::from_millis(150);
+
+async fn tail_returns_what_is_appended_after_the_cursor_and_only_for_followed_rooms(b: Backend) {
+    let (lobby, quiet, elsewhere) = (room("lobby"), room("quiet"), room("elsewhere"));
+    append_new(&b, &lobby, said("al", "old", None)).await;
+    append_new(&b, &quiet, said("al", "old", None)).await;
+    let cursors = vec![
+        (lobby.clone(), b.history.last_id(&lobby).await.expect("last_id")),
+        (quiet.clone(), b.history.last_id(&quiet).await.expect("last_id")),
+    ];
+
+    let mut waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.history.tail(&cursors, Duration::from_secs(30)).await.expect("tail") })
+    };
+    assert!(tokio::time::timeout(QUIET, &mut waiter).await.is_err(), "with nothing new, tail waits");
+    append_new(&b, &elsewhere, said("al", "not followed", None)).await;
+    assert!(tokio::time::timeout(QUIET, &mut waiter).await.is_err(), "a room not followed does not end the wait");
+
+    let new = append_new(&b, &lobby, said("bo", "new", Some("c1"))).await;
+    let got = within("tail to return the new message", waiter).await.expect("tail task");
+    assert_eq!(got, [(lobby.clone(), vec![new.clone()])], "only the followed room with news, only the news");
+
+    // With news already there, tail answers at once, per room, oldest first.
+    let also = append_new(&b, &quiet, said("cy", "also", None)).await;
+    let old_lobby = b.history.after(&lobby, MessageId::ZERO, 1).await.expect("after")[0].id;
+    let got = within_for(
+        Duration::from_secs(3),
+        "tail with news waiting",
+        b.history.tail(
+            &[(quiet.clone(), also.id), (lobby.clone(), old_lobby), (elsewhere, new.id)],
+            Duration::from_secs(30),
+        ),
+    )
+    .await
+    .expect("tail");
+    assert_eq!(got, [(lobby, vec![new])], "nothing after the cursors of the others");
+}
+
+async fn wake_tail_ends_a_pending_tail_early_and_is_not_lost_when_it_comes_first(b: Backend) {
+    let lobby = room("lobby");
+    append_new(&b, &lobby, said("al", "old", None)).await;
+    let cursor = b.history.last_id(&lobby).await.expect("last_id");
+    let long = Duration::from_secs(30);
+    let tail = |b: Backend, lobby: RoomName| async move { b.history.tail(&[(lobby, cursor)], long).await };
+
+    // A tail that is waiting returns early, with nothing new.
+    let mut waiter = tokio::spawn(tail(b.clone(), lobby.clone()));
+    assert!(tokio::time::timeout(QUIET, &mut waiter).await.is_err(), "with nothing new, tail waits");
+    b.history.wake_tail().await.expect("wake_tail");
+    let got = within_for(Duration::from_secs(3), "a woken tail to return", waiter).await.expect("tail task");
+    assert!(got.expect("tail").is_empty());
+
+    // A wake that comes before the tail waits (a room joined just after the
+    // tail read its room set) ends the next tail instead of being lost.
+    b.history.wake_tail().await.expect("wake_tail");
+    let got = within_for(Duration::from_secs(3), "the next tail to return", tail(b.clone(), lobby.clone())).await;
+    assert!(got.expect("tail").is_empty());
+
+    // Once used, a wake does not end later tails.
+    let mut waiter = tokio::spawn(tail(b.clone(), lobby.clone()));
+    assert!(tokio::time::timeout(QUIET, &mut waiter).await.is_err(), "a wake ends one tail, not every later one");
+    waiter.abort();
+}
+
+// ------------------------------------------------------------ sessions --
+
+async fn the_session_index_tracks_removes_takes_and_expires_entries(b: Backend) {
+    let (al, bo) = (UserId::new_v4(), UserId::new_v4());
+    let later = UnixMillis::now() + Duration::from_secs(3600);
+    let [one, two, three, theirs] = [Id::default(), Id::default(), Id::default(), Id::default()];
+    let index = &b.session_index;
+    for id in [one, two, three] {
+        index.add(al, id, later).await.expect("add");
+    }
+    index.add(bo, theirs, later).await.expect("add");
+    index.remove(al, two).await.expect("remove");
+    index.remove(al, Id::default()).await.expect("removing an unknown id is a no-op");
+    assert_eq!(session_ids(index.take_all(al).await.expect("take_all")), session_ids(vec![one, three]));
+    assert!(index.take_all(al).await.expect("take_all").is_empty(), "take_all leaves nothing");
+    assert!(index.take_all(UserId::new_v4()).await.expect("take_all").is_empty(), "an unknown user");
+
+    // An entry past its end is dropped on the next add.
+    let (kept, ended, fresh) = (Id::default(), Id::default(), Id::default());
+    index.add(al, kept, later).await.expect("add");
+    let ends = UnixMillis::now() + Duration::from_millis(200);
+    index.add(al, ended, ends).await.expect("add");
+    eventually("the entry's end to pass", || async move { UnixMillis::now() > ends }).await;
+    index.add(al, fresh, later).await.expect("add");
+    assert_eq!(session_ids(index.take_all(al).await.expect("take_all")), session_ids(vec![kept, fresh]));
+
+    // Also one added already ended.
+    let stale = Id::default();
+    index.add(al, stale, UnixMillis::now() - Duration::from_secs(1)).await.expect("add");
+    index.add(al, fresh, later).await.expect("add");
+    assert_eq!(index.take_all(al).await.expect("take_all"), [fresh]);
+
+    assert_eq!(index.take_all(bo).await.expect("take_all"), [theirs], "other users' entries are their own");
+}
+
+async fn exist_reports_which_sessions_are_in_the_session_store(b: Backend) {
+    let (live, deleted, other) = (create_session(&b).await, create_session(&b).await, create_session(&b).await);
+    b.sessions.delete(&deleted).await.expect("delete");
+    let never = Id::default();
+    let exist = b.session_index.exist(&[live, deleted, never, other, live]).await.expect("exist");
+    assert_eq!(exist, [true, false, false, true, true]);
+    assert!(b.session_index.exist(&[]).await.expect("exist").is_empty());
+    assert!(b.sessions.load(&live).await.expect("load").is_some(), "the store agrees");
+    assert!(b.sessions.load(&deleted).await.expect("load").is_none(), "the store agrees");
+}
+
+// ------------------------------------------------------------ presence --
+
+async fn presence_lists_every_instances_live_entries_per_room(b: Backend) {
+    let (lobby, other, empty) = (room("lobby"), room("other"), room("empty"));
+    let minute = Duration::from_secs(60);
+    let online = |rooms: Vec<RoomName>| {
+        let b = b.clone();
+        async move { b.presence.online(&rooms).await.expect("online").into_iter().map(sorted).collect::<Vec<_>>() }
+    };
+    let at = |room: &RoomName, user: &str| (room.clone(), user.to_owned());
+
+    b.presence
+        .update("i1", &[at(&lobby, "al"), at(&lobby, "bo"), at(&other, "al")], &[], minute)
+        .await
+        .expect("update");
+    b.presence.update("i2", &[at(&lobby, "al"), at(&lobby, "cy")], &[], minute).await.expect("update");
+    assert_eq!(
+        online(vec![lobby.clone(), empty.clone(), other.clone()]).await,
+        [strings(&[("i1", "al"), ("i1", "bo"), ("i2", "al"), ("i2", "cy")]), vec![], strings(&[("i1", "al")])],
+        "one list per room, in the order asked, with every instance's entries"
+    );
+    assert_eq!(online(vec![other.clone(), lobby.clone()]).await[0], strings(&[("i1", "al")]));
+    assert!(online(vec![]).await.is_empty());
+
+    // Offline removes that instance's entry for that user, nothing else.
+    b.presence.update("i1", &[], &[at(&lobby, "al")], minute).await.expect("update");
+    let after_offline = strings(&[("i1", "bo"), ("i2", "al"), ("i2", "cy")]);
+    assert_eq!(online(vec![lobby.clone(), other.clone()]).await, [after_offline.clone(), strings(&[("i1", "al")])]);
+
+    // An entry lives until its deadline; others in the room live on.
+    b.presence.update("i3", &[at(&lobby, "zed")], &[], Duration::ZERO).await.expect("update");
+    assert_eq!(online(vec![lobby.clone()]).await, vec![after_offline.clone()], "an entry already past its deadline");
+    b.presence.update("i3", &[at(&lobby, "zed")], &[], Duration::from_millis(300)).await.expect("update");
+    assert!(online(vec![lobby.clone()]).await[0].contains(&("i3".to_owned(), "zed".to_owned())));
+    let lobby_ref = &lobby;
+    eventually("the short-lived entry to expire", || async move {
+        !online(vec![lobby_ref.clone()]).await[0].contains(&("i3".to_owned(), "zed".to_owned()))
+    })
+    .await;
+    assert_eq!(online(vec![lobby.clone()]).await, [after_offline], "the other entries outlive it");
+}
+
+// ------------------------------------------------------------ counters --
+
+async fn counters_count_within_a_fixed_window_that_starts_at_the_first_increment(b: Backend) {
+    let window = Duration::from_millis(800);
+    let keys = ["ip:127.0.0.1".to_owned(), "user:alice".to_owned()];
+    let counters = &b.counters;
+    assert_eq!(counters.get(&keys).await.expect("get"), [(0, Duration::ZERO), (0, Duration::ZERO)], "unknown keys");
+
+    counters.incr(&keys, window).await.expect("incr");
+    counters.incr(&keys, window).await.expect("incr");
+    for (n, left) in counters.get(&keys).await.expect("get") {
+        assert_eq!(n, 2);
+        assert!(!left.is_zero() && left <= window, "time left {left:?} within the window");
+    }
+
+    // A later increment does not extend the window.
+    let first = std::slice::from_ref(&keys[0]);
+    eventually("the window to run down", || async move {
+        counters.get(first).await.expect("get")[0].1 <= Duration::from_millis(500)
+    })
+    .await;
+    counters.incr(first, window).await.expect("incr");
+    let (n, left) = counters.get(first).await.expect("get")[0];
+    assert_eq!(n, 3);
+    assert!(left <= Duration::from_millis(500), "the window still ends where it began: {left:?} left");
+
+    // Reset clears one key, not the other.
+    counters.reset(&keys[1]).await.expect("reset");
+    let got = counters.get(&keys).await.expect("get");
+    assert_eq!(got[0].0, 3);
+    assert_eq!(got[1], (0, Duration::ZERO));
+
+    // After the window the count starts over.
+    eventually(
+        "the window to end",
+        || async move { counters.get(first).await.expect("get")[0] == (0, Duration::ZERO) },
+    )
+    .await;
+    counters.incr(first, window).await.expect("incr");
+    let (n, left) = counters.get(first).await.expect("get")[0];
+    assert_eq!(n, 1);
+    assert!(left > Duration::from_millis(500), "a new window: {left:?} left");
+}
+
+// --------------------------------------------------------------- rooms --
+
+async fn rooms_are_listed_by_most_recent_activity(b: Backend) {
+    assert!(b.history.rooms(10).await.expect("rooms").is_empty());
+    let t = UnixMillis::now();
+    append_new(&b, &room("old"), said_at("al", "x", None, t - Duration::from_secs(30))).await;
+    append_new(&b, &room("busy"), said_at("al", "x", None, t - Duration::from_secs(20))).await;
+    append_new(&b, &room("middle"), said_at("al", "x", None, t - Duration::from_secs(10))).await;
+    append_new(&b, &room("busy"), said_at("al", "x", None, t)).await;
+    assert_eq!(b.history.rooms(10).await.expect("rooms"), ["busy", "middle", "old"]);
+    assert_eq!(b.history.rooms(2).await.expect("rooms"), ["busy", "middle"]);
+
+    // Opening a room lists it (as active now); opening it again changes nothing.
+    b.history.open_room(&room("new")).await.expect("open_room");
+    b.history.open_room(&room("busy")).await.expect("open_room");
+    let rooms = b.history.rooms(10).await.expect("rooms");
+    assert_eq!(rooms.len(), 4);
+    assert!(rooms.ends_with(&["middle".to_owned(), "old".to_owned()]), "{rooms:?}");
+}
+
+// ----------------------------------------------------------------- bus --
+
+fn some_events() -> [Event; 3] {
+    [
+        Event::Logout {
+            user_id: UserId::new_v4(),
+            sessions: vec![Id::default().to_string()],
+            everywhere: false,
+            reason: EndReason::Revoked,
+        },
+        Event::Presence { room: "lobby".into() },
+        Event::Logout { user_id: UserId::new_v4(), sessions: vec![], everywhere: true, reason: EndReason::LoggedOut },
+    ]
+}
+
+async fn published_events_reach_subscribers_as_published(b: Backend) {
+    let (mut first, mut second) = (b.bus.subscribe(), b.bus.subscribe());
+    let events = some_events();
+    for event in &events {
+        b.bus.publish(event).await.expect("publish");
+    }
+    for event in &events {
+        assert_eq!(&next_event(&mut first).await, event);
+        assert_eq!(&next_event(&mut second).await, event);
+    }
+}
+
+// -------------------------------------------------------------- health --
+
+async fn health_answers(b: Backend) {
+    b.health.ping().await.expect("ping");
+}
+
+// ---------------------------------------------------------- redis only --
+
+mod redis_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_sharing_a_redis_hear_each_others_events() {
+        let server = RedisServer::start();
+        let one = redis(&server, "instance-1", &[]).await;
+        let two = redis(&server, "instance-2", &[]).await;
+        let (mut hears_one, mut hears_two) = (one.bus.subscribe(), two.bus.subscribe());
+        let [a, b, c] = some_events();
+
+        one.bus.publish(&a).await.expect("publish");
+        assert_eq!(next_event(&mut hears_two).await, a, "the other instance hears it");
+        assert_eq!(next_event(&mut hears_one).await, a, "and so does the publisher");
+        two.bus.publish(&b).await.expect("publish");
+        two.bus.publish(&c).await.expect("publish");
+        for hears in [&mut hears_one, &mut hears_two] {
+            assert_eq!(next_event(hears).await, b);
+            assert_eq!(next_event(hears).await, c);
+        }
+    }
+}
