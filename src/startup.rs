@@ -17,7 +17,7 @@ use crate::{
     net::{OriginPolicy, TrustedProxies},
     protocol,
     server::{self, TlsError},
-    state::{AppState, Tasks},
+    state::{self, Tasks},
     web,
 };
 
@@ -39,7 +39,7 @@ pub struct Application {
     addr: SocketAddr,
     public_origin: String,
     config: Config,
-    state: AppState,
+    state: web::Handles,
     tasks: Tasks,
     tls: Option<TlsAcceptor>,
 }
@@ -67,7 +67,7 @@ impl Application {
             tls.is_some(),
         );
         password::warm_up().await;
-        let (state, tasks) = AppState::assemble(&config, backend, instance_id, origins, tls.is_some());
+        let (state, tasks) = state::assemble(&config, backend, instance_id, origins, tls.is_some());
         Ok(Self { listener, addr, public_origin, config, state, tasks, tls })
     }
 

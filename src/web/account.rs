@@ -13,9 +13,8 @@ use warp::{
 };
 
 use super::{
-    client_addr,
+    filters::{client_addr, session, with},
     pages::{page, see_other, LoginPage, RegisterPage},
-    session, with,
 };
 use crate::{
     auth::{

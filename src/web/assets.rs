@@ -13,7 +13,7 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use super::{router::param, with};
+use super::filters::{param, with};
 
 const FILES: &[(&str, &[u8], &str)] = &[
     ("style.css", include_bytes!("../../static/style.css"), "text/css; charset=utf-8"),
@@ -71,7 +71,7 @@ pub fn route(assets: Arc<Assets>) -> impl Filter<Extract = (Response,), Error = 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::web::router::PathParams;
+    use crate::web::filters::PathParams;
 
     fn request(file: &str) -> warp::test::RequestBuilder {
         warp::test::request().extension(PathParams::new(vec![("file", file.to_owned())]))

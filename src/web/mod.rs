@@ -3,31 +3,45 @@
 
 pub mod account;
 pub mod assets;
+pub mod filters;
 pub mod pages;
 pub mod router;
 
 use std::sync::Arc;
 
-use tower_sessions::Session;
-use warp::{
-    http::{header, HeaderMap, HeaderValue, StatusCode},
-    reply::Response,
-    Filter, Rejection, Reply,
+use warp::{http::StatusCode, reply::Response, Filter, Rejection, Reply};
+
+use self::{
+    account::Accounts,
+    assets::Assets,
+    filters::with,
+    pages::RoomPages,
+    router::{web, Handler, Router},
+};
+use crate::{
+    auth::Sessions,
+    backend::{BackendKind, Health},
+    net::OriginPolicy,
+    realtime::upgrade::Upgrader,
 };
 
-use self::router::{web, Handler, Router};
-use crate::{
-    auth::{session::AuthSession, Sessions},
-    backend::{BackendKind, Health},
-    error::Error,
-    net::{ClientAddr, OriginPolicy},
-    state::AppState,
-};
+/// What the route table is wired from: one handle per kind of route.
+pub struct Handles {
+    pub origins: Arc<OriginPolicy>,
+    pub tls: bool,
+    pub sessions: Sessions,
+    pub accounts: Accounts,
+    pub rooms: RoomPages,
+    pub upgrader: Arc<Upgrader>,
+    pub health: Arc<dyn Health>,
+    pub backend_kind: BackendKind,
+    pub assets: Arc<Assets>,
+}
 
 /// The route table: every method and path palaver answers.
-pub fn routes(state: &AppState) -> Router {
+pub fn routes(state: &Handles) -> Router {
     let sessions = &state.sessions;
-    Router::new(state.origins.clone(), security_headers(&state.origins, state.tls))
+    Router::new(state.origins.clone(), state.tls)
         .get("/", web(pages::index(sessions.clone())))
         .get("/login", web(account::login_form(sessions.clone())))
         .post("/login", web(account::login(state.accounts.clone())))
@@ -41,24 +55,6 @@ pub fn routes(state: &AppState) -> Router {
         .get("/ws", Handler::Upgrade(state.upgrader.clone()))
         .get("/healthz", web(health(state.health.clone(), state.backend_kind)))
         .get("/static/{file}", web(assets::route(state.assets.clone())))
-}
-
-/// The request's typed session (the session layer put the raw one in the
-/// request's extensions).
-pub fn session(sessions: Sessions) -> impl Filter<Extract = (AuthSession,), Error = Rejection> + Clone {
-    warp::ext::get::<Session>().map(move |session| sessions.cookie(session))
-}
-
-/// The client's address, put in the extensions by the accept loop.
-pub fn client_addr() -> impl Filter<Extract = (ClientAddr,), Error = Rejection> + Clone {
-    warp::ext::get::<ClientAddr>()
-}
-
-/// Injects a handle.
-pub fn with<T: Clone + Send + Sync + 'static>(
-    value: T,
-) -> impl Filter<Extract = (T,), Error = std::convert::Infallible> + Clone {
-    warp::any().map(move || value.clone())
 }
 
 /// The `/healthz` body, fields in a fixed order.
@@ -81,55 +77,4 @@ fn health(health: Arc<dyn Health>, kind: BackendKind) -> impl Filter<Extract = (
             }
         })
     })
-}
-
-/// Headers on every response: a strict CSP (no inline script or style), no
-/// framing, no sniffing, and HSTS when serving TLS.
-fn security_headers(origins: &OriginPolicy, tls: bool) -> HeaderMap {
-    // CSP source expressions cannot name IPv6 literals; 'self' covers those.
-    let sockets: Vec<String> = origins
-        .origins()
-        .filter(|o| !o.contains("://["))
-        .filter_map(|o| {
-            o.strip_prefix("https://")
-                .map(|h| format!("wss://{h}"))
-                .or_else(|| o.strip_prefix("http://").map(|h| format!("ws://{h}")))
-        })
-        .collect();
-    let csp = format!(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' {}; \
-         frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
-        sockets.join(" ")
-    );
-    let mut headers = HeaderMap::new();
-    headers
-        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&csp).expect("origins are valid header text"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-    if tls {
-        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
-    }
-    headers
-}
-
-/// Turns every rejection into a page with the right status.
-pub fn rejection_page(rejection: Rejection) -> Response {
-    let (status, message) = if let Some(err) = rejection.find::<Error>() {
-        err.log();
-        (err.status(), err.public_message())
-    } else if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "There is nothing here.")
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "That request is too large.")
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "Send a Content-Length with the form.")
-    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        (StatusCode::BAD_REQUEST, "That query string is malformed.")
-    } else {
-        tracing::debug!(?rejection, "unhandled rejection");
-        (StatusCode::BAD_REQUEST, "That request could not be understood.")
-    };
-    pages::error_page(status, message)
 }

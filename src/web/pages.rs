@@ -9,7 +9,7 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use super::{router::param, session, with};
+use super::filters::{param, session, with};
 use crate::{
     auth::{session::AuthSession, Sessions},
     backend::History,
@@ -89,6 +89,26 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
         tracing::error!(%err, "error page failed to render");
         warp::reply::with_status(message.to_owned(), status).into_response()
     })
+}
+
+/// Turns every rejection into a page with the right status.
+pub fn rejection_page(rejection: Rejection) -> Response {
+    let (status, message) = if let Some(err) = rejection.find::<Error>() {
+        err.log();
+        (err.status(), err.public_message())
+    } else if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "There is nothing here.")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "That request is too large.")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (StatusCode::LENGTH_REQUIRED, "Send a Content-Length with the form.")
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        (StatusCode::BAD_REQUEST, "That query string is malformed.")
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        (StatusCode::BAD_REQUEST, "That request could not be understood.")
+    };
+    error_page(status, message)
 }
 
 pub fn see_other(location: &str) -> Response {

@@ -23,30 +23,11 @@ use warp::{
     Filter, Rejection,
 };
 
+use super::{
+    filters::PathParams,
+    pages::{error_page, rejection_page},
+};
 use crate::{net::OriginPolicy, realtime::upgrade};
-
-/// The parameters a path pattern captured, by name.
-#[derive(Debug, Clone, Default)]
-pub struct PathParams(Vec<(&'static str, String)>);
-
-impl PathParams {
-    /// Parameters as a matched route would capture them (for tests).
-    pub fn new(params: Vec<(&'static str, String)>) -> Self {
-        Self(params)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// A path parameter the table captured, e.g. `param("room")` for
-/// `/chat/{room}`.
-pub fn param(name: &'static str) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    warp::ext::get::<PathParams>().and_then(move |params: PathParams| async move {
-        params.get(name).map(str::to_owned).ok_or_else(warp::reject::not_found)
-    })
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -84,7 +65,7 @@ fn matches(pattern: &[Segment], path: &str) -> Option<PathParams> {
             Segment::Param(name) => params.push((*name, part.to_owned())),
         }
     }
-    Some(PathParams(params))
+    Some(PathParams::new(params))
 }
 
 /// What a row of the table runs.
@@ -125,11 +106,13 @@ pub struct Router {
 }
 
 async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
-    Ok(super::rejection_page(rejection))
+    Ok(rejection_page(rejection))
 }
 
 impl Router {
-    pub fn new(origins: Arc<OriginPolicy>, headers: HeaderMap) -> Self {
+    /// An empty table; `tls` adds HSTS to the security headers.
+    pub fn new(origins: Arc<OriginPolicy>, tls: bool) -> Self {
+        let headers = security_headers(&origins, tls);
         Self { routes: Arc::new(Vec::new()), origins, headers: Arc::new(headers) }
     }
 
@@ -182,9 +165,9 @@ impl Router {
         }
         let Some((route, params)) = found else {
             if allowed.is_empty() {
-                return super::pages::error_page(StatusCode::NOT_FOUND, "There is nothing here.");
+                return error_page(StatusCode::NOT_FOUND, "There is nothing here.");
             }
-            let mut res = super::pages::error_page(StatusCode::METHOD_NOT_ALLOWED, "That method is not allowed here.");
+            let mut res = error_page(StatusCode::METHOD_NOT_ALLOWED, "That method is not allowed here.");
             let mut methods: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
             if methods.contains(&"GET") {
                 methods.push("HEAD");
@@ -195,10 +178,7 @@ impl Router {
         };
         if is_unsafe(req.method()) && self.origins.check(req.headers()).is_err() {
             tracing::warn!(method = %req.method(), path, origin = ?req.headers().get(header::ORIGIN), "cross-origin request refused");
-            return super::pages::error_page(
-                StatusCode::FORBIDDEN,
-                "This request came from another site and was refused.",
-            );
+            return error_page(StatusCode::FORBIDDEN, "This request came from another site and was refused.");
         }
         req.extensions_mut().insert(params);
         match &route.handler {
@@ -227,6 +207,37 @@ impl tower::Service<Request<Incoming>> for Router {
         let router = self.clone();
         Box::pin(async move { Ok(router.serve(req).await) })
     }
+}
+
+/// Headers on every response: a strict CSP (no inline script or style), no
+/// framing, no sniffing, and HSTS when serving TLS.
+fn security_headers(origins: &OriginPolicy, tls: bool) -> HeaderMap {
+    // CSP source expressions cannot name IPv6 literals; 'self' covers those.
+    let sockets: Vec<String> = origins
+        .origins()
+        .filter(|o| !o.contains("://["))
+        .filter_map(|o| {
+            o.strip_prefix("https://")
+                .map(|h| format!("wss://{h}"))
+                .or_else(|| o.strip_prefix("http://").map(|h| format!("ws://{h}")))
+        })
+        .collect();
+    let csp = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' {}; \
+         frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+        sockets.join(" ")
+    );
+    let mut headers = HeaderMap::new();
+    headers
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&csp).expect("origins are valid header text"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    if tls {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    headers
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod chat;
 mod contract;
 mod faults;
 mod helpers;
+mod layout;
 mod lifecycle;
 mod process;
 mod routes;
