@@ -5,17 +5,12 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::{session::SessionPolicy, throttle::LoginThrottle, Sessions},
+    auth::throttle::LoginThrottle,
     backend::{Backend, SharedSessionStore},
     config::Config,
     net::OriginPolicy,
     realtime::{
-        hub::Hub,
-        lifecycle::Lifecycle,
-        presence::{Presence, PresenceTask},
-        registry::Registry,
-        socket::{SocketDeps, SocketLimits},
-        upgrade::Upgrader,
+        hub::Hub, lifecycle::Lifecycle, presence::PresenceTask, registry::Registry, upgrade::Upgrader, Realtime,
     },
     web::{account::Accounts, assets::Assets, pages::RoomPages, Handles},
 };
@@ -40,36 +35,8 @@ pub fn assemble(
     origins: OriginPolicy,
     tls: bool,
 ) -> (Handles, Tasks) {
-    let registry = Arc::new(Registry::new(config.max_connections));
-    let sessions = Sessions::new(
-        backend.sessions.clone(),
-        backend.session_index.clone(),
-        backend.bus.clone(),
-        registry.clone(),
-        SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
-    );
-    let (presence, presence_task) = Presence::new(
-        backend.presence.clone(),
-        backend.bus.clone(),
-        registry.clone(),
-        instance_id,
-        config.presence_ttl,
-    );
-    let hub = Hub::new(backend.history.clone(), registry.clone());
-    let socket = Arc::new(SocketDeps {
-        sessions: sessions.clone(),
-        history: backend.history.clone(),
-        registry: registry.clone(),
-        hub: hub.clone(),
-        presence: presence.clone(),
-        limits: SocketLimits {
-            message_rate: config.message_rate,
-            message_burst: config.message_burst,
-            ping_interval: config.ws_ping_interval,
-            idle_timeout: config.ws_idle_timeout,
-            reauth_warning: config.reauth_warning,
-        },
-    });
+    let Realtime { registry, sessions, socket, hub, lifecycle, presence } =
+        Realtime::new(config, &backend, instance_id);
     let origins = Arc::new(origins);
     let state = Handles {
         upgrader: Arc::new(Upgrader {
@@ -91,18 +58,6 @@ pub fn assemble(
         tls,
         sessions: sessions.clone(),
     };
-    let tasks = Tasks {
-        hub,
-        lifecycle: Lifecycle {
-            bus: backend.bus.clone(),
-            sessions,
-            registry: registry.clone(),
-            presence,
-            interval: config.revalidate_interval,
-        },
-        presence: presence_task,
-        registry,
-        session_store: backend.sessions,
-    };
+    let tasks = Tasks { hub, lifecycle, presence, registry, session_store: backend.sessions };
     (state, tasks)
 }

@@ -13,3 +13,67 @@ pub mod socket;
 #[cfg(test)]
 mod testing;
 pub mod upgrade;
+
+use std::sync::Arc;
+
+use crate::{
+    auth::{session::SessionPolicy, Sessions},
+    backend::Backend,
+    config::Config,
+};
+
+/// The realtime side of an instance, wired: the registry, the session
+/// lifecycle that closes its sockets, the handles sockets share, and the
+/// background tasks before they run.
+pub struct Realtime {
+    pub registry: Arc<registry::Registry>,
+    pub sessions: Sessions,
+    pub socket: Arc<socket::SocketDeps>,
+    pub hub: hub::Hub,
+    pub lifecycle: lifecycle::Lifecycle,
+    pub presence: presence::PresenceTask,
+}
+
+impl Realtime {
+    /// `instance` names this instance's presence entries in the store.
+    pub fn new(config: &Config, backend: &Backend, instance: String) -> Self {
+        let registry = Arc::new(registry::Registry::new(config.max_connections));
+        let sessions = Sessions::new(
+            backend.sessions.clone(),
+            backend.session_index.clone(),
+            backend.bus.clone(),
+            registry.clone(),
+            SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
+        );
+        let (presence, presence_task) = presence::Presence::new(
+            backend.presence.clone(),
+            backend.bus.clone(),
+            registry.clone(),
+            instance,
+            config.presence_ttl,
+        );
+        let hub = hub::Hub::new(backend.history.clone(), registry.clone());
+        let socket = Arc::new(socket::SocketDeps {
+            sessions: sessions.clone(),
+            history: backend.history.clone(),
+            registry: registry.clone(),
+            hub: hub.clone(),
+            presence: presence.clone(),
+            limits: socket::SocketLimits {
+                message_rate: config.message_rate,
+                message_burst: config.message_burst,
+                ping_interval: config.ws_ping_interval,
+                idle_timeout: config.ws_idle_timeout,
+                reauth_warning: config.reauth_warning,
+            },
+        });
+        let lifecycle = lifecycle::Lifecycle {
+            bus: backend.bus.clone(),
+            sessions: sessions.clone(),
+            registry: registry.clone(),
+            presence,
+            interval: config.revalidate_interval,
+        };
+        Realtime { registry, sessions, socket, hub, lifecycle, presence: presence_task }
+    }
+}

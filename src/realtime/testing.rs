@@ -18,12 +18,13 @@ use super::{
     lifecycle::Lifecycle,
     presence::{Presence, PresenceTask},
     registry::Registry,
-    socket::{self, SocketContext, SocketDeps, SocketLimits},
+    socket::{self, SocketContext, SocketDeps},
     upgrade::ws_config,
+    Realtime,
 };
 use crate::{
     auth::{
-        session::{AuthSession, Current, SessionPolicy},
+        session::{AuthSession, Current},
         Sessions,
     },
     backend::Backend,
@@ -41,7 +42,7 @@ pub struct Rig {
     pub presence: Presence,
     pub hub: Hub,
     pub deps: Arc<SocketDeps>,
-    pub config: Config,
+    lifecycle: Lifecycle,
     presence_task: Option<PresenceTask>,
 }
 
@@ -57,37 +58,17 @@ pub type Client = WebSocketStream<DuplexStream>;
 impl Rig {
     pub fn new(config: Config) -> Rig {
         let backend = Backend::memory(&config);
-        let registry = Arc::new(Registry::new(config.max_connections));
-        let sessions = Sessions::new(
-            backend.sessions.clone(),
-            backend.session_index.clone(),
-            backend.bus.clone(),
-            registry.clone(),
-            SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
-        );
-        let (presence, presence_task) = Presence::new(
-            backend.presence.clone(),
-            backend.bus.clone(),
-            registry.clone(),
-            "this-instance".into(),
-            config.presence_ttl,
-        );
-        let hub = Hub::new(backend.history.clone(), registry.clone());
-        let deps = Arc::new(SocketDeps {
-            sessions: sessions.clone(),
-            history: backend.history.clone(),
-            registry: registry.clone(),
-            hub: hub.clone(),
-            presence: presence.clone(),
-            limits: SocketLimits {
-                message_rate: config.message_rate,
-                message_burst: config.message_burst,
-                ping_interval: config.ws_ping_interval,
-                idle_timeout: config.ws_idle_timeout,
-                reauth_warning: config.reauth_warning,
-            },
-        });
-        Rig { backend, registry, sessions, presence, hub, deps, config, presence_task: Some(presence_task) }
+        let realtime = Realtime::new(&config, &backend, "this-instance".into());
+        Rig {
+            registry: realtime.registry,
+            sessions: realtime.sessions,
+            presence: realtime.lifecycle.presence.clone(),
+            hub: realtime.hub,
+            deps: realtime.socket,
+            lifecycle: realtime.lifecycle,
+            presence_task: Some(realtime.presence),
+            backend,
+        }
     }
 
     /// The presence task, to run (once).
@@ -96,13 +77,7 @@ impl Rig {
     }
 
     pub fn lifecycle(&self) -> Lifecycle {
-        Lifecycle {
-            bus: self.backend.bus.clone(),
-            sessions: self.sessions.clone(),
-            registry: self.registry.clone(),
-            presence: self.presence.clone(),
-            interval: self.config.revalidate_interval,
-        }
+        self.lifecycle.clone()
     }
 
     /// Signs a new user in, as `POST /login` would.
