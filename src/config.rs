@@ -46,9 +46,16 @@ pub struct Config {
     pub revalidate_interval: Duration,
     pub login_max_failures: u32,
     pub login_window: Duration,
+    /// Registrations one client may attempt per window.
+    pub register_max_per_address: u32,
+    pub register_window: Duration,
     pub tls: Option<TlsPaths>,
     /// Open WebSockets one instance accepts before answering 503.
     pub max_connections: usize,
+    /// Open WebSockets one user, or one session, may have on an instance
+    /// before upgrades answer 429.
+    pub max_sockets_per_user: usize,
+    pub max_sockets_per_session: usize,
     /// Sustained `send` frames per second one socket may make.
     pub message_rate: f64,
     /// How many `send` frames a socket may burst above the rate.
@@ -165,8 +172,12 @@ impl Config {
             revalidate_interval: vars.secs("REVALIDATE_INTERVAL_SECS", 30)?,
             login_max_failures: vars.parse("LOGIN_MAX_FAILURES", "10")?,
             login_window: vars.secs("LOGIN_WINDOW_SECS", 900)?,
+            register_max_per_address: vars.parse("REGISTER_MAX_PER_ADDRESS", "10")?,
+            register_window: vars.secs("REGISTER_WINDOW_SECS", 3600)?,
             tls,
             max_connections: vars.parse("MAX_CONNECTIONS", "50000")?,
+            max_sockets_per_user: vars.parse("MAX_SOCKETS_PER_USER", "30")?,
+            max_sockets_per_session: vars.parse("MAX_SOCKETS_PER_SESSION", "10")?,
             message_rate: vars.parse("MESSAGE_RATE_PER_SEC", "10")?,
             message_burst: vars.parse("MESSAGE_BURST", "20")?,
             history_max_len: vars.parse("HISTORY_MAX_LEN", "10000")?,

@@ -17,6 +17,33 @@ use std::{
 
 use http::{header, HeaderMap};
 
+/// The unit a client is counted in for throttling: an IPv4 address, or an
+/// IPv6 /64 (a single host is routinely given a whole /64 and can use any
+/// address in it). IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
+    }
+}
+
+/// One hop of `X-Forwarded-For`: an address, possibly with a port
+/// (`203.0.113.9:4711`, `[2001:db8::1]:443`) or brackets (`[2001:db8::1]`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
 /// The client address of a request, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub IpAddr);
@@ -76,15 +103,15 @@ impl TrustedProxies {
         let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
         let hops: Vec<&str> = hops.map(str::trim).collect();
         for hop in hops.iter().rev() {
-            match hop.parse::<IpAddr>() {
-                Ok(ip) => {
+            match parse_hop(hop) {
+                Some(ip) => {
                     client = ip;
                     if !self.trusts(ip) {
                         break;
                     }
                 }
                 // Garbage in the chain: stop at the last address we could trust.
-                Err(_) => break,
+                None => break,
             }
         }
         ClientAddr(client)
@@ -209,6 +236,20 @@ mod tests {
         assert_eq!(proxies.client(from_proxy, &HeaderMap::new()).0, ip("10.0.0.5"));
         assert_eq!(proxies.client(from_proxy, &xff("garbage")).0, ip("10.0.0.5"));
         assert_eq!(TrustedProxies::default().client(from_proxy, &xff("198.51.100.7")).0, ip("10.0.0.5"));
+        // Hops written with ports or brackets are addresses all the same.
+        assert_eq!(proxies.client(from_proxy, &xff("198.51.100.7:4711")).0, ip("198.51.100.7"));
+        assert_eq!(proxies.client(from_proxy, &xff("[2001:db8::7]:443")).0, ip("2001:db8::7"));
+        assert_eq!(proxies.client(from_proxy, &xff("[2001:db8::8]")).0, ip("2001:db8::8"));
+        assert_eq!(proxies.client(from_proxy, &xff("2001:db8::9, 10.0.0.3:80")).0, ip("2001:db8::9"));
+    }
+
+    #[test]
+    fn clients_are_counted_per_ipv4_address_and_per_ipv6_slash_64() {
+        assert_eq!(address_key(ip("203.0.113.9")), "203.0.113.9");
+        assert_eq!(address_key(ip("::ffff:203.0.113.9")), "203.0.113.9");
+        assert_eq!(address_key(ip("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(address_key(ip("2001:db8:1:2::")), address_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
+        assert_ne!(address_key(ip("2001:db8:1:2::")), address_key(ip("2001:db8:1:3::")));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::throttle::LoginThrottle,
+    auth::throttle::{LoginThrottle, RegisterThrottle},
     backend::{Backend, SharedSessionStore},
     config::Config,
     net::OriginPolicy,
@@ -49,6 +49,11 @@ pub fn assemble(
             users: backend.users.clone(),
             sessions: sessions.clone(),
             throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+            registrations: RegisterThrottle::new(
+                backend.counters.clone(),
+                config.register_max_per_address,
+                config.register_window,
+            ),
         },
         rooms: RoomPages { sessions: sessions.clone(), history: backend.history.clone() },
         health: backend.health.clone(),

@@ -1,14 +1,38 @@
-//! Login throttling: failed logins counted per (username, client address)
-//! and per client address, in fixed windows kept in the shared store, so
-//! every instance enforces the same limit.
+//! Throttling of password guessing and account creation, in fixed windows
+//! kept in the shared store so that every instance enforces one limit.
+//!
+//! An attempt is counted *before* the password is verified, atomically in
+//! the store, and forgiven when it succeeds. Counting after verification
+//! would let every attempt already queued for Argon2 pass the check at the
+//! same count: a thousand concurrent guesses against a limit of ten.
+//! Clients are counted per address, IPv6 per /64 (one host gets a whole /64
+//! and can pick any address in it).
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use crate::backend::{Counters, StoreResult};
+use crate::{
+    backend::{Counters, StoreResult},
+    net::address_key,
+};
 
 /// How many times the per-pair limit one address may fail in all.
 const ADDRESS_FACTOR: u64 = 5;
 
+/// Counts one attempt under each `(key, max)` and says whether any limit is
+/// passed: `Err(retry_after)` then, the time left in the longest window.
+async fn count(counters: &dyn Counters, limits: &[(String, u64)], window: Duration) -> StoreResult<Result<(), Duration>> {
+    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
+    let counts = counters.incr(&keys, window).await?;
+    let over = limits
+        .iter()
+        .zip(counts)
+        .filter(|((_, max), (n, _))| n > max)
+        .map(|(_, (_, left))| left.max(Duration::from_secs(1)))
+        .max();
+    Ok(over.map_or(Ok(()), Err))
+}
+
+/// Failed logins, per (username, client) and per client.
 #[derive(Clone)]
 pub struct LoginThrottle {
     counters: Arc<dyn Counters>,
@@ -16,10 +40,11 @@ pub struct LoginThrottle {
     window: Duration,
 }
 
-fn keys(username: &str, addr: IpAddr) -> [String; 2] {
-    // Bound the key length whatever was typed; names are at most 32 characters.
-    let name: String = username.trim().to_ascii_lowercase().chars().take(64).collect();
-    [format!("login:pair:{addr}:{name}"), format!("login:addr:{addr}")]
+/// A login attempt that was counted and may go on to the password check.
+#[derive(Debug)]
+pub struct Attempt {
+    pair: String,
+    address: String,
 }
 
 impl LoginThrottle {
@@ -27,29 +52,48 @@ impl LoginThrottle {
         Self { counters, max_failures: u64::from(max_failures), window }
     }
 
-    /// `Some(retry_after)` when this pair or this address has used up its
-    /// failures for the current window.
-    pub async fn check(&self, username: &str, addr: IpAddr) -> StoreResult<Option<Duration>> {
-        let counts = self.counters.get(&keys(username, addr)).await?;
-        let (pair, pair_left) = counts[0];
-        let (address, address_left) = counts[1];
-        Ok(if pair >= self.max_failures {
-            Some(pair_left.max(Duration::from_secs(1)))
-        } else if address >= self.max_failures * ADDRESS_FACTOR {
-            Some(address_left.max(Duration::from_secs(1)))
-        } else {
-            None
-        })
+    fn keys(username: &str, addr: IpAddr) -> Attempt {
+        // Bound the key length whatever was typed; names are at most 32 characters.
+        let name: String = username.trim().to_ascii_lowercase().chars().take(64).collect();
+        let client = address_key(addr);
+        Attempt { pair: format!("login:pair:{client}:{name}"), address: format!("login:addr:{client}") }
     }
 
-    pub async fn failed(&self, username: &str, addr: IpAddr) -> StoreResult<()> {
-        self.counters.incr(&keys(username, addr), self.window).await
+    /// Counts an attempt. `Ok` to verify the password; `Err(retry_after)`
+    /// when this pair or this client has used up its attempts.
+    pub async fn attempt(&self, username: &str, addr: IpAddr) -> StoreResult<Result<Attempt, Duration>> {
+        let attempt = Self::keys(username, addr);
+        let limits = [
+            (attempt.pair.clone(), self.max_failures),
+            (attempt.address.clone(), self.max_failures * ADDRESS_FACTOR),
+        ];
+        Ok(count(&*self.counters, &limits, self.window).await?.map(|()| attempt))
     }
 
-    /// A successful login clears the pair's failures (not the address's).
-    pub async fn succeeded(&self, username: &str, addr: IpAddr) -> StoreResult<()> {
-        let [pair, _] = keys(username, addr);
-        self.counters.reset(&pair).await
+    /// The password was right: the pair's failures are cleared, and the
+    /// client's count takes this attempt back.
+    pub async fn succeeded(&self, attempt: Attempt) -> StoreResult<()> {
+        self.counters.reset(&attempt.pair).await?;
+        self.counters.decr(&attempt.address).await
+    }
+}
+
+/// Registrations per client: each costs a password hash and a permanent key.
+#[derive(Clone)]
+pub struct RegisterThrottle {
+    counters: Arc<dyn Counters>,
+    max: u64,
+    window: Duration,
+}
+
+impl RegisterThrottle {
+    pub fn new(counters: Arc<dyn Counters>, max: u32, window: Duration) -> Self {
+        Self { counters, max: u64::from(max), window }
+    }
+
+    /// Counts an attempt; `Err(retry_after)` past the limit.
+    pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<(), Duration>> {
+        count(&*self.counters, &[(format!("register:addr:{}", address_key(addr)), self.max)], self.window).await
     }
 }
 
@@ -58,43 +102,62 @@ mod tests {
     use super::*;
     use crate::{backend::memory::MemoryBackend, config::Config};
 
-    fn throttle(max: u32) -> LoginThrottle {
-        LoginThrottle::new(Arc::new(MemoryBackend::new(&Config::default())), max, Duration::from_secs(60))
+    fn counters() -> Arc<MemoryBackend> {
+        Arc::new(MemoryBackend::new(&Config::default()))
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
     }
 
     #[tokio::test]
-    async fn a_pair_is_blocked_after_its_failures_and_others_are_not() {
-        let t = throttle(3);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+    async fn a_pair_is_blocked_after_its_attempts_and_others_are_not() {
+        let t = LoginThrottle::new(counters(), 3, Duration::from_secs(60));
         for _ in 0..3 {
-            assert!(t.check("Alice", ip).await.unwrap().is_none());
-            t.failed("Alice", ip).await.unwrap();
+            assert!(t.attempt("Alice", ip("10.0.0.1")).await.unwrap().is_ok());
         }
-        let retry = t.check("alice", ip).await.unwrap().expect("blocked, ignoring case");
+        let retry = t.attempt("alice", ip("10.0.0.1")).await.unwrap().expect_err("blocked, ignoring case");
         assert!(retry > Duration::ZERO && retry <= Duration::from_secs(60));
-        assert!(t.check("bob", ip).await.unwrap().is_none());
-        assert!(t.check("alice", "10.0.0.2".parse().unwrap()).await.unwrap().is_none());
+        assert!(t.attempt("bob", ip("10.0.0.1")).await.unwrap().is_ok());
+        assert!(t.attempt("alice", ip("10.0.0.2")).await.unwrap().is_ok());
     }
 
     #[tokio::test]
-    async fn an_address_is_blocked_after_five_times_the_limit_across_names() {
-        let t = throttle(2);
-        let ip: IpAddr = "10.0.0.3".parse().unwrap();
+    async fn a_client_is_blocked_after_five_times_the_limit_across_names() {
+        let t = LoginThrottle::new(counters(), 2, Duration::from_secs(60));
         for i in 0..10 {
             let name = format!("user{}", i / 2);
-            assert!(t.check(&name, ip).await.unwrap().is_none(), "attempt {i}");
-            t.failed(&name, ip).await.unwrap();
+            assert!(t.attempt(&name, ip("10.0.0.3")).await.unwrap().is_ok(), "attempt {i}");
         }
-        assert!(t.check("someone-new", ip).await.unwrap().is_some());
+        assert!(t.attempt("someone-new", ip("10.0.0.3")).await.unwrap().is_err());
     }
 
     #[tokio::test]
-    async fn success_clears_the_pair() {
-        let t = throttle(2);
-        let ip: IpAddr = "10.0.0.4".parse().unwrap();
-        t.failed("carol", ip).await.unwrap();
-        t.succeeded("carol", ip).await.unwrap();
-        t.failed("carol", ip).await.unwrap();
-        assert!(t.check("carol", ip).await.unwrap().is_none());
+    async fn success_forgives_the_attempt() {
+        let t = LoginThrottle::new(counters(), 2, Duration::from_secs(60));
+        t.attempt("carol", ip("10.0.0.4")).await.unwrap().unwrap();
+        let right = t.attempt("carol", ip("10.0.0.4")).await.unwrap().unwrap();
+        t.succeeded(right).await.unwrap();
+        // The pair starts over; the client's count kept only the failure.
+        assert!(t.attempt("carol", ip("10.0.0.4")).await.unwrap().is_ok());
+        assert!(t.attempt("carol", ip("10.0.0.4")).await.unwrap().is_ok());
+        assert!(t.attempt("carol", ip("10.0.0.4")).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_attempts_each_count() {
+        let t = LoginThrottle::new(counters(), 10, Duration::from_secs(60));
+        let attempts = (0..100).map(|_| t.attempt("dave", ip("10.0.0.5")));
+        let results = futures_util::future::join_all(attempts).await;
+        assert_eq!(results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_client_is_one_client_across_its_slash_64() {
+        let t = RegisterThrottle::new(counters(), 2, Duration::from_secs(60));
+        assert!(t.attempt(ip("2001:db8:1:2::1")).await.unwrap().is_ok());
+        assert!(t.attempt(ip("2001:db8:1:2:ffff::9")).await.unwrap().is_ok());
+        assert!(t.attempt(ip("2001:db8:1:2:abcd::")).await.unwrap().is_err(), "same /64");
+        assert!(t.attempt(ip("2001:db8:1:3::1")).await.unwrap().is_ok(), "another /64");
     }
 }

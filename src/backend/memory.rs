@@ -213,12 +213,25 @@ impl Counters for MemoryBackend {
             .collect())
     }
 
-    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<()> {
+    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<Vec<(u64, Duration)>> {
         let mut counters = lock(&self.counters);
         let now = Instant::now();
         counters.retain(|_, (_, until)| *until > now);
-        for key in keys {
-            counters.entry(key.clone()).or_insert((0, now + window)).0 += 1;
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let (n, until) = counters.entry(key.clone()).or_insert((0, now + window));
+                *n += 1;
+                (*n, *until - now)
+            })
+            .collect())
+    }
+
+    async fn decr(&self, key: &str) -> StoreResult<()> {
+        if let Some((n, until)) = lock(&self.counters).get_mut(key) {
+            if *until > Instant::now() {
+                *n = n.saturating_sub(1);
+            }
         }
         Ok(())
     }

@@ -80,13 +80,17 @@ pub trait SessionIndex: Send + Sync {
     async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>>;
 }
 
-/// Fixed-window counters, for login throttling.
+/// Fixed-window counters, for throttling.
 #[async_trait]
 pub trait Counters: Send + Sync {
     /// Each counter's value and the time left in its window (zero if unset).
     async fn get(&self, keys: &[String]) -> StoreResult<Vec<(u64, Duration)>>;
-    /// Increments each counter; the first increment opens its window.
-    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<()>;
+    /// Increments each counter (the first increment opens its window) and
+    /// returns each one's new value and the time left in its window. Atomic:
+    /// of N concurrent increments, each sees a different value.
+    async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<Vec<(u64, Duration)>>;
+    /// Takes one increment back (never below zero), keeping the window.
+    async fn decr(&self, key: &str) -> StoreResult<()>;
     async fn reset(&self, key: &str) -> StoreResult<()>;
 }
 

@@ -100,6 +100,7 @@ struct Scripts {
     exist: Script,
     counters_get: Script,
     counters_incr: Script,
+    counters_decr: Script,
     append: Script,
     wake: Script,
     presence_update: Script,
@@ -138,11 +139,20 @@ impl Scripts {
                  end
                  return out",
             ),
-            // KEYS: counters; ARGV[1] window ms
+            // KEYS: counters; ARGV[1] window ms; returns value, pttl pairs flattened
             counters_incr: Script::new(
-                "for _, key in ipairs(KEYS) do
-                   if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+                "local out = {}
+                 for i, key in ipairs(KEYS) do
+                   local n = redis.call('INCR', key)
+                   if n == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+                   out[2 * i - 1] = n
+                   out[2 * i] = redis.call('PTTL', key)
                  end
+                 return out",
+            ),
+            // KEYS[1] counter: one back, never below zero, window kept
+            counters_decr: Script::new(
+                "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
                  return 1",
             ),
             // KEYS: stream, dedupe key (or '' when no client_id), rooms zset
@@ -199,6 +209,11 @@ impl Scripts {
             ),
         }
     }
+}
+
+/// `(value, pttl)` pairs from a counters script.
+fn counts(flat: &[i64]) -> Vec<(u64, Duration)> {
+    flat.chunks(2).map(|pair| (pair[0].max(0) as u64, Duration::from_millis(pair[1].max(0) as u64))).collect()
 }
 
 /// A time as a script argument.
@@ -452,12 +467,18 @@ impl Counters for RedisBackend {
     async fn get(&self, names: &[String]) -> StoreResult<Vec<(u64, Duration)>> {
         let keys = names.iter().map(|k| keys::counter(k)).collect();
         let flat: Vec<i64> = self.run(&self.scripts.counters_get, keys, vec![]).await?;
-        Ok(flat.chunks(2).map(|pair| (pair[0].max(0) as u64, Duration::from_millis(pair[1].max(0) as u64))).collect())
+        Ok(counts(&flat))
     }
 
-    async fn incr(&self, names: &[String], window: Duration) -> StoreResult<()> {
+    async fn incr(&self, names: &[String], window: Duration) -> StoreResult<Vec<(u64, Duration)>> {
         let keys = names.iter().map(|k| keys::counter(k)).collect();
-        self.run::<()>(&self.scripts.counters_incr, keys, vec![(window.as_millis() as i64).into()]).await
+        let flat: Vec<i64> =
+            self.run(&self.scripts.counters_incr, keys, vec![(window.as_millis() as i64).into()]).await?;
+        Ok(counts(&flat))
+    }
+
+    async fn decr(&self, name: &str) -> StoreResult<()> {
+        self.run::<()>(&self.scripts.counters_decr, vec![keys::counter(name)], vec![]).await
     }
 
     async fn reset(&self, name: &str) -> StoreResult<()> {

@@ -37,7 +37,11 @@ pub struct Realtime {
 impl Realtime {
     /// `instance` names this instance's presence entries in the store.
     pub fn new(config: &Config, backend: &Backend, instance: String) -> Self {
-        let registry = Arc::new(registry::Registry::new(config.max_connections));
+        let registry = Arc::new(registry::Registry::new(registry::Caps {
+            instance: config.max_connections,
+            per_user: config.max_sockets_per_user,
+            per_session: config.max_sockets_per_session,
+        }));
         let sessions = Sessions::new(
             backend.sessions.clone(),
             backend.session_index.clone(),

@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
 };
@@ -93,24 +93,70 @@ struct Inner {
     rooms: HashMap<RoomName, Room>,
 }
 
-/// A reserved place under the connection cap; released on drop.
-#[derive(Debug)]
+/// The caps on open sockets: per instance, per user, per session.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub instance: usize,
+    pub per_user: usize,
+    pub per_session: usize,
+}
+
+/// Which cap a new socket would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The instance is at `MAX_CONNECTIONS`, or shutting down.
+    Instance,
+    /// This user has `MAX_SOCKETS_PER_USER` open here.
+    User,
+    /// This session has `MAX_SOCKETS_PER_SESSION` open here.
+    Session,
+}
+
+/// Sockets open or being opened, counted against the caps.
+#[derive(Default)]
+struct Reserved {
+    total: usize,
+    by_user: HashMap<UserId, usize>,
+    by_session: HashMap<Id, usize>,
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// A reserved place under the caps; released on drop.
 pub struct Slot {
-    reserved: Arc<AtomicUsize>,
+    reserved: Arc<Mutex<Reserved>>,
+    user: UserId,
+    session: Id,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        reserved.total -= 1;
+        release(&mut reserved.by_user, &self.user);
+        release(&mut reserved.by_session, &self.session);
     }
 }
 
 pub struct Registry {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
-    /// Sockets open or being opened, for the connection cap.
-    reserved: Arc<AtomicUsize>,
-    max_connections: usize,
+    /// Sockets open or being opened, for the caps.
+    reserved: Arc<Mutex<Reserved>>,
+    caps: Caps,
     /// Set at shutdown: no new sockets.
     closing: AtomicBool,
     /// Notified whenever the registry becomes empty.
@@ -124,12 +170,12 @@ fn remove_from(index: &mut Vec<ConnId>, id: ConnId) {
 }
 
 impl Registry {
-    pub fn new(max_connections: usize) -> Self {
+    pub fn new(caps: Caps) -> Self {
         Self {
             inner: Mutex::default(),
             next_id: AtomicU64::new(1),
             reserved: Arc::default(),
-            max_connections,
+            caps,
             closing: AtomicBool::new(false),
             emptied: Notify::new(),
         }
@@ -139,22 +185,26 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reserves a place for a new socket, unless the instance is full or
-    /// shutting down.
-    pub fn reserve(&self) -> Option<Slot> {
+    /// Reserves a place for a new socket of `user` in `session`, unless a
+    /// cap is reached or the instance is shutting down.
+    pub fn reserve(&self, user: UserId, session: Id) -> Result<Slot, Full> {
         if self.closing.load(Ordering::Acquire) {
-            return None;
+            return Err(Full::Instance);
         }
-        let mut current = self.reserved.load(Ordering::Acquire);
-        loop {
-            if current >= self.max_connections {
-                return None;
-            }
-            match self.reserved.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Slot { reserved: self.reserved.clone() }),
-                Err(actual) => current = actual,
-            }
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if reserved.total >= self.caps.instance {
+            return Err(Full::Instance);
         }
+        if reserved.by_user.get(&user).copied().unwrap_or(0) >= self.caps.per_user {
+            return Err(Full::User);
+        }
+        if reserved.by_session.get(&session).copied().unwrap_or(0) >= self.caps.per_session {
+            return Err(Full::Session);
+        }
+        reserved.total += 1;
+        *reserved.by_user.entry(user).or_default() += 1;
+        *reserved.by_session.entry(session).or_default() += 1;
+        Ok(Slot { reserved: self.reserved.clone(), user, session })
     }
 
     pub fn register(&self, reg: Registration) -> Joined {
@@ -376,6 +426,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::clock::UnixMillis;
 
+    const CAPS: Caps = Caps { instance: 10, per_user: 10, per_session: 10 };
+
     /// The far end of a registered socket, as its task would hold it.
     pub(crate) struct Joined {
         pub id: ConnId,
@@ -427,7 +479,7 @@ pub(crate) mod tests {
 
     #[test]
     fn closing_a_session_reaches_exactly_its_sockets() {
-        let reg = Registry::new(10);
+        let reg = Registry::new(CAPS);
         let (s1, s2, u) = (Id(1), Id(2), UserId::new_v4());
         let mut a = join_as(&reg, s1, u, "al", "lobby", 4);
         let mut b = join_as(&reg, s1, u, "al", "other", 4);
@@ -446,7 +498,7 @@ pub(crate) mod tests {
 
     #[test]
     fn delivery_is_per_room_ordered_and_never_repeats() {
-        let reg = Registry::new(10);
+        let reg = Registry::new(CAPS);
         let mut lobby = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 8);
         let mut other = join_as(&reg, Id(2), UserId::new_v4(), "bo", "other", 8);
         let room = RoomName::lobby();
@@ -460,7 +512,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_socket_that_does_not_read_is_closed() {
-        let reg = Registry::new(10);
+        let reg = Registry::new(CAPS);
         let mut s = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         reg.deliver(&RoomName::lobby(), &[message(1), message(2)]);
         assert_eq!(s.close.try_recv().unwrap(), frames::SLOW_CONSUMER);
@@ -468,27 +520,33 @@ pub(crate) mod tests {
 
     #[test]
     fn a_socket_registered_during_shutdown_is_closed_at_once() {
-        let reg = Registry::new(10);
+        let reg = Registry::new(CAPS);
         reg.close_all(frames::SHUTTING_DOWN);
         let mut late = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         assert_eq!(late.close.try_recv().unwrap(), frames::SHUTTING_DOWN);
     }
 
     #[test]
-    fn the_cap_counts_reserved_slots() {
-        let reg = Registry::new(2);
-        let a = reg.reserve().unwrap();
-        let _b = reg.reserve().unwrap();
-        assert!(reg.reserve().is_none());
-        drop(a);
-        assert!(reg.reserve().is_some());
+    fn the_caps_count_reserved_slots_per_instance_user_and_session() {
+        let reg = Registry::new(Caps { instance: 4, per_user: 3, per_session: 2 });
+        let (alice, bob) = (UserId::new_v4(), UserId::new_v4());
+        let (tab, phone) = (Id(1), Id(2));
+        let a1 = reg.reserve(alice, tab).unwrap();
+        let _a2 = reg.reserve(alice, tab).unwrap();
+        assert_eq!(reg.reserve(alice, tab).unwrap_err(), Full::Session);
+        let _a3 = reg.reserve(alice, phone).unwrap();
+        assert_eq!(reg.reserve(alice, Id(3)).unwrap_err(), Full::User);
+        let _b1 = reg.reserve(bob, Id(4)).unwrap();
+        assert_eq!(reg.reserve(bob, Id(4)).unwrap_err(), Full::Instance);
+        drop(a1);
+        assert!(reg.reserve(alice, tab).is_ok(), "a closed socket frees its places");
         reg.close_all(frames::SHUTTING_DOWN);
-        assert!(reg.reserve().is_none(), "no new sockets while shutting down");
+        assert_eq!(reg.reserve(bob, Id(5)).unwrap_err(), Full::Instance, "no new sockets while shutting down");
     }
 
     #[test]
     fn presence_counts_sockets_per_user() {
-        let reg = Registry::new(10);
+        let reg = Registry::new(CAPS);
         let room = RoomName::lobby();
         let a = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
         let b = join_as(&reg, Id(2), UserId::new_v4(), "al", "lobby", 1);

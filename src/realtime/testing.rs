@@ -92,7 +92,7 @@ impl Rig {
     /// Opens a socket for `who` in `room`, as an accepted upgrade would.
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let slot = self.registry.reserve().expect("a free slot");
+        let slot = self.registry.reserve(who.current.user.id, who.current.session_id).expect("a free slot");
         let ctx = SocketContext {
             session_id: who.current.session_id,
             user: who.current.user.clone(),

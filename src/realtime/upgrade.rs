@@ -28,7 +28,7 @@ use tower_sessions::Session;
 use warp::Reply;
 
 use super::{
-    registry::Registry,
+    registry::{Full, Registry},
     socket::{self, SocketContext, SocketDeps},
 };
 use crate::{
@@ -134,8 +134,11 @@ pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Resp
         }
     };
 
-    let Some(slot) = upgrader.registry.reserve() else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+    let slot = match upgrader.registry.reserve(current.user.id, current.session_id) {
+        Ok(slot) => slot,
+        Err(Full::Instance) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+        Err(Full::User) => return refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this user"),
+        Err(Full::Session) => return refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this session"),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");

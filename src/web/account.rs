@@ -14,13 +14,13 @@ use warp::{
 
 use super::{
     filters::{client_addr, session, with},
-    pages::{page, see_other, LoginPage, RegisterPage},
+    pages::{page, see_other, FormPage, LoginPage, RegisterPage},
 };
 use crate::{
     auth::{
         password::{self, Password},
         session::AuthSession,
-        throttle::LoginThrottle,
+        throttle::{LoginThrottle, RegisterThrottle},
         validate_new_account, Sessions,
     },
     backend::UserStore,
@@ -38,6 +38,7 @@ pub struct Accounts {
     pub users: Arc<dyn UserStore>,
     pub sessions: Sessions,
     pub throttle: LoginThrottle,
+    pub registrations: RegisterThrottle,
 }
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
@@ -88,35 +89,36 @@ async fn handle_login(
     };
     let username = username.trim().to_owned();
     let ip = addr.0;
-    if let Some(retry_after) = accounts.throttle.check(&username, ip).await? {
-        tracing::warn!(%ip, "login throttled");
-        return too_many_attempts(&username, retry_after);
-    }
+    // Counted before the (slow) check: concurrent guesses each count.
+    let attempt = match accounts.throttle.attempt(&username, ip).await? {
+        Ok(attempt) => attempt,
+        Err(retry_after) => {
+            tracing::warn!(%ip, "login throttled");
+            return too_many_attempts(LoginPage { error: None, username }, retry_after);
+        }
+    };
     // A name that cannot exist is not looked up, but it is verified against
     // the dummy hash all the same: every failure takes the same time.
     let stored = if valid_username(&username) { accounts.users.find(&username).await? } else { None };
     let verified = password::verify(password, stored.as_ref().map(|s| s.password_hash.clone())).await;
     match stored {
         Some(stored) if verified => {
-            accounts.throttle.succeeded(&username, ip).await?;
+            accounts.throttle.succeeded(attempt).await?;
             accounts.sessions.sign_in(&session, stored.user).await?;
             Ok(see_other("/chat"))
         }
         _ => {
-            accounts.throttle.failed(&username, ip).await?;
             let error = Some("Wrong username or password.".to_owned());
             page(StatusCode::UNAUTHORIZED, &LoginPage { error, username })
         }
     }
 }
 
-fn too_many_attempts(username: &str, retry_after: Duration) -> Result<Response, Error> {
+/// A page with the form again, a 429 and when to retry.
+fn too_many_attempts(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
     let minutes = retry_after.as_secs().div_ceil(60);
-    let error = Some(format!(
-        "Too many failed attempts. Try again in {minutes} minute{}.",
-        if minutes == 1 { "" } else { "s" }
-    ));
-    let mut res = page(StatusCode::TOO_MANY_REQUESTS, &LoginPage { error, username: username.to_owned() })?;
+    form.set_error(format!("Too many attempts. Try again in {minutes} minute{}.", if minutes == 1 { "" } else { "s" }));
+    let mut res = page(StatusCode::TOO_MANY_REQUESTS, &form)?;
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
     Ok(res)
 }
@@ -130,14 +132,19 @@ pub fn register_form() -> impl Filter<Extract = (Response,), Error = Rejection> 
 
 /// POST /register
 pub fn register(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    credentials().and(session(accounts.sessions.clone())).and(with(accounts)).and_then(
-        |form: Credentials, session: AuthSession, accounts: Accounts| async move {
-            handle_register(form, session, accounts).await.map_err(Rejection::from)
+    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
+        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
+            handle_register(form, session, addr, accounts).await.map_err(Rejection::from)
         },
     )
 }
 
-async fn handle_register(form: Credentials, session: AuthSession, accounts: Accounts) -> Result<Response, Error> {
+async fn handle_register(
+    form: Credentials,
+    session: AuthSession,
+    addr: ClientAddr,
+    accounts: Accounts,
+) -> Result<Response, Error> {
     let refuse =
         |status, error: &str, username: String| page(status, &RegisterPage { error: Some(error.to_owned()), username });
     let (Some(username), Some(password)) = (form.username, form.password) else {
@@ -146,6 +153,11 @@ async fn handle_register(form: Credentials, session: AuthSession, accounts: Acco
     let username = username.trim().to_owned();
     if let Err(why) = validate_new_account(&username, password.expose()) {
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, why, username);
+    }
+    // Every attempt that would cost a hash counts, taken or not.
+    if let Err(retry_after) = accounts.registrations.attempt(addr.0).await? {
+        tracing::warn!(ip = %addr.0, "registration throttled");
+        return too_many_attempts(RegisterPage { error: None, username }, retry_after);
     }
     const TAKEN: &str = "That username is taken. Choose another one.";
     // Checked first to spare the hashing; `create` below is what decides.

@@ -37,6 +37,23 @@ pub struct RegisterPage {
     pub username: String,
 }
 
+/// A page with a form that can show one error.
+pub trait FormPage: Template {
+    fn set_error(&mut self, error: String);
+}
+
+impl FormPage for LoginPage {
+    fn set_error(&mut self, error: String) {
+        self.error = Some(error);
+    }
+}
+
+impl FormPage for RegisterPage {
+    fn set_error(&mut self, error: String) {
+        self.error = Some(error);
+    }
+}
+
 #[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage {

@@ -3,6 +3,7 @@
 //! application instance(s) on port 0, so they run in parallel without
 //! sharing keys or ports.
 
+mod abuse;
 mod auth;
 mod browser;
 mod chat;
