@@ -311,7 +311,12 @@ async fn chat(args: &[String]) {
     let rates: String = arg(args, "--rates", "100,200,400".to_string());
     let dir = tempfile::tempdir().unwrap();
     let (_redis, redis_port) = start_redis(dir.path());
-    let unlimited = [("MESSAGE_RATE_PER_SEC", "100000"), ("MESSAGE_BURST", "100000")];
+    let unlimited = [
+        ("MESSAGE_RATE_PER_SEC", "100000"),
+        ("MESSAGE_BURST", "100000"),
+        ("USER_MESSAGE_RATE_PER_SEC", "100000"),
+        ("USER_MESSAGE_BURST", "100000"),
+    ];
     let (_a, port_a) = start_palaver(redis_port, &unlimited);
     let (_b, port_b) = start_palaver(redis_port, &unlimited);
     let cookies: Vec<String> = (0..users).map(|i| register(port_a, &format!("chat{i}"))).collect();

@@ -62,6 +62,14 @@ pub struct Config {
     pub message_burst: u32,
     /// Approximate number of messages kept per room (`XADD MAXLEN ~`).
     pub history_max_len: u64,
+    /// Sustained messages per second one user may send across all their
+    /// sockets, and the burst above it.
+    pub user_message_rate: f64,
+    pub user_message_burst: u32,
+    /// New rooms one user may open per hour.
+    pub rooms_per_user_per_hour: u32,
+    /// How long a room with no message and no visit lives on.
+    pub room_ttl: Duration,
     /// How long a `send`'s `client_id` is remembered, so that a resend is
     /// acknowledged with the first id instead of being stored twice.
     pub send_dedupe_window: Duration,
@@ -181,6 +189,10 @@ impl Config {
             message_rate: vars.parse("MESSAGE_RATE_PER_SEC", "10")?,
             message_burst: vars.parse("MESSAGE_BURST", "20")?,
             history_max_len: vars.parse("HISTORY_MAX_LEN", "10000")?,
+            user_message_rate: vars.parse("USER_MESSAGE_RATE_PER_SEC", "20")?,
+            user_message_burst: vars.parse("USER_MESSAGE_BURST", "40")?,
+            rooms_per_user_per_hour: vars.parse("ROOMS_PER_USER_PER_HOUR", "10")?,
+            room_ttl: vars.secs("ROOM_TTL_SECS", 30 * 24 * 3600)?,
             send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120)?,
             ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20)?,
             ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60)?,

@@ -127,14 +127,20 @@ impl Serialize for MessageId {
 pub struct NewMessage {
     pub user: String,
     pub body: String,
+    /// What makes a resend recognisable (the sender's, or one the server
+    /// assigned).
     pub client_id: Option<String>,
+    /// Whether `client_id` came from the sender, and so is shown with the
+    /// message to everyone.
+    pub client_id_shown: bool,
     pub sent_at: UnixMillis,
 }
 
 impl NewMessage {
     /// The message as stored under `id`.
     pub fn stored(self, id: MessageId) -> Message {
-        Message { id, user: self.user, body: self.body, sent_at: self.sent_at, client_id: self.client_id }
+        let client_id = self.client_id.filter(|_| self.client_id_shown);
+        Message { id, user: self.user, body: self.body, sent_at: self.sent_at, client_id }
     }
 }
 
@@ -148,19 +154,23 @@ pub struct Message {
     pub client_id: Option<String>,
 }
 
-/// What `append` did: stored a new message, or found the one already stored
-/// for this sender's `client_id` (a resend after a lost ack).
+/// What `append` did: stored a new message, found the one already stored
+/// for this sender's `client_id` (a resend after a lost ack), or stored
+/// nothing because the sender is over their rate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
     New(Message),
     Duplicate(MessageId),
+    Throttled,
 }
 
 impl Appended {
-    pub fn id(&self) -> MessageId {
+    /// The id the message is stored under, if it is.
+    pub fn id(&self) -> Option<MessageId> {
         match self {
-            Appended::New(m) => m.id,
-            Appended::Duplicate(id) => *id,
+            Appended::New(m) => Some(m.id),
+            Appended::Duplicate(id) => Some(*id),
+            Appended::Throttled => None,
         }
     }
 }

@@ -104,6 +104,11 @@ pub const SESSION_REVOKED: CloseReason = CloseReason { code: 4401, reason: "sess
 pub const SHUTTING_DOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
 pub const POLICY_VIOLATION: CloseReason = CloseReason { code: 1008, reason: "policy violation" };
 pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too big" };
+/// A frame that breaks the WebSocket protocol (unmasked, a reserved opcode
+/// or bit, a bad control frame).
+pub const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol error" };
+/// A text frame that is not UTF-8.
+pub const INVALID_TEXT: CloseReason = CloseReason { code: 1007, reason: "invalid utf-8" };
 /// An addition to the original close codes: the socket stopped reading and its queue filled.
 /// 1013 "try again later" makes clients reconnect with `after=`.
 pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1013, reason: "slow consumer" };

@@ -2,10 +2,10 @@
 //! configuration and the backend. Nothing here does any work; it only
 //! decides who gets which handle.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
-    auth::throttle::{LoginThrottle, RegisterThrottle},
+    auth::throttle::{LoginThrottle, Quota, RegisterThrottle},
     backend::{Backend, SharedSessionStore},
     config::Config,
     net::OriginPolicy,
@@ -55,7 +55,16 @@ pub fn assemble(
                 config.register_window,
             ),
         },
-        rooms: RoomPages { sessions: sessions.clone(), history: backend.history.clone() },
+        rooms: RoomPages {
+            sessions: sessions.clone(),
+            history: backend.history.clone(),
+            new_rooms: Quota::new(
+                backend.counters.clone(),
+                "new-rooms",
+                config.rooms_per_user_per_hour,
+                Duration::from_secs(3600),
+            ),
+        },
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),

@@ -12,6 +12,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
     backend::{Counters, StoreResult},
+    model::UserId,
     net::address_key,
 };
 
@@ -20,7 +21,11 @@ const ADDRESS_FACTOR: u64 = 5;
 
 /// Counts one attempt under each `(key, max)` and says whether any limit is
 /// passed: `Err(retry_after)` then, the time left in the longest window.
-async fn count(counters: &dyn Counters, limits: &[(String, u64)], window: Duration) -> StoreResult<Result<(), Duration>> {
+async fn count(
+    counters: &dyn Counters,
+    limits: &[(String, u64)],
+    window: Duration,
+) -> StoreResult<Result<(), Duration>> {
     let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
     let counts = counters.incr(&keys, window).await?;
     let over = limits
@@ -63,10 +68,8 @@ impl LoginThrottle {
     /// when this pair or this client has used up its attempts.
     pub async fn attempt(&self, username: &str, addr: IpAddr) -> StoreResult<Result<Attempt, Duration>> {
         let attempt = Self::keys(username, addr);
-        let limits = [
-            (attempt.pair.clone(), self.max_failures),
-            (attempt.address.clone(), self.max_failures * ADDRESS_FACTOR),
-        ];
+        let limits =
+            [(attempt.pair.clone(), self.max_failures), (attempt.address.clone(), self.max_failures * ADDRESS_FACTOR)];
         Ok(count(&*self.counters, &limits, self.window).await?.map(|()| attempt))
     }
 
@@ -94,6 +97,27 @@ impl RegisterThrottle {
     /// Counts an attempt; `Err(retry_after)` past the limit.
     pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<(), Duration>> {
         count(&*self.counters, &[(format!("register:addr:{}", address_key(addr)), self.max)], self.window).await
+    }
+}
+
+/// A per-user quota on something that costs the store for good (opening a
+/// new room), in fixed windows.
+#[derive(Clone)]
+pub struct Quota {
+    counters: Arc<dyn Counters>,
+    what: &'static str,
+    max: u64,
+    window: Duration,
+}
+
+impl Quota {
+    pub fn new(counters: Arc<dyn Counters>, what: &'static str, max: u32, window: Duration) -> Self {
+        Self { counters, what, max: u64::from(max), window }
+    }
+
+    /// Counts one use by `user`; `Err(retry_after)` past the quota.
+    pub async fn attempt(&self, user: UserId) -> StoreResult<Result<(), Duration>> {
+        count(&*self.counters, &[(format!("quota:{}:{user}", self.what), self.max)], self.window).await
     }
 }
 

@@ -36,10 +36,12 @@ type SentIndex = HashMap<(RoomName, String, String), (MessageId, Instant)>;
 /// room -> `(instance, user)` -> deadline.
 type PresenceEntries = HashMap<RoomName, HashMap<(String, String), Instant>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomLog {
     messages: VecDeque<Message>,
     last_id: MessageId,
+    /// The last message or visit: the room lives for its lifetime after it.
+    active_at: UnixMillis,
 }
 
 impl RoomLog {
@@ -58,7 +60,10 @@ pub struct MemoryBackend {
     counters: Mutex<HashMap<String, (u64, Instant)>>,
     bus: broadcast::Sender<Notice>,
     rooms: Mutex<HashMap<RoomName, RoomLog>>,
-    activity: Mutex<HashMap<String, UnixMillis>>,
+    /// user -> room -> when they last opened it.
+    user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
+    /// user name -> their message-rate bucket.
+    buckets: Mutex<HashMap<String, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
     /// Woken on every append, for `tail`.
     appended: Notify,
@@ -69,6 +74,8 @@ pub struct MemoryBackend {
     presence: Mutex<PresenceEntries>,
     history_max_len: usize,
     dedupe_window: Duration,
+    room_ttl: Duration,
+    user_rate: rules::UserRate,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,18 +94,43 @@ impl MemoryBackend {
             counters: Mutex::default(),
             bus: broadcast::channel(1024).0,
             rooms: Mutex::default(),
-            activity: Mutex::default(),
+            user_rooms: Mutex::default(),
+            buckets: Mutex::default(),
             sent: Mutex::default(),
             appended: Notify::new(),
             wake: Notify::new(),
             presence: Mutex::default(),
             history_max_len: rules::history_cap(config) as usize,
             dedupe_window: rules::dedupe_window(config),
+            room_ttl: rules::room_ttl(config),
+            user_rate: rules::UserRate::from_config(config),
+        }
+    }
+
+    /// The rooms, with those unused for their lifetime forgotten (as Redis
+    /// expires their keys).
+    fn live_rooms(&self, now: UnixMillis) -> MutexGuard<'_, HashMap<RoomName, RoomLog>> {
+        let mut rooms = lock(&self.rooms);
+        rooms.retain(|_, log| log.active_at + self.room_ttl > now);
+        rooms
+    }
+
+    /// Takes a token from the sender's bucket; `false` when they must wait.
+    fn take_token(&self, user: &str, now: UnixMillis) -> bool {
+        let mut buckets = lock(&self.buckets);
+        let refill = self.user_rate.refill_time();
+        buckets.retain(|_, (_, at)| *at + refill > now);
+        match self.user_rate.take(buckets.get(user).copied(), now) {
+            Some(state) => {
+                buckets.insert(user.to_owned(), state);
+                true
+            }
+            None => false,
         }
     }
 
     fn new_messages(&self, cursors: &[(RoomName, MessageId)]) -> Vec<(RoomName, Vec<Message>)> {
-        let rooms = lock(&self.rooms);
+        let rooms = self.live_rooms(UnixMillis::now());
         cursors
             .iter()
             .filter_map(|(room, cursor)| {
@@ -265,9 +297,17 @@ impl History for MemoryBackend {
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }
+        let clock = UnixMillis::now();
+        if !self.take_token(&message.user, clock) {
+            return Ok(Appended::Throttled);
+        }
         let stored = {
-            let mut rooms = lock(&self.rooms);
-            let log = rooms.entry(room.clone()).or_default();
+            let mut rooms = self.live_rooms(clock);
+            let log = rooms.entry(room.clone()).or_insert_with(|| RoomLog {
+                messages: VecDeque::new(),
+                last_id: MessageId::ZERO,
+                active_at: clock,
+            });
             // Like a Redis stream id: the time, then a sequence within it.
             let ms = message.sent_at.as_millis().max(0) as u64;
             let id = if ms > log.last_id.ms {
@@ -276,6 +316,7 @@ impl History for MemoryBackend {
                 MessageId { ms: log.last_id.ms, seq: log.last_id.seq + 1 }
             };
             log.last_id = id;
+            log.active_at = log.active_at.max(clock);
             let stored = message.stored(id);
             log.messages.push_back(stored.clone());
             while log.messages.len() > self.history_max_len {
@@ -287,18 +328,17 @@ impl History for MemoryBackend {
             sent.insert(key, (stored.id, now));
         }
         drop(sent);
-        lock(&self.activity).insert(room.to_string(), stored.sent_at);
         self.appended.notify_waiters();
         Ok(Appended::New(stored))
     }
 
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
-        let rooms = lock(&self.rooms);
+        let rooms = self.live_rooms(UnixMillis::now());
         Ok(rooms.get(room).map(|log| log.after(after).take(limit).cloned().collect()).unwrap_or_default())
     }
 
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
-        let rooms = lock(&self.rooms);
+        let rooms = self.live_rooms(UnixMillis::now());
         Ok(rooms
             .get(room)
             .map(|log| log.messages.iter().skip(log.messages.len().saturating_sub(limit)).cloned().collect())
@@ -306,7 +346,7 @@ impl History for MemoryBackend {
     }
 
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
-        Ok(lock(&self.rooms).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
+        Ok(self.live_rooms(UnixMillis::now()).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
     }
 
     async fn tail(
@@ -341,16 +381,38 @@ impl History for MemoryBackend {
         Ok(())
     }
 
-    async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
-        lock(&self.activity).entry(room.to_string()).or_insert_with(UnixMillis::now);
+    async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
+        Ok(self.live_rooms(UnixMillis::now()).contains_key(room))
+    }
+
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        self.live_rooms(now).entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
+            messages: VecDeque::new(),
+            last_id: MessageId::ZERO,
+            active_at: now,
+        });
+        let mut user_rooms = lock(&self.user_rooms);
+        let mine = user_rooms.entry(user).or_default();
+        mine.insert(room.clone(), now);
+        if mine.len() > rules::USER_ROOMS_KEPT {
+            let oldest = mine.iter().min_by_key(|(_, at)| **at).map(|(room, _)| room.clone());
+            if let Some(oldest) = oldest {
+                mine.remove(&oldest);
+            }
+        }
         Ok(())
     }
 
-    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>> {
-        let activity = lock(&self.activity);
-        let mut rooms: Vec<(&String, &UnixMillis)> = activity.iter().collect();
-        rooms.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-        Ok(rooms.into_iter().take(limit).map(|(name, _)| name.clone()).collect())
+    async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {
+        let live = self.live_rooms(UnixMillis::now());
+        let user_rooms = lock(&self.user_rooms);
+        let mut mine: Vec<(&RoomName, &UnixMillis)> = user_rooms
+            .get(&user)
+            .map(|m| m.iter().filter(|(room, _)| live.contains_key(*room)).collect())
+            .unwrap_or_default();
+        mine.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        Ok(mine.into_iter().take(limit).map(|(room, _)| room.clone()).collect())
     }
 }
 

@@ -147,11 +147,18 @@ pub trait EventBus: Send + Sync {
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
 }
 
-/// Durable, ordered room history.
+/// Durable, ordered room history, and which rooms exist.
+///
+/// A room exists once someone opens it and lives as long as it is used: a
+/// message or a visit keeps it (and its history) for the room lifetime
+/// (`ROOM_TTL_SECS`); a room nobody uses for that long is forgotten.
 #[async_trait]
 pub trait History: Send + Sync {
-    /// Stores a message. A resend with the same `(user, client_id)` within a
-    /// few minutes returns the first one's id instead of storing it twice.
+    /// Stores a message, unless it is a resend or its sender is over their
+    /// rate. A resend with the same `(user, client_id)` within the dedupe
+    /// window returns the first one's id instead of storing it twice; a
+    /// sender over `USER_MESSAGE_RATE_PER_SEC` (counted across all their
+    /// sockets, on every instance) gets [`Appended::Throttled`].
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
@@ -169,10 +176,13 @@ pub trait History: Send + Sync {
     ) -> StoreResult<Vec<(RoomName, Vec<Message>)>>;
     /// Interrupts a pending [`History::tail`] so it picks up a new room set.
     async fn wake_tail(&self) -> StoreResult<()>;
-    /// Records that a room was opened (a room exists once someone opens it).
-    async fn open_room(&self, room: &RoomName) -> StoreResult<()>;
-    /// Rooms by most recent activity.
-    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>>;
+    /// Whether the room exists (was used within the room lifetime).
+    async fn room_exists(&self, room: &RoomName) -> StoreResult<bool>;
+    /// Records that `user` opened the room: it exists (or lives on), and it
+    /// heads that user's list of rooms.
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()>;
+    /// The rooms `user` opened that still exist, most recently opened first.
+    async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>>;
 }
 
 /// Who is online where, shared by all instances. Each instance writes its own

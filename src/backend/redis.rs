@@ -18,11 +18,13 @@
 //! | --- | --- | --- |
 //! | `palaver:user:{name lowercased}` | string | JSON `{id, name, hash}`; `SET NX` makes names unique |
 //! | `palaver:user:{id}:sessions` | zset | session ids scored by their latest possible end |
-//! | `palaver:throttle:{key}` | string | login failure counter with the window as TTL |
-//! | `palaver:room:{room}:messages` | stream | the room's history; the entry id is the message id |
-//! | `palaver:room:{room}:sent:{user}:{client_id}` | string | id of a stored message, to drop resends (2 min) |
+//! | `palaver:user:{id}:rooms` | zset | the rooms the user opened, scored by their last visit |
+//! | `palaver:rate:{name lowercased}` | hash | the user's message-rate bucket: tokens `t`, counted at `at` |
+//! | `palaver:throttle:{key}` | string | a throttle counter with its window as TTL |
+//! | `palaver:room:{room}:messages` | stream | the room's history; the entry id is the message id; expires with the room |
+//! | `palaver:room:{room}:sent:{user}:{client_id}` | string | id of a stored message, to drop resends |
 //! | `palaver:room:{room}:presence` | zset | `{instance}\|{user}` scored by the entry's deadline |
-//! | `palaver:rooms` | zset | room names scored by last activity |
+//! | `palaver:rooms` | zset | the rooms that exist, scored by their last message or visit |
 //! | `palaver:instance:{id}:wake` | stream | pokes this instance's `XREAD BLOCK` (1 h TTL) |
 
 use std::{collections::HashMap, time::Duration};
@@ -76,6 +78,12 @@ mod keys {
         format!("palaver:room:{room}:presence")
     }
     pub const ROOMS: &str = "palaver:rooms";
+    pub fn user_rooms(user: UserId) -> String {
+        format!("palaver:user:{user}:rooms")
+    }
+    pub fn rate(name: &str) -> String {
+        format!("palaver:rate:{}", folded_username(name))
+    }
     pub fn wake(instance: &str) -> String {
         format!("palaver:instance:{instance}:wake")
     }
@@ -102,6 +110,8 @@ struct Scripts {
     counters_incr: Script,
     counters_decr: Script,
     append: Script,
+    open_room: Script,
+    user_rooms: Script,
     wake: Script,
     presence_update: Script,
     presence_online: Script,
@@ -155,25 +165,62 @@ impl Scripts {
                 "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
                  return 1",
             ),
-            // KEYS: stream, dedupe key (or '' when no client_id), rooms zset
-            // ARGV: maxlen, user, body, sent_at, client_id, room, dedupe secs
-            // Returns {id, 1} when stored, {id, 0} for a resend of a stored message.
+            // KEYS: stream, dedupe key (or '' when no client_id), rooms zset, sender's rate bucket
+            // ARGV: maxlen, user, body, sent_at, client_id, room, dedupe secs,
+            //       now, rate per s, burst, room ttl ms, show client_id (1/0)
+            // Returns {id, 1} when stored, {id, 0} for a resend of a stored
+            // message, {'', 2} when the sender is over their rate. The bucket
+            // is backend::rules::UserRate::take.
             append: Script::new(
                 "if KEYS[2] ~= '' then
                    local seen = redis.call('GET', KEYS[2])
                    if seen then return {seen, 0} end
                  end
+                 local now, rate, burst = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+                 local bucket = redis.call('HMGET', KEYS[4], 't', 'at')
+                 local tokens = tonumber(bucket[1]) or burst
+                 local at = tonumber(bucket[2]) or now
+                 tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
+                 if tokens < 1 then return {'', 2} end
+                 redis.call('HSET', KEYS[4], 't', tostring(tokens - 1), 'at', ARGV[8])
+                 redis.call('PEXPIRE', KEYS[4], math.ceil(burst / rate * 1000) + 1000)
                  local id
-                 if ARGV[5] ~= '' then
+                 if ARGV[5] ~= '' and ARGV[12] == '1' then
                    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                      'user', ARGV[2], 'body', ARGV[3], 'sent_at', ARGV[4], 'client_id', ARGV[5])
-                   redis.call('SET', KEYS[2], id, 'EX', ARGV[7])
                  else
                    id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
                      'user', ARGV[2], 'body', ARGV[3], 'sent_at', ARGV[4])
                  end
-                 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+                 if ARGV[5] ~= '' then redis.call('SET', KEYS[2], id, 'EX', ARGV[7]) end
+                 redis.call('PEXPIRE', KEYS[1], ARGV[11])
+                 redis.call('ZADD', KEYS[3], now, ARGV[6])
                  return {id, 1}",
+            ),
+            // KEYS: rooms zset, the user's rooms zset, the room's stream
+            // ARGV: room, now, room ttl ms, rooms kept per user
+            open_room: Script::new(
+                "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+                 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+                 redis.call('PEXPIRE', KEYS[3], ARGV[3])
+                 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+                 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[4]))
+                 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+                 return 1",
+            ),
+            // KEYS: the user's rooms zset, rooms zset; ARGV: now, room ttl ms, limit
+            // The user's rooms, newest first, that still exist.
+            user_rooms: Script::new(
+                "local since = tonumber(ARGV[1]) - tonumber(ARGV[2])
+                 local out = {}
+                 for _, room in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
+                   local active = redis.call('ZSCORE', KEYS[2], room)
+                   if active and tonumber(active) > since then
+                     out[#out + 1] = room
+                     if #out >= tonumber(ARGV[3]) then break end
+                   end
+                 end
+                 return out",
             ),
             // KEYS[1] wake stream
             wake: Script::new(
@@ -260,6 +307,8 @@ pub struct RedisBackend {
     scripts: Scripts,
     history_max_len: u64,
     dedupe_window: Duration,
+    room_ttl: Duration,
+    user_rate: rules::UserRate,
 }
 
 impl RedisBackend {
@@ -300,6 +349,8 @@ impl RedisBackend {
             scripts: Scripts::new(),
             history_max_len: rules::history_cap(config),
             dedupe_window: rules::dedupe_window(config),
+            room_ttl: rules::room_ttl(config),
+            user_rate: rules::UserRate::from_config(config),
         };
         backend.start_subscriber().await.map_err(unreachable)?;
         Ok(backend)
@@ -503,7 +554,7 @@ impl History for RedisBackend {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
         let client_id = message.client_id.clone().unwrap_or_default();
         let dedupe_key = if client_id.is_empty() { String::new() } else { keys::sent(room, &message.user, &client_id) };
-        let keys = vec![keys::messages(room), dedupe_key, keys::ROOMS.to_owned()];
+        let keys = vec![keys::messages(room), dedupe_key, keys::ROOMS.to_owned(), keys::rate(&message.user)];
         let args: Vec<Value> = vec![
             (self.history_max_len as i64).into(),
             message.user.as_str().into(),
@@ -512,8 +563,16 @@ impl History for RedisBackend {
             client_id.as_str().into(),
             room.as_str().into(),
             (self.dedupe_window.as_secs() as i64).into(),
+            millis(UnixMillis::now()),
+            self.user_rate.rate.into(),
+            self.user_rate.burst.into(),
+            (self.room_ttl.as_millis() as i64).into(),
+            (if message.client_id_shown { "1" } else { "0" }).into(),
         ];
         let (id, stored): (String, i64) = self.run(&self.scripts.append, keys, args).await?;
+        if stored == 2 {
+            return Ok(Appended::Throttled);
+        }
         let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
         Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
     }
@@ -591,24 +650,28 @@ impl History for RedisBackend {
         self.run::<()>(&self.scripts.wake, vec![self.wake_key.clone()], vec![]).await
     }
 
-    async fn open_room(&self, room: &RoomName) -> StoreResult<()> {
-        let _: i64 = guarded(
-            "zadd",
-            self.fast.zadd(
-                keys::ROOMS,
-                Some(SetOptions::NX),
-                None,
-                false,
-                false,
-                (UnixMillis::now().as_millis() as f64, room.as_str()),
-            ),
-        )
-        .await?;
-        Ok(())
+    async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
+        let active: Option<f64> = guarded("zscore", self.fast.zscore(keys::ROOMS, room.as_str())).await?;
+        let since = UnixMillis::now() - self.room_ttl;
+        Ok(active.is_some_and(|at| at as i64 > since.as_millis()))
     }
 
-    async fn rooms(&self, limit: usize) -> StoreResult<Vec<String>> {
-        guarded("zrevrange", self.fast.zrevrange(keys::ROOMS, 0, limit as i64 - 1, false)).await
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()> {
+        let keys = vec![keys::ROOMS.to_owned(), keys::user_rooms(user), keys::messages(room)];
+        let args = vec![
+            room.as_str().into(),
+            millis(UnixMillis::now()),
+            (self.room_ttl.as_millis() as i64).into(),
+            (rules::USER_ROOMS_KEPT as i64).into(),
+        ];
+        self.run::<()>(&self.scripts.open_room, keys, args).await
+    }
+
+    async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {
+        let keys = vec![keys::user_rooms(user), keys::ROOMS.to_owned()];
+        let args = vec![millis(UnixMillis::now()), (self.room_ttl.as_millis() as i64).into(), (limit as i64).into()];
+        let names: Vec<String> = self.run(&self.scripts.user_rooms, keys, args).await?;
+        Ok(names.iter().filter_map(|name| RoomName::parse(name)).collect())
     }
 }
 

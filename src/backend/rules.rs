@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::{clock::UnixMillis, config::Config};
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
 /// resend after a lost ack is acknowledged with the first id instead of
@@ -17,4 +17,60 @@ pub fn dedupe_window(config: &Config) -> Duration {
 /// whole nodes, so it may keep somewhat more; never fewer).
 pub fn history_cap(config: &Config) -> u64 {
     config.history_max_len.max(1)
+}
+
+/// How long a room lives after its last message or visit (`ROOM_TTL_SECS`).
+pub fn room_ttl(config: &Config) -> Duration {
+    config.room_ttl
+}
+
+/// How many rooms a user's list keeps (the most recently opened).
+pub const USER_ROOMS_KEPT: usize = 100;
+
+/// The per-user message rate: a token bucket of `burst` tokens refilled at
+/// `rate` per second, kept in the store as (tokens, when counted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserRate {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl UserRate {
+    pub fn from_config(config: &Config) -> Self {
+        Self { rate: config.user_message_rate, burst: f64::from(config.user_message_burst) }
+    }
+
+    /// Takes a token from a bucket last counted as `state` (`None`: full).
+    /// `Some(new state)` when there was one, `None` when the sender must wait.
+    /// The Redis append script computes exactly this.
+    pub fn take(&self, state: Option<(f64, UnixMillis)>, now: UnixMillis) -> Option<(f64, UnixMillis)> {
+        let (tokens, at) = state.unwrap_or((self.burst, now));
+        let elapsed = at.until(now).as_secs_f64();
+        let tokens = (tokens + elapsed * self.rate).min(self.burst);
+        (tokens >= 1.0).then_some((tokens - 1.0, now))
+    }
+
+    /// How long an idle bucket must be kept before it is full again.
+    pub fn refill_time(&self) -> Duration {
+        Duration::from_secs_f64(self.burst / self.rate) + Duration::from_secs(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_rate_allows_a_burst_then_the_rate() {
+        let rate = UserRate { rate: 10.0, burst: 3.0 };
+        let t0 = UnixMillis::from_secs(100);
+        let mut state = None;
+        for _ in 0..3 {
+            state = Some(rate.take(state, t0).expect("within the burst"));
+        }
+        assert_eq!(rate.take(state, t0), None);
+        assert!(rate.take(state, t0 + Duration::from_millis(100)).is_some(), "one token per 100 ms");
+        let full = rate.take(state, t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(full.0, 2.0, "never above the burst");
+    }
 }

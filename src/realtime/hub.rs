@@ -92,7 +92,13 @@ mod tests {
     };
 
     fn said(body: &str) -> NewMessage {
-        NewMessage { user: "al".into(), body: body.into(), client_id: None, sent_at: UnixMillis::now() }
+        NewMessage {
+            user: "al".into(),
+            body: body.into(),
+            client_id: None,
+            client_id_shown: false,
+            sent_at: UnixMillis::now(),
+        }
     }
 
     async fn bodies(socket: &mut Joined, n: usize) -> Vec<String> {
@@ -108,7 +114,8 @@ mod tests {
     #[tokio::test]
     async fn it_delivers_what_is_stored_after_a_sockets_start_in_order_and_only_to_its_room() {
         let history = Arc::new(MemoryBackend::new(&Config::default()));
-        let registry = Arc::new(Registry::new(crate::realtime::registry::Caps { instance: 10, per_user: 10, per_session: 10 }));
+        let registry =
+            Arc::new(Registry::new(crate::realtime::registry::Caps { instance: 10, per_user: 10, per_session: 10 }));
         let hub = Hub::new(history.clone(), registry.clone());
         let lobby = RoomName::lobby();
         history.append(&lobby, said("before")).await.unwrap();

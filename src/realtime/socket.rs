@@ -41,8 +41,11 @@ use crate::{
 /// Queued frames per socket before it counts as not reading. Tokio's channel
 /// allocates in small blocks as it fills, so an idle socket costs little.
 const OUTBOX_CAPACITY: usize = 1024;
-/// Messages per replay read.
-const REPLAY_BATCH: usize = 500;
+/// Messages per replay page. A page is read, written and flushed before
+/// the next is read, so replay runs at the pace the client reads, and a
+/// client that does not read holds one page, never the room. (At 2000
+/// characters a message, a page is at most ~0.5 MB; typically a few KB.)
+const REPLAY_PAGE: usize = 32;
 /// Frames written per flush when the outbox has a backlog.
 const WRITE_BATCH: usize = 64;
 /// A write that cannot complete in this long means a dead or stuck peer.
@@ -208,10 +211,15 @@ where
             return flow;
         }
         let Some(after) = after else { return Flow::Continue };
+        // Everything after the room's cursor at registration (`last_sent`)
+        // reaches this socket live, so replay covers (after, last_sent]. An
+        // `after` beyond it (a far-future id, or one from a store since
+        // emptied) replays nothing, and the socket goes on live.
+        let until = self.last_sent;
         let mut cursor = after;
-        loop {
-            let batch = match self.deps.history.after(&self.room, cursor, REPLAY_BATCH).await {
-                Ok(batch) => batch,
+        while cursor < until {
+            let page = match self.deps.history.after(&self.room, cursor, REPLAY_PAGE).await {
+                Ok(page) => page,
                 Err(err) => {
                     // Closing (rather than going on without the replay) keeps
                     // the promise of no gap: the client reconnects with the
@@ -220,18 +228,19 @@ where
                     return Flow::Close(frames::STORE_UNAVAILABLE);
                 }
             };
-            let frames: Vec<Utf8Bytes> = batch.iter().map(|m| frames::message(&self.room, m)).collect();
+            let full = page.len() == REPLAY_PAGE;
+            let frames: Vec<Utf8Bytes> =
+                page.iter().take_while(|m| m.id <= until).map(|m| frames::message(&self.room, m)).collect();
+            let Some(last) = page.last() else { break };
+            cursor = last.id;
+            drop(page);
             if let flow @ (Flow::Drop | Flow::Close(_)) = self.write(frames).await {
                 return flow;
             }
-            if let Some(last) = batch.last() {
-                cursor = last.id;
-            }
-            if batch.len() < REPLAY_BATCH {
+            if !full {
                 break;
             }
         }
-        self.last_sent = self.last_sent.max(cursor);
         Flow::Continue
     }
 
@@ -339,6 +348,11 @@ where
             None => return Flow::Drop,
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => return Flow::Close(frames::TOO_BIG),
+            Some(Err(WsError::Protocol(err))) => {
+                tracing::debug!(%err, "WebSocket protocol error");
+                return Flow::Close(frames::PROTOCOL_ERROR);
+            }
+            Some(Err(WsError::Utf8(_))) => return Flow::Close(frames::INVALID_TEXT),
             Some(Err(err)) => {
                 tracing::debug!(%err, "socket read failed");
                 return Flow::Drop;
@@ -381,41 +395,60 @@ where
             self.flood = 0;
             return Ok(());
         }
+        Err(self.too_fast(client_id).await)
+    }
+
+    /// Answers a frame refused for its rate; flooding on ends the socket.
+    async fn too_fast(&mut self, client_id: Option<&str>) -> Flow {
         self.flood += 1;
         if self.flood > MAX_FLOOD {
-            return Err(Flow::Close(frames::POLICY_VIOLATION));
+            return Flow::Close(frames::POLICY_VIOLATION);
         }
-        Err(self.error(ErrorCode::RateLimited, "Too many messages; slow down.", client_id).await)
+        self.error(ErrorCode::RateLimited, "Too many messages; slow down.", client_id).await
     }
 
     async fn on_send(&mut self, body: String, client_id: Option<String>) -> Flow {
-        let client_id = client_id.filter(|c| !c.is_empty());
-        let cid = client_id.as_deref();
-        if cid.is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS) {
+        let given = client_id.filter(|c| !c.is_empty());
+        if given.as_deref().is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS) {
             return self.refuse("client_id is at most 64 characters.", None).await;
         }
         let Some(body) = clean_body(&body) else {
-            return self.refuse("A message is 1 to 2000 characters.", cid).await;
+            return self.refuse("A message is 1 to 2000 characters.", given.as_deref()).await;
         };
-        if let Err(flow) = self.rate_limit(cid).await {
+        // Every message gets an id to recognise a resend by: the sender's, or
+        // one assigned here and echoed in the ack or error, so that a resend
+        // after an unconfirmed store is never stored twice.
+        let shown = given.is_some();
+        let client_id = given.unwrap_or_else(|| format!("s-{}", uuid::Uuid::new_v4().simple()));
+        if let Err(flow) = self.rate_limit(Some(&client_id)).await {
             return flow;
         }
         let message = NewMessage {
             user: self.user.name.clone(),
             body: body.to_owned(),
-            client_id: client_id.clone(),
+            client_id: Some(client_id.clone()),
+            client_id_shown: shown,
             sent_at: UnixMillis::now(),
         };
+        let cid = Some(client_id.as_str());
         match self.deps.history.append(&self.room, message).await {
-            Ok(appended) => {
-                if let Appended::Duplicate(id) = appended {
-                    tracing::debug!(%id, "resend of a stored message acknowledged again");
-                }
-                self.write([ServerFrame::Ack { client_id: cid, id: appended.id() }.to_text()]).await
+            Ok(Appended::New(stored)) => {
+                self.write([ServerFrame::Ack { client_id: cid, id: stored.id }.to_text()]).await
             }
+            Ok(Appended::Duplicate(id)) => {
+                tracing::debug!(%id, "resend of a stored message acknowledged again");
+                self.write([ServerFrame::Ack { client_id: cid, id }.to_text()]).await
+            }
+            // Over the user's rate across all their sockets: as flooding.
+            Ok(Appended::Throttled) => self.too_fast(cid).await,
             Err(err) => {
-                tracing::warn!(%err, "message not stored");
-                self.error(ErrorCode::Unavailable, "The message was not stored; send it again.", cid).await
+                // A store that did not answer may still have stored it (a
+                // command can run after its caller gave up): say so, and
+                // let the resend, with the same client_id, settle it.
+                tracing::warn!(%err, "message not confirmed by the store");
+                let message = "The store did not confirm the message, so it may or may not be stored. \
+                               Send it again with the same client_id: it will not be stored twice.";
+                self.error(ErrorCode::Unavailable, message, cid).await
             }
         }
     }
@@ -493,8 +526,14 @@ mod tests {
         let lobby = crate::model::RoomName::lobby();
         let mut ids = Vec::new();
         for body in ["m0", "m1", "m2"] {
-            let new = NewMessage { user: "bob".into(), body: body.into(), client_id: None, sent_at: UnixMillis::now() };
-            ids.push(rig.deps.history.append(&lobby, new).await.unwrap().id());
+            let new = NewMessage {
+                user: "bob".into(),
+                body: body.into(),
+                client_id: None,
+                client_id_shown: false,
+                sent_at: UnixMillis::now(),
+            };
+            ids.push(rig.deps.history.append(&lobby, new).await.unwrap().id().unwrap());
         }
 
         let (mut ws, _task) = rig.open(&alice, "lobby", Some(ids[0])).await;

@@ -11,7 +11,7 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, Sessions},
+    auth::{session::AuthSession, throttle::Quota, Sessions},
     backend::History,
     clock::UnixMillis,
     error::Error,
@@ -164,26 +164,41 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
 pub struct RoomPages {
     pub sessions: Sessions,
     pub history: Arc<dyn History>,
+    /// New rooms a user may open per hour.
+    pub new_rooms: Quota,
 }
 
 /// GET /chat/{room}
 pub fn chat_room(rooms: RoomPages) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    param("room").and(session(rooms.sessions.clone())).and(with(rooms.history)).and_then(
-        |room: String, session: AuthSession, history: Arc<dyn History>| async move {
-            render_room(room, session, &*history).await.map_err(Rejection::from)
+    param("room").and(session(rooms.sessions.clone())).and(with(rooms)).and_then(
+        |room: String, session: AuthSession, rooms: RoomPages| async move {
+            render_room(room, session, &rooms).await.map_err(Rejection::from)
         },
     )
 }
 
-async fn render_room(room: String, session: AuthSession, history: &dyn History) -> Result<Response, Error> {
+async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> Result<Response, Error> {
     let Some(current) = session.current().await? else { return Ok(see_other("/login")) };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
-    history.open_room(&room).await?;
-    let (recent, mut rooms) = tokio::try_join!(history.recent(&room, RECENT_MESSAGES), history.rooms(SIDEBAR_ROOMS))?;
-    for always in [LOBBY, room.as_str()] {
-        if !rooms.iter().any(|r| r == always) {
-            rooms.push(always.to_owned());
+    let history = &*pages.history;
+    // A room that does not exist yet costs the store for as long as it
+    // lives: opening one counts against the user's quota.
+    if room.as_str() != LOBBY && !history.room_exists(&room).await? {
+        if let Err(retry_after) = pages.new_rooms.attempt(current.user.id).await? {
+            tracing::warn!(user = %current.user.name, "new-room quota reached");
+            let minutes = retry_after.as_secs().div_ceil(60);
+            let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
+            let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &message);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            return Ok(res);
         }
+    }
+    history.open_room(&room, current.user.id).await?;
+    let (recent, mine) =
+        tokio::try_join!(history.recent(&room, RECENT_MESSAGES), history.user_rooms(current.user.id, SIDEBAR_ROOMS))?;
+    let mut rooms: Vec<String> = mine.iter().map(|r| r.to_string()).collect();
+    if !rooms.iter().any(|r| r == LOBBY) {
+        rooms.push(LOBBY.to_owned());
     }
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;

@@ -3,7 +3,10 @@
 //! honest answers to bad input and to a store that does not confirm, and a
 //! shutdown that leaves no ghosts in presence.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
+use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -83,8 +86,8 @@ async fn registrations_are_throttled_per_client() {
     assert_eq!(Browser::new().login(&app, "user3", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
 
     // Concurrent registrations count each: 20 at once from one client.
-    let other = TestApp::spawn_with(Some(&redis), &[("REGISTER_MAX_PER_ADDRESS", "5"), ("TRUSTED_PROXIES", "127.0.0.1")])
-        .await;
+    let other =
+        TestApp::spawn_with(Some(&redis), &[("REGISTER_MAX_PER_ADDRESS", "5"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
     let mut streams = pre_open(&other, 20).await;
     for (i, stream) in streams.iter_mut().enumerate() {
         let body = format!("username=burst{i}&password=correct+horse+battery");
@@ -115,8 +118,8 @@ async fn failures_until_429(app: &TestApp, name: &str, forwarded_for: &str) -> u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_clients_are_counted_per_ipv6_slash_64_and_ports_do_not_hide_them() {
     let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("LOGIN_MAX_FAILURES", "2"), ("TRUSTED_PROXIES", "127.0.0.0/8")])
-        .await;
+    let app =
+        TestApp::spawn_with(Some(&redis), &[("LOGIN_MAX_FAILURES", "2"), ("TRUSTED_PROXIES", "127.0.0.0/8")]).await;
     // Two addresses of one /64 are one client.
     assert_eq!(failures_until_429(&app, "alice", "2001:db8:1:2::1").await, 2);
     assert_eq!(failures_until_429(&app, "alice", "2001:db8:1:2::ffff").await, 0, "same /64, same budget");
@@ -154,4 +157,237 @@ async fn one_user_cannot_fill_the_instance_with_sockets() {
     drop(sockets);
     let (laptop, app) = (&laptop, &app);
     eventually("a place to free up", || async move { laptop.open_socket(app, "").await.is_ok() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_spreading_over_sockets_is_held_to_their_own_rate() {
+    let redis = RedisServer::start();
+    let limits = [
+        ("USER_MESSAGE_RATE_PER_SEC", "0.5"),
+        ("USER_MESSAGE_BURST", "4"),
+        ("MESSAGE_RATE_PER_SEC", "1000"),
+        ("MESSAGE_BURST", "1000"),
+    ];
+    let (a, b) = (TestApp::spawn_with(Some(&redis), &limits).await, TestApp::spawn_with(Some(&redis), &limits).await);
+    let alice = signed_up(&a, "alice").await;
+    let mut sockets = Vec::new();
+    for app in [&a, &b, &a, &b, &a] {
+        sockets.push(alice.join(app, "").await.0);
+    }
+    // Five sockets on two instances, four messages each, all at once.
+    for (s, socket) in sockets.iter_mut().enumerate() {
+        for i in 0..4 {
+            socket
+                .send_json(json!({"type": "send", "body": format!("{s}.{i}"), "client_id": format!("{s}-{i}")}))
+                .await;
+        }
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for socket in &mut sockets {
+        for _ in 0..4 {
+            match socket.next_of_any(&["ack", "error"]).await {
+                v if v["type"] == "ack" => acked += 1,
+                v => {
+                    assert_eq!(v["code"], "rate_limited", "{v}");
+                    assert!(v["client_id"].as_str().is_some(), "names the refused message: {v}");
+                    limited += 1;
+                }
+            }
+        }
+    }
+    assert_eq!((acked, limited), (4, 16), "the user's burst, across every socket and instance");
+    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":4");
+    // Someone else is not held back by alice.
+    let bob = signed_up(&b, "bob").await;
+    let (mut bobs, _) = bob.join(&b, "").await;
+    bobs.say("me too", "b1").await;
+}
+
+#[tokio::test]
+async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("ROOMS_PER_USER_PER_HOUR", "2")]).await;
+    let alice = signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    assert_eq!(alice.get(&app, "/chat/first").await.status(), StatusCode::OK);
+    assert_eq!(alice.get(&app, "/chat/second").await.status(), StatusCode::OK);
+    let refused = alice.get(&app, "/chat/third").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(redis.command(&["ZSCORE", "palaver:rooms", "third"]).unwrap().trim(), "$-1", "not created");
+    // Rooms that exist cost nothing to visit, and lobby is always there.
+    assert_eq!(alice.get(&app, "/chat/first").await.status(), StatusCode::OK);
+    assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
+    // Bob has his own quota; visiting alice's room is free for him.
+    assert_eq!(bob.get(&app, "/chat/first").await.status(), StatusCode::OK);
+    assert_eq!(bob.get(&app, "/chat/bobs").await.status(), StatusCode::OK);
+
+    // The sidebar lists the rooms each opened, most recent first.
+    let sidebar = |html: &str| -> Vec<String> {
+        html.split(r#"href="/chat/"#).skip(1).map(|s| s.split('"').next().unwrap().to_owned()).collect()
+    };
+    let bobs = sidebar(&bob.get(&app, "/chat/lobby").await.text().await.unwrap());
+    assert!(bobs.starts_with(&["lobby".to_string(), "bobs".into(), "first".into()]), "{bobs:?}");
+    assert!(!bobs.contains(&"second".to_string()), "alice's rooms are not bob's: {bobs:?}");
+    // Streams live as long as their room is used.
+    let (mut socket, _) = alice.join(&app, "?room=first").await;
+    socket.say("keeps it alive", "k1").await;
+    let ttl: i64 = redis.command(&["PTTL", "palaver:room:first:messages"]).unwrap().trim()[1..].parse().unwrap();
+    assert!(ttl > 0 && ttl <= 30 * 24 * 3600 * 1000, "{ttl}");
+}
+
+#[tokio::test]
+async fn a_room_nobody_uses_expires() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("ROOM_TTL_SECS", "1"), ("ROOMS_PER_USER_PER_HOUR", "5")]).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "?room=brief").await;
+    socket.say("soon forgotten", "b1").await;
+    drop(socket);
+    let redis_ref = &redis;
+    eventually("the unused room's stream to expire", || async move {
+        redis_ref.command(&["EXISTS", "palaver:room:brief:messages"]).unwrap().starts_with(":0")
+    })
+    .await;
+    let lobby = alice.get(&app, "/chat/lobby").await.text().await.unwrap();
+    assert!(!lobby.contains(r#"href="/chat/brief""#), "gone from the sidebar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_the_store_does_not_confirm_says_so_and_its_resend_is_stored_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    // Redis hangs (writes paused) past the command timeout, then goes on.
+    // Whether the first attempt lands later depends on whether its
+    // connection survived; either way the outcome is unknown to palaver.
+    assert!(redis.command(&["CLIENT", "PAUSE", "4000", "WRITE"]).unwrap().starts_with("+OK"));
+    socket.send_json(json!({"type": "send", "body": "did it arrive?"})).await;
+    let error = socket.next_of("error").await;
+    assert_eq!(error["code"], "unavailable");
+    assert!(error["message"].as_str().unwrap().contains("may or may not"), "{error}");
+    let assigned = error["client_id"].as_str().expect("a client_id to resend with").to_owned();
+    let redis_ref = &redis;
+    eventually("writes to resume", || async move {
+        redis_ref.command(&["SET", "probe", "1"]).is_some_and(|r| r.starts_with("+OK"))
+    })
+    .await;
+    // The resend settles it: acknowledged with the stored id, not stored twice.
+    let ack = socket.say("did it arrive?", &assigned).await;
+    let stored = socket.next_of("message").await;
+    assert_eq!(stored["id"], ack["id"]);
+    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":1");
+
+    // Without trouble, a send without client_id is acknowledged with the one
+    // the server assigned, and others do not see it.
+    socket.send_json(json!({"type": "send", "body": "plain"})).await;
+    let ack = socket.next_of("ack").await;
+    assert!(ack["client_id"].as_str().is_some_and(|c| !c.is_empty()), "{ack}");
+    let message = socket.next_of("message").await;
+    assert_eq!(message["id"], ack["id"]);
+    assert!(message.get("client_id").is_none(), "a server-assigned id is not shown to others: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_after_beyond_the_newest_message_replays_nothing_and_goes_on_live() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut talker, _) = alice.join(&app, "").await;
+    talker.say("before", "b0").await;
+    for after in ["99999999999999-0", "18446744073709551615-18446744073709551615"] {
+        let (mut socket, _) = alice.join(&app, &format!("?after={after}")).await;
+        let ack = talker.say(&format!("live after {after}"), &format!("l-{after}")).await;
+        let live = socket.next_of("message").await;
+        assert_eq!(live["id"], ack["id"], "after={after}: the next live message, nothing replayed");
+    }
+}
+
+/// Completes a WebSocket handshake by hand and returns the raw stream.
+async fn raw_socket(app: &TestApp, browser: &Browser) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: {}\r\n\r\n",
+        app.addr,
+        browser.cookie_header(app).unwrap()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads server frames until a close frame; returns its code.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("a close frame", async {
+        loop {
+            // Skip the 101 response, then walk the (unmasked) frames.
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                let mut at = end + 4;
+                while at + 2 <= data.len() {
+                    let (opcode, len) = (data[at] & 0x0f, (data[at + 1] & 0x7f) as usize);
+                    let (len, header) = match len {
+                        126 if at + 4 <= data.len() => (u16::from_be_bytes([data[at + 2], data[at + 3]]) as usize, 4),
+                        126 => break,
+                        len => (len, 2),
+                    };
+                    if at + header + len > data.len() {
+                        break;
+                    }
+                    if opcode == 0x8 {
+                        return u16::from_be_bytes([data[at + header], data[at + header + 1]]);
+                    }
+                    at += header + len;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended without a close frame");
+            data.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websocket_protocol_errors_close_with_1002_or_1007() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let mask = [1u8, 2, 3, 4];
+    let masked = |first: u8, payload: &[u8]| {
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    };
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("invalid UTF-8 in a text frame", masked(0x81, &[0xff, 0xfe, 0xfd]), 1007),
+        ("an unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("a reserved opcode", masked(0x83, b"x"), 1002),
+    ];
+    for (what, frame, code) in cases {
+        let mut stream = raw_socket(&app, &alice).await;
+        stream.write_all(&frame).await.unwrap();
+        assert_eq!(close_code(&mut stream).await, code, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_removes_its_users_from_presence_everywhere_at_once() {
+    let redis = RedisServer::start();
+    let a = TestApp::spawn(&redis).await;
+    let b = TestApp::spawn(&redis).await;
+    let alice = signed_up(&a, "alice").await;
+    let bob = signed_up(&b, "bob").await;
+    let (mut alices, _) = alice.join(&a, "").await;
+    let (_bobs, _) = bob.join(&b, "").await;
+    while alices.next_of("presence").await["online"] != json!(["alice", "bob"]) {}
+    b.shutdown().await.expect("graceful shutdown");
+    // Well before the entries' own expiry (PRESENCE_TTL_SECS, 45 s).
+    let gone = within_for(Duration::from_secs(3), "bob to leave alice's presence", async {
+        while alices.next_of("presence").await["online"] != json!(["alice"]) {}
+    });
+    gone.await;
 }

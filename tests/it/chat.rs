@@ -11,7 +11,12 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::*;
 
 /// Tests that send many messages quickly lift the per-socket rate limit.
-const NO_RATE_LIMIT: [(&str, &str); 2] = [("MESSAGE_RATE_PER_SEC", "10000"), ("MESSAGE_BURST", "10000")];
+const NO_RATE_LIMIT: [(&str, &str); 4] = [
+    ("MESSAGE_RATE_PER_SEC", "10000"),
+    ("MESSAGE_BURST", "10000"),
+    ("USER_MESSAGE_RATE_PER_SEC", "10000"),
+    ("USER_MESSAGE_BURST", "10000"),
+];
 
 async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
     (TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await, TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await)

@@ -76,7 +76,10 @@ contract! {
     exist_reports_which_sessions_are_in_the_session_store,
     presence_lists_every_instances_live_entries_per_room,
     counters_count_within_a_fixed_window_that_starts_at_the_first_increment,
-    rooms_are_listed_by_most_recent_activity,
+    each_user_lists_the_rooms_they_opened_most_recent_first,
+    a_room_nobody_uses_expires_with_its_history => [("ROOM_TTL_SECS", "1")],
+    a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
+    a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -85,6 +88,9 @@ contract! {
 
 fn config(redis: Option<&RedisServer>, vars: &[(&str, &str)]) -> Config {
     let mut map = base_vars(redis);
+    // Rules other than the sender's rate append in bursts.
+    map.insert("USER_MESSAGE_RATE_PER_SEC".into(), "100000".into());
+    map.insert("USER_MESSAGE_BURST".into(), "100000".into());
     map.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_map(&map).expect("test config is valid")
 }
@@ -112,14 +118,20 @@ fn said(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
 }
 
 fn said_at(user: &str, body: &str, client_id: Option<&str>, sent_at: UnixMillis) -> NewMessage {
-    NewMessage { user: user.into(), body: body.into(), client_id: client_id.map(Into::into), sent_at }
+    NewMessage {
+        user: user.into(),
+        body: body.into(),
+        client_id: client_id.map(Into::into),
+        client_id_shown: client_id.is_some(),
+        sent_at,
+    }
 }
 
 /// Appends a message that must be stored (not taken for a resend).
 async fn append_new(b: &Backend, room: &RoomName, message: NewMessage) -> Message {
     match b.history.append(room, message).await.expect("append") {
         Appended::New(stored) => stored,
-        Appended::Duplicate(id) => panic!("expected a new message, got a duplicate of {id}"),
+        other => panic!("expected a new message, got {other:?}"),
     }
 }
 
@@ -276,6 +288,7 @@ async fn a_resend_after_the_window_is_stored_anew(b: Backend) {
                 assert_eq!(id, first.id, "within the window a resend is the first message");
                 false
             }
+            Appended::Throttled => panic!("the sender's rate is not the rule here"),
         }
     })
     .await;
@@ -368,7 +381,7 @@ async fn a_stored_message_round_trips_exactly(b: Backend) {
                 assert_eq!(m, message.clone().stored(m.id), "append returns what it stored");
                 m.id
             }
-            Appended::Duplicate(id) => panic!("not a resend: {id}"),
+            other => panic!("not a resend: {other:?}"),
         };
         stored.push(message.stored(id));
     }
@@ -632,22 +645,75 @@ async fn counters_count_within_a_fixed_window_that_starts_at_the_first_increment
 
 // --------------------------------------------------------------- rooms --
 
-async fn rooms_are_listed_by_most_recent_activity(b: Backend) {
-    assert!(b.history.rooms(10).await.expect("rooms").is_empty());
-    let t = UnixMillis::now();
-    append_new(&b, &room("old"), said_at("al", "x", None, t - Duration::from_secs(30))).await;
-    append_new(&b, &room("busy"), said_at("al", "x", None, t - Duration::from_secs(20))).await;
-    append_new(&b, &room("middle"), said_at("al", "x", None, t - Duration::from_secs(10))).await;
-    append_new(&b, &room("busy"), said_at("al", "x", None, t)).await;
-    assert_eq!(b.history.rooms(10).await.expect("rooms"), ["busy", "middle", "old"]);
-    assert_eq!(b.history.rooms(2).await.expect("rooms"), ["busy", "middle"]);
+async fn each_user_lists_the_rooms_they_opened_most_recent_first(b: Backend) {
+    let (al, bo) = (UserId::new_v4(), UserId::new_v4());
+    assert!(b.history.user_rooms(al, 10).await.expect("user_rooms").is_empty());
+    assert!(!b.history.room_exists(&room("old")).await.expect("room_exists"));
+    for name in ["old", "middle", "busy"] {
+        b.history.open_room(&room(name), al).await.expect("open_room");
+        assert!(b.history.room_exists(&room(name)).await.expect("room_exists"), "{name} exists once opened");
+    }
+    b.history.open_room(&room("theirs"), bo).await.expect("open_room");
+    // A room only written to exists too, but is in nobody's list.
+    append_new(&b, &room("written"), said("cy", "x", None)).await;
+    assert!(b.history.room_exists(&room("written")).await.expect("room_exists"));
+    let names = |rooms: Vec<RoomName>| rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    // A later visit moves a room up (visits in one millisecond would tie).
+    let last_visit = UnixMillis::now();
+    eventually("the clock to move on", || async move { UnixMillis::now() > last_visit }).await;
+    b.history.open_room(&room("old"), al).await.expect("open_room");
+    let mine = names(b.history.user_rooms(al, 10).await.expect("user_rooms"));
+    assert_eq!(mine.first().map(String::as_str), Some("old"), "{mine:?}");
+    assert_eq!(mine.len(), 3, "only the rooms al opened: {mine:?}");
+    assert_eq!(names(b.history.user_rooms(al, 2).await.expect("user_rooms")).len(), 2);
+    assert_eq!(names(b.history.user_rooms(bo, 10).await.expect("user_rooms")), ["theirs"]);
+}
 
-    // Opening a room lists it (as active now); opening it again changes nothing.
-    b.history.open_room(&room("new")).await.expect("open_room");
-    b.history.open_room(&room("busy")).await.expect("open_room");
-    let rooms = b.history.rooms(10).await.expect("rooms");
-    assert_eq!(rooms.len(), 4);
-    assert!(rooms.ends_with(&["middle".to_owned(), "old".to_owned()]), "{rooms:?}");
+async fn a_room_nobody_uses_expires_with_its_history(b: Backend) {
+    let al = UserId::new_v4();
+    let quiet = room("quiet");
+    b.history.open_room(&quiet, al).await.expect("open_room");
+    append_new(&b, &quiet, said("al", "soon gone", None)).await;
+    let (backend, quiet_ref) = (&b, &quiet);
+    eventually("the unused room to expire", || async move {
+        !backend.history.room_exists(quiet_ref).await.expect("room_exists")
+    })
+    .await;
+    assert!(b.history.recent(&quiet, 10).await.expect("recent").is_empty(), "its history went with it");
+    assert!(b.history.user_rooms(al, 10).await.expect("user_rooms").is_empty(), "and out of the user's list");
+    // Opened again, it starts afresh.
+    b.history.open_room(&quiet, al).await.expect("open_room");
+    assert!(b.history.room_exists(&quiet).await.expect("room_exists"));
+}
+
+async fn a_senders_rate_counts_every_message_they_send(b: Backend) {
+    let lobby = RoomName::lobby();
+    // USER_MESSAGE_BURST=3: three at once, then one per second.
+    for i in 0..3 {
+        append_new(&b, &lobby, said("al", &format!("m{i}"), Some(&format!("c{i}")))).await;
+    }
+    let over = b.history.append(&room("other"), said("al", "elsewhere", Some("c3"))).await.expect("append");
+    assert_eq!(over, Appended::Throttled, "across rooms (and so across sockets)");
+    // A resend of a stored message is not a new message.
+    let again = b.history.append(&lobby, said("al", "m0", Some("c0"))).await.expect("append");
+    assert!(matches!(again, Appended::Duplicate(_)), "{again:?}");
+    // Others are not limited by al, and al gets a token back in a second.
+    append_new(&b, &lobby, said("bo", "hi", None)).await;
+    assert_eq!(b.history.recent(&lobby, 10).await.expect("recent").len(), 4, "nothing stored for the refused one");
+    let (backend, lobby_ref) = (&b, &lobby);
+    eventually("al's bucket to refill", || async move {
+        backend.history.append(lobby_ref, said("al", "later", Some("c4"))).await.expect("append") != Appended::Throttled
+    })
+    .await;
+}
+
+async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backend) {
+    let lobby = RoomName::lobby();
+    let assigned = NewMessage { client_id_shown: false, ..said("al", "quiet id", Some("s-123")) };
+    let stored = append_new(&b, &lobby, assigned.clone()).await;
+    assert_eq!(stored.client_id, None);
+    assert_eq!(b.history.recent(&lobby, 1).await.expect("recent")[0].client_id, None);
+    assert_eq!(b.history.append(&lobby, assigned).await.expect("append"), Appended::Duplicate(stored.id));
 }
 
 // ----------------------------------------------------------------- bus --

@@ -477,6 +477,17 @@ impl Socket {
         }
     }
 
+    /// The next JSON frame whose type is one of `kinds`, skipping others.
+    pub async fn next_of_any(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            match self.next_frame().await {
+                Frame::Json(v) if kinds.iter().any(|k| v["type"] == *k) => return v,
+                Frame::Json(_) => continue,
+                other => panic!("expected one of {kinds:?}, got {other:?}"),
+            }
+        }
+    }
+
     /// Reads until the close frame and returns its code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
