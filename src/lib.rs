@@ -59,3 +59,19 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
+
+/// Hands freed memory back to the system (glibc only; a no-op elsewhere).
+///
+/// glibc keeps freed small allocations in its arenas: after a burst of
+/// sockets that each held a page of replay and then closed, the process
+/// kept ~30 MB it no longer used (measured with `cargo bench --bench loadgen
+/// -- replay`). `malloc_trim` returns free pages in every arena to the
+/// kernel. It takes the arena locks while it runs (a few milliseconds), so
+/// it is called only after many sockets closed, not on a timer.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

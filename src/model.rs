@@ -125,6 +125,8 @@ impl Serialize for MessageId {
 /// A message as the sender hands it over, already validated.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Who sends it (quotas are theirs), and the name shown with it.
+    pub sender: UserId,
     pub user: String,
     pub body: String,
     /// What makes a resend recognisable (the sender's, or one the server
@@ -161,7 +163,11 @@ pub struct Message {
 pub enum Appended {
     New(Message),
     Duplicate(MessageId),
+    /// The sender is over their message rate.
     Throttled,
+    /// The room does not exist, and the sender has brought enough rooms
+    /// into existence lately.
+    NewRoomRefused,
 }
 
 impl Appended {
@@ -170,7 +176,7 @@ impl Appended {
         match self {
             Appended::New(m) => Some(m.id),
             Appended::Duplicate(id) => Some(*id),
-            Appended::Throttled => None,
+            Appended::Throttled | Appended::NewRoomRefused => None,
         }
     }
 }

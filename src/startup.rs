@@ -112,7 +112,11 @@ impl Application {
         let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (stop_presence, presence_stopped) = watch::channel(false);
-        let background = [tokio::spawn(hub.run(stop_rx.clone())), tokio::spawn(lifecycle.run(stop_rx.clone()))];
+        let background = [
+            tokio::spawn(hub.run(stop_rx.clone())),
+            tokio::spawn(lifecycle.run(stop_rx.clone())),
+            tokio::spawn(release_memory_after_departures(registry.clone())),
+        ];
         let presence_task = tokio::spawn(presence.run(presence_stopped));
 
         let session_layer = SessionManagerLayer::new(session_store)
@@ -166,5 +170,23 @@ impl Application {
         state.health.close().await;
         tracing::info!("palaver stopped");
         Ok(())
+    }
+}
+
+/// Sockets that must have closed since the last trim before memory is
+/// handed back to the system (each may have held a replay page).
+const TRIM_AFTER_DEPARTURES: u64 = 100;
+
+/// Hands freed memory back to the system after many sockets closed.
+async fn release_memory_after_departures(registry: Arc<crate::realtime::registry::Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut trimmed_at = registry.departures();
+    loop {
+        tick.tick().await;
+        let departed = registry.departures();
+        if departed - trimmed_at >= TRIM_AFTER_DEPARTURES {
+            trimmed_at = departed;
+            tokio::task::spawn_blocking(crate::release_free_memory);
+        }
     }
 }

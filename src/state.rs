@@ -2,11 +2,11 @@
 //! configuration and the backend. Nothing here does any work; it only
 //! decides who gets which handle.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use crate::{
-    auth::throttle::{LoginThrottle, Quota, RegisterThrottle},
-    backend::{Backend, SharedSessionStore},
+    auth::throttle::{LoginThrottle, NewRoomQuota, RegisterThrottle},
+    backend::{rules::NewRooms, Backend, SharedSessionStore},
     config::Config,
     net::OriginPolicy,
     realtime::{
@@ -58,12 +58,7 @@ pub fn assemble(
         rooms: RoomPages {
             sessions: sessions.clone(),
             history: backend.history.clone(),
-            new_rooms: Quota::new(
-                backend.counters.clone(),
-                "new-rooms",
-                config.rooms_per_user_per_hour,
-                Duration::from_secs(3600),
-            ),
+            new_rooms: NewRoomQuota::new(backend.counters.clone(), NewRooms::from_config(config)),
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,

@@ -11,7 +11,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
-    backend::{Counters, StoreResult},
+    backend::{rules::NewRooms, Counters, StoreResult},
     model::UserId,
     net::address_key,
 };
@@ -100,24 +100,23 @@ impl RegisterThrottle {
     }
 }
 
-/// A per-user quota on something that costs the store for good (opening a
-/// new room), in fixed windows.
+/// The per-user quota on bringing rooms into existence, when a room page is
+/// opened (a first message into a new room counts in the store itself, on
+/// the same counter).
 #[derive(Clone)]
-pub struct Quota {
+pub struct NewRoomQuota {
     counters: Arc<dyn Counters>,
-    what: &'static str,
-    max: u64,
-    window: Duration,
+    quota: NewRooms,
 }
 
-impl Quota {
-    pub fn new(counters: Arc<dyn Counters>, what: &'static str, max: u32, window: Duration) -> Self {
-        Self { counters, what, max: u64::from(max), window }
+impl NewRoomQuota {
+    pub fn new(counters: Arc<dyn Counters>, quota: NewRooms) -> Self {
+        Self { counters, quota }
     }
 
-    /// Counts one use by `user`; `Err(retry_after)` past the quota.
+    /// Counts one new room of `user`'s; `Err(retry_after)` past the quota.
     pub async fn attempt(&self, user: UserId) -> StoreResult<Result<(), Duration>> {
-        count(&*self.counters, &[(format!("quota:{}:{user}", self.what), self.max)], self.window).await
+        count(&*self.counters, &[(NewRooms::counter(user), self.quota.max)], self.quota.window).await
     }
 }
 

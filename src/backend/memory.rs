@@ -76,6 +76,7 @@ pub struct MemoryBackend {
     dedupe_window: Duration,
     room_ttl: Duration,
     user_rate: rules::UserRate,
+    new_rooms: rules::NewRooms,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +105,7 @@ impl MemoryBackend {
             dedupe_window: rules::dedupe_window(config),
             room_ttl: rules::room_ttl(config),
             user_rate: rules::UserRate::from_config(config),
+            new_rooms: rules::NewRooms::from_config(config),
         }
     }
 
@@ -115,18 +117,33 @@ impl MemoryBackend {
         rooms
     }
 
-    /// Takes a token from the sender's bucket; `false` when they must wait.
-    fn take_token(&self, user: &str, now: UnixMillis) -> bool {
+    /// The sender's rate bucket as last counted (buckets full again are dropped).
+    fn bucket(&self, user: &str, now: UnixMillis) -> Option<(f64, UnixMillis)> {
         let mut buckets = lock(&self.buckets);
         let refill = self.user_rate.refill_time();
         buckets.retain(|_, (_, at)| *at + refill > now);
-        match self.user_rate.take(buckets.get(user).copied(), now) {
-            Some(state) => {
-                buckets.insert(user.to_owned(), state);
-                true
-            }
-            None => false,
-        }
+        buckets.get(user).copied()
+    }
+
+    /// Counts a new room against `user`'s quota; `false` when over it.
+    fn count_new_room(&self, user: UserId) -> bool {
+        let key = rules::NewRooms::counter(user);
+        let counted = self.count(std::slice::from_ref(&key), self.new_rooms.window);
+        counted[0].0 <= self.new_rooms.max
+    }
+
+    /// Increments fixed-window counters: each one's new value and time left.
+    fn count(&self, keys: &[String], window: Duration) -> Vec<(u64, Duration)> {
+        let mut counters = lock(&self.counters);
+        let now = Instant::now();
+        counters.retain(|_, (_, until)| *until > now);
+        keys.iter()
+            .map(|key| {
+                let (n, until) = counters.entry(key.clone()).or_insert((0, now + window));
+                *n += 1;
+                (*n, *until - now)
+            })
+            .collect()
     }
 
     fn new_messages(&self, cursors: &[(RoomName, MessageId)]) -> Vec<(RoomName, Vec<Message>)> {
@@ -246,17 +263,7 @@ impl Counters for MemoryBackend {
     }
 
     async fn incr(&self, keys: &[String], window: Duration) -> StoreResult<Vec<(u64, Duration)>> {
-        let mut counters = lock(&self.counters);
-        let now = Instant::now();
-        counters.retain(|_, (_, until)| *until > now);
-        Ok(keys
-            .iter()
-            .map(|key| {
-                let (n, until) = counters.entry(key.clone()).or_insert((0, now + window));
-                *n += 1;
-                (*n, *until - now)
-            })
-            .collect())
+        Ok(self.count(keys, window))
     }
 
     async fn decr(&self, key: &str) -> StoreResult<()> {
@@ -298,9 +305,13 @@ impl History for MemoryBackend {
             return Ok(Appended::Duplicate(*id));
         }
         let clock = UnixMillis::now();
-        if !self.take_token(&message.user, clock) {
+        let Some(bucket) = self.user_rate.take(self.bucket(&message.user, clock), clock) else {
             return Ok(Appended::Throttled);
+        };
+        if !self.live_rooms(clock).contains_key(room) && !self.count_new_room(message.sender) {
+            return Ok(Appended::NewRoomRefused);
         }
+        lock(&self.buckets).insert(message.user.clone(), bucket);
         let stored = {
             let mut rooms = self.live_rooms(clock);
             let log = rooms.entry(room.clone()).or_insert_with(|| RoomLog {

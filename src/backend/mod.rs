@@ -158,7 +158,9 @@ pub trait History: Send + Sync {
     /// rate. A resend with the same `(user, client_id)` within the dedupe
     /// window returns the first one's id instead of storing it twice; a
     /// sender over `USER_MESSAGE_RATE_PER_SEC` (counted across all their
-    /// sockets, on every instance) gets [`Appended::Throttled`].
+    /// sockets, on every instance) gets [`Appended::Throttled`]. A first
+    /// message into a room that does not exist creates it, which counts
+    /// against the sender's new-room quota ([`Appended::NewRoomRefused`]).
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;

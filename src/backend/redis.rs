@@ -165,12 +165,15 @@ impl Scripts {
                 "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
                  return 1",
             ),
-            // KEYS: stream, dedupe key (or '' when no client_id), rooms zset, sender's rate bucket
+            // KEYS: stream, dedupe key (or '' when no client_id), rooms zset,
+            //       sender's rate bucket, sender's new-room counter
             // ARGV: maxlen, user, body, sent_at, client_id, room, dedupe secs,
-            //       now, rate per s, burst, room ttl ms, show client_id (1/0)
+            //       now, rate per s, burst, room ttl ms, show client_id (1/0),
+            //       new rooms allowed, new-room window ms
             // Returns {id, 1} when stored, {id, 0} for a resend of a stored
-            // message, {'', 2} when the sender is over their rate. The bucket
-            // is backend::rules::UserRate::take.
+            // message, {'', 2} when the sender is over their rate (the bucket
+            // is backend::rules::UserRate::take), {'', 3} when the room does
+            // not exist and the sender may not bring another into existence.
             append: Script::new(
                 "if KEYS[2] ~= '' then
                    local seen = redis.call('GET', KEYS[2])
@@ -182,6 +185,12 @@ impl Scripts {
                  local at = tonumber(bucket[2]) or now
                  tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
                  if tokens < 1 then return {'', 2} end
+                 local active = redis.call('ZSCORE', KEYS[3], ARGV[6])
+                 if not active or tonumber(active) <= now - tonumber(ARGV[11]) then
+                   local n = redis.call('INCR', KEYS[5])
+                   if n == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[14]) end
+                   if n > tonumber(ARGV[13]) then return {'', 3} end
+                 end
                  redis.call('HSET', KEYS[4], 't', tostring(tokens - 1), 'at', ARGV[8])
                  redis.call('PEXPIRE', KEYS[4], math.ceil(burst / rate * 1000) + 1000)
                  local id
@@ -309,6 +318,7 @@ pub struct RedisBackend {
     dedupe_window: Duration,
     room_ttl: Duration,
     user_rate: rules::UserRate,
+    new_rooms: rules::NewRooms,
 }
 
 impl RedisBackend {
@@ -351,6 +361,7 @@ impl RedisBackend {
             dedupe_window: rules::dedupe_window(config),
             room_ttl: rules::room_ttl(config),
             user_rate: rules::UserRate::from_config(config),
+            new_rooms: rules::NewRooms::from_config(config),
         };
         backend.start_subscriber().await.map_err(unreachable)?;
         Ok(backend)
@@ -554,7 +565,13 @@ impl History for RedisBackend {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
         let client_id = message.client_id.clone().unwrap_or_default();
         let dedupe_key = if client_id.is_empty() { String::new() } else { keys::sent(room, &message.user, &client_id) };
-        let keys = vec![keys::messages(room), dedupe_key, keys::ROOMS.to_owned(), keys::rate(&message.user)];
+        let keys = vec![
+            keys::messages(room),
+            dedupe_key,
+            keys::ROOMS.to_owned(),
+            keys::rate(&message.user),
+            keys::counter(&rules::NewRooms::counter(message.sender)),
+        ];
         let args: Vec<Value> = vec![
             (self.history_max_len as i64).into(),
             message.user.as_str().into(),
@@ -568,10 +585,14 @@ impl History for RedisBackend {
             self.user_rate.burst.into(),
             (self.room_ttl.as_millis() as i64).into(),
             (if message.client_id_shown { "1" } else { "0" }).into(),
+            (self.new_rooms.max as i64).into(),
+            (self.new_rooms.window.as_millis() as i64).into(),
         ];
         let (id, stored): (String, i64) = self.run(&self.scripts.append, keys, args).await?;
-        if stored == 2 {
-            return Ok(Appended::Throttled);
+        match stored {
+            2 => return Ok(Appended::Throttled),
+            3 => return Ok(Appended::NewRoomRefused),
+            _ => {}
         }
         let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
         Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })

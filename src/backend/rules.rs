@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{clock::UnixMillis, config::Config};
+use crate::{clock::UnixMillis, config::Config, model::UserId};
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
 /// resend after a lost ack is acknowledged with the first id instead of
@@ -72,5 +72,25 @@ mod tests {
         assert!(rate.take(state, t0 + Duration::from_millis(100)).is_some(), "one token per 100 ms");
         let full = rate.take(state, t0 + Duration::from_secs(60)).unwrap();
         assert_eq!(full.0, 2.0, "never above the burst");
+    }
+}
+
+/// The quota on new rooms: how many one user may bring into existence (by
+/// opening one, or by a first message into one) per window. Both paths
+/// count on the same counter.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRooms {
+    pub max: u64,
+    pub window: Duration,
+}
+
+impl NewRooms {
+    pub fn from_config(config: &Config) -> Self {
+        Self { max: u64::from(config.rooms_per_user_per_hour), window: Duration::from_secs(3600) }
+    }
+
+    /// The counter (see [`Counters`](super::Counters)) of `user`'s new rooms.
+    pub fn counter(user: UserId) -> String {
+        format!("quota:new-rooms:{user}")
     }
 }

@@ -93,6 +93,7 @@ mod tests {
 
     fn said(body: &str) -> NewMessage {
         NewMessage {
+            sender: crate::model::UserId::new_v4(),
             user: "al".into(),
             body: body.into(),
             client_id: None,

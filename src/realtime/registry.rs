@@ -161,6 +161,8 @@ pub struct Registry {
     closing: AtomicBool,
     /// Notified whenever the registry becomes empty.
     emptied: Notify,
+    /// Sockets removed since the instance started (see `departures`).
+    departed: AtomicU64,
 }
 
 fn remove_from(index: &mut Vec<ConnId>, id: ConnId) {
@@ -178,6 +180,7 @@ impl Registry {
             caps,
             closing: AtomicBool::new(false),
             emptied: Notify::new(),
+            departed: AtomicU64::new(0),
         }
     }
 
@@ -234,10 +237,16 @@ impl Registry {
         Joined { id, cursor, new_room }
     }
 
+    /// How many sockets have closed since the instance started.
+    pub fn departures(&self) -> u64 {
+        self.departed.load(Ordering::Relaxed)
+    }
+
     /// Removes a socket; called by its own task as it ends.
     pub fn remove(&self, id: ConnId) {
         let mut inner = self.lock();
         let Some(conn) = inner.conns.remove(&id) else { return };
+        self.departed.fetch_add(1, Ordering::Relaxed);
         if let Some(ids) = inner.by_session.get_mut(&conn.session) {
             remove_from(ids, id);
             if ids.is_empty() {

@@ -424,6 +424,7 @@ where
             return flow;
         }
         let message = NewMessage {
+            sender: self.user.id,
             user: self.user.name.clone(),
             body: body.to_owned(),
             client_id: Some(client_id.clone()),
@@ -441,6 +442,10 @@ where
             }
             // Over the user's rate across all their sockets: as flooding.
             Ok(Appended::Throttled) => self.too_fast(cid).await,
+            Ok(Appended::NewRoomRefused) => {
+                let message = "This room does not exist, and you have opened many new rooms lately. Try later.";
+                self.error(ErrorCode::RateLimited, message, cid).await
+            }
             Err(err) => {
                 // A store that did not answer may still have stored it (a
                 // command can run after its caller gave up): say so, and
@@ -527,6 +532,7 @@ mod tests {
         let mut ids = Vec::new();
         for body in ["m0", "m1", "m2"] {
             let new = NewMessage {
+                sender: crate::model::UserId::new_v4(),
                 user: "bob".into(),
                 body: body.into(),
                 client_id: None,

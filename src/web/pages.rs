@@ -11,7 +11,7 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, throttle::Quota, Sessions},
+    auth::{session::AuthSession, throttle::NewRoomQuota, Sessions},
     backend::History,
     clock::UnixMillis,
     error::Error,
@@ -165,7 +165,7 @@ pub struct RoomPages {
     pub sessions: Sessions,
     pub history: Arc<dyn History>,
     /// New rooms a user may open per hour.
-    pub new_rooms: Quota,
+    pub new_rooms: NewRoomQuota,
 }
 
 /// GET /chat/{room}

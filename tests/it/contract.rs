@@ -80,6 +80,7 @@ contract! {
     a_room_nobody_uses_expires_with_its_history => [("ROOM_TTL_SECS", "1")],
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
+    a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -91,6 +92,7 @@ fn config(redis: Option<&RedisServer>, vars: &[(&str, &str)]) -> Config {
     // Rules other than the sender's rate append in bursts.
     map.insert("USER_MESSAGE_RATE_PER_SEC".into(), "100000".into());
     map.insert("USER_MESSAGE_BURST".into(), "100000".into());
+    map.insert("ROOMS_PER_USER_PER_HOUR".into(), "100000".into());
     map.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_map(&map).expect("test config is valid")
 }
@@ -119,12 +121,21 @@ fn said(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
 
 fn said_at(user: &str, body: &str, client_id: Option<&str>, sent_at: UnixMillis) -> NewMessage {
     NewMessage {
+        sender: sender(user),
         user: user.into(),
         body: body.into(),
         client_id: client_id.map(Into::into),
         client_id_shown: client_id.is_some(),
         sent_at,
     }
+}
+
+/// A stable id per test user name.
+fn sender(name: &str) -> UserId {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    UserId::from_u128(u128::from(hasher.finish()))
 }
 
 /// Appends a message that must be stored (not taken for a resend).
@@ -288,7 +299,7 @@ async fn a_resend_after_the_window_is_stored_anew(b: Backend) {
                 assert_eq!(id, first.id, "within the window a resend is the first message");
                 false
             }
-            Appended::Throttled => panic!("the sender's rate is not the rule here"),
+            other => panic!("only the dedupe window is the rule here: {other:?}"),
         }
     })
     .await;
@@ -705,6 +716,26 @@ async fn a_senders_rate_counts_every_message_they_send(b: Backend) {
         backend.history.append(lobby_ref, said("al", "later", Some("c4"))).await.expect("append") != Appended::Throttled
     })
     .await;
+}
+
+async fn a_first_message_into_a_new_room_counts_against_the_senders_quota(b: Backend) {
+    // ROOMS_PER_USER_PER_HOUR=2: two new rooms by messages, then none.
+    append_new(&b, &room("one"), said("al", "x", None)).await;
+    append_new(&b, &room("one"), said("al", "again", None)).await;
+    append_new(&b, &room("two"), said("al", "x", None)).await;
+    assert_eq!(
+        b.history.append(&room("three"), said("al", "x", None)).await.expect("append"),
+        Appended::NewRoomRefused
+    );
+    assert!(!b.history.room_exists(&room("three")).await.expect("room_exists"), "not created");
+    // Rooms that exist are free, whoever made them; others have their own quota.
+    append_new(&b, &room("two"), said("al", "more", None)).await;
+    b.history.open_room(&room("theirs"), sender("bo")).await.expect("open_room");
+    append_new(&b, &room("theirs"), said("al", "visiting", None)).await;
+    append_new(&b, &room("three"), said("bo", "mine", None)).await;
+    // Opening pages counts on the same counter.
+    let counted = b.counters.get(&[format!("quota:new-rooms:{}", sender("al"))]).await.expect("get");
+    assert_eq!(counted[0].0, 3, "two rooms made and one refused");
 }
 
 async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backend) {
