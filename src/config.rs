@@ -20,6 +20,15 @@ pub enum BackendChoice {
     Memory,
 }
 
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Both halves of a TLS identity; present only when both variables are set.
 #[derive(Debug, Clone)]
 pub struct TlsPaths {
@@ -47,6 +56,7 @@ pub struct Config {
     pub login_max_failures: u32,
     pub login_window: Duration,
     pub tls: Option<TlsPaths>,
+    pub log_format: LogFormat,
     /// Open WebSockets one instance accepts before answering 503.
     pub max_connections: usize,
     /// Sustained `send` frames per second one socket may make.
@@ -136,6 +146,18 @@ impl Config {
             Network::parse,
         )?;
 
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "LOG_FORMAT",
+                    value: other.to_owned(),
+                    reason: "expected text or json".into(),
+                })
+            }
+        };
+
         let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
             (None, None) => None,
@@ -166,6 +188,7 @@ impl Config {
             login_max_failures: vars.parse("LOGIN_MAX_FAILURES", "10")?,
             login_window: vars.secs("LOGIN_WINDOW_SECS", 900)?,
             tls,
+            log_format,
             max_connections: vars.parse("MAX_CONNECTIONS", "50000")?,
             message_rate: vars.parse("MESSAGE_RATE_PER_SEC", "10")?,
             message_burst: vars.parse("MESSAGE_BURST", "20")?,
