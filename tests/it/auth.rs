@@ -529,3 +529,34 @@ async fn an_oversized_form_gets_413_and_a_chunked_one_411_and_neither_changes_an
     // Exactly 16 KiB is still a form.
     assert_redirect(&post("/register", form("alice", 16 * 1024)).await.unwrap(), "/chat");
 }
+
+#[tokio::test]
+async fn the_longest_session_ttl_signs_in_and_a_longer_one_is_refused_at_start() {
+    let redis = RedisServer::start();
+    // What used to start and then fail every sign-in: Redis refused the
+    // expiry (503), the in-process store sent a negative cookie Max-Age.
+    for name in ["SESSION_TTL_SECS", "SESSION_MAX_LIFETIME_SECS"] {
+        let mut vars = base_vars(Some(&redis));
+        vars.insert(name.into(), "999999999999".into());
+        let err = palaver::Config::from_map(&vars).unwrap_err();
+        assert_eq!(err.name, name);
+    }
+
+    let year = "31536000";
+    let app =
+        TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", year), ("SESSION_MAX_LIFETIME_SECS", year)]).await;
+    let browser = signed_up(&app, "alice").await;
+    assert_eq!(browser.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
+    let again = Browser::new();
+    let res = again.login(&app, "alice", PASSWORD).await;
+    assert_redirect(&res, "/chat");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let max_age: i64 = cookie.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert!((31_535_990..=31_536_000).contains(&max_age), "{cookie}");
+    let body: Value = again.refresh(&app).await.json().await.unwrap();
+    let now = palaver::clock::UnixMillis::now().as_millis();
+    let expires_at = body["expires_at"].as_i64().unwrap();
+    assert!((now + 31_535_998_000..=now + 31_536_000_000).contains(&expires_at), "{expires_at} vs {now}");
+    let (_socket, hello) = again.join(&app, "").await;
+    assert!(hello["expires_at"].as_i64().unwrap() >= expires_at, "{hello}");
+}
