@@ -57,6 +57,9 @@ pub struct Config {
     pub login_max_failures: u32,
     pub login_window: Duration,
     pub tls: Option<TlsPaths>,
+    /// Serve plain HTTP on a non-loopback address although `PUBLIC_ORIGIN`
+    /// is not https (see [`Config::check`]).
+    pub allow_insecure_http: bool,
     pub log_format: LogFormat,
     /// Open WebSockets one instance accepts before answering 503.
     pub max_connections: usize,
@@ -194,6 +197,7 @@ impl Config {
             login_max_failures: vars.number("LOGIN_MAX_FAILURES", 10, 1..=1_000_000)?,
             login_window: vars.secs("LOGIN_WINDOW_SECS", 900, 1..=DAY)?,
             tls,
+            allow_insecure_http: vars.flag_or("ALLOW_INSECURE_HTTP", false)?,
             log_format,
             // Far above any open-files limit.
             max_connections: vars.number("MAX_CONNECTIONS", 50_000, 1..=10_000_000)?,
@@ -250,7 +254,26 @@ impl Config {
                 reason: "must be longer than WS_PING_INTERVAL_SECS".into(),
             });
         }
+        if self.cleartext_beyond_loopback() && !self.allow_insecure_http {
+            return Err(ConfigError {
+                name: "LISTEN_ADDR",
+                value: self.listen_addr.to_string(),
+                reason: "not a loopback address and no TLS, so session cookies would cross the network in clear \
+                         text. If TLS ends at a proxy in front, set PUBLIC_ORIGIN=https://<its host>; to serve \
+                         plain HTTP anyway, set ALLOW_INSECURE_HTTP=true (or set TLS_CERT and TLS_KEY)"
+                    .into(),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether session cookies would cross a network in clear text: plain
+    /// HTTP on a non-loopback address, and no sign that TLS ends at a proxy
+    /// in front (an https public origin). Refused unless ALLOW_INSECURE_HTTP.
+    pub fn cleartext_beyond_loopback(&self) -> bool {
+        let loopback = self.listen_addr.ip().to_canonical().is_loopback();
+        let https_origin = self.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
+        !loopback && self.tls.is_none() && !https_origin
     }
 
     /// The origin browsers use, once the bound address is known.
@@ -340,6 +363,13 @@ impl Vars<'_> {
         match value.parse::<f64>() {
             Ok(rate) if rate > 0.0 && rate <= max => Ok(rate),
             _ => Err(ConfigError { name, value, reason: format!("must be a number above 0 and at most {max}") }),
+        }
+    }
+
+    fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match (self.get)(name) {
+            Some(_) => self.flag(name),
+            None => Ok(default),
         }
     }
 
@@ -520,5 +550,55 @@ mod tests {
         // With the default TTL, an explicit warning above the default is fine.
         let c = config(&[("REAUTH_WARNING_SECS", "300")]).unwrap();
         assert_eq!(c.reauth_warning, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_needs_an_https_origin_or_an_explicit_opt_in() {
+        let tls = [("TLS_CERT", "/c.pem"), ("TLS_KEY", "/k.pem")];
+        /// LISTEN_ADDR, TLS, PUBLIC_ORIGIN, ALLOW_INSECURE_HTTP, and whether it starts.
+        type Case = (&'static str, bool, Option<&'static str>, Option<&'static str>, bool);
+        let cases: &[Case] = &[
+            ("127.0.0.1:8080", false, None, None, true),
+            ("127.0.0.1:8080", false, Some("http://127.0.0.1:8080"), None, true),
+            ("[::1]:8080", false, None, None, true),
+            ("127.0.0.1:8080", true, None, None, true),
+            ("0.0.0.0:8080", false, None, None, false),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), None, false),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), Some("false"), false),
+            ("192.0.2.7:8080", false, None, None, false),
+            ("[::]:8080", false, None, None, false),
+            ("[::ffff:10.0.0.1]:8080", false, None, None, false),
+            ("0.0.0.0:8080", true, None, None, true),
+            ("0.0.0.0:8080", true, Some("http://chat.example.com"), None, true),
+            ("0.0.0.0:8080", false, Some("https://chat.example.com"), None, true),
+            ("[::]:8080", false, Some("https://chat.example.com"), None, true),
+            ("0.0.0.0:8080", false, None, Some("true"), true),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), Some("true"), true),
+            ("[::ffff:127.0.0.1]:8080", false, None, None, true),
+        ];
+        for &(addr, with_tls, origin, allow, starts) in cases {
+            let mut vars = vec![("LISTEN_ADDR", addr)];
+            if with_tls {
+                vars.extend(tls);
+            }
+            if let Some(origin) = origin {
+                vars.push(("PUBLIC_ORIGIN", origin));
+            }
+            if let Some(allow) = allow {
+                vars.push(("ALLOW_INSECURE_HTTP", allow));
+            }
+            let case = format!("{addr} tls={with_tls} origin={origin:?} allow={allow:?}");
+            match config(&vars) {
+                Ok(_) => assert!(starts, "{case} started"),
+                Err(err) => {
+                    assert!(!starts, "{case} refused: {err}");
+                    assert_eq!(err.name, "LISTEN_ADDR", "{case}");
+                    let text = err.to_string();
+                    for needed in ["clear text", "PUBLIC_ORIGIN=https://", "ALLOW_INSECURE_HTTP=true"] {
+                        assert!(text.contains(needed), "{case}: {text} lacks {needed:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -101,6 +101,9 @@ impl Application {
             ),
         }
         tracing::info!(%addr, origin = %public_origin, tls = tls.is_some(), "palaver listening on {addr}");
+        if config.cleartext_beyond_loopback() {
+            tracing::warn!(%addr, "plain HTTP beyond loopback (ALLOW_INSECURE_HTTP): session cookies cross the network in clear text");
+        }
 
         let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -224,6 +224,28 @@ async fn an_instance_that_dies_without_cleaning_up_drops_out_of_presence() {
     while alices.next_of("presence").await["online"] != alone {}
 }
 
+#[test]
+fn plain_http_beyond_loopback_is_refused_with_one_line_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "0.0.0.0:0"), ("PALAVER_BACKEND", "memory")]);
+    let status = run.wait_exit();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let lines = run.all_lines();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    let line = &lines[0];
+    assert!(line.starts_with(r#"palaver: invalid LISTEN_ADDR="0.0.0.0:0": "#), "{line}");
+    for needed in ["clear text", "PUBLIC_ORIGIN=https://", "ALLOW_INSECURE_HTTP=true"] {
+        assert!(line.contains(needed), "{line} lacks {needed:?}");
+    }
+
+    // Opted in, it starts, and says what it is doing.
+    let allow = ("ALLOW_INSECURE_HTTP", "true");
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "0.0.0.0:0"), ("PALAVER_BACKEND", "memory"), allow]);
+    let warning = run.wait_for_line("plain HTTP beyond loopback");
+    assert!(warning.contains("WARN") && warning.contains("clear text"), "{warning}");
+    assert_ne!(run.port(), 0);
+}
+
 /// Starts the binary on the in-process store, asks it one question, stops
 /// it with SIGTERM and returns every line it wrote.
 async fn lines_of_a_short_run(env: &[(&str, &str)], port_of: impl Fn(&str) -> Option<u16>) -> Vec<String> {
