@@ -318,7 +318,7 @@ async fn chat(args: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let (_redis, redis_port) = start_redis(dir.path());
     let unlimited = [
-        ("MESSAGE_RATE_PER_SEC", "100000"),
+        ("MESSAGE_RATE_PER_SEC", "10000"),
         ("MESSAGE_BURST", "100000"),
         ("USER_MESSAGE_RATE_PER_SEC", "100000"),
         ("USER_MESSAGE_BURST", "100000"),

@@ -1,10 +1,11 @@
 //! Configuration, read once at start from the environment (and `.env`).
 //!
 //! Every variable is listed with its default in `.env.example`; docs/protocol.md §1
-//! fixes the documented ones. A value that does not parse is an error that
-//! names the variable: a typo must not silently fall back to a default.
+//! fixes the documented ones. A value that does not parse, or a number
+//! outside its range, is an error that names the variable: a typo must not
+//! silently fall back to a default, and no value may overflow later.
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use crate::net::{normalize_origin, Network};
 
@@ -18,6 +19,15 @@ pub enum BackendChoice {
     Redis,
     /// The in-process backend: one instance, nothing survives a restart.
     Memory,
+}
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Both halves of a TLS identity; present only when both variables are set.
@@ -50,6 +60,10 @@ pub struct Config {
     pub register_max_per_address: u32,
     pub register_window: Duration,
     pub tls: Option<TlsPaths>,
+    /// Serve plain HTTP on a non-loopback address although `PUBLIC_ORIGIN`
+    /// is not https (see [`Config::check`]).
+    pub allow_insecure_http: bool,
+    pub log_format: LogFormat,
     /// Open WebSockets one instance accepts before answering 503.
     pub max_connections: usize,
     /// Open WebSockets one user, or one session, may have on an instance
@@ -151,6 +165,18 @@ impl Config {
             Network::parse,
         )?;
 
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "LOG_FORMAT",
+                    value: other.to_owned(),
+                    reason: "expected text or json".into(),
+                })
+            }
+        };
+
         let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
             (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
             (None, None) => None,
@@ -163,7 +189,7 @@ impl Config {
             }
         };
 
-        let config = Config {
+        let mut config = Config {
             listen_addr: vars.parse("LISTEN_ADDR", "127.0.0.1:8080")?,
             redis_url: get("REDIS_URL"),
             backend,
@@ -174,72 +200,104 @@ impl Config {
                 Some(_) => Some(vars.flag("COOKIE_SECURE")?),
                 None => None,
             },
-            session_ttl: vars.secs("SESSION_TTL_SECS", 1800)?,
-            session_max_lifetime: vars.secs("SESSION_MAX_LIFETIME_SECS", 43200)?,
-            reauth_warning: vars.secs("REAUTH_WARNING_SECS", 60)?,
-            revalidate_interval: vars.secs("REVALIDATE_INTERVAL_SECS", 30)?,
-            login_max_failures: vars.parse("LOGIN_MAX_FAILURES", "10")?,
-            login_window: vars.secs("LOGIN_WINDOW_SECS", 900)?,
-            register_max_per_address: vars.parse("REGISTER_MAX_PER_ADDRESS", "10")?,
-            register_window: vars.secs("REGISTER_WINDOW_SECS", 3600)?,
+            // Expiries are now + TTL, as i64 milliseconds and as calendar
+            // dates (`time`, Redis EXAT, cookie Max-Age): a year keeps every
+            // such sum far from overflow.
+            session_ttl: vars.secs("SESSION_TTL_SECS", 1800, 1..=YEAR)?,
+            session_max_lifetime: vars.secs("SESSION_MAX_LIFETIME_SECS", 43200, 1..=YEAR)?,
+            // Set below, from the credential lifetimes.
+            reauth_warning: Duration::ZERO,
+            // Also how long a revoked session's socket may outlive it (§4).
+            revalidate_interval: vars.secs("REVALIDATE_INTERVAL_SECS", 30, 1..=DAY)?,
+            login_max_failures: vars.number("LOGIN_MAX_FAILURES", 10, 1..=1_000_000)?,
+            login_window: vars.secs("LOGIN_WINDOW_SECS", 900, 1..=DAY)?,
+            register_max_per_address: vars.number("REGISTER_MAX_PER_ADDRESS", 10, 1..=1_000_000)?,
+            register_window: vars.secs("REGISTER_WINDOW_SECS", 3600, 1..=DAY)?,
             tls,
-            max_connections: vars.parse("MAX_CONNECTIONS", "50000")?,
-            max_sockets_per_user: vars.parse("MAX_SOCKETS_PER_USER", "30")?,
-            max_sockets_per_session: vars.parse("MAX_SOCKETS_PER_SESSION", "10")?,
-            message_rate: vars.parse("MESSAGE_RATE_PER_SEC", "10")?,
-            message_burst: vars.parse("MESSAGE_BURST", "20")?,
-            history_max_len: vars.parse("HISTORY_MAX_LEN", "10000")?,
-            user_message_rate: vars.parse("USER_MESSAGE_RATE_PER_SEC", "20")?,
-            user_message_burst: vars.parse("USER_MESSAGE_BURST", "40")?,
-            rooms_per_user_per_hour: vars.parse("ROOMS_PER_USER_PER_HOUR", "10")?,
-            room_ttl: vars.secs("ROOM_TTL_SECS", 30 * 24 * 3600)?,
-            send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120)?,
-            ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20)?,
-            ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60)?,
-            presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45)?,
-            shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5)?,
+            allow_insecure_http: vars.flag_or("ALLOW_INSECURE_HTTP", false)?,
+            log_format,
+            // Far above any open-files limit.
+            max_connections: vars.number("MAX_CONNECTIONS", 50_000, 1..=10_000_000)?,
+            max_sockets_per_user: vars.number("MAX_SOCKETS_PER_USER", 30, 1..=10_000_000)?,
+            max_sockets_per_session: vars.number("MAX_SOCKETS_PER_SESSION", 10, 1..=10_000_000)?,
+            message_rate: vars.rate("MESSAGE_RATE_PER_SEC", 10.0, 10_000.0)?,
+            message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
+            history_max_len: vars.number("HISTORY_MAX_LEN", 10_000, 1..=100_000_000)?,
+            user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
+            user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
+            rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,
+            // Rooms are forgotten this long after their last use: up to a year.
+            room_ttl: vars.secs("ROOM_TTL_SECS", 30 * DAY, 1..=YEAR)?,
+            send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120, 1..=DAY)?,
+            ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
+            ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
+            // The heartbeat runs every third of it, at least once a second.
+            presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45, 3..=DAY)?,
+            // Zero: close at once, without waiting.
+            shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5, 0..=HOUR)?,
         };
+        config.reauth_warning = config.resolve_reauth_warning(vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?)?;
         config.check()?;
         Ok(config)
     }
 
+    /// Every credential whose expiry can be a socket's deadline, with its
+    /// lifetime. A new one (ACCESS_TOKEN_TTL_SECS) is one more line here.
+    fn credential_lifetimes(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [("SESSION_TTL_SECS", self.session_ttl)].into_iter()
+    }
+
+    /// `REAUTH_WARNING_SECS` (docs/protocol.md §1.1): unset, 60 s or half the
+    /// shortest credential lifetime, whichever is shorter (exactly half: a
+    /// 1-second TTL is warned 500 ms before); set, it must be shorter than
+    /// that lifetime, or sockets would be warned all the time.
+    fn resolve_reauth_warning(&self, explicit: Option<Duration>) -> Result<Duration, ConfigError> {
+        let (shortest_name, shortest) =
+            self.credential_lifetimes().min_by_key(|(_, lifetime)| *lifetime).expect("sessions have a lifetime");
+        match explicit {
+            None => Ok(DEFAULT_REAUTH_WARNING.min(shortest / 2)),
+            Some(warning) if warning < shortest => Ok(warning),
+            Some(warning) => Err(ConfigError {
+                name: "REAUTH_WARNING_SECS",
+                value: warning.as_secs().to_string(),
+                reason: format!(
+                    "must be shorter than {shortest_name}={}, the shortest credential lifetime; \
+                     lower it, or leave it unset for half of that",
+                    shortest.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// Rules between variables, once each is in its range.
     fn check(&self) -> Result<(), ConfigError> {
-        let bad = |name, value: String, reason: &str| Err(ConfigError { name, value, reason: reason.into() });
-        if self.session_ttl.is_zero() {
-            return bad("SESSION_TTL_SECS", "0".into(), "must be at least 1");
+        if self.ws_idle_timeout <= self.ws_ping_interval {
+            return Err(ConfigError {
+                name: "WS_IDLE_TIMEOUT_SECS",
+                value: self.ws_idle_timeout.as_secs().to_string(),
+                reason: "must be longer than WS_PING_INTERVAL_SECS".into(),
+            });
         }
-        if self.session_max_lifetime.is_zero() {
-            return bad("SESSION_MAX_LIFETIME_SECS", "0".into(), "must be at least 1");
-        }
-        if self.revalidate_interval.is_zero() {
-            return bad("REVALIDATE_INTERVAL_SECS", "0".into(), "must be at least 1");
-        }
-        if self.login_max_failures == 0 {
-            return bad("LOGIN_MAX_FAILURES", "0".into(), "must be at least 1");
-        }
-        if self.login_window.is_zero() {
-            return bad("LOGIN_WINDOW_SECS", "0".into(), "must be at least 1");
-        }
-        if !(self.message_rate > 0.0 && self.message_rate.is_finite()) {
-            return bad("MESSAGE_RATE_PER_SEC", self.message_rate.to_string(), "must be above 0");
-        }
-        if self.send_dedupe_window.is_zero() {
-            return bad("SEND_DEDUPE_SECS", "0".into(), "must be at least 1");
-        }
-        if self.message_burst == 0 {
-            return bad("MESSAGE_BURST", "0".into(), "must be at least 1");
-        }
-        if self.ws_ping_interval.is_zero() || self.ws_idle_timeout <= self.ws_ping_interval {
-            return bad(
-                "WS_IDLE_TIMEOUT_SECS",
-                self.ws_idle_timeout.as_secs().to_string(),
-                "must be longer than WS_PING_INTERVAL_SECS (and that at least 1)",
-            );
-        }
-        if self.presence_ttl < Duration::from_secs(3) {
-            return bad("PRESENCE_TTL_SECS", self.presence_ttl.as_secs().to_string(), "must be at least 3");
+        if self.cleartext_beyond_loopback() && !self.allow_insecure_http {
+            return Err(ConfigError {
+                name: "LISTEN_ADDR",
+                value: self.listen_addr.to_string(),
+                reason: "not a loopback address and no TLS, so session cookies would cross the network in clear \
+                         text. If TLS ends at a proxy in front, set PUBLIC_ORIGIN=https://<its host>; to serve \
+                         plain HTTP anyway, set ALLOW_INSECURE_HTTP=true (or set TLS_CERT and TLS_KEY)"
+                    .into(),
+            });
         }
         Ok(())
+    }
+
+    /// Whether session cookies would cross a network in clear text: plain
+    /// HTTP on a non-loopback address, and no sign that TLS ends at a proxy
+    /// in front (an https public origin). Refused unless ALLOW_INSECURE_HTTP.
+    pub fn cleartext_beyond_loopback(&self) -> bool {
+        let loopback = self.listen_addr.ip().to_canonical().is_loopback();
+        let https_origin = self.public_origin.as_deref().is_some_and(|o| o.starts_with("https://"));
+        !loopback && self.tls.is_none() && !https_origin
     }
 
     /// The origin browsers use, once the bound address is known.
@@ -253,6 +311,13 @@ impl Config {
         }
     }
 }
+
+/// `REAUTH_WARNING_SECS` when unset and every credential lives over 2 minutes.
+const DEFAULT_REAUTH_WARNING: Duration = Duration::from_secs(60);
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+const YEAR: u64 = 365 * DAY;
 
 /// Typed access to the raw variables, with errors naming the variable.
 struct Vars<'a> {
@@ -287,8 +352,49 @@ impl Vars<'_> {
             .collect()
     }
 
-    fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.parse::<u64>(name, &default.to_string()).map(Duration::from_secs)
+    /// A whole number in `range`; unset is `default`.
+    fn number<T>(&self, name: &'static str, default: T, range: RangeInclusive<T>) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(value) = (self.get)(name) else { return Ok(default) };
+        let (low, high) = (range.start(), range.end());
+        match value.parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            Ok(_) => Err(ConfigError { name, value, reason: format!("must be between {low} and {high}") }),
+            Err(_) => {
+                Err(ConfigError { name, value, reason: format!("must be a whole number between {low} and {high}") })
+            }
+        }
+    }
+
+    /// Whole seconds in `range`; unset is `default`.
+    fn secs(&self, name: &'static str, default: u64, range: RangeInclusive<u64>) -> Result<Duration, ConfigError> {
+        self.number(name, default, range).map(Duration::from_secs)
+    }
+
+    /// Whole seconds in `range`, or `None` when unset.
+    fn secs_if_set(&self, name: &'static str, range: RangeInclusive<u64>) -> Result<Option<Duration>, ConfigError> {
+        match (self.get)(name) {
+            Some(_) => self.secs(name, 0, range).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A number of events per second: above 0 and at most `max` (so finite).
+    fn rate(&self, name: &'static str, default: f64, max: f64) -> Result<f64, ConfigError> {
+        let Some(value) = (self.get)(name) else { return Ok(default) };
+        match value.parse::<f64>() {
+            Ok(rate) if rate > 0.0 && rate <= max => Ok(rate),
+            _ => Err(ConfigError { name, value, reason: format!("must be a number above 0 and at most {max}") }),
+        }
+    }
+
+    fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match (self.get)(name) {
+            Some(_) => self.flag(name),
+            None => Ok(default),
+        }
     }
 
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
@@ -349,5 +455,185 @@ mod tests {
         assert_eq!(c.resolve_origin("127.0.0.1:4000".parse().unwrap()), "http://127.0.0.1:4000");
         let c = config(&[("PUBLIC_ORIGIN", "https://chat.example.com")]).unwrap();
         assert_eq!(c.resolve_origin("127.0.0.1:4000".parse().unwrap()), "https://chat.example.com");
+    }
+
+    /// Every numeric variable, with values just outside what it accepts.
+    const OUT_OF_RANGE: &[(&str, &str)] = &[
+        ("SESSION_TTL_SECS", "0"),
+        ("SESSION_TTL_SECS", "31536001"),
+        ("SESSION_TTL_SECS", "999999999999"),
+        ("SESSION_TTL_SECS", "-1"),
+        ("SESSION_MAX_LIFETIME_SECS", "0"),
+        ("SESSION_MAX_LIFETIME_SECS", "31536001"),
+        ("REAUTH_WARNING_SECS", "0"),
+        ("REAUTH_WARNING_SECS", "31536001"),
+        ("REVALIDATE_INTERVAL_SECS", "0"),
+        ("REVALIDATE_INTERVAL_SECS", "86401"),
+        ("LOGIN_MAX_FAILURES", "0"),
+        ("LOGIN_MAX_FAILURES", "1000001"),
+        ("LOGIN_WINDOW_SECS", "0"),
+        ("LOGIN_WINDOW_SECS", "86401"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS", "10000001"),
+        ("MESSAGE_RATE_PER_SEC", "0"),
+        ("MESSAGE_RATE_PER_SEC", "-1"),
+        ("MESSAGE_RATE_PER_SEC", "NaN"),
+        ("MESSAGE_RATE_PER_SEC", "inf"),
+        ("MESSAGE_RATE_PER_SEC", "10001"),
+        ("MESSAGE_BURST", "0"),
+        ("MESSAGE_BURST", "100001"),
+        ("HISTORY_MAX_LEN", "0"),
+        ("HISTORY_MAX_LEN", "100000001"),
+        ("SEND_DEDUPE_SECS", "0"),
+        ("SEND_DEDUPE_SECS", "86401"),
+        ("REGISTER_MAX_PER_ADDRESS", "0"),
+        ("REGISTER_WINDOW_SECS", "0"),
+        ("REGISTER_WINDOW_SECS", "86401"),
+        ("MAX_SOCKETS_PER_USER", "0"),
+        ("MAX_SOCKETS_PER_SESSION", "0"),
+        ("USER_MESSAGE_RATE_PER_SEC", "0"),
+        ("USER_MESSAGE_RATE_PER_SEC", "NaN"),
+        ("USER_MESSAGE_BURST", "0"),
+        ("ROOMS_PER_USER_PER_HOUR", "0"),
+        ("ROOM_TTL_SECS", "0"),
+        ("ROOM_TTL_SECS", "31536001"),
+        ("WS_PING_INTERVAL_SECS", "0"),
+        ("WS_PING_INTERVAL_SECS", "3601"),
+        ("WS_IDLE_TIMEOUT_SECS", "0"),
+        ("WS_IDLE_TIMEOUT_SECS", "86401"),
+        ("PRESENCE_TTL_SECS", "2"),
+        ("PRESENCE_TTL_SECS", "86401"),
+        ("SHUTDOWN_GRACE_SECS", "3601"),
+    ];
+
+    #[test]
+    fn every_number_out_of_range_is_refused_naming_the_variable_and_the_range() {
+        for (name, value) in OUT_OF_RANGE {
+            let err = match config(&[(name, value)]) {
+                Ok(_) => panic!("{name}={value} was accepted"),
+                Err(err) => err,
+            };
+            assert_eq!(err.name, *name, "{name}={value}: {err}");
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("invalid {name}={value:?}: ")), "{text}");
+            assert!(text.contains("between") || text.contains("above"), "says what is accepted: {text}");
+        }
+        let err = config(&[("SESSION_TTL_SECS", "999999999999")]).unwrap_err();
+        assert_eq!(err.to_string(), r#"invalid SESSION_TTL_SECS="999999999999": must be between 1 and 31536000"#);
+    }
+
+    #[test]
+    fn the_ends_of_each_range_are_accepted() {
+        let year = "31536000";
+        let c = config(&[
+            ("SESSION_TTL_SECS", year),
+            ("SESSION_MAX_LIFETIME_SECS", year),
+            ("LOGIN_MAX_FAILURES", "1000000"),
+            ("LOGIN_WINDOW_SECS", "86400"),
+            ("MAX_CONNECTIONS", "10000000"),
+            ("MESSAGE_RATE_PER_SEC", "10000"),
+            ("MESSAGE_BURST", "100000"),
+            ("HISTORY_MAX_LEN", "100000000"),
+            ("SEND_DEDUPE_SECS", "86400"),
+            ("REVALIDATE_INTERVAL_SECS", "86400"),
+            ("WS_PING_INTERVAL_SECS", "3600"),
+            ("WS_IDLE_TIMEOUT_SECS", "86400"),
+            ("PRESENCE_TTL_SECS", "86400"),
+            ("SHUTDOWN_GRACE_SECS", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(c.session_ttl, Duration::from_secs(31_536_000));
+        let c = config(&[
+            ("SESSION_TTL_SECS", "1"),
+            ("SESSION_MAX_LIFETIME_SECS", "1"),
+            ("LOGIN_MAX_FAILURES", "1"),
+            ("MAX_CONNECTIONS", "1"),
+            ("MESSAGE_RATE_PER_SEC", "0.01"),
+            ("MESSAGE_BURST", "1"),
+            ("HISTORY_MAX_LEN", "1"),
+            ("PRESENCE_TTL_SECS", "3"),
+            ("SHUTDOWN_GRACE_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_connections, 1);
+    }
+
+    #[test]
+    fn a_shorter_session_ttl_alone_shortens_the_reauth_warning_to_half_of_it() {
+        let c = config(&[("SESSION_TTL_SECS", "30")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(15));
+        let c = config(&[("SESSION_TTL_SECS", "121")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(60), "never more than 60 s by default");
+        // Half, exactly: a 1-second TTL is warned 500 ms before its deadline.
+        let c = config(&[("SESSION_TTL_SECS", "1")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_millis(500));
+        let c = config(&[("SESSION_TTL_SECS", "3")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn an_explicit_reauth_warning_not_below_the_shortest_lifetime_is_refused_naming_both() {
+        for warning in ["30", "31", "600"] {
+            let err = config(&[("SESSION_TTL_SECS", "30"), ("REAUTH_WARNING_SECS", warning)]).unwrap_err();
+            assert_eq!(err.name, "REAUTH_WARNING_SECS");
+            let text = err.to_string();
+            assert!(text.contains("REAUTH_WARNING_SECS") && text.contains("SESSION_TTL_SECS"), "{text}");
+        }
+        // Just below is the operator's call.
+        let c = config(&[("SESSION_TTL_SECS", "30"), ("REAUTH_WARNING_SECS", "29")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(29));
+        // With the default TTL, an explicit warning above the default is fine.
+        let c = config(&[("REAUTH_WARNING_SECS", "300")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_needs_an_https_origin_or_an_explicit_opt_in() {
+        let tls = [("TLS_CERT", "/c.pem"), ("TLS_KEY", "/k.pem")];
+        /// LISTEN_ADDR, TLS, PUBLIC_ORIGIN, ALLOW_INSECURE_HTTP, and whether it starts.
+        type Case = (&'static str, bool, Option<&'static str>, Option<&'static str>, bool);
+        let cases: &[Case] = &[
+            ("127.0.0.1:8080", false, None, None, true),
+            ("127.0.0.1:8080", false, Some("http://127.0.0.1:8080"), None, true),
+            ("[::1]:8080", false, None, None, true),
+            ("127.0.0.1:8080", true, None, None, true),
+            ("0.0.0.0:8080", false, None, None, false),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), None, false),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), Some("false"), false),
+            ("192.0.2.7:8080", false, None, None, false),
+            ("[::]:8080", false, None, None, false),
+            ("[::ffff:10.0.0.1]:8080", false, None, None, false),
+            ("0.0.0.0:8080", true, None, None, true),
+            ("0.0.0.0:8080", true, Some("http://chat.example.com"), None, true),
+            ("0.0.0.0:8080", false, Some("https://chat.example.com"), None, true),
+            ("[::]:8080", false, Some("https://chat.example.com"), None, true),
+            ("0.0.0.0:8080", false, None, Some("true"), true),
+            ("0.0.0.0:8080", false, Some("http://chat.example.com"), Some("true"), true),
+            ("[::ffff:127.0.0.1]:8080", false, None, None, true),
+        ];
+        for &(addr, with_tls, origin, allow, starts) in cases {
+            let mut vars = vec![("LISTEN_ADDR", addr)];
+            if with_tls {
+                vars.extend(tls);
+            }
+            if let Some(origin) = origin {
+                vars.push(("PUBLIC_ORIGIN", origin));
+            }
+            if let Some(allow) = allow {
+                vars.push(("ALLOW_INSECURE_HTTP", allow));
+            }
+            let case = format!("{addr} tls={with_tls} origin={origin:?} allow={allow:?}");
+            match config(&vars) {
+                Ok(_) => assert!(starts, "{case} started"),
+                Err(err) => {
+                    assert!(!starts, "{case} refused: {err}");
+                    assert_eq!(err.name, "LISTEN_ADDR", "{case}");
+                    let text = err.to_string();
+                    for needed in ["clear text", "PUBLIC_ORIGIN=https://", "ALLOW_INSECURE_HTTP=true"] {
+                        assert!(text.contains(needed), "{case}: {text} lacks {needed:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,9 @@ pub enum Error {
     NotFound,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A body of a type the route does not read: the sentence says which it reads.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("page rendering failed: {0}")]
     Render(#[from] askama::Error),
 }
@@ -30,6 +33,7 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -40,7 +44,7 @@ impl Error {
             Error::Store(_) => "palaver cannot reach its store right now. Please try again in a moment.",
             Error::Unauthorized => "Please sign in.",
             Error::NotFound => "There is nothing here.",
-            Error::BadRequest(why) => why,
+            Error::BadRequest(why) | Error::UnsupportedMediaType(why) => why,
         }
     }
 

@@ -17,18 +17,20 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init();
+    telemetry::init(config.log_format);
+    // From here on, failures are log events too (one JSON object per line
+    // with LOG_FORMAT=json).
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(err) => {
-            eprintln!("palaver: {err}");
+            tracing::error!("cannot start: {err}");
             return ExitCode::FAILURE;
         }
     };
     match app.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("palaver: {err}");
+            tracing::error!("stopped on an error: {err}");
             ExitCode::FAILURE
         }
     }

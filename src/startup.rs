@@ -30,8 +30,6 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("invalid configuration: {0}")]
-    Config(String),
 }
 
 pub struct Application {
@@ -47,11 +45,6 @@ pub struct Application {
 impl Application {
     /// Connects the backend and binds the listener (port 0 picks a free one).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        if config.reauth_warning >= config.session_ttl {
-            return Err(StartError::Config(
-                "REAUTH_WARNING_SECS must be shorter than SESSION_TTL_SECS, or sockets are warned all the time".into(),
-            ));
-        }
         let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
         let backend = Backend::connect(&config, &instance_id).await?;
@@ -108,6 +101,9 @@ impl Application {
             ),
         }
         tracing::info!(%addr, origin = %public_origin, tls = tls.is_some(), "palaver listening on {addr}");
+        if config.cleartext_beyond_loopback() {
+            tracing::warn!(%addr, "plain HTTP beyond loopback (ALLOW_INSECURE_HTTP): session cookies cross the network in clear text");
+        }
 
         let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
         let (stop_tx, stop_rx) = watch::channel(false);

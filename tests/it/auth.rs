@@ -1,7 +1,10 @@
 //! docs/protocol.md §2 against a real Redis: accounts, sessions, cookies, redirects,
 //! cross-origin protection, throttling, health and assets.
 
-use std::time::Duration;
+use std::{
+    io::{Read, Write},
+    time::Duration,
+};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -85,7 +88,14 @@ async fn missing_form_fields_get_422() {
     for path in ["/login", "/register"] {
         let res = browser.post_form(&app, path, &[("username", "alice")]).await;
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path}");
-        let res = browser.http.post(app.url(path)).body("not a form at all").send().await.unwrap();
+        let res = browser
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("not a form at all")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path}");
     }
 }
@@ -408,4 +418,145 @@ async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_on_its_own() 
     let direct = TestApp::spawn_with(Some(&redis), &[limit]).await;
     assert_eq!(failures_until_429(&direct, "bob", "198.51.100.3").await, 2);
     assert_eq!(failures_until_429(&direct, "bob", "198.51.100.4").await, 0, "a spoofed header is no new budget");
+}
+
+/// How many keys the store holds: a refused request must not change it.
+fn keys_in(redis: &RedisServer) -> String {
+    redis.command(&["DBSIZE"]).unwrap().trim().to_owned()
+}
+
+/// Sends `request` as raw bytes over a fresh connection (which it closes)
+/// and returns the status code and the whole answer.
+async fn raw_request(app: &TestApp, request: String) -> (u16, String) {
+    let addr = app.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{answer}"));
+        (status, answer)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_post_that_is_not_a_form_gets_415_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    signed_up(&app, "alice").await;
+    let body = format!("username=bob&password={}", PASSWORD.replace(' ', "+"));
+    let login = format!("username=alice&password={}", PASSWORD.replace(' ', "+"));
+    let before = keys_in(&redis);
+    for content_type in [
+        Some("text/plain"),
+        Some("application/json"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/x-www-form-urlencoded-but-not"),
+        Some("x-www-form-urlencoded"),
+        None,
+    ] {
+        for (path, body) in [("/register", &body), ("/login", &login)] {
+            let browser = Browser::new();
+            let mut req = browser.http.post(app.url(path)).body(body.clone());
+            if let Some(content_type) = content_type {
+                req = req.header("content-type", content_type);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path} as {content_type:?}");
+            assert!(res.headers().get("set-cookie").is_none(), "{path} as {content_type:?}: no session");
+            let html = res.text().await.unwrap();
+            assert!(html.contains("application/x-www-form-urlencoded"), "the page says what to send: {html}");
+        }
+    }
+    assert_eq!(keys_in(&redis), before, "no user, session or throttle counter was written");
+    assert!(redis.command(&["GET", "palaver:user:bob"]).unwrap().starts_with("$-1"), "bob was not created");
+
+    // The form type, in any case and with parameters, is a form.
+    let browser = Browser::new();
+    for (path, body) in [("/register", &body), ("/login", &login)] {
+        let res = browser
+            .http
+            .post(app.url(path))
+            .header("content-type", "Application/X-WWW-Form-URLEncoded ; charset=UTF-8")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_redirect(&res, "/chat");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_form_gets_413_and_a_chunked_one_411_and_neither_changes_anything() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let form = |name: &str, size: usize| {
+        let head = format!("username={name}&password={}&pad=", PASSWORD.replace(' ', "+"));
+        format!("{head}{}", "x".repeat(size - head.len()))
+    };
+    let post = |path: &str, body: String| {
+        Browser::new()
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let before = keys_in(&redis);
+    for path in ["/register", "/login"] {
+        let res = post(path, form("alice", 16 * 1024 + 1)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert!(res.headers().get("set-cookie").is_none());
+        assert!(res.text().await.unwrap().contains("too large"));
+
+        let body = form("alice", 100);
+        let chunked = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            app.addr,
+            body.len()
+        );
+        let (status, answer) = raw_request(&app, chunked).await;
+        assert_eq!(status, 411, "{path}: {answer}");
+        assert!(!answer.to_ascii_lowercase().contains("set-cookie"), "{answer}");
+        assert!(answer.contains("Content-Length"), "the page says what to send: {answer}");
+    }
+    assert_eq!(keys_in(&redis), before, "nothing was written");
+    // Exactly 16 KiB is still a form.
+    assert_redirect(&post("/register", form("alice", 16 * 1024)).await.unwrap(), "/chat");
+}
+
+#[tokio::test]
+async fn the_longest_session_ttl_signs_in_and_a_longer_one_is_refused_at_start() {
+    let redis = RedisServer::start();
+    // What used to start and then fail every sign-in: Redis refused the
+    // expiry (503), the in-process store sent a negative cookie Max-Age.
+    for name in ["SESSION_TTL_SECS", "SESSION_MAX_LIFETIME_SECS"] {
+        let mut vars = base_vars(Some(&redis));
+        vars.insert(name.into(), "999999999999".into());
+        let err = palaver::Config::from_map(&vars).unwrap_err();
+        assert_eq!(err.name, name);
+    }
+
+    let year = "31536000";
+    let app =
+        TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", year), ("SESSION_MAX_LIFETIME_SECS", year)]).await;
+    let browser = signed_up(&app, "alice").await;
+    assert_eq!(browser.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
+    let again = Browser::new();
+    let res = again.login(&app, "alice", PASSWORD).await;
+    assert_redirect(&res, "/chat");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let max_age: i64 = cookie.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert!((31_535_990..=31_536_000).contains(&max_age), "{cookie}");
+    let body: Value = again.refresh(&app).await.json().await.unwrap();
+    let now = palaver::clock::UnixMillis::now().as_millis();
+    let expires_at = body["expires_at"].as_i64().unwrap();
+    assert!((now + 31_535_998_000..=now + 31_536_000_000).contains(&expires_at), "{expires_at} vs {now}");
+    let (_socket, hello) = again.join(&app, "").await;
+    assert!(hello["expires_at"].as_i64().unwrap() >= expires_at, "{hello}");
 }

@@ -104,7 +104,7 @@ pub fn free_port() -> u16 {
 
 fn init_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        palaver::telemetry::init();
+        palaver::telemetry::init(palaver::config::LogFormat::Text);
     }
 }
 

@@ -23,8 +23,8 @@ struct Running {
 impl Running {
     fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
         let mut cmd = Command::new(BINARY);
+        // No NO_COLOR: logs into a pipe carry no colour codes by themselves.
         cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap()).env("RUST_LOG", "info");
-        cmd.env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -68,6 +68,16 @@ impl Running {
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         poll_blocking(DEADLINE, || self.child.try_wait().unwrap()).expect("the binary did not exit")
+    }
+
+    /// Every line the binary wrote, once it has exited.
+    fn all_lines(&mut self) -> Vec<String> {
+        self.wait_exit();
+        // The readers end at end of file, and with them the channel.
+        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
     }
 }
 
@@ -212,4 +222,73 @@ async fn an_instance_that_dies_without_cleaning_up_drops_out_of_presence() {
     b.child.wait().unwrap();
     let alone = serde_json::json!(["alice"]);
     while alices.next_of("presence").await["online"] != alone {}
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_with_one_line_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "0.0.0.0:0"), ("PALAVER_BACKEND", "memory")]);
+    let status = run.wait_exit();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let lines = run.all_lines();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    let line = &lines[0];
+    assert!(line.starts_with(r#"palaver: invalid LISTEN_ADDR="0.0.0.0:0": "#), "{line}");
+    for needed in ["clear text", "PUBLIC_ORIGIN=https://", "ALLOW_INSECURE_HTTP=true"] {
+        assert!(line.contains(needed), "{line} lacks {needed:?}");
+    }
+
+    // Opted in, it starts, and says what it is doing.
+    let allow = ("ALLOW_INSECURE_HTTP", "true");
+    let mut run = Running::start(dir.path(), &[("LISTEN_ADDR", "0.0.0.0:0"), ("PALAVER_BACKEND", "memory"), allow]);
+    let warning = run.wait_for_line("plain HTTP beyond loopback");
+    assert!(warning.contains("WARN") && warning.contains("clear text"), "{warning}");
+    assert_ne!(run.port(), 0);
+}
+
+/// Starts the binary on the in-process store, asks it one question, stops
+/// it with SIGTERM and returns every line it wrote.
+async fn lines_of_a_short_run(env: &[(&str, &str)], port_of: impl Fn(&str) -> Option<u16>) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars = vec![("LISTEN_ADDR", "127.0.0.1:0"), ("PALAVER_BACKEND", "memory")];
+    vars.extend_from_slice(env);
+    let mut run = Running::start(dir.path(), &vars);
+    let line = run.wait_for_line("listening on");
+    let port = port_of(&line).unwrap_or_else(|| panic!("no port in {line}"));
+    let res = reqwest::get(format!("http://127.0.0.1:{port}/nowhere")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    sigterm(&run.child);
+    assert!(run.wait_exit().success());
+    let lines = run.all_lines();
+    assert!(lines.iter().any(|l| l.contains("palaver stopped")), "{lines:?}");
+    lines
+}
+
+#[tokio::test]
+async fn logs_into_a_pipe_carry_no_colour_codes() {
+    let port_of = |line: &str| line.split("listening on ").nth(1)?.split([' ', ':']).nth(1)?.parse().ok();
+    let lines = lines_of_a_short_run(&[], port_of).await;
+    // The in-process store's warning is among them: levels are coloured on a terminal.
+    assert!(lines.iter().any(|l| l.contains("WARN")), "{lines:?}");
+    for line in &lines {
+        assert!(!line.contains("\x1b["), "an ANSI escape in {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_bound_address() {
+    let port_of = |line: &str| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let addr: std::net::SocketAddr = event["addr"].as_str()?.parse().ok()?;
+        assert!(event["message"].as_str()?.contains(&addr.to_string()), "{event}");
+        Some(addr.port())
+    };
+    let lines = lines_of_a_short_run(&[("LOG_FORMAT", "json")], port_of).await;
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        assert!(event["level"].is_string() && event["message"].is_string(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+    }
 }
