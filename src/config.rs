@@ -66,6 +66,17 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// How long graceful shutdown waits for sockets and requests to finish.
     pub shutdown_grace: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub http_idle_timeout: Duration,
+    /// HTTP/1 request headers must arrive within this (hyper counts from the
+    /// previous response on a kept-alive connection).
+    pub http_header_timeout: Duration,
+    /// A request, its body included, must be answered within this (408).
+    pub http_request_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Open connections, HTTP and WebSocket together; the effective cap is
+    /// also kept below the open-file limit.
+    pub max_open_connections: usize,
 }
 
 /// A variable that is present but unusable.
@@ -175,6 +186,11 @@ impl Config {
             ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60)?,
             presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45)?,
             shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5)?,
+            http_idle_timeout: vars.secs("HTTP_IDLE_TIMEOUT_SECS", 30)?,
+            http_header_timeout: vars.secs("HTTP_HEADER_TIMEOUT_SECS", 10)?,
+            http_request_timeout: vars.secs("HTTP_REQUEST_TIMEOUT_SECS", 30)?,
+            tls_handshake_timeout: vars.secs("TLS_HANDSHAKE_TIMEOUT_SECS", 10)?,
+            max_open_connections: vars.parse("MAX_OPEN_CONNECTIONS", "60000")?,
         };
         config.check()?;
         Ok(config)
@@ -215,6 +231,19 @@ impl Config {
         }
         if self.presence_ttl < Duration::from_secs(3) {
             return bad("PRESENCE_TTL_SECS", self.presence_ttl.as_secs().to_string(), "must be at least 3");
+        }
+        for (name, value) in [
+            ("HTTP_IDLE_TIMEOUT_SECS", self.http_idle_timeout),
+            ("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout),
+            ("HTTP_REQUEST_TIMEOUT_SECS", self.http_request_timeout),
+            ("TLS_HANDSHAKE_TIMEOUT_SECS", self.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return bad(name, "0".into(), "must be at least 1");
+            }
+        }
+        if self.max_open_connections == 0 {
+            return bad("MAX_OPEN_CONNECTIONS", "0".into(), "must be at least 1");
         }
         Ok(())
     }
@@ -299,6 +328,11 @@ mod tests {
         assert_eq!(c.login_max_failures, 10);
         assert_eq!(c.login_window, Duration::from_secs(900));
         assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_open_connections, 60_000);
         assert!(c.tls.is_none() && c.redis_url.is_none() && c.cookie_secure.is_none());
     }
 
@@ -312,6 +346,23 @@ mod tests {
         assert_eq!(config(&[("PUBLIC_ORIGIN", "example.com")]).unwrap_err().name, "PUBLIC_ORIGIN");
         assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.1, lb")]).unwrap_err().name, "TRUSTED_PROXIES");
         assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.0/8,::1")]).unwrap().trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn connection_limits_must_be_at_least_one() {
+        for name in [
+            "HTTP_IDLE_TIMEOUT_SECS",
+            "HTTP_HEADER_TIMEOUT_SECS",
+            "HTTP_REQUEST_TIMEOUT_SECS",
+            "TLS_HANDSHAKE_TIMEOUT_SECS",
+            "MAX_OPEN_CONNECTIONS",
+        ] {
+            let err = config(&[(name, "0")]).unwrap_err();
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains("at least 1"), "{err}");
+            assert_eq!(config(&[(name, "-1")]).unwrap_err().name, name);
+            assert!(config(&[(name, "7")]).is_ok());
+        }
     }
 
     #[test]
