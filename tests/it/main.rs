@@ -6,6 +6,7 @@
 mod auth;
 mod browser;
 mod chat;
+mod connections;
 mod contract;
 mod faults;
 mod helpers;
