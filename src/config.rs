@@ -95,6 +95,17 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// How long graceful shutdown waits for sockets and requests to finish.
     pub shutdown_grace: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub http_idle_timeout: Duration,
+    /// HTTP/1 request headers must arrive within this (hyper counts from the
+    /// previous response on a kept-alive connection).
+    pub http_header_timeout: Duration,
+    /// A request, its body included, must be answered within this (408).
+    pub http_request_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Open connections, HTTP and WebSocket together; the effective cap is
+    /// also kept below the open-file limit.
+    pub max_open_connections: usize,
 }
 
 /// A variable that is present but unusable.
@@ -235,6 +246,12 @@ impl Config {
             presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45, 3..=DAY)?,
             // Zero: close at once, without waiting.
             shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5, 0..=HOUR)?,
+            http_idle_timeout: vars.secs("HTTP_IDLE_TIMEOUT_SECS", 30, 1..=DAY)?,
+            http_header_timeout: vars.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1..=HOUR)?,
+            http_request_timeout: vars.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=HOUR)?,
+            tls_handshake_timeout: vars.secs("TLS_HANDSHAKE_TIMEOUT_SECS", 10, 1..=HOUR)?,
+            // Kept below the open-file limit at start in any case.
+            max_open_connections: vars.number("MAX_OPEN_CONNECTIONS", 60_000, 1..=10_000_000)?,
         };
         config.reauth_warning = config.resolve_reauth_warning(vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?)?;
         config.check()?;
@@ -428,6 +445,11 @@ mod tests {
         assert_eq!(c.login_max_failures, 10);
         assert_eq!(c.login_window, Duration::from_secs(900));
         assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_open_connections, 60_000);
         assert!(c.tls.is_none() && c.redis_url.is_none() && c.cookie_secure.is_none());
     }
 
@@ -497,6 +519,11 @@ mod tests {
         ("ROOMS_PER_USER_PER_HOUR", "0"),
         ("ROOM_TTL_SECS", "0"),
         ("ROOM_TTL_SECS", "31536001"),
+        ("HTTP_IDLE_TIMEOUT_SECS", "0"),
+        ("HTTP_HEADER_TIMEOUT_SECS", "0"),
+        ("HTTP_REQUEST_TIMEOUT_SECS", "3601"),
+        ("TLS_HANDSHAKE_TIMEOUT_SECS", "0"),
+        ("MAX_OPEN_CONNECTIONS", "0"),
         ("WS_PING_INTERVAL_SECS", "0"),
         ("WS_PING_INTERVAL_SECS", "3601"),
         ("WS_IDLE_TIMEOUT_SECS", "0"),

@@ -20,7 +20,8 @@
 //!   static assets; the cross-origin check and security headers at its
 //!   boundary.
 //! - [`error`]: the application error and its status.
-//! - [`server`]: the accept loop: TCP, optional TLS, hyper with upgrades.
+//! - [`server`]: the accept loop: TCP, optional TLS, hyper with upgrades;
+//!   every connection bounded in time and counted under the cap.
 //! - [`state`]: assembly: which handle goes to which route and task.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the order of
 //!   start and shutdown.

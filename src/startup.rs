@@ -136,12 +136,19 @@ impl Application {
                 .service(router.clone())
         };
 
-        let accepting = tokio::spawn(server::accept_loop(listener, tls, make_service, stop_rx));
+        let limits = server::ConnLimits {
+            idle: config.http_idle_timeout,
+            header: config.http_header_timeout,
+            request: config.http_request_timeout,
+            tls_handshake: config.tls_handshake_timeout,
+            max_open: server::connection_cap(config.max_open_connections),
+        };
+        let accepting = tokio::spawn(server::accept_loop(listener, tls, make_service, limits, stop_rx));
         shutdown.await;
 
         // 1. Stop accepting.
         let _ = stop_tx.send(true);
-        let graceful = accepting.await.map_err(std::io::Error::other)?;
+        let connections = accepting.await.map_err(std::io::Error::other)?;
         // 2. Close every socket with 1001 and wait for their tasks.
         let grace = config.shutdown_grace;
         let closed = registry.close_all(protocol::SHUTTING_DOWN);
@@ -156,7 +163,7 @@ impl Application {
             tracing::warn!("presence cleanup did not finish in time");
         }
         // 4. Let in-flight requests finish; idle connections are closed.
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, connections.shutdown()).await.is_err() {
             tracing::warn!("HTTP connections still open after the grace period");
         }
         // 5. The other background tasks end (they saw the stop signal).

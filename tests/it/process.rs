@@ -22,12 +22,20 @@ struct Running {
 
 impl Running {
     fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
+        Self::spawn(Self::command(dir, env))
+    }
+
+    fn command(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BINARY);
         // No NO_COLOR: logs into a pipe carry no colour codes by themselves.
         cmd.current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap()).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn spawn(mut cmd: Command) -> Running {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
         let (tx, lines) = mpsc::channel();
         for stream in [
@@ -291,4 +299,61 @@ async fn json_logs_are_one_object_per_line_with_the_bound_address() {
         assert!(event["level"].is_string() && event["message"].is_string(), "{line}");
         assert!(event["timestamp"].is_string(), "{line}");
     }
+}
+
+/// Sets this process's open-file soft limit to its hard limit.
+fn raise_own_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls on a struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+/// The probe's finding, end to end: more idle connections than the process
+/// may open files. The cap keeps the server below its limit (600 - 256 in
+/// reserve = 344) by evicting idle connections, so /healthz still answers
+/// at once, and accept never fails with "Too many open files".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_idle_connections_than_open_files_do_not_starve_healthz() {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const OPEN_FILES: libc::rlim_t = 600;
+    raise_own_open_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Running::command(dir.path(), &[("PALAVER_BACKEND", "memory"), ("LISTEN_ADDR", "127.0.0.1:0")]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: OPEN_FILES, rlim_max: OPEN_FILES };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = Running::spawn(cmd);
+    let port = run.port();
+
+    let mut idle = Vec::new();
+    for _ in 0..700 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let asked = std::time::Instant::now();
+    let mut fresh = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    fresh.write_all(b"GET /healthz HTTP/1.1\r\nHost: palaver\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    within("GET /healthz past the open-file limit", fresh.read_to_string(&mut answer)).await.unwrap();
+    let took = asked.elapsed();
+    eprintln!("GET /healthz with 700 connections held and 600 open files: {:?} in {took:?}", answer.lines().next());
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(took < std::time::Duration::from_secs(1), "answered only after {took:?}");
+    drop(idle);
+    let cap = run.wait_for_line("connection cap: ");
+    assert!(cap.contains("connection cap: 344 "), "{cap}");
+    run.seen.extend(run.lines.try_iter());
+    assert!(!run.seen.iter().any(|l| l.contains("accept failed")), "{}", run.seen.join("\n"));
 }

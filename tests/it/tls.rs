@@ -12,15 +12,16 @@ use tokio_tungstenite::{
 
 use crate::helpers::*;
 
-struct Identity {
+/// A self-signed certificate for localhost and 127.0.0.1, in PEM files.
+pub struct Identity {
     _dir: tempfile::TempDir,
-    cert_path: String,
-    key_path: String,
-    cert_pem: String,
-    cert_der: Vec<u8>,
+    pub cert_path: String,
+    pub key_path: String,
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
 }
 
-fn identity() -> Identity {
+pub fn identity() -> Identity {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert_path = dir.path().join("cert.pem");
