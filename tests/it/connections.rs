@@ -261,7 +261,12 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_for_a_new_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_a_cap_full_of_websockets_a_new_connection_gets_503_and_the_sockets_stay() {
     let redis = RedisServer::start();
-    let caps = [("MAX_OPEN_CONNECTIONS", "50"), ("MAX_SOCKETS_PER_USER", "100"), ("MAX_SOCKETS_PER_SESSION", "100")];
+    let caps = [
+        ("MAX_OPEN_CONNECTIONS", "50"),
+        ("MAX_SOCKETS_PER_USER", "100"),
+        ("MAX_SOCKETS_PER_SESSION", "100"),
+        ("USER_MESSAGE_BURST", "100"),
+    ];
     let app = TestApp::spawn_with(Some(&redis), &caps).await;
     let alice = signed_up(&app, "alice").await;
     let mut sockets = Vec::new();
