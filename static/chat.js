@@ -24,7 +24,7 @@
   };
   const FALLBACK_ERRORS = {
     rate_limited: "You are sending messages too fast. Please wait a moment.",
-    unavailable: "Chat is temporarily unavailable. Your message was not sent.",
+    unavailable: "Chat could not confirm your message. Try again: it will not be sent twice.",
     invalid: "That message could not be sent.",
   };
 
@@ -466,12 +466,12 @@
     const li = entry.li;
     li.classList.remove("pending");
     li.classList.add("failed");
-    li.title = "Not sent. Click to try again.";
+    li.title = "Not confirmed. Click to try again (it will not be sent twice).";
     if (li.querySelector(".msg-status")) return;
     const status = document.createElement("div");
     status.className = "msg-status";
     const label = document.createElement("span");
-    label.textContent = "Not sent.";
+    label.textContent = "Not confirmed.";
     const retry = document.createElement("button");
     retry.type = "button";
     retry.className = "msg-retry";

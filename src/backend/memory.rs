@@ -28,7 +28,7 @@ use super::{
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId, LOBBY},
 };
 
 /// `(room, user, client_id)` -> the id stored for it, and when.
@@ -308,7 +308,8 @@ impl History for MemoryBackend {
         let Some(bucket) = self.user_rate.take(self.bucket(&message.user, clock), clock) else {
             return Ok(Appended::Throttled);
         };
-        if !self.live_rooms(clock).contains_key(room) && !self.count_new_room(message.sender) {
+        let exists = room.as_str() == LOBBY || self.live_rooms(clock).contains_key(room);
+        if !exists && !self.count_new_room(message.sender) {
             return Ok(Appended::NewRoomRefused);
         }
         lock(&self.buckets).insert(message.user.clone(), bucket);

@@ -173,7 +173,8 @@ impl Scripts {
             // Returns {id, 1} when stored, {id, 0} for a resend of a stored
             // message, {'', 2} when the sender is over their rate (the bucket
             // is backend::rules::UserRate::take), {'', 3} when the room does
-            // not exist and the sender may not bring another into existence.
+            // not exist and the sender may not bring another into existence
+            // (lobby always exists: model::LOBBY).
             append: Script::new(
                 "if KEYS[2] ~= '' then
                    local seen = redis.call('GET', KEYS[2])
@@ -186,7 +187,7 @@ impl Scripts {
                  tokens = math.min(burst, tokens + math.max(0, now - at) / 1000 * rate)
                  if tokens < 1 then return {'', 2} end
                  local active = redis.call('ZSCORE', KEYS[3], ARGV[6])
-                 if not active or tonumber(active) <= now - tonumber(ARGV[11]) then
+                 if ARGV[6] ~= 'lobby' and (not active or tonumber(active) <= now - tonumber(ARGV[11])) then
                    local n = redis.call('INCR', KEYS[5])
                    if n == 1 then redis.call('PEXPIRE', KEYS[5], ARGV[14]) end
                    if n > tonumber(ARGV[13]) then return {'', 3} end

@@ -392,7 +392,6 @@ where
     /// what to do instead of handling the frame.
     async fn rate_limit(&mut self, client_id: Option<&str>) -> Result<(), Flow> {
         if self.bucket.take(Instant::now().into_std()) {
-            self.flood = 0;
             return Ok(());
         }
         Err(self.too_fast(client_id).await)

@@ -204,6 +204,37 @@ async fn a_user_spreading_over_sockets_is_held_to_their_own_rate() {
 }
 
 #[tokio::test]
+async fn flooding_past_the_users_rate_ends_the_socket_like_flooding_past_its_own() {
+    let redis = RedisServer::start();
+    let limits = [
+        ("USER_MESSAGE_RATE_PER_SEC", "0.1"),
+        ("USER_MESSAGE_BURST", "2"),
+        ("MESSAGE_RATE_PER_SEC", "1000"),
+        ("MESSAGE_BURST", "1000"),
+    ];
+    let app = TestApp::spawn_with(Some(&redis), &limits).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    for i in 0..20 {
+        socket.send_json(json!({"type": "send", "body": format!("m{i}"), "client_id": format!("c{i}")})).await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    let close = loop {
+        match socket.next_frame().await {
+            Frame::Json(v) if v["type"] == "ack" => acks += 1,
+            Frame::Json(v) if v["type"] == "error" => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                limited += 1;
+            }
+            Frame::Json(_) => {}
+            Frame::Close(code, reason) => break (code, reason),
+            Frame::Ended => panic!("ended without a close frame"),
+        }
+    };
+    assert_eq!((acks, limited, close), (2, 10, (1008, "policy violation".to_string())));
+}
+
+#[tokio::test]
 async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
     let redis = RedisServer::start();
     let app = TestApp::spawn_with(Some(&redis), &[("ROOMS_PER_USER_PER_HOUR", "2")]).await;
