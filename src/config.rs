@@ -60,6 +60,15 @@ pub struct Config {
     pub register_max_per_address: u32,
     pub register_window: Duration,
     pub tls: Option<TlsPaths>,
+    /// Access tokens (docs/protocol.md §5): the PKCS#8 PEM of the Ed25519
+    /// signing key (`None`: one is generated and shared through the store),
+    /// and public keys of earlier signing keys still accepted.
+    pub token_signing_key: Option<PathBuf>,
+    pub token_previous_keys: Vec<PathBuf>,
+    pub access_token_ttl: Duration,
+    /// A spent refresh token presented again within this gets the same
+    /// successor (a retry, a second tab); after it, the session ends.
+    pub refresh_reuse_grace: Duration,
     /// Serve plain HTTP on a non-loopback address although `PUBLIC_ORIGIN`
     /// is not https (see [`Config::check`]).
     pub allow_insecure_http: bool,
@@ -240,6 +249,11 @@ impl Config {
             // Rooms are forgotten this long after their last use: up to a year.
             room_ttl: vars.secs("ROOM_TTL_SECS", 30 * DAY, 1..=YEAR)?,
             send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120, 1..=DAY)?,
+            token_signing_key: get("TOKEN_SIGNING_KEY").map(PathBuf::from),
+            token_previous_keys: vars
+                .list("TOKEN_PREVIOUS_KEYS", "each entry is a path", |p| Some(PathBuf::from(p)))?,
+            access_token_ttl: vars.secs("ACCESS_TOKEN_TTL_SECS", 300, 1..=DAY)?,
+            refresh_reuse_grace: vars.secs("REFRESH_REUSE_GRACE_SECS", 10, 1..=HOUR)?,
             ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
             ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
             // The heartbeat runs every third of it, at least once a second.
@@ -259,9 +273,9 @@ impl Config {
     }
 
     /// Every credential whose expiry can be a socket's deadline, with its
-    /// lifetime. A new one (ACCESS_TOKEN_TTL_SECS) is one more line here.
+    /// lifetime.
     fn credential_lifetimes(&self) -> impl Iterator<Item = (&'static str, Duration)> {
-        [("SESSION_TTL_SECS", self.session_ttl)].into_iter()
+        [("SESSION_TTL_SECS", self.session_ttl), ("ACCESS_TOKEN_TTL_SECS", self.access_token_ttl)].into_iter()
     }
 
     /// `REAUTH_WARNING_SECS` (docs/protocol.md §1.1): unset, 60 s or half the
@@ -609,9 +623,14 @@ mod tests {
         // Just below is the operator's call.
         let c = config(&[("SESSION_TTL_SECS", "30"), ("REAUTH_WARNING_SECS", "29")]).unwrap();
         assert_eq!(c.reauth_warning, Duration::from_secs(29));
-        // With the default TTL, an explicit warning above the default is fine.
-        let c = config(&[("REAUTH_WARNING_SECS", "300")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(300));
+        // With the default TTLs, an explicit warning above the default is fine...
+        let c = config(&[("REAUTH_WARNING_SECS", "299")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(299));
+        // ...up to the shortest of them, the access token's (300 s).
+        let err = config(&[("REAUTH_WARNING_SECS", "300")]).unwrap_err();
+        assert!(err.to_string().contains("ACCESS_TOKEN_TTL_SECS=300"), "{err}");
+        let c = config(&[("ACCESS_TOKEN_TTL_SECS", "20")]).unwrap();
+        assert_eq!(c.reauth_warning, Duration::from_secs(10), "half the shorter token lifetime");
     }
 
     #[test]

@@ -17,6 +17,28 @@ pub struct User {
     pub name: String,
 }
 
+/// A token session: a session whose credential is an access token and a
+/// refresh token instead of a cookie (docs/protocol.md §5). Stored under a
+/// session id that is never given out; `sid` is its public name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user: User,
+    pub sid: String,
+    pub signed_in_at: UnixMillis,
+    pub refresh: RefreshState,
+}
+
+/// What a session keeps of its refresh tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshState {
+    /// The hash of the token that may be used now.
+    pub current: String,
+    /// Hashes of spent tokens, newest first.
+    pub spent: Vec<String>,
+    /// When `current` replaced `spent[0]`.
+    pub rotated_at: UnixMillis,
+}
+
 /// 3 to 32 characters of `A-Z a-z 0-9 _ . -` (docs/protocol.md §2).
 pub fn valid_username(username: &str) -> bool {
     (3..=32).contains(&username.len())

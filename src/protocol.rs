@@ -18,7 +18,11 @@ pub enum ClientFrame {
         #[serde(default)]
         client_id: Option<String>,
     },
-    Reauth,
+    /// After a refresh over HTTP. A token socket carries its new token.
+    Reauth {
+        #[serde(default)]
+        token: Option<String>,
+    },
 }
 
 /// A frame to the client.
@@ -101,6 +105,10 @@ pub struct CloseReason {
 pub const LOGGED_OUT: CloseReason = CloseReason { code: 4401, reason: "logged out" };
 pub const SESSION_EXPIRED: CloseReason = CloseReason { code: 4401, reason: "session expired" };
 pub const SESSION_REVOKED: CloseReason = CloseReason { code: 4401, reason: "session revoked" };
+/// A token socket's deadline was its access token's expiry.
+pub const TOKEN_EXPIRED: CloseReason = CloseReason { code: 4401, reason: "token expired" };
+/// A token socket's `reauth` carried a token that is not valid for it.
+pub const INVALID_TOKEN: CloseReason = CloseReason { code: 4401, reason: "invalid token" };
 pub const SHUTTING_DOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
 pub const POLICY_VIOLATION: CloseReason = CloseReason { code: 1008, reason: "policy violation" };
 pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too big" };
@@ -131,7 +139,14 @@ mod tests {
             serde_json::from_str::<ClientFrame>(r#"{"type":"send","body":"hi"}"#).unwrap(),
             ClientFrame::Send { body: "hi".into(), client_id: None }
         );
-        assert_eq!(serde_json::from_str::<ClientFrame>(r#"{"type":"reauth"}"#).unwrap(), ClientFrame::Reauth);
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"reauth"}"#).unwrap(),
+            ClientFrame::Reauth { token: None }
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"reauth","token":"t"}"#).unwrap(),
+            ClientFrame::Reauth { token: Some("t".into()) }
+        );
         for bad in [r#"{"type":"shout"}"#, r#"{"body":"x"}"#, r#"{"type":"send","body":5}"#, "[]", "nope"] {
             assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad}");
         }

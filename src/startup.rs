@@ -11,7 +11,11 @@ use tower::ServiceBuilder;
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
 use crate::{
-    auth::{password, session::SESSION_COOKIE},
+    auth::{
+        password,
+        session::SESSION_COOKIE,
+        tokens::{KeyError, TokenKeys},
+    },
     backend::{Backend, BackendKind, ConnectError},
     config::Config,
     net::{OriginPolicy, TrustedProxies},
@@ -30,6 +34,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
 }
 
 pub struct Application {
@@ -60,7 +66,15 @@ impl Application {
             tls.is_some(),
         );
         password::warm_up().await;
-        let (state, tasks) = state::assemble(&config, backend, instance_id, origins, tls.is_some());
+        let keys = TokenKeys::load(
+            config.token_signing_key.as_deref(),
+            &config.token_previous_keys,
+            &*backend.tokens,
+            &public_origin,
+            config.access_token_ttl,
+        )
+        .await?;
+        let (state, tasks) = state::assemble(&config, backend, instance_id, origins, tls.is_some(), Arc::new(keys));
         Ok(Self { listener, addr, public_origin, config, state, tasks, tls })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::{
     auth::throttle::{LoginThrottle, NewRoomQuota, RegisterThrottle},
+    auth::tokens::TokenKeys,
     backend::{rules::NewRooms, Backend, SharedSessionStore},
     config::Config,
     net::OriginPolicy,
@@ -34,9 +35,10 @@ pub fn assemble(
     instance_id: String,
     origins: OriginPolicy,
     tls: bool,
+    keys: Arc<TokenKeys>,
 ) -> (Handles, Tasks) {
     let Realtime { registry, sessions, socket, hub, lifecycle, presence } =
-        Realtime::new(config, &backend, instance_id);
+        Realtime::new(config, &backend, instance_id, keys);
     let origins = Arc::new(origins);
     let state = Handles {
         upgrader: Arc::new(Upgrader {

@@ -1,13 +1,16 @@
 //! Who the user is: account rules, passwords, the typed cookie session, the
-//! session lifecycle (sign in, refresh, sign out, end everywhere) and login
+//! session lifecycle (sign in, refresh, sign out, end everywhere) for cookie
+//! and token sessions alike, access tokens and refresh-token rotation, and
 //! throttling.
 
 pub mod password;
+pub mod refresh;
 pub mod session;
 pub mod sessions;
 pub mod throttle;
+pub mod tokens;
 
-pub use sessions::{Ended, Sessions, SessionsEnded};
+pub use sessions::{Ended, RefreshError, Sessions, SessionsEnded, TokenCurrent, TokenPair};
 
 use crate::model::valid_username;
 

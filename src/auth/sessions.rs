@@ -8,16 +8,71 @@
 //! sockets re-read sessions through [`Sessions::lookup`] and the sweep
 //! checks them through [`Sessions::exist`].
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use ring::rand::SecureRandom;
+use serde::Serialize;
 use tower_sessions::{session::Id, Session, SessionStore};
 
-use super::session::{live, AuthSession, Current, LiveSession, SessionPolicy};
-use crate::{
-    backend::{EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult},
-    clock::UnixMillis,
-    model::{User, UserId},
+use super::{
+    refresh::{self, Decision, Secret},
+    session::{live, AuthSession, Current, LiveSession, SessionPolicy},
+    tokens::{Claims, TokenError, TokenKeys},
 };
+use crate::{
+    backend::{EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore},
+    clock::UnixMillis,
+    model::{TokenRecord, User, UserId},
+};
+
+/// How long a WebSocket ticket may wait to be used.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// What `POST /api/token` and `/api/token/refresh` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub token_type: &'static str,
+    /// Seconds.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub session_expires_at: UnixMillis,
+}
+
+/// Why a refresh token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Not a token of a live session (malformed, unknown, ended, past its
+    /// lifetime).
+    Invalid,
+    /// A spent token presented after the grace: the session was ended.
+    Reused,
+}
+
+/// A token session, as an access token (or ticket) proved it.
+#[derive(Debug, Clone)]
+pub struct TokenCurrent {
+    pub user: User,
+    pub session_id: Id,
+    pub sid: String,
+    /// When the session expires.
+    pub expires_at: UnixMillis,
+    /// When the access token expires (`None` for a ticket: it lives as the
+    /// session does, a ticket being redeemed at once).
+    pub token_expires_at: Option<UnixMillis>,
+}
+
+/// Random bytes, base64url.
+fn random_text(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new().fill(&mut buf).expect("the system has randomness");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn ticket_hash(ticket: &str) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, ticket.as_bytes()))
+}
 
 /// Sessions that ended, as this instance's sockets must learn of them.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,17 +122,28 @@ pub struct Sessions {
     bus: Arc<dyn EventBus>,
     local: Arc<dyn SessionsEnded>,
     policy: SessionPolicy,
+    tokens: Arc<dyn TokenStore>,
+    keys: Arc<TokenKeys>,
+    /// `REFRESH_REUSE_GRACE_SECS`.
+    refresh_grace: Duration,
+}
+
+/// What the session lifecycle is made of.
+pub struct SessionsParts {
+    pub store: SharedSessionStore,
+    pub index: Arc<dyn SessionIndex>,
+    pub bus: Arc<dyn EventBus>,
+    pub local: Arc<dyn SessionsEnded>,
+    pub policy: SessionPolicy,
+    pub tokens: Arc<dyn TokenStore>,
+    pub keys: Arc<TokenKeys>,
+    pub refresh_grace: Duration,
 }
 
 impl Sessions {
-    pub fn new(
-        store: SharedSessionStore,
-        index: Arc<dyn SessionIndex>,
-        bus: Arc<dyn EventBus>,
-        local: Arc<dyn SessionsEnded>,
-        policy: SessionPolicy,
-    ) -> Self {
-        Self { store, index, bus, local, policy }
+    pub fn new(parts: SessionsParts) -> Self {
+        let SessionsParts { store, index, bus, local, policy, tokens, keys, refresh_grace } = parts;
+        Self { store, index, bus, local, policy, tokens, keys, refresh_grace }
     }
 
     pub fn policy(&self) -> SessionPolicy {
@@ -200,6 +266,147 @@ impl Sessions {
             Some(record) => live(&record, UnixMillis::now()),
             None => Ok(None),
         }
+    }
+
+    /// Starts a token session for `user` (who just proved their password):
+    /// indexed like a cookie session, so every way a session ends ends it.
+    pub async fn sign_in_token(&self, user: User) -> StoreResult<TokenPair> {
+        let now = UnixMillis::now();
+        let id = Id::default();
+        let sid = random_text(16);
+        let first = Secret::random();
+        let record = TokenRecord { user, sid, signed_in_at: now, refresh: refresh::first_state(&first, now) };
+        let expires_at = self.policy.expiry(now, now).expect("a new session is within its lifetime");
+        let end_by = self.policy.end_by(now);
+        self.tokens.create_token_session(id, &record, expires_at, end_by).await?;
+        if let Err(err) = self.index.add(record.user.id, id, end_by).await {
+            // A session "log out everywhere" cannot find must not exist.
+            let _ = self.store.delete(&id).await;
+            return Err(err);
+        }
+        tracing::info!(user = %record.user.name, "token session started");
+        Ok(self.pair(&record, &first, expires_at, now))
+    }
+
+    fn pair(
+        &self,
+        record: &TokenRecord,
+        refresh: &Secret,
+        session_expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> TokenPair {
+        let (access_token, expires) = self.keys.issue(&record.user, &record.sid, now);
+        TokenPair {
+            access_token,
+            token_type: "Bearer",
+            expires_in: now.until(expires).as_secs(),
+            refresh_token: refresh.token(&record.sid),
+            session_expires_at,
+        }
+    }
+
+    /// Spends a refresh token for a new pair, sliding the session (see
+    /// `refresh` for the rules of rotation and reuse).
+    pub async fn refresh_token(&self, presented: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
+        let Some((sid, secret)) = refresh::parse(presented) else { return Ok(Err(RefreshError::Invalid)) };
+        // A concurrent refresh may rotate between our read and our write;
+        // then the decision is made again on what it left.
+        for _ in 0..3 {
+            let Some(found) = self.tokens.find_token_session(sid).await? else {
+                return Ok(Err(RefreshError::Invalid));
+            };
+            let now = UnixMillis::now();
+            let state = &found.record.refresh;
+            match refresh::decide(state, &secret, now, self.refresh_grace) {
+                Decision::Rotate => {
+                    let Some(expires_at) = self.policy.expiry(found.record.signed_in_at, now) else {
+                        return Ok(Err(RefreshError::Invalid));
+                    };
+                    let next = secret.successor(self.keys.refresh_key());
+                    let record = TokenRecord { refresh: refresh::rotated(state, &next, now), ..found.record.clone() };
+                    if self.tokens.update_token_session(sid, &state.current, &record, expires_at).await? {
+                        return Ok(Ok(self.pair(&record, &next, expires_at, now)));
+                    }
+                }
+                Decision::Replay => {
+                    let next = secret.successor(self.keys.refresh_key());
+                    // The successor it got is still the current token: the
+                    // same answer again. If the chain moved on since, two
+                    // holders are using it.
+                    if next.hash() == state.current {
+                        return Ok(Ok(self.pair(&found.record, &next, found.expires_at, now)));
+                    }
+                    return self.reused(&found.record, found.id).await;
+                }
+                Decision::Reuse => return self.reused(&found.record, found.id).await,
+                Decision::Unknown => return Ok(Err(RefreshError::Invalid)),
+            }
+        }
+        Ok(Err(RefreshError::Invalid))
+    }
+
+    async fn reused(&self, record: &TokenRecord, id: Id) -> StoreResult<Result<TokenPair, RefreshError>> {
+        tracing::warn!(user = %record.user.name, "a spent refresh token was used again; ending its session");
+        self.end(record.user.id, id, EndReason::Revoked).await?;
+        Ok(Err(RefreshError::Reused))
+    }
+
+    /// Checks an access token (no store) and then that its session lives
+    /// (one read). `Ok(Err(_))`: refused.
+    pub async fn authenticate_token(&self, token: &str) -> StoreResult<Result<TokenCurrent, TokenError>> {
+        let claims = match self.keys.verify(token) {
+            Ok(claims) => claims,
+            Err(err) => return Ok(Err(err)),
+        };
+        Ok(self
+            .token_session(&claims.sid, claims.sub)
+            .await?
+            .map(|mut current| {
+                current.token_expires_at = Some(claims.expires_at());
+                current
+            })
+            .ok_or_else(|| TokenError::Invalid("its session has ended".into())))
+    }
+
+    /// Checks an access token's form, signature and claims only.
+    pub fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
+        self.keys.verify(token)
+    }
+
+    /// The live token session `sid`, if it belongs to `user`.
+    pub async fn token_session(&self, sid: &str, user: UserId) -> StoreResult<Option<TokenCurrent>> {
+        Ok(self.tokens.find_token_session(sid).await?.filter(|found| found.record.user.id == user).map(|found| {
+            TokenCurrent {
+                user: found.record.user,
+                session_id: found.id,
+                sid: found.record.sid,
+                expires_at: found.expires_at,
+                token_expires_at: None,
+            }
+        }))
+    }
+
+    /// A one-use ticket to open a WebSocket for token session `sid`.
+    pub async fn issue_ticket(&self, sid: &str) -> StoreResult<String> {
+        let ticket = random_text(32);
+        self.tokens.put_ticket(&ticket_hash(&ticket), sid, TICKET_TTL).await?;
+        Ok(ticket)
+    }
+
+    /// Redeems a ticket (once): the live session it was for.
+    pub async fn redeem_ticket(&self, ticket: &str) -> StoreResult<Option<TokenCurrent>> {
+        if ticket.is_empty() || ticket.len() > 64 {
+            return Ok(None);
+        }
+        let Some(sid) = self.tokens.take_ticket(&ticket_hash(ticket)).await? else { return Ok(None) };
+        let Some(found) = self.tokens.find_token_session(&sid).await? else { return Ok(None) };
+        Ok(Some(TokenCurrent {
+            user: found.record.user,
+            session_id: found.id,
+            sid: found.record.sid,
+            expires_at: found.expires_at,
+            token_expires_at: None,
+        }))
     }
 
     /// Whether each session still exists, in one store round trip.

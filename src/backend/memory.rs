@@ -22,13 +22,13 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult, StoredUser,
-    UserStore,
+    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult,
+    StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId, LOBBY},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId, LOBBY},
 };
 
 /// `(room, user, client_id)` -> the id stored for it, and when.
@@ -55,6 +55,11 @@ impl RoomLog {
 pub struct MemoryBackend {
     users: Mutex<HashMap<String, StoredUser>>,
     sessions: Mutex<HashMap<Id, Record>>,
+    /// Token sessions, by id, beside the cookie sessions; `sids` finds them.
+    tokens: Mutex<HashMap<Id, (TokenRecord, UnixMillis)>>,
+    sids: Mutex<HashMap<String, (Id, UnixMillis)>>,
+    tickets: Mutex<HashMap<String, (String, Instant)>>,
+    signing_key: Mutex<Option<Vec<u8>>>,
     session_creates: AtomicU64,
     index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
     counters: Mutex<HashMap<String, (u64, Instant)>>,
@@ -90,6 +95,10 @@ impl MemoryBackend {
         Self {
             users: Mutex::default(),
             sessions: Mutex::default(),
+            tokens: Mutex::default(),
+            sids: Mutex::default(),
+            tickets: Mutex::default(),
+            signing_key: Mutex::default(),
             session_creates: AtomicU64::new(0),
             index: Mutex::default(),
             counters: Mutex::default(),
@@ -215,7 +224,10 @@ impl SessionStore for MemoryBackend {
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        // An id names a cookie session or a token session; ending either
+        // is deleting it (as in Redis, where both live under their id).
         lock(&self.sessions).remove(id);
+        lock(&self.tokens).remove(id);
         Ok(())
     }
 }
@@ -244,7 +256,83 @@ impl SessionIndex for MemoryBackend {
 
     async fn exist(&self, ids: &[Id]) -> StoreResult<Vec<bool>> {
         let sessions = lock(&self.sessions);
-        Ok(ids.iter().map(|id| sessions.get(id).is_some_and(is_live)).collect())
+        let tokens = lock(&self.tokens);
+        let now = UnixMillis::now();
+        Ok(ids
+            .iter()
+            .map(|id| sessions.get(id).is_some_and(is_live) || tokens.get(id).is_some_and(|(_, until)| *until > now))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryBackend {
+    async fn create_token_session(
+        &self,
+        id: Id,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+        end_by: UnixMillis,
+    ) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        let mut sids = lock(&self.sids);
+        sids.retain(|_, (_, until)| *until > now);
+        sids.insert(record.sid.clone(), (id, end_by));
+        let mut tokens = lock(&self.tokens);
+        tokens.retain(|_, (_, until)| *until > now);
+        tokens.insert(id, (record.clone(), expires_at));
+        Ok(())
+    }
+
+    async fn find_token_session(&self, sid: &str) -> StoreResult<Option<StoredTokenSession>> {
+        let now = UnixMillis::now();
+        let Some((id, _)) = lock(&self.sids).get(sid).copied().filter(|(_, until)| *until > now) else {
+            return Ok(None);
+        };
+        Ok(lock(&self.tokens).get(&id).filter(|(_, until)| *until > now).map(|(record, until)| StoredTokenSession {
+            id,
+            record: record.clone(),
+            expires_at: *until,
+        }))
+    }
+
+    async fn update_token_session(
+        &self,
+        sid: &str,
+        expected: &str,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+    ) -> StoreResult<bool> {
+        let now = UnixMillis::now();
+        let Some((id, _)) = lock(&self.sids).get(sid).copied().filter(|(_, until)| *until > now) else {
+            return Ok(false);
+        };
+        let mut tokens = lock(&self.tokens);
+        match tokens.get_mut(&id) {
+            Some((stored, until)) if *until > now && stored.refresh.current == expected => {
+                *stored = record.clone();
+                *until = expires_at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_ticket(&self, ticket_hash: &str, sid: &str, ttl: Duration) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut tickets = lock(&self.tickets);
+        tickets.retain(|_, (_, until)| *until > now);
+        tickets.insert(ticket_hash.to_owned(), (sid.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>> {
+        let now = Instant::now();
+        Ok(lock(&self.tickets).remove(ticket_hash).filter(|(_, until)| *until > now).map(|(sid, _)| sid))
+    }
+
+    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(lock(&self.signing_key).get_or_insert_with(|| candidate.to_vec()).clone())
     }
 }
 

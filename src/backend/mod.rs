@@ -23,7 +23,7 @@ use tower_sessions::{
 use crate::{
     clock::UnixMillis,
     config::{BackendChoice, Config},
-    model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
+    model::{Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
 /// The Redis tried when `REDIS_URL` is unset and the backend is `auto`.
@@ -78,6 +78,55 @@ pub trait SessionIndex: Send + Sync {
     /// For each id, whether that session still exists in the session store.
     /// One round trip for the whole batch.
     async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>>;
+}
+
+/// A token session as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTokenSession {
+    /// Its session id: the key it is indexed, swept and ended under, like
+    /// a cookie session's. Never given to the client.
+    pub id: Id,
+    pub record: TokenRecord,
+    pub expires_at: UnixMillis,
+}
+
+/// Token sessions (docs/protocol.md §5), one-use WebSocket tickets, and the
+/// signing key instances share when none is configured.
+///
+/// A token session lives in the same key space as cookie sessions, under
+/// its id, so the per-user index, the revalidation sweep and "log out
+/// everywhere" (which delete by id) treat both kinds alike; it is found by
+/// its public `sid` through a pointer that expires with it.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a new token session until `expires_at`; its `sid` finds it
+    /// until `end_by` (its absolute lifetime) at the latest.
+    async fn create_token_session(
+        &self,
+        id: Id,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+        end_by: UnixMillis,
+    ) -> StoreResult<()>;
+    /// The live session `sid` names.
+    async fn find_token_session(&self, sid: &str) -> StoreResult<Option<StoredTokenSession>>;
+    /// Replaces the session's record and expiry if its current refresh
+    /// token is still `expected` (a compare-and-set); `false` when another
+    /// refresh got there first, or the session is gone.
+    async fn update_token_session(
+        &self,
+        sid: &str,
+        expected: &str,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+    ) -> StoreResult<bool>;
+    /// Keeps a one-use ticket (by its hash) for session `sid`, for `ttl`.
+    async fn put_ticket(&self, ticket_hash: &str, sid: &str, ttl: Duration) -> StoreResult<()>;
+    /// Takes a ticket: the session it was for, once.
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>>;
+    /// The signing key (PKCS#8) every instance uses when none is configured:
+    /// the first instance's `candidate`, kept in the store.
+    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// Fixed-window counters, for throttling.
@@ -236,6 +285,7 @@ pub struct Backend {
     pub sessions: SharedSessionStore,
     pub session_index: Arc<dyn SessionIndex>,
     pub counters: Arc<dyn Counters>,
+    pub tokens: Arc<dyn TokenStore>,
     pub bus: Arc<dyn EventBus>,
     pub history: Arc<dyn History>,
     pub presence: Arc<dyn PresenceStore>,
@@ -289,7 +339,7 @@ impl Backend {
     /// One implementation behind every trait handle.
     fn assemble<B>(kind: BackendKind, backend: Arc<B>, sessions: SharedSessionStore) -> Backend
     where
-        B: UserStore + SessionIndex + Counters + EventBus + History + PresenceStore + Health + 'static,
+        B: UserStore + SessionIndex + Counters + TokenStore + EventBus + History + PresenceStore + Health + 'static,
     {
         Backend {
             kind,
@@ -297,6 +347,7 @@ impl Backend {
             sessions,
             session_index: backend.clone(),
             counters: backend.clone(),
+            tokens: backend.clone(),
             bus: backend.clone(),
             history: backend.clone(),
             presence: backend.clone(),

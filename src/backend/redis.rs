@@ -24,6 +24,10 @@
 //! | `palaver:room:{room}:messages` | stream | the room's history; the entry id is the message id; expires with the room |
 //! | `palaver:room:{room}:sent:{user}:{client_id}` | string | id of a stored message, to drop resends |
 //! | `palaver:room:{room}:presence` | zset | `{instance}\|{user}` scored by the entry's deadline |
+//! | `{session id}` | string | a token session: JSON `TokenRecord`, expiring with the session (the key shape of a cookie session, so both are swept and ended alike) |
+//! | `palaver:sid:{sid}` | string | the session id a token session's public `sid` names (expires at its absolute end) |
+//! | `palaver:ticket:{hash}` | string | the `sid` a one-use WebSocket ticket is for (30 s) |
+//! | `palaver:token-signing-key` | string | the generated signing key, base64 PKCS#8, when none is configured |
 //! | `palaver:rooms` | zset | the rooms that exist, scored by their last message or visit |
 //! | `palaver:instance:{id}:wake` | stream | pokes this instance's `XREAD BLOCK` (1 h TTL) |
 
@@ -37,12 +41,12 @@ use tower_sessions_redis_store::RedisStore;
 
 use super::{
     rules, ConnectError, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreError,
-    StoreResult, StoredUser, UserStore, EVENTS_CHANNEL,
+    StoreResult, StoredTokenSession, StoredUser, TokenStore, UserStore, EVENTS_CHANNEL,
 };
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
 /// How long a request-path command may take before the store counts as down.
@@ -78,6 +82,13 @@ mod keys {
         format!("palaver:room:{room}:presence")
     }
     pub const ROOMS: &str = "palaver:rooms";
+    pub const SIGNING_KEY: &str = "palaver:token-signing-key";
+    pub fn sid(sid: &str) -> String {
+        format!("palaver:sid:{sid}")
+    }
+    pub fn ticket(hash: &str) -> String {
+        format!("palaver:ticket:{hash}")
+    }
     pub fn user_rooms(user: UserId) -> String {
         format!("palaver:user:{user}:rooms")
     }
@@ -111,6 +122,9 @@ struct Scripts {
     counters_decr: Script,
     append: Script,
     open_room: Script,
+    token_find: Script,
+    token_update: Script,
+    token_create: Script,
     user_rooms: Script,
     wake: Script,
     presence_update: Script,
@@ -203,16 +217,46 @@ impl Scripts {
                      'user', ARGV[2], 'body', ARGV[3], 'sent_at', ARGV[4])
                  end
                  if ARGV[5] ~= '' then redis.call('SET', KEYS[2], id, 'EX', ARGV[7]) end
-                 redis.call('PEXPIRE', KEYS[1], ARGV[11])
+                 -- The stream expires exactly when the room stops existing.
+                 redis.call('PEXPIREAT', KEYS[1], now + tonumber(ARGV[11]))
                  redis.call('ZADD', KEYS[3], now, ARGV[6])
                  return {id, 1}",
             ),
-            // KEYS: rooms zset, the user's rooms zset, the room's stream
+            // KEYS[1] the sid pointer. Returns {id, record JSON, expiry ms}
+            // of the live token session it names, or nil.
+            token_find: Script::new(
+                "local id = redis.call('GET', KEYS[1])
+                 if not id then return nil end
+                 local record = redis.call('GET', id)
+                 if not record then return nil end
+                 return {id, record, redis.call('PEXPIRETIME', id)}",
+            ),
+            // KEYS[1] the sid pointer; ARGV: expected current refresh hash,
+            // new record JSON, new expiry (ms). A compare-and-set: 1 when
+            // replaced, 0 when the session is gone or already rotated.
+            token_update: Script::new(
+                "local id = redis.call('GET', KEYS[1])
+                 if not id then return 0 end
+                 local record = redis.call('GET', id)
+                 if not record then return 0 end
+                 if cjson.decode(record)['refresh']['current'] ~= ARGV[1] then return 0 end
+                 redis.call('SET', id, ARGV[2], 'PXAT', ARGV[3])
+                 return 1",
+            ),
+            // KEYS: the session key, its sid pointer; ARGV: record JSON,
+            // expiry ms, absolute end ms.
+            token_create: Script::new(
+                "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+                 redis.call('SET', KEYS[2], KEYS[1], 'PXAT', ARGV[3])
+                 return 1",
+            ),
+            // KEYS: the session key, its sid pointer; ARGV: record JSON,
+            // expiry ms, absolute end ms.
             // ARGV: room, now, room ttl ms, rooms kept per user
             open_room: Script::new(
                 "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
                  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-                 redis.call('PEXPIRE', KEYS[3], ARGV[3])
+                 redis.call('PEXPIREAT', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]))
                  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
                  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[4]))
                  redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -522,6 +566,67 @@ impl SessionIndex for RedisBackend {
         let found: Vec<i64> =
             self.run(&self.scripts.exist, sessions.iter().map(keys::session).collect(), vec![]).await?;
         Ok(found.into_iter().map(|n| n == 1).collect())
+    }
+}
+
+fn token_json(record: &TokenRecord) -> String {
+    serde_json::to_string(record).expect("records serialize")
+}
+
+#[async_trait]
+impl TokenStore for RedisBackend {
+    async fn create_token_session(
+        &self,
+        id: Id,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+        end_by: UnixMillis,
+    ) -> StoreResult<()> {
+        let keys = vec![keys::session(&id), keys::sid(&record.sid)];
+        let args = vec![token_json(record).into(), millis(expires_at), millis(end_by)];
+        self.run::<()>(&self.scripts.token_create, keys, args).await
+    }
+
+    async fn find_token_session(&self, sid: &str) -> StoreResult<Option<StoredTokenSession>> {
+        let found: Option<(String, String, i64)> =
+            self.run(&self.scripts.token_find, vec![keys::sid(sid)], vec![]).await?;
+        let Some((id, record, expires_at)) = found else { return Ok(None) };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("token session {what}"));
+        Ok(Some(StoredTokenSession {
+            id: id.parse().map_err(|_| corrupt("id"))?,
+            record: serde_json::from_str(&record).map_err(|_| corrupt("record"))?,
+            expires_at: UnixMillis::from_millis(expires_at),
+        }))
+    }
+
+    async fn update_token_session(
+        &self,
+        sid: &str,
+        expected: &str,
+        record: &TokenRecord,
+        expires_at: UnixMillis,
+    ) -> StoreResult<bool> {
+        let args = vec![expected.into(), token_json(record).into(), millis(expires_at)];
+        let replaced: i64 = self.run(&self.scripts.token_update, vec![keys::sid(sid)], args).await?;
+        Ok(replaced == 1)
+    }
+
+    async fn put_ticket(&self, ticket_hash: &str, sid: &str, ttl: Duration) -> StoreResult<()> {
+        let expire = Some(Expiration::PX(ttl.as_millis() as i64));
+        guarded("set", self.fast.set::<(), _, _>(keys::ticket(ticket_hash), sid, expire, None, false)).await
+    }
+
+    async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>> {
+        guarded("getdel", self.fast.getdel(keys::ticket(ticket_hash))).await
+    }
+
+    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let encoded = STANDARD.encode(candidate);
+        let _: Option<String> =
+            guarded("set", self.fast.set(keys::SIGNING_KEY, encoded, None, Some(SetOptions::NX), false)).await?;
+        let stored: String = guarded("get", self.fast.get(keys::SIGNING_KEY)).await?;
+        STANDARD.decode(stored).map_err(|_| StoreError::Corrupt("the shared signing key".into()))
     }
 }
 

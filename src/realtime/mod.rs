@@ -17,7 +17,7 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use crate::{
-    auth::{session::SessionPolicy, Sessions},
+    auth::{session::SessionPolicy, sessions::SessionsParts, tokens::TokenKeys, Sessions},
     backend::Backend,
     config::Config,
 };
@@ -35,20 +35,24 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// `instance` names this instance's presence entries in the store.
-    pub fn new(config: &Config, backend: &Backend, instance: String) -> Self {
+    /// `instance` names this instance's presence entries in the store;
+    /// `keys` sign and verify access tokens.
+    pub fn new(config: &Config, backend: &Backend, instance: String, keys: Arc<TokenKeys>) -> Self {
         let registry = Arc::new(registry::Registry::new(registry::Caps {
             instance: config.max_connections,
             per_user: config.max_sockets_per_user,
             per_session: config.max_sockets_per_session,
         }));
-        let sessions = Sessions::new(
-            backend.sessions.clone(),
-            backend.session_index.clone(),
-            backend.bus.clone(),
-            registry.clone(),
-            SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
-        );
+        let sessions = Sessions::new(SessionsParts {
+            store: backend.sessions.clone(),
+            index: backend.session_index.clone(),
+            bus: backend.bus.clone(),
+            local: registry.clone(),
+            policy: SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
+            tokens: backend.tokens.clone(),
+            keys,
+            refresh_grace: config.refresh_reuse_grace,
+        });
         let (presence, presence_task) = presence::Presence::new(
             backend.presence.clone(),
             backend.bus.clone(),

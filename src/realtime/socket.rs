@@ -85,13 +85,25 @@ pub struct SocketDeps {
     pub limits: SocketLimits,
 }
 
+/// What the socket was opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The session cookie.
+    Cookie,
+    /// An access token (or a ticket) of token session `sid`; the token
+    /// expires at `expires_at` (a ticket's socket has none: it lives as its
+    /// session does until its first `reauth` brings a token).
+    Token { sid: String, expires_at: Option<UnixMillis> },
+}
+
 /// Who a new socket belongs to, as the upgrade established it.
 pub struct SocketContext {
     pub session_id: Id,
     pub user: User,
+    pub credential: Credential,
     pub room: RoomName,
     pub after: Option<MessageId>,
-    /// The session's expiry: the socket's first deadline.
+    /// The session's expiry: with the token's, the socket's first deadline.
     pub expires_at: UnixMillis,
     pub slot: Slot,
 }
@@ -124,6 +136,7 @@ struct Socket<S> {
     ws: WebSocketStream<S>,
     session_id: Id,
     user: User,
+    credential: Credential,
     name: Arc<str>,
     room: RoomName,
     /// The newest message id this socket has sent: nothing at or before it
@@ -149,7 +162,15 @@ where
     let mut socket = Socket {
         bucket: TokenBucket::new(limits.message_rate, limits.message_burst, now.into_std()),
         invalid: Strikes::new(MAX_INVALID_PER_MINUTE, Duration::from_secs(60)),
-        deadline: Deadline::new(ctx.expires_at, limits.reauth_warning),
+        deadline: Deadline::new(
+            ctx.expires_at,
+            match &ctx.credential {
+                Credential::Token { expires_at, .. } => *expires_at,
+                Credential::Cookie => None,
+            },
+            limits.reauth_warning,
+        ),
+        credential: ctx.credential,
         deps: deps.clone(),
         ws,
         session_id: ctx.session_id,
@@ -297,11 +318,19 @@ where
 
     /// Asks the store whether this is still the user's live session.
     async fn recheck(&mut self) -> Lookup {
-        let found = self.deps.sessions.lookup(&self.session_id).await;
+        let sessions = &self.deps.sessions;
+        let found = match &self.credential {
+            Credential::Cookie => {
+                sessions.lookup(&self.session_id).await.map(|live| live.map(|live| (live.user.id, live.expires_at)))
+            }
+            Credential::Token { sid, .. } => sessions
+                .token_session(sid, self.user.id)
+                .await
+                .map(|live| live.map(|live| (live.user.id, live.expires_at))),
+        };
         if let Err(err) = &found {
             tracing::warn!(%err, "session not re-checked: store unavailable");
         }
-        let found = found.map(|live| live.map(|live| (live.user.id, live.expires_at)));
         Lookup::judge(found, self.user.id, UnixMillis::now())
     }
 
@@ -316,12 +345,28 @@ where
         self.carry_out(step).await
     }
 
-    async fn on_reauth(&mut self) -> Flow {
+    async fn on_reauth(&mut self, token: Option<String>) -> Flow {
         if let Err(flow) = self.rate_limit(None).await {
             return flow;
         }
+        // A token socket proves itself with a new token of the same user
+        // and session; anything else ends it.
+        let token_expires_at = match &self.credential {
+            Credential::Cookie => None,
+            Credential::Token { sid, .. } => {
+                let claims = token.as_deref().map(|t| self.deps.sessions.verify_token(t));
+                match claims {
+                    Some(Ok(claims)) if claims.sub == self.user.id && claims.sid == *sid => Some(claims.expires_at()),
+                    Some(Err(err)) => {
+                        tracing::info!(%err, user = %self.user.name, "reauth with an invalid token");
+                        return Flow::Close(frames::INVALID_TOKEN);
+                    }
+                    _ => return Flow::Close(frames::INVALID_TOKEN),
+                }
+            }
+        };
         let found = self.recheck().await;
-        let step = self.deadline.on_reauth(UnixMillis::now(), found);
+        let step = self.deadline.on_reauth(UnixMillis::now(), token_expires_at, found);
         self.carry_out(step).await
     }
 
@@ -337,6 +382,7 @@ where
                 self.error(ErrorCode::Unavailable, "The session could not be checked; try again.", None).await
             }
             Step::Expire => Flow::Close(frames::SESSION_EXPIRED),
+            Step::TokenExpired => Flow::Close(frames::TOKEN_EXPIRED),
             // Unverifiable is not valid: the socket does not outlive the
             // deadline it knows. 1013 makes the client come back later.
             Step::StoreUnavailable => Flow::Close(frames::STORE_UNAVAILABLE),
@@ -362,7 +408,7 @@ where
         match message {
             WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
                 Ok(ClientFrame::Send { body, client_id }) => self.on_send(body, client_id).await,
-                Ok(ClientFrame::Reauth) => self.on_reauth().await,
+                Ok(ClientFrame::Reauth { token }) => self.on_reauth(token).await,
                 Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
             },
             WsMessage::Binary(_) => self.refuse("Binary frames are not accepted.", None).await,

@@ -58,7 +58,14 @@ pub type Client = WebSocketStream<DuplexStream>;
 impl Rig {
     pub fn new(config: Config) -> Rig {
         let backend = Backend::memory(&config);
-        let realtime = Realtime::new(&config, &backend, "this-instance".into());
+        let keys = crate::auth::tokens::TokenKeys::new(
+            &crate::auth::tokens::generate_signing_key(),
+            &[],
+            "http://127.0.0.1:8080",
+            config.access_token_ttl,
+        )
+        .expect("a fresh key");
+        let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys));
         Rig {
             registry: realtime.registry,
             sessions: realtime.sessions,
@@ -96,6 +103,7 @@ impl Rig {
         let ctx = SocketContext {
             session_id: who.current.session_id,
             user: who.current.user.clone(),
+            credential: socket::Credential::Cookie,
             room: RoomName::parse(room).expect("a valid room"),
             after,
             expires_at: who.current.expires_at,

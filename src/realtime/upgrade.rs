@@ -9,9 +9,10 @@
 //!
 //! Every check answers with a status before any 101: the origin (403: a GET
 //! is not covered by the POST checks, and a browser sends cookies on
-//! cross-site WebSocket upgrades), the query (400), the session against the
-//! shared store (401, or 503 when the store does not answer), the
-//! connection cap (503).
+//! cross-site WebSocket upgrades), the query (400), the credential (an
+//! access token in one of three places, a ticket, or the session cookie)
+//! against the shared store (401, or 503 when the store does not answer),
+//! the caps (503, 429).
 
 use std::sync::Arc;
 
@@ -29,10 +30,11 @@ use warp::Reply;
 
 use super::{
     registry::{Full, Registry},
-    socket::{self, SocketContext, SocketDeps},
+    socket::{self, Credential, SocketContext, SocketDeps},
 };
 use crate::{
-    auth::Sessions,
+    auth::{Sessions, TokenCurrent},
+    clock::UnixMillis,
     model::{MessageId, RoomName},
     net::OriginPolicy,
 };
@@ -78,6 +80,104 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 struct Query {
     room: Option<String>,
     after: Option<String>,
+    ticket: Option<String>,
+    token: Option<String>,
+}
+
+/// The credential an upgrade presents: the first one present wins
+/// (docs/protocol.md §5).
+#[derive(Debug, PartialEq, Eq)]
+enum Presented {
+    Bearer(String),
+    /// `Sec-WebSocket-Protocol: jwt, <token>`: the 101 must answer `jwt`.
+    Subprotocol(String),
+    Ticket(String),
+    QueryToken(String),
+    Cookie,
+}
+
+fn presented(headers: &header::HeaderMap, query: &mut Query) -> Presented {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    if let Some(token) = bearer {
+        return Presented::Bearer(token);
+    }
+    let protocols: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if let ["jwt", token, ..] = protocols.as_slice() {
+        return Presented::Subprotocol((*token).to_owned());
+    }
+    if let Some(ticket) = query.ticket.take() {
+        return Presented::Ticket(ticket);
+    }
+    if let Some(token) = query.token.take() {
+        return Presented::QueryToken(token);
+    }
+    Presented::Cookie
+}
+
+/// Who the upgrade proved it is.
+struct Proven {
+    user: crate::model::User,
+    session_id: tower_sessions::session::Id,
+    credential: Credential,
+    expires_at: UnixMillis,
+}
+
+/// Checks the credential against the store: `Err` is the refusal.
+async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presented) -> Result<Proven, Response> {
+    let sessions = &upgrader.sessions;
+    let unavailable = |err: &dyn std::fmt::Display| {
+        tracing::warn!(%err, "upgrade refused: store unavailable");
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    };
+    let token = |current: TokenCurrent| Proven {
+        credential: Credential::Token { sid: current.sid, expires_at: current.token_expires_at },
+        user: current.user,
+        session_id: current.session_id,
+        expires_at: current.expires_at,
+    };
+    match presented {
+        Presented::Bearer(t) | Presented::Subprotocol(t) | Presented::QueryToken(t) => {
+            match sessions.authenticate_token(&t).await {
+                Ok(Ok(current)) => Ok(token(current)),
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "upgrade refused: token");
+                    Err(refuse(StatusCode::UNAUTHORIZED, "invalid or expired token"))
+                }
+                Err(err) => Err(unavailable(&err)),
+            }
+        }
+        Presented::Ticket(ticket) => match sessions.redeem_ticket(&ticket).await {
+            Ok(Some(current)) => Ok(token(current)),
+            Ok(None) => Err(refuse(StatusCode::UNAUTHORIZED, "invalid, expired or spent ticket")),
+            Err(err) => Err(unavailable(&err)),
+        },
+        Presented::Cookie => {
+            let Some(session) = req.extensions().get::<Session>().cloned() else {
+                return Err(refuse(StatusCode::UNAUTHORIZED, "not signed in"));
+            };
+            match sessions.refresh(&sessions.cookie(session)).await {
+                Ok(Some(current)) => Ok(Proven {
+                    user: current.user,
+                    session_id: current.session_id,
+                    credential: Credential::Cookie,
+                    expires_at: current.expires_at,
+                }),
+                Ok(None) => Err(refuse(StatusCode::UNAUTHORIZED, "not signed in")),
+                Err(err) => Err(unavailable(&err)),
+            }
+        }
+    }
 }
 
 /// Handles `GET /ws`.
@@ -103,7 +203,7 @@ pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Resp
         return refuse(StatusCode::FORBIDDEN, "cross-origin WebSocket refused");
     }
 
-    let query: Query = match serde_urlencoded::from_str(req.uri().query().unwrap_or("")) {
+    let mut query: Query = match serde_urlencoded::from_str(req.uri().query().unwrap_or("")) {
         Ok(query) => query,
         Err(_) => return refuse(StatusCode::BAD_REQUEST, "malformed query"),
     };
@@ -122,16 +222,11 @@ pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Resp
         },
     };
 
-    let Some(session) = req.extensions().get::<Session>().cloned() else {
-        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
-    };
-    let current = match upgrader.sessions.refresh(&upgrader.sessions.cookie(session)).await {
-        Ok(Some(current)) => current,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "not signed in"),
-        Err(err) => {
-            tracing::warn!(%err, "upgrade refused: store unavailable");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
-        }
+    let presented = presented(req.headers(), &mut query);
+    let subprotocol = matches!(presented, Presented::Subprotocol(_));
+    let current = match prove(&upgrader, &req, presented).await {
+        Ok(current) => current,
+        Err(refusal) => return refusal,
     };
 
     let slot = match upgrader.registry.reserve(current.user.id, current.session_id) {
@@ -147,6 +242,7 @@ pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Resp
     let context = SocketContext {
         session_id: current.session_id,
         user: current.user,
+        credential: current.credential,
         room,
         after,
         expires_at: current.expires_at,
@@ -170,5 +266,38 @@ pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Resp
     headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().expect("base64 is a valid header value"));
+    if subprotocol {
+        // Never the token itself: only the protocol name.
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static("jwt"));
+    }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(ticket: Option<&str>, token: Option<&str>) -> Query {
+        Query { room: None, after: None, ticket: ticket.map(Into::into), token: token.map(Into::into) }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> header::HeaderMap {
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn the_first_credential_present_wins() {
+        let all = headers(&[("authorization", "Bearer b"), ("sec-websocket-protocol", "jwt, s")]);
+        assert_eq!(presented(&all, &mut query(Some("k"), Some("q"))), Presented::Bearer("b".into()));
+        let proto = headers(&[("sec-websocket-protocol", "jwt, s")]);
+        assert_eq!(presented(&proto, &mut query(Some("k"), Some("q"))), Presented::Subprotocol("s".into()));
+        assert_eq!(presented(&headers(&[]), &mut query(Some("k"), Some("q"))), Presented::Ticket("k".into()));
+        assert_eq!(presented(&headers(&[]), &mut query(None, Some("q"))), Presented::QueryToken("q".into()));
+        assert_eq!(presented(&headers(&[]), &mut query(None, None)), Presented::Cookie);
+        // Other schemes and subprotocols are not tokens.
+        let basic = headers(&[("authorization", "Basic abc"), ("sec-websocket-protocol", "chat")]);
+        assert_eq!(presented(&basic, &mut query(None, None)), Presented::Cookie);
+        let lower = headers(&[("authorization", "bearer b")]);
+        assert_eq!(presented(&lower, &mut query(None, None)), Presented::Bearer("b".into()));
+    }
 }

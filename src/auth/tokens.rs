@@ -1,0 +1,401 @@
+//! Access tokens for clients that are not browsers (docs/protocol.md §5):
+//! short-lived EdDSA JWTs, signed with one Ed25519 key and verified against
+//! it and any previous keys still accepted, chosen by `kid`.
+//!
+//! Verification is strict: the algorithm is fixed (EdDSA; `none`, HS256
+//! signed with the public key and everything else are refused before any
+//! signature is looked at), `typ` must be `at+jwt`, `iss` this service,
+//! `aud` `palaver`, and every claim palaver reads is required. It needs no
+//! store: whether the session still lives is checked separately (one read).
+
+use std::{collections::HashMap, fmt, path::Path, time::Duration};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::{
+    digest,
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair},
+};
+use rustls::pki_types::{pem::PemObject, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock::UnixMillis,
+    model::{User, UserId},
+};
+
+/// The `typ` of an access token (RFC 9068).
+pub const TOKEN_TYPE: &str = "at+jwt";
+/// The `aud` every access token names.
+pub const AUDIENCE: &str = "palaver";
+
+/// The claims of an access token. All are required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The user's id.
+    pub sub: UserId,
+    /// The user's name.
+    pub name: String,
+    /// Names the token session (not its store key, never a cookie value).
+    pub sid: String,
+    /// Unix seconds.
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+impl Claims {
+    pub fn expires_at(&self) -> UnixMillis {
+        UnixMillis::from_secs(self.exp)
+    }
+
+    pub fn user(&self) -> User {
+        User { id: self.sub, name: self.name.clone() }
+    }
+}
+
+/// Why a token is refused. Logged, never shown in detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a JWT, or not one of ours: {0}")]
+    Malformed(String),
+    #[error("typ is not {TOKEN_TYPE}")]
+    WrongType,
+    #[error("signed by no key we know")]
+    UnknownKey,
+    #[error("refused: {0}")]
+    Invalid(String),
+}
+
+/// Why the keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {name} {path}: {reason}")]
+    Read { name: &'static str, path: String, reason: String },
+    #[error("{name} {path} is not an Ed25519 key: {reason}")]
+    NotEd25519 { name: &'static str, path: String, reason: String },
+}
+
+/// The signing key and every key tokens are verified with.
+pub struct TokenKeys {
+    signing: EncodingKey,
+    kid: String,
+    verifying: HashMap<String, DecodingKey>,
+    validation: Validation,
+    issuer: String,
+    ttl: Duration,
+    /// Derives a refresh token's successor (see `refresh`).
+    refresh_key: ring::hmac::Key,
+}
+
+impl fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKeys").field("kid", &self.kid).field("signing", &"[redacted]").finish_non_exhaustive()
+    }
+}
+
+/// A key id: the first 16 characters of the base64url SHA-256 of the raw
+/// public key. Stable across restarts and instances for the same key.
+fn key_id(public: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, public))[..16].to_owned()
+}
+
+/// A new Ed25519 private key, as PKCS#8 DER.
+pub fn generate_signing_key() -> Vec<u8> {
+    Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("the system has randomness").as_ref().to_vec()
+}
+
+/// The raw 32-byte public key of an Ed25519 SubjectPublicKeyInfo.
+fn raw_public_key(spki: &[u8]) -> Option<&[u8]> {
+    // SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (32 bytes) }
+    const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    (spki.len() == 44 && spki[..12] == PREFIX).then(|| &spki[12..])
+}
+
+/// Reads a PKCS#8 PEM private key file.
+pub fn read_signing_key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let der = PrivatePkcs8KeyDer::from_pem_file(path).map_err(|err| KeyError::Read {
+        name: "TOKEN_SIGNING_KEY",
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    Ok(der.secret_pkcs8_der().to_vec())
+}
+
+/// Reads a SubjectPublicKeyInfo PEM public key file: its raw key.
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let der = SubjectPublicKeyInfoDer::from_pem_file(path).map_err(|err| KeyError::Read {
+        name: "TOKEN_PREVIOUS_KEYS",
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    raw_public_key(der.as_ref()).map(<[u8]>::to_vec).ok_or_else(|| KeyError::NotEd25519 {
+        name: "TOKEN_PREVIOUS_KEYS",
+        path: path.display().to_string(),
+        reason: "expected an Ed25519 SubjectPublicKeyInfo".into(),
+    })
+}
+
+impl TokenKeys {
+    /// The keys the configuration names: `TOKEN_SIGNING_KEY` and
+    /// `TOKEN_PREVIOUS_KEYS`, or, with no signing key configured, one
+    /// generated by the first instance and shared through the store.
+    pub async fn load(
+        signing: Option<&Path>,
+        previous: &[std::path::PathBuf],
+        store: &dyn crate::backend::TokenStore,
+        issuer: &str,
+        ttl: Duration,
+    ) -> Result<TokenKeys, KeyError> {
+        let pkcs8 = match signing {
+            Some(path) => read_signing_key(path)?,
+            None => {
+                let key = store.shared_signing_key(&generate_signing_key()).await.map_err(|err| KeyError::Read {
+                    name: "the shared signing key",
+                    path: "(the store)".into(),
+                    reason: err.to_string(),
+                })?;
+                tracing::warn!(
+                    "TOKEN_SIGNING_KEY is not set: access tokens are signed with a GENERATED key, shared by every \
+                     instance through the store. Fine for trying palaver; in production set TOKEN_SIGNING_KEY to a \
+                     PEM file (openssl genpkey -algorithm ed25519) so tokens survive a store that loses its data."
+                );
+                key
+            }
+        };
+        let previous = previous.iter().map(|path| read_public_key(path)).collect::<Result<Vec<_>, _>>()?;
+        let path = signing.map(|p| p.display().to_string()).unwrap_or_else(|| "(generated)".into());
+        let keys = TokenKeys::new(&pkcs8, &previous, issuer, ttl).map_err(|reason| KeyError::NotEd25519 {
+            name: "TOKEN_SIGNING_KEY",
+            path,
+            reason,
+        })?;
+        tracing::info!(kid = keys.kid(), previous = previous.len(), "access tokens signed with key {}", keys.kid());
+        Ok(keys)
+    }
+
+    /// Keys from a PKCS#8 Ed25519 private key (DER) and the raw public keys
+    /// of earlier signing keys. `issuer` is this service's public origin.
+    pub fn new(signing_pkcs8: &[u8], previous: &[Vec<u8>], issuer: &str, ttl: Duration) -> Result<Self, String> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(signing_pkcs8).map_err(|err| err.to_string())?;
+        let public = pair.public_key().as_ref();
+        let kid = key_id(public);
+        let mut verifying = HashMap::new();
+        verifying.insert(kid.clone(), DecodingKey::from_ed_der(public));
+        for key in previous {
+            verifying.insert(key_id(key), DecodingKey::from_ed_der(key));
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // Instances share one clock source in practice (NTP); no grace.
+        validation.leeway = 0;
+        let refresh_secret =
+            digest::digest(&digest::SHA256, &[b"palaver refresh tokens\0".as_slice(), signing_pkcs8].concat());
+        Ok(Self {
+            signing: EncodingKey::from_ed_der(signing_pkcs8),
+            kid,
+            verifying,
+            validation,
+            issuer: issuer.to_owned(),
+            ttl,
+            refresh_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, refresh_secret.as_ref()),
+        })
+    }
+
+    /// The id of the key tokens are signed with now.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(super) fn refresh_key(&self) -> &ring::hmac::Key {
+        &self.refresh_key
+    }
+
+    /// A new access token for `user` in session `sid`; and when it expires.
+    pub fn issue(&self, user: &User, sid: &str, now: UnixMillis) -> (String, UnixMillis) {
+        let iat = now.as_secs();
+        let exp = iat + self.ttl.as_secs() as i64;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: AUDIENCE.into(),
+            sub: user.id,
+            name: user.name.clone(),
+            sid: sid.to_owned(),
+            iat,
+            exp,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(TOKEN_TYPE.into());
+        header.kid = Some(self.kid.clone());
+        let token = encode(&header, &claims, &self.signing).expect("signing with a valid Ed25519 key cannot fail");
+        (token, UnixMillis::from_secs(exp))
+    }
+
+    /// Checks a token's form, signature and claims (not its session).
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = decode_header(token).map_err(|err| TokenError::Malformed(err.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid(format!("algorithm {:?}", header.alg)));
+        }
+        if header.typ.as_deref() != Some(TOKEN_TYPE) {
+            return Err(TokenError::WrongType);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.verifying.get(kid)).ok_or(TokenError::UnknownKey)?;
+        let data =
+            decode::<Claims>(token, key, &self.validation).map_err(|err| TokenError::Invalid(err.to_string()))?;
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use jsonwebtoken::EncodingKey;
+
+    pub(crate) const ISSUER: &str = "https://chat.example.com";
+
+    pub(crate) fn keys() -> TokenKeys {
+        TokenKeys::new(&generate_signing_key(), &[], ISSUER, Duration::from_secs(300)).unwrap()
+    }
+
+    fn alice() -> User {
+        User { id: UserId::new_v4(), name: "alice".into() }
+    }
+
+    /// A token with these claims and header, signed by `key`.
+    fn forge(header: Header, claims: &serde_json::Value, key: &EncodingKey) -> String {
+        encode(&header, claims, key).unwrap()
+    }
+
+    fn claims_json(keys: &TokenKeys, user: &User, exp: i64) -> serde_json::Value {
+        serde_json::json!({
+            "iss": keys.issuer, "aud": AUDIENCE, "sub": user.id, "name": user.name, "sid": "s1",
+            "iat": exp - 300, "exp": exp, "jti": "j1",
+        })
+    }
+
+    #[test]
+    fn an_issued_token_verifies_and_carries_its_claims() {
+        let keys = keys();
+        let user = alice();
+        let now = UnixMillis::now();
+        let (token, exp) = keys.issue(&user, "sid-1", now);
+        let claims = keys.verify(&token).expect("a fresh token verifies");
+        assert_eq!((claims.sub, claims.name.as_str(), claims.sid.as_str()), (user.id, "alice", "sid-1"));
+        assert_eq!(claims.expires_at(), exp);
+        assert_eq!(exp, now.floor_secs() + Duration::from_secs(300));
+        let header = decode_header(&token).unwrap();
+        assert_eq!((header.typ.as_deref(), header.kid.as_deref()), (Some("at+jwt"), Some(keys.kid())));
+    }
+
+    #[test]
+    fn verification_really_checks_the_signature() {
+        // The crypto backend is really there: a valid token passes, and the
+        // same token with one signature bit flipped does not.
+        let keys = keys();
+        let (token, _) = keys.issue(&alice(), "s", UnixMillis::now());
+        let (head, signature) = token.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        bytes[0] ^= 1;
+        let tampered = format!("{head}.{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert!(matches!(keys.verify(&tampered), Err(TokenError::Invalid(_))));
+        // A body changed under the original signature fails too.
+        let (header, rest) = token.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        let other = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims_json(&keys, &alice(), 4_000_000_000)).unwrap());
+        assert!(keys.verify(&format!("{header}.{other}.{signature}")).is_err());
+    }
+
+    #[test]
+    fn every_other_algorithm_is_refused() {
+        let keys = keys();
+        let user = alice();
+        let exp = UnixMillis::now().as_secs() + 300;
+        let claims = claims_json(&keys, &user, exp);
+        // alg none: a header and body with an empty signature.
+        let none_header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{}"}}"#, keys.kid()));
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        assert!(keys.verify(&format!("{none_header}.{body}.")).is_err(), "alg none");
+        // HS256 keyed with the public key (the classic confusion).
+        let public = keys.verifying[keys.kid()].try_get_as_bytes().unwrap().to_vec();
+        let mut hs = Header::new(Algorithm::HS256);
+        hs.typ = Some(TOKEN_TYPE.into());
+        hs.kid = Some(keys.kid().into());
+        let confused = forge(hs, &claims, &EncodingKey::from_secret(&public));
+        assert!(keys.verify(&confused).is_err(), "HS256 with the public key");
+    }
+
+    #[test]
+    fn wrong_typ_aud_iss_kid_or_an_expired_token_is_refused() {
+        let keys = keys();
+        let user = alice();
+        let exp = UnixMillis::now().as_secs() + 300;
+        let signing = &keys.signing;
+        let header = |typ: Option<&str>, kid: Option<&str>| {
+            let mut h = Header::new(Algorithm::EdDSA);
+            h.typ = typ.map(Into::into);
+            h.kid = kid.map(Into::into);
+            h
+        };
+        let kid = Some(keys.kid());
+        let good = forge(header(Some(TOKEN_TYPE), kid), &claims_json(&keys, &user, exp), signing);
+        assert!(keys.verify(&good).is_ok(), "the forge itself makes valid tokens");
+        assert_eq!(
+            keys.verify(&forge(header(Some("JWT"), kid), &claims_json(&keys, &user, exp), signing)),
+            Err(TokenError::WrongType)
+        );
+        assert_eq!(
+            keys.verify(&forge(header(None, kid), &claims_json(&keys, &user, exp), signing)),
+            Err(TokenError::WrongType)
+        );
+        assert_eq!(
+            keys.verify(&forge(header(Some(TOKEN_TYPE), Some("nope")), &claims_json(&keys, &user, exp), signing)),
+            Err(TokenError::UnknownKey)
+        );
+        let mut aud = claims_json(&keys, &user, exp);
+        aud["aud"] = "someone-else".into();
+        assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &aud, signing)).is_err(), "aud");
+        let mut iss = claims_json(&keys, &user, exp);
+        iss["iss"] = "https://evil.example".into();
+        assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &iss, signing)).is_err(), "iss");
+        let expired = claims_json(&keys, &user, UnixMillis::now().as_secs() - 1);
+        assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &expired, signing)).is_err(), "expired");
+        for claim in ["sid", "name", "iat", "jti", "sub", "exp", "iss", "aud"] {
+            let mut missing = claims_json(&keys, &user, exp);
+            missing.as_object_mut().unwrap().remove(claim);
+            assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &missing, signing)).is_err(), "no {claim}");
+        }
+    }
+
+    #[test]
+    fn a_previous_key_is_accepted_by_kid_and_a_forgotten_one_is_not() {
+        let old_pkcs8 = generate_signing_key();
+        let old = TokenKeys::new(&old_pkcs8, &[], ISSUER, Duration::from_secs(300)).unwrap();
+        let (token, _) = old.issue(&alice(), "s", UnixMillis::now());
+        let old_public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&old_pkcs8).unwrap().public_key().as_ref().to_vec();
+        let rotated = TokenKeys::new(&generate_signing_key(), &[old_public], ISSUER, Duration::from_secs(300)).unwrap();
+        assert!(rotated.verify(&token).is_ok(), "accepted during the rotation");
+        let forgotten = keys();
+        assert_eq!(forgotten.verify(&token), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn ed25519_public_keys_are_read_from_their_spki() {
+        let pkcs8 = generate_signing_key();
+        let raw = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).unwrap().public_key().as_ref().to_vec();
+        let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        spki.extend_from_slice(&raw);
+        assert_eq!(raw_public_key(&spki), Some(raw.as_slice()));
+        assert_eq!(raw_public_key(&spki[1..]), None);
+    }
+}
