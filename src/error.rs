@@ -37,6 +37,18 @@ impl Error {
         }
     }
 
+    /// A short machine-readable name, for the JSON API's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "internal",
+            Error::Store(_) => "unavailable",
+            Error::Unauthorized => "unauthorized",
+            Error::NotFound => "not_found",
+            Error::BadRequest(_) => "invalid_request",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+        }
+    }
+
     /// A sentence safe to show to the user.
     pub fn public_message(&self) -> &'static str {
         match self {

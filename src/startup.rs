@@ -66,11 +66,13 @@ impl Application {
             tls.is_some(),
         );
         password::warm_up().await;
+        let issuers: Vec<&str> = origins.origins().collect();
         let keys = TokenKeys::load(
             config.token_signing_key.as_deref(),
             &config.token_previous_keys,
             &*backend.tokens,
             &public_origin,
+            &issuers,
             config.access_token_ttl,
         )
         .await?;

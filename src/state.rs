@@ -13,7 +13,7 @@ use crate::{
     realtime::{
         hub::Hub, lifecycle::Lifecycle, presence::PresenceTask, registry::Registry, upgrade::Upgrader, Realtime,
     },
-    web::{account::Accounts, assets::Assets, pages::RoomPages, Handles},
+    web::{account::Accounts, api::Api, assets::Assets, pages::RoomPages, Handles},
 };
 
 /// The background work of an instance, before it starts.
@@ -47,6 +47,11 @@ pub fn assemble(
             registry: registry.clone(),
             socket,
         }),
+        api: Api {
+            users: backend.users.clone(),
+            sessions: sessions.clone(),
+            throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+        },
         accounts: Accounts {
             users: backend.users.clone(),
             sessions: sessions.clone(),

@@ -148,6 +148,7 @@ impl TokenKeys {
         previous: &[std::path::PathBuf],
         store: &dyn crate::backend::TokenStore,
         issuer: &str,
+        issuers: &[&str],
         ttl: Duration,
     ) -> Result<TokenKeys, KeyError> {
         let pkcs8 = match signing {
@@ -168,7 +169,7 @@ impl TokenKeys {
         };
         let previous = previous.iter().map(|path| read_public_key(path)).collect::<Result<Vec<_>, _>>()?;
         let path = signing.map(|p| p.display().to_string()).unwrap_or_else(|| "(generated)".into());
-        let keys = TokenKeys::new(&pkcs8, &previous, issuer, ttl).map_err(|reason| KeyError::NotEd25519 {
+        let keys = TokenKeys::new(&pkcs8, &previous, issuer, issuers, ttl).map_err(|reason| KeyError::NotEd25519 {
             name: "TOKEN_SIGNING_KEY",
             path,
             reason,
@@ -178,8 +179,18 @@ impl TokenKeys {
     }
 
     /// Keys from a PKCS#8 Ed25519 private key (DER) and the raw public keys
-    /// of earlier signing keys. `issuer` is this service's public origin.
-    pub fn new(signing_pkcs8: &[u8], previous: &[Vec<u8>], issuer: &str, ttl: Duration) -> Result<Self, String> {
+    /// of earlier signing keys. Tokens are issued by `issuer` (this
+    /// instance's public origin) and accepted from any of `issuers` (every
+    /// origin of the group: instances behind one balancer share a public
+    /// origin; reached at different ones, they list each other in
+    /// `ALLOWED_ORIGINS`, as for cookies).
+    pub fn new(
+        signing_pkcs8: &[u8],
+        previous: &[Vec<u8>],
+        issuer: &str,
+        issuers: &[&str],
+        ttl: Duration,
+    ) -> Result<Self, String> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(signing_pkcs8).map_err(|err| err.to_string())?;
         let public = pair.public_key().as_ref();
         let kid = key_id(public);
@@ -189,7 +200,9 @@ impl TokenKeys {
             verifying.insert(key_id(key), DecodingKey::from_ed_der(key));
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[issuer]);
+        let mut accepted: Vec<&str> = issuers.to_vec();
+        accepted.push(issuer);
+        validation.set_issuer(&accepted);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Instances share one clock source in practice (NTP); no grace.
@@ -265,7 +278,7 @@ pub(crate) mod tests {
     pub(crate) const ISSUER: &str = "https://chat.example.com";
 
     pub(crate) fn keys() -> TokenKeys {
-        TokenKeys::new(&generate_signing_key(), &[], ISSUER, Duration::from_secs(300)).unwrap()
+        TokenKeys::new(&generate_signing_key(), &[], ISSUER, &[], Duration::from_secs(300)).unwrap()
     }
 
     fn alice() -> User {
@@ -368,6 +381,16 @@ pub(crate) mod tests {
         let mut iss = claims_json(&keys, &user, exp);
         iss["iss"] = "https://evil.example".into();
         assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &iss, signing)).is_err(), "iss");
+        // Another origin of the group issues tokens this instance accepts.
+        let group =
+            TokenKeys::new(&generate_signing_key(), &[], ISSUER, &["https://b.example.com"], Duration::from_secs(300))
+                .unwrap();
+        let mut sibling = claims_json(&group, &user, exp);
+        sibling["iss"] = "https://b.example.com".into();
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some(TOKEN_TYPE.into());
+        h.kid = Some(group.kid().into());
+        assert!(group.verify(&forge(h, &sibling, &group.signing)).is_ok(), "a sibling's iss");
         let expired = claims_json(&keys, &user, UnixMillis::now().as_secs() - 1);
         assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &expired, signing)).is_err(), "expired");
         for claim in ["sid", "name", "iat", "jti", "sub", "exp", "iss", "aud"] {
@@ -380,10 +403,11 @@ pub(crate) mod tests {
     #[test]
     fn a_previous_key_is_accepted_by_kid_and_a_forgotten_one_is_not() {
         let old_pkcs8 = generate_signing_key();
-        let old = TokenKeys::new(&old_pkcs8, &[], ISSUER, Duration::from_secs(300)).unwrap();
+        let old = TokenKeys::new(&old_pkcs8, &[], ISSUER, &[], Duration::from_secs(300)).unwrap();
         let (token, _) = old.issue(&alice(), "s", UnixMillis::now());
         let old_public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&old_pkcs8).unwrap().public_key().as_ref().to_vec();
-        let rotated = TokenKeys::new(&generate_signing_key(), &[old_public], ISSUER, Duration::from_secs(300)).unwrap();
+        let rotated =
+            TokenKeys::new(&generate_signing_key(), &[old_public], ISSUER, &[], Duration::from_secs(300)).unwrap();
         assert!(rotated.verify(&token).is_ok(), "accepted during the rotation");
         let forgotten = keys();
         assert_eq!(forgotten.verify(&token), Err(TokenError::UnknownKey));

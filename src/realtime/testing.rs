@@ -62,6 +62,7 @@ impl Rig {
             &crate::auth::tokens::generate_signing_key(),
             &[],
             "http://127.0.0.1:8080",
+            &[],
             config.access_token_ttl,
         )
         .expect("a fresh key");

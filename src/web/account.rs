@@ -13,7 +13,7 @@ use warp::{
 };
 
 use super::{
-    filters::{client_addr, session, with},
+    filters::{body_of_type, client_addr, session, with},
     pages::{page, see_other, FormPage, LoginPage, RegisterPage},
 };
 use crate::{
@@ -51,35 +51,20 @@ pub struct Credentials {
 /// Whether a `Content-Type` names an urlencoded form (parameters such as
 /// `; charset=UTF-8` allowed, any case). A missing one is not: the body is
 /// then of no stated type (docs/protocol.md §2.1).
-fn is_form(content_type: Option<&HeaderValue>) -> bool {
-    let Some(Ok(value)) = content_type.map(HeaderValue::to_str) else { return false };
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
-}
-
 /// Reads an urlencoded form body: 415 for any other type, 411 without a
 /// `Content-Length`, 413 over [`MAX_FORM_BYTES`], all before the body is
 /// read. A form-typed body that does not parse is a form without the
 /// fields, answered with a clear message by the handler.
 fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + Clone {
-    warp::header::value(header::CONTENT_TYPE.as_str())
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify()
-        .and_then(|content_type: Option<HeaderValue>| async move {
-            if is_form(content_type.as_ref()) {
-                Ok(())
-            } else {
-                Err(Rejection::from(Error::UnsupportedMediaType("Send the form as application/x-www-form-urlencoded.")))
-            }
-        })
-        .untuple_one()
-        .and(warp::body::content_length_limit(MAX_FORM_BYTES))
-        .and(warp::body::bytes())
-        .map(|body: Bytes| {
-            let mut fields: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-            Credentials { username: fields.remove("username"), password: fields.remove("password").map(Password::new) }
-        })
+    body_of_type(
+        "application/x-www-form-urlencoded",
+        "Send the form as application/x-www-form-urlencoded.",
+        MAX_FORM_BYTES,
+    )
+    .map(|body: Bytes| {
+        let mut fields: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+        Credentials { username: fields.remove("username"), password: fields.remove("password").map(Password::new) }
+    })
 }
 
 /// GET /login
@@ -228,27 +213,4 @@ pub fn refresh(sessions: Sessions) -> impl Filter<Extract = (Response,), Error =
         };
         Ok::<_, Rejection>(res)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_urlencoded_form_type_is_a_form() {
-        let is = |v: &str| is_form(Some(&HeaderValue::from_str(v).unwrap()));
-        for form in [
-            "application/x-www-form-urlencoded",
-            "Application/X-WWW-Form-URLEncoded",
-            "application/x-www-form-urlencoded; charset=UTF-8",
-            " application/x-www-form-urlencoded ;charset=utf-8",
-        ] {
-            assert!(is(form), "{form}");
-        }
-        for other in ["text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencodedx", ""] {
-            assert!(!is(other), "{other}");
-        }
-        assert!(!is_form(None));
-        assert!(!is_form(Some(&HeaderValue::from_bytes(b"application/x-www-form-urlencoded\xff").unwrap())));
-    }
 }

@@ -2,6 +2,7 @@
 //! headers, and the one place rejections become responses.
 
 pub mod account;
+pub mod api;
 pub mod assets;
 pub mod filters;
 pub mod pages;
@@ -16,7 +17,7 @@ use self::{
     assets::Assets,
     filters::with,
     pages::RoomPages,
-    router::{web, Handler, Router},
+    router::{json_api, web, Handler, Router},
 };
 use crate::{
     auth::Sessions,
@@ -31,6 +32,7 @@ pub struct Handles {
     pub tls: bool,
     pub sessions: Sessions,
     pub accounts: Accounts,
+    pub api: self::api::Api,
     pub rooms: RoomPages,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
@@ -50,6 +52,11 @@ pub fn routes(state: &Handles) -> Router {
         .post("/logout", web(account::logout(sessions.clone())))
         .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
         .post("/session/refresh", web(account::refresh(sessions.clone())))
+        .post("/api/token", json_api(self::api::token(state.api.clone())))
+        .post("/api/token/refresh", json_api(self::api::refresh(state.api.clone())))
+        .post("/api/ws-ticket", json_api(self::api::ticket(state.api.clone())))
+        .post("/api/logout", json_api(self::api::logout(state.api.clone(), false)))
+        .post("/api/logout/everywhere", json_api(self::api::logout(state.api.clone(), true)))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/ws", Handler::Upgrade(state.upgrader.clone()))

@@ -110,22 +110,28 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 
 /// Turns every rejection into a page with the right status.
 pub fn rejection_page(rejection: Rejection) -> Response {
-    let (status, message) = if let Some(err) = rejection.find::<Error>() {
+    let (status, _, message) = classify(&rejection);
+    error_page(status, message)
+}
+
+/// What a rejection means: its status, a machine-readable code (for the
+/// JSON API) and a sentence for people. Causes are logged here.
+pub fn classify(rejection: &Rejection) -> (StatusCode, &'static str, &'static str) {
+    if let Some(err) = rejection.find::<Error>() {
         err.log();
-        (err.status(), err.public_message())
+        (err.status(), err.code(), err.public_message())
     } else if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "There is nothing here.")
+        (StatusCode::NOT_FOUND, "not_found", "There is nothing here.")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "That request is too large.")
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large", "That request is too large.")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "Send a Content-Length with the form.")
+        (StatusCode::LENGTH_REQUIRED, "length_required", "Send a Content-Length with the body.")
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        (StatusCode::BAD_REQUEST, "That query string is malformed.")
+        (StatusCode::BAD_REQUEST, "invalid_request", "That query string is malformed.")
     } else {
         tracing::debug!(?rejection, "unhandled rejection");
-        (StatusCode::BAD_REQUEST, "That request could not be understood.")
-    };
-    error_page(status, message)
+        (StatusCode::BAD_REQUEST, "invalid_request", "That request could not be understood.")
+    }
 }
 
 pub fn see_other(location: &str) -> Response {

@@ -24,6 +24,7 @@ use warp::{
 };
 
 use super::{
+    api,
     filters::PathParams,
     pages::{error_page, rejection_page},
 };
@@ -81,6 +82,26 @@ where
     F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
 {
     Handler::Web(filter.recover(handle_rejection).unify().boxed())
+}
+
+/// A handler of the JSON API; its rejections become JSON errors here.
+pub fn json_api<F>(filter: F) -> Handler
+where
+    F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+{
+    Handler::Web(
+        filter.recover(|rejection| async move { Ok::<_, Infallible>(api::rejection_json(rejection)) }).unify().boxed(),
+    )
+}
+
+/// The answer the table itself gives (404, 405, 403): JSON under `/api/`,
+/// a page elsewhere.
+fn refusal(path: &str, status: StatusCode, code: &str, message: &str) -> Response {
+    if path.starts_with("/api/") {
+        api::error(status, code, message)
+    } else {
+        error_page(status, message)
+    }
 }
 
 /// One row of the table.
@@ -165,9 +186,14 @@ impl Router {
         }
         let Some((route, params)) = found else {
             if allowed.is_empty() {
-                return error_page(StatusCode::NOT_FOUND, "There is nothing here.");
+                return refusal(&path, StatusCode::NOT_FOUND, "not_found", "There is nothing here.");
             }
-            let mut res = error_page(StatusCode::METHOD_NOT_ALLOWED, "That method is not allowed here.");
+            let mut res = refusal(
+                &path,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "That method is not allowed here.",
+            );
             let mut methods: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
             if methods.contains(&"GET") {
                 methods.push("HEAD");
@@ -178,7 +204,12 @@ impl Router {
         };
         if is_unsafe(req.method()) && self.origins.check(req.headers()).is_err() {
             tracing::warn!(method = %req.method(), path, origin = ?req.headers().get(header::ORIGIN), "cross-origin request refused");
-            return error_page(StatusCode::FORBIDDEN, "This request came from another site and was refused.");
+            return refusal(
+                &path,
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "This request came from another site and was refused.",
+            );
         }
         req.extensions_mut().insert(params);
         match &route.handler {

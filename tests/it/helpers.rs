@@ -269,6 +269,25 @@ impl TestApp {
         Self::spawn_config(Config::from_map(&vars).expect("test config is valid")).await
     }
 
+    /// Two instances on one Redis that are one group: each lists the
+    /// other's origin in `ALLOWED_ORIGINS`, as instances reached at different
+    /// origins are configured (their tokens are then accepted by both).
+    pub async fn spawn_group(redis: &RedisServer, extra: &[(&str, &str)]) -> (TestApp, TestApp) {
+        let (a, b) = (free_port(), free_port());
+        let listen = |port: u16| format!("127.0.0.1:{port}");
+        let origin = |port: u16| format!("http://127.0.0.1:{port}");
+        let vars_for = |me: u16, other: u16| {
+            let mut vars = extra.to_vec();
+            vars.push(("LISTEN_ADDR", Box::leak(listen(me).into_boxed_str())));
+            vars.push(("ALLOWED_ORIGINS", Box::leak(origin(other).into_boxed_str())));
+            vars
+        };
+        (
+            TestApp::spawn_with(Some(redis), &vars_for(a, b)).await,
+            TestApp::spawn_with(Some(redis), &vars_for(b, a)).await,
+        )
+    }
+
     pub async fn spawn_config(config: Config) -> TestApp {
         init_logging();
         let app = Application::build(config).await.expect("application starts");

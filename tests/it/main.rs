@@ -16,4 +16,5 @@ mod lifecycle;
 mod process;
 mod routes;
 mod tls;
+mod tokens;
 mod ws;

@@ -357,3 +357,41 @@ async fn more_idle_connections_than_open_files_do_not_starve_healthz() {
     run.seen.extend(run.lines.try_iter());
     assert!(!run.seen.iter().any(|l| l.contains("accept failed")), "{}", run.seen.join("\n"));
 }
+
+/// `?token=` is accepted (the seed recommends it), so query strings must
+/// never reach a log: not at trace level, not on a refusal.
+#[tokio::test]
+async fn a_token_in_the_query_string_never_reaches_a_log_line() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("LISTEN_ADDR", "127.0.0.1:0"), ("PALAVER_BACKEND", "memory"), ("RUST_LOG", "trace")];
+    let mut run = Running::start(dir.path(), &env);
+    let port = run.port();
+    let app = ExternalApp::new(port);
+    app.signed_up("alice").await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/token", app.base))
+        .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let pair: serde_json::Value = res.json().await.unwrap();
+    let access = pair["access_token"].as_str().unwrap().to_owned();
+    let url = |token: &str| format!("ws://127.0.0.1:{port}/ws?room=lobby&token={token}");
+    let mut socket = connect(url(&access).into_client_request().unwrap()).await.expect("?token= accepted");
+    socket.next_of("hello").await;
+    // A refused one too, and a malformed query around a token.
+    let forged = format!("{access}x");
+    assert_eq!(connect(url(&forged).into_client_request().unwrap()).await.err(), Some(StatusCode::UNAUTHORIZED));
+    let bad_room = format!("ws://127.0.0.1:{port}/ws?room=Not+A+Room&token={access}");
+    assert_eq!(connect(bad_room.into_client_request().unwrap()).await.err(), Some(StatusCode::BAD_REQUEST));
+    drop(socket);
+    sigterm(&run.child);
+    assert!(run.wait_exit().success());
+    let lines = run.all_lines();
+    assert!(lines.len() > 20, "trace logging was on: {} lines", lines.len());
+    let signature = access.rsplit('.').next().unwrap();
+    for line in &lines {
+        assert!(!line.contains(signature) && !line.contains("token="), "a token in a log line: {line}");
+    }
+}

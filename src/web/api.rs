@@ -1,0 +1,210 @@
+//! `/api/`: tokens for clients that are not browsers (docs/protocol.md §5).
+//!
+//! JSON in, JSON out; every 4xx/5xx is `{"error": "<code>", "message": "…"}`.
+//! These routes read no cookie (a browser sends nothing here by itself), so
+//! they need no CSRF defence; the route table still refuses a foreign
+//! `Origin` as everywhere. Password checks share the login form's throttle.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize};
+use serde_json::json;
+use warp::{
+    http::{header, HeaderValue, StatusCode},
+    reply::Response,
+    Filter, Rejection, Reply,
+};
+
+use super::{
+    filters::{body_of_type, client_addr, with},
+    pages::classify,
+};
+use crate::{
+    auth::{
+        password::{self, Password},
+        sessions::TICKET_TTL,
+        throttle::LoginThrottle,
+        RefreshError, Sessions, TokenCurrent,
+    },
+    backend::{EndReason, StoreError, UserStore},
+    model::valid_username,
+    net::ClientAddr,
+};
+
+/// Largest JSON body accepted.
+const MAX_JSON_BYTES: u64 = 16 * 1024;
+
+/// What the token API uses.
+#[derive(Clone)]
+pub struct Api {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Sessions,
+    pub throttle: LoginThrottle,
+}
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    warp::reply::with_status(warp::reply::json(&json!({ "error": code, "message": message })), status).into_response()
+}
+
+/// A rejection from an API route, as JSON.
+pub fn rejection_json(rejection: warp::Rejection) -> Response {
+    let (status, code, message) = classify(&rejection);
+    error(status, code, message)
+}
+
+fn unavailable(err: StoreError) -> Response {
+    tracing::warn!(%err, "API request refused: store unavailable");
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The store cannot be reached; try again in a moment.")
+}
+
+fn too_many(retry_after: Duration) -> Response {
+    let mut res = error(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "Too many attempts; try again later.");
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    res
+}
+
+/// A JSON body of type `T`, or 422 (it did not parse), 415, 411, 413.
+fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (Result<T, Response>,), Error = Rejection> + Clone {
+    body_of_type("application/json", "Send JSON, as application/json.", MAX_JSON_BYTES).map(|body: Bytes| {
+        serde_json::from_slice::<T>(&body).map_err(|err| {
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                &format!("The body is not what this route reads: {err}"),
+            )
+        })
+    })
+}
+
+/// The bearer token of a request, proved against its session, or the 401.
+async fn bearer(sessions: &Sessions, authorization: Option<String>) -> Result<TokenCurrent, Response> {
+    let refused = || {
+        error(StatusCode::UNAUTHORIZED, "invalid_token", "Send a valid access token: Authorization: Bearer <token>.")
+    };
+    let token = authorization
+        .as_deref()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(refused)?;
+    match sessions.authenticate_token(token).await {
+        Ok(Ok(current)) => Ok(current),
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "access token refused");
+            Err(refused())
+        }
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
+fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+}
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+/// POST /api/token
+pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    json_body::<Login>().and(client_addr()).and(with(api)).then(
+        |login: Result<Login, Response>, addr: ClientAddr, api: Api| async move {
+            let login = match login {
+                Ok(login) => login,
+                Err(res) => return res,
+            };
+            sign_in(login, addr, &api).await.unwrap_or_else(unavailable)
+        },
+    )
+}
+
+async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, StoreError> {
+    let username = login.username.trim().to_owned();
+    let attempt = match api.throttle.attempt(&username, addr.0).await? {
+        Ok(attempt) => attempt,
+        Err(retry_after) => {
+            tracing::warn!(ip = %addr.0, "token sign-in throttled");
+            return Ok(too_many(retry_after));
+        }
+    };
+    let stored = if valid_username(&username) { api.users.find(&username).await? } else { None };
+    let verified =
+        password::verify(Password::new(login.password), stored.as_ref().map(|s| s.password_hash.clone())).await;
+    match stored {
+        Some(stored) if verified => {
+            api.throttle.succeeded(attempt).await?;
+            let pair = api.sessions.sign_in_token(stored.user).await?;
+            Ok(warp::reply::json(&pair).into_response())
+        }
+        _ => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
+    }
+}
+
+#[derive(Deserialize)]
+struct Refresh {
+    refresh_token: String,
+}
+
+/// POST /api/token/refresh
+pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    json_body::<Refresh>().and(with(api)).then(|refresh: Result<Refresh, Response>, api: Api| async move {
+        let refresh = match refresh {
+            Ok(refresh) => refresh,
+            Err(res) => return res,
+        };
+        match api.sessions.refresh_token(&refresh.refresh_token).await {
+            Ok(Ok(pair)) => warp::reply::json(&pair).into_response(),
+            Ok(Err(RefreshError::Invalid)) => {
+                error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
+            }
+            Ok(Err(RefreshError::Reused)) => error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                "That refresh token was already used, so its session was ended; sign in again.",
+            ),
+            Err(err) => unavailable(err),
+        }
+    })
+}
+
+/// POST /api/ws-ticket
+pub fn ticket(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    authorization().and(with(api)).then(|authorization: Option<String>, api: Api| async move {
+        let current = match bearer(&api.sessions, authorization).await {
+            Ok(current) => current,
+            Err(res) => return res,
+        };
+        match api.sessions.issue_ticket(&current.sid).await {
+            Ok(ticket) => {
+                warp::reply::json(&json!({ "ticket": ticket, "expires_in": TICKET_TTL.as_secs() })).into_response()
+            }
+            Err(err) => unavailable(err),
+        }
+    })
+}
+
+/// POST /api/logout and /api/logout/everywhere
+pub fn logout(api: Api, everywhere: bool) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    authorization().and(with(api)).then(move |authorization: Option<String>, api: Api| async move {
+        let current = match bearer(&api.sessions, authorization).await {
+            Ok(current) => current,
+            Err(res) => return res,
+        };
+        let ended = if everywhere {
+            api.sessions.end_all(current.user.id, EndReason::LoggedOut).await.map(drop)
+        } else {
+            api.sessions.end(current.user.id, current.session_id, EndReason::LoggedOut).await
+        };
+        match ended {
+            Ok(()) => {
+                tracing::info!(user = %current.user.name, everywhere, "token session logged out");
+                warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
+            }
+            Err(err) => unavailable(err),
+        }
+    })
+}
