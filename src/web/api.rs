@@ -65,17 +65,17 @@ fn too_many(retry_after: Duration) -> Response {
     res
 }
 
-/// A JSON body of type `T`, or 422 (it did not parse), 415, 411, 413.
-fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (Result<T, Response>,), Error = Rejection> + Clone {
-    body_of_type("application/json", "Send JSON, as application/json.", MAX_JSON_BYTES).map(|body: Bytes| {
-        serde_json::from_slice::<T>(&body).map_err(|err| {
-            error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                &format!("The body is not what this route reads: {err}"),
-            )
-        })
-    })
+/// A JSON body of type `T` (a body that does not parse is answered with
+/// [`unreadable`]), or 415, 411, 413.
+fn json_body<T: DeserializeOwned + Send>(
+) -> impl Filter<Extract = (Result<T, serde_json::Error>,), Error = Rejection> + Clone {
+    body_of_type("application/json", "Send JSON, as application/json.", MAX_JSON_BYTES)
+        .map(|body: Bytes| serde_json::from_slice::<T>(&body))
+}
+
+/// 422 for a JSON body that is not what the route reads.
+fn unreadable(err: serde_json::Error) -> Response {
+    error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", &format!("The body is not what this route reads: {err}"))
 }
 
 /// The bearer token of a request, proved against its session, or the 401.
@@ -112,10 +112,10 @@ struct Login {
 /// POST /api/token
 pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     json_body::<Login>().and(client_addr()).and(with(api)).then(
-        |login: Result<Login, Response>, addr: ClientAddr, api: Api| async move {
+        |login: Result<Login, serde_json::Error>, addr: ClientAddr, api: Api| async move {
             let login = match login {
                 Ok(login) => login,
-                Err(res) => return res,
+                Err(err) => return unreadable(err),
             };
             sign_in(login, addr, &api).await.unwrap_or_else(unavailable)
         },
@@ -151,10 +151,10 @@ struct Refresh {
 
 /// POST /api/token/refresh
 pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    json_body::<Refresh>().and(with(api)).then(|refresh: Result<Refresh, Response>, api: Api| async move {
+    json_body::<Refresh>().and(with(api)).then(|refresh: Result<Refresh, _>, api: Api| async move {
         let refresh = match refresh {
             Ok(refresh) => refresh,
-            Err(res) => return res,
+            Err(err) => return unreadable(err),
         };
         match api.sessions.refresh_token(&refresh.refresh_token).await {
             Ok(Ok(pair)) => warp::reply::json(&pair).into_response(),
