@@ -42,6 +42,17 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// `ws(s)://…/ws?room=ROOM[&after=ID]`. Both values are checked before
+    /// (room names and message ids need no escaping).
+    pub fn ws_url(&self, room: &str, after: Option<&str>) -> String {
+        let rest = self.base.split_once("://").map_or(self.base.as_str(), |(_, rest)| rest);
+        let scheme = if self.url.scheme() == "https" { "wss" } else { "ws" };
+        match after {
+            Some(id) => format!("{scheme}://{rest}/ws?room={room}&after={id}"),
+            None => format!("{scheme}://{rest}/ws?room={room}"),
+        }
+    }
+
     /// Plain HTTP to a host that is not this machine: passwords and tokens
     /// would cross the network in clear.
     pub fn is_plain_remote(&self) -> bool {
@@ -97,6 +108,25 @@ impl ApiError {
         match self {
             ApiError::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// The server's own words for the refusal (its `message`, else its
+    /// `error` code), else this error's description.
+    pub fn reason(&self) -> String {
+        match self {
+            ApiError::Status { message: Some(m), .. } => m.clone(),
+            ApiError::Status { code: Some(c), .. } => c.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Worth trying again later: the server or the network is down, not the credential.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Status { status, .. } => *status == 429 || *status >= 500,
+            ApiError::Transport(_) => true,
+            ApiError::Malformed(_) => false,
         }
     }
 }
@@ -233,6 +263,16 @@ mod tests {
     }
 
     #[test]
+    fn the_websocket_url_follows_the_scheme() {
+        let s = Server::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(s.ws_url("lobby", None), "ws://127.0.0.1:8080/ws?room=lobby");
+        assert_eq!(s.ws_url("lobby", Some("17-2")), "ws://127.0.0.1:8080/ws?room=lobby&after=17-2");
+        let s = Server::parse("https://chat.example/p/").unwrap();
+        assert_eq!(s.ws_url("r", None), "wss://chat.example/p/ws?room=r");
+        assert_eq!(s.endpoint("/api/token"), "https://chat.example/p/api/token");
+    }
+
+    #[test]
     fn plain_http_is_fine_only_on_this_machine() {
         for local in ["http://127.0.0.1:1", "http://127.9.9.9", "http://localhost:8080", "http://[::1]:8080"] {
             assert!(!Server::parse(local).unwrap().is_plain_remote(), "{local}");
@@ -273,6 +313,9 @@ mod tests {
             retry_after: None,
         };
         assert_eq!(e.to_string(), "the server answered 401 Unauthorized: invalid_credentials");
-        assert_eq!(e.status(), Some(401));
+        assert_eq!(e.reason(), "invalid_credentials");
+        assert!(e.status() == Some(401) && !e.is_transient());
+        assert!(ApiError::Transport("refused".into()).is_transient());
+        assert!(ApiError::Status { status: 503, code: None, message: None, retry_after: None }.is_transient());
     }
 }

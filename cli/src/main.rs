@@ -4,10 +4,12 @@
 //! - `args`: the command line, and which server to use
 //! - `credentials`: the credentials file (0600, replaced atomically) and token rotation
 //! - `api`: the HTTP token API (`/api/token`, `/api/token/refresh`, `/api/logout`)
+//! - `session`: `chat`, the WebSocket loop, and the pure types that decide it
 
 mod api;
 mod args;
 mod credentials;
+mod session;
 
 use std::{
     env,
@@ -23,6 +25,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_BAD_CREDENTIALS: i32 = 2;
 pub const EXIT_THROTTLED: i32 = 3;
+pub const EXIT_SIGNED_OUT: i32 = 4;
 pub const EXIT_USAGE: i32 = 64;
 
 fn main() {
@@ -80,7 +83,21 @@ async fn run(args: args::Args) -> i32 {
             };
             login(Api::new(server), &path, &username).await
         }
-        Command::Chat { .. } => fail("chat is not built yet"),
+        Command::Chat { room } => {
+            let creds = match load(&path) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    eprintln!("not signed in: run `palaver-cli login USERNAME` first");
+                    return EXIT_SIGNED_OUT;
+                }
+                Err(code) => return code,
+            };
+            let server = match server(args.server.as_deref(), Some(&creds)) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            session::run(session::Chat { api: Api::new(server), path, creds, room }).await
+        }
         Command::Logout => {
             let creds = match load(&path) {
                 Ok(Some(c)) => c,
@@ -211,7 +228,9 @@ async fn logout(api: Api, path: &Path, mut creds: Credentials) -> i32 {
     }
     match api.logout(&creds.access_token).await {
         Ok(()) => forget(path, None),
-        Err(e) if e.status() == Some(401) => forget(path, Some(&format!("the session had already ended ({e})"))),
+        Err(e) if e.status() == Some(401) => {
+            forget(path, Some(&format!("the session had already ended ({})", e.reason())))
+        }
         Err(e) => {
             eprintln!("logout failed: {e}; the credentials are kept, try again");
             EXIT_ERROR
