@@ -181,6 +181,31 @@ async fn reauthenticate_refreshes_saves_the_new_refresh_token_and_reauths_in_ban
 }
 
 #[tokio::test]
+async fn two_clients_sharing_a_file_never_present_a_spent_refresh_token() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut a = home.cli(&["chat", "lobby"]);
+    let mut socket_a = server.socket().await;
+    socket_a.hello("alice", "lobby").await;
+    a.err_until("connected to lobby").await;
+    let mut b = home.cli(&["chat", "lobby"]);
+    let mut socket_b = server.socket().await;
+    socket_b.hello("alice", "lobby").await;
+    b.err_until("connected to lobby").await;
+
+    // B rotates RT.secret.1 into RT.secret.2 and saves it...
+    socket_b.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
+    assert_eq!(socket_b.recv().await.unwrap()["token"], "AT.secret.2");
+    // ...so A, which read RT.secret.1 at its start, takes RT.secret.2 from the
+    // file (the stand-in refuses a spent token, as the real server does after
+    // its grace window).
+    socket_a.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
+    assert_eq!(socket_a.recv().await.unwrap()["token"], "AT.secret.3");
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.3");
+}
+
+#[tokio::test]
 async fn a_token_about_to_expire_is_refreshed_before_connecting() {
     // Access tokens that live 30 s: under the one-minute margin from the start.
     let mut server = StandIn::start(30).await;

@@ -180,6 +180,9 @@ impl Session {
             if self.done() {
                 return EXIT_OK;
             }
+            // A refresh the last socket started: its token is the one to use
+            // (and it needs no `reauth` on the next socket).
+            self.settle_refresh().await;
             if must_refresh || self.creds.needs_refresh(now_ms()) {
                 let refreshed = self.refresh_now(must_refresh).await;
                 must_refresh = false;
@@ -450,19 +453,11 @@ impl Session {
             Some(tokio::spawn(async move { credentials::refresh(&api, &path, creds, &file_token, true).await }));
     }
 
-    /// Refreshes before (re)connecting. A refresh already on its way is
-    /// awaited first, and is enough unless `force` (the server refused the
-    /// token it gave).
+    /// Refreshes before (re)connecting; `force` after the server refused
+    /// the access token, so that one taken from the file is not trusted
+    /// just for looking fresh.
     async fn refresh_now(&mut self, force: bool) -> Result<(), ApiError> {
-        if let Some(handle) = self.refreshing.take() {
-            if let Ok(Ok(r)) = handle.await {
-                self.adopt(r);
-                if !force && !self.creds.needs_refresh(now_ms()) {
-                    return Ok(());
-                }
-            }
-        }
-        let r = credentials::refresh(&self.api, &self.path, self.creds.clone(), &self.file_token, false).await?;
+        let r = credentials::refresh(&self.api, &self.path, self.creds.clone(), &self.file_token, force).await?;
         self.adopt(r);
         Ok(())
     }
