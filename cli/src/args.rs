@@ -1,0 +1,262 @@
+//! The command line, parsed by hand: `palaver-cli [--server URL] COMMAND ...`.
+//! Which server to talk to is settled here too, from the flag, the
+//! environment and the credentials file.
+
+use std::fmt;
+
+use crate::api::Server;
+
+pub const USAGE: &str = "\
+palaver-cli: the command-line client of a palaver chat server
+
+USAGE:
+    palaver-cli [--server URL] login USERNAME
+    palaver-cli [--server URL] chat ROOM
+    palaver-cli [--server URL] logout
+    palaver-cli --help | --version
+
+COMMANDS:
+    login USERNAME   Sign in and keep the credentials. The password is read
+                     from PALAVER_PASSWORD if set, else one line of stdin.
+    chat ROOM        Join ROOM (1-32 of a-z 0-9 -). Messages go to stdout as
+                     `HH:MM:SS user: body` (UTC); every stdin line is sent,
+                     in order. Presence and notes go to stderr. Reconnects
+                     by itself; stdin's end sends what is left, then exits.
+    logout           End this session on the server and delete the credentials.
+
+OPTIONS:
+    --server URL     The server (http:// or https://). Default: PALAVER_SERVER,
+                     else the server of the saved credentials, else
+                     http://127.0.0.1:8080
+    -h, --help       Print this help
+    -V, --version    Print the version
+
+ENVIRONMENT:
+    PALAVER_SERVER       the server, when --server is not given
+    PALAVER_PASSWORD     the password for `login` (instead of stdin)
+    PALAVER_CREDENTIALS  the credentials file. Default:
+                         $XDG_CONFIG_HOME/palaver/credentials.json, else
+                         $HOME/.config/palaver/credentials.json (mode 0600)
+
+EXIT STATUS:
+    0 done; 1 an error; 2 wrong username or password; 3 too many attempts,
+    try later; 4 signed out (log in again); 64 a usage error
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Login { username: String },
+    Chat { room: String },
+    Logout,
+    Help,
+    Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--server`, as given.
+    pub server: Option<String>,
+    pub command: Command,
+}
+
+/// A command line that makes no sense; the text says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// Parses the arguments after the program name. Options may stand anywhere;
+/// `--` ends them (for a username that starts with `-`).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError> {
+    let mut server = None;
+    let mut words = Vec::new();
+    let mut args = args.into_iter();
+    let mut options_done = false;
+    while let Some(arg) = args.next() {
+        if options_done || !arg.starts_with('-') || arg == "-" {
+            words.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "--" => options_done = true,
+            "-h" | "--help" => return Ok(Args { server, command: Command::Help }),
+            "-V" | "--version" => return Ok(Args { server, command: Command::Version }),
+            "--server" => {
+                let url = args.next().ok_or_else(|| usage("--server needs a URL"))?;
+                server = Some(url);
+            }
+            _ => match arg.strip_prefix("--server=") {
+                Some(url) => server = Some(url.to_owned()),
+                None => return Err(usage(format!("unknown option {arg}"))),
+            },
+        }
+    }
+    if server.as_deref() == Some("") {
+        return Err(usage("--server needs a URL"));
+    }
+    let mut words = words.into_iter();
+    let command = match words.next().as_deref() {
+        None => return Err(usage("a command is missing: login, chat or logout")),
+        Some("help") => Command::Help,
+        Some("login") => {
+            let username = words.next().ok_or_else(|| usage("login needs a USERNAME"))?;
+            if username.is_empty() {
+                return Err(usage("the USERNAME is empty"));
+            }
+            Command::Login { username }
+        }
+        Some("chat") => {
+            let room = words.next().ok_or_else(|| usage("chat needs a ROOM"))?;
+            if !valid_room(&room) {
+                return Err(usage(format!("{room:?} is not a room name: 1 to 32 of a-z, 0-9 and -")));
+            }
+            Command::Chat { room }
+        }
+        Some("logout") => Command::Logout,
+        Some(other) => return Err(usage(format!("unknown command {other:?}: login, chat or logout"))),
+    };
+    if let Some(extra) = words.next() {
+        return Err(usage(format!("unexpected argument {extra:?}")));
+    }
+    Ok(Args { server, command })
+}
+
+/// The server's rule for room names (docs/protocol.md): checked here so that
+/// a typo is a usage error, not a refused upgrade after a token refresh.
+pub fn valid_room(room: &str) -> bool {
+    (1..=32).contains(&room.len()) && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Where the server comes from, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerSource {
+    Flag,
+    Env,
+    Credentials,
+    Default,
+}
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// The server to talk to: `--server`, else `PALAVER_SERVER`, else the one the
+/// saved credentials belong to, else the default.
+pub fn resolve_server(
+    flag: Option<&str>,
+    env: Option<&str>,
+    stored: Option<&str>,
+) -> Result<(Server, ServerSource), UsageError> {
+    let env = env.filter(|s| !s.trim().is_empty());
+    let (url, source) = match (flag, env, stored) {
+        (Some(url), _, _) => (url, ServerSource::Flag),
+        (None, Some(url), _) => (url, ServerSource::Env),
+        (None, None, Some(url)) => (url, ServerSource::Credentials),
+        (None, None, None) => (DEFAULT_SERVER, ServerSource::Default),
+    };
+    let server = Server::parse(url).map_err(|e| match source {
+        ServerSource::Flag => usage(format!("--server: {e}")),
+        ServerSource::Env => usage(format!("PALAVER_SERVER: {e}")),
+        ServerSource::Credentials => usage(format!("the credentials file's server: {e}")),
+        ServerSource::Default => usage(e),
+    })?;
+    Ok((server, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Args, UsageError> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        p(args).unwrap().command
+    }
+
+    #[test]
+    fn the_three_commands_parse() {
+        assert_eq!(cmd(&["login", "alice"]), Command::Login { username: "alice".into() });
+        assert_eq!(cmd(&["chat", "lobby"]), Command::Chat { room: "lobby".into() });
+        assert_eq!(cmd(&["logout"]), Command::Logout);
+    }
+
+    #[test]
+    fn server_flag_goes_anywhere_in_both_spellings() {
+        for args in [
+            &["--server", "http://h:1", "chat", "r"][..],
+            &["chat", "--server", "http://h:1", "r"],
+            &["chat", "r", "--server=http://h:1"],
+        ] {
+            let a = p(args).unwrap();
+            assert_eq!(a.server.as_deref(), Some("http://h:1"), "{args:?}");
+            assert_eq!(a.command, Command::Chat { room: "r".into() });
+        }
+        assert_eq!(p(&["logout"]).unwrap().server, None);
+    }
+
+    #[test]
+    fn help_and_version_need_no_command() {
+        assert_eq!(cmd(&["--help"]), Command::Help);
+        assert_eq!(cmd(&["chat", "-h"]), Command::Help);
+        assert_eq!(cmd(&["help"]), Command::Help);
+        assert_eq!(cmd(&["--version"]), Command::Version);
+        assert_eq!(cmd(&["chat", "lobby", "-V"]), Command::Version);
+        // Options are read in order: an unknown one before --help is reported.
+        assert!(p(&["login", "--bogus", "-h"]).unwrap_err().0.contains("--bogus"));
+    }
+
+    #[test]
+    fn double_dash_lets_a_username_start_with_a_dash() {
+        assert_eq!(cmd(&["login", "--", "-dash-"]), Command::Login { username: "-dash-".into() });
+        assert!(p(&["login", "-dash-"]).unwrap_err().0.contains("unknown option"));
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors_that_say_what_is_wrong() {
+        for (args, says) in [
+            (&[][..], "command is missing"),
+            (&["login"], "needs a USERNAME"),
+            (&["chat"], "needs a ROOM"),
+            (&["chat", "Lobby"], "not a room name"),
+            (&["chat", "a/b"], "not a room name"),
+            (&["chat", "lobby", "extra"], "unexpected argument"),
+            (&["logout", "now"], "unexpected argument"),
+            (&["dance"], "unknown command"),
+            (&["chat", "r", "--server"], "needs a URL"),
+            (&["chat", "r", "--server="], "needs a URL"),
+            (&["--verbose", "logout"], "unknown option --verbose"),
+        ] {
+            let err = p(args).unwrap_err();
+            assert!(err.0.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn room_names_follow_the_servers_rule() {
+        for good in ["lobby", "a", "room-2", &"x".repeat(32)] {
+            assert!(valid_room(good), "{good}");
+        }
+        for bad in ["", "Lobby", "a b", "a_b", "ä", &"x".repeat(33)] {
+            assert!(!valid_room(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_server_is_the_flag_then_the_env_then_the_stored_one_then_the_default() {
+        let s = |f, e, c| resolve_server(f, e, c).map(|(s, src)| (s.base().to_owned(), src));
+        assert_eq!(s(Some("http://f:1"), Some("http://e:1"), Some("http://c:1")).unwrap().1, ServerSource::Flag);
+        assert_eq!(s(None, Some("http://e:1"), Some("http://c:1")).unwrap(), ("http://e:1".into(), ServerSource::Env));
+        assert_eq!(s(None, Some(" "), Some("http://c:1")).unwrap(), ("http://c:1".into(), ServerSource::Credentials));
+        assert_eq!(s(None, None, None).unwrap(), ("http://127.0.0.1:8080".into(), ServerSource::Default));
+        assert!(s(Some("ftp://x"), None, None).unwrap_err().0.starts_with("--server:"));
+        assert!(s(None, Some("nonsense"), None).unwrap_err().0.starts_with("PALAVER_SERVER:"));
+    }
+}

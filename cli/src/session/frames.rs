@@ -1,0 +1,310 @@
+//! The WebSocket frames as the client sees them (docs/protocol.md §3 and §5),
+//! message ids, and how a message and presence are shown.
+
+use std::{cmp::Ordering, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// A frame from the server. Unknown types are tolerated (a newer server may
+/// add some); fields this client does not need are optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user: String,
+        room: String,
+    },
+    Presence {
+        room: String,
+        #[serde(default)]
+        online: Vec<String>,
+        #[serde(default)]
+        count: Option<u64>,
+    },
+    PresenceDiff {
+        room: String,
+        #[serde(default)]
+        joined: Vec<String>,
+        #[serde(default)]
+        left: Vec<String>,
+        #[serde(default)]
+        count: Option<u64>,
+    },
+    Message {
+        id: String,
+        user: String,
+        body: String,
+        sent_at: i64,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Ack {
+        #[serde(default)]
+        client_id: Option<String>,
+        id: String,
+    },
+    Reauthenticate {},
+    Reauthenticated {},
+    Error {
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+/// A frame to the server. No `Debug`: `Reauth` carries a token.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame<'a> {
+    Send { body: &'a str, client_id: &'a str },
+    Reauth { token: &'a str },
+}
+
+impl ClientFrame<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("frames serialize")
+    }
+}
+
+/// A message id, `<ms>-<seq>`: ordered as two numbers, not as text
+/// (`"10-0" > "9-0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    ms: u64,
+    seq: u64,
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.ms, self.seq).cmp(&(other.ms, other.seq))
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ();
+
+    /// `<ms>-<seq>`, or `<ms>` alone (read as `<ms>-0`, as the server does).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        let number = |p: &str| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            p.parse::<u64>().map_err(|_| ())
+        };
+        Ok(MessageId { ms: number(ms)?, seq: number(seq)? })
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// The newest message shown so far: what to ask for with `after=` on a
+/// reconnect, and what not to show twice.
+#[derive(Debug, Default)]
+pub struct Seen {
+    last: Option<MessageId>,
+}
+
+impl Seen {
+    /// Whether the message with this id is new (and then it counts as seen).
+    /// An id that does not parse is shown and does not move the mark.
+    pub fn admit(&mut self, id: &str) -> bool {
+        let Ok(id) = id.parse::<MessageId>() else { return true };
+        if self.last.is_some_and(|last| id <= last) {
+            return false;
+        }
+        self.last = Some(id);
+        true
+    }
+
+    pub fn last(&self) -> Option<MessageId> {
+        self.last
+    }
+}
+
+/// `HH:MM:SS` of a unix-ms time, in UTC.
+pub fn clock_utc(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Text from other people, made safe for a terminal: control characters
+/// (escape sequences, carriage returns, newlines) are shown escaped, so one
+/// message is one line and cannot redraw the screen.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&c.escape_unicode().to_string())
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `HH:MM:SS user: body`, one line.
+pub fn message_line(sent_at: i64, user: &str, body: &str) -> String {
+    format!("{} {}: {}", clock_utc(sent_at), printable(user), printable(body))
+}
+
+pub fn presence_line(room: &str, online: &[String], count: Option<u64>) -> String {
+    let count = count.unwrap_or(online.len() as u64);
+    let names: Vec<String> = online.iter().map(|n| printable(n)).collect();
+    if names.is_empty() {
+        format!("{count} online in {room}")
+    } else if (names.len() as u64) < count {
+        format!("{count} online in {room}: {} and {} more", names.join(", "), count - names.len() as u64)
+    } else {
+        format!("{count} online in {room}: {}", names.join(", "))
+    }
+}
+
+pub fn presence_diff_line(room: &str, joined: &[String], left: &[String], count: Option<u64>) -> String {
+    let list = |names: &[String]| names.iter().map(|n| printable(n)).collect::<Vec<_>>().join(", ");
+    let mut parts = Vec::new();
+    if !joined.is_empty() {
+        parts.push(format!("joined: {}", list(joined)));
+    }
+    if !left.is_empty() {
+        parts.push(format!("left: {}", list(left)));
+    }
+    match (parts.is_empty(), count) {
+        (true, Some(c)) => format!("{room}: {c} online"),
+        (true, None) => format!("{room}: presence changed"),
+        (false, Some(c)) => format!("{room}: {} ({c} online)", parts.join("; ")),
+        (false, None) => format!("{room}: {}", parts.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> MessageId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ids_order_as_numbers_not_as_text() {
+        assert!(id("10-0") > id("9-0"));
+        assert!(id("9-10") > id("9-9"));
+        assert!(id("1700000000000-0") > id("999999999999-99"));
+        assert_eq!(id("5"), id("5-0"));
+        assert_eq!(id("17-3").to_string(), "17-3");
+        for bad in ["", "-", "a-1", "1-", "-1", "1-2-3", "1.5-0", "+1-0", "99999999999999999999999-0"] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_shown_twice_and_the_mark_only_moves_forward() {
+        let mut seen = Seen::default();
+        assert!(seen.admit("9-0"));
+        assert!(seen.admit("10-0"));
+        assert!(!seen.admit("10-0"), "again");
+        assert!(!seen.admit("9-5"), "older, though larger as text");
+        assert!(seen.admit("10-1"));
+        assert_eq!(seen.last().unwrap().to_string(), "10-1");
+        assert!(seen.admit("garbage"), "shown, it may be real");
+        assert_eq!(seen.last().unwrap().to_string(), "10-1");
+    }
+
+    #[test]
+    fn server_frames_parse_including_ones_this_client_does_not_know() {
+        let f = |s: &str| serde_json::from_str::<ServerFrame>(s).unwrap();
+        assert_eq!(
+            f(r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#),
+            ServerFrame::Hello { user: "alice".into(), room: "lobby".into() }
+        );
+        assert_eq!(
+            f(r#"{"type":"message","room":"r","id":"7-1","user":"bob","body":"hi","sent_at":9}"#),
+            ServerFrame::Message {
+                id: "7-1".into(),
+                user: "bob".into(),
+                body: "hi".into(),
+                sent_at: 9,
+                client_id: None
+            }
+        );
+        assert_eq!(
+            f(r#"{"type":"ack","client_id":"c","id":"7-1"}"#),
+            ServerFrame::Ack { client_id: Some("c".into()), id: "7-1".into() }
+        );
+        assert_eq!(
+            f(r#"{"type":"presence","room":"r","online":["a"]}"#),
+            ServerFrame::Presence { room: "r".into(), online: vec!["a".into()], count: None }
+        );
+        assert_eq!(
+            f(r#"{"type":"presence_diff","room":"r","joined":[],"left":["b"],"count":1}"#),
+            ServerFrame::PresenceDiff { room: "r".into(), joined: vec![], left: vec!["b".into()], count: Some(1) }
+        );
+        assert_eq!(f(r#"{"type":"reauthenticate","expires_at":1}"#), ServerFrame::Reauthenticate {});
+        assert_eq!(f(r#"{"type":"reauthenticated","expires_at":1}"#), ServerFrame::Reauthenticated {});
+        assert_eq!(
+            f(r#"{"type":"error","code":"rate_limited","message":"slow down","client_id":"c"}"#),
+            ServerFrame::Error {
+                code: "rate_limited".into(),
+                message: "slow down".into(),
+                client_id: Some("c".into())
+            }
+        );
+        assert_eq!(f(r#"{"type":"typing","user":"a"}"#), ServerFrame::Unknown);
+    }
+
+    #[test]
+    fn client_frames_match_the_contract() {
+        assert_eq!(
+            ClientFrame::Send { body: "hi \"x\"", client_id: "c1" }.to_json(),
+            r#"{"type":"send","body":"hi \"x\"","client_id":"c1"}"#
+        );
+        assert_eq!(ClientFrame::Reauth { token: "T" }.to_json(), r#"{"type":"reauth","token":"T"}"#);
+    }
+
+    #[test]
+    fn messages_are_one_line_in_utc_with_nothing_a_terminal_would_obey() {
+        // 2023-11-14 22:13:20.500 UTC
+        assert_eq!(message_line(1_700_000_000_500, "alice", "hello"), "22:13:20 alice: hello");
+        assert_eq!(clock_utc(0), "00:00:00");
+        assert_eq!(clock_utc(-1), "23:59:59");
+        assert_eq!(
+            message_line(0, "bob", "two\nlines\r\u{1b}[2Jgone\u{202e}"),
+            "00:00:00 bob: two\\nlines\\u{d}\\u{1b}[2Jgone\\u{202e}"
+        );
+        assert_eq!(printable("tab\there ünïcode ✓"), "tab\\there ünïcode ✓");
+    }
+
+    #[test]
+    fn presence_reads_as_a_sentence() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(presence_line("lobby", &names(&["alice", "bob"]), Some(2)), "2 online in lobby: alice, bob");
+        assert_eq!(presence_line("lobby", &names(&["alice"]), None), "1 online in lobby: alice");
+        assert_eq!(presence_line("big", &names(&["a"]), Some(900)), "900 online in big: a and 899 more");
+        assert_eq!(presence_line("big", &[], Some(900)), "900 online in big");
+        assert_eq!(
+            presence_diff_line("lobby", &names(&["carol"]), &names(&["bob"]), Some(2)),
+            "lobby: joined: carol; left: bob (2 online)"
+        );
+        assert_eq!(presence_diff_line("big", &[], &[], Some(901)), "big: 901 online");
+        assert_eq!(presence_diff_line("r", &[], &[], None), "r: presence changed");
+    }
+}

@@ -1,0 +1,582 @@
+//! `chat ROOM`: one WebSocket at a time, authenticated with the access token,
+//! kept alive across drops, re-authenticated in-band before its deadline.
+//!
+//! The decisions are made by small pure types, each with its own tests:
+//! [`outbox::Outbox`] (what to send and when), [`frames::Seen`] (what not
+//! to print twice), [`reconnect::after_close`] and [`reconnect::Backoff`]
+//! (whether and when to come back). The async code here only carries them out.
+
+pub mod frames;
+pub mod outbox;
+pub mod reconnect;
+
+use std::{
+    io::{self, BufRead, Write},
+    path::PathBuf,
+    time::Duration,
+};
+
+use futures_util::{
+    stream::{SplitSink, SplitStream},
+    SinkExt, StreamExt,
+};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{sleep_until, timeout, Instant},
+};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{
+        self,
+        client::IntoClientRequest,
+        http::{header::AUTHORIZATION, HeaderValue},
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message,
+    },
+    MaybeTlsStream, WebSocketStream,
+};
+
+use crate::{
+    api::{Api, ApiError},
+    credentials::{self, json_error, now_ms, Credentials, Refreshed},
+    EXIT_ERROR, EXIT_OK, EXIT_SIGNED_OUT,
+};
+use frames::{message_line, presence_diff_line, presence_line, printable, ClientFrame, Seen, ServerFrame};
+use outbox::{Outbox, Refused, Verdict};
+use reconnect::{after_close, jitter, AfterClose, Backoff};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// After stdin ends, how long to wait for the lines still unacknowledged.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// The upgrade must be answered within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// This client pings this often, so a dead connection is noticed whatever
+/// the server's own ping interval is...
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and gives a connection up after hearing nothing for this long.
+const SILENCE_LIMIT: Duration = Duration::from_secs(75);
+/// After a refresh that failed for want of an answer, the next try.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+/// Lines read ahead of the outbox; stdin is not read further until it drains.
+const OUTBOX_MAX: usize = 256;
+
+/// What `chat` needs: where, who, and the file its tokens live in.
+pub struct Chat {
+    pub api: Api,
+    pub path: PathBuf,
+    pub creds: Credentials,
+    pub room: String,
+}
+
+/// Runs `chat` to its end; the process's exit code.
+pub async fn run(chat: Chat) -> i32 {
+    let (line_tx, lines) = mpsc::channel(64);
+    read_stdin(line_tx);
+    let (interrupt_tx, interrupted) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt_tx.send(true);
+        }
+        // Keep the sender: a closed channel would read as an interrupt.
+        std::future::pending::<()>().await
+    });
+    let file_token = chat.creds.refresh_token.clone();
+    let mut session = Session {
+        api: chat.api,
+        path: chat.path,
+        creds: chat.creds,
+        file_token,
+        room: chat.room,
+        lines,
+        stdin_open: true,
+        drain_deadline: None,
+        interrupted,
+        outbox: Outbox::default(),
+        seen: Seen::default(),
+        backoff: Backoff::new(),
+        refreshing: None,
+    };
+    let code = session.run().await;
+    session.settle_refresh().await;
+    code
+}
+
+/// stdin's lines, read on a thread of their own (a blocking read cannot be
+/// cancelled, and must not hold the runtime up at exit). The channel closes
+/// at end of input; the bounded channel is the back-pressure.
+fn read_stdin(tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match stdin.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            if tx.blocking_send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// How one socket ended.
+enum End {
+    /// Come back (after a backoff); the text says why it ended.
+    Lost(String),
+    /// Stop with this exit code.
+    Exit(i32),
+}
+
+/// Why an upgrade did not give a socket.
+enum Refusal {
+    /// 401: the access token was not accepted.
+    Unauthorized(String),
+    /// Worth another try later.
+    Transient(String),
+    /// Trying again would get the same answer.
+    Fatal(String),
+}
+
+struct Session {
+    api: Api,
+    path: PathBuf,
+    creds: Credentials,
+    /// The refresh token last read from or written to the file; a different
+    /// one there means another process rotated it (see [`credentials::refresh`]).
+    file_token: String,
+    room: String,
+    lines: mpsc::Receiver<String>,
+    stdin_open: bool,
+    /// Set when stdin ends: by then every line must be acknowledged.
+    drain_deadline: Option<Instant>,
+    interrupted: watch::Receiver<bool>,
+    outbox: Outbox,
+    seen: Seen,
+    backoff: Backoff,
+    /// A refresh on its way. A task, not a future of this loop: once the
+    /// server has answered, the old refresh token is spent, so the new one
+    /// must reach the file even if the socket goes away meanwhile.
+    refreshing: Option<JoinHandle<Result<Refreshed, ApiError>>>,
+}
+
+impl Session {
+    async fn run(&mut self) -> i32 {
+        // Set once a refresh has just given this token, so a 401 on the
+        // upgrade right after means the session is over, not the token stale.
+        let mut fresh = false;
+        let mut must_refresh = false;
+        loop {
+            if self.done() {
+                return EXIT_OK;
+            }
+            // A refresh the last socket started: its token is the one to use
+            // (and it needs no `reauth` on the next socket).
+            self.settle_refresh().await;
+            if must_refresh || self.creds.needs_refresh(now_ms()) {
+                let refreshed = self.refresh_now(must_refresh).await;
+                must_refresh = false;
+                match refreshed {
+                    Ok(()) => fresh = true,
+                    Err(e) if e.status() == Some(401) => return self.signed_out(&refused_refresh(&e)),
+                    Err(e) if e.is_transient() => {
+                        note(&format!("could not refresh the token: {e}"));
+                        let pause = self.backoff.next_wait(jitter());
+                        match self.wait(pause).await {
+                            Some(code) => return code,
+                            None => continue,
+                        }
+                    }
+                    Err(e) => {
+                        note(&format!("could not refresh the token: {e}"));
+                        return EXIT_ERROR;
+                    }
+                }
+            }
+            // Ctrl-C is heard while the upgrade is on its way (up to CONNECT_TIMEOUT).
+            let mut interrupted = self.interrupted.clone();
+            let connected = tokio::select! {
+                connected = self.connect() => connected,
+                _ = interrupted.changed() => return EXIT_OK,
+            };
+            match connected {
+                Ok(socket) => {
+                    fresh = false;
+                    let started = Instant::now();
+                    match self.converse(socket).await {
+                        End::Exit(code) => return code,
+                        End::Lost(why) => {
+                            self.backoff.connection_ended(started.elapsed());
+                            note(&format!("disconnected: {why}"));
+                        }
+                    }
+                }
+                Err(Refusal::Unauthorized(why)) if fresh => return self.signed_out(&why),
+                Err(Refusal::Unauthorized(_)) => {
+                    // Revoked keys, a clock that ran fast: one refresh decides.
+                    must_refresh = true;
+                    continue;
+                }
+                Err(Refusal::Fatal(why)) => {
+                    note(&format!("cannot connect: {why}"));
+                    return EXIT_ERROR;
+                }
+                Err(Refusal::Transient(why)) => note(&format!("cannot connect: {why}")),
+            }
+            let wait = self.backoff.next_wait(jitter());
+            note(&format!("reconnecting in {:.1} s", wait.as_secs_f64()));
+            if let Some(code) = self.wait(wait).await {
+                return code;
+            }
+        }
+    }
+
+    /// stdin has ended and every line it gave is acknowledged.
+    fn done(&self) -> bool {
+        !self.stdin_open && self.outbox.is_empty()
+    }
+
+    /// Sits out a backoff while still reading stdin. `Some(code)` to stop.
+    async fn wait(&mut self, pause: Duration) -> Option<i32> {
+        let until = Instant::now() + pause;
+        loop {
+            if self.done() {
+                return Some(EXIT_OK);
+            }
+            tokio::select! {
+                _ = sleep_until(until) => return None,
+                _ = self.interrupted.changed() => return Some(EXIT_OK),
+                line = self.lines.recv(), if self.stdin_open && self.outbox.len() < OUTBOX_MAX => self.take_line(line),
+                _ = sleep_until(self.drain_deadline.unwrap_or(until)), if self.drain_deadline.is_some() => {
+                    return Some(self.give_up());
+                }
+            }
+        }
+    }
+
+    /// Talks over one socket until it ends.
+    async fn converse(&mut self, socket: Socket) -> End {
+        let (mut sink, mut stream) = socket.split();
+        let mut greeted = false;
+        let mut last_heard = Instant::now();
+        let mut next_ping = Instant::now() + PING_INTERVAL;
+        let mut refresh_retry: Option<Instant> = None;
+        let end = loop {
+            if self.done() {
+                close(&mut sink, &mut stream).await;
+                return End::Exit(EXIT_OK);
+            }
+            // The server takes sends only once it has said hello.
+            if greeted {
+                if let Some(line) = self.outbox.next_to_send(Instant::now().into_std()) {
+                    let frame = ClientFrame::Send { body: &line.body, client_id: &line.client_id }.to_json();
+                    if let Err(e) = sink.send(Message::text(frame)).await {
+                        break End::Lost(format!("sending failed: {e}"));
+                    }
+                }
+            }
+            let never = Instant::now() + Duration::from_secs(86_400);
+            let outbox_wakeup = self.outbox.next_wakeup().map(Instant::from_std);
+            tokio::select! {
+                _ = self.interrupted.changed() => {
+                    close(&mut sink, &mut stream).await;
+                    return End::Exit(EXIT_OK);
+                }
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    let frame = match frame {
+                        None => break End::Lost("connection lost".into()),
+                        Some(Err(e)) => break End::Lost(format!("connection lost: {e}")),
+                        Some(Ok(frame)) => frame,
+                    };
+                    match frame {
+                        Message::Text(text) => match self.on_frame(text.as_str()) {
+                            Step::Go => {}
+                            Step::Greeted => {
+                                greeted = true;
+                            }
+                            Step::Reauthenticate => {
+                                if self.refreshing.is_none() {
+                                    self.start_refresh();
+                                }
+                            }
+                            Step::Stop(code) => {
+                                close(&mut sink, &mut stream).await;
+                                return End::Exit(code);
+                            }
+                        },
+                        Message::Close(frame) => {
+                            let (code, reason) =
+                                frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                            match after_close(Some(code), &reason) {
+                                AfterClose::SignedOut(why) => return End::Exit(self.signed_out(&why)),
+                                AfterClose::Reconnect(why) => break End::Lost(why),
+                                AfterClose::Fatal(why) => {
+                                    note(&format!("the server ended the connection: {why}"));
+                                    return End::Exit(EXIT_ERROR);
+                                }
+                            }
+                        }
+                        // Pongs (to our pings) only show the line is alive.
+                        _ => {}
+                    }
+                }
+                line = self.lines.recv(), if self.stdin_open && self.outbox.len() < OUTBOX_MAX => self.take_line(line),
+                _ = sleep_until(outbox_wakeup.unwrap_or(never)), if outbox_wakeup.is_some() => {}
+                refreshed = join(&mut self.refreshing), if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    match refreshed {
+                        Ok(Ok(r)) => {
+                            self.adopt(r);
+                            let frame = ClientFrame::Reauth { token: &self.creds.access_token }.to_json();
+                            if let Err(e) = sink.send(Message::text(frame)).await {
+                                break End::Lost(format!("sending failed: {e}"));
+                            }
+                        }
+                        Ok(Err(e)) if e.status() == Some(401) => {
+                            close(&mut sink, &mut stream).await;
+                            return End::Exit(self.signed_out(&refused_refresh(&e)));
+                        }
+                        Ok(Err(e)) => {
+                            note(&format!("could not refresh the token: {e}; trying again in {} s", REFRESH_RETRY.as_secs()));
+                            refresh_retry = Some(Instant::now() + REFRESH_RETRY);
+                        }
+                        Err(e) => {
+                            note(&format!("the refresh failed: {e}"));
+                            refresh_retry = Some(Instant::now() + REFRESH_RETRY);
+                        }
+                    }
+                }
+                _ = sleep_until(refresh_retry.unwrap_or(never)), if refresh_retry.is_some() => {
+                    refresh_retry = None;
+                    if self.refreshing.is_none() {
+                        self.start_refresh();
+                    }
+                }
+                _ = sleep_until(next_ping) => {
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        break End::Lost(format!("nothing heard for {} s", SILENCE_LIMIT.as_secs()));
+                    }
+                    next_ping = Instant::now() + PING_INTERVAL;
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        break End::Lost(format!("sending failed: {e}"));
+                    }
+                }
+                _ = sleep_until(self.drain_deadline.unwrap_or(never)), if self.drain_deadline.is_some() => {
+                    close(&mut sink, &mut stream).await;
+                    return End::Exit(self.give_up());
+                }
+            }
+        };
+        self.outbox.on_disconnect();
+        end
+    }
+
+    /// One text frame from the server.
+    fn on_frame(&mut self, text: &str) -> Step {
+        let frame = match serde_json::from_str::<ServerFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                note(&format!("ignored a frame this client cannot read ({})", json_error(&e)));
+                return Step::Go;
+            }
+        };
+        match frame {
+            ServerFrame::Hello { user, room } => {
+                note(&format!("connected to {} as {}", printable(&room), printable(&user)));
+                return Step::Greeted;
+            }
+            ServerFrame::Presence { room, online, count } => note(&presence_line(&room, &online, count)),
+            ServerFrame::PresenceDiff { room, joined, left, count } => {
+                note(&presence_diff_line(&room, &joined, &left, count))
+            }
+            ServerFrame::Message { id, user, body, sent_at, .. } => {
+                if self.seen.admit(&id) && print_line(&message_line(sent_at, &user, &body)).is_err() {
+                    // Nobody reads any more (a closed pipe): nothing left to do.
+                    return Step::Stop(EXIT_ERROR);
+                }
+            }
+            ServerFrame::Ack { client_id: Some(client_id), .. } => {
+                self.outbox.on_ack(&client_id);
+            }
+            ServerFrame::Ack { client_id: None, .. } => {}
+            ServerFrame::Reauthenticate {} => return Step::Reauthenticate,
+            ServerFrame::Reauthenticated {} => note("reauthenticated"),
+            ServerFrame::Error { code, message, client_id } => {
+                match self.outbox.on_error(&code, client_id.as_deref(), Instant::now().into_std()) {
+                    // Said once per line, not at every resend.
+                    Verdict::Resend { attempts: 1, wait, .. } => {
+                        note(&format!("{code}: {}; sending it again in {} s", printable(&message), wait.as_secs_f64()))
+                    }
+                    Verdict::Resend { .. } => {}
+                    Verdict::Dropped(line) => {
+                        note(&format!("not sent ({code}: {}): {}", printable(&message), printable(&line.body)))
+                    }
+                    Verdict::NotOurs => note(&format!("the server says {code}: {}", printable(&message))),
+                }
+            }
+            ServerFrame::Unknown => {}
+        }
+        Step::Go
+    }
+
+    /// A line from stdin, or its end.
+    fn take_line(&mut self, line: Option<String>) {
+        let Some(body) = line else {
+            self.stdin_open = false;
+            self.drain_deadline = Some(Instant::now() + DRAIN_WAIT);
+            return;
+        };
+        let client_id = uuid::Uuid::new_v4().to_string();
+        match self.outbox.push(body, client_id) {
+            Ok(()) | Err(Refused::Blank) => {}
+            Err(Refused::TooLong(n)) => {
+                note(&format!("not sent: the line has {n} characters, at most {}", outbox::MAX_BODY_CHARS))
+            }
+        }
+    }
+
+    fn start_refresh(&mut self) {
+        let (api, path, creds, file_token) =
+            (self.api.clone(), self.path.clone(), self.creds.clone(), self.file_token.clone());
+        self.refreshing =
+            Some(tokio::spawn(async move { credentials::refresh(&api, &path, creds, &file_token, true).await }));
+    }
+
+    /// Refreshes before (re)connecting; `force` after the server refused
+    /// the access token, so that one taken from the file is not trusted
+    /// just for looking fresh.
+    async fn refresh_now(&mut self, force: bool) -> Result<(), ApiError> {
+        let r = credentials::refresh(&self.api, &self.path, self.creds.clone(), &self.file_token, force).await?;
+        self.adopt(r);
+        Ok(())
+    }
+
+    /// Takes refreshed credentials; says so if the file could not be updated.
+    fn adopt(&mut self, r: Refreshed) {
+        self.creds = r.creds;
+        match r.saved {
+            Ok(()) => self.file_token = self.creds.refresh_token.clone(),
+            Err(e) => note(&format!(
+                "warning: could not save the new refresh token to {}: {e}. The one in the file is spent: \
+                 after this program stops, log in again",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// Waits (briefly) for a refresh on its way, so its new refresh token is saved.
+    async fn settle_refresh(&mut self) {
+        if let Some(handle) = self.refreshing.take() {
+            if let Ok(Ok(Ok(r))) = timeout(Duration::from_secs(10), handle).await {
+                self.adopt(r);
+            }
+        }
+    }
+
+    fn signed_out(&self, why: &str) -> i32 {
+        note(&format!("signed out: {why}"));
+        note(&format!("(log in again with: palaver-cli login {})", self.creds.username));
+        EXIT_SIGNED_OUT
+    }
+
+    fn give_up(&self) -> i32 {
+        note(&format!(
+            "gave up: {} line(s) not confirmed by the server within {} s",
+            self.outbox.len(),
+            DRAIN_WAIT.as_secs()
+        ));
+        EXIT_ERROR
+    }
+
+    /// The upgrade, with the access token in `Authorization`, and
+    /// `after=` the last message shown so none is missed or repeated.
+    async fn connect(&self) -> Result<Socket, Refusal> {
+        let after = self.seen.last().map(|id| id.to_string());
+        let url = self.api.server().ws_url(&self.room, after.as_deref());
+        let mut request = url.into_client_request().map_err(|e| Refusal::Fatal(e.to_string()))?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", self.creds.access_token))
+            .map_err(|_| Refusal::Fatal("the saved access token is not fit for a header; log in again".into()))?;
+        bearer.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, bearer);
+        match timeout(CONNECT_TIMEOUT, connect_async(request)).await {
+            Err(_) => Err(Refusal::Transient(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))),
+            Ok(Ok((socket, _))) => Ok(socket),
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let status = response.status();
+                let said = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                    .and_then(|v| v.get("message").or(v.get("error")).and_then(|m| m.as_str()).map(printable));
+                let why = match said {
+                    Some(said) => format!("the server answered {status}: {said}"),
+                    None => format!("the server answered {status}"),
+                };
+                Err(match status.as_u16() {
+                    401 => Refusal::Unauthorized(why),
+                    408 | 429 | 500..=599 => Refusal::Transient(why),
+                    _ => Refusal::Fatal(why),
+                })
+            }
+            Ok(Err(e @ (tungstenite::Error::Tls(_) | tungstenite::Error::Url(_)))) => {
+                Err(Refusal::Fatal(e.to_string()))
+            }
+            Ok(Err(e)) => Err(Refusal::Transient(e.to_string())),
+        }
+    }
+}
+
+/// What a frame asks of the loop.
+enum Step {
+    Go,
+    Greeted,
+    Reauthenticate,
+    Stop(i32),
+}
+
+/// Awaits the refresh in `slot` (the caller checks there is one).
+async fn join<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A 401 from the refresh endpoint, as the reason for being signed out.
+fn refused_refresh(e: &ApiError) -> String {
+    match e {
+        ApiError::Status { message: None, code: None, .. } => "the session has ended".into(),
+        e => printable(&e.reason()),
+    }
+}
+
+/// Closes with 1000 and waits a moment for the server's answer.
+async fn close(sink: &mut SplitSink<Socket, Message>, stream: &mut SplitStream<Socket>) {
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    if sink.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    }
+}
+
+/// A message line on stdout, flushed at once (tests and pipes read it live).
+fn print_line(line: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// Presence and everything else about the connection goes to stderr.
+fn note(text: &str) {
+    eprintln!("{text}");
+}

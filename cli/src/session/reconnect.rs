@@ -1,0 +1,143 @@
+//! When a socket ends: whether to come back, and how long to wait first.
+
+use std::time::Duration;
+
+/// What a close (or a lost connection) means for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterClose {
+    /// 4401: the session or its token is over. Do not reconnect.
+    SignedOut(String),
+    /// The server went away or asked to be tried later: reconnect with
+    /// backoff and `after=`.
+    Reconnect(String),
+    /// The server refused what this client sent (1008, 1009, ...): reconnecting
+    /// would only repeat it. Report and stop.
+    Fatal(String),
+}
+
+/// Reads a close frame's code and reason; `None` is a connection that ended
+/// without one.
+pub fn after_close(code: Option<u16>, reason: &str) -> AfterClose {
+    let said = |code: u16| {
+        if reason.is_empty() {
+            format!("closed with {code}")
+        } else {
+            format!("closed with {code} ({reason})")
+        }
+    };
+    match code {
+        None => AfterClose::Reconnect("connection lost".into()),
+        Some(4401) => AfterClose::SignedOut(if reason.is_empty() { "4401".into() } else { reason.into() }),
+        // Normal, going away, no status, abnormal, internal error, service
+        // restart, try again later, bad gateway: the server or the path to
+        // it will be back.
+        Some(c @ (1000 | 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 1014)) => AfterClose::Reconnect(said(c)),
+        Some(c) => AfterClose::Fatal(said(c)),
+    }
+}
+
+/// Exponential backoff: 0.5 s, doubling, at most 10 s, each wait drawn
+/// between half and all of its step ("equal jitter"), so clients dropped
+/// together do not come back together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(10);
+    /// A connection that lasted this long was a good one: the next wait
+    /// starts again from [`Backoff::FIRST`]. One that ends sooner (a server
+    /// that greets and then closes with 1013) keeps climbing.
+    pub const STABLE: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Backoff {
+        Backoff { step: Self::FIRST }
+    }
+
+    /// The next wait; `jitter` is uniform in [0, 1).
+    pub fn next_wait(&mut self, jitter: f64) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(Self::MAX);
+        step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// A connection ended after `lived`.
+    pub fn connection_ended(&mut self, lived: Duration) {
+        if lived >= Self::STABLE {
+            self.step = Self::FIRST;
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A number uniform in [0, 1), from the operating system's randomness (by
+/// way of a v4 uuid: no generator of our own to seed).
+pub fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn waits_double_from_half_a_second_up_to_ten() {
+        let mut b = Backoff::new();
+        let full: Vec<_> = (0..8).map(|_| b.next_wait(1.0)).collect();
+        assert_eq!(full, [MS(500), MS(1000), MS(2000), MS(4000), MS(8000), MS(10_000), MS(10_000), MS(10_000)]);
+    }
+
+    #[test]
+    fn jitter_draws_between_half_and_all_of_the_step() {
+        assert_eq!(Backoff::new().next_wait(0.0), MS(250));
+        assert_eq!(Backoff::new().next_wait(0.5), MS(375));
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
+        let draws: Vec<_> = (0..20).map(|_| jitter()).collect();
+        assert!(draws.iter().any(|&j| j != draws[0]), "random");
+    }
+
+    #[test]
+    fn only_a_connection_that_lasted_starts_the_backoff_over() {
+        let mut b = Backoff::new();
+        for _ in 0..4 {
+            b.next_wait(1.0);
+        }
+        b.connection_ended(Duration::from_secs(1));
+        assert_eq!(b.next_wait(1.0), MS(8000), "a greet-and-close keeps climbing");
+        b.connection_ended(Backoff::STABLE);
+        assert_eq!(b.next_wait(1.0), MS(500));
+    }
+
+    #[test]
+    fn close_codes_decide_whether_to_come_back() {
+        for reason in ["logged out", "session expired", "session revoked", "token expired", "invalid token"] {
+            assert_eq!(after_close(Some(4401), reason), AfterClose::SignedOut(reason.into()));
+        }
+        assert_eq!(
+            after_close(Some(1001), "server shutting down"),
+            AfterClose::Reconnect("closed with 1001 (server shutting down)".into())
+        );
+        assert!(matches!(after_close(Some(1013), "slow consumer"), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(Some(1013), "store unavailable"), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(Some(1006), ""), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(None, ""), AfterClose::Reconnect(_)));
+        assert_eq!(
+            after_close(Some(1008), "policy violation"),
+            AfterClose::Fatal("closed with 1008 (policy violation)".into())
+        );
+        assert!(matches!(after_close(Some(1009), "message too big"), AfterClose::Fatal(_)));
+        assert!(matches!(after_close(Some(4000), ""), AfterClose::Fatal(_)));
+    }
+}

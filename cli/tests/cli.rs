@@ -1,0 +1,370 @@
+//! The real `palaver-cli` binary against a stand-in server that follows the
+//! token API and the WebSocket contract (docs/protocol.md §3, §5): what each
+//! command prints and exits with on each answer, what lands in the
+//! credentials file, and how `chat` orders, resends, reconnects,
+//! reauthenticates and stops. (The tests against the real server live in the
+//! root package's tests/it.)
+
+mod support;
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use serde_json::json;
+use support::{Home, StandIn};
+
+/// A message frame as the server sends it.
+fn message(id: &str, user: &str, body: &str) -> serde_json::Value {
+    // 1_700_000_000_000 ms is 22:13:20 UTC.
+    json!({"type":"message","room":"lobby","id":id,"user":user,"body":body,"sent_at":1_700_000_000_000u64})
+}
+
+#[tokio::test]
+async fn login_saves_private_credentials_and_says_who_signed_in() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let out = home.cli_with(&["login", "alice"], &[("PALAVER_PASSWORD", "right password")]).finish().await;
+    assert_eq!((out.code, out.out.as_slice()), (0, &["Signed in as alice".to_string()][..]), "{out:?}");
+    let saved = home.saved();
+    assert_eq!(saved["server"], server.url);
+    assert_eq!(saved["username"], "alice");
+    assert_eq!(saved["access_token"], "AT.secret.1");
+    assert_eq!(saved["refresh_token"], "RT.secret.1");
+    let mode = std::fs::metadata(home.credentials()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn login_reads_the_password_from_stdin_without_a_terminal() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let mut cli = home.cli(&["login", "alice"]);
+    cli.type_line("right password");
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.err_has("Password:"), "no prompt on a pipe: {out:?}");
+}
+
+#[tokio::test]
+async fn login_failures_exit_2_for_bad_credentials_3_when_throttled_1_when_nobody_answers() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let out = home.cli_with(&["login", "alice"], &[("PALAVER_PASSWORD", "wrong")]).finish().await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.err_has("invalid_credentials"), "{out:?}");
+    let out = home.cli_with(&["login", "alice"], &[("PALAVER_PASSWORD", "throttle me")]).finish().await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.err_has("Too many failed sign-ins.") && out.err_has("try again in 30 s"), "{out:?}");
+    assert!(!home.credentials().exists());
+
+    let nobody = Home::new("http://127.0.0.1:9");
+    let out = nobody.cli_with(&["login", "alice"], &[("PALAVER_PASSWORD", "x")]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+}
+
+#[tokio::test]
+async fn chat_prints_messages_and_sends_lines_one_at_a_time_in_order() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby");
+    assert_eq!(socket.bearer.as_deref(), Some("AT.secret.1"));
+    socket.hello("alice", "lobby").await;
+    socket.send(json!({"type":"presence","room":"lobby","online":["alice","bob"],"count":2})).await;
+    cli.err_until("connected to lobby as alice").await;
+    cli.err_until("2 online in lobby: alice, bob").await;
+    socket.send(message("5-0", "bob", "hi \u{1b}[2J")).await;
+    assert_eq!(cli.out_line().await, "22:13:20 bob: hi \\u{1b}[2J");
+
+    cli.type_line("one");
+    cli.type_line("two");
+    let first = socket.recv().await.unwrap();
+    assert_eq!((first["type"].as_str(), first["body"].as_str()), (Some("send"), Some("one")));
+    let one_id = first["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(socket.quiet_for(Duration::from_millis(400)).await, Ok(()), "`two` waits for `one`'s ack");
+    socket.send(json!({"type":"ack","client_id":one_id,"id":"6-0"})).await;
+    let second = socket.recv().await.unwrap();
+    assert_eq!(second["body"], "two");
+    assert_ne!(second["client_id"], one_id.as_str());
+    socket.send(json!({"type":"ack","client_id":second["client_id"],"id":"7-0"})).await;
+
+    // End of input with everything acknowledged: a 1000 close, exit 0.
+    cli.end_input();
+    assert_eq!(socket.closed_with().await, Some(1000));
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test]
+async fn a_send_the_store_could_not_take_or_that_was_rate_limited_goes_again_under_its_client_id() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.type_line("precious");
+    cli.type_line("after");
+    let sent = socket.recv().await.unwrap();
+    let id = sent["client_id"].clone();
+    socket.send(json!({"type":"error","code":"unavailable","message":"try again","client_id":id})).await;
+    let again = socket.recv().await.unwrap();
+    assert_eq!((&again["body"], &again["client_id"]), (&json!("precious"), &id));
+    socket.send(json!({"type":"error","code":"rate_limited","message":"slow down","client_id":id})).await;
+    let started = std::time::Instant::now();
+    let third = socket.recv().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited ~1 s: {:?}", started.elapsed());
+    assert_eq!((&third["body"], &third["client_id"]), (&json!("precious"), &id));
+    socket.send(json!({"type":"ack","client_id":id,"id":"9-0"})).await;
+    assert_eq!(socket.recv().await.unwrap()["body"], "after");
+    drop(cli);
+}
+
+#[tokio::test]
+async fn a_dropped_socket_comes_back_with_after_and_nothing_is_printed_twice_or_lost() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    socket.send(message("9-0", "bob", "nine")).await;
+    socket.send(message("10-0", "bob", "ten")).await;
+    assert!(cli.out_line().await.ends_with("bob: nine"));
+    assert!(cli.out_line().await.ends_with("bob: ten"));
+    // A line in flight when the socket goes: sent again on the next one, same id.
+    cli.type_line("in flight");
+    let sent = socket.recv().await.unwrap();
+    socket.close(1001, "server shutting down").await;
+    cli.err_until("server shutting down").await;
+
+    let mut socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby&after=10-0", "ids compare as numbers: 10-0 is after 9-0");
+    socket.hello("alice", "lobby").await;
+    socket.send(message("10-0", "bob", "ten")).await;
+    socket.send(message("11-0", "bob", "eleven")).await;
+    assert!(cli.out_line().await.ends_with("bob: eleven"), "10-0 is not printed again");
+    let resent = socket.recv().await.unwrap();
+    assert_eq!((&resent["body"], &resent["client_id"]), (&sent["body"], &sent["client_id"]));
+    socket.send(json!({"type":"ack","client_id":sent["client_id"],"id":"12-0"})).await;
+
+    // An abrupt drop (no close frame) is a reconnect too.
+    drop(socket);
+    let mut socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby&after=11-0");
+    socket.hello("alice", "lobby").await;
+    cli.end_input();
+    assert_eq!(socket.closed_with().await, Some(1000));
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.out.len(), 3, "{out:?}");
+}
+
+#[tokio::test]
+async fn reauthenticate_refreshes_saves_the_new_refresh_token_and_reauths_in_band() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.err_until("connected to lobby as alice").await;
+    socket.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
+    let reauth = socket.recv().await.unwrap();
+    assert_eq!(reauth, json!({"type":"reauth","token":"AT.secret.2"}));
+    assert_eq!(server.state().refreshes, 1);
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.2", "saved before it was used");
+    socket.send(json!({"type":"reauthenticated","expires_at":4_000_000_000_000u64})).await;
+    cli.err_until("reauthenticated").await;
+    drop(cli);
+}
+
+#[tokio::test]
+async fn two_clients_sharing_a_file_never_present_a_spent_refresh_token() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut a = home.cli(&["chat", "lobby"]);
+    let mut socket_a = server.socket().await;
+    socket_a.hello("alice", "lobby").await;
+    a.err_until("connected to lobby").await;
+    let mut b = home.cli(&["chat", "lobby"]);
+    let mut socket_b = server.socket().await;
+    socket_b.hello("alice", "lobby").await;
+    b.err_until("connected to lobby").await;
+
+    // B rotates RT.secret.1 into RT.secret.2 and saves it...
+    socket_b.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
+    assert_eq!(socket_b.recv().await.unwrap()["token"], "AT.secret.2");
+    // ...so A, which read RT.secret.1 at its start, takes RT.secret.2 from the
+    // file (the stand-in refuses a spent token, as the real server does after
+    // its grace window).
+    socket_a.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
+    assert_eq!(socket_a.recv().await.unwrap()["token"], "AT.secret.3");
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.3");
+}
+
+#[tokio::test]
+async fn a_token_about_to_expire_is_refreshed_before_connecting() {
+    // Access tokens that live 30 s: under the one-minute margin from the start.
+    let mut server = StandIn::start(30).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    assert_eq!(socket.bearer.as_deref(), Some("AT.secret.2"));
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.2");
+    socket.hello("alice", "lobby").await;
+    cli.err_until("connected to lobby").await;
+    drop(cli);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_and_an_ended_session_signs_out_with_4() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    // The access token stops working (a rotated key, say); the refresh token still works.
+    server.state().live_access.clear();
+    let cli = home.cli(&["chat", "lobby"]);
+    let socket = server.socket().await;
+    assert_eq!(socket.bearer.as_deref(), Some("AT.secret.2"));
+    drop(socket);
+    drop(cli);
+
+    // The session is over: the refresh is refused too.
+    server.state().end_session();
+    let out = home.cli(&["chat", "lobby"]).finish().await;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "signed out: the session has ended"), "{out:?}");
+    assert!(home.credentials().exists(), "nothing is deleted");
+}
+
+#[tokio::test]
+async fn a_4401_close_signs_out_with_4_and_keeps_the_credentials() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.err_until("connected to lobby").await;
+    socket.close(4401, "logged out").await;
+    let out = cli.finish().await;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "signed out: logged out"), "{out:?}");
+    assert!(home.credentials().exists());
+    let upgrades = server.state().requests.iter().filter(|r| r.starts_with("GET /ws")).count();
+    assert_eq!(upgrades, 1, "no reconnect after 4401");
+}
+
+#[tokio::test]
+async fn a_policy_close_is_reported_and_not_retried() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    socket.close(1008, "policy violation").await;
+    let out = cli.finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("1008 (policy violation)"), "{out:?}");
+}
+
+#[tokio::test]
+async fn lines_unacknowledged_at_the_end_of_input_are_waited_for_then_given_up_on() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.type_line("never acked");
+    cli.end_input();
+    assert_eq!(socket.recv().await.unwrap()["body"], "never acked");
+    let started = std::time::Instant::now();
+    assert_eq!(socket.closed_with().await, Some(1000));
+    assert!(started.elapsed() >= Duration::from_secs(9), "{:?}", started.elapsed());
+    let out = cli.finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("1 line(s) not confirmed"), "{out:?}");
+}
+
+#[tokio::test]
+async fn ctrl_c_closes_the_socket_and_exits_0() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.err_until("connected to lobby").await;
+    let status = std::process::Command::new("kill").args(["-INT", &cli.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(socket.closed_with().await, Some(1000));
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_deletes_the_credentials() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let out = home.cli(&["logout"]).finish().await;
+    assert_eq!((out.code, out.out.as_slice()), (0, &["Signed out".to_string()][..]), "{out:?}");
+    assert_eq!(server.state().logouts, 1);
+    assert!(!home.credentials().exists());
+    // Again: nothing to do.
+    let out = home.cli(&["logout"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.err_has("not signed in"));
+}
+
+#[tokio::test]
+async fn logout_of_a_session_already_gone_still_deletes_and_says_so() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    server.state().end_session();
+    let out = home.cli(&["logout"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.err_has("already ended"), "{out:?}");
+    assert!(!home.credentials().exists());
+}
+
+#[tokio::test]
+async fn tokens_never_go_to_a_server_other_than_the_one_that_issued_them() {
+    let mut server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    home.login().await;
+    let out = home.cli(&["--server", "http://127.0.0.1:9", "chat", "lobby"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("the saved credentials are for"), "{out:?}");
+    // Without PALAVER_SERVER, the saved server is used.
+    let mut cli = home.cli_with(&["chat", "lobby"], &[("PALAVER_SERVER", "")]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.err_until("connected to lobby").await;
+}
+
+#[tokio::test]
+async fn chat_without_credentials_says_to_log_in_and_exits_4() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let out = home.cli(&["chat", "lobby"]).finish().await;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.err_has("palaver-cli login"), "{out:?}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_64_and_help_exits_0() {
+    let home = Home::new("http://127.0.0.1:9");
+    let out = home.cli(&["chat", "Not A Room"]).finish().await;
+    assert_eq!(out.code, 64, "{out:?}");
+    let out = home.cli(&["--help"]).finish().await;
+    assert_eq!(out.code, 0);
+    assert!(out.out.iter().any(|l| l.contains("palaver-cli [--server URL] chat ROOM")));
+}
