@@ -7,6 +7,7 @@ mod abuse;
 mod auth;
 mod browser;
 mod chat;
+mod cli;
 mod connections;
 mod contract;
 mod faults;

@@ -1,0 +1,193 @@
+//! palaver-cli end to end against real instances: signing in with the
+//! token API, chatting with a browser user across instances, surviving a
+//! restart of its instance, being signed out by the browser's "log out
+//! everywhere", and its own logout leaving the browser alone.
+//!
+//! The CLI is a workspace member: `cargo test --workspace` (what
+//! `scripts/test` runs) builds it beside this test binary.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("palaver-cli");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p palaver-cli` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A palaver-cli process with its output read line by line.
+struct Cli {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    seen_err: Vec<String>,
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+impl Cli {
+    fn command(server: &str, credentials: &std::path::Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env_clear()
+            .env("PALAVER_SERVER", server)
+            .env("PALAVER_CREDENTIALS", credentials)
+            .env("PALAVER_PASSWORD", PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn start(server: &str, credentials: &std::path::Path, args: &[&str]) -> Cli {
+        let mut child = Self::command(server, credentials, args).spawn().expect("palaver-cli starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Cli { stdin: child.stdin.take(), child, stdout, stderr, seen_err: Vec::new() }
+    }
+
+    /// Runs a command to its end: its status and stdout.
+    fn run(server: &str, credentials: &std::path::Path, args: &[&str]) -> (ExitStatus, String) {
+        let out = Self::command(server, credentials, args).stdin(Stdio::null()).output().expect("palaver-cli runs");
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn stdout_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("palaver-cli printed no {what}; stderr: {:?}", self.stderr_so_far()),
+            }
+        }
+    }
+
+    fn stderr_so_far(&mut self) -> Vec<String> {
+        self.seen_err.extend(self.stderr.try_iter());
+        self.seen_err.clone()
+    }
+
+    /// Waits for the `n`th stderr line containing `needle` (counting all seen).
+    fn stderr_count(&mut self, needle: &str, n: usize, deadline: Duration) {
+        let until = std::time::Instant::now() + deadline;
+        while self.seen_err.iter().filter(|l| l.contains(needle)).count() < n {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.seen_err.push(line),
+                Err(_) => panic!("no {n}× {needle:?} on palaver-cli's stderr: {:?}", self.seen_err),
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        poll_blocking(DEADLINE * 2, || self.child.try_wait().unwrap()).expect("palaver-cli exits")
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_signs_in_chats_with_a_browser_user_survives_a_restart_and_signs_out() {
+    let redis = RedisServer::start();
+    let (a, b) = TestApp::spawn_group(&redis, &[]).await;
+    let b_addr = b.addr.to_string();
+    let group = format!("{},{}", a.origin, b.origin);
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    signed_up(&a, "alice").await;
+    let bob = signed_up(&a, "bob").await;
+    let (mut bobs, _) = bob.join(&a, "").await;
+
+    let (status, out) = Cli::run(&b.origin, &credentials, &["login", "alice"]);
+    assert!(status.success(), "login: {status:?}");
+    assert!(out.contains("Signed in as alice"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&credentials).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let mut cli = Cli::start(&b.origin, &credentials, &["chat", "lobby"]);
+    cli.stderr_count("connected to lobby as alice", 1, DEADLINE);
+    bobs.say("hello cli", "b1").await;
+    cli.stdout_line("bob's message", |l| l.ends_with("bob: hello cli"));
+    cli.type_line("hi bob, from a terminal");
+    loop {
+        let m = bobs.next_of("message").await;
+        if m["user"] == "alice" {
+            assert_eq!(m["body"], "hi bob, from a terminal");
+            break;
+        }
+    }
+
+    // Its instance restarts under it: it reconnects and misses nothing.
+    b.shutdown().await.unwrap();
+    bobs.say("while you were away", "b2").await;
+    let b = TestApp::spawn_with(Some(&redis), &[("LISTEN_ADDR", &b_addr), ("ALLOWED_ORIGINS", &group)]).await;
+    cli.stderr_count("connected to lobby as alice", 2, Duration::from_secs(20));
+    cli.stdout_line("the message sent meanwhile", |l| l.ends_with("bob: while you were away"));
+    bobs.say("and after", "b3").await;
+    let next = cli.stdout_line("the next message", |l| l.contains("bob: "));
+    assert!(next.ends_with("bob: and after"), "nothing repeated: {next}");
+
+    // Stdin ends: it leaves once what it sent is acknowledged.
+    cli.stdin.take();
+    assert!(cli.wait().success());
+
+    // Its logout ends its own session, not the browser's.
+    let (status, out) = Cli::run(&b.origin, &credentials, &["logout"]);
+    assert!(status.success() && out.contains("Signed out"), "{status:?} {out}");
+    assert!(!credentials.exists(), "the credentials are gone");
+    bobs.say("still here", "b4").await;
+    assert_eq!(bob.get(&a, "/chat/lobby").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_everywhere_in_a_browser_signs_the_cli_out_on_another_instance() {
+    let redis = RedisServer::start();
+    let (a, b) = TestApp::spawn_group(&redis, &[]).await;
+    let browser = signed_up(&a, "alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    assert!(Cli::run(&b.origin, &credentials, &["login", "alice"]).0.success());
+    let mut cli = Cli::start(&b.origin, &credentials, &["chat", "lobby"]);
+    cli.stderr_count("connected to lobby as alice", 1, DEADLINE);
+
+    assert_redirect(&browser.post(&a, "/logout/everywhere").await, "/login");
+    let status = cli.wait();
+    assert_eq!(status.code(), Some(4), "signed out");
+    cli.stderr_count("signed out: logged out", 1, DEADLINE);
+}
