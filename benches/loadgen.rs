@@ -13,6 +13,17 @@
 //! process, release build, the same parameters as the server), then whole
 //! `POST /login` round trips against a release instance.
 //!
+//! `replay`: `--sockets` sockets open a room of `--messages` messages with
+//! `after=0-0` and never read; reports server RSS before, at the peak, and
+//! after they closed, and checks that a reading client gets the whole room
+//! in order before and after.
+//!
+//! `handshakes`: authenticated upgrades per second with `--concurrency`
+//! clients, each opening a socket, reading its `hello` and closing, for
+//! `--seconds`: first with the session cookie, then with an access token
+//! (`Authorization: Bearer`), in the same run. Every handshake must get its
+//! `hello` with the right user.
+//!
 //! `chat`: two instances on one Redis; `--sockets` sockets in one room,
 //! split across the instances; `--senders` of them send at each total rate
 //! in turn. Reports messages delivered per second and delivery latency
@@ -556,6 +567,68 @@ async fn replay(args: &[String]) {
     );
 }
 
+/// Upgrades per second with one kind of credential; checks every `hello`.
+async fn handshake_rate(port: u16, header: (&'static str, String), concurrency: usize, seconds: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (done, header) = (done.clone(), header.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let mut request = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+                request.headers_mut().insert(header.0, HeaderValue::from_str(&header.1).unwrap());
+                let source =
+                    std::net::Ipv4Addr::new(127, 0, 0, 1 + (NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16) as u8);
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((source, 0).into()).unwrap();
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+                    .await
+                    .expect("the upgrade is accepted");
+                let hello = next_json(&mut ws).await.expect("hello");
+                assert_eq!((hello["type"].as_str(), hello["user"].as_str()), (Some("hello"), Some("shaker")));
+                let _ = ws.close(None).await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn handshakes(args: &[String]) {
+    let concurrency: usize = arg(args, "--concurrency", 32);
+    let seconds: u64 = arg(args, "--seconds", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, redis_port) = start_redis(dir.path());
+    let (_server, port) = start_palaver(redis_port, &[("ACCESS_TOKEN_TTL_SECS", "3600")]);
+    let cookie = register(port, "shaker");
+    let login = r#"{"username":"shaker","password":"load-test-password"}"#;
+    let request = format!(
+        "POST /api/token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{login}",
+        login.len()
+    );
+    let mut stream = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = response.split("\r\n\r\n").nth(1).expect("a body");
+    let pair: serde_json::Value = serde_json::from_str(body).expect("a token pair");
+    let bearer = format!("Bearer {}", pair["access_token"].as_str().unwrap());
+
+    let cookie_rate = handshake_rate(port, ("cookie", cookie), concurrency, seconds).await;
+    let token_rate = handshake_rate(port, ("authorization", bearer), concurrency, seconds).await;
+    println!(
+        "handshakes, {concurrency} concurrent, {seconds} s each: cookie {cookie_rate:.0}/s, access token {token_rate:.0}/s \
+         (each read its hello as the right user)"
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -565,9 +638,10 @@ async fn main() {
         Some("chat") => chat(&args).await,
         Some("login") => logins(&args).await,
         Some("replay") => replay(&args).await,
+        Some("handshakes") => handshakes(&args).await,
         _ => eprintln!(
-            "usage: cargo bench --bench loadgen -- idle|chat|login|replay [--sockets N] [--rates a,b] [--seconds S] \
-             [--count N] [--messages N] [--body N]"
+            "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes [--sockets N] [--rates a,b] \
+             [--seconds S] [--count N] [--messages N] [--body N] [--concurrency N]"
         ),
     }
 }
