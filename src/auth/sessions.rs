@@ -58,8 +58,8 @@ pub struct TokenCurrent {
     pub sid: String,
     /// When the session expires.
     pub expires_at: UnixMillis,
-    /// When the access token expires (`None` for a ticket: it lives as the
-    /// session does, a ticket being redeemed at once).
+    /// When the access token (or the one a ticket was issued for) expires;
+    /// `None` only when the session was found by its `sid` alone.
     pub token_expires_at: Option<UnixMillis>,
 }
 
@@ -386,10 +386,13 @@ impl Sessions {
         }))
     }
 
-    /// A one-use ticket to open a WebSocket for token session `sid`.
-    pub async fn issue_ticket(&self, sid: &str) -> StoreResult<String> {
+    /// A one-use ticket to open a WebSocket for token session `sid`, on the
+    /// authority of an access token expiring at `token_expires_at` (the
+    /// socket ends with that token, as if it had been opened with it).
+    pub async fn issue_ticket(&self, sid: &str, token_expires_at: UnixMillis) -> StoreResult<String> {
         let ticket = random_text(32);
-        self.tokens.put_ticket(&ticket_hash(&ticket), sid, TICKET_TTL).await?;
+        let value = format!("{sid} {}", token_expires_at.as_millis());
+        self.tokens.put_ticket(&ticket_hash(&ticket), &value, TICKET_TTL).await?;
         Ok(ticket)
     }
 
@@ -398,14 +401,16 @@ impl Sessions {
         if ticket.is_empty() || ticket.len() > 64 {
             return Ok(None);
         }
-        let Some(sid) = self.tokens.take_ticket(&ticket_hash(ticket)).await? else { return Ok(None) };
-        let Some(found) = self.tokens.find_token_session(&sid).await? else { return Ok(None) };
+        let Some(value) = self.tokens.take_ticket(&ticket_hash(ticket)).await? else { return Ok(None) };
+        let Some((sid, token_expires_at)) = value.split_once(' ') else { return Ok(None) };
+        let token_expires_at = token_expires_at.parse().ok().map(UnixMillis::from_millis);
+        let Some(found) = self.tokens.find_token_session(sid).await? else { return Ok(None) };
         Ok(Some(TokenCurrent {
             user: found.record.user,
             session_id: found.id,
             sid: found.record.sid,
             expires_at: found.expires_at,
-            token_expires_at: None,
+            token_expires_at,
         }))
     }
 

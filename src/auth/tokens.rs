@@ -154,10 +154,12 @@ impl TokenKeys {
         let pkcs8 = match signing {
             Some(path) => read_signing_key(path)?,
             None => {
-                let key = store.shared_signing_key(&generate_signing_key()).await.map_err(|err| KeyError::Read {
-                    name: "the shared signing key",
-                    path: "(the store)".into(),
-                    reason: err.to_string(),
+                let key = store.shared_secret("token-signing-key", &generate_signing_key()).await.map_err(|err| {
+                    KeyError::Read {
+                        name: "the shared signing key",
+                        path: "(the store)".into(),
+                        reason: err.to_string(),
+                    }
                 })?;
                 tracing::warn!(
                     "TOKEN_SIGNING_KEY is not set: access tokens are signed with a GENERATED key, shared by every \
@@ -168,12 +170,18 @@ impl TokenKeys {
             }
         };
         let previous = previous.iter().map(|path| read_public_key(path)).collect::<Result<Vec<_>, _>>()?;
-        let path = signing.map(|p| p.display().to_string()).unwrap_or_else(|| "(generated)".into());
-        let keys = TokenKeys::new(&pkcs8, &previous, issuer, issuers, ttl).map_err(|reason| KeyError::NotEd25519 {
-            name: "TOKEN_SIGNING_KEY",
-            path,
-            reason,
+        // Shared by every instance whatever their signing keys (a rolling
+        // rotation): a replayed refresh token gets the same successor on any.
+        let mut candidate = [0u8; 32];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut candidate).expect("the system has randomness");
+        let refresh_secret = store.shared_secret("refresh-key", &candidate).await.map_err(|err| KeyError::Read {
+            name: "the shared refresh-token key",
+            path: "(the store)".into(),
+            reason: err.to_string(),
         })?;
+        let path = signing.map(|p| p.display().to_string()).unwrap_or_else(|| "(generated)".into());
+        let keys = TokenKeys::new(&pkcs8, &previous, issuer, issuers, ttl, &refresh_secret)
+            .map_err(|reason| KeyError::NotEd25519 { name: "TOKEN_SIGNING_KEY", path, reason })?;
         tracing::info!(kid = keys.kid(), previous = previous.len(), "access tokens signed with key {}", keys.kid());
         Ok(keys)
     }
@@ -190,6 +198,7 @@ impl TokenKeys {
         issuer: &str,
         issuers: &[&str],
         ttl: Duration,
+        refresh_secret: &[u8],
     ) -> Result<Self, String> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(signing_pkcs8).map_err(|err| err.to_string())?;
         let public = pair.public_key().as_ref();
@@ -207,8 +216,6 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Instances share one clock source in practice (NTP); no grace.
         validation.leeway = 0;
-        let refresh_secret =
-            digest::digest(&digest::SHA256, &[b"palaver refresh tokens\0".as_slice(), signing_pkcs8].concat());
         Ok(Self {
             signing: EncodingKey::from_ed_der(signing_pkcs8),
             kid,
@@ -216,7 +223,7 @@ impl TokenKeys {
             validation,
             issuer: issuer.to_owned(),
             ttl,
-            refresh_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, refresh_secret.as_ref()),
+            refresh_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, refresh_secret),
         })
     }
 
@@ -278,7 +285,8 @@ pub(crate) mod tests {
     pub(crate) const ISSUER: &str = "https://chat.example.com";
 
     pub(crate) fn keys() -> TokenKeys {
-        TokenKeys::new(&generate_signing_key(), &[], ISSUER, &[], Duration::from_secs(300)).unwrap()
+        TokenKeys::new(&generate_signing_key(), &[], ISSUER, &[], Duration::from_secs(300), b"test refresh key")
+            .unwrap()
     }
 
     fn alice() -> User {
@@ -382,9 +390,15 @@ pub(crate) mod tests {
         iss["iss"] = "https://evil.example".into();
         assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &iss, signing)).is_err(), "iss");
         // Another origin of the group issues tokens this instance accepts.
-        let group =
-            TokenKeys::new(&generate_signing_key(), &[], ISSUER, &["https://b.example.com"], Duration::from_secs(300))
-                .unwrap();
+        let group = TokenKeys::new(
+            &generate_signing_key(),
+            &[],
+            ISSUER,
+            &["https://b.example.com"],
+            Duration::from_secs(300),
+            b"test refresh key",
+        )
+        .unwrap();
         let mut sibling = claims_json(&group, &user, exp);
         sibling["iss"] = "https://b.example.com".into();
         let mut h = Header::new(Algorithm::EdDSA);
@@ -403,11 +417,18 @@ pub(crate) mod tests {
     #[test]
     fn a_previous_key_is_accepted_by_kid_and_a_forgotten_one_is_not() {
         let old_pkcs8 = generate_signing_key();
-        let old = TokenKeys::new(&old_pkcs8, &[], ISSUER, &[], Duration::from_secs(300)).unwrap();
+        let old = TokenKeys::new(&old_pkcs8, &[], ISSUER, &[], Duration::from_secs(300), b"test refresh key").unwrap();
         let (token, _) = old.issue(&alice(), "s", UnixMillis::now());
         let old_public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&old_pkcs8).unwrap().public_key().as_ref().to_vec();
-        let rotated =
-            TokenKeys::new(&generate_signing_key(), &[old_public], ISSUER, &[], Duration::from_secs(300)).unwrap();
+        let rotated = TokenKeys::new(
+            &generate_signing_key(),
+            &[old_public],
+            ISSUER,
+            &[],
+            Duration::from_secs(300),
+            b"test refresh key",
+        )
+        .unwrap();
         assert!(rotated.verify(&token).is_ok(), "accepted during the rotation");
         let forgotten = keys();
         assert_eq!(forgotten.verify(&token), Err(TokenError::UnknownKey));

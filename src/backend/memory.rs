@@ -59,7 +59,7 @@ pub struct MemoryBackend {
     tokens: Mutex<HashMap<Id, (TokenRecord, UnixMillis)>>,
     sids: Mutex<HashMap<String, (Id, UnixMillis)>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
-    signing_key: Mutex<Option<Vec<u8>>>,
+    secrets: Mutex<HashMap<String, Vec<u8>>>,
     session_creates: AtomicU64,
     index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
     counters: Mutex<HashMap<String, (u64, Instant)>>,
@@ -98,7 +98,7 @@ impl MemoryBackend {
             tokens: Mutex::default(),
             sids: Mutex::default(),
             tickets: Mutex::default(),
-            signing_key: Mutex::default(),
+            secrets: Mutex::default(),
             session_creates: AtomicU64::new(0),
             index: Mutex::default(),
             counters: Mutex::default(),
@@ -331,8 +331,8 @@ impl TokenStore for MemoryBackend {
         Ok(lock(&self.tickets).remove(ticket_hash).filter(|(_, until)| *until > now).map(|(sid, _)| sid))
     }
 
-    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        Ok(lock(&self.signing_key).get_or_insert_with(|| candidate.to_vec()).clone())
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(lock(&self.secrets).entry(name.to_owned()).or_insert_with(|| candidate.to_vec()).clone())
     }
 }
 

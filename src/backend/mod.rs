@@ -120,13 +120,14 @@ pub trait TokenStore: Send + Sync {
         record: &TokenRecord,
         expires_at: UnixMillis,
     ) -> StoreResult<bool>;
-    /// Keeps a one-use ticket (by its hash) for session `sid`, for `ttl`.
-    async fn put_ticket(&self, ticket_hash: &str, sid: &str, ttl: Duration) -> StoreResult<()>;
-    /// Takes a ticket: the session it was for, once.
+    /// Keeps a one-use ticket (by its hash) with what it grants, for `ttl`.
+    async fn put_ticket(&self, ticket_hash: &str, value: &str, ttl: Duration) -> StoreResult<()>;
+    /// Takes a ticket: what it grants, once.
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>>;
-    /// The signing key (PKCS#8) every instance uses when none is configured:
-    /// the first instance's `candidate`, kept in the store.
-    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+    /// A secret every instance must share (a generated signing key, the
+    /// refresh-token key): the first instance's `candidate`, kept in the
+    /// store under `name`.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// Fixed-window counters, for throttling.

@@ -28,6 +28,7 @@
 //! | `palaver:sid:{sid}` | string | the session id a token session's public `sid` names (expires at its absolute end) |
 //! | `palaver:ticket:{hash}` | string | the `sid` a one-use WebSocket ticket is for (30 s) |
 //! | `palaver:token-signing-key` | string | the generated signing key, base64 PKCS#8, when none is configured |
+//! | `palaver:refresh-key` | string | the key refresh-token successors are derived with, base64 |
 //! | `palaver:rooms` | zset | the rooms that exist, scored by their last message or visit |
 //! | `palaver:instance:{id}:wake` | stream | pokes this instance's `XREAD BLOCK` (1 h TTL) |
 
@@ -82,7 +83,9 @@ mod keys {
         format!("palaver:room:{room}:presence")
     }
     pub const ROOMS: &str = "palaver:rooms";
-    pub const SIGNING_KEY: &str = "palaver:token-signing-key";
+    pub fn secret(name: &str) -> String {
+        format!("palaver:{name}")
+    }
     pub fn sid(sid: &str) -> String {
         format!("palaver:sid:{sid}")
     }
@@ -250,8 +253,7 @@ impl Scripts {
                  redis.call('SET', KEYS[2], KEYS[1], 'PXAT', ARGV[3])
                  return 1",
             ),
-            // KEYS: the session key, its sid pointer; ARGV: record JSON,
-            // expiry ms, absolute end ms.
+            // KEYS: rooms zset, the user's rooms zset, the room's stream
             // ARGV: room, now, room ttl ms, rooms kept per user
             open_room: Script::new(
                 "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
@@ -620,13 +622,13 @@ impl TokenStore for RedisBackend {
         guarded("getdel", self.fast.getdel(keys::ticket(ticket_hash))).await
     }
 
-    async fn shared_signing_key(&self, candidate: &[u8]) -> StoreResult<Vec<u8>> {
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         use base64::{engine::general_purpose::STANDARD, Engine};
+        let key = keys::secret(name);
         let encoded = STANDARD.encode(candidate);
-        let _: Option<String> =
-            guarded("set", self.fast.set(keys::SIGNING_KEY, encoded, None, Some(SetOptions::NX), false)).await?;
-        let stored: String = guarded("get", self.fast.get(keys::SIGNING_KEY)).await?;
-        STANDARD.decode(stored).map_err(|_| StoreError::Corrupt("the shared signing key".into()))
+        let _: Option<String> = guarded("set", self.fast.set(&key, encoded, None, Some(SetOptions::NX), false)).await?;
+        let stored: String = guarded("get", self.fast.get(&key)).await?;
+        STANDARD.decode(stored).map_err(|_| StoreError::Corrupt(format!("the shared secret {name}")))
     }
 }
 

@@ -64,6 +64,7 @@ impl Rig {
             "http://127.0.0.1:8080",
             &[],
             config.access_token_ttl,
+            b"test refresh key",
         )
         .expect("a fresh key");
         let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys));

@@ -55,8 +55,16 @@ pub fn rejection_json(rejection: warp::Rejection) -> Response {
 }
 
 fn unavailable(err: StoreError) -> Response {
-    tracing::warn!(%err, "API request refused: store unavailable");
-    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The store cannot be reached; try again in a moment.")
+    let err = crate::error::Error::from(err);
+    err.log();
+    error(err.status(), err.code(), err.public_message())
+}
+
+/// A 200 carrying credentials: never stored by a cache (RFC 6749 §5.1).
+fn secret(body: serde_json::Value) -> Response {
+    let mut res = warp::reply::json(&body).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn too_many(retry_after: Duration) -> Response {
@@ -138,7 +146,7 @@ async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, 
         Some(stored) if verified => {
             api.throttle.succeeded(attempt).await?;
             let pair = api.sessions.sign_in_token(stored.user).await?;
-            Ok(warp::reply::json(&pair).into_response())
+            Ok(secret(json!(pair)))
         }
         _ => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
     }
@@ -157,7 +165,7 @@ pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection
             Err(err) => return unreadable(err),
         };
         match api.sessions.refresh_token(&refresh.refresh_token).await {
-            Ok(Ok(pair)) => warp::reply::json(&pair).into_response(),
+            Ok(Ok(pair)) => secret(json!(pair)),
             Ok(Err(RefreshError::Invalid)) => {
                 error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
             }
@@ -178,10 +186,9 @@ pub fn ticket(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection>
             Ok(current) => current,
             Err(res) => return res,
         };
-        match api.sessions.issue_ticket(&current.sid).await {
-            Ok(ticket) => {
-                warp::reply::json(&json!({ "ticket": ticket, "expires_in": TICKET_TTL.as_secs() })).into_response()
-            }
+        let expires = current.token_expires_at.expect("a bearer token has an expiry");
+        match api.sessions.issue_ticket(&current.sid, expires).await {
+            Ok(ticket) => secret(json!({ "ticket": ticket, "expires_in": TICKET_TTL.as_secs() })),
             Err(err) => unavailable(err),
         }
     })

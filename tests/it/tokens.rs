@@ -17,6 +17,7 @@ use crate::helpers::*;
 async fn token_pair(app: &TestApp, username: &str) -> Value {
     let res = api_post(app, "/api/token", json!({"username": username, "password": PASSWORD}), None).await;
     assert_eq!(res.status(), StatusCode::OK, "signing in {username} over the API");
+    assert_eq!(res.headers()["cache-control"], "no-store", "credentials are never cached");
     res.json().await.unwrap()
 }
 
@@ -381,10 +382,27 @@ async fn a_token_socket_reauthenticates_in_band_across_expiries_and_one_that_doe
     socket.send_json(json!({"type": "reauth", "token": other["access_token"]})).await;
     assert_eq!(socket.closed().await, (4401, "invalid token".to_string()));
 
-    // One that never re-authenticates ends with its token.
+    // One that never re-authenticates ends with its token...
     let mut idle = open_with(&app, Transport::Bearer, pair["access_token"].as_str().unwrap(), "").await.unwrap();
     idle.next_of("reauthenticate").await;
     assert_eq!(idle.closed().await, (4401, "token expired".to_string()));
+    // ...and so does one opened with a ticket: with the token it came from.
+    let pair: Value = api_post(&app, "/api/token/refresh", json!({"refresh_token": pair["refresh_token"]}), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ticket: Value =
+        api_post(&app, "/api/ws-ticket", json!({}), pair["access_token"].as_str()).await.json().await.unwrap();
+    let query = format!("?ticket={}", ticket["ticket"].as_str().unwrap());
+    let mut ticketed = connect(app.ws_url(&query).into_client_request().unwrap()).await.expect("ticket accepted");
+    let hello = ticketed.next_of("hello").await;
+    let token_exp: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD.decode(pair["access_token"].as_str().unwrap().split('.').nth(1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hello["expires_at"].as_i64().unwrap(), token_exp["exp"].as_i64().unwrap() * 1000);
+    assert_eq!(ticketed.closed().await, (4401, "token expired".to_string()));
 }
 
 /// A PKCS#8 private key and its SubjectPublicKeyInfo, as PEM files.

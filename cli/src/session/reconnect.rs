@@ -27,6 +27,10 @@ pub fn after_close(code: Option<u16>, reason: &str) -> AfterClose {
     };
     match code {
         None => AfterClose::Reconnect("connection lost".into()),
+        // The token (not the session) ended, or a reauth token was refused:
+        // a refresh and a new socket settle it; a session that is over
+        // refuses the refresh, and then the client is signed out.
+        Some(4401) if matches!(reason, "token expired" | "invalid token") => AfterClose::Reconnect(said(4401)),
         Some(4401) => AfterClose::SignedOut(if reason.is_empty() { "4401".into() } else { reason.into() }),
         // Normal, going away, no status, abnormal, internal error, service
         // restart, try again later, bad gateway: the server or the path to
@@ -122,7 +126,10 @@ mod tests {
 
     #[test]
     fn close_codes_decide_whether_to_come_back() {
-        for reason in ["logged out", "session expired", "session revoked", "token expired", "invalid token"] {
+        for reason in ["token expired", "invalid token"] {
+            assert!(matches!(after_close(Some(4401), reason), AfterClose::Reconnect(_)), "{reason}");
+        }
+        for reason in ["logged out", "session expired", "session revoked"] {
             assert_eq!(after_close(Some(4401), reason), AfterClose::SignedOut(reason.into()));
         }
         assert_eq!(
