@@ -48,9 +48,20 @@ pub enum ServerFrame<'a> {
         client_id: Option<&'a str>,
         id: MessageId,
     },
+    /// Who is online, first thing after `hello`: at most 500 names, sorted,
+    /// and the true count.
     Presence {
         room: &'a RoomName,
         online: &'a [String],
+        count: usize,
+    },
+    /// What changed since the last presence frame (empty lists when the
+    /// room has more than 500 online: then only the count).
+    PresenceDiff {
+        room: &'a RoomName,
+        joined: &'a [String],
+        left: &'a [String],
+        count: usize,
     },
     Reauthenticate {
         expires_at: UnixMillis,

@@ -209,6 +209,7 @@
       case "message": onMessage(f); break;
       case "ack": onAck(f); break;
       case "presence": onPresence(f); break;
+      case "presence_diff": onPresenceDiff(f); break;
       case "reauthenticate": onReauthenticate(f); break;
       case "reauthenticated":
         reauthentications += 1;
@@ -298,10 +299,29 @@
     place(entry.li);
   }
 
+  // Who is online: the first list, then diffs applied to it. In rooms of
+  // more than 500, diffs carry only the count.
+  const online = new Set();
+  let onlineTotal = 0;
+
   function onPresence(f) {
     if (f.room && f.room !== ROOM) return;
-    const names = Array.from(new Set((Array.isArray(f.online) ? f.online : [])
-      .filter((n) => typeof n === "string")));
+    online.clear();
+    for (const n of Array.isArray(f.online) ? f.online : []) if (typeof n === "string") online.add(n);
+    onlineTotal = typeof f.count === "number" ? f.count : online.size;
+    renderPresence();
+  }
+
+  function onPresenceDiff(f) {
+    if (f.room && f.room !== ROOM) return;
+    for (const n of Array.isArray(f.left) ? f.left : []) online.delete(n);
+    for (const n of Array.isArray(f.joined) ? f.joined : []) if (typeof n === "string") online.add(n);
+    onlineTotal = typeof f.count === "number" ? f.count : online.size;
+    renderPresence();
+  }
+
+  function renderPresence() {
+    const names = Array.from(online);
     names.sort((a, b) => {
       const x = a.toLowerCase();
       const y = b.toLowerCase();
@@ -315,7 +335,7 @@
       frag.append(li);
     }
     onlineList.replaceChildren(frag);
-    if (onlineCount) onlineCount.textContent = names.length ? String(names.length) : "";
+    if (onlineCount) onlineCount.textContent = onlineTotal ? String(onlineTotal) : "";
   }
 
   function onError(f) {

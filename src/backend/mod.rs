@@ -164,8 +164,16 @@ pub enum Event {
         #[serde(default)]
         reason: EndReason,
     },
-    /// The set of users online in a room changed somewhere.
-    Presence { room: String },
+    /// Who joined and left a room on one instance.
+    Presence {
+        room: String,
+        #[serde(default)]
+        instance: String,
+        #[serde(default)]
+        joined: Vec<String>,
+        #[serde(default)]
+        left: Vec<String>,
+    },
 }
 
 /// Why sessions ended, which their sockets' close reason says.

@@ -92,9 +92,12 @@ impl Lifecycle {
                             tracing::debug!(user = %ended.user, closed, "logout event applied");
                         }
                     }
-                    Ok(Notice::Event(Event::Presence { room })) => {
-                        if let Some(room) = RoomName::parse(&room) {
-                            self.presence.changed_elsewhere(room);
+                    Ok(Notice::Event(Event::Presence { room, instance, joined, left })) => {
+                        // Our own events come back too: already applied.
+                        if instance != self.presence.instance() {
+                            if let Some(room) = RoomName::parse(&room) {
+                                self.presence.changed_elsewhere(room, instance, joined, left);
+                            }
                         }
                     }
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {

@@ -385,17 +385,29 @@ impl Registry {
         }
     }
 
-    /// Sends a frame to every socket in the room (presence).
-    pub fn broadcast(&self, room: &RoomName, frame: Utf8Bytes) {
-        let inner = self.lock();
-        if let Some(room) = inner.rooms.get(room) {
-            let out = Arc::new(OutFrame { id: None, text: frame });
-            for outbox in room.members.values() {
-                // A full outbox is handled by the next chat delivery; presence
-                // is refreshed often enough to skip one.
-                let _ = outbox.try_send(out.clone());
-            }
+    /// Sends a frame to every socket in the room (presence). A socket whose
+    /// outbox is full is closed as a slow consumer: it would miss a diff,
+    /// and a missed diff is a wrong list until it reconnects.
+    pub fn broadcast(&self, room_name: &RoomName, frame: Utf8Bytes) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(room) = inner.rooms.get(room_name) else { return };
+        let out = Arc::new(OutFrame { id: None, text: frame });
+        let slow: Vec<ConnId> = room
+            .members
+            .iter()
+            .filter(|(_, outbox)| matches!(outbox.try_send(out.clone()), Err(mpsc::error::TrySendError::Full(_))))
+            .map(|(id, _)| *id)
+            .collect();
+        if !slow.is_empty() {
+            tracing::warn!(room = %room_name, sockets = slow.len(), "closing sockets that stopped reading");
+            Self::close_ids(inner, &slow, frames::SLOW_CONSUMER);
         }
+    }
+
+    /// Whether this instance has sockets in the room.
+    pub fn follows(&self, room: &RoomName) -> bool {
+        self.lock().rooms.contains_key(room)
     }
 
     /// The names with at least one socket in the room on this instance.

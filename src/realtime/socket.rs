@@ -226,8 +226,8 @@ where
     async fn greet(&mut self, after: Option<MessageId>) -> Flow {
         let hello =
             ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline.at() }.to_text();
-        let online = self.deps.presence.snapshot(&self.room).await;
-        let presence = ServerFrame::Presence { room: &self.room, online: &online }.to_text();
+        let (online, count) = self.deps.presence.snapshot(&self.room).await;
+        let presence = ServerFrame::Presence { room: &self.room, online: &online, count }.to_text();
         if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
             return flow;
         }

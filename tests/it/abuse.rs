@@ -414,11 +414,9 @@ async fn a_graceful_shutdown_removes_its_users_from_presence_everywhere_at_once(
     let bob = signed_up(&b, "bob").await;
     let (mut alices, _) = alice.join(&a, "").await;
     let (_bobs, _) = bob.join(&b, "").await;
-    while alices.next_of("presence").await["online"] != json!(["alice", "bob"]) {}
+    alices.presence_until(&["alice", "bob"]).await;
     b.shutdown().await.expect("graceful shutdown");
     // Well before the entries' own expiry (PRESENCE_TTL_SECS, 45 s).
-    let gone = within_for(Duration::from_secs(3), "bob to leave alice's presence", async {
-        while alices.next_of("presence").await["online"] != json!(["alice"]) {}
-    });
+    let gone = within_for(Duration::from_secs(3), "bob to leave alice's presence", alices.presence_until(&["alice"]));
     gone.await;
 }

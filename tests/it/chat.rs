@@ -316,16 +316,6 @@ async fn the_page_renders_recent_history_and_the_last_id() {
     assert!(html.contains(&format!(r#"data-last-id="{}""#, last["id"].as_str().unwrap())));
 }
 
-/// Reads presence frames until one lists exactly `want`.
-async fn until(socket: &mut Socket, want: Value) -> Value {
-    loop {
-        let p = socket.next_of("presence").await;
-        if p["online"] == want {
-            return p;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_spans_instances_and_follows_departures() {
     let redis = RedisServer::start();
@@ -334,16 +324,25 @@ async fn presence_spans_instances_and_follows_departures() {
     let bob = signed_up(&b, "bob").await;
     let (mut alices, _) = alice.join(&a, "").await;
     let first = alices.next_of("presence").await;
-    assert_eq!(first["online"], json!(["alice"]));
+    assert_eq!(
+        (first["online"].clone(), first["count"].clone(), first["room"].clone()),
+        (json!(["alice"]), json!(1), json!("lobby"))
+    );
+    alices.online = ["alice".to_string()].into();
     let (mut bobs, _) = bob.join(&b, "").await;
-    until(&mut bobs, json!(["alice", "bob"])).await;
-    until(&mut alices, json!(["alice", "bob"])).await;
+    bobs.presence_until(&["alice", "bob"]).await;
+    // Alice hears of bob as a diff: the change, not the list.
+    let diff = alices.next_of("presence_diff").await;
+    assert_eq!(
+        (diff["joined"].clone(), diff["left"].clone(), diff["count"].clone()),
+        (json!(["bob"]), json!([]), json!(2))
+    );
+    alices.online.insert("bob".into());
     // A second tab of bob's changes nothing; closing one of two neither.
     let (tab, _) = bob.join(&a, "").await;
     drop(tab);
     drop(bobs);
-    let p = until(&mut alices, json!(["alice"])).await;
-    assert_eq!(p["room"], "lobby");
+    alices.presence_until(&["alice"]).await;
 }
 
 #[tokio::test]
@@ -352,12 +351,12 @@ async fn the_memory_backend_chats_replays_and_shows_presence() {
     let alice = signed_up(&app, "alice").await;
     let bob = signed_up(&app, "bob").await;
     let (mut alices, _) = alice.join(&app, "").await;
+    alices.presence_until(&["alice"]).await;
     let ack = alices.say("hi", "c1").await;
     let (mut bobs, _) = bob.join(&app, "?after=0-0").await;
     let replayed = bobs.next_of("message").await;
     assert_eq!(replayed["id"], ack["id"]);
     alices.say("live", "c2").await;
     assert_eq!(bobs.next_of("message").await["body"], "live");
-    let presence = alices.next_of("presence").await;
-    assert!(presence["online"].as_array().unwrap().len() <= 2);
+    alices.presence_until(&["alice", "bob"]).await;
 }

@@ -759,7 +759,7 @@ fn some_events() -> [Event; 3] {
             everywhere: false,
             reason: EndReason::Revoked,
         },
-        Event::Presence { room: "lobby".into() },
+        Event::Presence { room: "lobby".into(), instance: "i1".into(), joined: vec!["al".into()], left: vec![] },
         Event::Logout { user_id: UserId::new_v4(), sessions: vec![], everywhere: true, reason: EndReason::LoggedOut },
     ]
 }

@@ -434,7 +434,7 @@ pub async fn connect(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
 ) -> Result<Socket, StatusCode> {
     match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(Socket { ws }),
+        Ok((ws, _)) => Ok(Socket::new(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
             Err(StatusCode::from_u16(res.status().as_u16()).unwrap())
         }
@@ -460,9 +460,39 @@ pub enum Frame {
 
 pub struct Socket {
     pub ws: WebSocketStream<MaybeTlsStream<TokioTcpStream>>,
+    /// Who is online, as the presence frames read so far say.
+    pub online: std::collections::BTreeSet<String>,
 }
 
 impl Socket {
+    pub fn new(ws: WebSocketStream<MaybeTlsStream<TokioTcpStream>>) -> Socket {
+        Socket { ws, online: Default::default() }
+    }
+
+    /// Reads presence frames (the first list, then diffs) until the room's
+    /// online set is exactly `want`; skips other frames. Checks each frame's
+    /// count against the set it leaves.
+    pub async fn presence_until(&mut self, want: &[&str]) {
+        let want: std::collections::BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        while self.online != want {
+            let frame = self.next_of_any(&["presence", "presence_diff"]).await;
+            let names = |key: &str| -> Vec<String> {
+                frame[key].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_owned()).collect()
+            };
+            if frame["type"] == "presence" {
+                self.online = names("online").into_iter().collect();
+            } else {
+                for name in names("joined") {
+                    self.online.insert(name);
+                }
+                for name in names("left") {
+                    self.online.remove(&name);
+                }
+            }
+            assert_eq!(frame["count"].as_u64().unwrap() as usize, self.online.len(), "{frame}");
+        }
+    }
+
     /// The next frame (pings are answered by tungstenite and skipped).
     pub async fn next_frame(&mut self) -> Frame {
         within("a frame", async {

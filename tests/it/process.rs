@@ -222,14 +222,12 @@ async fn an_instance_that_dies_without_cleaning_up_drops_out_of_presence() {
     let bob = b_app.signed_up("bob").await;
     let mut bobs = b_app.open_socket(&bob).await;
     bobs.next_of("hello").await;
-    let both = serde_json::json!(["alice", "bob"]);
-    while alices.next_of("presence").await["online"] != both {}
+    alices.presence_until(&["alice", "bob"]).await;
 
     // SIGKILL: no graceful shutdown, no presence cleanup.
     b.child.kill().unwrap();
     b.child.wait().unwrap();
-    let alone = serde_json::json!(["alice"]);
-    while alices.next_of("presence").await["online"] != alone {}
+    alices.presence_until(&["alice"]).await;
 }
 
 #[test]

@@ -82,7 +82,7 @@ async fn with_a_certificate_it_speaks_https_and_wss_only() {
         tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(Connector::Rustls(Arc::new(tls))))
             .await
             .expect("wss upgrade");
-    let mut socket = Socket { ws };
+    let mut socket = Socket::new(ws);
     let hello = socket.next_of("hello").await;
     assert_eq!(hello["user"], "alice");
 }

@@ -86,6 +86,7 @@ async fn hello_comes_first_with_the_user_the_room_and_the_sessions_real_expiry()
     let presence = socket.next_of("presence").await;
     assert_eq!(presence["room"], "rust-lang");
     assert_eq!(presence["online"], serde_json::json!(["alice"]));
+    assert_eq!(presence["count"], 1);
 }
 
 #[tokio::test]
