@@ -92,7 +92,8 @@ async fn hello_comes_first_with_the_user_the_room_and_the_sessions_real_expiry()
 #[tokio::test]
 async fn the_upgrade_slides_the_session() {
     let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "100"), ("REAUTH_WARNING_SECS", "5")]).await;
+    // A 20 s TTL slides in steps of a second.
+    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "20"), ("REAUTH_WARNING_SECS", "5")]).await;
     let alice = signed_up(&app, "alice").await;
     let id = alice.session_id(&app).unwrap();
     let before: i64 = redis.command(&["PEXPIRETIME", &id]).unwrap().trim()[1..].parse().unwrap();
@@ -109,6 +110,38 @@ async fn the_upgrade_slides_the_session() {
         now >= expected_later
     })
     .await;
+}
+
+/// How many times Redis has run `command` so far.
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_upgrade_into_a_followed_room_is_one_store_read() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    // The room is followed here, and the session was just written.
+    let (_first, _) = alice.join(&app, "").await;
+    let counted = ["get", "set", "xrevrange", "xadd", "evalsha", "eval", "publish"];
+    let before: Vec<u64> = counted.iter().map(|c| calls(&redis, c)).collect();
+    let (mut second, _) = alice.join(&app, "").await;
+    second.next_of("presence").await;
+    let after: Vec<u64> = counted.iter().map(|c| calls(&redis, c)).collect();
+    let spent: Vec<(&str, u64)> =
+        counted.iter().zip(before.iter().zip(&after)).map(|(c, (b, a))| (*c, a - b)).collect();
+    // One GET of the session: no rewrite, no room lookup, no tail wake-up,
+    // no presence read. (The socket's arrival costs presence one batched
+    // write by the presence task, and its event, which may land in the
+    // window: a script call and a publish, off the upgrade's path.)
+    assert_eq!(spent[..4], [("get", 1), ("set", 0), ("xrevrange", 0), ("xadd", 0)], "{spent:?}");
+    assert!(spent[4].1 <= 1 && spent[5].1 == 0 && spent[6].1 <= 1, "{spent:?}");
 }
 
 #[tokio::test]
