@@ -159,7 +159,10 @@ where
     let now = Instant::now();
     let name: Arc<str> = ctx.user.name.as_str().into();
     let limits = &deps.limits;
-    let mut socket = Socket {
+    // On the heap: the task's future then holds a pointer, and the futures
+    // of its methods borrow it instead of each keeping a copy in the task's
+    // state (which is what an idle socket costs for its whole life).
+    let mut socket = Box::new(Socket {
         bucket: TokenBucket::new(limits.message_rate, limits.message_burst, now.into_std()),
         invalid: Strikes::new(MAX_INVALID_PER_MINUTE, Duration::from_secs(60)),
         deadline: Deadline::new(
@@ -180,7 +183,7 @@ where
         last_sent: MessageId::ZERO,
         last_seen: now,
         flood: 0,
-    };
+    });
 
     let start = match deps.hub.start_for(&socket.room).await {
         Ok(start) => start,
@@ -208,7 +211,7 @@ where
     }
     socket.last_sent = joined.cursor;
 
-    let flow = match socket.greet(ctx.after).await {
+    let flow = match Box::pin(socket.greet(ctx.after)).await {
         Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
         other => other,
     };
@@ -289,7 +292,7 @@ where
                     Some(out) => self.forward(out, outbox).await,
                     None => Flow::Close(frames::SHUTTING_DOWN),
                 },
-                frame = self.ws.next() => self.incoming(frame).await,
+                frame = self.ws.next() => Box::pin(self.incoming(frame)).await,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > idle_limit {
                         tracing::debug!(user = %self.user.name, "dropping a socket that stopped answering pings");
@@ -302,7 +305,7 @@ where
                     // Re-armed below even if the target did not move (a
                     // timer that fired a hair early waits again).
                     armed_for = UnixMillis::EPOCH;
-                    self.on_timer().await
+                    Box::pin(self.on_timer()).await
                 }
             };
             match flow {
@@ -407,8 +410,10 @@ where
         self.last_seen = Instant::now();
         match message {
             WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
-                Ok(ClientFrame::Send { body, client_id }) => self.on_send(body, client_id).await,
-                Ok(ClientFrame::Reauth { token }) => self.on_reauth(token).await,
+                // Boxed: their futures are large and would otherwise be part
+                // of every idle socket's task for its whole life.
+                Ok(ClientFrame::Send { body, client_id }) => Box::pin(self.on_send(body, client_id)).await,
+                Ok(ClientFrame::Reauth { token }) => Box::pin(self.on_reauth(token)).await,
                 Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
             },
             WsMessage::Binary(_) => self.refuse("Binary frames are not accepted.", None).await,
@@ -544,7 +549,7 @@ where
     }
 
     /// Sends the close frame and waits briefly for the peer's reply.
-    async fn close(mut self, reason: CloseReason) {
+    async fn close(&mut self, reason: CloseReason) {
         let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
         let _ = timeout(CLOSE_TIMEOUT, async {
             if self.ws.close(Some(frame)).await.is_ok() {

@@ -46,7 +46,9 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// default 128 KiB read buffer would cost that much per socket.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        // Most frames from clients are small (a send, a pong); a big one
+        // grows the buffer for the frame and costs a few more reads.
+        .read_buffer_size(512)
         .write_buffer_size(4 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_FRAME_BYTES))
