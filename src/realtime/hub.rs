@@ -47,7 +47,7 @@ impl Hub {
                 Ok(batches) => {
                     backoff = Duration::from_millis(100);
                     for (room, messages) in batches {
-                        self.registry.deliver(&room, &messages);
+                        self.registry.deliver(&room, &messages).send(&self.registry).await;
                     }
                 }
                 Err(err) => {

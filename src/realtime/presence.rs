@@ -43,6 +43,10 @@ const FLUSH_DELAY: Duration = Duration::from_millis(50);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The most often one room's sockets hear a change.
 pub const PUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// The pause between steps of a push to a big room's sockets: 10,000
+/// sockets are told over ~160 ms, leaving the processor to work that cannot
+/// wait.
+const PUSH_STEP_GAP: Duration = Duration::from_millis(2);
 /// Rooms with more people online than this are told counts only.
 pub const MAX_NAMES: usize = 500;
 
@@ -347,7 +351,7 @@ impl PresenceTask {
                     push_at = Some(Instant::now());
                 }
                 _ = async { sleep_until(push_at.expect("guarded")).await }, if push_at.is_some() => {
-                    push_at = task.push();
+                    push_at = task.push().await;
                 }
                 _ = heartbeat.tick() => {
                     task.heartbeat().await;
@@ -437,10 +441,11 @@ impl Flusher<'_> {
     }
 
     /// Sends what is due to each room's sockets; when to look again.
-    fn push(&self) -> Option<Instant> {
+    async fn push(&self) -> Option<Instant> {
         let (pushes, next) = self.shared.book().due(Instant::now());
+        let registry = &self.shared.registry;
         for (room, push) in pushes {
-            self.shared.registry.broadcast(&room, push.frame(&room));
+            registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP).send(registry).await;
         }
         next
     }

@@ -44,6 +44,76 @@ pub struct OutFrame {
 
 pub type Outbound = Arc<OutFrame>;
 
+/// How many sockets one step of a fan-out reaches before the runtime gets
+/// to run them, and anything more urgent: a close for a logout waits behind
+/// at most one step of bulk work, never behind a whole room's.
+pub const FANOUT_STEP: usize = 128;
+
+/// Frames for a room's sockets as they stood when it was made (a socket
+/// that registers later starts after these). Made under the registry's
+/// lock; sent outside it, a step at a time.
+#[must_use = "a fan-out does nothing until it is sent"]
+pub struct FanOut {
+    room: RoomName,
+    frames: Vec<Outbound>,
+    members: Vec<(ConnId, mpsc::Sender<Outbound>)>,
+    /// A pause between steps, for work that can wait (see [`FanOut::paced`]).
+    gap: Option<std::time::Duration>,
+}
+
+impl FanOut {
+    fn empty(room: &RoomName) -> Self {
+        Self { room: room.clone(), frames: Vec::new(), members: Vec::new(), gap: None }
+    }
+
+    fn new(name: &RoomName, room: &Room, frames: Vec<Outbound>) -> Self {
+        let members = match frames.is_empty() {
+            true => Vec::new(),
+            false => room.members.iter().map(|(id, outbox)| (*id, outbox.clone())).collect(),
+        };
+        Self { room: name.clone(), frames, members, gap: None }
+    }
+
+    /// Pauses `gap` between steps: a big room's sockets are reached over a
+    /// few hundred milliseconds instead of in one burst that takes every
+    /// core, so the work that cannot wait (a handshake, a logout on another
+    /// instance on the same machine) still gets the processor.
+    pub fn paced(self, gap: std::time::Duration) -> Self {
+        Self { gap: Some(gap), ..self }
+    }
+
+    /// Queues the frames on every socket, [`FANOUT_STEP`] sockets at a
+    /// time; closes the sockets whose queue is full. Fan-outs of one room
+    /// must be sent one after the other, in the order they were made.
+    pub async fn send(self, registry: &Registry) {
+        let mut slow = Vec::new();
+        for (step, members) in self.members.chunks(FANOUT_STEP).enumerate() {
+            match (step, self.gap) {
+                (0, _) => {}
+                (_, None) => tokio::task::yield_now().await,
+                (_, Some(gap)) => tokio::time::sleep(gap).await,
+            }
+            for (id, outbox) in members {
+                for frame in &self.frames {
+                    match outbox.try_send(frame.clone()) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            slow.push(*id);
+                            break;
+                        }
+                        // It is closing; its task removes it.
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+            }
+        }
+        if !slow.is_empty() {
+            tracing::warn!(room = %self.room, sockets = slow.len(), "closing sockets that stopped reading");
+            Registry::close_ids(&mut registry.lock(), &slow, frames::SLOW_CONSUMER);
+        }
+    }
+}
+
 /// Everything needed to register a socket.
 pub struct Registration {
     pub session: Id,
@@ -358,51 +428,32 @@ impl Registry {
 
     /// Hands freshly stored messages to every socket in the room, in order,
     /// skipping any at or before the room's cursor (a tail that raced a
-    /// re-registration). A socket whose outbox is full is closed: it is not
-    /// reading, and it will catch up with `after=` when it reconnects.
-    pub fn deliver(&self, room_name: &RoomName, messages: &[Message]) {
+    /// re-registration). The cursor moves now, under the lock (a socket
+    /// registering later replays these from the store); the frames go out
+    /// when the returned fan-out is sent. A socket whose outbox is full is
+    /// closed: it is not reading, and it will catch up with `after=` when it
+    /// reconnects.
+    pub fn deliver(&self, room_name: &RoomName, messages: &[Message]) -> FanOut {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        let Some(room) = inner.rooms.get_mut(room_name) else { return };
-        let mut slow = Vec::new();
-        for message in messages {
-            if message.id <= room.cursor {
-                continue;
-            }
-            let out = Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) });
-            room.cursor = message.id;
-            for (id, outbox) in &room.members {
-                if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(out.clone()) {
-                    slow.push(*id);
-                }
-            }
+        let Some(room) = inner.rooms.get_mut(room_name) else { return FanOut::empty(room_name) };
+        let frames: Vec<Outbound> = messages
+            .iter()
+            .filter(|message| message.id > room.cursor)
+            .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) }))
+            .collect();
+        if let Some(last) = messages.last().filter(|m| m.id > room.cursor) {
+            room.cursor = last.id;
         }
-        if !slow.is_empty() {
-            slow.sort_unstable();
-            slow.dedup();
-            tracing::warn!(room = %room_name, sockets = slow.len(), "closing sockets that stopped reading");
-            Self::close_ids(inner, &slow, frames::SLOW_CONSUMER);
-        }
+        FanOut::new(room_name, room, frames)
     }
 
-    /// Sends a frame to every socket in the room (presence). A socket whose
+    /// A frame for every socket in the room (presence). A socket whose
     /// outbox is full is closed as a slow consumer: it would miss a diff,
     /// and a missed diff is a wrong list until it reconnects.
-    pub fn broadcast(&self, room_name: &RoomName, frame: Utf8Bytes) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let Some(room) = inner.rooms.get(room_name) else { return };
-        let out = Arc::new(OutFrame { id: None, text: frame });
-        let slow: Vec<ConnId> = room
-            .members
-            .iter()
-            .filter(|(_, outbox)| matches!(outbox.try_send(out.clone()), Err(mpsc::error::TrySendError::Full(_))))
-            .map(|(id, _)| *id)
-            .collect();
-        if !slow.is_empty() {
-            tracing::warn!(room = %room_name, sockets = slow.len(), "closing sockets that stopped reading");
-            Self::close_ids(inner, &slow, frames::SLOW_CONSUMER);
-        }
+    pub fn broadcast(&self, room_name: &RoomName, frame: Utf8Bytes) -> FanOut {
+        let inner = self.lock();
+        let Some(room) = inner.rooms.get(room_name) else { return FanOut::empty(room_name) };
+        FanOut::new(room_name, room, vec![Arc::new(OutFrame { id: None, text: frame })])
     }
 
     /// Whether this instance has sockets in the room.
@@ -517,25 +568,70 @@ pub(crate) mod tests {
         assert!(reg.is_empty() && reg.cursors().is_empty() && reg.sessions().is_empty());
     }
 
-    #[test]
-    fn delivery_is_per_room_ordered_and_never_repeats() {
+    #[tokio::test]
+    async fn delivery_is_per_room_ordered_and_never_repeats() {
         let reg = Registry::new(CAPS);
         let mut lobby = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 8);
         let mut other = join_as(&reg, Id(2), UserId::new_v4(), "bo", "other", 8);
         let room = RoomName::lobby();
-        reg.deliver(&room, &[message(1), message(2)]);
-        reg.deliver(&room, &[message(2), message(3)]);
+        reg.deliver(&room, &[message(1), message(2)]).send(&reg).await;
+        reg.deliver(&room, &[message(2), message(3)]).send(&reg).await;
         let ids: Vec<u64> = std::iter::from_fn(|| lobby.outbox.try_recv().ok()?.id.map(|id| id.ms)).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert!(other.outbox.try_recv().is_err());
         assert_eq!(reg.room_cursor(&room), Some(MessageId { ms: 3, seq: 0 }));
     }
 
-    #[test]
-    fn a_socket_that_does_not_read_is_closed() {
+    /// A close asked for while a fan-out is under way reaches its socket
+    /// after at most a step or two of the fan-out, not after all of it.
+    #[tokio::test]
+    async fn a_close_is_not_queued_behind_a_whole_rooms_fan_out() {
+        const MEMBERS: usize = 2560;
+        let reg = Arc::new(Registry::new(Caps { instance: MEMBERS + 1, per_user: 1, per_session: 1 }));
+        let reached = Arc::new(AtomicU64::new(0));
+        for i in 0..MEMBERS {
+            let mut member = join(&reg, &format!("m{i}"), "big", MessageId::ZERO, 4);
+            let reached = reached.clone();
+            tokio::spawn(async move {
+                if member.outbox.recv().await.is_some() {
+                    reached.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let victim = join(&reg, "victim", "big", MessageId::ZERO, 4);
+        let victim_session = reg.lock().conns[&victim.id].session;
+        let seen_by_victim = {
+            let reached = reached.clone();
+            tokio::spawn(async move {
+                victim.close.await.unwrap();
+                reached.load(Ordering::Relaxed)
+            })
+        };
+        let fan_out = reg.broadcast(&RoomName::parse("big").unwrap(), "presence".into());
+        let sending = tokio::spawn({
+            let reg = reg.clone();
+            async move { fan_out.send(&reg).await }
+        });
+        // The logout arrives once the fan-out has begun.
+        while reached.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reg.close_session(&victim_session, frames::LOGGED_OUT), 1);
+        let seen = seen_by_victim.await.unwrap() as usize;
+        sending.await.unwrap();
+        assert!(seen <= 3 * FANOUT_STEP, "the close ran after {seen} of {MEMBERS} sockets got the bulk frame");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (reached.load(Ordering::Relaxed) as usize) < MEMBERS {
+            assert!(tokio::time::Instant::now() < deadline, "the fan-out reached every socket");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_does_not_read_is_closed() {
         let reg = Registry::new(CAPS);
         let mut s = join_as(&reg, Id(1), UserId::new_v4(), "al", "lobby", 1);
-        reg.deliver(&RoomName::lobby(), &[message(1), message(2)]);
+        reg.deliver(&RoomName::lobby(), &[message(1), message(2)]).send(&reg).await;
         assert_eq!(s.close.try_recv().unwrap(), frames::SLOW_CONSUMER);
     }
 
