@@ -10,6 +10,7 @@
 //! and the page source under `target/browser-artifacts/`.
 
 mod harness;
+mod ux;
 
 use std::time::{Duration, Instant};
 
