@@ -262,7 +262,7 @@ export class Pacer {
 
 /* ---------- reconnecting ---------- */
 
-/** While visible, retry every 1 to 1.8 s for this long after the drop. */
+/** While visible, retry every 1 to 1.5 s for this long after the drop. */
 export const EAGER_MS = 60 * 1000;
 export const BACKOFF_CAP = 30 * 1000;
 
@@ -271,7 +271,7 @@ export const BACKOFF_CAP = 30 * 1000;
  * first after a drop), `downFor` ms after the connection was lost. A
  * visible page retries quickly, with jitter so that a restarted server is
  * not met by everyone at once: at once-ish (up to 0.5 s) first, then every
- * 1 to 1.8 s for the first minute, then backing off towards 30 s. A hidden
+ * 1 to 1.5 s for the first minute, then backing off towards 30 s. A hidden
  * page backs off with full jitter from the start (0.5 s × 2^attempt, at
  * most 30 s); it retries at once when it is shown again.
  */
@@ -279,7 +279,7 @@ export function reconnectDelay(attempt, downFor, visible, random) {
   const r = typeof random === "number" ? random : Math.random();
   if (!visible) return Math.round(r * Math.min(BACKOFF_CAP, 500 * 2 ** Math.min(attempt, 16)));
   if (attempt === 0) return Math.round(r * 500);
-  if (downFor < EAGER_MS) return Math.round(1000 + r * 800);
+  if (downFor < EAGER_MS) return Math.round(1000 + r * 500);
   const past = Math.max(0, Math.floor(Math.log2(Math.max(1, (downFor - EAGER_MS) / 2000))) + 1);
   const ceiling = Math.min(BACKOFF_CAP, 2000 * 2 ** Math.min(past, 16));
   return Math.round(ceiling / 2 + (r * ceiling) / 2);

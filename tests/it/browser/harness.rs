@@ -20,7 +20,11 @@ use std::{
     time::Duration,
 };
 
-use fantoccini::{key::Key, Client, ClientBuilder, Locator};
+use fantoccini::{
+    actions::{InputSource, KeyAction, KeyActions},
+    key::Key,
+    Client, ClientBuilder, Locator,
+};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
@@ -378,6 +382,35 @@ impl Chrome {
                 ))
             }
         }
+    }
+
+    /// Presses keys as a person would, on whatever has focus: each
+    /// character of `keys` down and up in turn (fantoccini's [`Key`] values
+    /// for Tab, Enter, Escape…). No element is addressed.
+    pub async fn keys(&self, keys: &str) -> Outcome {
+        let mut seq = KeyActions::new("keyboard".to_owned());
+        for c in keys.chars() {
+            seq = seq.then(KeyAction::Down { value: c }).then(KeyAction::Up { value: c });
+        }
+        self.client.perform_actions(seq).await.ctx(format!("{}: pressing keys {keys:?}", self.name))
+    }
+
+    /// Presses `key` while holding `modifier` (Shift+Tab).
+    pub async fn chord(&self, modifier: Key, key: Key) -> Outcome {
+        let (m, k) = (char::from(modifier), char::from(key));
+        let seq = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: m })
+            .then(KeyAction::Down { value: k })
+            .then(KeyAction::Up { value: k })
+            .then(KeyAction::Up { value: m });
+        self.client.perform_actions(seq).await.ctx(format!("{}: pressing a chord", self.name))
+    }
+
+    /// The `id` of the focused element ("" for one without, or the body).
+    pub async fn focused(&self) -> Outcome<String> {
+        let v =
+            self.js("const e = document.activeElement; return e && e !== document.body ? e.id : '';", vec![]).await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
     /// Sends a Chrome DevTools Protocol command to the current tab through
