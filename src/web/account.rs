@@ -195,7 +195,12 @@ async fn handle_register(
         page(status, &RegisterPage { form })
     };
     let (Some(username), Some(password)) = (form.username, form.password) else {
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "Choose a username and a password.", Field::Username, String::new());
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Choose a username and a password.",
+            Field::Username,
+            String::new(),
+        );
     };
     let username = username.trim().to_owned();
     if let Err(why) = validate_new_account(&username, password.expose()) {

@@ -305,3 +305,56 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         &ChatPage { user: name, room: room.to_string(), rooms, messages, last_id, expires_at: current.expires_at },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_a_path_on_this_site_or_nothing() {
+        for ok in ["/", "/chat", "/chat/some-room", "/chat/x?y=1&z=%2F", "/a/b/"] {
+            assert_eq!(safe_next(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "chat",
+            "//evil.example",
+            "///evil.example",
+            "/\\evil.example",
+            "/a\\b",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ x",
+            "https://evil.example",
+            "http:/evil.example",
+            "javascript:alert(1)",
+            "/caf\u{e9}",
+            &format!("/{}", "a".repeat(1024)),
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+        assert_eq!(login_url("/chat/a-b"), "/login?next=%2Fchat%2Fa-b");
+        assert_eq!(login_url("//evil.example"), "/login");
+        assert_eq!(login_url(""), "/login");
+    }
+
+    #[test]
+    fn reasons_are_a_fixed_set() {
+        assert_eq!(sign_in_reason("logged_out"), Some("You were signed out on another device or tab."));
+        assert_eq!(sign_in_reason("expired"), Some("Your session expired."));
+        assert_eq!(sign_in_reason("revoked"), Some("Your session was ended."));
+        for other in ["", "Expired", "logged out", "<b>"] {
+            assert_eq!(sign_in_reason(other), None);
+        }
+    }
+
+    #[test]
+    fn the_field_in_error_is_focused_and_marked() {
+        let form = FormState::new("alice".into(), Some("/chat/x")).with_error("Wrong.", Some(Field::Password));
+        assert!(form.is_invalid("password") && !form.is_invalid("username"));
+        assert!(form.focus("password") && !form.focus("username"));
+        assert_eq!(form.next_query(), "?next=%2Fchat%2Fx");
+        let plain = FormState::new(String::new(), Some("//evil"));
+        assert!(plain.focus("username") && plain.next.is_empty() && plain.next_query().is_empty());
+    }
+}
