@@ -345,6 +345,19 @@ async fn a_deep_link_survives_signing_in_and_next_never_leaves_the_site() {
         sign_in(&chrome, "alice").await?;
         chrome.wait_path("/chat/some-room", PAGE_DEADLINE).await?;
 
+        // A draft stays with its room while the tab lives.
+        chrome.fill("#message-input", "half a thought").await?;
+        chrome.goto(&app.url("/chat/lobby")).await?;
+        chrome.wait_state("connected", PAGE_DEADLINE).await?;
+        let lobby = chrome.js("return document.getElementById('message-input').value;", vec![]).await?;
+        ensure!(lobby == json!(""), "the lobby got another room's draft: {lobby}");
+        chrome.goto(&app.url("/chat/some-room")).await?;
+        chrome.wait_state("connected", PAGE_DEADLINE).await?;
+        let kept = chrome
+            .js("return [document.getElementById('message-input').value, document.activeElement.id];", vec![])
+            .await?;
+        ensure!(kept == json!(["half a thought", "message-input"]), "back in the room: {kept}");
+
         // The other reasons, and one that is not a reason.
         chrome.client.delete_all_cookies().await.ctx("signing out")?;
         for (code, sentence) in [
@@ -625,6 +638,42 @@ async fn the_client_logic_passes_its_unit_tests() {
         let failures = result["failures"].as_array().cloned().unwrap_or_default();
         println!("client unit tests: {} checks, {} failed", result["checks"], failures.len());
         ensure!(failures.is_empty() && result["checks"].as_u64().unwrap_or(0) > 30, "unit tests: {result:#}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_javascript_the_page_says_so_and_sends_nothing() {
+    let j = Journey::start("no-js").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    signed_up(&app, "alice").await;
+    j.run(async {
+        let chrome = j.browser("alice").await?;
+        chrome.cdp("Emulation.setScriptExecutionDisabled", json!({ "value": true })).await?;
+        // Signing in is plain HTML forms.
+        chrome.goto(&app.url("/login")).await?;
+        sign_in(&chrome, "alice").await?;
+        chrome.wait_path("/chat/lobby", PAGE_DEADLINE).await?;
+        let said = chrome.text(".noscript").await?;
+        ensure!(said.contains("needs JavaScript"), "the page says {said:?}");
+        let input = chrome.wait_for("#message-input").await?;
+        ensure!(
+            !input.is_enabled().await.ctx("reading the message box")?,
+            "the message box takes text without JavaScript"
+        );
+        let send = chrome.wait_for("#send").await?;
+        ensure!(!send.is_enabled().await.ctx("reading Send")?, "Send works without JavaScript");
+        let method = chrome.wait_for("#composer").await?.attr("method").await.ctx("the form's method")?;
+        ensure!(
+            method.as_deref() == Some("post"),
+            "the composer's method is {method:?}: a GET puts the text in the URL"
+        );
+        let state = chrome.wait_for("#conn-state").await?;
+        ensure!(!state.is_displayed().await.ctx("the state pill")?, "the page still says it is connecting");
+        let url = chrome.client.current_url().await.ctx("the URL")?;
+        ensure!(url.query().is_none(), "the address bar holds {url}");
         Ok(())
     })
     .await;

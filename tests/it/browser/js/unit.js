@@ -119,5 +119,54 @@ const done = arguments[arguments.length - 1];
   eq("deleting a failed one lets the rest go", frames.slice(5), ["c"]);
   eq("statuses shown", changes.includes("c:held") && changes.includes("b:failed"), true);
 
+  // older history, when the page says where to page from (SERVER, LATER)
+  const { Renderer } = await import("/static/render.js");
+  const { History } = await import("/static/history.js");
+  const { Attention } = await import("/static/attention.js");
+  const host = document.createElement("div");
+  host.hidden = true;
+  host.innerHTML = '<div id="u-root" data-history-url="/u/history"></div><div id="u-log">' +
+    '<button id="u-older" hidden></button><ol id="u-list"></ol></div><button id="u-jump"></button>' +
+    '<div id="u-say"></div><ul id="u-rooms"><li><a data-room="other" href="/chat/other">#other</a></li></ul>';
+  document.body.append(host);
+  const q = (id) => host.querySelector("#" + id);
+  const renderer = new Renderer(q("u-list"), "alice");
+  renderer.bulk([{ id: "20-0", user: "bob", body: "newest", sentAt: Date.now() }]);
+  const asked = [];
+  const realFetch = window.fetch;
+  window.fetch = async (url) => {
+    asked.push(String(url));
+    const messages = [{ id: "10-0", user: "bob", body: "older", sent_at: Date.now() - 1000 },
+      { id: "20-0", user: "bob", body: "a repeat", sent_at: Date.now() }];
+    return new Response(JSON.stringify({ messages, start: true }), { headers: { "Content-Type": "application/json" } });
+  };
+  try {
+    const hist = new History({ root: q("u-root"), log: q("u-log"), list: q("u-list"), renderer, button: q("u-older") });
+    eq("offers older messages", q("u-older").hidden, false);
+    await hist.older();
+    eq("asks before the oldest", asked, ["/u/history?before=20-0&limit=50"]);
+    eq("prepends, in order, once", Array.from(q("u-list").querySelectorAll(".msg-body"), (b) => b.textContent), ["older", "newest"]);
+    eq("then stops at the start", q("u-older").hidden, true);
+    const none = new History({ root: document.createElement("div"), log: q("u-log"), list: q("u-list"), renderer, button: q("u-older") });
+    await none.older();
+    eq("no url, no paging", asked.length, 1);
+  } finally {
+    window.fetch = realFetch;
+  }
+  // unread badges for other rooms (SERVER, LATER)
+  const att = new Attention({ log: q("u-log"), list: q("u-list"), room: "lobby", me: "alice", jump: q("u-jump"),
+    announcer: q("u-say"), notifyButton: null, rooms: q("u-rooms") });
+  att.unread({ type: "unread", room: "other", unread: 3, mentions: 1 });
+  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mentions, 3 unread");
+  att.unread({ type: "unread", room: "other", unread: 0, mentions: 0 });
+  eq("cleared", q("u-rooms").querySelector(".room-badge"), null);
+  // rendering: text only, links safe, mentions of the reader marked
+  const li = renderer.message({ id: "30-0", user: "bob", body: "<b>hi</b> @Alice https://x.example/?a=<i>", sentAt: Date.now() });
+  eq("no markup from text", li.querySelectorAll(".msg-body b, .msg-body i").length, 0);
+  const a = li.querySelector("a");
+  eq("a safe link", [a.getAttribute("href"), a.rel, a.target], ["https://x.example/?a=", "noopener noreferrer", "_blank"]);
+  eq("a mention of the reader", [li.classList.contains("mention-of-me"), !!li.querySelector(".mention-me")], [true, true]);
+  host.remove();
+
   done({ failures, checks });
 })().catch((e) => done({ failures: ["threw: " + (e && e.stack ? e.stack : e)], checks: 0 }));
