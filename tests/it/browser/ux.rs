@@ -66,14 +66,14 @@ async fn screenshots() {
     std::fs::create_dir_all(&dir).unwrap();
     let j = Journey::start("screenshots").await;
     let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+    let mut app = Some(TestApp::spawn(&redis).await);
     seed_conversation(&redis);
     j.run(async {
         let alice = j.browser("alice").await?;
         let bob = j.browser("bob").await?;
         alice.time_zone("Europe/Berlin").await?;
-        alice.register(&app, "alice").await?;
-        bob.register(&app, "bob").await?;
+        alice.register(app.as_ref().unwrap(), "alice").await?;
+        bob.register(app.as_ref().unwrap(), "bob").await?;
         alice.until_texts("bob online", "#online li", PAGE_DEADLINE, |n| n.iter().any(|n| n == "bob")).await?;
         alice.send_with_enter("Looking now. Latency is flat since the deploy").await?;
         alice.wait_confirmed(&["Looking now. Latency is flat since the deploy"], PAGE_DEADLINE).await?;
@@ -91,6 +91,35 @@ async fn screenshots() {
             alice.js("document.activeElement && document.activeElement.blur();", vec![]).await?;
             tokio::time::sleep(Duration::from_millis(600)).await;
             alice.screenshot_to(&dir.join(format!("{prefix}-{name}.png"))).await?;
+        }
+        if std::env::var_os("SCREENSHOTS_STATES").is_some() {
+            // The states a person rarely sees, for a look (not committed):
+            // a message not sent, with the one waiting behind it, and the
+            // reconnect banner.
+            alice.color_scheme("light").await?;
+            alice.viewport(1366, 850, false).await?;
+            alice
+                .js(
+                    "const done = arguments[arguments.length - 1];
+                     import('/static/render.js').then(({ Renderer }) => {
+                       const r = new Renderer(document.getElementById('messages'), 'alice');
+                       const a = r.message({ user: 'alice', body: 'This one was refused', sentAt: Date.now() });
+                       const b = r.message({ user: 'alice', body: 'and this one waits behind it', sentAt: Date.now() });
+                       r.place(a); r.place(b); r.setStatus(a, 'failed', 'Not sent: the server refused it.');
+                       r.setStatus(b, 'held');
+                       document.getElementById('outbox-text').textContent = '1 message was not sent. 1 more waiting behind.';
+                       document.getElementById('outbox-bar').hidden = false; done(true); });",
+                    vec![],
+                )
+                .await?;
+            alice.screenshot_to(&dir.join(format!("{prefix}-state-failed.png"))).await?;
+            app.take().expect("running").shutdown().await.ctx("stopping")?;
+            alice.until_js("the banner", PAGE_DEADLINE, "return !document.getElementById('conn-banner').hidden;", vec![]).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alice.screenshot_to(&dir.join(format!("{prefix}-state-reconnecting.png"))).await?;
+            alice.viewport(390, 844, true).await?;
+            alice.click("#nav-toggle").await?;
+            alice.screenshot_to(&dir.join(format!("{prefix}-state-phone-menu.png"))).await?;
         }
         Ok(())
     })
