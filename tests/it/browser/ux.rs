@@ -598,6 +598,15 @@ async fn no_page_has_serious_accessibility_violations_in_either_colour_scheme() 
             chrome.click(".room-title").await?;
             let outside = chrome.js("return document.getElementById('nav-toggle').getAttribute('aria-expanded');", vec![]).await?;
             ensure!(outside == json!("false"), "a tap outside left the menu open");
+            // 400 % zoom of a 1280 px window is 320 CSS px: nothing needs
+            // scrolling sideways (WCAG 1.4.10), long names end in "…".
+            chrome.viewport(320, 640, false).await?;
+            let reflow = chrome
+                .js("const li = document.querySelector('#online li');
+                     return [document.documentElement.scrollWidth <= innerWidth,
+                             getComputedStyle(li).textOverflow, getComputedStyle(li).overflow];", vec![])
+                .await?;
+            ensure!(reflow == json!([true, "ellipsis", "hidden"]), "at 320 px: {reflow}");
             chrome.viewport(1366, 850, false).await?;
         }
         let serious: Vec<&Value> = report.iter().filter(|v| v["serious"] == json!(true)).collect();
