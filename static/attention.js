@@ -10,14 +10,15 @@
  *   the tab is hidden.
  * - Unread counts for other rooms (SERVER, LATER): an `unread` frame
  *   `{type:"unread", room, unread, mentions}` puts a badge on that room in
- *   the sidebar; nothing happens until the server sends one.
+ *   the sidebar; nothing happens until the server sends one. (chat.js
+ *   sends `{type:"read", up_to}` when the hello says `read_markers`.)
  */
 
 const NEAR_PX = 120;
 const NOTIFY_KEY = "palaver.notify-mentions";
 
 export class Attention {
-  constructor({ log, list, room, me, jump, announcer, notifyButton, rooms }) {
+  constructor({ log, list, room, me, jump, announcer, notifyButton, rooms, onBottom }) {
     this.log = log;
     this.list = list;
     this.room = room;
@@ -26,6 +27,7 @@ export class Attention {
     this.announcer = announcer;
     this.notifyButton = notifyButton;
     this.rooms = rooms;
+    this.onBottom = onBottom || (() => {});
     this.baseTitle = document.title;
     this.hiddenUnread = 0;
     this.below = 0; // arrived while scrolled up
@@ -59,8 +61,10 @@ export class Attention {
 
   onScroll() {
     if (Date.now() < this.autoScrollUntil) return;
+    const was = this.pinned;
     this.pinned = this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight < NEAR_PX;
     if (this.pinned) this.clearBelow();
+    if (this.pinned && !was) this.onBottom();
   }
 
   scrollToBottom(smooth) {

@@ -67,6 +67,12 @@ function start(root) {
   let replayUntil = 0;
   let noticeTimer = 0;
   let countdown = 0;
+  // Read markers (SERVER, LATER): only sent when the hello says the server
+  // takes them (`"read_markers": true`); an unknown frame type would be
+  // refused as invalid.
+  let readMarkers = false;
+  let readSent = "";
+  let readTimer = 0;
   const lis = new Map(); // client_id -> li of our unconfirmed messages
   const confirmedIds = new Map(); // client_id -> id, for duplicates of ours
 
@@ -80,6 +86,10 @@ function start(root) {
     announcer: $("announcer"),
     notifyButton: $("notify-toggle"),
     rooms: $("rooms"),
+    onBottom: () => markRead(),
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) markRead();
   });
 
   const outbox = new Outbox({
@@ -119,7 +129,10 @@ function start(root) {
     switch (f.type) {
       case "hello":
         replayUntil = Date.now() + 1000;
+        readMarkers = f.read_markers === true;
+        readSent = "";
         outbox.connected(f.rate);
+        markRead();
         break;
       case "message": onMessage(f); break;
       case "ack": onAck(f); break;
@@ -179,6 +192,19 @@ function start(root) {
     }
     attention.arrived(m, near, Date.now() < replayUntil);
     if (mentionsName(m.body, ME)) attention.mentioned(m);
+    markRead();
+  }
+
+  /** Tells the server how far the reader has read: the newest id, once the
+   * tab is visible and at the bottom for a second. */
+  function markRead() {
+    if (!readMarkers) return;
+    clearTimeout(readTimer);
+    readTimer = setTimeout(() => {
+      if (document.hidden || !attention.nearBottom() || !lastId || readSent === lastId) return;
+      outbox.spend();
+      if (connection.send({ type: "read", up_to: lastId })) readSent = lastId;
+    }, 1000);
   }
 
   function onAck(f) {

@@ -66,7 +66,8 @@ const JOURNEY_DEADLINE: Duration = Duration::from_secs(120);
 /// this many journeys drive browsers at a time. Measured on 2 cores with
 /// `--test-threads 8`: one at a time, the seven journeys take 55-60 s; two
 /// at a time about 40 s, but an integration test beside them failed on
-/// timing.
+/// timing. Since then: fifteen journeys (with the two of the CLI tests),
+/// one at a time, about 90 s with `--test-threads 2`.
 static BROWSER_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 // ------------------------------------------------------------ binaries --
