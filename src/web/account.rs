@@ -14,7 +14,7 @@ use warp::{
 
 use super::{
     filters::{body_of_type, client_addr, session, with},
-    pages::{page, see_other, FormPage, LoginPage, RegisterPage},
+    pages::{page, see_other, sign_in_reason, Field, FormPage, FormState, LoginPage, RegisterPage},
 };
 use crate::{
     auth::{
@@ -42,10 +42,33 @@ pub struct Accounts {
 }
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
+/// `next` is where to go once signed in (checked by `safe_next` before use).
 #[derive(Debug)]
 pub struct Credentials {
     username: Option<String>,
     password: Option<Password>,
+    next: Option<String>,
+}
+
+/// Where a successful sign-in goes: `next` when it is a path on this site,
+/// else the chat.
+fn after_sign_in(form: &FormState) -> Response {
+    see_other(if form.next.is_empty() { "/chat" } else { &form.next })
+}
+
+/// `?next=…&reason=…` of the form pages, read leniently: a query that does
+/// not parse counts as none (docs/protocol.md §2.1).
+#[derive(Debug, Default, serde::Deserialize)]
+struct FormQuery {
+    next: Option<String>,
+    reason: Option<String>,
+}
+
+fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|raw: String| serde_urlencoded::from_str::<FormQuery>(&raw).unwrap_or_default())
 }
 
 /// Whether a `Content-Type` names an urlencoded form (parameters such as
@@ -63,18 +86,25 @@ fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + C
     )
     .map(|body: Bytes| {
         let mut fields: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-        Credentials { username: fields.remove("username"), password: fields.remove("password").map(Password::new) }
+        Credentials {
+            username: fields.remove("username"),
+            password: fields.remove("password").map(Password::new),
+            next: fields.remove("next"),
+        }
     })
 }
 
-/// GET /login
+/// GET /login, with `next` (where to go once signed in) and `reason` (why
+/// the visitor is here) in the query
 pub fn login_form(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    session(sessions).and_then(|session: AuthSession| async move {
+    session(sessions).and(form_query()).and_then(|session: AuthSession, query: FormQuery| async move {
+        let mut form = FormState::new(String::new(), query.next.as_deref());
         // Only a request with a cookie costs a store lookup.
         if session.has_cookie() && session.current().await.map_err(Error::from)?.is_some() {
-            return Ok(see_other("/chat"));
+            return Ok(after_sign_in(&form));
         }
-        page(StatusCode::OK, &LoginPage { error: None, username: String::new() }).map_err(Rejection::from)
+        form.notice = query.reason.as_deref().and_then(sign_in_reason);
+        page(StatusCode::OK, &LoginPage { form }).map_err(Rejection::from)
     })
 }
 
@@ -94,17 +124,19 @@ async fn handle_login(
     accounts: Accounts,
 ) -> Result<Response, Error> {
     let (Some(username), Some(password)) = (form.username, form.password) else {
-        let error = Some("Enter your username and password.".to_owned());
-        return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { error, username: String::new() });
+        let form = FormState::new(String::new(), form.next.as_deref())
+            .with_error("Enter your username and password.", Some(Field::Username));
+        return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { form });
     };
     let username = username.trim().to_owned();
+    let state = FormState::new(username.clone(), form.next.as_deref());
     let ip = addr.0;
     // Counted before the (slow) check: concurrent guesses each count.
     let attempt = match accounts.throttle.attempt(&username, ip).await? {
         Ok(attempt) => attempt,
         Err(retry_after) => {
             tracing::warn!(%ip, "login throttled");
-            return too_many_attempts(LoginPage { error: None, username }, retry_after);
+            return too_many_attempts(LoginPage { form: state }, retry_after);
         }
     };
     // A name that cannot exist is not looked up, but it is verified against
@@ -115,11 +147,12 @@ async fn handle_login(
         Some(stored) if verified => {
             accounts.throttle.succeeded(attempt).await?;
             accounts.sessions.sign_in(&session, stored.user).await?;
-            Ok(see_other("/chat"))
+            Ok(after_sign_in(&state))
         }
         _ => {
-            let error = Some("Wrong username or password.".to_owned());
-            page(StatusCode::UNAUTHORIZED, &LoginPage { error, username })
+            // The password is the field to type again (which one was wrong is never said).
+            let form = state.with_error("Wrong username or password.", Some(Field::Password));
+            page(StatusCode::UNAUTHORIZED, &LoginPage { form })
         }
     }
 }
@@ -133,10 +166,11 @@ fn too_many_attempts(mut form: impl FormPage, retry_after: Duration) -> Result<R
     Ok(res)
 }
 
-/// GET /register
+/// GET /register, with `next` in the query
 pub fn register_form() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::any().and_then(|| async {
-        page(StatusCode::OK, &RegisterPage { error: None, username: String::new() }).map_err(Rejection::from)
+    form_query().and_then(|query: FormQuery| async move {
+        let form = FormState::new(String::new(), query.next.as_deref());
+        page(StatusCode::OK, &RegisterPage { form }).map_err(Rejection::from)
     })
 }
 
@@ -155,33 +189,42 @@ async fn handle_register(
     addr: ClientAddr,
     accounts: Accounts,
 ) -> Result<Response, Error> {
-    let refuse =
-        |status, error: &str, username: String| page(status, &RegisterPage { error: Some(error.to_owned()), username });
+    let next = form.next;
+    let refuse = |status, error: &str, field, username: String| {
+        let form = FormState::new(username, next.as_deref()).with_error(error, Some(field));
+        page(status, &RegisterPage { form })
+    };
     let (Some(username), Some(password)) = (form.username, form.password) else {
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "Choose a username and a password.", String::new());
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Choose a username and a password.",
+            Field::Username,
+            String::new(),
+        );
     };
     let username = username.trim().to_owned();
     if let Err(why) = validate_new_account(&username, password.expose()) {
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, why, username);
+        let field = if valid_username(&username) { Field::Password } else { Field::Username };
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, why, field, username);
     }
     // Every attempt that would cost a hash counts, taken or not.
     if let Err(retry_after) = accounts.registrations.attempt(addr.0).await? {
         tracing::warn!(ip = %addr.0, "registration throttled");
-        return too_many_attempts(RegisterPage { error: None, username }, retry_after);
+        return too_many_attempts(RegisterPage { form: FormState::new(username, next.as_deref()) }, retry_after);
     }
     const TAKEN: &str = "That username is taken. Choose another one.";
     // Checked first to spare the hashing; `create` below is what decides.
     if accounts.users.find(&username).await?.is_some() {
-        return refuse(StatusCode::CONFLICT, TAKEN, username);
+        return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, username);
     }
     let hash = password::hash(password).await;
     let user = User { id: UserId::new_v4(), name: username };
     if !accounts.users.create(&user, &hash).await? {
-        return refuse(StatusCode::CONFLICT, TAKEN, user.name);
+        return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, user.name);
     }
     tracing::info!(user = %user.name, "registered");
     accounts.sessions.sign_in(&session, user).await?;
-    Ok(see_other("/chat"))
+    Ok(after_sign_in(&FormState::new(String::new(), next.as_deref())))
 }
 
 /// POST /logout

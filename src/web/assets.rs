@@ -18,6 +18,13 @@ use super::filters::{param, with};
 const FILES: &[(&str, &[u8], &str)] = &[
     ("style.css", include_bytes!("../../static/style.css"), "text/css; charset=utf-8"),
     ("chat.js", include_bytes!("../../static/chat.js"), "text/javascript; charset=utf-8"),
+    ("format.js", include_bytes!("../../static/format.js"), "text/javascript; charset=utf-8"),
+    ("connection.js", include_bytes!("../../static/connection.js"), "text/javascript; charset=utf-8"),
+    ("outbox.js", include_bytes!("../../static/outbox.js"), "text/javascript; charset=utf-8"),
+    ("render.js", include_bytes!("../../static/render.js"), "text/javascript; charset=utf-8"),
+    ("history.js", include_bytes!("../../static/history.js"), "text/javascript; charset=utf-8"),
+    ("attention.js", include_bytes!("../../static/attention.js"), "text/javascript; charset=utf-8"),
+    ("ui.js", include_bytes!("../../static/ui.js"), "text/javascript; charset=utf-8"),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 

@@ -23,18 +23,74 @@ const RECENT_MESSAGES: usize = 50;
 /// Rooms listed in the sidebar.
 const SIDEBAR_ROOMS: usize = 30;
 
+/// The field of an account form an error is about: marked invalid,
+/// described by the error, and focused when the page loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Username,
+    Password,
+}
+
+/// What the sign-in and register forms show besides their fields.
+#[derive(Debug, Clone, Default)]
+pub struct FormState {
+    pub error: Option<String>,
+    pub invalid: Option<Field>,
+    pub username: String,
+    /// Where to go once signed in: a checked same-origin path ([`safe_next`]), or empty.
+    pub next: String,
+    /// Why the visitor was sent here (`/login?reason=`), as a sentence.
+    pub notice: Option<&'static str>,
+}
+
+impl FormState {
+    pub fn new(username: String, next: Option<&str>) -> Self {
+        Self { username, next: next.and_then(safe_next).unwrap_or_default().to_owned(), ..Self::default() }
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>, field: Option<Field>) -> Self {
+        self.error = Some(error.into());
+        self.invalid = field;
+        self
+    }
+
+    /// `aria-invalid` and `autofocus` for a field, as template conditions.
+    pub fn is_invalid(&self, field: &str) -> bool {
+        match self.invalid {
+            Some(Field::Username) => field == "username",
+            Some(Field::Password) => field == "password",
+            None => false,
+        }
+    }
+
+    /// The field focused on load: the one in error, else the username.
+    pub fn focus(&self, field: &str) -> bool {
+        match self.invalid {
+            Some(Field::Password) => field == "password",
+            _ => field == "username",
+        }
+    }
+
+    /// `?next=…` for a link to the other form, or empty.
+    pub fn next_query(&self) -> String {
+        if self.next.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", serde_urlencoded::to_string([("next", self.next.as_str())]).unwrap_or_default())
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "login.html")]
 pub struct LoginPage {
-    pub error: Option<String>,
-    pub username: String,
+    pub form: FormState,
 }
 
 #[derive(Template)]
 #[template(path = "register.html")]
 pub struct RegisterPage {
-    pub error: Option<String>,
-    pub username: String,
+    pub form: FormState,
 }
 
 /// A page with a form that can show one error.
@@ -44,13 +100,47 @@ pub trait FormPage: Template {
 
 impl FormPage for LoginPage {
     fn set_error(&mut self, error: String) {
-        self.error = Some(error);
+        self.form.error = Some(error);
     }
 }
 
 impl FormPage for RegisterPage {
     fn set_error(&mut self, error: String) {
-        self.error = Some(error);
+        self.form.error = Some(error);
+    }
+}
+
+/// Where `next` may send a browser after signing in: a path on this site
+/// only. It must start with one `/` (not `//` or `/\`, which browsers read
+/// as another host), hold printable ASCII only (no backslash, no space, no
+/// control character: browsers drop tabs and newlines, turning `/\t/x`
+/// into `//x`), and parse as a path. Anything else is refused, and the
+/// caller goes to `/chat`: never an open redirect.
+pub fn safe_next(raw: &str) -> Option<&str> {
+    let ok = raw.starts_with('/')
+        && !raw.starts_with("//")
+        && raw.len() <= 1024
+        && raw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && raw.parse::<Uri>().is_ok_and(|u| u.scheme().is_none() && u.authority().is_none());
+    ok.then_some(raw)
+}
+
+/// The sign-in page, coming back to `next` afterwards.
+pub fn login_url(next: &str) -> String {
+    match safe_next(next) {
+        Some(next) => format!("/login?{}", serde_urlencoded::to_string([("next", next)]).unwrap_or_default()),
+        None => "/login".to_owned(),
+    }
+}
+
+/// Why `/login?reason=` says the visitor is there: a fixed set of codes,
+/// each with its sentence; anything else says nothing.
+pub fn sign_in_reason(code: &str) -> Option<&'static str> {
+    match code {
+        "logged_out" => Some("You were signed out on another device or tab."),
+        "expired" => Some("Your session expired."),
+        "revoked" => Some("Your session was ended."),
+        _ => None,
     }
 }
 
@@ -73,21 +163,18 @@ pub struct ChatPage {
     pub expires_at: UnixMillis,
 }
 
+/// A message as the page carries it: data only (`<template id="history">`);
+/// static/render.js makes every message's markup, these included.
 pub struct MessageView {
     pub id: String,
     pub user: String,
     pub body: String,
     pub sent_at: UnixMillis,
-    /// "HH:MM" UTC; the client rewrites it in local time.
-    pub time: String,
-    pub mine: bool,
 }
 
-impl MessageView {
-    fn new(m: Message, me: &str) -> Self {
-        let at = m.sent_at.to_datetime();
-        let time = format!("{:02}:{:02}", at.hour(), at.minute());
-        Self { id: m.id.to_string(), mine: m.user == me, user: m.user, body: m.body, sent_at: m.sent_at, time }
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        Self { id: m.id.to_string(), user: m.user, body: m.body, sent_at: m.sent_at }
     }
 }
 
@@ -184,7 +271,11 @@ pub fn chat_room(rooms: RoomPages) -> impl Filter<Extract = (Response,), Error =
 }
 
 async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> Result<Response, Error> {
-    let Some(current) = session.current().await? else { return Ok(see_other("/login")) };
+    let Some(current) = session.current().await? else {
+        // Back to this room after signing in (a name that is not one is not carried).
+        let back = RoomName::parse(&room).map(|r| format!("/chat/{r}")).unwrap_or_default();
+        return Ok(see_other(&login_url(&back)));
+    };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
     let history = &*pages.history;
     // A room that does not exist yet costs the store for as long as it
@@ -208,9 +299,62 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     }
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;
-    let messages = recent.into_iter().map(|m| MessageView::new(m, &name)).collect();
+    let messages = recent.into_iter().map(MessageView::from).collect();
     page(
         StatusCode::OK,
         &ChatPage { user: name, room: room.to_string(), rooms, messages, last_id, expires_at: current.expires_at },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_a_path_on_this_site_or_nothing() {
+        for ok in ["/", "/chat", "/chat/some-room", "/chat/x?y=1&z=%2F", "/a/b/"] {
+            assert_eq!(safe_next(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "chat",
+            "//evil.example",
+            "///evil.example",
+            "/\\evil.example",
+            "/a\\b",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ x",
+            "https://evil.example",
+            "http:/evil.example",
+            "javascript:alert(1)",
+            "/caf\u{e9}",
+            &format!("/{}", "a".repeat(1024)),
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+        assert_eq!(login_url("/chat/a-b"), "/login?next=%2Fchat%2Fa-b");
+        assert_eq!(login_url("//evil.example"), "/login");
+        assert_eq!(login_url(""), "/login");
+    }
+
+    #[test]
+    fn reasons_are_a_fixed_set() {
+        assert_eq!(sign_in_reason("logged_out"), Some("You were signed out on another device or tab."));
+        assert_eq!(sign_in_reason("expired"), Some("Your session expired."));
+        assert_eq!(sign_in_reason("revoked"), Some("Your session was ended."));
+        for other in ["", "Expired", "logged out", "<b>"] {
+            assert_eq!(sign_in_reason(other), None);
+        }
+    }
+
+    #[test]
+    fn the_field_in_error_is_focused_and_marked() {
+        let form = FormState::new("alice".into(), Some("/chat/x")).with_error("Wrong.", Some(Field::Password));
+        assert!(form.is_invalid("password") && !form.is_invalid("username"));
+        assert!(form.focus("password") && !form.focus("username"));
+        assert_eq!(form.next_query(), "?next=%2Fchat%2Fx");
+        let plain = FormState::new(String::new(), Some("//evil"));
+        assert!(plain.focus("username") && plain.next.is_empty() && plain.next_query().is_empty());
+    }
 }

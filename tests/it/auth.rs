@@ -155,13 +155,13 @@ async fn login_issues_a_new_session_id_and_the_old_one_stops_working() {
     assert_ne!(fresh, planted);
     let attacker = Browser::new();
     attacker.set_session_id(&app, &planted);
-    assert_redirect(&attacker.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&attacker.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
 
     // Signing in again as someone else also replaces the id.
     assert_redirect(&victim.login(&app, "mallory", PASSWORD).await, "/chat");
     let replaced = Browser::new();
     replaced.set_session_id(&app, &fresh);
-    assert_redirect(&replaced.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&replaced.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
 }
 
 #[tokio::test]
@@ -176,7 +176,7 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
     assert!(cleared.contains(&format!("{COOKIE}=")) && cleared.contains("Max-Age=0"), "{cleared}");
     let replay = Browser::new();
     replay.set_session_id(&app, &id);
-    assert_redirect(&replay.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&replay.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
     assert_eq!(replay.refresh(&app).await.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -189,8 +189,8 @@ async fn logout_everywhere_ends_every_session_of_the_user_and_no_other() {
     assert_redirect(&phone.login(&app, "alice", PASSWORD).await, "/chat");
     let bob = signed_up(&app, "bob").await;
     assert_redirect(&laptop.post(&app, "/logout/everywhere").await, "/login");
-    assert_redirect(&phone.get(&app, "/chat/lobby").await, "/login");
-    assert_redirect(&laptop.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&phone.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
+    assert_redirect(&laptop.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
     assert_eq!(bob.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
 }
 
@@ -226,7 +226,7 @@ async fn a_session_ends_after_its_inactivity_ttl() {
         async move { gone }
     })
     .await;
-    assert_redirect(&browser.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&browser.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn refresh_cannot_pass_the_absolute_lifetime() {
         }
     })
     .await;
-    assert_redirect(&browser.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&browser.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
 }
 
 #[tokio::test]
@@ -269,7 +269,7 @@ async fn chat_pages_need_a_session_and_a_valid_room() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis).await;
     let stranger = Browser::new();
-    assert_redirect(&stranger.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&stranger.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
     let browser = signed_up(&app, "alice").await;
     let page = browser.get(&app, "/chat/rust-lang").await;
     assert_eq!(page.status(), StatusCode::OK);
@@ -376,7 +376,7 @@ async fn the_memory_backend_serves_the_same_account_flows() {
     assert_redirect(&browser.logout(&app).await, "/login");
     let replay = Browser::new();
     replay.set_session_id(&app, &id);
-    assert_redirect(&replay.get(&app, "/chat/lobby").await, "/login");
+    assert_redirect(&replay.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
     assert_redirect(&replay.login(&app, "alice", PASSWORD).await, "/chat");
     assert_ne!(replay.session_id(&app).unwrap(), id);
     assert_eq!(Browser::new().login(&app, "alice", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
@@ -559,4 +559,73 @@ async fn the_longest_session_ttl_signs_in_and_a_longer_one_is_refused_at_start()
     assert!((now + 31_535_998_000..=now + 31_536_000_000).contains(&expires_at), "{expires_at} vs {now}");
     let (_socket, hello) = again.join(&app, "").await;
     assert!(hello["expires_at"].as_i64().unwrap() >= expires_at, "{hello}");
+}
+
+#[tokio::test]
+async fn signing_in_returns_to_the_page_that_asked_and_never_off_the_site() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    signed_up(&app, "alice").await;
+    // A room's page, signed out, sends to sign in with the way back.
+    assert_redirect(&Browser::new().get(&app, "/chat/some-room").await, "/login?next=%2Fchat%2Fsome-room");
+    // An invalid room name is not carried.
+    assert_redirect(&Browser::new().get(&app, "/chat/No%20Room").await, "/login");
+
+    let cases = [
+        ("/chat/some-room", "/chat/some-room"),
+        ("/chat/x?y=1", "/chat/x?y=1"),
+        ("//evil.example", "/chat"),
+        ("https://evil.example", "/chat"),
+        ("/\\evil.example", "/chat"),
+        ("//evil.example/chat", "/chat"),
+        ("/\t/evil.example", "/chat"),
+        ("/ /x", "/chat"),
+        ("chat/lobby", "/chat"),
+        ("", "/chat"),
+    ];
+    for (i, (next, to)) in cases.into_iter().enumerate() {
+        let browser = Browser::new();
+        let form = [("username", "alice"), ("password", PASSWORD), ("next", next)];
+        assert_redirect(&browser.post_form(&app, "/login", &form).await, to);
+        // Signed in, the sign-in page goes straight on, by the same rule.
+        let query = serde_urlencoded::to_string([("next", next)]).unwrap();
+        assert_redirect(&browser.get(&app, &format!("/login?{query}")).await, to);
+        // Registering follows it too (a few: registrations are throttled).
+        if i < 5 {
+            let name = format!("newcomer{i}");
+            let form = [("username", name.as_str()), ("password", PASSWORD), ("next", next)];
+            assert_redirect(&Browser::new().post_form(&app, "/register", &form).await, to);
+        }
+    }
+
+    // The form carries a good `next` (escaped) and drops a bad one.
+    let page = Browser::new().get(&app, "/login?next=%2Fchat%2Fa-b").await.text().await.unwrap();
+    assert!(
+        page.contains(r#"name="next" value="/chat/a-b""#) || page.contains(r#"name="next" value="&#x2f;chat"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"href="/register?next=%2Fchat%2Fa-b""#), "{page}");
+    let page = Browser::new().get(&app, "/login?next=%2F%2Fevil.example").await.text().await.unwrap();
+    assert!(!page.contains(r#"name="next""#) && !page.contains("evil"), "{page}");
+    // A failed sign-in keeps it.
+    let form = [("username", "alice"), ("password", "wrong password"), ("next", "/chat/a-b")];
+    let page = Browser::new().post_form(&app, "/login", &form).await.text().await.unwrap();
+    assert!(page.contains(r#"name="next""#), "{page}");
+
+    // Why the visitor is there: a fixed set of codes; others say nothing.
+    for (reason, sentence) in [
+        ("logged_out", Some("You were signed out on another device or tab.")),
+        ("expired", Some("Your session expired.")),
+        ("revoked", Some("Your session was ended.")),
+        ("hacked", None),
+        ("", None),
+    ] {
+        let page = Browser::new().get(&app, &format!("/login?reason={reason}")).await.text().await.unwrap();
+        match sentence {
+            Some(s) => assert!(page.contains(s), "reason={reason}: {page}"),
+            None => assert!(!page.contains("sign-in-reason"), "reason={reason}: {page}"),
+        }
+    }
+    // A query that does not parse is no query.
+    assert_eq!(Browser::new().get(&app, "/login?next=%zz&&=").await.status(), StatusCode::OK);
 }

@@ -10,6 +10,7 @@
 //! and the page source under `target/browser-artifacts/`.
 
 mod harness;
+mod ux;
 
 use std::time::{Duration, Instant};
 
@@ -120,8 +121,12 @@ async fn logging_out_everywhere_sends_the_users_other_browser_to_login() {
             "the two browsers should hold two different sessions"
         );
 
-        let clicked = Instant::now();
+        // It asks first, in a dialog that explains what happens.
         laptop.click("#logout-everywhere").await?;
+        let asked = laptop.text("#logout-everywhere-dialog").await?;
+        ensure!(asked.contains("every other browser"), "the dialog reads {asked:?}");
+        let clicked = Instant::now();
+        laptop.click("#logout-everywhere-confirm").await?;
         laptop.wait_path("/login", PAGE_DEADLINE).await?;
         let left = LOGOUT_DEADLINE.saturating_sub(clicked.elapsed());
         phone.wait_path("/login", left).await.map_err(|e| format!("the other browser stayed in the chat: {e}"))?;

@@ -20,7 +20,11 @@ use std::{
     time::Duration,
 };
 
-use fantoccini::{key::Key, Client, ClientBuilder, Locator};
+use fantoccini::{
+    actions::{InputSource, KeyAction, KeyActions},
+    key::Key,
+    Client, ClientBuilder, Locator,
+};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
 
@@ -62,7 +66,8 @@ const JOURNEY_DEADLINE: Duration = Duration::from_secs(120);
 /// this many journeys drive browsers at a time. Measured on 2 cores with
 /// `--test-threads 8`: one at a time, the seven journeys take 55-60 s; two
 /// at a time about 40 s, but an integration test beside them failed on
-/// timing.
+/// timing. Since then: fifteen journeys (with the two of the CLI tests),
+/// one at a time, about 90 s with `--test-threads 2`.
 static BROWSER_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 // ------------------------------------------------------------ binaries --
@@ -380,6 +385,68 @@ impl Chrome {
         }
     }
 
+    /// Presses keys as a person would, on whatever has focus: each
+    /// character of `keys` down and up in turn (fantoccini's [`Key`] values
+    /// for Tab, Enter, Escape…). No element is addressed.
+    pub async fn keys(&self, keys: &str) -> Outcome {
+        let mut seq = KeyActions::new("keyboard".to_owned());
+        for c in keys.chars() {
+            seq = seq.then(KeyAction::Down { value: c }).then(KeyAction::Up { value: c });
+        }
+        self.client.perform_actions(seq).await.ctx(format!("{}: pressing keys {keys:?}", self.name))
+    }
+
+    /// Presses `key` while holding `modifier` (Shift+Tab).
+    pub async fn chord(&self, modifier: Key, key: Key) -> Outcome {
+        let (m, k) = (char::from(modifier), char::from(key));
+        let seq = KeyActions::new("keyboard".to_owned())
+            .then(KeyAction::Down { value: m })
+            .then(KeyAction::Down { value: k })
+            .then(KeyAction::Up { value: k })
+            .then(KeyAction::Up { value: m });
+        self.client.perform_actions(seq).await.ctx(format!("{}: pressing a chord", self.name))
+    }
+
+    /// The `id` of the focused element ("" for one without, or the body).
+    pub async fn focused(&self) -> Outcome<String> {
+        let v =
+            self.js("const e = document.activeElement; return e && e !== document.body ? e.id : '';", vec![]).await?;
+        Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sends a Chrome DevTools Protocol command to the current tab through
+    /// chromedriver (`POST /session/{id}/goog/cdp/execute`). Emulations set
+    /// this way (time zone, colour scheme, viewport) last across navigations
+    /// of the tab.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Outcome<Value> {
+        let command = Cdp { cmd: cmd.to_owned(), params };
+        self.client.issue_cmd(command).await.ctx(format!("{}: DevTools {cmd}", self.name))
+    }
+
+    /// Makes the tab report `zone` (an IANA name) as its time zone.
+    pub async fn time_zone(&self, zone: &str) -> Outcome {
+        self.cdp("Emulation.setTimezoneOverride", json!({ "timezoneId": zone })).await.map(drop)
+    }
+
+    /// Makes `prefers-color-scheme` match `scheme` (`light` or `dark`).
+    pub async fn color_scheme(&self, scheme: &str) -> Outcome {
+        let features = json!([{ "name": "prefers-color-scheme", "value": scheme }]);
+        self.cdp("Emulation.setEmulatedMedia", json!({ "features": features })).await.map(drop)
+    }
+
+    /// Sets the viewport to `width` × `height` CSS pixels; `mobile` also
+    /// honours the page's `<meta name=viewport>` as a phone does.
+    pub async fn viewport(&self, width: u32, height: u32, mobile: bool) -> Outcome {
+        let params = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile });
+        self.cdp("Emulation.setDeviceMetricsOverride", params).await.map(drop)
+    }
+
+    /// Saves a PNG of the viewport at `path`.
+    pub async fn screenshot_to(&self, path: &Path) -> Outcome {
+        let png = self.client.screenshot().await.ctx(format!("{}: taking a screenshot", self.name))?;
+        std::fs::write(path, png).ctx(format!("writing {}", path.display()))
+    }
+
     /// The path of the current page.
     pub async fn path(&self) -> Outcome<String> {
         let url = self.client.current_url().await.ctx(format!("{}: reading the URL", self.name))?;
@@ -538,6 +605,23 @@ impl Chrome {
         let cookie =
             self.client.get_named_cookie(COOKIE).await.ctx(format!("{}: reading the {COOKIE} cookie", self.name))?;
         Ok(cookie.value().to_owned())
+    }
+}
+
+/// A DevTools command, as chromedriver's vendor endpoint takes it.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({ "cmd": self.cmd, "params": self.params }).to_string()))
     }
 }
 

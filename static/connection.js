@@ -1,0 +1,267 @@
+/* palaver: the socket's life. Connecting with `after=` the newest id seen
+ * (so the server replays exactly what was missed, docs/protocol.md §3.4),
+ * reconnecting on a schedule a person can follow (a countdown and "Retry
+ * now"; at once when the network or the tab comes back), staying signed in
+ * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), and going to
+ * the sign-in page, saying why, when the session is over (4401).
+ */
+
+import { closeReason, loginUrl, reconnectDelay } from "./format.js";
+
+/** A socket that closes before `hello` may have been refused (a browser
+ * cannot see the 401 of an upgrade): ask about the session, this often. */
+const SESSION_CHECK_MS = 10000;
+
+export class Connection {
+  /**
+   * @param {object} o
+   *   room, after() -> newest id seen;
+   *   onFrame(frame): every frame of the current socket;
+   *   onState(state, detail): "connecting" | "connected" | "reconnecting"
+   *     | "offline"; detail.retryAt (ms) while a retry is scheduled;
+   *   onDown(): the socket closed (anything in flight is unsure);
+   *   beforeReauth(): a `reauth` frame is about to go (it costs a token).
+   */
+  constructor(o) {
+    this.o = o;
+    this.ws = null;
+    this.helloSeen = false;
+    this.state = "connecting";
+    this.attempt = 0; // attempts since the connection was lost
+    this.downSince = 0;
+    this.timer = 0;
+    this.retryAt = 0;
+    this.stopped = false; // the session is over: never reconnect
+    this.leaving = false; // the page is going away
+    this.refreshing = false;
+    this.lastSessionCheck = 0;
+    this.hellos = 0;
+    this.reauthentications = 0;
+    this.expiresAt = 0;
+
+    window.addEventListener("online", () => {
+      if (this.isReady()) this.setState("connected");
+      else this.retryNow();
+    });
+    // The socket may linger for a while after the network went: say so now.
+    window.addEventListener("offline", () => {
+      if (!this.stopped) this.setState("offline");
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && !this.ws && this.timer) this.retryNow();
+    });
+    window.addEventListener("pagehide", () => this.leave());
+    window.addEventListener("pageshow", (ev) => {
+      if (!ev.persisted || this.stopped) return;
+      this.leaving = false;
+      this.retryNow();
+    });
+  }
+
+  isReady() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN && this.helloSeen;
+  }
+
+  setState(state) {
+    this.state = state;
+    this.o.onState(state, { retryAt: this.timer ? this.retryAt : 0 });
+  }
+
+  url() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const after = this.o.after() || "0-0";
+    return proto + "://" + location.host + "/ws?room=" + encodeURIComponent(this.o.room) +
+      "&after=" + encodeURIComponent(after);
+  }
+
+  start() {
+    this.setState(navigator.onLine === false ? "offline" : "connecting");
+    this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.timer = 0;
+    if (this.stopped || this.leaving) return;
+    if (this.ws) return; // an attempt is under way
+    this.helloSeen = false;
+    let sock;
+    try {
+      sock = new WebSocket(this.url());
+    } catch (e) {
+      this.schedule();
+      return;
+    }
+    this.ws = sock;
+    // The countdown is over: an attempt is under way.
+    if (this.state === "reconnecting") this.setState("reconnecting");
+    let hello = false;
+    sock.addEventListener("message", (ev) => {
+      if (this.ws !== sock || typeof ev.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      if (!frame || typeof frame !== "object") return;
+      if (frame.type === "hello") {
+        hello = true;
+        this.onHello(frame);
+      } else if (frame.type === "reauthenticate") {
+        this.onReauthenticate(frame);
+      } else if (frame.type === "reauthenticated") {
+        this.reauthentications += 1;
+        if (Number.isFinite(Number(frame.expires_at))) this.expiresAt = Number(frame.expires_at);
+      }
+      this.o.onFrame(frame);
+    });
+    sock.addEventListener("close", (ev) => {
+      if (this.ws !== sock) return;
+      this.onClose(ev, hello);
+    });
+  }
+
+  onHello(frame) {
+    this.helloSeen = true;
+    this.hellos += 1;
+    this.attempt = 0;
+    this.downSince = 0;
+    if (Number.isFinite(Number(frame.expires_at))) this.expiresAt = Number(frame.expires_at);
+    this.setState("connected");
+  }
+
+  onClose(ev, hadHello) {
+    this.ws = null;
+    this.helloSeen = false;
+    this.o.onDown();
+    if (ev.code === 4401) {
+      this.goLogin(closeReason(ev.reason));
+      return;
+    }
+    if (this.stopped || this.leaving) return;
+    if (!this.downSince) this.downSince = Date.now();
+    if (!hadHello && navigator.onLine !== false) this.checkSession();
+    this.schedule();
+  }
+
+  /** The next attempt, on the schedule of reconnectDelay. */
+  schedule() {
+    if (this.stopped || this.leaving || this.timer) return;
+    const offline = navigator.onLine === false;
+    const visible = document.visibilityState === "visible";
+    // Offline, the browser's "online" event brings the next attempt; a
+    // slow retry covers a wrong report.
+    const delay = offline ? 30000 : reconnectDelay(this.attempt, Date.now() - (this.downSince || Date.now()), visible);
+    this.attempt += 1;
+    this.retryAt = Date.now() + delay;
+    this.timer = setTimeout(() => {
+      this.timer = 0;
+      this.connect();
+    }, delay);
+    this.setState(offline ? "offline" : "reconnecting");
+  }
+
+  /** An attempt now: the "Retry now" button, the network or the tab back. */
+  retryNow() {
+    if (this.stopped || this.leaving || this.ws) return;
+    clearTimeout(this.timer);
+    this.timer = 0;
+    this.connect();
+  }
+
+  /** The page is going away (navigation, a logout form): close quietly. */
+  leave() {
+    this.leaving = true;
+    clearTimeout(this.timer);
+    this.timer = 0;
+    if (this.ws) {
+      const s = this.ws;
+      this.ws = null;
+      this.helloSeen = false;
+      this.o.onDown();
+      try {
+        s.close(1000, "page hidden");
+      } catch (e) {
+        /* already closing */
+      }
+    }
+  }
+
+  send(obj) {
+    if (!this.isReady()) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  goLogin(reason) {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.timer = 0;
+    if (this.ws) {
+      const s = this.ws;
+      this.ws = null;
+      try {
+        s.close(1000);
+      } catch (e) {
+        /* already closing */
+      }
+    }
+    this.setState("offline");
+    location.assign(loginUrl(reason, location.pathname));
+  }
+
+  checkSession() {
+    const now = Date.now();
+    if (now - this.lastSessionCheck < SESSION_CHECK_MS) return;
+    this.lastSessionCheck = now;
+    postRefresh().then((res) => {
+      if (res && res.status === 401) this.goLogin("expired");
+    });
+  }
+
+  onReauthenticate(frame) {
+    const t = Number(frame.expires_at);
+    if (Number.isFinite(t) && t > 0) this.expiresAt = t;
+    this.refreshSession();
+  }
+
+  async refreshSession() {
+    if (this.refreshing || this.stopped) return;
+    this.refreshing = true;
+    // The server closes the socket at expiresAt; if our clock disagrees
+    // with the server's, still allow a few quick retries.
+    const deadline = Math.max(this.expiresAt || 0, Date.now() + 20000);
+    try {
+      for (let i = 0; i < 6 && !this.stopped; i++) {
+        const res = await postRefresh();
+        if (res && res.status === 401) {
+          this.goLogin("expired");
+          return;
+        }
+        if (res && res.ok) {
+          const body = await res.json().catch(() => null);
+          if (body && Number.isFinite(Number(body.expires_at))) this.expiresAt = Number(body.expires_at);
+          if (this.isReady()) {
+            this.o.beforeReauth();
+            this.send({ type: "reauth" });
+          }
+          return;
+        }
+        const wait = Math.min(4000, 250 * 2 ** i) * (0.5 + Math.random() / 2);
+        if (Date.now() + wait >= deadline - 1000) return;
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    } finally {
+      this.refreshing = false;
+    }
+  }
+}
+
+function postRefresh() {
+  return fetch("/session/refresh", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { Accept: "application/json" },
+  }).catch(() => null);
+}

@@ -1,0 +1,172 @@
+// Unit tests of the chat client's pure modules, run in the browser by the
+// `the_client_logic_passes_its_unit_tests` journey (WebDriver's asynchronous
+// execute: the last argument is the callback). The modules are imported
+// from the app itself, so they are the files the binary serves. Answers a
+// list of failures (empty when all pass) and the number of checks.
+const done = arguments[arguments.length - 1];
+(async () => {
+  const f = await import("/static/format.js");
+  const { Outbox } = await import("/static/outbox.js");
+  const failures = [];
+  let checks = 0;
+  const eq = (what, got, want) => {
+    checks += 1;
+    const g = JSON.stringify(got);
+    const w = JSON.stringify(want);
+    if (g !== w) failures.push(what + ": got " + g + ", want " + w);
+  };
+
+  // ids compare as numbers
+  eq("ids", [f.compareIds("9-0", "10-0"), f.compareIds("10-1", "10-0"), f.compareIds("5-5", "5-5")], [-1, 1, 0]);
+
+  // message text
+  const kinds = (body) => f.tokenize(body).map((t) => t.t + ":" + t.v);
+  eq("a link ends before the full stop", kinds("see https://example.com/a."),
+    ["text:see ", "link:https://example.com/a", "text:."]);
+  eq("a link in brackets", kinds("(https://example.com/x_(y))"),
+    ["text:(", "link:https://example.com/x_(y)", "text:)"]);
+  eq("only http and https", kinds("javascript:alert(1) ftp://x.example"), ["text:javascript:alert(1) ftp://x.example"]);
+  eq("code spans and blocks", kinds("run `cargo test`:\n```sh\n  indented\n```\nok"),
+    ["text:run ", "code:cargo test", "text::", "block:  indented", "text:ok"]);
+  eq("a fence on one line", kinds("```a b```"), ["block:a b"]);
+  eq("no link inside code", kinds("`https://example.com`"), ["code:https://example.com"]);
+  eq("mentions", kinds("hi @bob. and me@mail.example @al"), ["text:hi ", "mention:@bob", "text:. and me@mail.example @al"]);
+  eq("mentionsName ignores case", [f.mentionsName("@Alice look", "alice"), f.mentionsName("alice", "alice")], [true, false]);
+  eq("the href is normalised", f.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
+  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "code\n    more");
+
+  // days and groups, in the page's time zone
+  const now = new Date(2026, 10, 25, 9, 30).getTime();
+  const at = (d, h, m) => new Date(2026, 10, d, h, m).getTime();
+  eq("today", f.dayLabel(at(25, 0, 1), now), "Today");
+  eq("yesterday", f.dayLabel(at(24, 23, 59), now), "Yesterday");
+  // (ICU versions differ on the comma after the weekday.)
+  const plain = (s) => s.replace(",", "");
+  eq("a date", plain(f.dayLabel(at(22, 12, 0), now, "en-GB")), "Sunday 22 November");
+  eq("another year", plain(f.dayLabel(new Date(2025, 0, 2).getTime(), now, "en-GB")), "Thursday 2 January 2025");
+  eq("groups", [
+    f.continues("bob", at(25, 9, 0), "bob", at(25, 9, 4)),
+    f.continues("bob", at(25, 9, 0), "bob", at(25, 9, 6)),
+    f.continues("bob", at(25, 9, 0), "ann", at(25, 9, 1)),
+    f.continues("bob", at(24, 23, 59), "bob", at(25, 0, 1)),
+  ], [true, false, false, false]);
+
+  // the pacer: 90 % of the rate, one token short of the burst
+  const p = new f.Pacer(10, 20, 0);
+  let sent = 0;
+  while (p.wait(0) === 0) { p.take(0); sent += 1; }
+  eq("burst", sent, 19);
+  eq("then one per 1/(0.9 × rate)", p.wait(0), 112);
+  eq("refilled", p.wait(112), 0);
+
+  // the reconnect schedule
+  const visible = [0, 1, 5, 30].map((n) => f.reconnectDelay(n, n * 1500, true, 1));
+  eq("visible: quick, then 1 to 1.5 s", visible, [500, 1500, 1500, 1500]);
+  eq("visible: at least 1 s", f.reconnectDelay(3, 5000, true, 0), 1000);
+  eq("after a minute: backing off", [f.reconnectDelay(40, 61000, true, 1), f.reconnectDelay(50, 120000, true, 1)], [4000, 30000]);
+  eq("hidden: full jitter to 30 s", [f.reconnectDelay(0, 0, false, 1), f.reconnectDelay(10, 0, false, 1)], [500, 30000]);
+
+  // the sign-in page's reasons and way back
+  eq("reasons", ["logged out", "session expired", "token expired", "session revoked", "x"].map(f.closeReason),
+    ["logged_out", "expired", "expired", "revoked", ""]);
+  eq("login url", [f.loginUrl("expired", "/chat/a-b"), f.loginUrl("", "//evil.example")],
+    ["/login?reason=expired&next=%2Fchat%2Fa-b", "/login"]);
+
+  // the outbox: order, one in flight, pacing, refusals, failures
+  let clock = 0;
+  const timers = [];
+  const frames = [];
+  const changes = [];
+  const box = new Outbox({
+    send: (fr) => { frames.push(fr.client_id); return true; },
+    onChange: (e) => changes.push(e.cid + ":" + e.shown),
+    onDone: () => {},
+    now: () => clock,
+    setTimeout: (fn, ms) => { timers.push({ fn, at: clock + ms }); return timers.length; },
+    clearTimeout: () => { timers.length = 0; },
+  });
+  const tick = (ms) => {
+    clock += ms;
+    for (const t of timers.splice(0)) if (t.at <= clock) t.fn(); else timers.push(t);
+  };
+  box.add("a", "1");
+  box.add("b", "2");
+  eq("nothing goes before hello", frames, []);
+  box.connected();
+  eq("one in flight", frames, ["a"]);
+  box.confirmed("a");
+  eq("the next after the ack", frames, ["a", "b"]);
+  box.refused("b", "rate_limited", "slow down");
+  eq("refused for speed: kept, not failed", [box.find("b").status, box.refusals], ["queued", 1]);
+  tick(100);
+  eq("paused", frames, ["a", "b"]);
+  tick(1000);
+  eq("then the same message again", frames, ["a", "b", "b"]);
+  box.add("c", "3");
+  box.refused("b", "invalid", "too long");
+  eq("a failure holds the ones behind it", [box.view(box.find("b")), box.view(box.find("c")), frames.length],
+    ["failed", "held", 3]);
+  box.retryUpTo("b");
+  eq("retry resends it first", frames.slice(3), ["b"]);
+  box.disconnected();
+  eq("in flight when the socket died: unsure", box.find("b").status, "unsure");
+  box.connected();
+  eq("a moment for the replay", frames.length, 4);
+  tick(500);
+  eq("then resent with its client_id", frames.slice(4), ["b"]);
+  box.refused("b", "invalid", "no");
+  box.discard("b");
+  eq("deleting a failed one lets the rest go", frames.slice(5), ["c"]);
+  eq("statuses shown", changes.includes("c:held") && changes.includes("b:failed"), true);
+
+  // older history, when the page says where to page from (SERVER, LATER)
+  const { Renderer } = await import("/static/render.js");
+  const { History } = await import("/static/history.js");
+  const { Attention } = await import("/static/attention.js");
+  const host = document.createElement("div");
+  host.hidden = true;
+  host.innerHTML = '<div id="u-root" data-history-url="/u/history"></div><div id="u-log">' +
+    '<button id="u-older" hidden></button><ol id="u-list"></ol></div><button id="u-jump"></button>' +
+    '<div id="u-say"></div><ul id="u-rooms"><li><a data-room="other" href="/chat/other">#other</a></li></ul>';
+  document.body.append(host);
+  const q = (id) => host.querySelector("#" + id);
+  const renderer = new Renderer(q("u-list"), "alice");
+  renderer.bulk([{ id: "20-0", user: "bob", body: "newest", sentAt: Date.now() }]);
+  const asked = [];
+  const realFetch = window.fetch;
+  window.fetch = async (url) => {
+    asked.push(String(url));
+    const messages = [{ id: "10-0", user: "bob", body: "older", sent_at: Date.now() - 1000 },
+      { id: "20-0", user: "bob", body: "a repeat", sent_at: Date.now() }];
+    return new Response(JSON.stringify({ messages, start: true }), { headers: { "Content-Type": "application/json" } });
+  };
+  try {
+    const hist = new History({ root: q("u-root"), log: q("u-log"), list: q("u-list"), renderer, button: q("u-older") });
+    eq("offers older messages", q("u-older").hidden, false);
+    await hist.older();
+    eq("asks before the oldest", asked, ["/u/history?before=20-0&limit=50"]);
+    eq("prepends, in order, once", Array.from(q("u-list").querySelectorAll(".msg-body"), (b) => b.textContent), ["older", "newest"]);
+    eq("then stops at the start", q("u-older").hidden, true);
+    const none = new History({ root: document.createElement("div"), log: q("u-log"), list: q("u-list"), renderer, button: q("u-older") });
+    await none.older();
+    eq("no url, no paging", asked.length, 1);
+  } finally {
+    window.fetch = realFetch;
+  }
+  // unread badges for other rooms (SERVER, LATER)
+  const att = new Attention({ log: q("u-log"), list: q("u-list"), room: "lobby", me: "alice", jump: q("u-jump"),
+    announcer: q("u-say"), notifyButton: null, rooms: q("u-rooms") });
+  att.unread({ type: "unread", room: "other", unread: 3, mentions: 1 });
+  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mentions, 3 unread");
+  att.unread({ type: "unread", room: "other", unread: 0, mentions: 0 });
+  eq("cleared", q("u-rooms").querySelector(".room-badge"), null);
+  // rendering: text only, links safe, mentions of the reader marked
+  const li = renderer.message({ id: "30-0", user: "bob", body: "<b>hi</b> @Alice https://x.example/?a=<i>", sentAt: Date.now() });
+  eq("no markup from text", li.querySelectorAll(".msg-body b, .msg-body i").length, 0);
+  const a = li.querySelector("a");
+  eq("a safe link", [a.getAttribute("href"), a.rel, a.target], ["https://x.example/?a=", "noopener noreferrer", "_blank"]);
+  eq("a mention of the reader", [li.classList.contains("mention-of-me"), !!li.querySelector(".mention-me")], [true, true]);
+  host.remove();
+
+  done({ failures, checks });
+})().catch((e) => done({ failures: ["threw: " + (e && e.stack ? e.stack : e)], checks: 0 }));
