@@ -115,6 +115,15 @@ pub struct Config {
     /// Open connections, HTTP and WebSocket together; the effective cap is
     /// also kept below the open-file limit.
     pub max_open_connections: usize,
+    /// Replicas an appended message must reach before it is acknowledged
+    /// (`WAIT`). `None`: 1 on a Redis Cluster, 0 (no wait) on a single Redis.
+    pub redis_wait_replicas: Option<u32>,
+    /// How long an append waits for them before the sender is told the
+    /// message may or may not be stored.
+    pub redis_wait_timeout: Duration,
+    /// How long `/readyz` says 503 before a graceful shutdown closes
+    /// anything, so that load balancers stop sending upgrades first.
+    pub shutdown_drain: Duration,
 }
 
 /// A variable that is present but unusable.
@@ -266,6 +275,15 @@ impl Config {
             tls_handshake_timeout: vars.secs("TLS_HANDSHAKE_TIMEOUT_SECS", 10, 1..=HOUR)?,
             // Kept below the open-file limit at start in any case.
             max_open_connections: vars.number("MAX_OPEN_CONNECTIONS", 60_000, 1..=10_000_000)?,
+            // A cluster shard rarely has more than a few replicas; 0 turns
+            // waiting off.
+            redis_wait_replicas: match (vars.get)("REDIS_WAIT_REPLICAS") {
+                Some(_) => Some(vars.number("REDIS_WAIT_REPLICAS", 0, 0..=16)?),
+                None => None,
+            },
+            // Below the 2 s after which any store command counts as failed.
+            redis_wait_timeout: Duration::from_millis(vars.number("REDIS_WAIT_TIMEOUT_MS", 500, 1..=1500)?),
+            shutdown_drain: vars.secs("SHUTDOWN_DRAIN_SECS", 0, 0..=HOUR)?,
         };
         config.reauth_warning = config.resolve_reauth_warning(vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?)?;
         config.check()?;
@@ -465,6 +483,11 @@ mod tests {
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.max_open_connections, 60_000);
         assert!(c.tls.is_none() && c.redis_url.is_none() && c.cookie_secure.is_none());
+        assert_eq!(c.redis_wait_replicas, None, "decided by the kind of Redis");
+        assert_eq!(c.redis_wait_timeout, Duration::from_millis(500));
+        assert_eq!(c.shutdown_drain, Duration::ZERO);
+        let c = config(&[("REDIS_WAIT_REPLICAS", "0"), ("REDIS_WAIT_TIMEOUT_MS", "1500")]).unwrap();
+        assert_eq!((c.redis_wait_replicas, c.redis_wait_timeout), (Some(0), Duration::from_millis(1500)));
     }
 
     #[test]
@@ -545,6 +568,11 @@ mod tests {
         ("PRESENCE_TTL_SECS", "2"),
         ("PRESENCE_TTL_SECS", "86401"),
         ("SHUTDOWN_GRACE_SECS", "3601"),
+        ("REDIS_WAIT_REPLICAS", "17"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
+        ("REDIS_WAIT_TIMEOUT_MS", "0"),
+        ("REDIS_WAIT_TIMEOUT_MS", "1501"),
+        ("SHUTDOWN_DRAIN_SECS", "3601"),
     ];
 
     #[test]

@@ -476,7 +476,7 @@ impl History for MemoryBackend {
         }
     }
 
-    async fn wake_tail(&self) -> StoreResult<()> {
+    async fn wake_tail(&self, _room: &RoomName) -> StoreResult<()> {
         self.wake.notify_one();
         Ok(())
     }

@@ -39,6 +39,14 @@ pub enum StoreError {
     Session(#[from] session_store::Error),
     #[error("unreadable data in the store: {0}")]
     Corrupt(String),
+    /// A write the store made but could not confirm on enough replicas
+    /// (`REDIS_WAIT_REPLICAS`): a failover now could lose it, so it is not
+    /// reported as stored (nor as not stored).
+    #[error("written, but confirmed by {acked} of the {wanted} replicas asked for")]
+    Unreplicated { wanted: i64, acked: i64 },
+    /// A call the backend cannot serve as made.
+    #[error("{0}")]
+    Usage(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -226,16 +234,29 @@ pub trait History: Send + Sync {
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
     /// The id of the newest message, or [`MessageId::ZERO`].
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId>;
+    /// How many tails it takes to follow every room: rooms fall into this
+    /// many groups, and one [`History::tail`] follows rooms of one group.
+    /// One, except on a Redis Cluster (where a blocking read can only wait on
+    /// keys of one slot).
+    fn tail_groups(&self) -> usize {
+        1
+    }
+    /// The group `room` is tailed in, below [`History::tail_groups`].
+    fn tail_group(&self, _room: &RoomName) -> usize {
+        0
+    }
     /// Waits up to `wait` for messages after each room's cursor and returns
     /// what arrived, per room, oldest first. Returns early, possibly empty,
-    /// after [`History::wake_tail`].
+    /// after [`History::wake_tail`] of one of the rooms' group. The rooms
+    /// must be of one tail group, and at least one.
     async fn tail(
         &self,
         cursors: &[(RoomName, MessageId)],
         wait: Duration,
     ) -> StoreResult<Vec<(RoomName, Vec<Message>)>>;
-    /// Interrupts a pending [`History::tail`] so it picks up a new room set.
-    async fn wake_tail(&self) -> StoreResult<()>;
+    /// Interrupts a pending [`History::tail`] of `room`'s group so that it
+    /// picks up a new room set.
+    async fn wake_tail(&self, room: &RoomName) -> StoreResult<()>;
     /// Whether the room exists (was used within the room lifetime).
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool>;
     /// Records that `user` opened the room: it exists (or lives on), and it
@@ -267,6 +288,12 @@ pub trait PresenceStore: Send + Sync {
 pub trait Health: Send + Sync {
     /// Answers when the store is reachable.
     async fn ping(&self) -> StoreResult<()>;
+    /// Whether this instance hears events from the others now (its
+    /// subscription stands). Readiness, not liveness: while it does not,
+    /// logouts elsewhere reach its sockets only through the sweep.
+    fn subscribed(&self) -> bool {
+        true
+    }
     /// Closes connections; called once at the end of graceful shutdown.
     async fn close(&self);
 }

@@ -90,7 +90,9 @@ impl NewRooms {
     }
 
     /// The counter (see [`Counters`](super::Counters)) of `user`'s new rooms.
+    /// It carries the user's hash tag: the Redis append charges it in one
+    /// script with the user's rate bucket (docs/cluster.md).
     pub fn counter(user: UserId) -> String {
-        format!("quota:new-rooms:{user}")
+        format!("quota:new-rooms:{{{user}}}")
     }
 }

@@ -10,7 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::registry::Registry;
 use crate::{
@@ -23,22 +23,47 @@ const TAIL_WAIT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The room tail: what it reads from and where it delivers.
+///
+/// Rooms fall into [`History::tail_groups`] groups (one, except on a Redis
+/// Cluster, where a blocking read can only wait on keys of one slot); each
+/// group has a loop of its own that follows this instance's rooms of that
+/// group with one blocking read. A group with no followed room waits here,
+/// on `wakes`, and holds no connection.
 #[derive(Clone)]
 pub struct Hub {
     history: Arc<dyn History>,
     registry: Arc<Registry>,
+    /// One per group: a room of the group was joined.
+    wakes: Arc<[Notify]>,
 }
 
 impl Hub {
     pub fn new(history: Arc<dyn History>, registry: Arc<Registry>) -> Self {
-        Self { history, registry }
+        let wakes = (0..history.tail_groups()).map(|_| Notify::new()).collect();
+        Self { history, registry, wakes }
     }
 
-    /// The tail loop; ends when `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// The tail loops, one per group; ends when `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let loops: Vec<_> =
+            (0..self.wakes.len()).map(|group| tokio::spawn(self.clone().run_group(group, shutdown.clone()))).collect();
+        for task in loops {
+            let _ = task.await;
+        }
+    }
+
+    async fn run_group(self, group: usize, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let cursors = self.registry.cursors();
+            let cursors = self.cursors(group);
+            if cursors.is_empty() {
+                // Nothing to follow: wait for a room here, not on the store.
+                tokio::select! {
+                    _ = self.wakes[group].notified() => continue,
+                    _ = tokio::time::sleep(TAIL_WAIT) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
             let result = tokio::select! {
                 result = self.history.tail(&cursors, TAIL_WAIT) => result,
                 _ = shutdown.changed() => return,
@@ -51,7 +76,7 @@ impl Hub {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "tailing room history failed; retrying from the same ids");
+                    tracing::warn!(%err, group, "tailing room history failed; retrying from the same ids");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => return,
@@ -60,6 +85,15 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// The cursors of the followed rooms of one group.
+    fn cursors(&self, group: usize) -> Vec<(RoomName, MessageId)> {
+        let mut cursors = self.registry.cursors();
+        if self.wakes.len() > 1 {
+            cursors.retain(|(room, _)| self.history.tail_group(room) == group);
+        }
+        cursors
     }
 
     /// Where a socket joining `room` should start: the room's cursor when
@@ -72,9 +106,14 @@ impl Hub {
         }
     }
 
-    /// Makes a pending tail look at the room set again (a new room joined).
+    /// Makes the room's group's tail look at the room set again (a new room
+    /// joined): at once if it was idle, else through the store, where its
+    /// blocking read waits.
     pub async fn follow_new_room(&self, room: &RoomName) {
-        if let Err(err) = self.history.wake_tail().await {
+        let group = self.history.tail_group(room);
+        // `notify_one` keeps a permit when the loop is not waiting yet.
+        self.wakes[group].notify_one();
+        if let Err(err) = self.history.wake_tail(room).await {
             tracing::warn!(%err, %room, "could not wake the room tail; it picks the room up within seconds");
         }
     }

@@ -196,7 +196,7 @@ async fn a_user_spreading_over_sockets_is_held_to_their_own_rate() {
         }
     }
     assert_eq!((acked, limited), (4, 16), "the user's burst, across every socket and instance");
-    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":4");
+    assert_eq!(redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap().trim(), ":4");
     // Someone else is not held back by alice.
     let bob = signed_up(&b, "bob").await;
     let (mut bobs, _) = bob.join(&b, "").await;
@@ -245,7 +245,7 @@ async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
     let refused = alice.get(&app, "/chat/third").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
-    assert_eq!(redis.command(&["ZSCORE", "palaver:rooms", "third"]).unwrap().trim(), "$-1", "not created");
+    assert_eq!(redis.command(&["EXISTS", &room_key("third", "active")]).unwrap().trim(), ":0", "not created");
     // Rooms that exist cost nothing to visit, and lobby is always there.
     assert_eq!(alice.get(&app, "/chat/first").await.status(), StatusCode::OK);
     assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
@@ -263,7 +263,7 @@ async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
     // Streams live as long as their room is used.
     let (mut socket, _) = alice.join(&app, "?room=first").await;
     socket.say("keeps it alive", "k1").await;
-    let ttl: i64 = redis.command(&["PTTL", "palaver:room:first:messages"]).unwrap().trim()[1..].parse().unwrap();
+    let ttl: i64 = redis.command(&["PTTL", &room_key("first", "messages")]).unwrap().trim()[1..].parse().unwrap();
     assert!(ttl > 0 && ttl <= 30 * 24 * 3600 * 1000, "{ttl}");
 }
 
@@ -277,7 +277,7 @@ async fn a_room_nobody_uses_expires() {
     drop(socket);
     let redis_ref = &redis;
     eventually("the unused room's stream to expire", || async move {
-        redis_ref.command(&["EXISTS", "palaver:room:brief:messages"]).unwrap().starts_with(":0")
+        redis_ref.command(&["EXISTS", &room_key("brief", "messages")]).unwrap().starts_with(":0")
     })
     .await;
     let lobby = alice.get(&app, "/chat/lobby").await.text().await.unwrap();
@@ -308,7 +308,7 @@ async fn a_send_the_store_does_not_confirm_says_so_and_its_resend_is_stored_once
     let ack = socket.say("did it arrive?", &assigned).await;
     let stored = socket.next_of("message").await;
     assert_eq!(stored["id"], ack["id"]);
-    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":1");
+    assert_eq!(redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap().trim(), ":1");
 
     // Without trouble, a send without client_id is acknowledged with the one
     // the server assigned, and others do not see it.

@@ -10,6 +10,19 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
+on_both! {
+    two_users_on_two_instances_get_the_same_message_and_rooms_do_not_leak,
+    replay_after_an_id_returns_exactly_the_missed_messages_in_order,
+    messages_sent_while_a_client_reconnects_are_neither_lost_nor_duplicated,
+    bad_frames_get_invalid_without_closing_the_socket,
+    more_than_twenty_invalid_frames_in_a_minute_close_with_1008,
+    a_flood_is_rate_limited_then_closed_with_1008,
+    a_resend_with_the_same_client_id_is_stored_once,
+    html_in_a_message_is_escaped_on_the_page,
+    the_page_renders_recent_history_and_the_last_id,
+    presence_spans_instances_and_follows_departures,
+}
+
 /// Tests that send many messages quickly lift the per-socket rate limit.
 const NO_RATE_LIMIT: [(&str, &str); 4] = [
     ("MESSAGE_RATE_PER_SEC", "10000"),
@@ -18,7 +31,7 @@ const NO_RATE_LIMIT: [(&str, &str); 4] = [
     ("USER_MESSAGE_BURST", "10000"),
 ];
 
-async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
+async fn two_instances(redis: &dyn TestRedis) -> (TestApp, TestApp) {
     (TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await, TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await)
 }
 
@@ -35,10 +48,8 @@ fn bodies(messages: &[Value]) -> Vec<String> {
     messages.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_on_two_instances_get_the_same_message_and_rooms_do_not_leak() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+async fn two_users_on_two_instances_get_the_same_message_and_rooms_do_not_leak(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis).await;
     let alice = signed_up(&a, "alice").await;
     let bob = signed_up(&b, "bob").await;
     let (mut alices, _) = alice.join(&a, "").await;
@@ -64,10 +75,8 @@ async fn two_users_on_two_instances_get_the_same_message_and_rooms_do_not_leak()
     assert_eq!(m["body"], "meanwhile");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_after_an_id_returns_exactly_the_missed_messages_in_order() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+async fn replay_after_an_id_returns_exactly_the_missed_messages_in_order(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis).await;
     let alice = signed_up(&a, "alice").await;
     let bob = signed_up(&b, "bob").await;
     let (mut alices, _) = alice.join(&a, "").await;
@@ -91,10 +100,8 @@ async fn replay_after_an_id_returns_exactly_the_missed_messages_in_order() {
     assert_eq!(messages(&mut fresh, 13).await.len(), 13);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_sent_while_a_client_reconnects_are_neither_lost_nor_duplicated() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+async fn messages_sent_while_a_client_reconnects_are_neither_lost_nor_duplicated(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis).await;
     let alice = signed_up(&a, "alice").await;
     let bob = signed_up(&b, "bob").await;
     let (mut bobs, _) = bob.join(&b, "").await;
@@ -178,10 +185,8 @@ async fn fan_out_survives_a_redis_restart_with_persistence() {
     assert_eq!(bodies(&messages(&mut late, 6).await), ["before", "after0", "after1", "after2", "after3", "after4"]);
 }
 
-#[tokio::test]
-async fn bad_frames_get_invalid_without_closing_the_socket() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn bad_frames_get_invalid_without_closing_the_socket(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     let bad = [
@@ -212,10 +217,8 @@ async fn bad_frames_get_invalid_without_closing_the_socket() {
     assert_eq!(bodies(&messages(&mut replay, 2).await), [body.clone(), "end".into()]);
 }
 
-#[tokio::test]
-async fn more_than_twenty_invalid_frames_in_a_minute_close_with_1008() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn more_than_twenty_invalid_frames_in_a_minute_close_with_1008(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     for _ in 0..20 {
@@ -226,10 +229,8 @@ async fn more_than_twenty_invalid_frames_in_a_minute_close_with_1008() {
     assert_eq!(socket.closed().await, (1008, "policy violation".to_string()));
 }
 
-#[tokio::test]
-async fn a_flood_is_rate_limited_then_closed_with_1008() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("MESSAGE_RATE_PER_SEC", "1"), ("MESSAGE_BURST", "5")]).await;
+async fn a_flood_is_rate_limited_then_closed_with_1008(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("MESSAGE_RATE_PER_SEC", "1"), ("MESSAGE_BURST", "5")]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     for i in 0..40 {
@@ -266,26 +267,22 @@ async fn with_redis_down_a_send_gets_unavailable_and_nothing_half_stored() {
     let error = socket.next_of("error").await;
     assert_eq!((error["code"].as_str(), error["client_id"].as_str()), (Some("unavailable"), Some("c1")));
     redis.restart();
-    let stream = redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap();
+    let stream = redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap();
     assert_eq!(stream.trim(), ":1", "only the acked message is stored");
 }
 
-#[tokio::test]
-async fn a_resend_with_the_same_client_id_is_stored_once() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn a_resend_with_the_same_client_id_is_stored_once(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     let first = socket.say("once", "same").await;
     let again = socket.say("once", "same").await;
     assert_eq!(first["id"], again["id"]);
-    assert_eq!(redis.command(&["XLEN", "palaver:room:lobby:messages"]).unwrap().trim(), ":1");
+    assert_eq!(redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap().trim(), ":1");
 }
 
-#[tokio::test]
-async fn html_in_a_message_is_escaped_on_the_page() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn html_in_a_message_is_escaped_on_the_page(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     let evil = r#"<img src=x onerror="alert(1)"><script>alert(2)</script>"#;
@@ -300,10 +297,8 @@ async fn html_in_a_message_is_escaped_on_the_page() {
     );
 }
 
-#[tokio::test]
-async fn the_page_renders_recent_history_and_the_last_id() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &NO_RATE_LIMIT).await;
+async fn the_page_renders_recent_history_and_the_last_id(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &NO_RATE_LIMIT).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     let mut last = Value::Null;
@@ -316,10 +311,8 @@ async fn the_page_renders_recent_history_and_the_last_id() {
     assert!(html.contains(&format!(r#"data-last-id="{}""#, last["id"].as_str().unwrap())));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_spans_instances_and_follows_departures() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+async fn presence_spans_instances_and_follows_departures(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis).await;
     let alice = signed_up(&a, "alice").await;
     let bob = signed_up(&b, "bob").await;
     let (mut alices, _) = alice.join(&a, "").await;

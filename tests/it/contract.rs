@@ -12,8 +12,9 @@
 //! fixed-window counters; event delivery on the bus; and health.
 //!
 //! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
-//! macro runs it as `contract::memory::<rule>` and `contract::redis::<rule>`.
-//! What only a shared store can do is in `contract::redis_only`.
+//! macro runs it as `contract::memory::<rule>`, `contract::redis::<rule>` and
+//! `contract::cluster::<rule>` (a real Redis Cluster: three masters, three
+//! replicas). What only a shared store can do is in `contract::redis_only`.
 
 use std::{
     collections::BTreeSet,
@@ -22,7 +23,7 @@ use std::{
 };
 
 use palaver::{
-    backend::{Backend, BackendKind, EndReason, Event, Notice},
+    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
     Config,
@@ -33,7 +34,7 @@ use tower_sessions::{
     SessionStore,
 };
 
-use crate::helpers::{base_vars, eventually, within, within_for, RedisServer};
+use crate::helpers::{base_vars, eventually, within, within_for, RedisCluster, RedisServer, TestRedis};
 
 /// Runs each rule on both backends. A rule may name configuration it needs:
 /// `rule => [("HISTORY_MAX_LEN", "3")]`.
@@ -56,6 +57,18 @@ macro_rules! contract {
                     let server = crate::helpers::RedisServer::start();
                     super::$rule(super::redis(&server, "instance-1", contract!(@vars $($vars)?)).await).await;
                     drop(server); // alive until the rule is done
+                }
+            )*
+        }
+        /// Every rule on a Redis Cluster too: a script or a multi-key
+        /// command whose keys are in two slots fails there (CROSSSLOT).
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    let cluster = crate::helpers::RedisCluster::start();
+                    super::$rule(super::redis(&cluster, "instance-1", contract!(@vars $($vars)?)).await).await;
+                    drop(cluster); // alive until the rule is done
                 }
             )*
         }
@@ -87,7 +100,7 @@ contract! {
 
 // ------------------------------------------------------------ backends --
 
-fn config(redis: Option<&RedisServer>, vars: &[(&str, &str)]) -> Config {
+fn config(redis: Option<&dyn TestRedis>, vars: &[(&str, &str)]) -> Config {
     let mut map = base_vars(redis);
     // Rules other than the sender's rate append in bursts.
     map.insert("USER_MESSAGE_RATE_PER_SEC".into(), "100000".into());
@@ -103,7 +116,7 @@ fn memory(vars: &[(&str, &str)]) -> Backend {
     backend
 }
 
-async fn redis(server: &RedisServer, instance: &str, vars: &[(&str, &str)]) -> Backend {
+async fn redis(server: &dyn TestRedis, instance: &str, vars: &[(&str, &str)]) -> Backend {
     let backend = Backend::connect(&config(Some(server), vars), instance).await.expect("connects to the test Redis");
     assert_eq!(backend.kind, BackendKind::Redis);
     backend
@@ -113,6 +126,15 @@ async fn redis(server: &RedisServer, instance: &str, vars: &[(&str, &str)]) -> B
 
 fn room(name: &str) -> RoomName {
     RoomName::parse(name).expect("valid room name")
+}
+
+/// A room named `<prefix>-<n>` that is tailed together with `with` (one
+/// tail follows the rooms of one group).
+fn room_beside(b: &Backend, with: &RoomName, prefix: &str) -> RoomName {
+    (0..)
+        .map(|n| room(&format!("{prefix}-{n}")))
+        .find(|r| b.history.tail_group(r) == b.history.tail_group(with))
+        .expect("some name is in every group")
 }
 
 fn said(user: &str, body: &str, client_id: Option<&str>) -> NewMessage {
@@ -460,7 +482,8 @@ async fn after_replays_exactly_the_messages_strictly_after_an_id(b: Backend) {
 const QUIET: Duration = Duration::from_millis(150);
 
 async fn tail_returns_what_is_appended_after_the_cursor_and_only_for_followed_rooms(b: Backend) {
-    let (lobby, quiet, elsewhere) = (room("lobby"), room("quiet"), room("elsewhere"));
+    let lobby = room("lobby");
+    let (quiet, elsewhere) = (room_beside(&b, &lobby, "quiet"), room_beside(&b, &lobby, "elsewhere"));
     append_new(&b, &lobby, said("al", "old", None)).await;
     append_new(&b, &quiet, said("al", "old", None)).await;
     let cursors = vec![
@@ -506,13 +529,13 @@ async fn wake_tail_ends_a_pending_tail_early_and_is_not_lost_when_it_comes_first
     // A tail that is waiting returns early, with nothing new.
     let mut waiter = tokio::spawn(tail(b.clone(), lobby.clone()));
     assert!(tokio::time::timeout(QUIET, &mut waiter).await.is_err(), "with nothing new, tail waits");
-    b.history.wake_tail().await.expect("wake_tail");
+    b.history.wake_tail(&lobby).await.expect("wake_tail");
     let got = within_for(Duration::from_secs(3), "a woken tail to return", waiter).await.expect("tail task");
     assert!(got.expect("tail").is_empty());
 
     // A wake that comes before the tail waits (a room joined just after the
     // tail read its room set) ends the next tail instead of being lost.
-    b.history.wake_tail().await.expect("wake_tail");
+    b.history.wake_tail(&lobby).await.expect("wake_tail");
     let got = within_for(Duration::from_secs(3), "the next tail to return", tail(b.clone(), lobby.clone())).await;
     assert!(got.expect("tail").is_empty());
 
@@ -736,7 +759,7 @@ async fn a_first_message_into_a_new_room_counts_against_the_senders_quota(b: Bac
     append_new(&b, &room("theirs"), said("al", "visiting", None)).await;
     append_new(&b, &room("three"), said("bo", "mine", None)).await;
     // Opening pages counts on the same counter.
-    let counted = b.counters.get(&[format!("quota:new-rooms:{}", sender("al"))]).await.expect("get");
+    let counted = b.counters.get(&[NewRooms::counter(sender("al"))]).await.expect("get");
     assert_eq!(counted[0].0, 3, "two rooms made and one refused; the lobby not counted");
 }
 
@@ -789,9 +812,17 @@ mod redis_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn instances_sharing_a_redis_hear_each_others_events() {
-        let server = RedisServer::start();
-        let one = redis(&server, "instance-1", &[]).await;
-        let two = redis(&server, "instance-2", &[]).await;
+        hear_each_other(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_sharing_a_cluster_hear_each_others_events() {
+        hear_each_other(&RedisCluster::start()).await
+    }
+
+    async fn hear_each_other(server: &dyn TestRedis) {
+        let one = redis(server, "instance-1", &[]).await;
+        let two = redis(server, "instance-2", &[]).await;
         let (mut hears_one, mut hears_two) = (one.bus.subscribe(), two.bus.subscribe());
         let [a, b, c] = some_events();
 

@@ -110,31 +110,86 @@ fn init_logging() {
 
 // ---------------------------------------------------------------- Redis --
 
+/// Runs each test body (an `async fn(&dyn TestRedis)`) twice: as
+/// `single::<name>` on one `redis-server` and as `cluster::<name>` on a
+/// Redis Cluster of six (three masters, three replicas), each its own.
+macro_rules! on_both {
+    ($($test:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let redis = crate::helpers::RedisServer::start();
+                    super::$test(&redis).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let redis = crate::helpers::RedisCluster::start();
+                    super::$test(&redis).await;
+                }
+            )*
+        }
+    };
+}
+
+/// What a test needs of a Redis, whether one server or a cluster.
+pub trait TestRedis: Send + Sync {
+    /// The `REDIS_URL` naming it.
+    fn url(&self) -> String;
+    /// Sends one command whose key (if any) is its second word, to the
+    /// server that holds that key, and returns the raw RESP reply.
+    fn command(&self, args: &[&str]) -> Option<String>;
+    /// Every key it holds (on a cluster: on every master).
+    fn all_keys(&self) -> Vec<String>;
+}
+
+/// The name of one of a room's keys in the store (`messages`, `active`, …).
+pub fn room_key(room: &str, what: &str) -> String {
+    let room = palaver::model::RoomName::parse(room).expect("a valid room name");
+    match what {
+        "messages" => palaver::backend::redis::keys::messages(&room),
+        "active" => palaver::backend::redis::keys::active(&room),
+        other => panic!("no room key {other}"),
+    }
+}
+
+/// The values of a RESP array reply (keys, members).
+pub fn resp_lines(reply: &str) -> Vec<String> {
+    reply.split("\r\n").filter(|l| !l.is_empty() && !l.starts_with(['*', '$'])).map(str::to_owned).collect()
+}
+
 /// A `redis-server` child process in its own temp dir and port.
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     persistent: bool,
+    /// Cluster mode: the cluster bus port.
+    bus_port: Option<u16>,
 }
 
 impl RedisServer {
     /// A throwaway Redis, no persistence.
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false, false)
     }
 
     /// A Redis with an fsync-always append-only file, so that whatever it
     /// acknowledged survives being killed.
     pub fn start_persistent() -> Self {
-        Self::launch(true)
+        Self::launch(true, false)
     }
 
-    fn launch(persistent: bool) -> Self {
+    fn launch(persistent: bool, cluster: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer { port: 0, dir, child: None, persistent };
+        let mut server = RedisServer { port: 0, dir, child: None, persistent, bus_port: None };
         for _ in 0..5 {
             server.port = free_port();
+            server.bus_port = cluster.then(free_port);
             if server.spawn() {
                 return server;
             }
@@ -154,6 +209,16 @@ impl RedisServer {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(bus) = self.bus_port {
+            // A node that misses a second of pings is failed over: quick,
+            // for the failover test, and harmless on one machine.
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).args([
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-port",
+                &bus.to_string(),
+            ]);
         }
         let child = match cmd.spawn() {
             Ok(child) => child,
@@ -213,11 +278,118 @@ impl RedisServer {
         poll_blocking(DEADLINE, || self.spawn().then_some(()))
             .unwrap_or_else(|| panic!("redis-server did not restart on port {port}"));
     }
+
+    /// A field of `INFO <section>`.
+    pub fn info(&self, section: &str, field: &str) -> Option<String> {
+        let reply = self.command(&["INFO", section])?;
+        reply.lines().find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_owned))
+    }
+}
+
+impl TestRedis for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+    fn command(&self, args: &[&str]) -> Option<String> {
+        RedisServer::command(self, args)
+    }
+    fn all_keys(&self) -> Vec<String> {
+        resp_lines(&self.command(&["KEYS", "*"]).unwrap_or_default())
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes in cluster mode, each
+/// in its own temp dir on free ports, joined with `redis-cli --cluster
+/// create`: three masters with one replica each.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::launch(false, true)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot run redis-cli ({err}). Install it (`apt-get install redis-tools`) or run `scripts/test`."
+                )
+            });
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+        let cluster = RedisCluster { nodes };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Waits until every live node says the cluster is ok and every live
+    /// replica is in sync with its master (acknowledged writes need one).
+    pub fn wait_healthy(&self) {
+        let healthy = poll_blocking(Duration::from_secs(30), || {
+            self.nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|node| {
+                    let ok = node.command(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"));
+                    let synced = match node.info("replication", "role").as_deref().map(str::trim) {
+                        Some("slave") => {
+                            node.info("replication", "master_link_status").is_some_and(|s| s.trim() == "up")
+                        }
+                        Some("master") => true,
+                        _ => false,
+                    };
+                    ok && synced
+                })
+                .then_some(())
+        });
+        assert!(healthy.is_some(), "the cluster did not become healthy: {:?}", self.describe());
+    }
+
+    /// `CLUSTER NODES` as some live node sees it.
+    pub fn describe(&self) -> Option<String> {
+        self.nodes.iter().filter(|n| n.child.is_some()).find_map(|n| n.command(&["CLUSTER", "NODES"]))
+    }
+}
+
+impl TestRedis for RedisCluster {
+    fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            url.push_str(if i == 1 { "?" } else { "&" });
+            url.push_str(&format!("node=127.0.0.1:{}", node.port));
+        }
+        url
+    }
+
+    /// Follows `MOVED` from whichever live node answers first.
+    fn command(&self, args: &[&str]) -> Option<String> {
+        let first = self.nodes.iter().find(|n| n.child.is_some())?;
+        let reply = first.command(args)?;
+        match reply.strip_prefix("-MOVED ") {
+            Some(moved) => {
+                let port: u16 = moved.split_whitespace().nth(1)?.rsplit(':').next()?.parse().ok()?;
+                self.nodes.iter().find(|n| n.port == port)?.command(args)
+            }
+            None => Some(reply),
+        }
+    }
+
+    fn all_keys(&self) -> Vec<String> {
+        let masters = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some() && n.info("replication", "role").is_some_and(|role| role.trim() == "master"));
+        masters.flat_map(|n| resp_lines(&n.command(&["KEYS", "*"]).unwrap_or_default())).collect()
     }
 }
 
@@ -234,7 +406,7 @@ pub struct TestApp {
 }
 
 /// Settings tests start from: short enough to exercise timing paths.
-pub fn base_vars(redis: Option<&RedisServer>) -> HashMap<String, String> {
+pub fn base_vars(redis: Option<&dyn TestRedis>) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = [("LISTEN_ADDR", "127.0.0.1:0"), ("RUST_LOG", "warn")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -252,7 +424,7 @@ pub fn base_vars(redis: Option<&RedisServer>) -> HashMap<String, String> {
 }
 
 impl TestApp {
-    pub async fn spawn(redis: &RedisServer) -> TestApp {
+    pub async fn spawn(redis: &dyn TestRedis) -> TestApp {
         Self::spawn_with(Some(redis), &[]).await
     }
 
@@ -261,7 +433,7 @@ impl TestApp {
     }
 
     /// Starts an instance with extra variables on top of [`base_vars`].
-    pub async fn spawn_with(redis: Option<&RedisServer>, extra: &[(&str, &str)]) -> TestApp {
+    pub async fn spawn_with(redis: Option<&dyn TestRedis>, extra: &[(&str, &str)]) -> TestApp {
         let mut vars = base_vars(redis);
         for (k, v) in extra {
             vars.insert(k.to_string(), v.to_string());
@@ -272,7 +444,7 @@ impl TestApp {
     /// Two instances on one Redis that are one group: each lists the
     /// other's origin in `ALLOWED_ORIGINS`, as instances reached at different
     /// origins are configured (their tokens are then accepted by both).
-    pub async fn spawn_group(redis: &RedisServer, extra: &[(&str, &str)]) -> (TestApp, TestApp) {
+    pub async fn spawn_group(redis: &dyn TestRedis, extra: &[(&str, &str)]) -> (TestApp, TestApp) {
         let (a, b) = (free_port(), free_port());
         let listen = |port: u16| format!("127.0.0.1:{port}");
         let origin = |port: u16| format!("http://127.0.0.1:{port}");

@@ -13,11 +13,23 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+on_both! {
+    logout_closes_every_socket_of_that_session_on_every_instance_and_no_other,
+    logout_everywhere_closes_every_socket_of_the_user_on_every_instance,
+    signing_in_over_a_live_session_ends_that_sessions_sockets,
+    revalidation_closes_sockets_whose_session_vanished,
+    a_socket_is_warned_then_closed_at_its_deadline_without_reauth,
+    reauth_after_refresh_moves_the_deadline_and_keeps_the_socket,
+    activity_over_http_elsewhere_keeps_the_socket_without_a_close,
+    reauth_for_an_ended_session_closes_4401,
+    graceful_shutdown_closes_sockets_with_1001,
+}
+
 const SLOW_SWEEP: (&str, &str) = ("REVALIDATE_INTERVAL_SECS", "300");
 /// A logout reaches every instance "within one second"; allow for a slow CI.
 const LOGOUT_DEADLINE: Duration = Duration::from_secs(3);
 
-async fn two_instances(redis: &RedisServer, extra: &[(&str, &str)]) -> (TestApp, TestApp) {
+async fn two_instances(redis: &dyn TestRedis, extra: &[(&str, &str)]) -> (TestApp, TestApp) {
     let mut vars = vec![SLOW_SWEEP];
     vars.extend_from_slice(extra);
     (TestApp::spawn_with(Some(redis), &vars).await, TestApp::spawn_with(Some(redis), &vars).await)
@@ -30,10 +42,8 @@ fn on(app: &TestApp, browser: &Browser, source: &TestApp) -> Browser {
     other
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_closes_every_socket_of_that_session_on_every_instance_and_no_other() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis, &[]).await;
+async fn logout_closes_every_socket_of_that_session_on_every_instance_and_no_other(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis, &[]).await;
     let laptop = signed_up(&a, "alice").await;
     let phone = Browser::new();
     assert_redirect(&phone.login(&a, "alice", PASSWORD).await, "/chat");
@@ -51,10 +61,8 @@ async fn logout_closes_every_socket_of_that_session_on_every_instance_and_no_oth
     assert_eq!(phone_b.say("still here", "p1").await["type"], "ack");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_everywhere_closes_every_socket_of_the_user_on_every_instance() {
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis, &[]).await;
+async fn logout_everywhere_closes_every_socket_of_the_user_on_every_instance(redis: &dyn TestRedis) {
+    let (a, b) = two_instances(redis, &[]).await;
     let laptop = signed_up(&a, "alice").await;
     let phone = Browser::new();
     phone.login(&b, "alice", PASSWORD).await;
@@ -115,10 +123,8 @@ async fn a_logout_missed_during_a_reconnect_is_caught_by_the_resync_sweep() {
     assert_eq!(closed, (4401, "session revoked".to_string()));
 }
 
-#[tokio::test]
-async fn signing_in_over_a_live_session_ends_that_sessions_sockets() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[SLOW_SWEEP]).await;
+async fn signing_in_over_a_live_session_ends_that_sessions_sockets(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[SLOW_SWEEP]).await;
     let shared_computer = signed_up(&app, "alice").await;
     signed_up(&app, "bob").await;
     let (mut alices, _) = shared_computer.join(&app, "").await;
@@ -127,10 +133,8 @@ async fn signing_in_over_a_live_session_ends_that_sessions_sockets() {
     assert_eq!(closed, (4401, "logged out".to_string()));
 }
 
-#[tokio::test]
-async fn revalidation_closes_sockets_whose_session_vanished() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("REVALIDATE_INTERVAL_SECS", "1")]).await;
+async fn revalidation_closes_sockets_whose_session_vanished(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("REVALIDATE_INTERVAL_SECS", "1")]).await;
     let alice = signed_up(&app, "alice").await;
     let bob = signed_up(&app, "bob").await;
     let (mut alices, _) = alice.join(&app, "").await;
@@ -169,10 +173,8 @@ async fn open_sockets_stay_open_while_redis_is_down() {
     .await;
 }
 
-#[tokio::test]
-async fn a_socket_is_warned_then_closed_at_its_deadline_without_reauth() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")]).await;
+async fn a_socket_is_warned_then_closed_at_its_deadline_without_reauth(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, hello) = alice.join(&app, "").await;
     let warning = socket.next_of("reauthenticate").await;
@@ -185,10 +187,8 @@ async fn a_socket_is_warned_then_closed_at_its_deadline_without_reauth() {
     assert!(palaver::clock::UnixMillis::now().as_millis() >= hello["expires_at"].as_i64().unwrap(), "not closed early");
 }
 
-#[tokio::test]
-async fn reauth_after_refresh_moves_the_deadline_and_keeps_the_socket() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")]).await;
+async fn reauth_after_refresh_moves_the_deadline_and_keeps_the_socket(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, hello) = alice.join(&app, "").await;
     let first_deadline = hello["expires_at"].as_i64().unwrap();
@@ -209,10 +209,8 @@ async fn reauth_after_refresh_moves_the_deadline_and_keeps_the_socket() {
     assert_eq!(socket.say("still here", "c1").await["type"], "ack");
 }
 
-#[tokio::test]
-async fn activity_over_http_elsewhere_keeps_the_socket_without_a_close() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "1")]).await;
+async fn activity_over_http_elsewhere_keeps_the_socket_without_a_close(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "1")]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, hello) = alice.join(&app, "").await;
     let first_deadline = hello["expires_at"].as_i64().unwrap();
@@ -241,10 +239,8 @@ async fn activity_over_http_elsewhere_keeps_the_socket_without_a_close() {
     assert_eq!(socket.say("still here", "c1").await["type"], "ack");
 }
 
-#[tokio::test]
-async fn reauth_for_an_ended_session_closes_4401() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[SLOW_SWEEP]).await;
+async fn reauth_for_an_ended_session_closes_4401(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[SLOW_SWEEP]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     redis.command(&["DEL", &alice.session_id(&app).unwrap()]);
@@ -253,10 +249,8 @@ async fn reauth_for_an_ended_session_closes_4401() {
     assert_eq!(code, 4401);
 }
 
-#[tokio::test]
-async fn graceful_shutdown_closes_sockets_with_1001() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn graceful_shutdown_closes_sockets_with_1001(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     let alice = signed_up(&app, "alice").await;
     let (mut s1, _) = alice.join(&app, "").await;
     let (mut s2, _) = alice.join(&app, "?room=other").await;

@@ -3,6 +3,9 @@
 //! application instance(s) on port 0, so they run in parallel without
 //! sharing keys or ports.
 
+#[macro_use]
+mod helpers;
+
 mod abuse;
 mod auth;
 mod browser;
@@ -11,7 +14,6 @@ mod cli;
 mod connections;
 mod contract;
 mod faults;
-mod helpers;
 mod layout;
 mod lifecycle;
 mod process;

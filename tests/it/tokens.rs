@@ -13,6 +13,17 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValu
 
 use crate::helpers::*;
 
+on_both! {
+    a_password_gets_a_token_pair_and_mistakes_get_json_errors,
+    the_token_api_shares_the_login_throttle,
+    every_transport_opens_a_token_socket_and_the_subprotocol_is_answered_without_the_token,
+    a_token_of_an_ended_session_is_refused_and_logout_everywhere_ends_token_sessions,
+    refresh_rotates_replays_within_the_grace_and_reuse_after_it_ends_the_session,
+    a_token_socket_reauthenticates_in_band_across_expiries_and_one_that_does_not_is_closed,
+    a_previous_key_is_accepted_during_a_rotation_and_a_retired_one_is_not,
+    with_no_key_configured_instances_share_a_generated_one,
+}
+
 /// Signs in over the token API and returns the pair.
 async fn token_pair(app: &TestApp, username: &str) -> Value {
     let res = api_post(app, "/api/token", json!({"username": username, "password": PASSWORD}), None).await;
@@ -66,10 +77,8 @@ async fn open_with(app: &TestApp, transport: Transport, token: &str, query: &str
     connect(request).await
 }
 
-#[tokio::test]
-async fn a_password_gets_a_token_pair_and_mistakes_get_json_errors() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn a_password_gets_a_token_pair_and_mistakes_get_json_errors(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     signed_up(&app, "alice").await;
     let pair = token_pair(&app, "alice").await;
     assert_eq!(pair["token_type"], "Bearer");
@@ -113,10 +122,8 @@ async fn a_password_gets_a_token_pair_and_mistakes_get_json_errors() {
     assert_eq!(api_error(foreign).await, (StatusCode::FORBIDDEN, "cross_origin".into()));
 }
 
-#[tokio::test]
-async fn the_token_api_shares_the_login_throttle() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn_with(Some(&redis), &[("LOGIN_MAX_FAILURES", "2")]).await;
+async fn the_token_api_shares_the_login_throttle(redis: &dyn TestRedis) {
+    let app = TestApp::spawn_with(Some(redis), &[("LOGIN_MAX_FAILURES", "2")]).await;
     signed_up(&app, "alice").await;
     for _ in 0..2 {
         assert_eq!(Browser::new().login(&app, "alice", "wrong password").await.status(), StatusCode::UNAUTHORIZED);
@@ -126,10 +133,8 @@ async fn the_token_api_shares_the_login_throttle() {
     assert_eq!(api_error(res).await, (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts".into()));
 }
 
-#[tokio::test]
-async fn every_transport_opens_a_token_socket_and_the_subprotocol_is_answered_without_the_token() {
-    let redis = RedisServer::start();
-    let app = TestApp::spawn(&redis).await;
+async fn every_transport_opens_a_token_socket_and_the_subprotocol_is_answered_without_the_token(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
     signed_up(&app, "alice").await;
     let pair = token_pair(&app, "alice").await;
     let access = pair["access_token"].as_str().unwrap();
@@ -162,11 +167,6 @@ async fn every_transport_opens_a_token_socket_and_the_subprotocol_is_answered_wi
     );
     let no_bearer = api_post(&app, "/api/ws-ticket", json!({}), None).await;
     assert_eq!(api_error(no_bearer).await, (StatusCode::UNAUTHORIZED, "invalid_token".into()));
-}
-
-/// The values of a RESP array reply (keys, members).
-fn resp_lines(reply: &str) -> Vec<String> {
-    reply.split("\r\n").filter(|l| !l.is_empty() && !l.starts_with(['*', '$'])).map(str::to_owned).collect()
 }
 
 /// A token with these claims and header fields, signed with `key`.
@@ -248,10 +248,8 @@ async fn bad_tokens_are_refused_before_the_upgrade_without_the_store() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_of_an_ended_session_is_refused_and_logout_everywhere_ends_token_sessions() {
-    let redis = RedisServer::start();
-    let (a, b) = TestApp::spawn_group(&redis, &[]).await;
+async fn a_token_of_an_ended_session_is_refused_and_logout_everywhere_ends_token_sessions(redis: &dyn TestRedis) {
+    let (a, b) = TestApp::spawn_group(redis, &[]).await;
     let browser = signed_up(&a, "alice").await;
     let (mut browsers, _) = browser.join(&a, "").await;
     let pair = token_pair(&b, "alice").await;
@@ -282,11 +280,9 @@ async fn a_token_of_an_ended_session_is_refused_and_logout_everywhere_ends_token
     assert_eq!(open_with(&a, Transport::Bearer, &access, "").await.err(), Some(StatusCode::UNAUTHORIZED));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_rotates_replays_within_the_grace_and_reuse_after_it_ends_the_session() {
-    let redis = RedisServer::start();
+async fn refresh_rotates_replays_within_the_grace_and_reuse_after_it_ends_the_session(redis: &dyn TestRedis) {
     let vars = [("REFRESH_REUSE_GRACE_SECS", "1")];
-    let (a, b) = TestApp::spawn_group(&redis, &vars).await;
+    let (a, b) = TestApp::spawn_group(redis, &vars).await;
     signed_up(&a, "alice").await;
     let first = token_pair(&a, "alice").await;
     let refresh = |token: Value| {
@@ -299,7 +295,7 @@ async fn refresh_rotates_replays_within_the_grace_and_reuse_after_it_ends_the_se
     // Stored only as a hash: no key or string value in Redis holds a secret.
     for pair in [&first, &second] {
         let secret = pair["refresh_token"].as_str().unwrap().split_once('.').unwrap().1;
-        for key in resp_lines(&redis.command(&["KEYS", "*"]).unwrap()) {
+        for key in redis.all_keys() {
             assert!(!key.contains(secret), "a key holds a refresh secret: {key}");
             if redis.command(&["TYPE", &key]).unwrap().starts_with("+string") {
                 let value = redis.command(&["GET", &key]).unwrap();
@@ -336,11 +332,9 @@ async fn refresh_rotates_replays_within_the_grace_and_reuse_after_it_ends_the_se
     assert_eq!(api_error(current).await, (StatusCode::UNAUTHORIZED, "invalid_grant".into()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_socket_reauthenticates_in_band_across_expiries_and_one_that_does_not_is_closed() {
-    let redis = RedisServer::start();
+async fn a_token_socket_reauthenticates_in_band_across_expiries_and_one_that_does_not_is_closed(redis: &dyn TestRedis) {
     let vars = [("ACCESS_TOKEN_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "2")];
-    let app = TestApp::spawn_with(Some(&redis), &vars).await;
+    let app = TestApp::spawn_with(Some(redis), &vars).await;
     signed_up(&app, "alice").await;
     let mut pair = token_pair(&app, "alice").await;
     let mut socket = open_with(&app, Transport::Bearer, pair["access_token"].as_str().unwrap(), "").await.unwrap();
@@ -422,9 +416,7 @@ fn key_files(dir: &std::path::Path, name: &str) -> (String, String) {
     (private.display().to_string(), public.display().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_previous_key_is_accepted_during_a_rotation_and_a_retired_one_is_not() {
-    let redis = RedisServer::start();
+async fn a_previous_key_is_accepted_during_a_rotation_and_a_retired_one_is_not(redis: &dyn TestRedis) {
     let dir = tempfile::tempdir().unwrap();
     let (old_private, old_public) = key_files(dir.path(), "old");
     let (new_private, _) = key_files(dir.path(), "new");
@@ -438,13 +430,13 @@ async fn a_previous_key_is_accepted_during_a_rotation_and_a_retired_one_is_not()
         vars
     }
     let old =
-        TestApp::spawn_with(Some(&redis), &member(&listen[0], &group, &[("TOKEN_SIGNING_KEY", &old_private)])).await;
+        TestApp::spawn_with(Some(redis), &member(&listen[0], &group, &[("TOKEN_SIGNING_KEY", &old_private)])).await;
     signed_up(&old, "alice").await;
     let pair = token_pair(&old, "alice").await;
     let access = pair["access_token"].as_str().unwrap();
 
     let rotating = TestApp::spawn_with(
-        Some(&redis),
+        Some(redis),
         &member(&listen[1], &group, &[("TOKEN_SIGNING_KEY", &new_private), ("TOKEN_PREVIOUS_KEYS", &old_public)]),
     )
     .await;
@@ -458,14 +450,12 @@ async fn a_previous_key_is_accepted_during_a_rotation_and_a_retired_one_is_not()
     );
 
     let retired =
-        TestApp::spawn_with(Some(&redis), &member(&listen[2], &group, &[("TOKEN_SIGNING_KEY", &new_private)])).await;
+        TestApp::spawn_with(Some(redis), &member(&listen[2], &group, &[("TOKEN_SIGNING_KEY", &new_private)])).await;
     assert_eq!(open_with(&retired, Transport::Bearer, access, "").await.err(), Some(StatusCode::UNAUTHORIZED));
 }
 
-#[tokio::test]
-async fn with_no_key_configured_instances_share_a_generated_one() {
-    let redis = RedisServer::start();
-    let (a, b) = TestApp::spawn_group(&redis, &[]).await;
+async fn with_no_key_configured_instances_share_a_generated_one(redis: &dyn TestRedis) {
+    let (a, b) = TestApp::spawn_group(redis, &[]).await;
     signed_up(&a, "alice").await;
     let pair = token_pair(&a, "alice").await;
     let mut socket = open_with(&b, Transport::Bearer, pair["access_token"].as_str().unwrap(), "")
