@@ -122,6 +122,7 @@ impl Application {
         }
 
         let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
+        let readiness = state.readiness.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (stop_presence, presence_stopped) = watch::channel(false);
         let background = [
@@ -162,6 +163,16 @@ impl Application {
         let accepting = tokio::spawn(server::accept_loop(listener, tls, make_service, limits, stop_rx));
         shutdown.await;
 
+        // 0. Drain: `/readyz` answers 503 and upgrades are refused from now
+        // on, while everything else goes on for SHUTDOWN_DRAIN_SECS, so a
+        // load balancer polling `/readyz` stops sending upgrades here before
+        // any socket is closed.
+        readiness.start_draining();
+        registry.refuse_new();
+        if !config.shutdown_drain.is_zero() {
+            tracing::info!(drain = ?config.shutdown_drain, "draining: /readyz says 503");
+            tokio::time::sleep(config.shutdown_drain).await;
+        }
         // 1. Stop accepting.
         let _ = stop_tx.send(true);
         let connections = accepting.await.map_err(std::io::Error::other)?;

@@ -70,6 +70,7 @@ pub fn assemble(
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),
+        readiness: Arc::default(),
         origins,
         tls,
         sessions: sessions.clone(),

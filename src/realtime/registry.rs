@@ -382,6 +382,11 @@ impl Registry {
         }
     }
 
+    /// Refuses new sockets from now on (a drain before shutdown).
+    pub fn refuse_new(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
     /// Refuses new sockets from now on and closes every open one.
     pub fn close_all(&self, reason: CloseReason) -> usize {
         self.closing.store(true, Ordering::Release);

@@ -8,7 +8,10 @@ pub mod filters;
 pub mod pages;
 pub mod router;
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
 
 use warp::{http::StatusCode, reply::Response, Filter, Rejection, Reply};
 
@@ -38,6 +41,25 @@ pub struct Handles {
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
     pub assets: Arc<Assets>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// What `/readyz` knows beyond the store: whether a graceful shutdown has
+/// begun (set first, before anything closes, so a load balancer polling
+/// `/readyz` stops sending upgrades while this instance drains).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
 }
 
 /// The route table: every method and path palaver answers.
@@ -61,6 +83,7 @@ pub fn routes(state: &Handles) -> Router {
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/ws", Handler::Upgrade(state.upgrader.clone()))
         .get("/healthz", web(health(state.health.clone(), state.backend_kind)))
+        .get("/readyz", web(ready(state.health.clone(), state.readiness.clone(), state.backend_kind)))
         .get("/static/{file}", web(assets::route(state.assets.clone())))
 }
 
@@ -82,6 +105,36 @@ fn health(health: Arc<dyn Health>, kind: BackendKind) -> impl Filter<Extract = (
                 let body = warp::reply::json(&HealthBody { status: "unavailable", backend });
                 warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
             }
+        })
+    })
+}
+
+/// GET /readyz: whether this instance should be sent traffic (and upgrades):
+/// the store answers, the event subscription stands (else logouts from
+/// other instances reach its sockets only through the sweep), and it is not
+/// shutting down. 200 `{"status":"ok",…}`, else 503 with the first reason:
+/// `draining`, `unavailable` (the store) or `unsubscribed`.
+fn ready(
+    health: Arc<dyn Health>,
+    readiness: Arc<Readiness>,
+    kind: BackendKind,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    with((health, readiness)).and_then(move |(health, readiness): (Arc<dyn Health>, Arc<Readiness>)| async move {
+        let backend = kind.as_str();
+        let status = if readiness.draining() {
+            "draining"
+        } else if let Err(err) = health.ping().await {
+            tracing::warn!(%err, "readiness check: store unavailable");
+            "unavailable"
+        } else if !health.subscribed() {
+            "unsubscribed"
+        } else {
+            "ok"
+        };
+        let body = warp::reply::json(&HealthBody { status, backend });
+        Ok::<_, Rejection>(match status {
+            "ok" => body.into_response(),
+            _ => warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response(),
         })
     })
 }

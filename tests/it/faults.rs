@@ -19,6 +19,10 @@ async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
         stranger.get(&app, "/healthz").await.text().await.unwrap(),
         r#"{"status":"unavailable","backend":"redis"}"#
     );
+    // Not ready either: a load balancer stops sending it traffic.
+    let ready = stranger.get(&app, "/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.text().await.unwrap(), r#"{"status":"unavailable","backend":"redis"}"#);
     assert_eq!(stranger.login(&app, "alice", PASSWORD).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(stranger.register(&app, "bob", PASSWORD).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let page = alice.get(&app, "/chat/lobby").await;
@@ -37,6 +41,10 @@ async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
     })
     .await;
     assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK, "the session survived");
+    eventually("readiness to recover (store and subscription)", || async move {
+        Browser::new().get(app_ref, "/readyz").await.status() == StatusCode::OK
+    })
+    .await;
     assert_redirect(&Browser::new().register(&app, "bob", PASSWORD).await, "/chat");
     alice.join(&app, "").await;
 }

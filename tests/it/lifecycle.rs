@@ -260,6 +260,32 @@ async fn graceful_shutdown_closes_sockets_with_1001(redis: &dyn TestRedis) {
     assert_eq!(c2, (1001, "server shutting down".to_string()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_instance_says_it_is_not_ready_before_it_closes_any_socket() {
+    let redis = RedisServer::start();
+    let mut app = TestApp::spawn_with(Some(&redis), &[("SHUTDOWN_DRAIN_SECS", "2")]).await;
+    let alice = signed_up(&app, "alice").await;
+    let probe = Browser::new();
+    let ready = probe.get(&app, "/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.text().await.unwrap(), r#"{"status":"ok","backend":"redis"}"#);
+    let (mut socket, _) = alice.join(&app, "").await;
+
+    app.begin_shutdown();
+    let (probe_ref, app_ref) = (&probe, &app);
+    eventually("/readyz to say draining", || async move {
+        let res = probe_ref.get(app_ref, "/readyz").await;
+        res.status() == StatusCode::SERVICE_UNAVAILABLE
+            && res.text().await.unwrap() == r#"{"status":"draining","backend":"redis"}"#
+    })
+    .await;
+    // Draining: the open socket is still served, new ones are refused.
+    assert_eq!(socket.say("still served", "d1").await["type"], "ack");
+    assert_eq!(alice.open_socket(&app, "").await.err(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    // Then the shutdown goes on as ever.
+    assert_eq!(socket.closed().await, (1001, "server shutting down".to_string()));
+}
+
 #[tokio::test]
 async fn the_memory_backend_closes_sockets_on_logout_too() {
     let app = TestApp::spawn_memory().await;
