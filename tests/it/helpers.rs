@@ -359,6 +359,66 @@ impl RedisCluster {
     pub fn describe(&self) -> Option<String> {
         self.nodes.iter().filter(|n| n.child.is_some()).find_map(|n| n.command(&["CLUSTER", "NODES"]))
     }
+
+    /// The node that is master of `slot` now, as a live node sees it
+    /// (`CLUSTER NODES`: one line per node, a master's line ends with the
+    /// slot ranges it serves).
+    pub fn master_of_slot(&self, slot: u16) -> Option<usize> {
+        let nodes = self.describe()?;
+        let port = nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>().ok());
+                match (ends.next().flatten(), ends.next()) {
+                    (Some(start), Some(Some(end))) => (start..=end).contains(&slot),
+                    (Some(single), None) => single == slot,
+                    _ => false,
+                }
+            });
+            let addr = fields.get(1)?.split('@').next()?;
+            serves.then(|| addr.rsplit(':').next()?.parse::<u16>().ok()).flatten()
+        })?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
+    pub fn master_of(&self, key: &str) -> Option<usize> {
+        self.master_of_slot(key_slot(key))
+    }
+
+    /// Kills node `i` (SIGKILL: a crash, nothing saved or handed over).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on its port and directory; it rejoins the
+    /// cluster (a failed-over master comes back as a replica).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+    }
+}
+
+/// The cluster slot of a key (CRC16 of its hash tag), as Redis computes it.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tag = match bytes.iter().position(|&b| b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
 }
 
 impl TestRedis for RedisCluster {

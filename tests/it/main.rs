@@ -13,6 +13,7 @@ mod chat;
 mod cli;
 mod connections;
 mod contract;
+mod failover;
 mod faults;
 mod layout;
 mod lifecycle;
