@@ -677,11 +677,18 @@ fn summary(mut samples: Vec<Duration>) -> String {
 async fn logins(args: &[String]) {
     use palaver::auth::password::{self, Password};
     let count: usize = arg(args, "--count", 30);
-    let hash = password::hash(Password::new("load-test-password".into())).await;
+    let hash = password::hash(Password::new("load-test-password".into()), &metrics::Histogram::noop()).await;
     let mut verify = Vec::new();
     for _ in 0..count {
         let started = Instant::now();
-        assert!(password::verify(Password::new("load-test-password".into()), Some(hash.clone())).await);
+        assert!(
+            password::verify(
+                Password::new("load-test-password".into()),
+                Some(hash.clone()),
+                &metrics::Histogram::noop()
+            )
+            .await
+        );
         verify.push(started.elapsed());
     }
     println!("argon2id verify (m=19456 KiB, t=2, p=1): {}", summary(verify));

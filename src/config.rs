@@ -124,6 +124,9 @@ pub struct Config {
     /// How long `/readyz` says 503 before a graceful shutdown closes
     /// anything, so that load balancers stop sending upgrades first.
     pub shutdown_drain: Duration,
+    /// Where `GET /metrics` (Prometheus text) is served; `None`: nowhere,
+    /// and nothing is recorded. Never the public listener.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A variable that is present but unusable.
@@ -284,6 +287,10 @@ impl Config {
             // Below the 2 s after which any store command counts as failed.
             redis_wait_timeout: Duration::from_millis(vars.number("REDIS_WAIT_TIMEOUT_MS", 500, 1..=1500)?),
             shutdown_drain: vars.secs("SHUTDOWN_DRAIN_SECS", 0, 0..=HOUR)?,
+            metrics_addr: match (vars.get)("METRICS_ADDR").filter(|v| !v.is_empty()) {
+                Some(_) => Some(vars.parse("METRICS_ADDR", "")?),
+                None => None,
+            },
         };
         config.reauth_warning = config.resolve_reauth_warning(vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?)?;
         config.check()?;

@@ -8,6 +8,7 @@
 //! - [`net`]: client addresses behind proxies, origins and the
 //!   cross-origin policy.
 //! - [`config`]: configuration from the environment and `.env`.
+//! - [`meters`]: Prometheus metrics on their own listener (`METRICS_ADDR`).
 //! - [`protocol`]: the WebSocket frames and close codes.
 //! - [`backend`]: the storage traits, the rules every backend follows, and
 //!   the Redis and in-process implementations.
@@ -31,6 +32,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod meters;
 pub mod model;
 pub mod net;
 pub mod protocol;

@@ -18,6 +18,7 @@ use crate::{
     },
     backend::{Backend, BackendKind, ConnectError},
     config::Config,
+    meters::{self, Meters},
     net::{OriginPolicy, TrustedProxies},
     protocol,
     server::{self, TlsError},
@@ -46,6 +47,8 @@ pub struct Application {
     state: web::Handles,
     tasks: Tasks,
     tls: Option<TlsAcceptor>,
+    /// `METRICS_ADDR`'s listener and what it serves.
+    metrics: Option<(TcpListener, Meters)>,
 }
 
 impl Application {
@@ -53,7 +56,17 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
-        let backend = Backend::connect(&config, &instance_id).await?;
+        let meters = match config.metrics_addr {
+            Some(_) => Meters::enabled(),
+            None => Meters::disabled(),
+        };
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                Some((meters::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?, meters.clone()))
+            }
+            None => None,
+        };
+        let backend = Backend::connect(&config, &instance_id, &meters).await?;
         let listener =
             server::bind(config.listen_addr).map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
@@ -76,13 +89,19 @@ impl Application {
             config.access_token_ttl,
         )
         .await?;
-        let (state, tasks) = state::assemble(&config, backend, instance_id, origins, tls.is_some(), Arc::new(keys));
-        Ok(Self { listener, addr, public_origin, config, state, tasks, tls })
+        let (state, tasks) =
+            state::assemble(&config, backend, instance_id, origins, tls.is_some(), Arc::new(keys), meters);
+        Ok(Self { listener, addr, public_origin, config, state, tasks, tls, metrics })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The origin browsers use to reach this instance.
@@ -108,7 +127,7 @@ impl Application {
     /// socket with 1001, removes this instance's presence, lets in-flight
     /// requests finish, and closes the store connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { listener, addr, public_origin, config, state, tasks, tls } = self;
+        let Self { listener, addr, public_origin, config, state, tasks, tls, metrics } = self;
         match state.backend_kind {
             BackendKind::Redis => tracing::info!(backend = "redis", "store: Redis, shared by every instance"),
             BackendKind::Memory => tracing::warn!(
@@ -131,6 +150,11 @@ impl Application {
             tokio::spawn(release_memory_after_departures(registry.clone())),
         ];
         let presence_task = tokio::spawn(presence.run(presence_stopped));
+        if let Some((metrics_listener, meters)) = metrics {
+            let at = metrics_listener.local_addr()?;
+            tracing::info!(%at, "metrics at http://{at}/metrics");
+            tokio::spawn(meters.serve(metrics_listener, stop_rx.clone()));
+        }
 
         let session_layer = SessionManagerLayer::new(session_store)
             .with_name(SESSION_COOKIE)

@@ -9,6 +9,7 @@ use crate::{
     auth::tokens::TokenKeys,
     backend::{rules::NewRooms, Backend, SharedSessionStore},
     config::Config,
+    meters::Meters,
     net::OriginPolicy,
     realtime::{
         hub::Hub, lifecycle::Lifecycle, presence::PresenceTask, registry::Registry, upgrade::Upgrader, Realtime,
@@ -28,7 +29,8 @@ pub struct Tasks {
 }
 
 /// Builds every handle. `instance_id` names this instance's presence
-/// entries; `origins` and `tls` come from the bound listener.
+/// entries; `origins` and `tls` come from the bound listener; `meters` is
+/// where they record what the metrics show.
 pub fn assemble(
     config: &Config,
     backend: Backend,
@@ -36,9 +38,10 @@ pub fn assemble(
     origins: OriginPolicy,
     tls: bool,
     keys: Arc<TokenKeys>,
+    meters: Meters,
 ) -> (Handles, Tasks) {
     let Realtime { registry, sessions, socket, hub, lifecycle, presence } =
-        Realtime::new(config, &backend, instance_id, keys);
+        Realtime::new(config, &backend, instance_id, keys, meters.clone());
     let origins = Arc::new(origins);
     let state = Handles {
         upgrader: Arc::new(Upgrader {
@@ -46,11 +49,13 @@ pub fn assemble(
             sessions: sessions.clone(),
             registry: registry.clone(),
             socket,
+            meters: meters.clone(),
         }),
         api: Api {
             users: backend.users.clone(),
             sessions: sessions.clone(),
             throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+            meters: meters.clone(),
         },
         accounts: Accounts {
             users: backend.users.clone(),
@@ -61,6 +66,7 @@ pub fn assemble(
                 config.register_max_per_address,
                 config.register_window,
             ),
+            meters,
         },
         rooms: RoomPages {
             sessions: sessions.clone(),

@@ -8,6 +8,7 @@
 
 use std::{fmt, sync::LazyLock};
 
+use metrics::Histogram;
 use tokio::sync::Semaphore;
 
 use argon2::{
@@ -70,28 +71,31 @@ fn verify_blocking(password: &Password, hash: &str) -> bool {
 static SLOTS: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
 
-/// Runs `work` on the blocking pool once a slot is free.
-async fn bounded<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `work` on the blocking pool once a slot is free; `waited` records
+/// how long that took.
+async fn bounded<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static, waited: &Histogram) -> T {
+    let queued = std::time::Instant::now();
     let _slot = SLOTS.acquire().await.expect("the semaphore is never closed");
+    waited.record(queued.elapsed());
     tokio::task::spawn_blocking(work).await.expect("argon2 does not panic")
 }
 
 /// Hashes a new password into a PHC string.
-pub async fn hash(password: Password) -> String {
-    bounded(move || hash_blocking(&password)).await
+pub async fn hash(password: Password, waited: &Histogram) -> String {
+    bounded(move || hash_blocking(&password), waited).await
 }
 
 /// Checks a password against the stored hash, or against the dummy hash
 /// when there is no such user (and then answers `false`).
-pub async fn verify(password: Password, stored: Option<String>) -> bool {
-    bounded(move || match stored {
+pub async fn verify(password: Password, stored: Option<String>, waited: &Histogram) -> bool {
+    let check = move || match stored {
         Some(hash) => verify_blocking(&password, &hash),
         None => {
             verify_blocking(&password, &DUMMY_HASH);
             false
         }
-    })
-    .await
+    };
+    bounded(check, waited).await
 }
 
 /// Computes the dummy hash now, so the first unknown-user login is not slower.
@@ -105,11 +109,11 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-        let hash = hash(Password::new("correct horse".into())).await;
+        let hash = hash(Password::new("correct horse".into()), &Histogram::noop()).await;
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(verify(Password::new("correct horse".into()), Some(hash.clone())).await);
-        assert!(!verify(Password::new("wrong horse".into()), Some(hash)).await);
-        assert!(!verify(Password::new("anything".into()), None).await);
+        assert!(verify(Password::new("correct horse".into()), Some(hash.clone()), &Histogram::noop()).await);
+        assert!(!verify(Password::new("wrong horse".into()), Some(hash), &Histogram::noop()).await);
+        assert!(!verify(Password::new("anything".into()), None, &Histogram::noop()).await);
     }
 
     #[test]

@@ -91,13 +91,14 @@ impl Ended {
             sessions: self.sessions.iter().map(Id::to_string).collect(),
             everywhere: self.everywhere,
             reason: self.reason,
+            at: Some(UnixMillis::now()),
         }
     }
 
     /// The ended sessions an event from another instance names.
     pub fn from_event(event: &Event) -> Option<Ended> {
         match event {
-            Event::Logout { user_id, sessions, everywhere, reason } => Some(Ended {
+            Event::Logout { user_id, sessions, everywhere, reason, .. } => Some(Ended {
                 user: *user_id,
                 sessions: sessions.iter().filter_map(|s| s.parse().ok()).collect(),
                 everywhere: *everywhere,

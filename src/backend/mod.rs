@@ -23,6 +23,7 @@ use tower_sessions::{
 use crate::{
     clock::UnixMillis,
     config::{BackendChoice, Config},
+    meters::Meters,
     model::{Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
@@ -171,6 +172,10 @@ pub enum Event {
         everywhere: bool,
         #[serde(default)]
         reason: EndReason,
+        /// When it was published: the time to close is measured from it
+        /// (metrics). Absent from older instances' events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<UnixMillis>,
     },
     /// Who joined and left a room on one instance.
     Presence {
@@ -339,15 +344,16 @@ pub enum ConnectError {
 
 impl Backend {
     /// Picks and connects the backend `PALAVER_BACKEND` and `REDIS_URL` ask for.
-    pub async fn connect(config: &Config, instance_id: &str) -> Result<Backend, ConnectError> {
+    /// `meters` receives the Redis commands' latency and errors.
+    pub async fn connect(config: &Config, instance_id: &str, meters: &Meters) -> Result<Backend, ConnectError> {
         match (config.backend, &config.redis_url) {
             (BackendChoice::Memory, _) => Ok(Self::memory(config)),
             (BackendChoice::Redis, url) | (BackendChoice::Auto, url @ Some(_)) => {
                 let url = url.as_deref().unwrap_or(DEFAULT_REDIS_URL);
-                Ok(Self::redis(redis::RedisBackend::connect(url, config, instance_id).await?))
+                Ok(Self::redis(redis::RedisBackend::connect(url, config, instance_id, meters.clone()).await?))
             }
             (BackendChoice::Auto, None) => {
-                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, config, instance_id).await {
+                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, config, instance_id, meters.clone()).await {
                     Ok(backend) => Ok(Self::redis(backend)),
                     Err(err) => {
                         tracing::warn!(

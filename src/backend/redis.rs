@@ -49,6 +49,7 @@ use super::{
 use crate::{
     clock::UnixMillis,
     config::Config,
+    meters::Meters,
     model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
@@ -159,13 +160,15 @@ pub mod keys {
 /// A Lua script run by digest, loaded on first use (or after a Redis restart
 /// or a failover emptied the script cache).
 struct Script {
+    /// For metrics: the command label of its calls.
+    name: &'static str,
     source: &'static str,
     sha: String,
 }
 
 impl Script {
-    fn new(source: &'static str) -> Self {
-        Self { source, sha: fred::util::sha1_hash(source) }
+    fn new(name: &'static str, source: &'static str) -> Self {
+        Self { name, source, sha: fred::util::sha1_hash(source) }
     }
 }
 
@@ -194,6 +197,7 @@ impl Scripts {
         Self {
             // KEYS[1] index; ARGV: now, expires_by, session id
             index_add: Script::new(
+                "index_add",
                 "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
                  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
                  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
@@ -202,22 +206,26 @@ impl Scripts {
             ),
             // KEYS[1] index
             index_take_all: Script::new(
+                "index_take_all",
                 "local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
                  redis.call('DEL', KEYS[1])
                  return ids",
             ),
             // KEYS[1] counter; returns {value, pttl}
             counter_get: Script::new(
+                "counter_get",
                 "return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}",
             ),
             // KEYS[1] counter; ARGV[1] window ms; returns {value, pttl}
             counter_incr: Script::new(
+                "counter_incr",
                 "local n = redis.call('INCR', KEYS[1])
                  if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
                  return {n, redis.call('PTTL', KEYS[1])}",
             ),
             // KEYS[1] counter: one back, never below zero, window kept
             counter_decr: Script::new(
+                "counter_decr",
                 "if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
                  return 1",
             ),
@@ -228,6 +236,7 @@ impl Scripts {
             //    dedupe key if the message has a client_id.
             //    Returns {id of the stored first copy or '', room exists 1/0}.
             append_check: Script::new(
+                "append_check",
                 "if KEYS[2] then
                    local seen = redis.call('GET', KEYS[2])
                    if seen then return {seen, 1} end
@@ -241,6 +250,7 @@ impl Scripts {
             //    attempt is counted, the token is not taken). The bucket is
             //    backend::rules::UserRate::take.
             append_take: Script::new(
+                "append_take",
                 "local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
                  local bucket = redis.call('HMGET', KEYS[1], 't', 'at')
                  local tokens = tonumber(bucket[1]) or burst
@@ -261,6 +271,7 @@ impl Scripts {
             //    show client_id (1/0), dedupe secs, now, room ttl ms.
             //    Returns {id, 1} stored, {id, 0} a resend stored meanwhile.
             append_store: Script::new(
+                "append_store",
                 "if KEYS[3] then
                    local seen = redis.call('GET', KEYS[3])
                    if seen then
@@ -291,6 +302,7 @@ impl Scripts {
             // KEYS[1] dedupe key. Returns the stored id, or '' if it expired
             // meanwhile.
             append_confirm: Script::new(
+                "append_confirm",
                 "local seen = redis.call('GET', KEYS[1])
                  if not seen then return '' end
                  redis.call('PEXPIREAT', KEYS[1], redis.call('PEXPIRETIME', KEYS[1]))
@@ -298,6 +310,7 @@ impl Scripts {
             ),
             // KEYS: the room's active key, its stream; ARGV: now, room ttl ms
             open_room: Script::new(
+                "open_room",
                 "local until_ms = tonumber(ARGV[1]) + tonumber(ARGV[2])
                  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', until_ms)
                  redis.call('PEXPIREAT', KEYS[2], until_ms)
@@ -305,6 +318,7 @@ impl Scripts {
             ),
             // KEYS[1] the user's rooms; ARGV: room, now, room ttl ms, kept
             open_room_user: Script::new(
+                "open_room_user",
                 "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
                  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[4]))
                  redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -314,6 +328,7 @@ impl Scripts {
             // pointer). KEYS[1] the sid pointer. Returns {id, record JSON,
             // expiry ms} of the live token session it names, or nil.
             token_find: Script::new(
+                "token_find",
                 "local id = redis.call('GET', KEYS[1])
                  if not id then return nil end
                  local record = redis.call('GET', id)
@@ -323,6 +338,7 @@ impl Scripts {
             // KEYS[1] a token session's key. Returns {record JSON, expiry ms}
             // or nil.
             token_read: Script::new(
+                "token_read",
                 "local record = redis.call('GET', KEYS[1])
                  if not record then return nil end
                  return {record, redis.call('PEXPIRETIME', KEYS[1])}",
@@ -331,6 +347,7 @@ impl Scripts {
             // hash, new record JSON, new expiry (ms). A compare-and-set: 1
             // when replaced, 0 when the session is gone or already rotated.
             token_update: Script::new(
+                "token_update",
                 "local record = redis.call('GET', KEYS[1])
                  if not record then return 0 end
                  if cjson.decode(record)['refresh']['current'] ~= ARGV[1] then return 0 end
@@ -339,6 +356,7 @@ impl Scripts {
             ),
             // KEYS[1] wake stream
             wake: Script::new(
+                "wake",
                 "redis.call('XADD', KEYS[1], 'MAXLEN', '~', 16, '*', 'w', 1)
                  redis.call('PEXPIRE', KEYS[1], 3600000)
                  return 1",
@@ -348,6 +366,7 @@ impl Scripts {
             // member per key. A room's key lives as long as its latest
             // entry, whichever instance wrote it.
             presence_update: Script::new(
+                "presence_update",
                 "local online = tonumber(ARGV[2])
                  for i, key in ipairs(KEYS) do
                    if i <= online then
@@ -363,6 +382,7 @@ impl Scripts {
             // KEYS: presence zsets of one group; ARGV[1] now. Drops expired
             // entries first.
             presence_online: Script::new(
+                "presence_online",
                 "local out = {}
                  for i, key in ipairs(KEYS) do
                    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
@@ -495,11 +515,12 @@ pub struct RedisBackend {
     room_ttl: Duration,
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
+    meters: Meters,
 }
 
 impl RedisBackend {
     /// Connects every client; fails when Redis does not answer now.
-    pub async fn connect(url: &str, config: &Config, instance_id: &str) -> Result<Self, ConnectError> {
+    pub async fn connect(url: &str, config: &Config, instance_id: &str, meters: Meters) -> Result<Self, ConnectError> {
         let bad_url = |source| ConnectError::BadUrl { url: url.to_owned(), source };
         let unreachable = |source| ConnectError::Unreachable { url: url.to_owned(), source };
 
@@ -562,6 +583,7 @@ impl RedisBackend {
             room_ttl: rules::room_ttl(config),
             user_rate: rules::UserRate::from_config(config),
             new_rooms: rules::NewRooms::from_config(config),
+            meters,
         };
         backend.start_subscriber().await.map_err(unreachable)?;
         tracing::info!(
@@ -653,14 +675,27 @@ impl RedisBackend {
     }
 
     async fn run<R: FromValue>(&self, script: &Script, keys: Vec<String>, args: Vec<Value>) -> StoreResult<R> {
-        let result =
-            guarded("evalsha", self.fast.evalsha::<R, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())).await;
+        let result = self
+            .timed(script.name, self.fast.evalsha::<R, _, _, _>(script.sha.as_str(), keys.clone(), args.clone()))
+            .await;
         match result {
             Err(StoreError::Redis(err)) if err.details().starts_with("NOSCRIPT") => {
-                guarded("eval", self.fast.eval::<R, _, _, _>(script.source, keys, args)).await
+                self.timed(script.name, self.fast.eval::<R, _, _, _>(script.source, keys, args)).await
             }
             other => other,
         }
+    }
+
+    /// [`guarded`], timed and counted in the metrics under `what`.
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> StoreResult<T> {
+        let started = std::time::Instant::now();
+        let result = guarded(what, fut).await;
+        self.meters.store_command(what, started.elapsed(), result.is_ok());
+        result
     }
 
     /// Loads every script on every master (after a restart or a failover
@@ -669,9 +704,9 @@ impl RedisBackend {
         for script in self.scripts.all() {
             let client = self.pool.next().with_options(&request_options());
             if self.cluster {
-                guarded("script load", client.script_load_cluster::<(), _>(script.source)).await?;
+                self.timed("script load", client.script_load_cluster::<(), _>(script.source)).await?;
             } else {
-                guarded("script load", client.script_load::<String, _>(script.source)).await?;
+                self.timed("script load", client.script_load::<String, _>(script.source)).await?;
             }
         }
         Ok(())
@@ -700,7 +735,14 @@ impl RedisBackend {
                 let command = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), true);
                 let _: () = pipeline.custom(command, vec![Value::from(wait.replicas), wait.timeout_ms.into()]).await?;
             }
-            let results = guarded("pipeline", async { Ok(pipeline.try_all::<Value>().await) }).await?;
+            // Labelled by what it is: the durable step with its WAIT, one
+            // script, or several.
+            let label = match (wait, calls) {
+                (Some(_), _) => "append_wait",
+                (None, [call]) => call.script.name,
+                (None, _) => "pipeline",
+            };
+            let results = self.timed(label, async { Ok(pipeline.try_all::<Value>().await) }).await?;
             if attempt == 0 && results.iter().any(is_noscript) {
                 self.load_scripts().await?;
                 continue;
@@ -728,6 +770,7 @@ impl RedisBackend {
         if let Some(wanted) = self.durability {
             let acked: i64 = replies.pop().expect("WAIT's reply").convert()?;
             if acked < wanted.replicas {
+                self.meters.store_error("wait");
                 return Err(StoreError::Unreplicated { wanted: wanted.replicas, acked });
             }
         }
@@ -759,9 +802,9 @@ impl RedisBackend {
     ) -> StoreResult<Vec<Message>> {
         let key = keys::messages(room);
         let entries: Vec<(String, HashMap<String, String>)> = if rev {
-            guarded("xrevrange", self.fast.xrevrange_values(key, end, start, Some(limit as u64))).await?
+            self.timed("xrevrange", self.fast.xrevrange_values(key, end, start, Some(limit as u64))).await?
         } else {
-            guarded("xrange", self.fast.xrange_values(key, start, end, Some(limit as u64))).await?
+            self.timed("xrange", self.fast.xrange_values(key, start, end, Some(limit as u64))).await?
         };
         entries.into_iter().map(|(id, fields)| Self::parse_entry(&id, fields)).collect()
     }
@@ -794,12 +837,12 @@ impl UserStore for RedisBackend {
     async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
         let record = serde_json::json!({ "id": user.id, "name": user.name, "hash": password_hash }).to_string();
         let set: Option<String> =
-            guarded("set", self.fast.set(keys::user(&user.name), record, None, Some(SetOptions::NX), false)).await?;
+            self.timed("set", self.fast.set(keys::user(&user.name), record, None, Some(SetOptions::NX), false)).await?;
         Ok(set.is_some())
     }
 
     async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
-        let Some(record): Option<String> = guarded("get", self.fast.get(keys::user(name))).await? else {
+        let Some(record): Option<String> = self.timed("get", self.fast.get(keys::user(name))).await? else {
             return Ok(None);
         };
         #[derive(serde::Deserialize)]
@@ -821,7 +864,7 @@ impl SessionIndex for RedisBackend {
     }
 
     async fn remove(&self, user: UserId, session: Id) -> StoreResult<()> {
-        guarded("zrem", self.fast.zrem(keys::user_sessions(user), session.to_string())).await
+        self.timed("zrem", self.fast.zrem(keys::user_sessions(user), session.to_string())).await
     }
 
     async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>> {
@@ -840,7 +883,7 @@ impl SessionIndex for RedisBackend {
         for id in sessions {
             let _: () = pipeline.exists(keys::session(id)).await?;
         }
-        let found: Vec<i64> = guarded("exists", pipeline.all()).await?;
+        let found: Vec<i64> = self.timed("exists", pipeline.all()).await?;
         Ok(found.into_iter().map(|n| n == 1).collect())
     }
 }
@@ -862,7 +905,7 @@ impl RedisBackend {
     /// The session id a token session's `sid` names. (On a cluster the
     /// pointer and the session are in different slots: it is read first.)
     async fn token_session_id(&self, sid: &str) -> StoreResult<Option<String>> {
-        guarded("get", self.fast.get(keys::sid(sid))).await
+        self.timed("get", self.fast.get(keys::sid(sid))).await
     }
 }
 
@@ -882,7 +925,7 @@ impl TokenStore for RedisBackend {
         let at = |ms: UnixMillis| Some(Expiration::PXAT(ms.as_millis()));
         let _: () = pipeline.set(keys::session(&id), token_json(record), at(expires_at), None, false).await?;
         let _: () = pipeline.set(keys::sid(&record.sid), keys::session(&id), at(end_by), None, false).await?;
-        guarded("set", pipeline.all::<()>()).await
+        self.timed("set", pipeline.all::<()>()).await
     }
 
     /// One round trip on a single Redis (a script follows the pointer); two
@@ -915,19 +958,20 @@ impl TokenStore for RedisBackend {
 
     async fn put_ticket(&self, ticket_hash: &str, sid: &str, ttl: Duration) -> StoreResult<()> {
         let expire = Some(Expiration::PX(ttl.as_millis() as i64));
-        guarded("set", self.fast.set::<(), _, _>(keys::ticket(ticket_hash), sid, expire, None, false)).await
+        self.timed("set", self.fast.set::<(), _, _>(keys::ticket(ticket_hash), sid, expire, None, false)).await
     }
 
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>> {
-        guarded("getdel", self.fast.getdel(keys::ticket(ticket_hash))).await
+        self.timed("getdel", self.fast.getdel(keys::ticket(ticket_hash))).await
     }
 
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
         use base64::{engine::general_purpose::STANDARD, Engine};
         let key = keys::secret(name);
         let encoded = STANDARD.encode(candidate);
-        let _: Option<String> = guarded("set", self.fast.set(&key, encoded, None, Some(SetOptions::NX), false)).await?;
-        let stored: String = guarded("get", self.fast.get(&key)).await?;
+        let _: Option<String> =
+            self.timed("set", self.fast.set(&key, encoded, None, Some(SetOptions::NX), false)).await?;
+        let stored: String = self.timed("get", self.fast.get(&key)).await?;
         STANDARD.decode(stored).map_err(|_| StoreError::Corrupt(format!("the shared secret {name}")))
     }
 }
@@ -963,7 +1007,7 @@ impl Counters for RedisBackend {
     }
 
     async fn reset(&self, name: &str) -> StoreResult<()> {
-        guarded("del", self.fast.del(keys::counter(name))).await
+        self.timed("del", self.fast.del(keys::counter(name))).await
     }
 }
 
@@ -976,9 +1020,9 @@ impl EventBus for RedisBackend {
         let payload = serde_json::to_string(event).expect("events serialize");
         let client = self.pool.next().with_options(&request_options());
         if self.cluster {
-            guarded("spublish", client.spublish(EVENTS_CHANNEL, payload)).await
+            self.timed("spublish", client.spublish(EVENTS_CHANNEL, payload)).await
         } else {
-            guarded("publish", client.publish(EVENTS_CHANNEL, payload)).await
+            self.timed("publish", client.publish(EVENTS_CHANNEL, payload)).await
         }
     }
 
@@ -1081,7 +1125,7 @@ impl History for RedisBackend {
         if wake_cursor.is_none() {
             // Start after whatever wake entries exist, so old pokes are ignored.
             let last: Vec<(String, HashMap<String, String>)> =
-                guarded("xrevrange", self.fast.xrevrange_values(&tail.wake_key, "+", "-", Some(1))).await?;
+                self.timed("xrevrange", self.fast.xrevrange_values(&tail.wake_key, "+", "-", Some(1))).await?;
             *wake_cursor = Some(last.first().map(|(id, _)| id.clone()).unwrap_or_else(|| "0-0".into()));
         }
         let mut stream_keys: Vec<String> = cursors.iter().map(|(room, _)| keys::messages(room)).collect();
@@ -1133,7 +1177,7 @@ impl History for RedisBackend {
     }
 
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
-        let exists: i64 = guarded("exists", self.fast.exists(keys::active(room))).await?;
+        let exists: i64 = self.timed("exists", self.fast.exists(keys::active(room))).await?;
         Ok(exists == 1)
     }
 
@@ -1160,7 +1204,7 @@ impl History for RedisBackend {
     /// The user's list, then whether each room still exists (pipelined).
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {
         let names: Vec<String> =
-            guarded("zrevrange", self.fast.zrevrange(keys::user_rooms(user), 0, -1, false)).await?;
+            self.timed("zrevrange", self.fast.zrevrange(keys::user_rooms(user), 0, -1, false)).await?;
         let rooms: Vec<RoomName> = names.iter().filter_map(|name| RoomName::parse(name)).collect();
         if rooms.is_empty() {
             return Ok(Vec::new());
@@ -1169,7 +1213,7 @@ impl History for RedisBackend {
         for room in &rooms {
             let _: () = pipeline.exists(keys::active(room)).await?;
         }
-        let exist: Vec<i64> = guarded("exists", pipeline.all()).await?;
+        let exist: Vec<i64> = self.timed("exists", pipeline.all()).await?;
         Ok(rooms.into_iter().zip(exist).filter(|(_, e)| *e == 1).map(|(room, _)| room).take(limit).collect())
     }
 }
@@ -1278,7 +1322,7 @@ impl PresenceStore for RedisBackend {
 #[async_trait]
 impl Health for RedisBackend {
     async fn ping(&self) -> StoreResult<()> {
-        let _: String = guarded("ping", self.fast.ping(None)).await?;
+        let _: String = self.timed("ping", self.fast.ping(None)).await?;
         Ok(())
     }
 

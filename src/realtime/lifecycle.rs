@@ -17,6 +17,8 @@ use super::{presence::Presence, registry::Registry};
 use crate::{
     auth::{Ended, Sessions},
     backend::{Event, EventBus, Notice},
+    clock::UnixMillis,
+    meters::Meters,
     model::RoomName,
     protocol::SESSION_REVOKED,
 };
@@ -33,6 +35,7 @@ pub struct Lifecycle {
     pub presence: Presence,
     /// How often every open socket's session is re-checked.
     pub interval: Duration,
+    pub meters: Meters,
 }
 
 impl Lifecycle {
@@ -86,9 +89,12 @@ impl Lifecycle {
         loop {
             tokio::select! {
                 notice = notices.recv() => match notice {
-                    Ok(Notice::Event(event @ Event::Logout { .. })) => {
+                    Ok(Notice::Event(event @ Event::Logout { at, .. })) => {
                         if let Some(ended) = Ended::from_event(&event) {
                             let closed = self.registry.close_ended(&ended);
+                            if let (Some(at), true) = (at, closed > 0) {
+                                self.meters.logout_applied(at.until(UnixMillis::now()));
+                            }
                             tracing::debug!(user = %ended.user, closed, "logout event applied");
                         }
                     }
@@ -142,6 +148,7 @@ mod tests {
             sessions: vec![laptop.current.session_id.to_string()],
             everywhere: false,
             reason: EndReason::LoggedOut,
+            at: None,
         };
         rig.backend.bus.publish(&event).await.unwrap();
         assert_eq!(closed(&mut a).await, (4401, "logged out".into()));

@@ -20,6 +20,7 @@ use crate::{
     auth::{session::SessionPolicy, sessions::SessionsParts, tokens::TokenKeys, Sessions},
     backend::Backend,
     config::Config,
+    meters::Meters,
 };
 
 /// The realtime side of an instance, wired: the registry, the session
@@ -37,7 +38,7 @@ pub struct Realtime {
 impl Realtime {
     /// `instance` names this instance's presence entries in the store;
     /// `keys` sign and verify access tokens.
-    pub fn new(config: &Config, backend: &Backend, instance: String, keys: Arc<TokenKeys>) -> Self {
+    pub fn new(config: &Config, backend: &Backend, instance: String, keys: Arc<TokenKeys>, meters: Meters) -> Self {
         let registry = Arc::new(registry::Registry::new(registry::Caps {
             instance: config.max_connections,
             per_user: config.max_sockets_per_user,
@@ -59,6 +60,7 @@ impl Realtime {
             registry.clone(),
             instance,
             config.presence_ttl,
+            meters.clone(),
         );
         let hub = hub::Hub::new(backend.history.clone(), registry.clone());
         let socket = Arc::new(socket::SocketDeps {
@@ -67,6 +69,7 @@ impl Realtime {
             registry: registry.clone(),
             hub: hub.clone(),
             presence: presence.clone(),
+            meters: meters.clone(),
             limits: socket::SocketLimits {
                 message_rate: config.message_rate,
                 message_burst: config.message_burst,
@@ -81,6 +84,7 @@ impl Realtime {
             registry: registry.clone(),
             presence,
             interval: config.revalidate_interval,
+            meters,
         };
         Realtime { registry, sessions, socket, hub, lifecycle, presence: presence_task }
     }

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::registry::Registry;
 use crate::{
     backend::{Event, EventBus, PresenceStore, StoreResult},
+    meters::Meters,
     model::RoomName,
     protocol::ServerFrame,
 };
@@ -249,6 +250,7 @@ pub struct PresenceTask {
     bus: Arc<dyn EventBus>,
     ttl: Duration,
     commands: mpsc::UnboundedReceiver<Command>,
+    meters: Meters,
 }
 
 impl Presence {
@@ -260,10 +262,11 @@ impl Presence {
         registry: Arc<Registry>,
         instance: String,
         ttl: Duration,
+        meters: Meters,
     ) -> (Presence, PresenceTask) {
         let (tx, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared { store, registry, instance, book: Mutex::default() });
-        (Presence { tx, shared: shared.clone() }, PresenceTask { shared, bus, ttl, commands })
+        (Presence { tx, shared: shared.clone() }, PresenceTask { shared, bus, ttl, commands, meters })
     }
 
     pub fn instance(&self) -> &str {
@@ -322,7 +325,7 @@ impl PresenceTask {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
         let mut commands = self.commands;
-        let task = Flusher { shared: &self.shared, bus: &*self.bus, ttl: self.ttl };
+        let task = Flusher { shared: &self.shared, bus: &*self.bus, ttl: self.ttl, meters: &self.meters };
         let mut touched: HashSet<(RoomName, String)> = HashSet::new();
         let mut write_at: Option<Instant> = None;
         let mut push_at: Option<Instant> = None;
@@ -377,6 +380,7 @@ struct Flusher<'a> {
     shared: &'a Shared,
     bus: &'a dyn EventBus,
     ttl: Duration,
+    meters: &'a Meters,
 }
 
 impl Flusher<'_> {
@@ -445,6 +449,7 @@ impl Flusher<'_> {
         let (pushes, next) = self.shared.book().due(Instant::now());
         let registry = &self.shared.registry;
         for (room, push) in pushes {
+            self.meters.presence_pushed();
             registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP).send(registry).await;
         }
         next

@@ -34,6 +34,7 @@ use crate::{
     auth::Sessions,
     backend::History,
     clock::UnixMillis,
+    meters::Meters,
     model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
     protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
 };
@@ -82,6 +83,7 @@ pub struct SocketDeps {
     pub registry: Arc<Registry>,
     pub hub: Hub,
     pub presence: Presence,
+    pub meters: Meters,
     pub limits: SocketLimits,
 }
 
@@ -204,6 +206,7 @@ where
         room_start: start,
     });
     let _registered = Registered { deps: deps.clone(), id: joined.id, room: socket.room.clone(), name };
+    let _open = deps.meters.socket_opened();
     deps.presence.touched(&socket.room, &socket.name);
     if joined.new_room {
         // The tail may be blocked on the old room set: make it look again.
@@ -517,6 +520,10 @@ where
                 Some(id) if id <= self.last_sent => {}
                 Some(id) => {
                     self.last_sent = id;
+                    // A message id is its store time: the lag from there
+                    // to this write (the flush follows at once).
+                    let stored = UnixMillis::from_millis(i64::try_from(id.ms).unwrap_or(i64::MAX));
+                    self.deps.meters.fanout_lag(stored.until(UnixMillis::now()));
                     frames.push(out.text.clone());
                 }
                 None => frames.push(out.text.clone()),
@@ -550,6 +557,7 @@ where
 
     /// Sends the close frame and waits briefly for the peer's reply.
     async fn close(&mut self, reason: CloseReason) {
+        self.deps.meters.socket_closed(reason.reason);
         let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
         let _ = timeout(CLOSE_TIMEOUT, async {
             if self.ws.close(Some(frame)).await.is_ok() {

@@ -67,7 +67,7 @@ impl Rig {
             b"test refresh key",
         )
         .expect("a fresh key");
-        let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys));
+        let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys), Default::default());
         Rig {
             registry: realtime.registry,
             sessions: realtime.sessions,

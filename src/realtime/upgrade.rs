@@ -35,6 +35,7 @@ use super::{
 use crate::{
     auth::{Sessions, TokenCurrent},
     clock::UnixMillis,
+    meters::{outcome_of, Meters},
     model::{MessageId, RoomName},
     net::OriginPolicy,
 };
@@ -61,6 +62,7 @@ pub struct Upgrader {
     pub sessions: Sessions,
     pub registry: Arc<Registry>,
     pub socket: Arc<SocketDeps>,
+    pub meters: Meters,
 }
 
 type Response = warp::reply::Response;
@@ -151,12 +153,19 @@ async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presente
     match presented {
         Presented::Bearer(t) | Presented::Subprotocol(t) | Presented::QueryToken(t) => {
             match sessions.authenticate_token(&t).await {
-                Ok(Ok(current)) => Ok(token(current)),
+                Ok(Ok(current)) => {
+                    upgrader.meters.token_check("valid");
+                    Ok(token(current))
+                }
                 Ok(Err(err)) => {
+                    upgrader.meters.token_check("invalid");
                     tracing::debug!(%err, "upgrade refused: token");
                     Err(refuse(StatusCode::UNAUTHORIZED, "invalid or expired token"))
                 }
-                Err(err) => Err(unavailable(&err)),
+                Err(err) => {
+                    upgrader.meters.token_check("unavailable");
+                    Err(unavailable(&err))
+                }
             }
         }
         Presented::Ticket(ticket) => match sessions.redeem_ticket(&ticket).await {
@@ -182,8 +191,16 @@ async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presente
     }
 }
 
-/// Handles `GET /ws`.
-pub async fn handle(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response {
+/// Handles `GET /ws`, counted and timed by outcome.
+pub async fn handle(upgrader: Arc<Upgrader>, req: Request<Incoming>) -> Response {
+    let started = std::time::Instant::now();
+    let meters = upgrader.meters.clone();
+    let res = answer(upgrader, req).await;
+    meters.upgrade(outcome_of(res.status()), started.elapsed());
+    res
+}
+
+async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response {
     if req.method() != Method::GET {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET to open a WebSocket");
     }

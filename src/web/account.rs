@@ -25,6 +25,7 @@ use crate::{
     },
     backend::UserStore,
     error::Error,
+    meters::{outcome_of, Meters},
     model::{valid_username, User, UserId},
     net::ClientAddr,
 };
@@ -39,6 +40,7 @@ pub struct Accounts {
     pub sessions: Sessions,
     pub throttle: LoginThrottle,
     pub registrations: RegisterThrottle,
+    pub meters: Meters,
 }
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
@@ -112,7 +114,10 @@ pub fn login_form(sessions: Sessions) -> impl Filter<Extract = (Response,), Erro
 pub fn login(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
         |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
-            handle_login(form, session, addr, accounts).await.map_err(Rejection::from)
+            let meters = accounts.meters.clone();
+            let answer = handle_login(form, session, addr, accounts).await;
+            meters.login("form", answer.as_ref().map_or("unavailable", |res| outcome_of(res.status())));
+            answer.map_err(Rejection::from)
         },
     )
 }
@@ -142,7 +147,8 @@ async fn handle_login(
     // A name that cannot exist is not looked up, but it is verified against
     // the dummy hash all the same: every failure takes the same time.
     let stored = if valid_username(&username) { accounts.users.find(&username).await? } else { None };
-    let verified = password::verify(password, stored.as_ref().map(|s| s.password_hash.clone())).await;
+    let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
+    let verified = password::verify(password, stored_hash, &accounts.meters.hash_wait()).await;
     match stored {
         Some(stored) if verified => {
             accounts.throttle.succeeded(attempt).await?;
@@ -217,7 +223,7 @@ async fn handle_register(
     if accounts.users.find(&username).await?.is_some() {
         return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, username);
     }
-    let hash = password::hash(password).await;
+    let hash = password::hash(password, &accounts.meters.hash_wait()).await;
     let user = User { id: UserId::new_v4(), name: username };
     if !accounts.users.create(&user, &hash).await? {
         return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, user.name);

@@ -28,6 +28,7 @@ use crate::{
         RefreshError, Sessions, TokenCurrent,
     },
     backend::{EndReason, StoreError, UserStore},
+    meters::{outcome_of, Meters},
     model::valid_username,
     net::ClientAddr,
 };
@@ -41,6 +42,7 @@ pub struct Api {
     pub users: Arc<dyn UserStore>,
     pub sessions: Sessions,
     pub throttle: LoginThrottle,
+    pub meters: Meters,
 }
 
 /// A JSON error answer.
@@ -87,7 +89,7 @@ fn unreadable(err: serde_json::Error) -> Response {
 }
 
 /// The bearer token of a request, proved against its session, or the 401.
-async fn bearer(sessions: &Sessions, authorization: Option<String>) -> Result<TokenCurrent, Response> {
+async fn bearer(api: &Api, authorization: Option<String>) -> Result<TokenCurrent, Response> {
     let refused = || {
         error(StatusCode::UNAUTHORIZED, "invalid_token", "Send a valid access token: Authorization: Bearer <token>.")
     };
@@ -97,13 +99,20 @@ async fn bearer(sessions: &Sessions, authorization: Option<String>) -> Result<To
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .ok_or_else(refused)?;
-    match sessions.authenticate_token(token).await {
-        Ok(Ok(current)) => Ok(current),
+    match api.sessions.authenticate_token(token).await {
+        Ok(Ok(current)) => {
+            api.meters.token_check("valid");
+            Ok(current)
+        }
         Ok(Err(err)) => {
+            api.meters.token_check("invalid");
             tracing::debug!(%err, "access token refused");
             Err(refused())
         }
-        Err(err) => Err(unavailable(err)),
+        Err(err) => {
+            api.meters.token_check("unavailable");
+            Err(unavailable(err))
+        }
     }
 }
 
@@ -121,11 +130,12 @@ struct Login {
 pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     json_body::<Login>().and(client_addr()).and(with(api)).then(
         |login: Result<Login, serde_json::Error>, addr: ClientAddr, api: Api| async move {
-            let login = match login {
-                Ok(login) => login,
-                Err(err) => return unreadable(err),
+            let res = match login {
+                Ok(login) => sign_in(login, addr, &api).await.unwrap_or_else(unavailable),
+                Err(err) => unreadable(err),
             };
-            sign_in(login, addr, &api).await.unwrap_or_else(unavailable)
+            api.meters.login("api", outcome_of(res.status()));
+            res
         },
     )
 }
@@ -140,8 +150,8 @@ async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, 
         }
     };
     let stored = if valid_username(&username) { api.users.find(&username).await? } else { None };
-    let verified =
-        password::verify(Password::new(login.password), stored.as_ref().map(|s| s.password_hash.clone())).await;
+    let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
+    let verified = password::verify(Password::new(login.password), stored_hash, &api.meters.hash_wait()).await;
     match stored {
         Some(stored) if verified => {
             api.throttle.succeeded(attempt).await?;
@@ -182,7 +192,7 @@ pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection
 /// POST /api/ws-ticket
 pub fn ticket(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     authorization().and(with(api)).then(|authorization: Option<String>, api: Api| async move {
-        let current = match bearer(&api.sessions, authorization).await {
+        let current = match bearer(&api, authorization).await {
             Ok(current) => current,
             Err(res) => return res,
         };
@@ -197,7 +207,7 @@ pub fn ticket(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection>
 /// POST /api/logout and /api/logout/everywhere
 pub fn logout(api: Api, everywhere: bool) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     authorization().and(with(api)).then(move |authorization: Option<String>, api: Api| async move {
-        let current = match bearer(&api.sessions, authorization).await {
+        let current = match bearer(&api, authorization).await {
             Ok(current) => current,
             Err(res) => return res,
         };

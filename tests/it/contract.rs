@@ -117,7 +117,9 @@ fn memory(vars: &[(&str, &str)]) -> Backend {
 }
 
 async fn redis(server: &dyn TestRedis, instance: &str, vars: &[(&str, &str)]) -> Backend {
-    let backend = Backend::connect(&config(Some(server), vars), instance).await.expect("connects to the test Redis");
+    let backend = Backend::connect(&config(Some(server), vars), instance, &Default::default())
+        .await
+        .expect("connects to the test Redis");
     assert_eq!(backend.kind, BackendKind::Redis);
     backend
 }
@@ -781,9 +783,16 @@ fn some_events() -> [Event; 3] {
             sessions: vec![Id::default().to_string()],
             everywhere: false,
             reason: EndReason::Revoked,
+            at: Some(palaver::clock::UnixMillis::now()),
         },
         Event::Presence { room: "lobby".into(), instance: "i1".into(), joined: vec!["al".into()], left: vec![] },
-        Event::Logout { user_id: UserId::new_v4(), sessions: vec![], everywhere: true, reason: EndReason::LoggedOut },
+        Event::Logout {
+            user_id: UserId::new_v4(),
+            sessions: vec![],
+            everywhere: true,
+            reason: EndReason::LoggedOut,
+            at: None,
+        },
     ]
 }
 

@@ -461,6 +461,8 @@ pub struct TestApp {
     pub origin: String,
     /// The route table the instance serves.
     pub routes: Vec<(reqwest::Method, &'static str)>,
+    /// Where `/metrics` is served (`METRICS_ADDR`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -526,11 +528,12 @@ impl TestApp {
         let addr = app.local_addr();
         let origin = app.public_origin().to_owned();
         let routes = app.route_table();
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        TestApp { addr, origin, routes, stop: Some(stop), task: Some(task) }
+        TestApp { addr, origin, routes, metrics_addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {

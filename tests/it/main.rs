@@ -17,6 +17,7 @@ mod failover;
 mod faults;
 mod layout;
 mod lifecycle;
+mod metrics;
 mod process;
 mod routes;
 mod tls;
