@@ -42,7 +42,10 @@
 //! of them send at each total rate in turn. Reports messages delivered per
 //! second and delivery latency (send to receipt, over every recipient) at
 //! p50/p99/max, and checks that every receiver's sequence of ids equals the
-//! acked ids in the room's order and that no socket was closed.
+//! acked ids in the room's order and that no socket was closed; also the
+//! senders' ack latency (send to ack). `--cluster` (palaver) runs on a
+//! six-node Redis Cluster (three masters, three replicas, `redis-cli
+//! --cluster create`); `--wait-replicas N` sets `REDIS_WAIT_REPLICAS`.
 //!
 //! `logout`: two instances A and B on one Redis; `--sockets` idle sockets on
 //! B (`--same-room`: all in the victim's room; otherwise spread over 100
@@ -175,10 +178,69 @@ fn start_redis(dir: &Path) -> (Process, u16) {
     (Process(child), port)
 }
 
+/// A Redis Cluster of six `redis-server`s (three masters, one replica
+/// each), joined with `redis-cli --cluster create`; the processes and the
+/// `redis-cluster://` URL naming them.
+fn start_redis_cluster(dir: &Path) -> (Vec<Process>, String) {
+    let mut nodes = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..6 {
+        let (port, bus) = (free_port(), free_port());
+        let node_dir = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        wait_for_port(port, "redis-server");
+        nodes.push(Process(child));
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)");
+    assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+    // Every node agrees the cluster is up, and every replica is in sync
+    // (acks wait for one).
+    let start = Instant::now();
+    let cli = |addr: &str, args: &[&str]| {
+        let (host, port) = addr.split_once(':').unwrap();
+        let out = Command::new("redis-cli").args(["-h", host, "-p", port]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    while !addrs.iter().all(|a| {
+        cli(a, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && {
+            let replication = cli(a, &["INFO", "replication"]);
+            replication.contains("role:master") || replication.contains("master_link_status:up")
+        }
+    }) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the cluster did not become healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut url = format!("redis-cluster://{}", addrs[0]);
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        url.push_str(if i == 1 { "?" } else { "&" });
+        url.push_str(&format!("node={addr}"));
+    }
+    (nodes, url)
+}
+
 fn start_palaver(redis_port: u16, extra: &[(&str, &str)]) -> (Process, u16) {
+    start_palaver_on(&format!("redis://127.0.0.1:{redis_port}"), extra)
+}
+
+fn start_palaver_on(redis_url: &str, extra: &[(&str, &str)]) -> (Process, u16) {
     let port = free_port();
     let mut cmd = Command::new(BINARY);
-    cmd.env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+    cmd.env("REDIS_URL", redis_url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", std::env::var("LOADGEN_SERVER_LOG").unwrap_or("warn".into()))
         // The load generator is one client address with many users and
@@ -724,6 +786,8 @@ struct ChatRoom {
     received: Arc<Vec<Mutex<Receiver>>>,
     readers: Vec<JoinHandle<()>>,
     senders: Vec<Ws>,
+    /// The senders' ack latencies of the last `send`, (0, µs), sorted.
+    ack_latencies: Vec<(u64, u64)>,
 }
 
 /// Opens `sockets` sockets into `room`, socket i on instance i % instances
@@ -763,7 +827,7 @@ async fn join_room(ports: &[u16], cookies: &[String], room: &str, sockets: usize
             received[me].lock().unwrap().ended = Some(ended);
         }));
     }
-    ChatRoom { received, readers, senders: sender_sockets }
+    ChatRoom { received, readers, senders: sender_sockets, ack_latencies: Vec::new() }
 }
 
 /// The room's order: palaver's ids are stream ids, `ms-seq`, ordered
@@ -790,7 +854,7 @@ impl ChatRoom {
                 let mut sent = 0u64;
                 let (mut sink, mut stream) = ws.split();
                 let reader = tokio::spawn(async move {
-                    let mut ids = Vec::new();
+                    let (mut ids, mut acks) = (Vec::new(), Vec::new());
                     while let Some(message) = stream.next().await {
                         let text = match message {
                             Ok(Message::Text(text)) => text,
@@ -799,36 +863,48 @@ impl ChatRoom {
                         };
                         let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
                         match frame["type"].as_str() {
-                            Some("ack") => ids.push(frame["id"].as_str().unwrap().to_owned()),
+                            Some("ack") => {
+                                let sent: u64 = frame["client_id"]
+                                    .as_str()
+                                    .and_then(|c| c.rsplit('-').next()?.parse().ok())
+                                    .expect("the client_id ends with the send time");
+                                acks.push(unix_micros().saturating_sub(sent));
+                                ids.push(frame["id"].as_str().unwrap().to_owned())
+                            }
                             Some("error") => panic!("sender got an error: {frame}"),
                             _ => {}
                         }
                     }
-                    ids
+                    (ids, acks)
                 });
                 while Instant::now() < end {
                     tick.tick().await;
-                    let body = format!("{s}-{sent} {}", unix_micros());
-                    let frame = serde_json::json!({"type": "send", "body": body, "client_id": format!("{s}-{sent}")});
+                    let now = unix_micros();
+                    let body = format!("{s}-{sent} {now}");
+                    let frame =
+                        serde_json::json!({"type": "send", "body": body, "client_id": format!("{s}-{sent}-{now}")});
                     sink.send(Message::Text(frame.to_string().into())).await.unwrap();
                     sent += 1;
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let _ = sink.close().await;
-                let ids = tokio::time::timeout(Duration::from_secs(10), reader)
+                let (ids, acks) = tokio::time::timeout(Duration::from_secs(10), reader)
                     .await
                     .expect("the sender's socket closes")
                     .unwrap();
-                (sent, ids)
+                (sent, ids, acks)
             }));
         }
         let (mut sent, mut acked) = (0, Vec::new());
+        self.ack_latencies.clear();
         for task in sending {
-            let (s, ids) = task.await.unwrap();
+            let (s, ids, acks) = task.await.unwrap();
             sent += s;
             acked.extend(ids);
+            self.ack_latencies.extend(acks.into_iter().map(|l| (0, l)));
         }
         acked.sort_by_key(|id| room_order(id));
+        self.ack_latencies.sort_unstable_by_key(|&(_, latency)| latency);
         (sent, acked)
     }
 
@@ -900,8 +976,28 @@ async fn chat(kind: Kind, args: &[String]) {
     // The bare server is one process: it has nothing to share rooms with.
     let instances = if kind == Kind::Bare { 1 } else { arg(args, "--instances", 2) };
     let dir = tempfile::tempdir().unwrap();
+    // --cluster (palaver): a six-node Redis Cluster instead of one Redis;
+    // --wait-replicas N sets REDIS_WAIT_REPLICAS (the cost of WAIT).
+    let cluster = flag(args, "--cluster") && kind == Kind::Palaver;
+    let wait_replicas: Option<String> = args.iter().position(|a| a == "--wait-replicas").map(|i| args[i + 1].clone());
+    let mut extra = UNLIMITED.to_vec();
+    if let Some(n) = &wait_replicas {
+        extra.push(("REDIS_WAIT_REPLICAS", n));
+    }
     let (_redis, redis_port) = start_redis(dir.path());
-    let servers = start_servers(kind, redis_port, instances, &UNLIMITED);
+    let (_cluster, servers) = if cluster {
+        let (nodes, url) = start_redis_cluster(dir.path());
+        let servers: Vec<_> = (0..instances).map(|_| start_palaver_on(&url, &extra)).collect();
+        (nodes, servers)
+    } else {
+        (Vec::new(), start_servers(kind, redis_port, instances, &extra))
+    };
+    let store = match (cluster, &wait_replicas) {
+        (true, None) => "a Redis Cluster of 3+3, WAIT 1".to_owned(),
+        (true, Some(n)) => format!("a Redis Cluster of 3+3, REDIS_WAIT_REPLICAS={n}"),
+        (false, None) => "one Redis".to_owned(),
+        (false, Some(n)) => format!("one Redis, REDIS_WAIT_REPLICAS={n}"),
+    };
     let ports: Vec<u16> = servers.iter().map(|(_, port)| *port).collect();
     let cookies = register_many(kind, ports[0], "chat", users).await;
 
@@ -912,17 +1008,20 @@ async fn chat(kind: Kind, args: &[String]) {
         let (sent, acked) = room.send(rate as f64, seconds as f64).await;
         let elapsed = started.elapsed().as_secs_f64() - 2.0;
         assert_eq!(acked.len() as u64, sent, "every message sent is acked");
+        let acks = std::mem::take(&mut room.ack_latencies);
         let all = room.finish(&acked).await;
         println!(
-            "chat ({}) @ {rate} msg/s offered into one room of {sockets} sockets over {instances} instance(s) \
-             ({senders} senders, {} receivers): {sent} sent, {} acked, {} deliveries = {:.0} deliveries/s; latency {}; \
-             every receiver got exactly the acked ids in order, none was closed (target: p99 at most 100 ms)",
+            "chat ({}) @ {rate} msg/s offered into one room of {sockets} sockets over {instances} instance(s) on \
+             {store} ({senders} senders, {} receivers): {sent} sent, {} acked, {} deliveries = {:.0} deliveries/s; \
+             latency {}; ack latency {}; every receiver got exactly the acked ids in order, none was closed \
+             (target: p99 at most 100 ms)",
             kind.name(),
             sockets - senders,
             acked.len(),
             all.len(),
             all.len() as f64 / elapsed,
             latency_line(&all),
+            latency_line(&acks),
         );
     }
 }
@@ -1474,7 +1573,7 @@ async fn main() {
         _ => eprintln!(
             "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes|logout|presence-storm|login-storm \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
-             [--count N] [--messages N] [--body N] [--concurrency N] [--same-room] [--repeat N] [--logins N] [--rate R]\n\
+             [--count N] [--messages N] [--body N] [--concurrency N] [--same-room] [--repeat N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }
