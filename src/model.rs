@@ -203,9 +203,15 @@ impl Appended {
     }
 }
 
-/// Validates and trims a message body; `None` when empty or too long.
+/// Validates a message body and drops what carries nothing: trailing
+/// whitespace, and blank lines before the first line of text. The first
+/// line keeps its indentation (code, a quoted block). `None` when nothing
+/// is left or it is too long.
 pub fn clean_body(body: &str) -> Option<&str> {
-    let body = body.trim();
+    let body = body.trim_end();
+    let text_at = body.len() - body.trim_start().len();
+    let line_start = body[..text_at].rfind('\n').map_or(0, |newline| newline + 1);
+    let body = &body[line_start..];
     let chars = body.chars().count();
     (1..=MAX_BODY_CHARS).contains(&chars).then_some(body)
 }
@@ -249,9 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_trimmed_and_bounded() {
-        assert_eq!(clean_body("  hi \n"), Some("hi"));
+    fn bodies_lose_trailing_space_and_blank_lines_but_keep_indentation() {
+        assert_eq!(clean_body("hi \n"), Some("hi"));
+        assert_eq!(clean_body("  hi \n"), Some("  hi"), "the first line's indentation stays");
+        assert_eq!(clean_body("\n \t\n    fn main() {}\n\n"), Some("    fn main() {}"), "blank lines go");
+        assert_eq!(clean_body(" \r\n  a\n    b  \r\n"), Some("  a\n    b"));
+        assert_eq!(clean_body("a  \n  b"), Some("a  \n  b"), "inside, nothing changes");
         assert_eq!(clean_body("   "), None);
+        assert_eq!(clean_body(" \n\t\n "), None);
         assert!(clean_body(&"é".repeat(2000)).is_some());
         assert!(clean_body(&"é".repeat(2001)).is_none());
     }

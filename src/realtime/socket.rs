@@ -603,7 +603,7 @@ mod tests {
         assert_eq!(next_of(&mut ws, "message").await["body"], "m1");
         assert_eq!(next_of(&mut ws, "message").await["body"], "m2");
 
-        send(&mut ws, json!({"type": "send", "body": "  live \n", "client_id": "c1"})).await;
+        send(&mut ws, json!({"type": "send", "body": "live \n", "client_id": "c1"})).await;
         let ack = next_of(&mut ws, "ack").await;
         assert_eq!(ack["client_id"], "c1");
         let live = next_of(&mut ws, "message").await;

@@ -201,15 +201,26 @@ async fn bad_frames_get_invalid_without_closing_the_socket() {
     }
     socket.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(socket.next_of("error").await["code"], "invalid");
-    // Exactly 2000 characters after trimming is fine, and it is stored trimmed.
+    // Exactly 2000 characters after cleaning is fine, and it is stored
+    // without the blank line before it and the space after it.
     let body = "é".repeat(2000);
-    socket.send_json(json!({"type": "send", "body": format!("  {body}\n"), "client_id": "long"})).await;
+    socket.send_json(json!({"type": "send", "body": format!(" \n{body} \n"), "client_id": "long"})).await;
     socket.next_of("ack").await;
     assert_eq!(socket.next_of("message").await["body"], body.as_str());
     // Nothing invalid was stored.
     let (mut replay, _) = alice.join(&app, "?after=0-0").await;
     socket.say("end", "end").await;
     assert_eq!(bodies(&messages(&mut replay, 2).await), [body.clone(), "end".into()]);
+}
+
+#[tokio::test]
+async fn a_message_keeps_the_indentation_of_its_first_line() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    socket.say("\n  \n    let x = 1;\n    let y = 2;  \n\n", "code").await;
+    assert_eq!(socket.next_of("message").await["body"], "    let x = 1;\n    let y = 2;");
 }
 
 #[tokio::test]

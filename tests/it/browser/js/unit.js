@@ -33,7 +33,9 @@ const done = arguments[arguments.length - 1];
   eq("mentions", kinds("hi @bob. and me@mail.example @al"), ["text:hi ", "mention:@bob", "text:. and me@mail.example @al"]);
   eq("mentionsName ignores case", [f.mentionsName("@Alice look", "alice"), f.mentionsName("alice", "alice")], [true, false]);
   eq("the href is normalised", f.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
-  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "code\n    more");
+  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
+  eq("blank lines and trailing space go", f.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
+  eq("nothing but space is nothing", f.cleanBody(" \n\t "), "");
 
   // days and groups, in the page's time zone
   const now = new Date(2026, 10, 25, 9, 30).getTime();
