@@ -445,6 +445,17 @@ impl History for MemoryBackend {
             .unwrap_or_default())
     }
 
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        let rooms = self.live_rooms(UnixMillis::now());
+        Ok(rooms
+            .get(room)
+            .map(|log| {
+                let end = log.messages.partition_point(|m| m.id < before);
+                log.messages.range(end.saturating_sub(limit)..end).cloned().collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
         Ok(self.live_rooms(UnixMillis::now()).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
     }

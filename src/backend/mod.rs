@@ -224,6 +224,9 @@ pub trait History: Send + Sync {
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
     /// The last `limit` messages, oldest first.
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
+    /// The last `limit` messages strictly before `before`, oldest first:
+    /// paging back through history.
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
     /// The id of the newest message, or [`MessageId::ZERO`].
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId>;
     /// Waits up to `wait` for messages after each room's cursor and returns

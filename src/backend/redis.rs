@@ -716,6 +716,16 @@ impl History for RedisBackend {
         Ok(messages)
     }
 
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        // Nothing is before 0-0 (and Redis refuses "(0-0" as an end).
+        if before == MessageId::ZERO || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = self.range(room, "-".into(), &format!("({before}"), limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
         Ok(self.range(room, "-".into(), "+", 1, true).await?.first().map(|m| m.id).unwrap_or(MessageId::ZERO))
     }

@@ -70,6 +70,7 @@ contract! {
     a_room_keeps_at_least_its_cap_and_always_the_newest => [("HISTORY_MAX_LEN", "3")],
     a_stored_message_round_trips_exactly,
     after_replays_exactly_the_messages_strictly_after_an_id,
+    before_pages_back_through_the_messages_strictly_before_an_id,
     tail_returns_what_is_appended_after_the_cursor_and_only_for_followed_rooms,
     wake_tail_ends_a_pending_tail_early_and_is_not_lost_when_it_comes_first,
     the_session_index_tracks_removes_takes_and_expires_entries,
@@ -452,6 +453,50 @@ async fn after_replays_exactly_the_messages_strictly_after_an_id(b: Backend) {
             assert_eq!(after(probe, limit).await, want, "after {probe}, limit {limit}");
         }
     }
+}
+
+async fn before_pages_back_through_the_messages_strictly_before_an_id(b: Backend) {
+    let lobby = room("lobby");
+    let far = MessageId { ms: u64::from(u32::MAX) * 1000, seq: 0 };
+    assert!(b.history.before(&lobby, far, 10).await.expect("before").is_empty(), "an empty room");
+    // Several messages in one millisecond, then others.
+    let first_ms = UnixMillis::now();
+    for i in 0..4 {
+        append_new(&b, &lobby, said_at("al", &format!("a{i}"), None, first_ms)).await;
+    }
+    eventually("the clock to move on", || async move { UnixMillis::now() > first_ms + Duration::from_millis(1) }).await;
+    for i in 0..5 {
+        append_new(&b, &lobby, said("al", &format!("b{i}"), None)).await;
+    }
+    let stored = all(&b, &lobby).await;
+    assert_eq!(stored.len(), 9);
+    let before = |id: MessageId, limit: usize| {
+        let b = b.clone();
+        let lobby = lobby.clone();
+        async move { ids(&b.history.before(&lobby, id, limit).await.expect("before")) }
+    };
+    assert_eq!(before(far, 100).await, ids(&stored), "everything, oldest first");
+    assert_eq!(before(far, 3).await, ids(&stored[6..]), "the newest `limit`, oldest first");
+    assert_eq!(before(stored[6].id, 4).await, ids(&stored[2..6]), "strictly before");
+    assert_eq!(before(stored[2].id, 50).await, ids(&stored[..2]), "to the first");
+    assert!(before(stored[0].id, 50).await.is_empty(), "nothing before the first");
+    assert!(before(MessageId::ZERO, 50).await.is_empty(), "nothing before 0-0");
+    assert!(before(far, 0).await.is_empty(), "limit 0");
+    // Paging back from the newest, page by page, meets every message once.
+    let mut paged = Vec::new();
+    let mut cursor = far;
+    loop {
+        let page = b.history.before(&lobby, cursor, 2).await.expect("before");
+        let Some(first) = page.first() else { break };
+        cursor = first.id;
+        paged.splice(0..0, page);
+    }
+    assert_eq!(paged, stored, "every message, once, in order, exactly as stored");
+    // Ids between two messages page the same way.
+    let between = MessageId { ms: stored[3].id.ms, seq: stored[3].id.seq + 1 };
+    assert_eq!(before(between, 100).await, ids(&stored[..4]));
+    assert!(before(stored[0].id, 5).await.is_empty());
+    assert!(b.history.before(&room("elsewhere"), far, 5).await.expect("before").is_empty(), "rooms do not leak");
 }
 
 // ---------------------------------------------------------------- tail --

@@ -232,6 +232,109 @@ async fn days_are_separated_and_runs_grouped_in_the_readers_time_zone() {
     .await;
 }
 
+/// Where the first message on the page sits in the log, in CSS px from
+/// the log's top, with its id.
+const FIRST_SHOWN: &str = "
+    const log = document.getElementById('log');
+    const li = document.querySelector('#messages li.msg[data-id]');
+    return { id: li.dataset.id, top: li.getBoundingClientRect().top - log.getBoundingClientRect().top,
+             count: document.querySelectorAll('#messages li.msg').length };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_back_reaches_the_first_of_300_messages_keeping_the_place_while_pages_load() {
+    const N: usize = 300;
+    let j = Journey::start("history").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    // Two people taking turns, so that every message keeps its header
+    // whatever is loaded above it (a run's header would move).
+    let start = now_ms() - 2 * MINUTE;
+    for i in 0..N {
+        let who = if i % 2 == 0 { "bob" } else { "carol" };
+        seed(&redis, "lobby", who, &format!("m{i:03}"), start + i as i64);
+    }
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.viewport(1366, 850, false).await?;
+        alice.register(&app, "alice").await?;
+        let shown = alice.js(FIRST_SHOWN, vec![]).await?;
+        ensure!(shown["count"] == json!(50), "the page starts with the newest 50: {shown}");
+        let marker = alice.js("return document.getElementById('history-start').hidden;", vec![]).await?;
+        ensure!(marker == json!(true), "the start line shows before the start");
+
+        let started = Instant::now();
+        let mut loads = 0;
+        loop {
+            // The reader scrolls to the top (the page then asks for the page
+            // before); where the first message sits is measured right there,
+            // before anything loads.
+            let before =
+                alice.js(&format!("document.getElementById('log').scrollTop = 0;\n{FIRST_SHOWN}"), vec![]).await?;
+            let after = alice
+                .until_js(
+                    "the page before to load",
+                    PAGE_DEADLINE,
+                    "const n = document.querySelectorAll('#messages li.msg').length;
+                     const log = document.getElementById('log');
+                     return n > arguments[0] && log.getAttribute('aria-busy') === null ? n : null;",
+                    vec![before["count"].clone()],
+                )
+                .await?;
+            loads += 1;
+            // What the reader was looking at has not moved.
+            let moved = alice
+                .js(
+                    "const log = document.getElementById('log');
+                     const li = document.querySelector('#messages li.msg[data-id=\"' + arguments[0] + '\"]');
+                     return li.getBoundingClientRect().top - log.getBoundingClientRect().top - arguments[1];",
+                    vec![before["id"].clone(), before["top"].clone()],
+                )
+                .await?;
+            let moved = moved.as_f64().unwrap_or(f64::MAX);
+            let kept = moved.abs() <= 2.0;
+            ensure!(kept, "load {loads}: the message read before the load moved by {moved} px");
+            if after == json!(N) {
+                break;
+            }
+            ensure!(loads < 10, "still loading after {loads} pages ({after} messages)");
+        }
+        let took = started.elapsed();
+        // The start of the room, right above its first message, and nothing more to load.
+        let end = alice
+            .until_js(
+                "the start of #lobby",
+                PAGE_DEADLINE,
+                "const m = document.getElementById('history-start');
+                 const older = document.getElementById('load-older');
+                 return m.hidden || !older.hidden ? null : m.textContent;",
+                vec![],
+            )
+            .await?;
+        ensure!(end == json!("This is the start of #lobby."), "the marker reads {end}");
+        let order = alice
+            .js(
+                "return Array.from(document.querySelectorAll('#messages li.msg .msg-body'), b => b.textContent);",
+                vec![],
+            )
+            .await?;
+        let want: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
+        ensure!(order == json!(want), "the page holds every message once, in order: {order}");
+        let at_top = alice
+            .js(
+                "document.getElementById('log').scrollTop = 0;
+                 const log = document.getElementById('log').getBoundingClientRect();
+                 const m = document.getElementById('history-start').getBoundingClientRect();
+                 return m.top >= log.top && m.bottom <= log.bottom;",
+                vec![],
+            )
+            .await?;
+        ensure!(at_top == json!(true), "the start line is in view at the top");
+        println!("{N} messages: back to the first in {loads} loads, {took:?}");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_quick_sends_arrive_in_order_and_none_is_refused() {
     const N: usize = 40;
