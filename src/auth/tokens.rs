@@ -7,8 +7,22 @@
 //! signature is looked at), `typ` must be `at+jwt`, `iss` this service,
 //! `aud` `palaver`, and every claim palaver reads is required. It needs no
 //! store: whether the session still lives is checked separately (one read).
+//!
+//! A client presents the same token for every socket it opens until the
+//! token is refreshed, and an Ed25519 verification costs more than the rest
+//! of an upgrade. Tokens that verified are remembered (by their SHA-256,
+//! with their claims, until they expire; at most [`VERIFIED_CACHE`]), so
+//! the signature of one token is checked once per instance. The keys are
+//! fixed for the life of the process, so nothing can make a remembered
+//! token wrong before its `exp`.
 
-use std::{collections::HashMap, fmt, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -79,6 +93,17 @@ pub enum KeyError {
     NotEd25519 { name: &'static str, path: String, reason: String },
 }
 
+/// How many verified tokens an instance remembers.
+pub const VERIFIED_CACHE: usize = 4096;
+
+type Digest = [u8; 32];
+
+fn digest_of(token: &str) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    out
+}
+
 /// The signing key and every key tokens are verified with.
 pub struct TokenKeys {
     signing: EncodingKey,
@@ -89,6 +114,10 @@ pub struct TokenKeys {
     ttl: Duration,
     /// Derives a refresh token's successor (see `refresh`).
     refresh_key: ring::hmac::Key,
+    /// Tokens that verified, by digest (see the module's documentation).
+    verified: Mutex<HashMap<Digest, Claims>>,
+    /// At most this many ([`VERIFIED_CACHE`]).
+    verified_cap: usize,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -224,6 +253,8 @@ impl TokenKeys {
             issuer: issuer.to_owned(),
             ttl,
             refresh_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, refresh_secret),
+            verified: Mutex::default(),
+            verified_cap: VERIFIED_CACHE,
         })
     }
 
@@ -263,6 +294,35 @@ impl TokenKeys {
 
     /// Checks a token's form, signature and claims (not its session).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, UnixMillis::now().as_secs())
+    }
+
+    /// [`TokenKeys::verify`] at `now` (Unix seconds) for a remembered token.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let digest = digest_of(token);
+        if let Some(claims) = self.remembered().get(&digest).cloned() {
+            return match now <= claims.exp {
+                true => Ok(claims),
+                false => Err(TokenError::Invalid("ExpiredSignature".into())),
+            };
+        }
+        let claims = self.verify_signed(token)?;
+        let mut remembered = self.remembered();
+        if remembered.len() >= self.verified_cap {
+            remembered.retain(|_, c| now <= c.exp);
+            if remembered.len() >= self.verified_cap {
+                remembered.clear();
+            }
+        }
+        remembered.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Claims>> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let header = decode_header(token).map_err(|err| TokenError::Malformed(err.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid(format!("algorithm {:?}", header.alg)));
@@ -432,6 +492,29 @@ pub(crate) mod tests {
         assert!(rotated.verify(&token).is_ok(), "accepted during the rotation");
         let forgotten = keys();
         assert_eq!(forgotten.verify(&token), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn a_remembered_token_ends_at_its_exp_and_remembers_nothing_else() {
+        let keys = keys();
+        let (token, exp) = keys.issue(&alice(), "s", UnixMillis::now());
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!(keys.remembered().len(), 1, "remembered once verified");
+        assert_eq!(keys.verify_at(&token, exp.as_secs()), Ok(claims), "valid through its last second");
+        assert!(matches!(keys.verify_at(&token, exp.as_secs() + 1), Err(TokenError::Invalid(_))), "then refused");
+        // A tampered copy is another token: checked, and refused.
+        let (head, signature) = token.rsplit_once('.').unwrap();
+        let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        bytes[0] ^= 1;
+        assert!(keys.verify(&format!("{head}.{}", URL_SAFE_NO_PAD.encode(bytes))).is_err());
+        assert_eq!(keys.remembered().len(), 1, "a refused token is not remembered");
+        // Bounded.
+        let keys = TokenKeys { verified_cap: 4, ..keys };
+        for i in 0..10 {
+            let (token, _) = keys.issue(&alice(), &format!("s{i}"), UnixMillis::now());
+            keys.verify(&token).unwrap();
+            assert!((1..=4).contains(&keys.remembered().len()));
+        }
     }
 
     #[test]
