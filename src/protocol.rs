@@ -29,10 +29,14 @@ pub enum ClientFrame {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
+    /// `rate` and `read_markers` extend the original contract: the pace a
+    /// client may send at, and that it may send `read` frames.
     Hello {
         user: &'a str,
         room: &'a RoomName,
         expires_at: UnixMillis,
+        rate: Rate,
+        read_markers: bool,
     },
     Message {
         room: &'a RoomName,
@@ -77,6 +81,14 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
     },
+}
+
+/// The sending pace a socket is held to (docs/protocol.md §3.6): frames
+/// per second sustained, and how many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -166,8 +178,18 @@ mod tests {
     #[test]
     fn server_frames_match_the_spec() {
         let room = RoomName::lobby();
-        let hello = ServerFrame::Hello { user: "alice", room: &room, expires_at: UnixMillis::from_millis(5) }.to_text();
-        assert_eq!(hello.as_str(), r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#);
+        let hello = ServerFrame::Hello {
+            user: "alice",
+            room: &room,
+            expires_at: UnixMillis::from_millis(5),
+            rate: Rate { per_sec: 2.5, burst: 20 },
+            read_markers: true,
+        }
+        .to_text();
+        assert_eq!(
+            hello.as_str(),
+            r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5,"rate":{"per_sec":2.5,"burst":20},"read_markers":true}"#
+        );
         let m = Message {
             id: MessageId { ms: 7, seq: 1 },
             user: "bob".into(),

@@ -68,6 +68,9 @@ pub struct SocketLimits {
     /// Sustained `send` frames per second, and the burst above it.
     pub message_rate: f64,
     pub message_burst: u32,
+    /// The pace `hello` announces: this socket's, or the user's when that
+    /// is lower (the user's is shared by all their sockets).
+    pub announced: frames::Rate,
     pub ping_interval: Duration,
     /// A socket silent for this long (no frame, no pong) is dropped.
     pub idle_timeout: Duration,
@@ -227,8 +230,14 @@ where
 {
     /// `hello`, the room's presence, then every stored message after `after`.
     async fn greet(&mut self, after: Option<MessageId>) -> Flow {
-        let hello =
-            ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline.at() }.to_text();
+        let hello = ServerFrame::Hello {
+            user: &self.user.name,
+            room: &self.room,
+            expires_at: self.deadline.at(),
+            rate: self.deps.limits.announced,
+            read_markers: false,
+        }
+        .to_text();
         let (online, count) = self.deps.presence.snapshot(&self.room).await;
         let presence = ServerFrame::Presence { room: &self.room, online: &online, count }.to_text();
         if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
@@ -596,7 +605,8 @@ mod tests {
         let Received::Json(hello) = receive(&mut ws).await else { panic!("hello first") };
         assert_eq!(
             hello,
-            json!({"type": "hello", "user": "alice", "room": "lobby", "expires_at": alice.current.expires_at})
+            json!({"type": "hello", "user": "alice", "room": "lobby", "expires_at": alice.current.expires_at,
+                   "rate": {"per_sec": 10.0, "burst": 20}, "read_markers": false})
         );
         let Received::Json(presence) = receive(&mut ws).await else { panic!("presence second") };
         assert_eq!(presence["online"], json!(["alice"]));

@@ -90,6 +90,29 @@ async fn hello_comes_first_with_the_user_the_room_and_the_sessions_real_expiry()
 }
 
 #[tokio::test]
+async fn hello_announces_the_pace_to_send_at_the_lower_of_the_sockets_and_the_users() {
+    let redis = RedisServer::start();
+    for (vars, want) in [
+        (vec![], serde_json::json!({"per_sec": 10.0, "burst": 20})),
+        (
+            vec![("USER_MESSAGE_RATE_PER_SEC", "2.5"), ("USER_MESSAGE_BURST", "5")],
+            serde_json::json!({"per_sec": 2.5, "burst": 5}),
+        ),
+        (
+            vec![("MESSAGE_RATE_PER_SEC", "3"), ("USER_MESSAGE_BURST", "8")],
+            serde_json::json!({"per_sec": 3.0, "burst": 8}),
+        ),
+    ] {
+        let app = TestApp::spawn_with(Some(&redis), &vars).await;
+        let alice = Browser::new();
+        let res = alice.register(&app, &format!("alice{}", app.addr.port()), PASSWORD).await;
+        assert_eq!(res.status(), reqwest::StatusCode::SEE_OTHER);
+        let (_socket, hello) = alice.join(&app, "").await;
+        assert_eq!(hello["rate"], want, "with {vars:?}");
+    }
+}
+
+#[tokio::test]
 async fn the_upgrade_slides_the_session() {
     let redis = RedisServer::start();
     // A 20 s TTL slides in steps of a second.
