@@ -23,6 +23,10 @@ pub enum ClientFrame {
         #[serde(default)]
         token: Option<String>,
     },
+    /// The reader has read the socket's room up to this message id
+    /// (docs/protocol.md §3.3). Kept as text: a bad id is answered with
+    /// an `invalid` that says so.
+    Read { up_to: String },
 }
 
 /// A frame to the client.
@@ -75,12 +79,29 @@ pub enum ServerFrame<'a> {
     },
     /// `client_id` is an extension of the original contract: present when the error is
     /// about one `send`, so the client knows which message failed.
+    /// Unread counts of one of the user's other rooms (an addition to the
+    /// original contract); `unread` counts to [`UNREAD_CAP`], "that many or more".
+    Unread {
+        room: &'a RoomName,
+        unread: u32,
+        mentions: u32,
+    },
     Error {
         code: ErrorCode,
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
     },
+}
+
+/// How far unread counts go: a room with more says this many (the client
+/// shows "99+"), so counting costs at most this many messages per room.
+pub const UNREAD_CAP: u32 = 100;
+
+/// An `unread` frame: how many messages in `room`, another of the user's
+/// rooms, came after their read marker, and how many of those mention them.
+pub fn unread(room: &RoomName, unread: u32, mentions: u32) -> Utf8Bytes {
+    ServerFrame::Unread { room, unread, mentions }.to_text()
 }
 
 /// The sending pace a socket is held to (docs/protocol.md §3.6): frames
@@ -170,7 +191,19 @@ mod tests {
             serde_json::from_str::<ClientFrame>(r#"{"type":"reauth","token":"t"}"#).unwrap(),
             ClientFrame::Reauth { token: Some("t".into()) }
         );
-        for bad in [r#"{"type":"shout"}"#, r#"{"body":"x"}"#, r#"{"type":"send","body":5}"#, "[]", "nope"] {
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"read","up_to":"5-1"}"#).unwrap(),
+            ClientFrame::Read { up_to: "5-1".into() }
+        );
+        for bad in [
+            r#"{"type":"read"}"#,
+            r#"{"type":"read","up_to":5}"#,
+            r#"{"type":"shout"}"#,
+            r#"{"body":"x"}"#,
+            r#"{"type":"send","body":5}"#,
+            "[]",
+            "nope",
+        ] {
             assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad}");
         }
     }
@@ -200,6 +233,10 @@ mod tests {
         assert_eq!(
             message(&room, &m).as_str(),
             r#"{"type":"message","room":"lobby","id":"7-1","user":"bob","body":"<b>","sent_at":9}"#
+        );
+        assert_eq!(
+            unread(&RoomName::parse("dev").unwrap(), 3, 1).as_str(),
+            r#"{"type":"unread","room":"dev","unread":3,"mentions":1}"#
         );
         let err = ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow down", client_id: None };
         assert_eq!(err.to_text().as_str(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);

@@ -67,7 +67,7 @@ function start(root) {
   let replayUntil = 0;
   let noticeTimer = 0;
   let countdown = 0;
-  // Read markers (SERVER, LATER): only sent when the hello says the server
+  // Read markers: only sent when the hello says the server
   // takes them (`"read_markers": true`); an unknown frame type would be
   // refused as invalid.
   let readMarkers = false;

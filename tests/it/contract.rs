@@ -79,6 +79,7 @@ contract! {
     counters_count_within_a_fixed_window_that_starts_at_the_first_increment,
     each_user_lists_the_rooms_they_opened_most_recent_first,
     a_room_nobody_uses_expires_with_its_history => [("ROOM_TTL_SECS", "1")],
+    read_markers_move_only_forward_per_user_and_room_and_stay_bounded,
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
@@ -740,6 +741,39 @@ async fn a_room_nobody_uses_expires_with_its_history(b: Backend) {
     // Opened again, it starts afresh.
     b.history.open_room(&quiet, al).await.expect("open_room");
     assert!(b.history.room_exists(&quiet).await.expect("room_exists"));
+}
+
+async fn read_markers_move_only_forward_per_user_and_room_and_stay_bounded(b: Backend) {
+    let (al, bo) = (UserId::new_v4(), UserId::new_v4());
+    let id = |s: &str| s.parse::<MessageId>().expect("an id");
+    assert!(b.history.read_markers(al).await.expect("read_markers").is_empty());
+    assert!(b.history.mark_read(al, &room("lobby"), id("10-1")).await.expect("mark_read"));
+    assert!(b.history.mark_read(al, &room("other"), id("5-0")).await.expect("mark_read"));
+    // Never back, and the same id again changes nothing.
+    for older in ["10-0", "9-9", "10-1"] {
+        assert!(!b.history.mark_read(al, &room("lobby"), id(older)).await.expect("mark_read"), "{older}");
+    }
+    // 10-2 is after 10-1, and 11-0 after both (ids compare as numbers, not text).
+    assert!(b.history.mark_read(al, &room("lobby"), id("10-2")).await.expect("mark_read"));
+    assert!(b.history.mark_read(al, &room("lobby"), id("100-0")).await.expect("mark_read"));
+    assert!(!b.history.mark_read(al, &room("lobby"), id("99-99")).await.expect("mark_read"));
+    b.history.mark_read(bo, &room("lobby"), id("1-0")).await.expect("mark_read");
+    let mine = b.history.read_markers(al).await.expect("read_markers");
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[&room("lobby")], id("100-0"));
+    assert_eq!(mine[&room("other")], id("5-0"));
+    assert_eq!(b.history.read_markers(bo).await.expect("read_markers")[&room("lobby")], id("1-0"));
+
+    // Bounded: past the cap, only the rooms in the user's list keep theirs.
+    let kept = palaver::backend::rules::USER_ROOMS_KEPT;
+    b.history.open_room(&room("listed"), al).await.expect("open_room");
+    b.history.mark_read(al, &room("listed"), id("1-0")).await.expect("mark_read");
+    for n in 0..kept {
+        b.history.mark_read(al, &room(&format!("r{n}")), id("1-0")).await.expect("mark_read");
+    }
+    let mine = b.history.read_markers(al).await.expect("read_markers");
+    assert!(mine.len() <= kept + 1, "{} markers", mine.len());
+    assert_eq!(mine.get(&room("listed")), Some(&id("1-0")), "a room in the user's list keeps its marker");
 }
 
 async fn a_senders_rate_counts_every_message_they_send(b: Backend) {
