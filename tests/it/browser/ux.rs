@@ -1,6 +1,7 @@
 //! The chat page as a person meets it: dates and grouping in their time
 //! zone, fast sending in order, reconnecting in sight, deep links through
-//! sign-in, the keyboard alone, an automated accessibility check in both
+//! sign-in, the keyboard alone, unread counts and mentions of other rooms,
+//! an automated accessibility check in both
 //! colour schemes, and the screenshots in `docs/screenshots/`.
 
 use std::{
@@ -55,7 +56,8 @@ fn seed_conversation(redis: &RedisServer) {
 }
 
 /// Writes `docs/screenshots/{SCREENSHOTS or "after"}-{desktop,phone}[-dark].png`:
-/// the chat page of alice, with a conversation with bob, at desktop
+/// the chat page of alice, with a conversation with bob and unread news in
+/// two other rooms (one mentioning her), at desktop
 /// (1366×850) and phone (390×844) sizes, light and dark.
 /// `SCREENSHOTS=before cargo test --test it screenshots -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +76,28 @@ async fn screenshots() {
         alice.time_zone("Europe/Berlin").await?;
         alice.register(app.as_ref().unwrap(), "alice").await?;
         bob.register(app.as_ref().unwrap(), "bob").await?;
+        // Two more rooms in alice's sidebar, with news she has not read.
+        for room in ["deploys", "random", "lobby"] {
+            alice.goto(&app.as_ref().unwrap().url(&format!("/chat/{room}"))).await?;
+            alice.wait_state("connected", PAGE_DEADLINE).await?;
+        }
+        let now = now_ms();
+        seed(&redis, "deploys", "bob", "Staging is on the new build.", now);
+        seed(&redis, "deploys", "bob", "@alice the rollback switch is yours.", now);
+        for i in 0..4 {
+            seed(&redis, "random", "bob", &format!("lunch option {i}"), now);
+        }
+        for (room, badge) in [("deploys", "@1"), ("random", "4")] {
+            alice
+                .until_js(
+                    &format!("the {room} badge"),
+                    PAGE_DEADLINE,
+                    "const b = document.querySelector('#rooms a[data-room=\"' + arguments[0] + '\"] [aria-hidden]');
+                     return !!b && b.textContent === arguments[1];",
+                    vec![json!(room), json!(badge)],
+                )
+                .await?;
+        }
         alice.until_texts("bob online", "#online li", PAGE_DEADLINE, |n| n.iter().any(|n| n == "bob")).await?;
         alice.send_with_enter("Looking now. Latency is flat since the deploy").await?;
         alice.wait_confirmed(&["Looking now. Latency is flat since the deploy"], PAGE_DEADLINE).await?;
@@ -387,6 +411,83 @@ async fn forty_quick_sends_arrive_in_order_and_none_is_refused() {
         println!(
             "forty sends: typed in {typing:?}, all confirmed after {confirmed:?}, all shown to bob after {delivered:?}"
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// The badge of `room` in the sidebar: its shown text and whether it is
+/// the mention kind (`null` when there is none).
+const BADGE: &str = "const b = document.querySelector('#rooms a[data-room=\"' + arguments[0] + '\"] .room-badge');
+     return b ? [b.querySelector('[aria-hidden]').textContent, b.classList.contains('room-badge-mention'),
+                 b.textContent] : null;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_rooms_unread_count_and_mention_show_in_the_sidebar_and_reading_it_clears_them() {
+    let j = Journey::start("unread").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.register(&app, "alice").await?;
+        // Alice has been to #dev (so it is in her sidebar) and is back in the lobby.
+        alice.goto(&app.url("/chat/dev")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        alice.goto(&app.url("/chat/lobby")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        ensure!(alice.js(BADGE, vec![json!("dev")]).await?.is_null(), "no badge before anything happens");
+
+        let bob = signed_up(&app, "bob").await;
+        let (mut dev, _) = bob.join(&app, "?room=dev").await;
+        dev.say("anyone around?", "b1").await;
+        let badge = alice
+            .until_js(
+                "a count of 1 on #dev",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[0] === '1' ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
+        ensure!(badge[1] == false, "a plain count, not a mention: {badge}");
+        dev.say("@alice can you look at this?", "b2").await;
+        let badge = alice
+            .until_js(
+                "a mention on #dev",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[1] ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
+        ensure!(badge[0] == "@1", "the mention badge says @1: {badge}");
+        ensure!(
+            badge[2].as_str().is_some_and(|t| t.contains("1 mentions, 2 unread")),
+            "screen readers hear both: {badge}"
+        );
+        ensure!(alice.js(BADGE, vec![json!("lobby")]).await?.is_null(), "the room being read has none");
+
+        // Reading #dev moves her marker; back in the lobby, #dev has no badge.
+        alice.click("#rooms a[data-room=\"dev\"]").await?;
+        alice.wait_path("/chat/dev", PAGE_DEADLINE).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        let record = redis.command(&["GET", "palaver:user:alice"]).unwrap_or_default();
+        let id = record.split("\"id\":\"").nth(1).and_then(|r| r.split('"').next()).ok_or("alice's id")?.to_owned();
+        let key = format!("palaver:user:{id}:read");
+        poll(PAGE_DEADLINE, || async {
+            redis.command(&["HGET", &key, "dev"]).filter(|r| r.starts_with("$") && !r.starts_with("$-1"))
+        })
+        .await
+        .ok_or("the page did not send its read marker")?;
+        alice.goto(&app.url("/chat/lobby")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        dev.say("thanks!", "b3").await;
+        alice
+            .until_js(
+                "a count of 1 again, counted from the marker",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[0] === '1' && !r[1] ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
         Ok(())
     })
     .await;
