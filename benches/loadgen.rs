@@ -626,6 +626,13 @@ fn print_idle(
         total_after.saturating_sub(total_before) as f64 / sockets as f64,
         per_instance.join("; ")
     );
+    // A regression check, not a timing: at 10k sockets and more the fixed
+    // overhead is amortised, so a per-socket cost over the target means a
+    // socket got bigger (a buffer, a field, a boxed future).
+    let per_socket = total_after.saturating_sub(total_before) as f64 / sockets as f64;
+    if kind == Kind::Palaver && sockets >= 10_000 {
+        assert!(per_socket <= 6.0, "an idle palaver socket costs {per_socket:.1} KiB, over the 6 KiB target");
+    }
 }
 
 /// The hidden `idle-client` subcommand: holds this child's share of an
