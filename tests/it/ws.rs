@@ -152,7 +152,7 @@ async fn an_upgrade_into_a_followed_room_is_one_store_read() {
     let alice = signed_up(&app, "alice").await;
     // The room is followed here, and the session was just written.
     let (_first, _) = alice.join(&app, "").await;
-    let counted = ["get", "set", "xrevrange", "xadd", "evalsha", "eval", "publish"];
+    let counted = ["get", "set", "xrevrange", "xadd", "evalsha", "eval", "publish", "hgetall"];
     let before: Vec<u64> = counted.iter().map(|c| calls(&redis, c)).collect();
     let (mut second, _) = alice.join(&app, "").await;
     second.next_of("presence").await;
@@ -162,9 +162,13 @@ async fn an_upgrade_into_a_followed_room_is_one_store_read() {
     // One GET of the session: no rewrite, no room lookup, no tail wake-up,
     // no presence read. (The socket's arrival costs presence one batched
     // write by the presence task, and its event, which may land in the
-    // window: a script call and a publish, off the upgrade's path.)
+    // window: a script call and a publish, off the upgrade's path. After
+    // its greeting the socket reads the user's rooms and read markers for
+    // unread counts, which may land in it too: a script call, loaded by
+    // `eval` the first time, and an HGETALL; alice's only room is this one,
+    // so nothing more.)
     assert_eq!(spent[..4], [("get", 1), ("set", 0), ("xrevrange", 0), ("xadd", 0)], "{spent:?}");
-    assert!(spent[4].1 <= 1 && spent[5].1 == 0 && spent[6].1 <= 1, "{spent:?}");
+    assert!(spent[4].1 <= 2 && spent[5].1 <= 1 && spent[6].1 <= 1 && spent[7].1 <= 1, "{spent:?}");
 }
 
 #[tokio::test]
