@@ -19,6 +19,7 @@
 //! | `palaver:user:{name lowercased}` | string | JSON `{id, name, hash}`; `SET NX` makes names unique |
 //! | `palaver:user:{id}:sessions` | zset | session ids scored by their latest possible end |
 //! | `palaver:user:{id}:rooms` | zset | the rooms the user opened, scored by their last visit |
+//! | `palaver:user:{id}:read` | hash | room -> the id the user has read up to (expires with the rooms: `ROOM_TTL_SECS` after it last moved) |
 //! | `palaver:rate:{name lowercased}` | hash | the user's message-rate bucket: tokens `t`, counted at `at` |
 //! | `palaver:throttle:{key}` | string | a throttle counter with its window as TTL |
 //! | `palaver:room:{room}:messages` | stream | the room's history; the entry id is the message id; expires with the room |
@@ -95,6 +96,9 @@ mod keys {
     pub fn user_rooms(user: UserId) -> String {
         format!("palaver:user:{user}:rooms")
     }
+    pub fn user_read(user: UserId) -> String {
+        format!("palaver:user:{user}:read")
+    }
     pub fn rate(name: &str) -> String {
         format!("palaver:rate:{}", folded_username(name))
     }
@@ -129,6 +133,7 @@ struct Scripts {
     token_update: Script,
     token_create: Script,
     user_rooms: Script,
+    mark_read: Script,
     wake: Script,
     presence_update: Script,
     presence_online: Script,
@@ -277,6 +282,28 @@ impl Scripts {
                    end
                  end
                  return out",
+            ),
+            // KEYS: the user's read hash, the user's rooms zset
+            // ARGV: room, ms, seq, room ttl ms, markers kept
+            // Moves the marker only forward (ids compare as (ms, seq); both
+            // fit a Lua number exactly). Past the cap, markers of rooms no
+            // longer in the user's list go. Returns 1 when it moved.
+            mark_read: Script::new(
+                "local cur = redis.call('HGET', KEYS[1], ARGV[1])
+                 local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
+                 if cur then
+                   local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+                   cms, cseq = tonumber(cms), tonumber(cseq)
+                   if cms and (cms > ms or (cms == ms and cseq >= seq)) then return 0 end
+                 end
+                 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '-' .. ARGV[3])
+                 if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[5]) then
+                   for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
+                     if not redis.call('ZSCORE', KEYS[2], room) then redis.call('HDEL', KEYS[1], room) end
+                   end
+                 end
+                 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+                 return 1",
             ),
             // KEYS[1] wake stream
             wake: Script::new(
@@ -716,6 +743,16 @@ impl History for RedisBackend {
         Ok(messages)
     }
 
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        // Nothing is before 0-0 (and Redis refuses "(0-0" as an end).
+        if before == MessageId::ZERO || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = self.range(room, "-".into(), &format!("({before}"), limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
         Ok(self.range(room, "-".into(), "+", 1, true).await?.first().map(|m| m.id).unwrap_or(MessageId::ZERO))
     }
@@ -801,6 +838,25 @@ impl History for RedisBackend {
         let args = vec![millis(UnixMillis::now()), (self.room_ttl.as_millis() as i64).into(), (limit as i64).into()];
         let names: Vec<String> = self.run(&self.scripts.user_rooms, keys, args).await?;
         Ok(names.iter().filter_map(|name| RoomName::parse(name)).collect())
+    }
+
+    async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool> {
+        let keys = vec![keys::user_read(user), keys::user_rooms(user)];
+        let args = vec![
+            room.as_str().into(),
+            (up_to.ms as i64).into(),
+            (up_to.seq as i64).into(),
+            (self.room_ttl.as_millis() as i64).into(),
+            ((rules::USER_ROOMS_KEPT + 1) as i64).into(),
+        ];
+        let moved: i64 = self.run(&self.scripts.mark_read, keys, args).await?;
+        Ok(moved == 1)
+    }
+
+    async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>> {
+        let all: HashMap<String, String> = guarded("hgetall", self.fast.hgetall(keys::user_read(user))).await?;
+        // A field that does not parse (written by hand) counts as no marker.
+        Ok(all.iter().filter_map(|(room, id)| Some((RoomName::parse(room)?, id.parse().ok()?))).collect())
     }
 }
 

@@ -12,6 +12,7 @@ mod connections;
 mod contract;
 mod faults;
 mod helpers;
+mod history;
 mod layout;
 mod lifecycle;
 mod process;
