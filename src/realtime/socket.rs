@@ -140,6 +140,8 @@ pub struct SocketContext {
     pub credential: Credential,
     pub room: RoomName,
     pub after: Option<MessageId>,
+    /// Whether the socket follows the user's other rooms' unread counts.
+    pub unread: bool,
     /// The session's expiry: with the token's, the socket's first deadline.
     pub expires_at: UnixMillis,
     pub slot: Slot,
@@ -250,10 +252,14 @@ where
     socket.last_sent = joined.cursor;
 
     let flow = match Box::pin(socket.greet(ctx.after)).await {
-        Flow::Continue => match Box::pin(socket.follow_unread(joined.id, unread_outbox)).await {
+        Flow::Continue if ctx.unread => match Box::pin(socket.follow_unread(joined.id, unread_outbox)).await {
             Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
             other => other,
         },
+        Flow::Continue => {
+            drop(unread_outbox);
+            socket.run(&mut outbox, &mut close_rx).await
+        }
         other => other,
     };
     match flow {

@@ -433,7 +433,9 @@ async fn unread_counts_and_mentions_of_the_users_other_rooms_come_live_and_from_
 
     // On a page of the lobby, #dev's new messages count; those naming her
     // count as mentions too (not in code, and not her own).
-    let (mut lobby, _) = alice.join(&app, "").await;
+    let (mut lobby, _) = alice.join(&app, "?unread=1").await;
+    // A socket that did not ask for unread counts gets none.
+    let (mut plain, _) = alice.join(&app, "").await;
     bob_dev.say("hello @Alice", "b2").await;
     assert_eq!(lobby.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 1, "mentions": 1}));
     alice_dev.say("my own", "a1").await;
@@ -441,7 +443,7 @@ async fn unread_counts_and_mentions_of_the_users_other_rooms_come_live_and_from_
     assert_eq!(lobby.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 2, "mentions": 1}));
 
     // A page opened later counts from her read marker in the store.
-    let (mut later, _) = alice.join(&app, "").await;
+    let (mut later, _) = alice.join(&app, "?unread=1").await;
     assert_eq!(later.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 2, "mentions": 1}));
 
     // Reading #dev to its newest message clears both pages' counts.
@@ -450,9 +452,13 @@ async fn unread_counts_and_mentions_of_the_users_other_rooms_come_live_and_from_
         assert_eq!(page.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 0, "mentions": 0}));
     }
     // Bob, who never opened #dev's page, hears nothing of it in the lobby.
-    let (mut bob_lobby, _) = bob.join(&app, "").await;
+    let (mut bob_lobby, _) = bob.join(&app, "?unread=1").await;
     bob_dev.say("more", "b4").await;
     assert_eq!(lobby.next_of("unread").await["unread"], 1);
+    // By now every #dev message reached the lobby's watchers; the plain
+    // socket's next frame of either kind is the lobby's own message.
+    bob_lobby.say("in the lobby", "b5").await;
+    assert_eq!(plain.next_of_any(&["unread", "message"]).await["body"], "in the lobby");
     bob_lobby.send_json(json!({"type": "read", "up_to": "not an id"})).await;
     assert_eq!(bob_lobby.next_of_any(&["unread", "error"]).await["type"], "error");
 }

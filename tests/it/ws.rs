@@ -51,14 +51,17 @@ async fn an_upgrade_from_a_foreign_origin_is_refused_with_403() {
 }
 
 #[tokio::test]
-async fn an_upgrade_with_a_bad_room_or_after_is_refused_with_400() {
+async fn an_upgrade_with_a_bad_room_after_or_unread_is_refused_with_400() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis).await;
     let alice = signed_up(&app, "alice").await;
-    for query in ["?room=Lobby", "?room=", "?room=a%20b", "?room=x_y", "?after=yesterday", "?after=1-2-3"] {
+    for query in
+        ["?room=Lobby", "?room=", "?room=a%20b", "?room=x_y", "?after=yesterday", "?after=1-2-3", "?unread=yes"]
+    {
         assert_eq!(alice.open_socket(&app, query).await.err(), Some(StatusCode::BAD_REQUEST), "{query}");
     }
     assert!(alice.open_socket(&app, "?room=rust-lang&after=0-0").await.is_ok());
+    assert!(alice.open_socket(&app, "?room=rust-lang&unread=1").await.is_ok());
 }
 
 #[tokio::test]
@@ -162,13 +165,10 @@ async fn an_upgrade_into_a_followed_room_is_one_store_read() {
     // One GET of the session: no rewrite, no room lookup, no tail wake-up,
     // no presence read. (The socket's arrival costs presence one batched
     // write by the presence task, and its event, which may land in the
-    // window: a script call and a publish, off the upgrade's path. After
-    // its greeting the socket reads the user's rooms and read markers for
-    // unread counts, which may land in it too: a script call, loaded by
-    // `eval` the first time, and an HGETALL; alice's only room is this one,
-    // so nothing more.)
+    // window: a script call and a publish, off the upgrade's path. A socket
+    // that does not ask for unread counts reads nothing more.)
     assert_eq!(spent[..4], [("get", 1), ("set", 0), ("xrevrange", 0), ("xadd", 0)], "{spent:?}");
-    assert!(spent[4].1 <= 2 && spent[5].1 <= 1 && spent[6].1 <= 1 && spent[7].1 <= 1, "{spent:?}");
+    assert!(spent[4].1 <= 1 && spent[5].1 == 0 && spent[6].1 <= 1 && spent[7].1 == 0, "{spent:?}");
 }
 
 #[tokio::test]
