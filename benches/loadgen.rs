@@ -688,6 +688,13 @@ fn print_idle(
         total_after.saturating_sub(total_before) as f64 / sockets as f64,
         per_instance.join("; ")
     );
+    // A regression check, not a timing: at 10k sockets and more the fixed
+    // overhead is amortised, so a per-socket cost over the target means a
+    // socket got bigger (a buffer, a field, a boxed future).
+    let per_socket = total_after.saturating_sub(total_before) as f64 / sockets as f64;
+    if kind == Kind::Palaver && sockets >= 10_000 {
+        assert!(per_socket <= 6.0, "an idle palaver socket costs {per_socket:.1} KiB, over the 6 KiB target");
+    }
 }
 
 /// The hidden `idle-client` subcommand: holds this child's share of an
@@ -1031,7 +1038,7 @@ async fn chat(kind: Kind, args: &[String]) {
 fn fill_room(redis_port: u16, room: &str, count: usize, body_len: usize) {
     let mut stream = StdTcpStream::connect(("127.0.0.1", redis_port)).unwrap();
     let body = "x".repeat(body_len);
-    let key = format!("palaver:room:{room}:messages");
+    let key = palaver::backend::redis::keys::messages(&palaver::model::RoomName::parse(room).expect("a room name"));
     let now = unix_micros() / 1000;
     let mut batch = String::new();
     for i in 0..count {

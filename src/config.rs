@@ -85,6 +85,8 @@ pub struct Config {
     pub message_burst: u32,
     /// Approximate number of messages kept per room (`XADD MAXLEN ~`).
     pub history_max_len: u64,
+    /// The most messages one page of `GET /chat/{room}/history` holds.
+    pub history_page_max: usize,
     /// Sustained messages per second one user may send across all their
     /// sockets, and the burst above it.
     pub user_message_rate: f64,
@@ -255,6 +257,7 @@ impl Config {
             message_rate: vars.rate("MESSAGE_RATE_PER_SEC", 10.0, 10_000.0)?,
             message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
             history_max_len: vars.number("HISTORY_MAX_LEN", 10_000, 1..=100_000_000)?,
+            history_page_max: vars.number("HISTORY_PAGE_MAX", 100, 1..=1000)?,
             user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
             user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
             rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,
@@ -489,6 +492,7 @@ mod tests {
         assert_eq!(c.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.max_open_connections, 60_000);
+        assert_eq!(c.history_page_max, 100);
         assert!(c.tls.is_none() && c.redis_url.is_none() && c.cookie_secure.is_none());
         assert_eq!(c.redis_wait_replicas, None, "decided by the kind of Redis");
         assert_eq!(c.redis_wait_timeout, Duration::from_millis(500));
@@ -550,6 +554,8 @@ mod tests {
         ("MESSAGE_BURST", "100001"),
         ("HISTORY_MAX_LEN", "0"),
         ("HISTORY_MAX_LEN", "100000001"),
+        ("HISTORY_PAGE_MAX", "0"),
+        ("HISTORY_PAGE_MAX", "1001"),
         ("SEND_DEDUPE_SECS", "0"),
         ("SEND_DEDUPE_SECS", "86401"),
         ("REGISTER_MAX_PER_ADDRESS", "0"),
@@ -610,6 +616,7 @@ mod tests {
             ("MESSAGE_RATE_PER_SEC", "10000"),
             ("MESSAGE_BURST", "100000"),
             ("HISTORY_MAX_LEN", "100000000"),
+            ("HISTORY_PAGE_MAX", "1000"),
             ("SEND_DEDUPE_SECS", "86400"),
             ("REVALIDATE_INTERVAL_SECS", "86400"),
             ("WS_PING_INTERVAL_SECS", "3600"),
@@ -627,6 +634,7 @@ mod tests {
             ("MESSAGE_RATE_PER_SEC", "0.01"),
             ("MESSAGE_BURST", "1"),
             ("HISTORY_MAX_LEN", "1"),
+            ("HISTORY_PAGE_MAX", "1"),
             ("PRESENCE_TTL_SECS", "3"),
             ("SHUTDOWN_GRACE_SECS", "0"),
         ])

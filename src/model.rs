@@ -203,11 +203,148 @@ impl Appended {
     }
 }
 
-/// Validates and trims a message body; `None` when empty or too long.
+/// Validates a message body and drops what carries nothing: trailing
+/// whitespace, and blank lines before the first line of text. The first
+/// line keeps its indentation (code, a quoted block). `None` when nothing
+/// is left or it is too long.
 pub fn clean_body(body: &str) -> Option<&str> {
-    let body = body.trim();
+    let body = body.trim_end();
+    let text_at = body.len() - body.trim_start().len();
+    let line_start = body[..text_at].rfind('\n').map_or(0, |newline| newline + 1);
+    let body = &body[line_start..];
     let chars = body.chars().count();
     (1..=MAX_BODY_CHARS).contains(&chars).then_some(body)
+}
+
+/// The most names one message's mentions are kept for (a message could
+/// name hundreds; the unread counts need only who was named).
+pub const MAX_MENTIONS: usize = 32;
+
+/// The names a message body mentions (`@name`), lowercased, each once, in
+/// order of first mention, at most [`MAX_MENTIONS`].
+///
+/// The same rule as the browser client's (static/format.js `tokenize`),
+/// so that the server counts exactly the mentions the page highlights: an
+/// `@` at the start or after a character that is not a letter, digit, `_`,
+/// `@`, `.` or `-`, then 3 to 32 characters of `A-Z a-z 0-9 _ . -` (at most
+/// 32 are taken), without trailing dots ("@bob." is bob at the end of a
+/// sentence). Nothing inside ``` fences, `code` spans or http(s) links
+/// counts.
+pub fn mentions(body: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for text in outside_code_and_links(body) {
+        mentions_in(text, &mut names);
+        if names.len() >= MAX_MENTIONS {
+            names.truncate(MAX_MENTIONS);
+            break;
+        }
+    }
+    names
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn is_name(b: u8) -> bool {
+    is_word(b) || b == b'.' || b == b'-'
+}
+
+/// The pieces of `body` that are plain text: not in a fenced block, a code
+/// span or a link. Each piece starts a fresh text for the mention rule (the
+/// client's segments do the same).
+fn outside_code_and_links(body: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for between_fences in split_out(body, fence) {
+        for between_spans in split_out(between_fences, code_span) {
+            out.extend(split_out(between_spans, link));
+        }
+    }
+    out
+}
+
+/// `text` without the regions `find` reports (`find(text, from)` gives the
+/// next region at or after `from` as a byte range).
+fn split_out(text: &str, find: fn(&str, usize) -> Option<(usize, usize)>) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut last = 0;
+    while let Some((start, end)) = find(text, last) {
+        out.push(&text[last..start]);
+        last = end;
+    }
+    out.push(&text[last..]);
+    out
+}
+
+/// A ``` fence and everything to the next ``` (none closed: no block).
+fn fence(text: &str, from: usize) -> Option<(usize, usize)> {
+    let start = from + text[from..].find("```")?;
+    let end = start + 3 + text[start + 3..].find("```")? + 3;
+    Some((start, end))
+}
+
+/// A `code` span: a backtick pair on one line with something between.
+fn code_span(text: &str, from: usize) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut at = from;
+    loop {
+        let start = at + text[at..].find('`')?;
+        let close = start + 1 + text[start + 1..].find('`')?;
+        let inner = &bytes[start + 1..close];
+        if !inner.is_empty() && !inner.contains(&b'\n') {
+            return Some((start, close + 1));
+        }
+        at = start + 1;
+    }
+}
+
+/// An http(s) link: from `http://` or `https://` (not inside a word) to the
+/// next space or `< > " ' \``.
+fn link(text: &str, from: usize) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut at = from;
+    while at < bytes.len() {
+        let start = at + text[at..].find(['h', 'H'])?;
+        let rest = &bytes[start..];
+        let scheme = [&b"https://"[..], &b"http://"[..]]
+            .into_iter()
+            .find(|s| rest.len() >= s.len() && rest[..s.len()].eq_ignore_ascii_case(s));
+        let boundary = start == 0 || !is_word(bytes[start - 1]);
+        if let (Some(scheme), true) = (scheme, boundary) {
+            let body = start + scheme.len();
+            let end = text[body..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | '`'))
+                .map_or(text.len(), |n| body + n);
+            if end > body {
+                return Some((start, end));
+            }
+        }
+        at = start + 1;
+    }
+    None
+}
+
+/// Adds the names `text` mentions to `names`.
+fn mentions_in(text: &str, names: &mut Vec<String>) {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(found) = text[at..].find('@') {
+        let sign = at + found;
+        at = sign + 1;
+        if sign > 0 && (is_name(bytes[sign - 1]) || bytes[sign - 1] == b'@') {
+            continue;
+        }
+        let run = bytes[sign + 1..].iter().take(32).take_while(|b| is_name(**b)).count();
+        let name = text[sign + 1..sign + 1 + run].trim_end_matches('.');
+        if run < 3 || name.len() < 3 {
+            continue;
+        }
+        at = sign + 1 + run;
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,10 +386,51 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_trimmed_and_bounded() {
-        assert_eq!(clean_body("  hi \n"), Some("hi"));
+    fn bodies_lose_trailing_space_and_blank_lines_but_keep_indentation() {
+        assert_eq!(clean_body("hi \n"), Some("hi"));
+        assert_eq!(clean_body("  hi \n"), Some("  hi"), "the first line's indentation stays");
+        assert_eq!(clean_body("\n \t\n    fn main() {}\n\n"), Some("    fn main() {}"), "blank lines go");
+        assert_eq!(clean_body(" \r\n  a\n    b  \r\n"), Some("  a\n    b"));
+        assert_eq!(clean_body("a  \n  b"), Some("a  \n  b"), "inside, nothing changes");
         assert_eq!(clean_body("   "), None);
+        assert_eq!(clean_body(" \n\t\n "), None);
         assert!(clean_body(&"é".repeat(2000)).is_some());
         assert!(clean_body(&"é".repeat(2001)).is_none());
+    }
+
+    #[test]
+    fn mentions_follow_the_clients_rule() {
+        let m = |body: &str| mentions(body);
+        assert_eq!(m("hi @bob. and me@mail.example @al"), ["bob"], "an address and a short name are not mentions");
+        assert_eq!(m("@Alice look"), ["alice"], "at the start, lowercased");
+        assert_eq!(m("@alice and @ALICE, (@carol)"), ["alice", "carol"], "each once");
+        assert_eq!(m("@bob@carol @bob.x @dave-"), ["bob", "bob.x", "dave-"]);
+        assert_eq!(m("x@bob _@bob .@bob -@bob"), Vec::<String>::new(), "inside a word is not a mention");
+        assert_eq!(m("é@bob »@carol"), ["bob", "carol"], "any other character is a boundary");
+        assert_eq!(m(&format!("@{}", "a".repeat(40))), ["a".repeat(32)], "at most 32 characters are taken");
+        assert_eq!(m("@bob..."), ["bob"]);
+        assert_eq!(m("@ab. @ab"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn code_and_links_mention_nobody() {
+        let m = |body: &str| mentions(body);
+        assert_eq!(m("`@bob` @carol"), ["carol"]);
+        assert_eq!(m("```\n@bob\n``` @carol"), ["carol"]);
+        assert_eq!(m("```@bob```@carol"), ["carol"], "right after a block counts");
+        assert_eq!(m("``` unclosed @bob"), ["bob"], "an unclosed fence is text");
+        assert_eq!(m("`\n@bob\n` @carol"), ["bob", "carol"], "a pair across lines is no span");
+        assert_eq!(m("`` @bob ` @carol"), ["carol"], "an empty pair is none: the span starts at the second");
+        assert_eq!(m("see https://example.com/@bob or HTTP://x.example/@al, @carol"), ["carol"]);
+        assert_eq!(m("xhttps://example.com/@bob"), ["bob"], "a link starts a word");
+        assert_eq!(m("https://example.com/\"@bob"), ["bob"], "a quote ends a link");
+    }
+
+    #[test]
+    fn mentions_are_bounded() {
+        let body: String = (0..100).map(|i| format!("@user{i:03} ")).collect();
+        let names = mentions(&body);
+        assert_eq!(names.len(), MAX_MENTIONS);
+        assert_eq!(names[0], "user000");
     }
 }

@@ -23,16 +23,24 @@ pub enum ClientFrame {
         #[serde(default)]
         token: Option<String>,
     },
+    /// The reader has read the socket's room up to this message id
+    /// (docs/protocol.md §3.3). Kept as text: a bad id is answered with
+    /// an `invalid` that says so.
+    Read { up_to: String },
 }
 
 /// A frame to the client.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
+    /// `rate` and `read_markers` extend the original contract: the pace a
+    /// client may send at, and that it may send `read` frames.
     Hello {
         user: &'a str,
         room: &'a RoomName,
         expires_at: UnixMillis,
+        rate: Rate,
+        read_markers: bool,
     },
     Message {
         room: &'a RoomName,
@@ -71,12 +79,37 @@ pub enum ServerFrame<'a> {
     },
     /// `client_id` is an extension of the original contract: present when the error is
     /// about one `send`, so the client knows which message failed.
+    /// Unread counts of one of the user's other rooms (an addition to the
+    /// original contract); `unread` counts to [`UNREAD_CAP`], "that many or more".
+    Unread {
+        room: &'a RoomName,
+        unread: u32,
+        mentions: u32,
+    },
     Error {
         code: ErrorCode,
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
     },
+}
+
+/// How far unread counts go: a room with more says this many (the client
+/// shows "99+"), so counting costs at most this many messages per room.
+pub const UNREAD_CAP: u32 = 100;
+
+/// An `unread` frame: how many messages in `room`, another of the user's
+/// rooms, came after their read marker, and how many of those mention them.
+pub fn unread(room: &RoomName, unread: u32, mentions: u32) -> Utf8Bytes {
+    ServerFrame::Unread { room, unread, mentions }.to_text()
+}
+
+/// The sending pace a socket is held to (docs/protocol.md §3.6): frames
+/// per second sustained, and how many at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,7 +191,19 @@ mod tests {
             serde_json::from_str::<ClientFrame>(r#"{"type":"reauth","token":"t"}"#).unwrap(),
             ClientFrame::Reauth { token: Some("t".into()) }
         );
-        for bad in [r#"{"type":"shout"}"#, r#"{"body":"x"}"#, r#"{"type":"send","body":5}"#, "[]", "nope"] {
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"read","up_to":"5-1"}"#).unwrap(),
+            ClientFrame::Read { up_to: "5-1".into() }
+        );
+        for bad in [
+            r#"{"type":"read"}"#,
+            r#"{"type":"read","up_to":5}"#,
+            r#"{"type":"shout"}"#,
+            r#"{"body":"x"}"#,
+            r#"{"type":"send","body":5}"#,
+            "[]",
+            "nope",
+        ] {
             assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad}");
         }
     }
@@ -166,8 +211,18 @@ mod tests {
     #[test]
     fn server_frames_match_the_spec() {
         let room = RoomName::lobby();
-        let hello = ServerFrame::Hello { user: "alice", room: &room, expires_at: UnixMillis::from_millis(5) }.to_text();
-        assert_eq!(hello.as_str(), r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#);
+        let hello = ServerFrame::Hello {
+            user: "alice",
+            room: &room,
+            expires_at: UnixMillis::from_millis(5),
+            rate: Rate { per_sec: 2.5, burst: 20 },
+            read_markers: true,
+        }
+        .to_text();
+        assert_eq!(
+            hello.as_str(),
+            r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5,"rate":{"per_sec":2.5,"burst":20},"read_markers":true}"#
+        );
         let m = Message {
             id: MessageId { ms: 7, seq: 1 },
             user: "bob".into(),
@@ -178,6 +233,10 @@ mod tests {
         assert_eq!(
             message(&room, &m).as_str(),
             r#"{"type":"message","room":"lobby","id":"7-1","user":"bob","body":"<b>","sent_at":9}"#
+        );
+        assert_eq!(
+            unread(&RoomName::parse("dev").unwrap(), 3, 1).as_str(),
+            r#"{"type":"unread","room":"dev","unread":3,"mentions":1}"#
         );
         let err = ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow down", client_id: None };
         assert_eq!(err.to_text().as_str(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);

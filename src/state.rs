@@ -14,7 +14,7 @@ use crate::{
     realtime::{
         hub::Hub, lifecycle::Lifecycle, presence::PresenceTask, registry::Registry, upgrade::Upgrader, Realtime,
     },
-    web::{account::Accounts, api::Api, assets::Assets, pages::RoomPages, Handles},
+    web::{account::Accounts, api::Api, assets::Assets, history::RoomHistory, pages::RoomPages, Handles},
 };
 
 /// The background work of an instance, before it starts.
@@ -72,6 +72,11 @@ pub fn assemble(
             sessions: sessions.clone(),
             history: backend.history.clone(),
             new_rooms: NewRoomQuota::new(backend.counters.clone(), NewRooms::from_config(config)),
+        },
+        room_history: RoomHistory {
+            sessions: sessions.clone(),
+            history: backend.history.clone(),
+            max_page: config.history_page_max,
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,

@@ -8,7 +8,7 @@
  * - Mentions of the reader (@name) are highlighted, and, when the reader
  *   asked for it with the button, shown as desktop notifications while
  *   the tab is hidden.
- * - Unread counts for other rooms (SERVER, LATER): an `unread` frame
+ * - Unread counts for other rooms: an `unread` frame
  *   `{type:"unread", room, unread, mentions}` puts a badge on that room in
  *   the sidebar; nothing happens until the server sends one. (chat.js
  *   sends `{type:"read", up_to}` when the hello says `read_markers`.)
@@ -167,7 +167,7 @@ export class Attention {
     show();
   }
 
-  /* ---------- unread counts for other rooms (SERVER, LATER) ---------- */
+  /* ---------- unread counts for other rooms ---------- */
 
   unread(frame) {
     if (!this.rooms || typeof frame.room !== "string") return;

@@ -7,7 +7,7 @@
  *   connection.js  the socket's life: backoff, reconnecting, reauth, 4401
  *   outbox.js      our messages: strict order, pacing, retries
  *   render.js      the one place a message becomes markup; days, groups
- *   history.js     older messages, a page at a time (when the server offers)
+ *   history.js     older messages, a page at a time, back to the room's start
  *   attention.js   following along, announcements, mentions, unread
  *   ui.js          phone menu, logout-everywhere dialog, drafts
  *
@@ -67,7 +67,7 @@ function start(root) {
   let replayUntil = 0;
   let noticeTimer = 0;
   let countdown = 0;
-  // Read markers (SERVER, LATER): only sent when the hello says the server
+  // Read markers: only sent when the hello says the server
   // takes them (`"read_markers": true`); an unknown frame type would be
   // refused as invalid.
   let readMarkers = false;
@@ -320,6 +320,7 @@ function start(root) {
 
   function showEmpty() {
     emptyState.hidden = !!list.querySelector("li.msg");
+    history.show(); // the room's first message: the start line above it
   }
 
   /* ---------- keeping the page small ---------- */
@@ -422,7 +423,7 @@ function start(root) {
 
   /* ---------- start ---------- */
 
-  const history = new History({ root, log, list, renderer, button: $("load-older") });
+  const history = new History({ root, log, list, renderer, button: $("load-older"), start: $("history-start") });
   const initial = Renderer.history($("history"));
   renderer.bulk(initial);
   for (const m of initial) if (m.id) noteId(m.id);

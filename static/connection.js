@@ -71,7 +71,7 @@ export class Connection {
     const proto = location.protocol === "https:" ? "wss" : "ws";
     const after = this.o.after() || "0-0";
     return proto + "://" + location.host + "/ws?room=" + encodeURIComponent(this.o.room) +
-      "&after=" + encodeURIComponent(after);
+      "&after=" + encodeURIComponent(after) + "&unread=1";
   }
 
   start() {

@@ -32,11 +32,12 @@ export function compareIds(a, b) {
   return 0;
 }
 
-/** The body as the server stores it: trimmed as a whole (src/model.rs
- * clean_body), so the first line's indentation goes and later lines keep
- * theirs. Shown as typed would differ from what others see. */
+/** The body as the server stores it (src/model.rs clean_body): without
+ * trailing whitespace and without blank lines before the first line of
+ * text; every line, the first included, keeps its indentation. Shown as
+ * typed would differ from what others see. */
 export function cleanBody(text) {
-  return String(text).trim();
+  return String(text).replace(/\s+$/, "").replace(/^(?:[^\S\n]*\n)+/, "");
 }
 
 export function bodyLength(text) {

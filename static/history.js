@@ -1,4 +1,4 @@
-/* palaver: older messages, a page at a time (SERVER, LATER).
+/* palaver: older messages, a page at a time.
  *
  * Only when the page says where to page from: `<main id="chat">` carries
  * `data-history-url` (e.g. "/chat/lobby/history") and
@@ -7,7 +7,9 @@
  *   GET {url}?before=<oldest id on the page>&limit=50
  * and expects 200 JSON `{"messages": [{id, user, body, sent_at}, …],
  * "start": bool}`, oldest first, `start` true when nothing older is left;
- * 401 means the session is over. Without the attribute nothing here shows.
+ * 401 means the session is over (docs/protocol.md §2.1). Without the
+ * attribute nothing here shows. At the start, the "This is the start of
+ * #room" line (`start`) shows above the first message.
  */
 
 import { compareIds, loginUrl } from "./format.js";
@@ -15,13 +17,14 @@ import { compareIds, loginUrl } from "./format.js";
 const PAGE = 50;
 
 export class History {
-  constructor({ root, log, list, renderer, button }) {
+  constructor({ root, log, list, renderer, button, start }) {
     this.url = root.dataset.historyUrl || "";
     this.atStart = root.dataset.historyStart === "true";
     this.log = log;
     this.list = list;
     this.renderer = renderer;
     this.button = button;
+    this.start = start || null;
     this.loading = false;
     if (!this.url || !button) return;
     button.addEventListener("click", () => this.older());
@@ -47,7 +50,9 @@ export class History {
 
   show() {
     if (!this.url || !this.button) return;
-    this.button.hidden = this.atStart || !this.oldestId();
+    const any = !!this.oldestId();
+    this.button.hidden = this.atStart || !any;
+    if (this.start) this.start.hidden = !(this.atStart && any);
   }
 
   async older() {
@@ -76,9 +81,12 @@ export class History {
       const fromBottom = this.log.scrollHeight - this.log.scrollTop;
       this.log.setAttribute("aria-busy", "true");
       this.renderer.bulk(messages);
+      this.atStart = data.start === true || messages.length === 0;
+      // The button and the start line change the height above too: settle
+      // them before the position is restored.
+      this.show();
       this.log.scrollTop = this.log.scrollHeight - fromBottom;
       this.log.removeAttribute("aria-busy");
-      this.atStart = data.start === true || messages.length === 0;
     } catch (e) {
       this.button.textContent = "Could not load older messages. Try again";
       this.loading = false;

@@ -1,15 +1,21 @@
 //! Password hashing with Argon2id, off the async runtime.
 //!
 //! Parameters are OWASP's minimum for Argon2id (m = 19 MiB, t = 2, p = 1).
-//! Hashing takes tens of milliseconds of CPU, so it runs on the blocking pool;
-//! on the runtime it would stall every socket served by that worker thread.
-//! At most one hash per core runs at a time: each needs 19 MiB, and a burst
-//! of logins must queue for the CPU rather than multiply that memory.
+//! Hashing takes tens of milliseconds of CPU, so it runs on threads of its
+//! own; on the runtime it would stall every socket served by that worker.
+//! There is one hashing thread per core, so a burst of logins queues for the
+//! CPU rather than multiplying the 19 MiB each hash needs, and the threads
+//! run at the lowest scheduling priority: a storm of logins uses the CPU the
+//! sockets leave over instead of taking it from their messages (chat p99
+//! during a login storm, BENCHMARKS.md).
 
-use std::{fmt, sync::LazyLock};
+use std::{
+    fmt,
+    sync::{mpsc, LazyLock, Mutex},
+};
 
 use metrics::Histogram;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -67,17 +73,64 @@ fn verify_blocking(password: &Password, hash: &str) -> bool {
     }
 }
 
-/// Hashes or verifications running at once.
-static SLOTS: LazyLock<Semaphore> =
-    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs `work` on the blocking pool once a slot is free; `waited` records
-/// how long that took.
+/// The hashing threads' queue; they start with the first hash.
+static POOL: LazyLock<mpsc::Sender<Job>> = LazyLock::new(|| {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = std::sync::Arc::new(Mutex::new(queue));
+    for n in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("password-hash-{n}"))
+            .spawn(move || {
+                lowest_priority();
+                loop {
+                    // The lock is held while waiting, so one idle thread waits
+                    // on the queue and the others wait on the lock.
+                    let job = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    match job {
+                        // A panicking job fails its own request, not the thread.
+                        Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                        Err(mpsc::RecvError) => return,
+                    }
+                }
+            })
+            .expect("a hashing thread starts");
+    }
+    jobs
+});
+
+/// Lowers the calling thread to nice 19. On Linux a nice value is per thread
+/// (`setpriority` with the thread id); raising it needs no privilege.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority only reads its
+        // arguments, and a failure is reported through the return value.
+        let result = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+        };
+        if result != 0 {
+            tracing::warn!(err = %std::io::Error::last_os_error(), "password hashing runs at normal priority");
+        }
+    }
+}
+
+/// Runs `work` on a hashing thread, after the hashes queued before it;
+/// `waited` records how long it queued.
 async fn bounded<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static, waited: &Histogram) -> T {
+    let (done, result) = oneshot::channel();
     let queued = std::time::Instant::now();
-    let _slot = SLOTS.acquire().await.expect("the semaphore is never closed");
-    waited.record(queued.elapsed());
-    tokio::task::spawn_blocking(work).await.expect("argon2 does not panic")
+    let job: Job = Box::new(move || {
+        let wait = queued.elapsed();
+        let _ = done.send((wait, work()));
+    });
+    POOL.send(job).expect("the hashing threads never stop");
+    let (wait, value) = result.await.expect("argon2 does not panic");
+    waited.record(wait);
+    value
 }
 
 /// Hashes a new password into a PHC string.
@@ -100,7 +153,10 @@ pub async fn verify(password: Password, stored: Option<String>, waited: &Histogr
 
 /// Computes the dummy hash now, so the first unknown-user login is not slower.
 pub async fn warm_up() {
-    tokio::task::spawn_blocking(|| LazyLock::force(&DUMMY_HASH)).await.expect("hashing does not panic");
+    let warm = || {
+        LazyLock::force(&DUMMY_HASH);
+    };
+    bounded(warm, &Histogram::noop()).await;
 }
 
 #[cfg(test)]
@@ -114,6 +170,22 @@ mod tests {
         assert!(verify(Password::new("correct horse".into()), Some(hash.clone()), &Histogram::noop()).await);
         assert!(!verify(Password::new("wrong horse".into()), Some(hash), &Histogram::noop()).await);
         assert!(!verify(Password::new("anything".into()), None, &Histogram::noop()).await);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_off_the_runtime_at_the_lowest_priority() {
+        let (name, nice) = bounded(
+            || {
+                // SAFETY: as in `lowest_priority`.
+                let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+                (std::thread::current().name().map(str::to_owned), nice)
+            },
+            &Histogram::noop(),
+        )
+        .await;
+        assert!(name.as_deref().is_some_and(|n| n.starts_with("password-hash-")), "{name:?}");
+        assert_eq!(nice, 19);
     }
 
     #[test]

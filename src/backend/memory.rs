@@ -67,6 +67,8 @@ pub struct MemoryBackend {
     rooms: Mutex<HashMap<RoomName, RoomLog>>,
     /// user -> room -> when they last opened it.
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
+    /// user -> their read markers.
+    read: Mutex<HashMap<UserId, ReadMarkers>>,
     /// user name -> their message-rate bucket.
     buckets: Mutex<HashMap<String, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
@@ -82,6 +84,14 @@ pub struct MemoryBackend {
     room_ttl: Duration,
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
+}
+
+/// One user's read markers. Like the Redis hash they expire together, a
+/// room lifetime after the last one moved.
+#[derive(Debug)]
+struct ReadMarkers {
+    moved_at: UnixMillis,
+    rooms: HashMap<RoomName, MessageId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +115,7 @@ impl MemoryBackend {
             bus: broadcast::channel(1024).0,
             rooms: Mutex::default(),
             user_rooms: Mutex::default(),
+            read: Mutex::default(),
             buckets: Mutex::default(),
             sent: Mutex::default(),
             appended: Notify::new(),
@@ -445,6 +456,17 @@ impl History for MemoryBackend {
             .unwrap_or_default())
     }
 
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        let rooms = self.live_rooms(UnixMillis::now());
+        Ok(rooms
+            .get(room)
+            .map(|log| {
+                let end = log.messages.partition_point(|m| m.id < before);
+                log.messages.range(end.saturating_sub(limit)..end).cloned().collect()
+            })
+            .unwrap_or_default())
+    }
+
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
         Ok(self.live_rooms(UnixMillis::now()).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
     }
@@ -513,6 +535,34 @@ impl History for MemoryBackend {
             .unwrap_or_default();
         mine.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         Ok(mine.into_iter().take(limit).map(|(room, _)| room.clone()).collect())
+    }
+
+    async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool> {
+        let now = UnixMillis::now();
+        let mut read = lock(&self.read);
+        let mine = read.entry(user).or_insert_with(|| ReadMarkers { moved_at: now, rooms: HashMap::new() });
+        if mine.moved_at <= now - self.room_ttl {
+            mine.rooms.clear();
+        }
+        if mine.rooms.get(room).is_some_and(|id| *id >= up_to) {
+            return Ok(false);
+        }
+        mine.rooms.insert(room.clone(), up_to);
+        mine.moved_at = now;
+        if mine.rooms.len() > rules::USER_ROOMS_KEPT + 1 {
+            let user_rooms = lock(&self.user_rooms);
+            let listed = user_rooms.get(&user);
+            mine.rooms.retain(|room, _| listed.is_some_and(|l| l.contains_key(room)));
+        }
+        Ok(true)
+    }
+
+    async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>> {
+        let read = lock(&self.read);
+        Ok(match read.get(&user) {
+            Some(mine) if mine.moved_at > UnixMillis::now() - self.room_ttl => mine.rooms.clone(),
+            _ => HashMap::new(),
+        })
     }
 }
 

@@ -10,7 +10,7 @@ pub mod memory;
 pub mod redis;
 pub mod rules;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -237,6 +237,9 @@ pub trait History: Send + Sync {
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
     /// The last `limit` messages, oldest first.
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
+    /// The last `limit` messages strictly before `before`, oldest first:
+    /// paging back through history.
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
     /// The id of the newest message, or [`MessageId::ZERO`].
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId>;
     /// How many tails it takes to follow every room: rooms fall into this
@@ -269,6 +272,14 @@ pub trait History: Send + Sync {
     async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()>;
     /// The rooms `user` opened that still exist, most recently opened first.
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>>;
+    /// Moves `user`'s read marker in `room` to `up_to`, only ever forward
+    /// (`false`: it was there or beyond already). Markers live as long as
+    /// rooms do (`ROOM_TTL_SECS` after the last one moved), and a user keeps
+    /// at most [`rules::USER_ROOMS_KEPT`] + 1: past that, those of rooms no
+    /// longer in their list go.
+    async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool>;
+    /// `user`'s read markers, by room.
+    async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>>;
 }
 
 /// Who is online where, shared by all instances. Each instance writes its own

@@ -155,6 +155,11 @@ pub mod keys {
     pub fn ticket(hash: &str) -> String {
         format!("palaver:ticket:{hash}")
     }
+    /// Read markers live with the user's other keys: `mark_read` trims them
+    /// against the user's rooms in one script.
+    pub fn user_read(user: UserId) -> String {
+        format!("palaver:user:{{{user}}}:read")
+    }
 }
 
 /// A Lua script run by digest, loaded on first use (or after a Redis restart
@@ -187,6 +192,7 @@ struct Scripts {
     token_find: Script,
     token_read: Script,
     token_update: Script,
+    mark_read: Script,
     wake: Script,
     presence_update: Script,
     presence_online: Script,
@@ -352,6 +358,29 @@ impl Scripts {
                  if not record then return 0 end
                  if cjson.decode(record)['refresh']['current'] ~= ARGV[1] then return 0 end
                  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+                 return 1",
+            ),
+            // KEYS: the user's read hash, the user's rooms zset
+            // ARGV: room, ms, seq, room ttl ms, markers kept
+            // Moves the marker only forward (ids compare as (ms, seq); both
+            // fit a Lua number exactly). Past the cap, markers of rooms no
+            // longer in the user's list go. Returns 1 when it moved.
+            mark_read: Script::new(
+                "mark_read",
+                "local cur = redis.call('HGET', KEYS[1], ARGV[1])
+                 local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
+                 if cur then
+                   local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+                   cms, cseq = tonumber(cms), tonumber(cseq)
+                   if cms and (cms > ms or (cms == ms and cseq >= seq)) then return 0 end
+                 end
+                 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '-' .. ARGV[3])
+                 if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[5]) then
+                   for _, room in ipairs(redis.call('HKEYS', KEYS[1])) do
+                     if not redis.call('ZSCORE', KEYS[2], room) then redis.call('HDEL', KEYS[1], room) end
+                   end
+                 end
+                 redis.call('PEXPIRE', KEYS[1], ARGV[4])
                  return 1",
             ),
             // KEYS[1] wake stream
@@ -1096,6 +1125,16 @@ impl History for RedisBackend {
         Ok(messages)
     }
 
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        // Nothing is before 0-0 (and Redis refuses "(0-0" as an end).
+        if before == MessageId::ZERO || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = self.range(room, "-".into(), &format!("({before}"), limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
         Ok(self.range(room, "-".into(), "+", 1, true).await?.first().map(|m| m.id).unwrap_or(MessageId::ZERO))
     }
@@ -1215,6 +1254,25 @@ impl History for RedisBackend {
         }
         let exist: Vec<i64> = self.timed("exists", pipeline.all()).await?;
         Ok(rooms.into_iter().zip(exist).filter(|(_, e)| *e == 1).map(|(room, _)| room).take(limit).collect())
+    }
+
+    async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool> {
+        let keys = vec![keys::user_read(user), keys::user_rooms(user)];
+        let args = vec![
+            room.as_str().into(),
+            (up_to.ms as i64).into(),
+            (up_to.seq as i64).into(),
+            (self.room_ttl.as_millis() as i64).into(),
+            ((rules::USER_ROOMS_KEPT + 1) as i64).into(),
+        ];
+        let moved: i64 = self.run(&self.scripts.mark_read, keys, args).await?;
+        Ok(moved == 1)
+    }
+
+    async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>> {
+        let all: HashMap<String, String> = self.timed("hgetall", self.fast.hgetall(keys::user_read(user))).await?;
+        // A field that does not parse (written by hand) counts as no marker.
+        Ok(all.iter().filter_map(|(room, id)| Some((RoomName::parse(room)?, id.parse().ok()?))).collect())
     }
 }
 
@@ -1386,8 +1444,7 @@ mod tests {
             keys::user_sessions(user),
             keys::user_rooms(user),
             keys::counter(&rules::NewRooms::counter(user)),
-            // The read markers planned on another branch: `palaver:read:{<user id>}`.
-            format!("palaver:read:{{{user}}}"),
+            keys::user_read(user),
         ] {
             assert_eq!(slot(&key), own, "{key}");
         }

@@ -7,12 +7,18 @@
 //! tail reads on from the last id it delivered in each room (the room's
 //! cursor in the registry), so after a dropped connection or a Redis restart
 //! with persistence it resumes exactly where it stopped.
+//!
+//! Reading and handing out are two tasks joined by a short queue: the tail
+//! goes back to the store while a big room's sockets are still being
+//! reached (a step at a time, see `registry::FanOut`), and fan-outs are sent
+//! in the order they were read, which keeps every socket's messages in
+//! stream order.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{watch, Notify};
 
-use super::registry::Registry;
+use super::registry::{FanOut, Registry};
 use crate::{
     backend::{History, StoreResult},
     model::{MessageId, RoomName},
@@ -21,6 +27,8 @@ use crate::{
 /// How long one `XREAD BLOCK` waits before the room set is read again.
 const TAIL_WAIT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Fan-outs read but not yet sent; a full queue holds the tail back.
+const FANOUT_QUEUE: usize = 64;
 
 /// The room tail: what it reads from and where it delivers.
 ///
@@ -52,7 +60,22 @@ impl Hub {
         }
     }
 
-    async fn run_group(self, group: usize, mut shutdown: watch::Receiver<bool>) {
+    /// One group's tail and its sender. A room belongs to one group, so
+    /// its fan-outs still leave in the order they were read.
+    async fn run_group(self, group: usize, shutdown: watch::Receiver<bool>) {
+        let (queue, mut fan_outs) = tokio::sync::mpsc::channel::<FanOut>(FANOUT_QUEUE);
+        let registry = self.registry.clone();
+        let sender = tokio::spawn(async move {
+            while let Some(fan_out) = fan_outs.recv().await {
+                fan_out.send(&registry).await;
+            }
+        });
+        self.tail(group, queue, shutdown).await;
+        // The queue closed with the tail: what was read is still handed out.
+        let _ = sender.await;
+    }
+
+    async fn tail(&self, group: usize, queue: tokio::sync::mpsc::Sender<FanOut>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let cursors = self.cursors(group);
@@ -72,7 +95,9 @@ impl Hub {
                 Ok(batches) => {
                     backoff = Duration::from_millis(100);
                     for (room, messages) in batches {
-                        self.registry.deliver(&room, &messages).send(&self.registry).await;
+                        if queue.send(self.registry.deliver(&room, &messages)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(err) => {

@@ -73,6 +73,10 @@ impl Realtime {
             limits: socket::SocketLimits {
                 message_rate: config.message_rate,
                 message_burst: config.message_burst,
+                announced: crate::protocol::Rate {
+                    per_sec: config.message_rate.min(config.user_message_rate),
+                    burst: config.message_burst.min(config.user_message_burst),
+                },
                 ping_interval: config.ws_ping_interval,
                 idle_timeout: config.ws_idle_timeout,
                 reauth_warning: config.reauth_warning,

@@ -25,8 +25,8 @@ use tower_sessions::session::Id;
 use crate::{
     auth::{Ended, SessionsEnded},
     backend::EndReason,
-    model::{Message, MessageId, RoomName, UserId},
-    protocol::{self as frames, CloseReason},
+    model::{mentions, Message, MessageId, RoomName, UserId},
+    protocol::{self as frames, CloseReason, UNREAD_CAP},
 };
 
 pub type ConnId = u64;
@@ -57,13 +57,15 @@ pub struct FanOut {
     room: RoomName,
     frames: Vec<Outbound>,
     members: Vec<(ConnId, mpsc::Sender<Outbound>)>,
+    /// Frames for one socket each (unread counts), sent after the members'.
+    singles: Vec<(ConnId, mpsc::Sender<Outbound>, Outbound)>,
     /// A pause between steps, for work that can wait (see [`FanOut::paced`]).
     gap: Option<std::time::Duration>,
 }
 
 impl FanOut {
     fn empty(room: &RoomName) -> Self {
-        Self { room: room.clone(), frames: Vec::new(), members: Vec::new(), gap: None }
+        Self { room: room.clone(), frames: Vec::new(), members: Vec::new(), singles: Vec::new(), gap: None }
     }
 
     fn new(name: &RoomName, room: &Room, frames: Vec<Outbound>) -> Self {
@@ -71,7 +73,7 @@ impl FanOut {
             true => Vec::new(),
             false => room.members.iter().map(|(id, outbox)| (*id, outbox.clone())).collect(),
         };
-        Self { room: name.clone(), frames, members, gap: None }
+        Self { room: name.clone(), frames, members, singles: Vec::new(), gap: None }
     }
 
     /// Pauses `gap` between steps: a big room's sockets are reached over a
@@ -104,6 +106,16 @@ impl FanOut {
                         // It is closing; its task removes it.
                         Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
+                }
+            }
+        }
+        for (step, singles) in self.singles.chunks(FANOUT_STEP).enumerate() {
+            if step > 0 || !self.members.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            for (id, outbox, frame) in singles {
+                if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(frame.clone()) {
+                    slow.push(*id);
                 }
             }
         }
@@ -141,18 +153,57 @@ struct Conn {
     user: UserId,
     name: Arc<str>,
     room: RoomName,
+    /// The other rooms whose unread counts it follows (see [`Registry::watch`]).
+    watching: Vec<RoomName>,
     /// Taken by whoever closes the socket first.
     close: Option<oneshot::Sender<CloseReason>>,
 }
 
+/// A socket in another room that shows this room's unread count. Counting
+/// here, as messages are delivered, costs one comparison per message and
+/// watcher, and no store round trip; only a socket's start reads the store.
+struct Watcher {
+    user: UserId,
+    /// Their own messages are not unread to them.
+    name: Arc<str>,
+    /// Lowercased, to find mentions of them (names are unique ignoring case).
+    folded: String,
+    outbox: mpsc::Sender<Outbound>,
+    unread: u32,
+    mentions: u32,
+    /// The count from the store was added ([`Registry::settle_unread`]):
+    /// changes are sent from now on, not before, so the first frame the
+    /// socket sends is the whole count.
+    ready: bool,
+}
+
+impl Watcher {
+    fn frame(&self, room: &RoomName) -> Outbound {
+        Arc::new(OutFrame { id: None, text: frames::unread(room, self.unread, self.mentions) })
+    }
+}
+
 struct Room {
     members: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    /// Sockets of other rooms counting this room's unread messages.
+    watchers: HashMap<ConnId, Watcher>,
     /// name -> number of that user's sockets in the room on this instance.
     online: BTreeMap<Arc<str>, usize>,
     /// The last message delivered to the room's sockets: the tail reads on
     /// from here. Kept under the same lock as `members`, so a socket's
     /// registration and a delivery are totally ordered.
     cursor: MessageId,
+}
+
+impl Room {
+    fn new(cursor: MessageId) -> Self {
+        Self { members: HashMap::new(), watchers: HashMap::new(), online: BTreeMap::new(), cursor }
+    }
+
+    /// No socket is in it or counts it: this instance stops following it.
+    fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.watchers.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -287,17 +338,20 @@ impl Registry {
         inner.by_session.entry(reg.session).or_default().push(id);
         inner.by_user.entry(reg.user).or_default().push(id);
         let new_room = !inner.rooms.contains_key(&reg.room);
-        let room = inner.rooms.entry(reg.room.clone()).or_insert_with(|| Room {
-            members: HashMap::new(),
-            online: BTreeMap::new(),
-            cursor: reg.room_start,
-        });
+        let room = inner.rooms.entry(reg.room.clone()).or_insert_with(|| Room::new(reg.room_start));
         room.members.insert(id, reg.outbox);
         *room.online.entry(reg.name.clone()).or_default() += 1;
         let cursor = room.cursor;
         inner.conns.insert(
             id,
-            Conn { session: reg.session, user: reg.user, name: reg.name, room: reg.room, close: Some(reg.close) },
+            Conn {
+                session: reg.session,
+                user: reg.user,
+                name: reg.name,
+                room: reg.room,
+                watching: Vec::new(),
+                close: Some(reg.close),
+            },
         );
         // An upgrade accepted just before shutdown began must not slip past
         // `close_all`.
@@ -337,8 +391,16 @@ impl Registry {
                     room.online.remove(&conn.name);
                 }
             }
-            if room.members.is_empty() {
+            if room.is_unused() {
                 inner.rooms.remove(&conn.room);
+            }
+        }
+        for watched in &conn.watching {
+            if let Some(room) = inner.rooms.get_mut(watched) {
+                room.watchers.remove(&id);
+                if room.is_unused() {
+                    inner.rooms.remove(watched);
+                }
             }
         }
         if inner.conns.is_empty() {
@@ -446,10 +508,122 @@ impl Registry {
             .filter(|message| message.id > room.cursor)
             .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) }))
             .collect();
-        if let Some(last) = messages.last().filter(|m| m.id > room.cursor) {
+        let fresh: Vec<&Message> = messages.iter().filter(|m| m.id > room.cursor).collect();
+        if let Some(last) = fresh.last() {
             room.cursor = last.id;
         }
-        FanOut::new(room_name, room, frames)
+        let singles = match room.watchers.is_empty() {
+            true => Vec::new(),
+            false => Self::count_unread(room_name, room, &fresh),
+        };
+        FanOut { singles, ..FanOut::new(room_name, room, frames) }
+    }
+
+    /// Adds fresh messages to the room's watchers' unread counts; the frames
+    /// of the counts that changed and may be sent.
+    fn count_unread(
+        name: &RoomName,
+        room: &mut Room,
+        fresh: &[&Message],
+    ) -> Vec<(ConnId, mpsc::Sender<Outbound>, Outbound)> {
+        // Each message's mentions are found once, whatever the watchers.
+        let mentioned: Vec<Vec<String>> =
+            fresh.iter().map(|m| mentions(&m.body).into_iter().map(|n| n.to_lowercase()).collect()).collect();
+        let mut out = Vec::new();
+        for (id, watcher) in room.watchers.iter_mut() {
+            let before = (watcher.unread, watcher.mentions);
+            for (message, names) in fresh.iter().zip(&mentioned) {
+                if message.user.as_str() == &*watcher.name {
+                    continue;
+                }
+                watcher.unread = (watcher.unread + 1).min(UNREAD_CAP);
+                if names.contains(&watcher.folded) {
+                    watcher.mentions = (watcher.mentions + 1).min(UNREAD_CAP);
+                }
+            }
+            if watcher.ready && (watcher.unread, watcher.mentions) != before {
+                out.push((*id, watcher.outbox.clone(), watcher.frame(name)));
+            }
+        }
+        out
+    }
+
+    /// Makes socket `id` count the unread messages of `rooms` (its user's
+    /// other rooms, each with where to start following it when this
+    /// instance does not yet): every message delivered in them from now on
+    /// counts. Returns each room's cursor, from which on messages are
+    /// counted here (the socket counts those up to it from the store, then
+    /// calls [`Registry::settle_unread`]), and whether the tail must look
+    /// at the room set again.
+    pub fn watch(
+        &self,
+        id: ConnId,
+        outbox: &mpsc::Sender<Outbound>,
+        rooms: &[(RoomName, MessageId)],
+    ) -> (Vec<(RoomName, MessageId)>, bool) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(conn) = inner.conns.get_mut(&id) else { return (Vec::new(), false) };
+        let (user, name) = (conn.user, conn.name.clone());
+        let mut cursors = Vec::with_capacity(rooms.len());
+        let mut new_room = false;
+        for (room_name, start) in rooms {
+            if *room_name == conn.room || conn.watching.contains(room_name) {
+                continue;
+            }
+            new_room |= !inner.rooms.contains_key(room_name);
+            let room = inner.rooms.entry(room_name.clone()).or_insert_with(|| Room::new(*start));
+            room.watchers.insert(
+                id,
+                Watcher {
+                    user,
+                    name: name.clone(),
+                    folded: name.to_lowercase(),
+                    outbox: outbox.clone(),
+                    unread: 0,
+                    mentions: 0,
+                    ready: false,
+                },
+            );
+            conn.watching.push(room_name.clone());
+            cursors.push((room_name.clone(), room.cursor));
+        }
+        (cursors, new_room)
+    }
+
+    /// Adds what the store counted (messages up to the cursor [`Registry::watch`]
+    /// gave) to what was delivered since; from now on changes are sent.
+    /// Returns the whole count.
+    pub fn settle_unread(&self, id: ConnId, room: &RoomName, unread: u32, mentions: u32) -> Option<(u32, u32)> {
+        let mut inner = self.lock();
+        let watcher = inner.rooms.get_mut(room)?.watchers.get_mut(&id)?;
+        watcher.unread = (watcher.unread + unread).min(UNREAD_CAP);
+        watcher.mentions = (watcher.mentions + mentions).min(UNREAD_CAP);
+        watcher.ready = true;
+        Some((watcher.unread, watcher.mentions))
+    }
+
+    /// `user` has read `room` up to `up_to`: their sockets on this instance
+    /// that count its unread messages start again from zero when that is
+    /// the newest message delivered here (short of it, which of the counted
+    /// messages were read is not known, and the counts stand until the
+    /// page is loaded again).
+    pub fn read(&self, user: UserId, room_name: &RoomName, up_to: MessageId) -> FanOut {
+        let mut inner = self.lock();
+        let Some(room) = inner.rooms.get_mut(room_name) else { return FanOut::empty(room_name) };
+        let mut singles = Vec::new();
+        if up_to >= room.cursor {
+            for (id, watcher) in room.watchers.iter_mut().filter(|(_, w)| w.user == user) {
+                if (watcher.unread, watcher.mentions) != (0, 0) {
+                    watcher.unread = 0;
+                    watcher.mentions = 0;
+                    if watcher.ready {
+                        singles.push((*id, watcher.outbox.clone(), watcher.frame(room_name)));
+                    }
+                }
+            }
+        }
+        FanOut { singles, ..FanOut::empty(room_name) }
     }
 
     /// A frame for every socket in the room (presence). A socket whose
@@ -463,7 +637,7 @@ impl Registry {
 
     /// Whether this instance has sockets in the room.
     pub fn follows(&self, room: &RoomName) -> bool {
-        self.lock().rooms.contains_key(room)
+        self.lock().rooms.get(room).is_some_and(|r| !r.members.is_empty())
     }
 
     /// The names with at least one socket in the room on this instance.
@@ -488,7 +662,7 @@ impl Registry {
 
     /// The rooms with sockets on this instance.
     pub fn rooms(&self) -> Vec<RoomName> {
-        self.lock().rooms.keys().cloned().collect()
+        self.lock().rooms.iter().filter(|(_, r)| !r.members.is_empty()).map(|(name, _)| name.clone()).collect()
     }
 }
 
@@ -585,6 +759,55 @@ pub(crate) mod tests {
         assert_eq!(ids, [1, 2, 3]);
         assert!(other.outbox.try_recv().is_err());
         assert_eq!(reg.room_cursor(&room), Some(MessageId { ms: 3, seq: 0 }));
+    }
+
+    fn said(id: u64, user: &str, body: &str) -> Message {
+        Message { user: user.into(), body: body.into(), ..message(id) }
+    }
+
+    fn unread_frames(outbox: &mut mpsc::Receiver<Outbound>) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| outbox.try_recv().ok())
+            .map(|f| serde_json::from_str::<serde_json::Value>(f.text.as_str()).unwrap())
+            .filter(|v| v["type"] == "unread")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_watcher_counts_others_messages_and_mentions_of_it_from_its_cursor_and_a_read_clears_them() {
+        let reg = Registry::new(CAPS);
+        let (al, dev) = (UserId::new_v4(), RoomName::parse("dev").unwrap());
+        let (tx, mut outbox) = mpsc::channel(64);
+        let (close, _closed) = oneshot::channel();
+        let joined = reg.register(Registration {
+            session: Id(1),
+            user: al,
+            name: "Ali".into(),
+            room: RoomName::lobby(),
+            outbox: tx.clone(),
+            close,
+            room_start: MessageId::ZERO,
+        });
+        let (cursors, new_room) = reg.watch(joined.id, &tx, &[(dev.clone(), MessageId { ms: 5, seq: 0 })]);
+        assert_eq!(cursors, [(dev.clone(), MessageId { ms: 5, seq: 0 })]);
+        assert!(new_room, "the tail must start following dev");
+        assert!(!reg.follows(&dev), "dev has no sockets of its own here");
+        // Before the store's count is in, deliveries count but send nothing.
+        reg.deliver(&dev, &[said(6, "bo", "hi @ali"), said(7, "Ali", "mine")]).send(&reg).await;
+        assert!(unread_frames(&mut outbox).is_empty());
+        assert_eq!(reg.settle_unread(joined.id, &dev, 2, 0), Some((3, 1)));
+        reg.deliver(&dev, &[said(8, "bo", "`@ali` in code"), said(9, "cy", "@ALI!")]).send(&reg).await;
+        let frames = unread_frames(&mut outbox);
+        assert_eq!(frames, [serde_json::json!({"type": "unread", "room": "dev", "unread": 5, "mentions": 2})]);
+        // Read short of the newest: the count stands; up to it: zero.
+        reg.read(al, &dev, MessageId { ms: 8, seq: 0 }).send(&reg).await;
+        assert!(unread_frames(&mut outbox).is_empty());
+        reg.read(UserId::new_v4(), &dev, MessageId { ms: 9, seq: 0 }).send(&reg).await;
+        assert!(unread_frames(&mut outbox).is_empty(), "someone else's read is theirs");
+        reg.read(al, &dev, MessageId { ms: 9, seq: 0 }).send(&reg).await;
+        assert_eq!(unread_frames(&mut outbox)[0]["unread"], 0);
+        // Leaving drops the watch, and the room with it.
+        reg.remove(joined.id);
+        assert_eq!(reg.room_cursor(&dev), None);
     }
 
     /// A close asked for while a fan-out is under way reaches its socket

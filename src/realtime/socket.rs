@@ -35,8 +35,8 @@ use crate::{
     backend::History,
     clock::UnixMillis,
     meters::Meters,
-    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
-    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
+    model::{clean_body, mentions, Appended, MessageId, NewMessage, RoomName, User, LOBBY, MAX_CLIENT_ID_CHARS},
+    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame, UNREAD_CAP},
 };
 
 /// Queued frames per socket before it counts as not reading. Tokio's channel
@@ -57,6 +57,40 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
+/// The user's rooms whose unread counts a socket follows: those the chat
+/// page lists (the most recently opened, and the lobby).
+pub const UNREAD_ROOMS: usize = 30;
+
+/// The messages of `room` after the user's read marker up to `cursor`
+/// that others sent, and how many of those mention the user; at most
+/// [`UNREAD_CAP`] are read. A room never marked read counts none: what
+/// arrives from now on counts.
+async fn stored_unread(
+    history: &dyn History,
+    name: &str,
+    room: &RoomName,
+    marker: Option<MessageId>,
+    cursor: MessageId,
+) -> (u32, u32) {
+    let Some(marker) = marker.filter(|m| *m < cursor) else { return (0, 0) };
+    let page = match history.after(room, marker, UNREAD_CAP as usize).await {
+        Ok(page) => page,
+        Err(err) => {
+            tracing::warn!(%err, %room, "unread count not read: store unavailable");
+            return (0, 0);
+        }
+    };
+    let me = name.to_lowercase();
+    let theirs: Vec<_> = page.iter().filter(|m| m.id <= cursor && m.user != name).collect();
+    let mentioned = theirs.iter().filter(|m| mentions(&m.body).iter().any(|n| n.to_lowercase() == me)).count();
+    // A full page may go on: "at least the cap".
+    let unread = if page.len() == UNREAD_CAP as usize && page.iter().all(|m| m.id <= cursor) {
+        UNREAD_CAP
+    } else {
+        theirs.len() as u32
+    };
+    (unread, mentioned as u32)
+}
 
 /// The runtime instant of a wall-clock time (now, if it has passed).
 fn instant_at(at: UnixMillis) -> Instant {
@@ -69,6 +103,9 @@ pub struct SocketLimits {
     /// Sustained `send` frames per second, and the burst above it.
     pub message_rate: f64,
     pub message_burst: u32,
+    /// The pace `hello` announces: this socket's, or the user's when that
+    /// is lower (the user's is shared by all their sockets).
+    pub announced: frames::Rate,
     pub ping_interval: Duration,
     /// A socket silent for this long (no frame, no pong) is dropped.
     pub idle_timeout: Duration,
@@ -105,6 +142,8 @@ pub struct SocketContext {
     pub credential: Credential,
     pub room: RoomName,
     pub after: Option<MessageId>,
+    /// Whether the socket follows the user's other rooms' unread counts.
+    pub unread: bool,
     /// The session's expiry: with the token's, the socket's first deadline.
     pub expires_at: UnixMillis,
     pub slot: Slot,
@@ -195,6 +234,7 @@ where
         }
     };
     let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let unread_outbox = outbox_tx.clone();
     let (close_tx, mut close_rx) = oneshot::channel();
     let joined = deps.registry.register(Registration {
         session: socket.session_id,
@@ -215,7 +255,14 @@ where
     socket.last_sent = joined.cursor;
 
     let flow = match Box::pin(socket.greet(ctx.after)).await {
-        Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
+        Flow::Continue if ctx.unread => match Box::pin(socket.follow_unread(joined.id, unread_outbox)).await {
+            Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
+            other => other,
+        },
+        Flow::Continue => {
+            drop(unread_outbox);
+            socket.run(&mut outbox, &mut close_rx).await
+        }
         other => other,
     };
     match flow {
@@ -230,8 +277,14 @@ where
 {
     /// `hello`, the room's presence, then every stored message after `after`.
     async fn greet(&mut self, after: Option<MessageId>) -> Flow {
-        let hello =
-            ServerFrame::Hello { user: &self.user.name, room: &self.room, expires_at: self.deadline.at() }.to_text();
+        let hello = ServerFrame::Hello {
+            user: &self.user.name,
+            room: &self.room,
+            expires_at: self.deadline.at(),
+            rate: self.deps.limits.announced,
+            read_markers: true,
+        }
+        .to_text();
         let (online, count) = self.deps.presence.snapshot(&self.room).await;
         let presence = ServerFrame::Presence { room: &self.room, online: &online, count }.to_text();
         if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
@@ -269,6 +322,48 @@ where
             }
         }
         Flow::Continue
+    }
+
+    /// Starts counting the unread messages of the user's other rooms: from
+    /// the store up to each room's cursor, then as messages are delivered
+    /// (the registry counts those). Sends the counts that are not zero. A
+    /// store failure here costs the counts, not the socket.
+    async fn follow_unread(&mut self, id: ConnId, outbox: mpsc::Sender<Outbound>) -> Flow {
+        let (deps, user) = (self.deps.clone(), self.user.id);
+        let found = tokio::try_join!(deps.history.user_rooms(user, UNREAD_ROOMS), deps.history.read_markers(user));
+        let (mut rooms, markers) = match found {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(%err, "no unread counts for this socket: store unavailable");
+                return Flow::Continue;
+            }
+        };
+        if !rooms.iter().any(|r| r.as_str() == LOBBY) {
+            rooms.push(RoomName::lobby());
+        }
+        rooms.retain(|r| *r != self.room);
+        let starts = futures_util::future::join_all(rooms.iter().map(|r| deps.hub.start_for(r))).await;
+        let rooms: Vec<(RoomName, MessageId)> =
+            rooms.into_iter().zip(starts).filter_map(|(room, start)| Some((room, start.ok()?))).collect();
+        let (cursors, new_room) = deps.registry.watch(id, &outbox, &rooms);
+        drop(outbox);
+        if new_room {
+            deps.hub.follow_new_room(&self.room).await;
+        }
+        let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
+            stored_unread(&*deps.history, &self.user.name, room, markers.get(room).copied(), *cursor)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for ((room, _), (unread, mentioned)) in cursors.iter().zip(counts) {
+            match deps.registry.settle_unread(id, room, unread, mentioned) {
+                Some((unread, mentioned)) if unread > 0 || mentioned > 0 => {
+                    out.push(frames::unread(room, unread, mentioned))
+                }
+                _ => {}
+            }
+        }
+        self.write(out).await
     }
 
     async fn run(
@@ -417,6 +512,7 @@ where
                 // of every idle socket's task for its whole life.
                 Ok(ClientFrame::Send { body, client_id }) => Box::pin(self.on_send(body, client_id)).await,
                 Ok(ClientFrame::Reauth { token }) => Box::pin(self.on_reauth(token)).await,
+                Ok(ClientFrame::Read { up_to }) => Box::pin(self.on_read(up_to)).await,
                 Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
             },
             WsMessage::Binary(_) => self.refuse("Binary frames are not accepted.", None).await,
@@ -507,6 +603,32 @@ where
                 let message = "The store did not confirm the message, so it may or may not be stored. \
                                Send it again with the same client_id: it will not be stored twice.";
                 self.error(ErrorCode::Unavailable, message, cid).await
+            }
+        }
+    }
+
+    /// Moves the user's read marker in this room. Only ids this socket was
+    /// sent (or could have been: up to the room's cursor when it joined)
+    /// are taken, so a marker never runs ahead of the room.
+    async fn on_read(&mut self, up_to: String) -> Flow {
+        let Ok(up_to) = up_to.parse::<MessageId>() else {
+            return self.refuse("up_to is a message id.", None).await;
+        };
+        if up_to > self.last_sent {
+            return self.refuse("up_to is after the newest message of this room.", None).await;
+        }
+        // Costs a store round trip, like a send (the client spends a token too).
+        if let Err(flow) = self.rate_limit(None).await {
+            return flow;
+        }
+        match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
+            Ok(_) => {
+                self.deps.registry.read(self.user.id, &self.room, up_to).send(&self.deps.registry).await;
+                Flow::Continue
+            }
+            Err(err) => {
+                tracing::warn!(%err, "read marker not stored");
+                self.error(ErrorCode::Unavailable, "The read marker was not stored; send it again.", None).await
             }
         }
     }
@@ -604,14 +726,15 @@ mod tests {
         let Received::Json(hello) = receive(&mut ws).await else { panic!("hello first") };
         assert_eq!(
             hello,
-            json!({"type": "hello", "user": "alice", "room": "lobby", "expires_at": alice.current.expires_at})
+            json!({"type": "hello", "user": "alice", "room": "lobby", "expires_at": alice.current.expires_at,
+                   "rate": {"per_sec": 10.0, "burst": 20}, "read_markers": true})
         );
         let Received::Json(presence) = receive(&mut ws).await else { panic!("presence second") };
         assert_eq!(presence["online"], json!(["alice"]));
         assert_eq!(next_of(&mut ws, "message").await["body"], "m1");
         assert_eq!(next_of(&mut ws, "message").await["body"], "m2");
 
-        send(&mut ws, json!({"type": "send", "body": "  live \n", "client_id": "c1"})).await;
+        send(&mut ws, json!({"type": "send", "body": "live \n", "client_id": "c1"})).await;
         let ack = next_of(&mut ws, "ack").await;
         assert_eq!(ack["client_id"], "c1");
         let live = next_of(&mut ws, "message").await;

@@ -108,6 +108,7 @@ impl Rig {
             credential: socket::Credential::Cookie,
             room: RoomName::parse(room).expect("a valid room"),
             after,
+            unread: true,
             expires_at: who.current.expires_at,
             slot,
         };

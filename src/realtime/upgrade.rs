@@ -84,6 +84,9 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 struct Query {
     room: Option<String>,
     after: Option<String>,
+    /// `1` or `true`: this socket follows the user's other rooms' unread
+    /// counts (docs/protocol.md §3.8); a page's one socket asks for it.
+    unread: Option<String>,
     ticket: Option<String>,
     token: Option<String>,
 }
@@ -240,6 +243,11 @@ async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response
             Err(()) => return refuse(StatusCode::BAD_REQUEST, "invalid after id"),
         },
     };
+    let unread = match query.unread.as_deref() {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "invalid unread: 1 or 0"),
+    };
 
     let presented = presented(req.headers(), &mut query);
     let subprotocol = matches!(presented, Presented::Subprotocol(_));
@@ -264,6 +272,7 @@ async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response
         credential: current.credential,
         room,
         after,
+        unread,
         expires_at: current.expires_at,
         slot,
     };
@@ -297,7 +306,7 @@ mod tests {
     use super::*;
 
     fn query(ticket: Option<&str>, token: Option<&str>) -> Query {
-        Query { room: None, after: None, ticket: ticket.map(Into::into), token: token.map(Into::into) }
+        Query { room: None, after: None, unread: None, ticket: ticket.map(Into::into), token: token.map(Into::into) }
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> header::HeaderMap {

@@ -5,6 +5,7 @@ pub mod account;
 pub mod api;
 pub mod assets;
 pub mod filters;
+pub mod history;
 pub mod pages;
 pub mod router;
 
@@ -37,6 +38,7 @@ pub struct Handles {
     pub accounts: Accounts,
     pub api: self::api::Api,
     pub rooms: RoomPages,
+    pub room_history: self::history::RoomHistory,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
@@ -81,6 +83,7 @@ pub fn routes(state: &Handles) -> Router {
         .post("/api/logout/everywhere", json_api(self::api::logout(state.api.clone(), true)))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
+        .get("/chat/{room}/history", json_api(self::history::route(state.room_history.clone())))
         .get("/ws", Handler::Upgrade(state.upgrader.clone()))
         .get("/healthz", web(health(state.health.clone(), state.backend_kind)))
         .get("/readyz", web(ready(state.health.clone(), state.readiness.clone(), state.backend_kind)))

@@ -159,6 +159,8 @@ pub struct ChatPage {
     pub room: String,
     pub rooms: Vec<String>,
     pub messages: Vec<MessageView>,
+    /// The messages shown begin at the room's first (nothing older to page back to).
+    pub history_start: bool,
     pub last_id: String,
     pub expires_at: UnixMillis,
 }
@@ -291,8 +293,15 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         }
     }
     history.open_room(&room, current.user.id).await?;
-    let (recent, mine) =
-        tokio::try_join!(history.recent(&room, RECENT_MESSAGES), history.user_rooms(current.user.id, SIDEBAR_ROOMS))?;
+    // One more than shown tells whether anything older is left.
+    let (mut recent, mine) = tokio::try_join!(
+        history.recent(&room, RECENT_MESSAGES + 1),
+        history.user_rooms(current.user.id, SIDEBAR_ROOMS)
+    )?;
+    let history_start = recent.len() <= RECENT_MESSAGES;
+    if !history_start {
+        recent.remove(0);
+    }
     let mut rooms: Vec<String> = mine.iter().map(|r| r.to_string()).collect();
     if !rooms.iter().any(|r| r == LOBBY) {
         rooms.push(LOBBY.to_owned());
@@ -302,7 +311,15 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     let messages = recent.into_iter().map(MessageView::from).collect();
     page(
         StatusCode::OK,
-        &ChatPage { user: name, room: room.to_string(), rooms, messages, last_id, expires_at: current.expires_at },
+        &ChatPage {
+            user: name,
+            room: room.to_string(),
+            rooms,
+            messages,
+            history_start,
+            last_id,
+            expires_at: current.expires_at,
+        },
     )
 }
 

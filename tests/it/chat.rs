@@ -15,6 +15,7 @@ on_both! {
     replay_after_an_id_returns_exactly_the_missed_messages_in_order,
     messages_sent_while_a_client_reconnects_are_neither_lost_nor_duplicated,
     bad_frames_get_invalid_without_closing_the_socket,
+    a_message_keeps_the_indentation_of_its_first_line,
     more_than_twenty_invalid_frames_in_a_minute_close_with_1008,
     a_flood_is_rate_limited_then_closed_with_1008,
     a_resend_with_the_same_client_id_is_stored_once,
@@ -206,15 +207,38 @@ async fn bad_frames_get_invalid_without_closing_the_socket(redis: &dyn TestRedis
     }
     socket.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(socket.next_of("error").await["code"], "invalid");
-    // Exactly 2000 characters after trimming is fine, and it is stored trimmed.
+    // Exactly 2000 characters after cleaning is fine, and it is stored
+    // without the blank line before it and the space after it.
     let body = "é".repeat(2000);
-    socket.send_json(json!({"type": "send", "body": format!("  {body}\n"), "client_id": "long"})).await;
+    socket.send_json(json!({"type": "send", "body": format!(" \n{body} \n"), "client_id": "long"})).await;
     socket.next_of("ack").await;
     assert_eq!(socket.next_of("message").await["body"], body.as_str());
     // Nothing invalid was stored.
     let (mut replay, _) = alice.join(&app, "?after=0-0").await;
     socket.say("end", "end").await;
     assert_eq!(bodies(&messages(&mut replay, 2).await), [body.clone(), "end".into()]);
+}
+
+async fn a_message_keeps_the_indentation_of_its_first_line(redis: &dyn TestRedis) {
+    let app = TestApp::spawn(redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    socket
+        .say(
+            "
+  
+    let x = 1;
+    let y = 2;  
+
+",
+            "code",
+        )
+        .await;
+    assert_eq!(
+        socket.next_of("message").await["body"],
+        "    let x = 1;
+    let y = 2;"
+    );
 }
 
 async fn more_than_twenty_invalid_frames_in_a_minute_close_with_1008(redis: &dyn TestRedis) {
@@ -352,4 +376,95 @@ async fn the_memory_backend_chats_replays_and_shows_presence() {
     alices.say("live", "c2").await;
     assert_eq!(bobs.next_of("message").await["body"], "live");
     alices.presence_until(&["alice", "bob"]).await;
+}
+
+/// Sends a read marker, then a frame that is refused: once its error is
+/// back, the marker before it was handled.
+async fn mark_read(socket: &mut Socket, up_to: &str) {
+    socket.send_json(json!({"type": "read", "up_to": up_to})).await;
+    socket.send_json(json!({"type": "read", "up_to": "not an id"})).await;
+    let err = socket.next_of("error").await;
+    assert_eq!(err["code"], "invalid");
+}
+
+#[tokio::test]
+async fn a_read_marker_must_be_a_message_id_of_the_room_and_bad_ones_change_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, hello) = alice.join(&app, "").await;
+    assert_eq!(hello["read_markers"], true);
+    let id = socket.say("one", "c1").await["id"].as_str().unwrap().to_owned();
+    for bad in [json!({"type": "read"}), json!({"type": "read", "up_to": 5}), json!({"type": "read", "up_to": "x-1"})] {
+        socket.send_json(bad.clone()).await;
+        assert_eq!(socket.next_of("error").await["code"], "invalid", "{bad}");
+    }
+    // Beyond the newest message of the room: refused, not clamped.
+    socket.send_json(json!({"type": "read", "up_to": "99999999999999-0"})).await;
+    let err = socket.next_of("error").await;
+    assert_eq!(err["code"], "invalid");
+    assert!(err["message"].as_str().unwrap().contains("newest"), "{err}");
+    let key = format!("palaver:user:{{{}}}:read", user_id(&redis, "alice"));
+    assert_eq!(resp_value(redis.command(&["EXISTS", &key])).as_deref(), Some("0"), "nothing stored");
+    mark_read(&mut socket, &id).await;
+    assert_eq!(resp_value(redis.command(&["HGET", &key, "lobby"])).as_deref(), Some(id.as_str()));
+    assert!(resp_value(redis.command(&["PTTL", &key])).unwrap().parse::<i64>().unwrap() > 0, "it expires");
+}
+
+/// The value of a one-value RESP reply (a bulk string or an integer).
+fn resp_value(reply: Option<String>) -> Option<String> {
+    let reply = reply?;
+    let line = reply.split("\r\n").find(|l| !l.is_empty() && !l.starts_with('$'))?;
+    Some(line.trim_start_matches(':').to_owned())
+}
+
+/// The stored user's id, from the user record.
+fn user_id(redis: &RedisServer, name: &str) -> String {
+    let record = resp_value(redis.command(&["GET", &format!("palaver:user:{name}")])).expect("the user is stored");
+    serde_json::from_str::<Value>(&record).unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn unread_counts_and_mentions_of_the_users_other_rooms_come_live_and_from_the_read_marker() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &NO_RATE_LIMIT).await;
+    let alice = signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    // Alice has opened #dev (it is in her sidebar) and read it to "first".
+    assert_eq!(alice.get(&app, "/chat/dev").await.status(), reqwest::StatusCode::OK);
+    let (mut bob_dev, _) = bob.join(&app, "?room=dev").await;
+    let first = bob_dev.say("first", "b1").await["id"].as_str().unwrap().to_owned();
+    let (mut alice_dev, _) = alice.join(&app, "?room=dev").await;
+    mark_read(&mut alice_dev, &first).await;
+
+    // On a page of the lobby, #dev's new messages count; those naming her
+    // count as mentions too (not in code, and not her own).
+    let (mut lobby, _) = alice.join(&app, "?unread=1").await;
+    // A socket that did not ask for unread counts gets none.
+    let (mut plain, _) = alice.join(&app, "").await;
+    bob_dev.say("hello @Alice", "b2").await;
+    assert_eq!(lobby.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 1, "mentions": 1}));
+    alice_dev.say("my own", "a1").await;
+    let newest = bob_dev.say("`@alice` in code", "b3").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(lobby.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 2, "mentions": 1}));
+
+    // A page opened later counts from her read marker in the store.
+    let (mut later, _) = alice.join(&app, "?unread=1").await;
+    assert_eq!(later.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 2, "mentions": 1}));
+
+    // Reading #dev to its newest message clears both pages' counts.
+    mark_read(&mut alice_dev, &newest).await;
+    for page in [&mut lobby, &mut later] {
+        assert_eq!(page.next_of("unread").await, json!({"type": "unread", "room": "dev", "unread": 0, "mentions": 0}));
+    }
+    // Bob, who never opened #dev's page, hears nothing of it in the lobby.
+    let (mut bob_lobby, _) = bob.join(&app, "?unread=1").await;
+    bob_dev.say("more", "b4").await;
+    assert_eq!(lobby.next_of("unread").await["unread"], 1);
+    // By now every #dev message reached the lobby's watchers; the plain
+    // socket's next frame of either kind is the lobby's own message.
+    bob_lobby.say("in the lobby", "b5").await;
+    assert_eq!(plain.next_of_any(&["unread", "message"]).await["body"], "in the lobby");
+    bob_lobby.send_json(json!({"type": "read", "up_to": "not an id"})).await;
+    assert_eq!(bob_lobby.next_of_any(&["unread", "error"]).await["type"], "error");
 }

@@ -83,6 +83,7 @@ contract! {
     a_room_keeps_at_least_its_cap_and_always_the_newest => [("HISTORY_MAX_LEN", "3")],
     a_stored_message_round_trips_exactly,
     after_replays_exactly_the_messages_strictly_after_an_id,
+    before_pages_back_through_the_messages_strictly_before_an_id,
     tail_returns_what_is_appended_after_the_cursor_and_only_for_followed_rooms,
     wake_tail_ends_a_pending_tail_early_and_is_not_lost_when_it_comes_first,
     the_session_index_tracks_removes_takes_and_expires_entries,
@@ -91,6 +92,7 @@ contract! {
     counters_count_within_a_fixed_window_that_starts_at_the_first_increment,
     each_user_lists_the_rooms_they_opened_most_recent_first,
     a_room_nobody_uses_expires_with_its_history => [("ROOM_TTL_SECS", "1")],
+    read_markers_move_only_forward_per_user_and_room_and_stay_bounded,
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
@@ -478,6 +480,50 @@ async fn after_replays_exactly_the_messages_strictly_after_an_id(b: Backend) {
     }
 }
 
+async fn before_pages_back_through_the_messages_strictly_before_an_id(b: Backend) {
+    let lobby = room("lobby");
+    let far = MessageId { ms: u64::from(u32::MAX) * 1000, seq: 0 };
+    assert!(b.history.before(&lobby, far, 10).await.expect("before").is_empty(), "an empty room");
+    // Several messages in one millisecond, then others.
+    let first_ms = UnixMillis::now();
+    for i in 0..4 {
+        append_new(&b, &lobby, said_at("al", &format!("a{i}"), None, first_ms)).await;
+    }
+    eventually("the clock to move on", || async move { UnixMillis::now() > first_ms + Duration::from_millis(1) }).await;
+    for i in 0..5 {
+        append_new(&b, &lobby, said("al", &format!("b{i}"), None)).await;
+    }
+    let stored = all(&b, &lobby).await;
+    assert_eq!(stored.len(), 9);
+    let before = |id: MessageId, limit: usize| {
+        let b = b.clone();
+        let lobby = lobby.clone();
+        async move { ids(&b.history.before(&lobby, id, limit).await.expect("before")) }
+    };
+    assert_eq!(before(far, 100).await, ids(&stored), "everything, oldest first");
+    assert_eq!(before(far, 3).await, ids(&stored[6..]), "the newest `limit`, oldest first");
+    assert_eq!(before(stored[6].id, 4).await, ids(&stored[2..6]), "strictly before");
+    assert_eq!(before(stored[2].id, 50).await, ids(&stored[..2]), "to the first");
+    assert!(before(stored[0].id, 50).await.is_empty(), "nothing before the first");
+    assert!(before(MessageId::ZERO, 50).await.is_empty(), "nothing before 0-0");
+    assert!(before(far, 0).await.is_empty(), "limit 0");
+    // Paging back from the newest, page by page, meets every message once.
+    let mut paged = Vec::new();
+    let mut cursor = far;
+    loop {
+        let page = b.history.before(&lobby, cursor, 2).await.expect("before");
+        let Some(first) = page.first() else { break };
+        cursor = first.id;
+        paged.splice(0..0, page);
+    }
+    assert_eq!(paged, stored, "every message, once, in order, exactly as stored");
+    // Ids between two messages page the same way.
+    let between = MessageId { ms: stored[3].id.ms, seq: stored[3].id.seq + 1 };
+    assert_eq!(before(between, 100).await, ids(&stored[..4]));
+    assert!(before(stored[0].id, 5).await.is_empty());
+    assert!(b.history.before(&room("elsewhere"), far, 5).await.expect("before").is_empty(), "rooms do not leak");
+}
+
 // ---------------------------------------------------------------- tail --
 
 /// How long a test watches for something that must not happen.
@@ -720,6 +766,39 @@ async fn a_room_nobody_uses_expires_with_its_history(b: Backend) {
     // Opened again, it starts afresh.
     b.history.open_room(&quiet, al).await.expect("open_room");
     assert!(b.history.room_exists(&quiet).await.expect("room_exists"));
+}
+
+async fn read_markers_move_only_forward_per_user_and_room_and_stay_bounded(b: Backend) {
+    let (al, bo) = (UserId::new_v4(), UserId::new_v4());
+    let id = |s: &str| s.parse::<MessageId>().expect("an id");
+    assert!(b.history.read_markers(al).await.expect("read_markers").is_empty());
+    assert!(b.history.mark_read(al, &room("lobby"), id("10-1")).await.expect("mark_read"));
+    assert!(b.history.mark_read(al, &room("other"), id("5-0")).await.expect("mark_read"));
+    // Never back, and the same id again changes nothing.
+    for older in ["10-0", "9-9", "10-1"] {
+        assert!(!b.history.mark_read(al, &room("lobby"), id(older)).await.expect("mark_read"), "{older}");
+    }
+    // 10-2 is after 10-1, and 11-0 after both (ids compare as numbers, not text).
+    assert!(b.history.mark_read(al, &room("lobby"), id("10-2")).await.expect("mark_read"));
+    assert!(b.history.mark_read(al, &room("lobby"), id("100-0")).await.expect("mark_read"));
+    assert!(!b.history.mark_read(al, &room("lobby"), id("99-99")).await.expect("mark_read"));
+    b.history.mark_read(bo, &room("lobby"), id("1-0")).await.expect("mark_read");
+    let mine = b.history.read_markers(al).await.expect("read_markers");
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[&room("lobby")], id("100-0"));
+    assert_eq!(mine[&room("other")], id("5-0"));
+    assert_eq!(b.history.read_markers(bo).await.expect("read_markers")[&room("lobby")], id("1-0"));
+
+    // Bounded: past the cap, only the rooms in the user's list keep theirs.
+    let kept = palaver::backend::rules::USER_ROOMS_KEPT;
+    b.history.open_room(&room("listed"), al).await.expect("open_room");
+    b.history.mark_read(al, &room("listed"), id("1-0")).await.expect("mark_read");
+    for n in 0..kept {
+        b.history.mark_read(al, &room(&format!("r{n}")), id("1-0")).await.expect("mark_read");
+    }
+    let mine = b.history.read_markers(al).await.expect("read_markers");
+    assert!(mine.len() <= kept + 1, "{} markers", mine.len());
+    assert_eq!(mine.get(&room("listed")), Some(&id("1-0")), "a room in the user's list keeps its marker");
 }
 
 async fn a_senders_rate_counts_every_message_they_send(b: Backend) {

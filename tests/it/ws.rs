@@ -51,14 +51,17 @@ async fn an_upgrade_from_a_foreign_origin_is_refused_with_403() {
 }
 
 #[tokio::test]
-async fn an_upgrade_with_a_bad_room_or_after_is_refused_with_400() {
+async fn an_upgrade_with_a_bad_room_after_or_unread_is_refused_with_400() {
     let redis = RedisServer::start();
     let app = TestApp::spawn(&redis).await;
     let alice = signed_up(&app, "alice").await;
-    for query in ["?room=Lobby", "?room=", "?room=a%20b", "?room=x_y", "?after=yesterday", "?after=1-2-3"] {
+    for query in
+        ["?room=Lobby", "?room=", "?room=a%20b", "?room=x_y", "?after=yesterday", "?after=1-2-3", "?unread=yes"]
+    {
         assert_eq!(alice.open_socket(&app, query).await.err(), Some(StatusCode::BAD_REQUEST), "{query}");
     }
     assert!(alice.open_socket(&app, "?room=rust-lang&after=0-0").await.is_ok());
+    assert!(alice.open_socket(&app, "?room=rust-lang&unread=1").await.is_ok());
 }
 
 #[tokio::test]
@@ -87,6 +90,29 @@ async fn hello_comes_first_with_the_user_the_room_and_the_sessions_real_expiry()
     assert_eq!(presence["room"], "rust-lang");
     assert_eq!(presence["online"], serde_json::json!(["alice"]));
     assert_eq!(presence["count"], 1);
+}
+
+#[tokio::test]
+async fn hello_announces_the_pace_to_send_at_the_lower_of_the_sockets_and_the_users() {
+    let redis = RedisServer::start();
+    for (vars, want) in [
+        (vec![], serde_json::json!({"per_sec": 10.0, "burst": 20})),
+        (
+            vec![("USER_MESSAGE_RATE_PER_SEC", "2.5"), ("USER_MESSAGE_BURST", "5")],
+            serde_json::json!({"per_sec": 2.5, "burst": 5}),
+        ),
+        (
+            vec![("MESSAGE_RATE_PER_SEC", "3"), ("USER_MESSAGE_BURST", "8")],
+            serde_json::json!({"per_sec": 3.0, "burst": 8}),
+        ),
+    ] {
+        let app = TestApp::spawn_with(Some(&redis), &vars).await;
+        let alice = Browser::new();
+        let res = alice.register(&app, &format!("alice{}", app.addr.port()), PASSWORD).await;
+        assert_eq!(res.status(), reqwest::StatusCode::SEE_OTHER);
+        let (_socket, hello) = alice.join(&app, "").await;
+        assert_eq!(hello["rate"], want, "with {vars:?}");
+    }
 }
 
 #[tokio::test]
@@ -129,7 +155,7 @@ async fn an_upgrade_into_a_followed_room_is_one_store_read() {
     let alice = signed_up(&app, "alice").await;
     // The room is followed here, and the session was just written.
     let (_first, _) = alice.join(&app, "").await;
-    let counted = ["get", "set", "xrevrange", "xadd", "evalsha", "eval", "publish"];
+    let counted = ["get", "set", "xrevrange", "xadd", "evalsha", "eval", "publish", "hgetall"];
     let before: Vec<u64> = counted.iter().map(|c| calls(&redis, c)).collect();
     let (mut second, _) = alice.join(&app, "").await;
     second.next_of("presence").await;
@@ -139,9 +165,10 @@ async fn an_upgrade_into_a_followed_room_is_one_store_read() {
     // One GET of the session: no rewrite, no room lookup, no tail wake-up,
     // no presence read. (The socket's arrival costs presence one batched
     // write by the presence task, and its event, which may land in the
-    // window: a script call and a publish, off the upgrade's path.)
+    // window: a script call and a publish, off the upgrade's path. A socket
+    // that does not ask for unread counts reads nothing more.)
     assert_eq!(spent[..4], [("get", 1), ("set", 0), ("xrevrange", 0), ("xadd", 0)], "{spent:?}");
-    assert!(spent[4].1 <= 1 && spent[5].1 == 0 && spent[6].1 <= 1, "{spent:?}");
+    assert!(spent[4].1 <= 1 && spent[5].1 == 0 && spent[6].1 <= 1 && spent[7].1 == 0, "{spent:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The chat page as a person meets it: dates and grouping in their time
 //! zone, fast sending in order, reconnecting in sight, deep links through
-//! sign-in, the keyboard alone, an automated accessibility check in both
+//! sign-in, the keyboard alone, unread counts and mentions of other rooms,
+//! an automated accessibility check in both
 //! colour schemes, and the screenshots in `docs/screenshots/`.
 
 use std::{
@@ -22,7 +23,7 @@ const UNIT: &str = include_str!("js/unit.js");
 /// Stores a message in `room` as the server would have, with its own
 /// `sent_at` (unix ms): for history that reaches back days.
 pub fn seed(redis: &RedisServer, room: &str, user: &str, body: &str, sent_at: i64) {
-    let key = format!("palaver:room:{room}:messages");
+    let key = room_key(room, "messages");
     let sent_at = sent_at.to_string();
     let reply = redis.command(&["XADD", &key, "*", "user", user, "body", body, "sent_at", &sent_at]);
     assert!(reply.as_deref().is_some_and(|r| r.starts_with('$')), "XADD into {key}: {reply:?}");
@@ -55,7 +56,8 @@ fn seed_conversation(redis: &RedisServer) {
 }
 
 /// Writes `docs/screenshots/{SCREENSHOTS or "after"}-{desktop,phone}[-dark].png`:
-/// the chat page of alice, with a conversation with bob, at desktop
+/// the chat page of alice, with a conversation with bob and unread news in
+/// two other rooms (one mentioning her), at desktop
 /// (1366×850) and phone (390×844) sizes, light and dark.
 /// `SCREENSHOTS=before cargo test --test it screenshots -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,6 +76,28 @@ async fn screenshots() {
         alice.time_zone("Europe/Berlin").await?;
         alice.register(app.as_ref().unwrap(), "alice").await?;
         bob.register(app.as_ref().unwrap(), "bob").await?;
+        // Two more rooms in alice's sidebar, with news she has not read.
+        for room in ["deploys", "random", "lobby"] {
+            alice.goto(&app.as_ref().unwrap().url(&format!("/chat/{room}"))).await?;
+            alice.wait_state("connected", PAGE_DEADLINE).await?;
+        }
+        let now = now_ms();
+        seed(&redis, "deploys", "bob", "Staging is on the new build.", now);
+        seed(&redis, "deploys", "bob", "@alice the rollback switch is yours.", now);
+        for i in 0..4 {
+            seed(&redis, "random", "bob", &format!("lunch option {i}"), now);
+        }
+        for (room, badge) in [("deploys", "@1"), ("random", "4")] {
+            alice
+                .until_js(
+                    &format!("the {room} badge"),
+                    PAGE_DEADLINE,
+                    "const b = document.querySelector('#rooms a[data-room=\"' + arguments[0] + '\"] [aria-hidden]');
+                     return !!b && b.textContent === arguments[1];",
+                    vec![json!(room), json!(badge)],
+                )
+                .await?;
+        }
         alice.until_texts("bob online", "#online li", PAGE_DEADLINE, |n| n.iter().any(|n| n == "bob")).await?;
         alice.send_with_enter("Looking now. Latency is flat since the deploy").await?;
         alice.wait_confirmed(&["Looking now. Latency is flat since the deploy"], PAGE_DEADLINE).await?;
@@ -232,6 +256,109 @@ async fn days_are_separated_and_runs_grouped_in_the_readers_time_zone() {
     .await;
 }
 
+/// Where the first message on the page sits in the log, in CSS px from
+/// the log's top, with its id.
+const FIRST_SHOWN: &str = "
+    const log = document.getElementById('log');
+    const li = document.querySelector('#messages li.msg[data-id]');
+    return { id: li.dataset.id, top: li.getBoundingClientRect().top - log.getBoundingClientRect().top,
+             count: document.querySelectorAll('#messages li.msg').length };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_back_reaches_the_first_of_300_messages_keeping_the_place_while_pages_load() {
+    const N: usize = 300;
+    let j = Journey::start("history").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    // Two people taking turns, so that every message keeps its header
+    // whatever is loaded above it (a run's header would move).
+    let start = now_ms() - 2 * MINUTE;
+    for i in 0..N {
+        let who = if i % 2 == 0 { "bob" } else { "carol" };
+        seed(&redis, "lobby", who, &format!("m{i:03}"), start + i as i64);
+    }
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.viewport(1366, 850, false).await?;
+        alice.register(&app, "alice").await?;
+        let shown = alice.js(FIRST_SHOWN, vec![]).await?;
+        ensure!(shown["count"] == json!(50), "the page starts with the newest 50: {shown}");
+        let marker = alice.js("return document.getElementById('history-start').hidden;", vec![]).await?;
+        ensure!(marker == json!(true), "the start line shows before the start");
+
+        let started = Instant::now();
+        let mut loads = 0;
+        loop {
+            // The reader scrolls to the top (the page then asks for the page
+            // before); where the first message sits is measured right there,
+            // before anything loads.
+            let before =
+                alice.js(&format!("document.getElementById('log').scrollTop = 0;\n{FIRST_SHOWN}"), vec![]).await?;
+            let after = alice
+                .until_js(
+                    "the page before to load",
+                    PAGE_DEADLINE,
+                    "const n = document.querySelectorAll('#messages li.msg').length;
+                     const log = document.getElementById('log');
+                     return n > arguments[0] && log.getAttribute('aria-busy') === null ? n : null;",
+                    vec![before["count"].clone()],
+                )
+                .await?;
+            loads += 1;
+            // What the reader was looking at has not moved.
+            let moved = alice
+                .js(
+                    "const log = document.getElementById('log');
+                     const li = document.querySelector('#messages li.msg[data-id=\"' + arguments[0] + '\"]');
+                     return li.getBoundingClientRect().top - log.getBoundingClientRect().top - arguments[1];",
+                    vec![before["id"].clone(), before["top"].clone()],
+                )
+                .await?;
+            let moved = moved.as_f64().unwrap_or(f64::MAX);
+            let kept = moved.abs() <= 2.0;
+            ensure!(kept, "load {loads}: the message read before the load moved by {moved} px");
+            if after == json!(N) {
+                break;
+            }
+            ensure!(loads < 10, "still loading after {loads} pages ({after} messages)");
+        }
+        let took = started.elapsed();
+        // The start of the room, right above its first message, and nothing more to load.
+        let end = alice
+            .until_js(
+                "the start of #lobby",
+                PAGE_DEADLINE,
+                "const m = document.getElementById('history-start');
+                 const older = document.getElementById('load-older');
+                 return m.hidden || !older.hidden ? null : m.textContent;",
+                vec![],
+            )
+            .await?;
+        ensure!(end == json!("This is the start of #lobby."), "the marker reads {end}");
+        let order = alice
+            .js(
+                "return Array.from(document.querySelectorAll('#messages li.msg .msg-body'), b => b.textContent);",
+                vec![],
+            )
+            .await?;
+        let want: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
+        ensure!(order == json!(want), "the page holds every message once, in order: {order}");
+        let at_top = alice
+            .js(
+                "document.getElementById('log').scrollTop = 0;
+                 const log = document.getElementById('log').getBoundingClientRect();
+                 const m = document.getElementById('history-start').getBoundingClientRect();
+                 return m.top >= log.top && m.bottom <= log.bottom;",
+                vec![],
+            )
+            .await?;
+        ensure!(at_top == json!(true), "the start line is in view at the top");
+        println!("{N} messages: back to the first in {loads} loads, {took:?}");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_quick_sends_arrive_in_order_and_none_is_refused() {
     const N: usize = 40;
@@ -284,6 +411,83 @@ async fn forty_quick_sends_arrive_in_order_and_none_is_refused() {
         println!(
             "forty sends: typed in {typing:?}, all confirmed after {confirmed:?}, all shown to bob after {delivered:?}"
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// The badge of `room` in the sidebar: its shown text and whether it is
+/// the mention kind (`null` when there is none).
+const BADGE: &str = "const b = document.querySelector('#rooms a[data-room=\"' + arguments[0] + '\"] .room-badge');
+     return b ? [b.querySelector('[aria-hidden]').textContent, b.classList.contains('room-badge-mention'),
+                 b.textContent] : null;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_rooms_unread_count_and_mention_show_in_the_sidebar_and_reading_it_clears_them() {
+    let j = Journey::start("unread").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.register(&app, "alice").await?;
+        // Alice has been to #dev (so it is in her sidebar) and is back in the lobby.
+        alice.goto(&app.url("/chat/dev")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        alice.goto(&app.url("/chat/lobby")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        ensure!(alice.js(BADGE, vec![json!("dev")]).await?.is_null(), "no badge before anything happens");
+
+        let bob = signed_up(&app, "bob").await;
+        let (mut dev, _) = bob.join(&app, "?room=dev").await;
+        dev.say("anyone around?", "b1").await;
+        let badge = alice
+            .until_js(
+                "a count of 1 on #dev",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[0] === '1' ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
+        ensure!(badge[1] == false, "a plain count, not a mention: {badge}");
+        dev.say("@alice can you look at this?", "b2").await;
+        let badge = alice
+            .until_js(
+                "a mention on #dev",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[1] ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
+        ensure!(badge[0] == "@1", "the mention badge says @1: {badge}");
+        ensure!(
+            badge[2].as_str().is_some_and(|t| t.contains("1 mentions, 2 unread")),
+            "screen readers hear both: {badge}"
+        );
+        ensure!(alice.js(BADGE, vec![json!("lobby")]).await?.is_null(), "the room being read has none");
+
+        // Reading #dev moves her marker; back in the lobby, #dev has no badge.
+        alice.click("#rooms a[data-room=\"dev\"]").await?;
+        alice.wait_path("/chat/dev", PAGE_DEADLINE).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        let record = redis.command(&["GET", "palaver:user:alice"]).unwrap_or_default();
+        let id = record.split("\"id\":\"").nth(1).and_then(|r| r.split('"').next()).ok_or("alice's id")?.to_owned();
+        let key = format!("palaver:user:{{{id}}}:read");
+        poll(PAGE_DEADLINE, || async {
+            redis.command(&["HGET", &key, "dev"]).filter(|r| r.starts_with("$") && !r.starts_with("$-1"))
+        })
+        .await
+        .ok_or("the page did not send its read marker")?;
+        alice.goto(&app.url("/chat/lobby")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        dev.say("thanks!", "b3").await;
+        alice
+            .until_js(
+                "a count of 1 again, counted from the marker",
+                PAGE_DEADLINE,
+                &format!("const r = (() => {{ {BADGE} }})(); return r && r[0] === '1' && !r[1] ? r : null;"),
+                vec![json!("dev")],
+            )
+            .await?;
         Ok(())
     })
     .await;

@@ -32,8 +32,30 @@ const done = arguments[arguments.length - 1];
   eq("no link inside code", kinds("`https://example.com`"), ["code:https://example.com"]);
   eq("mentions", kinds("hi @bob. and me@mail.example @al"), ["text:hi ", "mention:@bob", "text:. and me@mail.example @al"]);
   eq("mentionsName ignores case", [f.mentionsName("@Alice look", "alice"), f.mentionsName("alice", "alice")], [true, false]);
+  // The server counts mentions by the same rule (src/model.rs `mentions`,
+  // whose unit tests hold these cases too).
+  const named = (body) => [...new Set(f.tokenize(body).filter((t) => t.t === "mention").map((t) => t.name.toLowerCase()))];
+  for (const [body, want] of [
+    ["hi @bob. and me@mail.example @al", ["bob"]],
+    ["@alice and @ALICE, (@carol)", ["alice", "carol"]],
+    ["@bob@carol @bob.x @dave-", ["bob", "bob.x", "dave-"]],
+    ["x@bob _@bob .@bob -@bob", []],
+    ["\u00e9@bob \u00bb@carol", ["bob", "carol"]],
+    ["@" + "a".repeat(40), ["a".repeat(32)]],
+    ["`@bob` @carol", ["carol"]],
+    ["```\n@bob\n``` @carol", ["carol"]],
+    ["```@bob```@carol", ["carol"]],
+    ["``` unclosed @bob", ["bob"]],
+    ["`\n@bob\n` @carol", ["bob", "carol"]],
+    ["`` @bob ` @carol", ["carol"]],
+    ["see https://example.com/@bob or HTTP://x.example/@al, @carol", ["carol"]],
+    ["xhttps://example.com/@bob", ["bob"]],
+    ["https://example.com/\"@bob", ["bob"]],
+  ]) eq("mentions in " + JSON.stringify(body), named(body), want);
   eq("the href is normalised", f.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
-  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "code\n    more");
+  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
+  eq("blank lines and trailing space go", f.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
+  eq("nothing but space is nothing", f.cleanBody(" \n\t "), "");
 
   // days and groups, in the page's time zone
   const now = new Date(2026, 10, 25, 9, 30).getTime();
