@@ -96,6 +96,8 @@ pub fn room_group(room: &RoomName) -> usize {
     usize::from(fred::util::redis_keyslot(room.as_str().as_bytes())) % ROOM_GROUPS
 }
 
+pub mod migrate;
+
 /// Every key palaver writes (docs/cluster.md has the table and the reasons).
 pub mod keys {
     use super::{folded_username, group_tag, room_group, Id, RoomName, UserId};
@@ -576,6 +578,12 @@ impl RedisBackend {
         pool.init().await.map_err(unreachable)?;
         appends.init().await.map_err(unreachable)?;
         subscriber.init().await.map_err(unreachable)?;
+
+        if !cluster {
+            if let Some(moved) = migrate::run(&pool, rules::room_ttl(config)).await.map_err(unreachable)? {
+                tracing::info!(?moved, "keys of an earlier palaver moved to today's names");
+            }
+        }
 
         let fast = pool.with_options(&request_options());
         let groups = if cluster { ROOM_GROUPS } else { 1 };

@@ -23,4 +23,5 @@ mod process;
 mod routes;
 mod tls;
 mod tokens;
+mod upgrade;
 mod ws;
