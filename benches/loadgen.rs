@@ -1415,8 +1415,12 @@ async fn presence_storm(kind: Kind, args: &[String]) {
             let mut view = View::default();
             let ended = loop {
                 tokio::select! {
+                    biased;
                     _ = stop.changed() => break None,
                     message = ws.next() => match message {
+                        // Once the run stops, the others close and the room
+                        // shrinks: what comes now is not part of the storm.
+                        _ if *stop.borrow() => break None,
                         Some(Ok(Message::Text(text))) => {
                             let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
                             view.apply(&frame, sockets);
