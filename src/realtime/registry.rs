@@ -46,8 +46,13 @@ pub type Outbound = Arc<OutFrame>;
 
 /// How many sockets one step of a fan-out reaches before the runtime gets
 /// to run them, and anything more urgent: a close for a logout waits behind
-/// at most one step of bulk work, never behind a whole room's.
-pub const FANOUT_STEP: usize = 128;
+/// at most one step of bulk work, never behind a whole room's. Smaller
+/// steps cost messages latency (each step waits its turn behind everything
+/// else runnable): at 128, a 2,000-socket room's p99 was 25-50 ms worse
+/// than unstepped, at 512 within noise of it (BENCHMARKS.md, fan-out).
+pub const FANOUT_STEP: usize = 512;
+/// The step of a paced fan-out (presence), which can take its time.
+pub const PACED_STEP: usize = 128;
 
 /// Frames for a room's sockets as they stood when it was made (a socket
 /// that registers later starts after these). Made under the registry's
@@ -85,11 +90,13 @@ impl FanOut {
     }
 
     /// Queues the frames on every socket, [`FANOUT_STEP`] sockets at a
-    /// time; closes the sockets whose queue is full. Fan-outs of one room
+    /// time ([`PACED_STEP`] when paced); closes the sockets whose queue is
+    /// full. Fan-outs of one room
     /// must be sent one after the other, in the order they were made.
     pub async fn send(self, registry: &Registry) {
         let mut slow = Vec::new();
-        for (step, members) in self.members.chunks(FANOUT_STEP).enumerate() {
+        let step_size = if self.gap.is_some() { PACED_STEP } else { FANOUT_STEP };
+        for (step, members) in self.members.chunks(step_size).enumerate() {
             match (step, self.gap) {
                 (0, _) => {}
                 (_, None) => tokio::task::yield_now().await,
