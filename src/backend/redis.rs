@@ -580,8 +580,12 @@ impl RedisBackend {
         subscriber.init().await.map_err(unreachable)?;
 
         if !cluster {
-            if let Some(moved) = migrate::run(&pool, rules::room_ttl(config)).await.map_err(unreachable)? {
-                tracing::info!(?moved, "keys of an earlier palaver moved to today's names");
+            match migrate::run(&pool, rules::room_ttl(config)).await.map_err(unreachable)? {
+                Some(moved) if moved != migrate::Moved::default() => {
+                    tracing::info!(?moved, "keys of an earlier palaver moved to today's names")
+                }
+                Some(_) => tracing::debug!("key layout {} recorded", migrate::SCHEMA),
+                None => {}
             }
         }
 
