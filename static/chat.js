@@ -75,6 +75,11 @@ function start(root) {
   let readTimer = 0;
   const lis = new Map(); // client_id -> li of our unconfirmed messages
   const confirmedIds = new Map(); // client_id -> id, for duplicates of ours
+  // user + client_id -> id of the last SEEN_SENDS messages that carried one:
+  // a message shown and then lost in a store failover comes again under a
+  // new id when its sender resends it, and is shown once.
+  const seenSends = new Map();
+  const SEEN_SENDS = 1000;
 
   const renderer = new Renderer(list, ME);
   const attention = new Attention({
@@ -183,6 +188,15 @@ function start(root) {
       body: String(f.body || ""),
       sentAt: Number(f.sent_at) || Date.now(),
     };
+    // Anyone's message seen before under another id (a resend after its
+    // first copy was shown and then lost by the store).
+    if (cid) {
+      const key = m.user + "\n" + cid;
+      const first = seenSends.get(key);
+      if (first && first !== f.id) return;
+      seenSends.set(key, f.id);
+      if (seenSends.size > SEEN_SENDS) seenSends.delete(seenSends.keys().next().value);
+    }
     const near = attention.nearBottom();
     renderer.place(renderer.message(m));
     trim(near);

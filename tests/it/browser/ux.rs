@@ -416,6 +416,43 @@ async fn forty_quick_sends_arrive_in_order_and_none_is_refused() {
     .await;
 }
 
+/// A message shown live and then lost by the store (a master that crashed
+/// before its replica had it) is resent by its sender under the same
+/// `client_id` and stored again under a new id: the page shows it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_twice_under_one_client_id_is_shown_once() {
+    let j = Journey::start("twice").await;
+    let redis = RedisServer::start();
+    let a = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.register(&a, "alice").await?;
+        alice
+            .until_js("the page to connect", PAGE_DEADLINE, "return window.palaver.state() === 'connected';", vec![])
+            .await?;
+        // Two copies of bob's message, as the tail delivers them after a
+        // failover, then one more message.
+        let key = room_key("lobby", "messages");
+        let now = now_ms().to_string();
+        for (body, cid) in [("said once", "bob-1"), ("said once", "bob-1"), ("and then", "bob-2")] {
+            let reply =
+                redis.command(&["XADD", &key, "*", "user", "bob", "body", body, "sent_at", &now, "client_id", cid]);
+            ensure!(reply.as_deref().is_some_and(|r| r.starts_with('$')), "XADD: {reply:?}");
+        }
+        // "and then" comes after both copies: once it shows, the second
+        // copy has been handled.
+        alice
+            .until_texts("bob's messages", "#messages li.msg .msg-body", PAGE_DEADLINE, |b| {
+                b.last().is_some_and(|l| l == "and then")
+            })
+            .await?;
+        let shown = alice.texts("#messages li.msg .msg-body").await?;
+        ensure!(shown == ["said once", "and then"], "the page shows {shown:?}");
+        Ok(())
+    })
+    .await;
+}
+
 /// The badge of `room` in the sidebar: its shown text and whether it is
 /// the mention kind (`null` when there is none).
 const BADGE: &str = "const b = document.querySelector('#rooms a[data-room=\"' + arguments[0] + '\"] .room-badge');
