@@ -1,7 +1,12 @@
 //! The WebSocket frames as the client sees them (docs/protocol.md §3 and §5),
 //! message ids, and how a message and presence are shown.
 
-use std::{cmp::Ordering, fmt, str::FromStr};
+use std::{
+    cmp::Ordering,
+    collections::{HashSet, VecDeque},
+    fmt,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -112,22 +117,44 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// How many senders' `client_id`s [`Seen`] remembers.
+const SENDS_KEPT: usize = 1000;
+
 /// The newest message shown so far: what to ask for with `after=` on a
 /// reconnect, and what not to show twice.
 #[derive(Debug, Default)]
 pub struct Seen {
     last: Option<MessageId>,
+    /// (sender, client_id) of the last messages that carried one, oldest
+    /// first: a message shown and then lost in a store failover comes again
+    /// under a new id when its sender resends it.
+    sends: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
 }
 
 impl Seen {
     /// Whether the message with this id is new (and then it counts as seen).
-    /// An id that does not parse is shown and does not move the mark.
-    pub fn admit(&mut self, id: &str) -> bool {
+    /// An id that does not parse is shown and does not move the mark. A
+    /// newer id for a (sender, `client_id`) already shown moves the mark but
+    /// is not shown again.
+    pub fn admit(&mut self, id: &str, user: &str, client_id: Option<&str>) -> bool {
         let Ok(id) = id.parse::<MessageId>() else { return true };
         if self.last.is_some_and(|last| id <= last) {
             return false;
         }
         self.last = Some(id);
+        let Some(client_id) = client_id else { return true };
+        let key = (user.to_owned(), client_id.to_owned());
+        if self.sends.contains(&key) {
+            return false;
+        }
+        self.sends.insert(key.clone());
+        self.order.push_back(key);
+        if self.order.len() > SENDS_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.sends.remove(&oldest);
+            }
+        }
         true
     }
 
@@ -219,14 +246,28 @@ mod tests {
     #[test]
     fn nothing_is_shown_twice_and_the_mark_only_moves_forward() {
         let mut seen = Seen::default();
-        assert!(seen.admit("9-0"));
-        assert!(seen.admit("10-0"));
-        assert!(!seen.admit("10-0"), "again");
-        assert!(!seen.admit("9-5"), "older, though larger as text");
-        assert!(seen.admit("10-1"));
+        assert!(seen.admit("9-0", "bob", None));
+        assert!(seen.admit("10-0", "bob", None));
+        assert!(!seen.admit("10-0", "bob", None), "again");
+        assert!(!seen.admit("9-5", "bob", None), "older, though larger as text");
+        assert!(seen.admit("10-1", "bob", None));
         assert_eq!(seen.last().unwrap().to_string(), "10-1");
-        assert!(seen.admit("garbage"), "shown, it may be real");
+        assert!(seen.admit("garbage", "bob", None), "shown, it may be real");
         assert_eq!(seen.last().unwrap().to_string(), "10-1");
+    }
+
+    #[test]
+    fn a_message_stored_again_under_a_new_id_is_shown_once() {
+        let mut seen = Seen::default();
+        assert!(seen.admit("1-0", "bob", Some("c1")));
+        // The first copy was lost in a failover; the resend has a new id.
+        assert!(!seen.admit("2-0", "bob", Some("c1")), "the same send again");
+        assert_eq!(seen.last().unwrap().to_string(), "2-0", "the mark still moves");
+        assert!(seen.admit("3-0", "carol", Some("c1")), "another sender's id");
+        for n in 0..SENDS_KEPT {
+            assert!(seen.admit(&format!("{}-0", 10 + n), "bob", Some(&format!("x{n}"))));
+        }
+        assert!(seen.admit("99999-0", "bob", Some("c1")), "forgotten after {SENDS_KEPT} others");
     }
 
     #[test]

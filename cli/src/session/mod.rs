@@ -400,8 +400,10 @@ impl Session {
             ServerFrame::PresenceDiff { room, joined, left, count } => {
                 note(&presence_diff_line(&room, &joined, &left, count))
             }
-            ServerFrame::Message { id, user, body, sent_at, .. } => {
-                if self.seen.admit(&id) && print_line(&message_line(sent_at, &user, &body)).is_err() {
+            ServerFrame::Message { id, user, body, sent_at, client_id } => {
+                if self.seen.admit(&id, &user, client_id.as_deref())
+                    && print_line(&message_line(sent_at, &user, &body)).is_err()
+                {
                     // Nobody reads any more (a closed pipe): nothing left to do.
                     return Step::Stop(EXIT_ERROR);
                 }
