@@ -40,6 +40,14 @@ async fn while_redis_is_down_everything_fails_closed_and_recovers_after() {
         Browser::new().get(app_ref, "/healthz").await.status() == StatusCode::OK
     })
     .await;
+    // Each pooled connection comes back on its own: until the last has, a
+    // request may still meet one that fails closed (503). Then the page is
+    // served with the session from before: a redirect would mean it was lost.
+    let alice_ref = &alice;
+    eventually("the pool to reconnect", || async move {
+        alice_ref.get(app_ref, "/chat/lobby").await.status() != StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
     assert_eq!(alice.get(&app, "/chat/lobby").await.status(), StatusCode::OK, "the session survived");
     eventually("readiness to recover (store and subscription)", || async move {
         Browser::new().get(app_ref, "/readyz").await.status() == StatusCode::OK
