@@ -142,6 +142,18 @@ impl Hub {
             tracing::warn!(%err, %room, "could not wake the room tail; it picks the room up within seconds");
         }
     }
+
+    /// [`Hub::follow_new_room`] for several rooms: one wake per group.
+    pub async fn follow_new_rooms(&self, rooms: &[RoomName]) {
+        let mut woken = Vec::new();
+        for room in rooms {
+            let group = self.history.tail_group(room);
+            if !woken.contains(&group) {
+                woken.push(group);
+                self.follow_new_room(room).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -510,12 +510,11 @@ impl Registry {
     pub fn deliver(&self, room_name: &RoomName, messages: &[Message]) -> FanOut {
         let mut inner = self.lock();
         let Some(room) = inner.rooms.get_mut(room_name) else { return FanOut::empty(room_name) };
-        let frames: Vec<Outbound> = messages
+        let fresh: Vec<&Message> = messages.iter().filter(|m| m.id > room.cursor).collect();
+        let frames: Vec<Outbound> = fresh
             .iter()
-            .filter(|message| message.id > room.cursor)
             .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) }))
             .collect();
-        let fresh: Vec<&Message> = messages.iter().filter(|m| m.id > room.cursor).collect();
         if let Some(last) = fresh.last() {
             room.cursor = last.id;
         }
@@ -560,25 +559,27 @@ impl Registry {
     /// instance does not yet): every message delivered in them from now on
     /// counts. Returns each room's cursor, from which on messages are
     /// counted here (the socket counts those up to it from the store, then
-    /// calls [`Registry::settle_unread`]), and whether the tail must look
-    /// at the room set again.
+    /// calls [`Registry::settle_unread`]), and the rooms this instance did
+    /// not follow before (the tail must look at the room set again).
     pub fn watch(
         &self,
         id: ConnId,
         outbox: &mpsc::Sender<Outbound>,
         rooms: &[(RoomName, MessageId)],
-    ) -> (Vec<(RoomName, MessageId)>, bool) {
+    ) -> (Vec<(RoomName, MessageId)>, Vec<RoomName>) {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let Some(conn) = inner.conns.get_mut(&id) else { return (Vec::new(), false) };
+        let Some(conn) = inner.conns.get_mut(&id) else { return (Vec::new(), Vec::new()) };
         let (user, name) = (conn.user, conn.name.clone());
         let mut cursors = Vec::with_capacity(rooms.len());
-        let mut new_room = false;
+        let mut new_rooms = Vec::new();
         for (room_name, start) in rooms {
             if *room_name == conn.room || conn.watching.contains(room_name) {
                 continue;
             }
-            new_room |= !inner.rooms.contains_key(room_name);
+            if !inner.rooms.contains_key(room_name) {
+                new_rooms.push(room_name.clone());
+            }
             let room = inner.rooms.entry(room_name.clone()).or_insert_with(|| Room::new(*start));
             room.watchers.insert(
                 id,
@@ -595,7 +596,7 @@ impl Registry {
             conn.watching.push(room_name.clone());
             cursors.push((room_name.clone(), room.cursor));
         }
-        (cursors, new_room)
+        (cursors, new_rooms)
     }
 
     /// Adds what the store counted (messages up to the cursor [`Registry::watch`]
@@ -794,9 +795,9 @@ pub(crate) mod tests {
             close,
             room_start: MessageId::ZERO,
         });
-        let (cursors, new_room) = reg.watch(joined.id, &tx, &[(dev.clone(), MessageId { ms: 5, seq: 0 })]);
+        let (cursors, new_rooms) = reg.watch(joined.id, &tx, &[(dev.clone(), MessageId { ms: 5, seq: 0 })]);
         assert_eq!(cursors, [(dev.clone(), MessageId { ms: 5, seq: 0 })]);
-        assert!(new_room, "the tail must start following dev");
+        assert_eq!(new_rooms, std::slice::from_ref(&dev), "the tail must start following dev");
         assert!(!reg.follows(&dev), "dev has no sockets of its own here");
         // Before the store's count is in, deliveries count but send nothing.
         reg.deliver(&dev, &[said(6, "bo", "hi @ali"), said(7, "Ali", "mine")]).send(&reg).await;

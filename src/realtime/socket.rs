@@ -234,7 +234,7 @@ where
         }
     };
     let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
-    let unread_outbox = outbox_tx.clone();
+    let unread_outbox = ctx.unread.then(|| outbox_tx.clone());
     let (close_tx, mut close_rx) = oneshot::channel();
     let joined = deps.registry.register(Registration {
         session: socket.session_id,
@@ -254,17 +254,13 @@ where
     }
     socket.last_sent = joined.cursor;
 
-    let flow = match Box::pin(socket.greet(ctx.after)).await {
-        Flow::Continue if ctx.unread => match Box::pin(socket.follow_unread(joined.id, unread_outbox)).await {
-            Flow::Continue => socket.run(&mut outbox, &mut close_rx).await,
-            other => other,
-        },
-        Flow::Continue => {
-            drop(unread_outbox);
-            socket.run(&mut outbox, &mut close_rx).await
-        }
-        other => other,
-    };
+    let mut flow = Box::pin(socket.greet(ctx.after)).await;
+    if let (Flow::Continue, Some(outbox_tx)) = (&flow, unread_outbox) {
+        flow = Box::pin(socket.follow_unread(joined.id, outbox_tx)).await;
+    }
+    if let Flow::Continue = flow {
+        flow = socket.run(&mut outbox, &mut close_rx).await;
+    }
     match flow {
         Flow::Close(reason) => socket.close(reason).await,
         Flow::Continue | Flow::Drop => {}
@@ -345,11 +341,11 @@ where
         let starts = futures_util::future::join_all(rooms.iter().map(|r| deps.hub.start_for(r))).await;
         let rooms: Vec<(RoomName, MessageId)> =
             rooms.into_iter().zip(starts).filter_map(|(room, start)| Some((room, start.ok()?))).collect();
-        let (cursors, new_room) = deps.registry.watch(id, &outbox, &rooms);
+        let (cursors, new_rooms) = deps.registry.watch(id, &outbox, &rooms);
         drop(outbox);
-        if new_room {
-            deps.hub.follow_new_room(&self.room).await;
-        }
+        // Their groups' tails, not this socket's room's: on a cluster they
+        // may be other groups.
+        deps.hub.follow_new_rooms(&new_rooms).await;
         let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
             stored_unread(&*deps.history, &self.user.name, room, markers.get(room).copied(), *cursor)
         }))
