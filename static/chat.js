@@ -74,10 +74,10 @@ function start(root) {
   let readSent = "";
   let readTimer = 0;
   const lis = new Map(); // client_id -> li of our unconfirmed messages
-  const confirmedIds = new Map(); // client_id -> id, for duplicates of ours
-  // user + client_id -> id of the last SEEN_SENDS messages that carried one:
-  // a message shown and then lost in a store failover comes again under a
-  // new id when its sender resends it, and is shown once.
+  // sender + client_id -> the first id seen, for the last SEEN_SENDS
+  // messages that carried one: a message stored twice (our resend after a
+  // lost ack, or anyone's after a store failover lost the copy shown) is
+  // shown once.
   const seenSends = new Map();
   const SEEN_SENDS = 1000;
 
@@ -149,9 +149,14 @@ function start(root) {
     }
   }
 
-  function remember(cid, id) {
-    confirmedIds.set(cid, id);
-    if (confirmedIds.size > 1000) confirmedIds.delete(confirmedIds.keys().next().value);
+  /** The first id seen for `user`'s message `cid`; `id` if it is the first. */
+  function firstId(user, cid, id) {
+    const key = user + "\n" + cid;
+    const first = seenSends.get(key);
+    if (first) return first;
+    seenSends.set(key, id);
+    if (seenSends.size > SEEN_SENDS) seenSends.delete(seenSends.keys().next().value);
+    return id;
   }
 
   /** Our message `cid` is stored as `id`: confirm its line in place. */
@@ -159,7 +164,7 @@ function start(root) {
     const li = lis.get(cid);
     lis.delete(cid);
     outbox.confirmed(cid);
-    remember(cid, id);
+    firstId(ME, cid, id);
     if (!li) return;
     const other = renderer.byId(id);
     if (other && other !== li) {
@@ -180,23 +185,14 @@ function start(root) {
       return;
     }
     if (renderer.byId(f.id)) return;
-    // The same message of ours stored twice (resent after a lost ack).
-    if (cid && confirmedIds.has(cid) && confirmedIds.get(cid) !== f.id) return;
     const m = {
       id: f.id,
       user: String(f.user || ""),
       body: String(f.body || ""),
       sentAt: Number(f.sent_at) || Date.now(),
     };
-    // Anyone's message seen before under another id (a resend after its
-    // first copy was shown and then lost by the store).
-    if (cid) {
-      const key = m.user + "\n" + cid;
-      const first = seenSends.get(key);
-      if (first && first !== f.id) return;
-      seenSends.set(key, f.id);
-      if (seenSends.size > SEEN_SENDS) seenSends.delete(seenSends.keys().next().value);
-    }
+    // A message seen before under another id: stored twice.
+    if (cid && firstId(m.user, cid, f.id) !== f.id) return;
     const near = attention.nearBottom();
     renderer.place(renderer.message(m));
     trim(near);
@@ -441,8 +437,7 @@ function start(root) {
   const initial = Renderer.history($("history"));
   renderer.bulk(initial);
   for (const m of initial) if (m.id) noteId(m.id);
-  history.show();
-  showEmpty();
+  showEmpty(); // shows the history controls too
   log.scrollTop = log.scrollHeight;
 
   $("composer-fields").disabled = false;

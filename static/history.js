@@ -96,6 +96,5 @@ export class History {
     this.loading = false;
     this.button.disabled = false;
     this.button.textContent = "Load older messages";
-    this.show();
   }
 }

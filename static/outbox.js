@@ -46,7 +46,6 @@ export class Outbox {
     this.timer = 0;
     this.pacer = new Pacer(10, 20, this.now());
     this.refusals = 0; // rate_limited answers, ever
-    this.sent = 0; // send frames written, ever
   }
 
   /** Adds a message; returns its entry `{ cid, body, status }`. */
@@ -142,7 +141,6 @@ export class Outbox {
     }
     if (!this.io.send({ type: "send", body: head.body, client_id: head.cid })) return;
     this.pacer.take(now);
-    this.sent += 1;
     head.status = "sent";
     this.inflight = head;
   }
