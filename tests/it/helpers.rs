@@ -157,6 +157,25 @@ pub fn room_key(room: &str, what: &str) -> String {
     }
 }
 
+/// Stores a message in `room`'s stream as the server would have (`fields`
+/// after `user`, `body`, `sent_at`: e.g. `client_id`), straight into Redis;
+/// returns its id.
+pub fn store_message(redis: &RedisServer, room: &str, user: &str, body: &str, sent_at: i64, fields: &[&str]) -> String {
+    let key = room_key(room, "messages");
+    let sent_at = sent_at.to_string();
+    let mut command = vec!["XADD", key.as_str(), "*", "user", user, "body", body, "sent_at", &sent_at];
+    command.extend_from_slice(fields);
+    let reply = redis.command(&command).unwrap_or_default();
+    // A bulk string: "$<len>\r\n<id>\r\n".
+    assert!(reply.starts_with('$'), "XADD into {key}: {reply:?}");
+    reply.lines().nth(1).expect("an id").to_owned()
+}
+
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    palaver::clock::UnixMillis::now().as_millis()
+}
+
 /// The values of a RESP array reply (keys, members).
 pub fn resp_lines(reply: &str) -> Vec<String> {
     reply.split("\r\n").filter(|l| !l.is_empty() && !l.starts_with(['*', '$'])).map(str::to_owned).collect()

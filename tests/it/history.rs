@@ -13,17 +13,9 @@ use crate::helpers::*;
 /// (as the server would, but without 300 round trips of sends), the room
 /// made to exist; returns their ids, oldest first.
 fn seed(redis: &RedisServer, room: &str, n: usize) -> Vec<String> {
-    let key = room_key(room, "messages");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let ids: Vec<String> = (0..n)
-        .map(|i| {
-            let body = format!("m{i:03}");
-            let sent_at = (now - (n - i) as u128).to_string();
-            let reply = redis.command(&["XADD", &key, "*", "user", "bob", "body", &body, "sent_at", &sent_at]).unwrap();
-            // A bulk string: "$<len>\r\n<id>\r\n".
-            reply.lines().nth(1).expect("an id").to_owned()
-        })
-        .collect();
+    let now = now_ms();
+    let ids: Vec<String> =
+        (0..n).map(|i| store_message(redis, room, "bob", &format!("m{i:03}"), now - (n - i) as i64, &[])).collect();
     redis.command(&["SET", &room_key(room, "active"), &now.to_string(), "PX", "3600000"]).unwrap();
     ids
 }

@@ -22,7 +22,7 @@ async fn an_instance_moves_an_earlier_versions_keys_and_nothing_is_lost() {
 
     // The earlier layout: untagged per-user keys, one global set of rooms
     // by last activity, untagged streams; no schema key.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let now = now_ms();
     let (now, long_ago) = (now.to_string(), (now - 40 * 24 * 3600 * 1000).to_string());
     let old_index = format!("palaver:user:{id}:sessions");
     for command in [

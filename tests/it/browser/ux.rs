@@ -22,15 +22,8 @@ const UNIT: &str = include_str!("js/unit.js");
 
 /// Stores a message in `room` as the server would have, with its own
 /// `sent_at` (unix ms): for history that reaches back days.
-pub fn seed(redis: &RedisServer, room: &str, user: &str, body: &str, sent_at: i64) {
-    let key = room_key(room, "messages");
-    let sent_at = sent_at.to_string();
-    let reply = redis.command(&["XADD", &key, "*", "user", user, "body", body, "sent_at", &sent_at]);
-    assert!(reply.as_deref().is_some_and(|r| r.starts_with('$')), "XADD into {key}: {reply:?}");
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+fn seed(redis: &RedisServer, room: &str, user: &str, body: &str, sent_at: i64) {
+    store_message(redis, room, user, body, sent_at, &[]);
 }
 
 const MINUTE: i64 = 60_000;
@@ -427,17 +420,10 @@ async fn a_message_stored_twice_under_one_client_id_is_shown_once() {
     j.run(async {
         let alice = j.browser("alice").await?;
         alice.register(&a, "alice").await?;
-        alice
-            .until_js("the page to connect", PAGE_DEADLINE, "return window.palaver.state() === 'connected';", vec![])
-            .await?;
         // Two copies of bob's message, as the tail delivers them after a
         // failover, then one more message.
-        let key = room_key("lobby", "messages");
-        let now = now_ms().to_string();
         for (body, cid) in [("said once", "bob-1"), ("said once", "bob-1"), ("and then", "bob-2")] {
-            let reply =
-                redis.command(&["XADD", &key, "*", "user", "bob", "body", body, "sent_at", &now, "client_id", cid]);
-            ensure!(reply.as_deref().is_some_and(|r| r.starts_with('$')), "XADD: {reply:?}");
+            store_message(&redis, "lobby", "bob", body, now_ms(), &["client_id", cid]);
         }
         // "and then" comes after both copies: once it shows, the second
         // copy has been handled.
