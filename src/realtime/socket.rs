@@ -446,6 +446,7 @@ where
         if let Err(flow) = self.rate_limit(None).await {
             return flow;
         }
+        self.flood = 0;
         // A token socket proves itself with a new token of the same user
         // and session; anything else ends it.
         let token_expires_at = match &self.credential {
@@ -543,7 +544,16 @@ where
         Err(self.too_fast(client_id).await)
     }
 
+    /// Acknowledges a stored message: an accepted frame, which ends a run
+    /// of refusals (docs/protocol.md §3.6).
+    async fn acknowledge(&mut self, client_id: Option<&str>, id: MessageId) -> Flow {
+        self.flood = 0;
+        self.write([ServerFrame::Ack { client_id, id }.to_text()]).await
+    }
+
     /// Answers a frame refused for its rate; flooding on ends the socket.
+    /// `flood` counts refusals since the last accepted frame (a `reauth` or
+    /// `read` past the bucket, or a stored `send`).
     async fn too_fast(&mut self, client_id: Option<&str>) -> Flow {
         self.flood += 1;
         if self.flood > MAX_FLOOD {
@@ -578,12 +588,10 @@ where
         };
         let cid = Some(client_id.as_str());
         match self.deps.history.append(&self.room, message).await {
-            Ok(Appended::New(stored)) => {
-                self.write([ServerFrame::Ack { client_id: cid, id: stored.id }.to_text()]).await
-            }
+            Ok(Appended::New(stored)) => self.acknowledge(cid, stored.id).await,
             Ok(Appended::Duplicate(id)) => {
                 tracing::debug!(%id, "resend of a stored message acknowledged again");
-                self.write([ServerFrame::Ack { client_id: cid, id }.to_text()]).await
+                self.acknowledge(cid, id).await
             }
             // Over the user's rate across all their sockets: as flooding.
             Ok(Appended::Throttled) => self.too_fast(cid).await,
@@ -617,6 +625,7 @@ where
         if let Err(flow) = self.rate_limit(None).await {
             return flow;
         }
+        self.flood = 0;
         match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
             Ok(_) => {
                 self.deps.registry.read(self.user.id, &self.room, up_to).send(&self.deps.registry).await;

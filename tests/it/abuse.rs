@@ -235,6 +235,37 @@ async fn flooding_past_the_users_rate_ends_the_socket_like_flooding_past_its_own
 }
 
 #[tokio::test]
+async fn an_accepted_frame_ends_a_run_of_refusals() {
+    let redis = RedisServer::start();
+    let limits = [
+        ("USER_MESSAGE_RATE_PER_SEC", "0.1"),
+        ("USER_MESSAGE_BURST", "2"),
+        ("MESSAGE_RATE_PER_SEC", "1000"),
+        ("MESSAGE_BURST", "1000"),
+    ];
+    let app = TestApp::spawn_with(Some(&redis), &limits).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    socket.say("first", "c0").await;
+    socket.say("second", "c1").await;
+    let refused_run =
+        |from: usize| (from..from + 10).map(|i| json!({"type": "send", "body": "more", "client_id": format!("c{i}")}));
+    for frame in refused_run(2) {
+        socket.send_json(frame).await;
+        assert_eq!(socket.next_of_any(&["ack", "error"]).await["code"], "rate_limited");
+    }
+    // A resend of a stored message is acknowledged: accepted, so the run
+    // of ten refusals is over and ten more are answered, not closed.
+    assert_eq!(socket.say("first", "c0").await["type"], "ack");
+    for frame in refused_run(12) {
+        socket.send_json(frame).await;
+        assert_eq!(socket.next_of_any(&["ack", "error"]).await["code"], "rate_limited");
+    }
+    socket.send_json(json!({"type": "send", "body": "one too many", "client_id": "c22"})).await;
+    assert_eq!(socket.closed().await, (1008, "policy violation".to_string()));
+}
+
+#[tokio::test]
 async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
     let redis = RedisServer::start();
     let app = TestApp::spawn_with(Some(&redis), &[("ROOMS_PER_USER_PER_HOUR", "2")]).await;
