@@ -80,6 +80,7 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
+use palaver::model::MessageId;
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 use tokio_tungstenite::{
     tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
@@ -746,17 +747,12 @@ fn summary(mut samples: Vec<Duration>) -> String {
 async fn logins(args: &[String]) {
     use palaver::auth::password::{self, Password};
     let count: usize = arg(args, "--count", 30);
-    let hash = password::hash(Password::new("load-test-password".into()), &metrics::Histogram::noop()).await;
+    let hash = password::hash(Password::new(PASSWORD.into()), &metrics::Histogram::noop()).await;
     let mut verify = Vec::new();
     for _ in 0..count {
         let started = Instant::now();
         assert!(
-            password::verify(
-                Password::new("load-test-password".into()),
-                Some(hash.clone()),
-                &metrics::Histogram::noop()
-            )
-            .await
+            password::verify(Password::new(PASSWORD.into()), Some(hash.clone()), &metrics::Histogram::noop()).await
         );
         verify.push(started.elapsed());
     }
@@ -769,10 +765,10 @@ async fn logins(args: &[String]) {
     let (mut ok, mut unknown) = (Vec::new(), Vec::new());
     for _ in 0..count {
         let started = Instant::now();
-        assert!(login(port, "timer", "load-test-password").starts_with("HTTP/1.1 303"));
+        assert!(login(port, "timer", PASSWORD).starts_with("HTTP/1.1 303"));
         ok.push(started.elapsed());
         let started = Instant::now();
-        assert!(login(port, "nobody-here", "load-test-password").starts_with("HTTP/1.1 401"));
+        assert!(login(port, "nobody-here", PASSWORD).starts_with("HTTP/1.1 401"));
         unknown.push(started.elapsed());
     }
     println!("POST /login, right password: {}", summary(ok));
@@ -838,12 +834,10 @@ async fn join_room(ports: &[u16], cookies: &[String], room: &str, sockets: usize
 }
 
 /// The room's order: palaver's ids are stream ids, `ms-seq`, ordered
-/// numerically; the peers' are one counter per room.
-fn room_order(id: &str) -> (u64, u64) {
-    match id.split_once('-') {
-        Some((ms, seq)) => (ms.parse().unwrap(), seq.parse().unwrap()),
-        None => (id.parse().expect("a numeric id"), 0),
-    }
+/// numerically; the peers' are one counter per room, which palaver's
+/// `MessageId` reads as `n-0`.
+fn room_order(id: &str) -> MessageId {
+    id.parse().expect("a message id")
 }
 
 impl ChatRoom {
@@ -1095,12 +1089,11 @@ async fn replay(args: &[String]) {
 
     // Correctness first: a client that reads gets the whole room, in order.
     let mut reader = open(port, &cookie, "?room=full&after=0-0").await;
-    let mut ids: Vec<(u64, u64)> = Vec::new();
+    let mut ids: Vec<MessageId> = Vec::new();
     while ids.len() < messages {
         let frame = next_json(&mut reader).await.expect("a frame");
         if frame["type"] == "message" {
-            let (ms, seq) = frame["id"].as_str().unwrap().split_once('-').unwrap();
-            ids.push((ms.parse().unwrap(), seq.parse().unwrap()));
+            ids.push(room_order(frame["id"].as_str().unwrap()));
         }
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "replay in order, no repeat");
