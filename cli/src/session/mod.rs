@@ -305,11 +305,7 @@ impl Session {
                             Step::Greeted => {
                                 greeted = true;
                             }
-                            Step::Reauthenticate => {
-                                if self.refreshing.is_none() {
-                                    self.start_refresh();
-                                }
-                            }
+                            Step::Reauthenticate => self.start_refresh(),
                             Step::Stop(code) => {
                                 close(&mut sink, &mut stream).await;
                                 return End::Exit(code);
@@ -318,7 +314,7 @@ impl Session {
                         Message::Close(frame) => {
                             let (code, reason) =
                                 frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
-                            match after_close(Some(code), &reason) {
+                            match after_close(code, &reason) {
                                 AfterClose::SignedOut(why) => return End::Exit(self.signed_out(&why)),
                                 AfterClose::Reconnect(why) => break End::Lost(why),
                                 AfterClose::Fatal(why) => {
@@ -359,9 +355,7 @@ impl Session {
                 }
                 _ = sleep_until(refresh_retry.unwrap_or(never)), if refresh_retry.is_some() => {
                     refresh_retry = None;
-                    if self.refreshing.is_none() {
-                        self.start_refresh();
-                    }
+                    self.start_refresh();
                 }
                 _ = sleep_until(next_ping) => {
                     if last_heard.elapsed() >= SILENCE_LIMIT {
@@ -448,7 +442,11 @@ impl Session {
         }
     }
 
+    /// Starts a refresh in the background, unless one is under way.
     fn start_refresh(&mut self) {
+        if self.refreshing.is_some() {
+            return;
+        }
         let (api, path, creds, file_token) =
             (self.api.clone(), self.path.clone(), self.creds.clone(), self.file_token.clone());
         self.refreshing =

@@ -15,9 +15,10 @@ pub enum AfterClose {
     Fatal(String),
 }
 
-/// Reads a close frame's code and reason; `None` is a connection that ended
-/// without one.
-pub fn after_close(code: Option<u16>, reason: &str) -> AfterClose {
+/// Reads a close frame's code and reason (a close frame without a code is
+/// 1005; a connection that ends with no close frame is handled as lost
+/// before this).
+pub fn after_close(code: u16, reason: &str) -> AfterClose {
     let said = |code: u16| {
         if reason.is_empty() {
             format!("closed with {code}")
@@ -26,17 +27,16 @@ pub fn after_close(code: Option<u16>, reason: &str) -> AfterClose {
         }
     };
     match code {
-        None => AfterClose::Reconnect("connection lost".into()),
         // The token (not the session) ended, or a reauth token was refused:
         // a refresh and a new socket settle it; a session that is over
         // refuses the refresh, and then the client is signed out.
-        Some(4401) if matches!(reason, "token expired" | "invalid token") => AfterClose::Reconnect(said(4401)),
-        Some(4401) => AfterClose::SignedOut(if reason.is_empty() { "4401".into() } else { reason.into() }),
+        4401 if matches!(reason, "token expired" | "invalid token") => AfterClose::Reconnect(said(4401)),
+        4401 => AfterClose::SignedOut(if reason.is_empty() { "4401".into() } else { reason.into() }),
         // Normal, going away, no status, abnormal, internal error, service
         // restart, try again later, bad gateway: the server or the path to
         // it will be back.
-        Some(c @ (1000 | 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 1014)) => AfterClose::Reconnect(said(c)),
-        Some(c) => AfterClose::Fatal(said(c)),
+        c @ (1000 | 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 1014) => AfterClose::Reconnect(said(c)),
+        c => AfterClose::Fatal(said(c)),
     }
 }
 
@@ -127,24 +127,23 @@ mod tests {
     #[test]
     fn close_codes_decide_whether_to_come_back() {
         for reason in ["token expired", "invalid token"] {
-            assert!(matches!(after_close(Some(4401), reason), AfterClose::Reconnect(_)), "{reason}");
+            assert!(matches!(after_close(4401, reason), AfterClose::Reconnect(_)), "{reason}");
         }
         for reason in ["logged out", "session expired", "session revoked"] {
-            assert_eq!(after_close(Some(4401), reason), AfterClose::SignedOut(reason.into()));
+            assert_eq!(after_close(4401, reason), AfterClose::SignedOut(reason.into()));
         }
         assert_eq!(
-            after_close(Some(1001), "server shutting down"),
+            after_close(1001, "server shutting down"),
             AfterClose::Reconnect("closed with 1001 (server shutting down)".into())
         );
-        assert!(matches!(after_close(Some(1013), "slow consumer"), AfterClose::Reconnect(_)));
-        assert!(matches!(after_close(Some(1013), "store unavailable"), AfterClose::Reconnect(_)));
-        assert!(matches!(after_close(Some(1006), ""), AfterClose::Reconnect(_)));
-        assert!(matches!(after_close(None, ""), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(1013, "slow consumer"), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(1013, "store unavailable"), AfterClose::Reconnect(_)));
+        assert!(matches!(after_close(1006, ""), AfterClose::Reconnect(_)));
         assert_eq!(
-            after_close(Some(1008), "policy violation"),
+            after_close(1008, "policy violation"),
             AfterClose::Fatal("closed with 1008 (policy violation)".into())
         );
-        assert!(matches!(after_close(Some(1009), "message too big"), AfterClose::Fatal(_)));
-        assert!(matches!(after_close(Some(4000), ""), AfterClose::Fatal(_)));
+        assert!(matches!(after_close(1009, "message too big"), AfterClose::Fatal(_)));
+        assert!(matches!(after_close(4000, ""), AfterClose::Fatal(_)));
     }
 }
