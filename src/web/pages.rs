@@ -162,7 +162,6 @@ pub struct ChatPage {
     /// The messages shown begin at the room's first (nothing older to page back to).
     pub history_start: bool,
     pub last_id: String,
-    pub expires_at: UnixMillis,
 }
 
 /// A message as the page carries it: data only (`<template id="history">`);
@@ -318,7 +317,6 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
             messages,
             history_start,
             last_id,
-            expires_at: current.expires_at,
         },
     )
 }
