@@ -308,17 +308,7 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;
     let messages = recent.into_iter().map(MessageView::from).collect();
-    page(
-        StatusCode::OK,
-        &ChatPage {
-            user: name,
-            room: room.to_string(),
-            rooms,
-            messages,
-            history_start,
-            last_id,
-        },
-    )
+    page(StatusCode::OK, &ChatPage { user: name, room: room.to_string(), rooms, messages, history_start, last_id })
 }
 
 #[cfg(test)]
