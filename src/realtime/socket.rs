@@ -288,10 +288,11 @@ where
         }
         let Some(after) = after else { return Flow::Continue };
         // Everything after the room's cursor at registration (`last_sent`)
-        // reaches this socket live, so replay covers (after, last_sent]. An
-        // `after` beyond it (a far-future id, or one from a store since
-        // emptied) replays nothing, and the socket goes on live.
+        // reaches this socket live, so replay covers (after, last_sent].
         let until = self.last_sent;
+        if after > until {
+            return self.skip_seen(after).await;
+        }
         let mut cursor = after;
         while cursor < until {
             let page = match self.deps.history.after(&self.room, cursor, REPLAY_PAGE).await {
@@ -318,6 +319,26 @@ where
             }
         }
         Flow::Continue
+    }
+
+    /// An `after` past the room's cursor: nothing to replay, but the tail
+    /// of this instance has not yet handed out everything the client has
+    /// seen (a client that saw a message through another instance, or
+    /// reconnects before the tail read its own last one), so what comes live
+    /// up to `after` is not sent again. An `after` beyond the room's newest
+    /// stored message (a far-future id, or one from a store since emptied)
+    /// is read as that newest one, and the socket goes on live.
+    async fn skip_seen(&mut self, after: MessageId) -> Flow {
+        match self.deps.history.last_id(&self.room).await {
+            Ok(newest) => {
+                self.last_sent = self.last_sent.max(after.min(newest));
+                Flow::Continue
+            }
+            Err(err) => {
+                tracing::warn!(%err, "replay failed: store unavailable");
+                Flow::Close(frames::STORE_UNAVAILABLE)
+            }
+        }
     }
 
     /// Starts counting the unread messages of the user's other rooms: from
@@ -744,6 +765,56 @@ mod tests {
         assert_eq!(ack["client_id"], "c1");
         let live = next_of(&mut ws, "message").await;
         assert_eq!((live["id"].clone(), live["body"].clone()), (ack["id"].clone(), json!("live")));
+    }
+
+    #[tokio::test]
+    async fn what_the_client_has_seen_is_not_sent_again_when_the_tail_lags_behind_it() {
+        let rig = Rig::new(Config::default());
+        let lobby = crate::model::RoomName::lobby();
+        let append = |body: &'static str| {
+            let new = NewMessage {
+                sender: crate::model::UserId::new_v4(),
+                user: "bob".into(),
+                body: body.into(),
+                client_id: None,
+                client_id_shown: false,
+                sent_at: UnixMillis::now(),
+            };
+            let history = rig.deps.history.clone();
+            let lobby = lobby.clone();
+            async move { history.append(&lobby, new).await.unwrap().id().unwrap() }
+        };
+        // Bob's socket fixes the room's cursor; the tail is not running, so
+        // it stays there while three messages are stored.
+        let bob = rig.sign_in("bob").await;
+        let (mut bob_ws, _bob) = rig.open(&bob, "lobby", None).await;
+        next_of(&mut bob_ws, "presence").await;
+        let mut ids = Vec::new();
+        for body in ["m0", "m1", "m2"] {
+            ids.push(append(body).await);
+        }
+        // Alice saw m1 (through another instance, say); Carol's id is from
+        // the far future.
+        let alice = rig.sign_in("alice").await;
+        let (mut alice_ws, _alice) = rig.open(&alice, "lobby", Some(ids[1])).await;
+        next_of(&mut alice_ws, "presence").await;
+        let carol = rig.sign_in("carol").await;
+        let far = "99999999999999-0".parse().unwrap();
+        let (mut carol_ws, _carol) = rig.open(&carol, "lobby", Some(far)).await;
+        next_of(&mut carol_ws, "presence").await;
+
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.hub.clone().run(stopped));
+        let m3 = append("m3").await;
+        for body in ["m0", "m1", "m2", "m3"] {
+            assert_eq!(next_of(&mut bob_ws, "message").await["body"], body);
+        }
+        let alice_got = next_of(&mut alice_ws, "message").await;
+        assert_eq!(alice_got["id"], ids[2].to_string(), "m0 and m1 are not sent again: {alice_got}");
+        assert_eq!(next_of(&mut alice_ws, "message").await["body"], "m3");
+        // What was stored before Carol joined is behind her `after`; what
+        // comes later reaches her live.
+        assert_eq!(next_of(&mut carol_ws, "message").await["id"], m3.to_string());
     }
 
     #[tokio::test]
