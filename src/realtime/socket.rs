@@ -233,6 +233,23 @@ where
             return socket.close(frames::STORE_UNAVAILABLE).await;
         }
     };
+    // An `after` past the room's cursor: the client saw messages this
+    // instance's tail has not handed out yet (through another instance, or
+    // just before it reconnected). They come live, and are not sent again.
+    // The store's newest id, read before the socket joins, bounds what is
+    // skipped, so an `after` beyond it (a far-future id, or one from a store
+    // since emptied) is read as that newest message: what is stored once
+    // the socket has joined still reaches it.
+    let seen = match ctx.after {
+        Some(after) if after > start => match deps.history.last_id(&socket.room).await {
+            Ok(newest) => after.min(newest),
+            Err(err) => {
+                tracing::warn!(%err, "socket refused after upgrade: store unavailable");
+                return socket.close(frames::STORE_UNAVAILABLE).await;
+            }
+        },
+        _ => MessageId::ZERO,
+    };
     let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
     let unread_outbox = ctx.unread.then(|| outbox_tx.clone());
     let (close_tx, mut close_rx) = oneshot::channel();
@@ -252,7 +269,7 @@ where
         // The tail may be blocked on the old room set: make it look again.
         deps.hub.follow_new_room(&socket.room).await;
     }
-    socket.last_sent = joined.cursor;
+    socket.last_sent = joined.cursor.max(seen);
 
     let mut flow = Box::pin(socket.greet(ctx.after)).await;
     if let (Flow::Continue, Some(outbox_tx)) = (&flow, unread_outbox) {
@@ -289,10 +306,8 @@ where
         let Some(after) = after else { return Flow::Continue };
         // Everything after the room's cursor at registration (`last_sent`)
         // reaches this socket live, so replay covers (after, last_sent].
+        // An `after` beyond it replays nothing.
         let until = self.last_sent;
-        if after > until {
-            return self.skip_seen(after).await;
-        }
         let mut cursor = after;
         while cursor < until {
             let page = match self.deps.history.after(&self.room, cursor, REPLAY_PAGE).await {
@@ -319,26 +334,6 @@ where
             }
         }
         Flow::Continue
-    }
-
-    /// An `after` past the room's cursor: nothing to replay, but the tail
-    /// of this instance has not yet handed out everything the client has
-    /// seen (a client that saw a message through another instance, or
-    /// reconnects before the tail read its own last one), so what comes live
-    /// up to `after` is not sent again. An `after` beyond the room's newest
-    /// stored message (a far-future id, or one from a store since emptied)
-    /// is read as that newest one, and the socket goes on live.
-    async fn skip_seen(&mut self, after: MessageId) -> Flow {
-        match self.deps.history.last_id(&self.room).await {
-            Ok(newest) => {
-                self.last_sent = self.last_sent.max(after.min(newest));
-                Flow::Continue
-            }
-            Err(err) => {
-                tracing::warn!(%err, "replay failed: store unavailable");
-                Flow::Close(frames::STORE_UNAVAILABLE)
-            }
-        }
     }
 
     /// Starts counting the unread messages of the user's other rooms: from
