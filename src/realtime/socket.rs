@@ -180,9 +180,13 @@ struct Socket<S> {
     credential: Credential,
     name: Arc<str>,
     room: RoomName,
-    /// The newest message id this socket has sent: nothing at or before it
-    /// is sent again, which makes replay and live delivery meet seamlessly.
+    /// The newest message id this socket has sent, or the client had seen
+    /// when it joined: nothing at or before it is sent again, which makes
+    /// replay and live delivery meet seamlessly.
     last_sent: MessageId,
+    /// The newest id acknowledged to this socket: its own message may be
+    /// acked before the tail delivers it, and the client may mark it read.
+    last_acked: MessageId,
     /// When the session ends unless it is found slid or re-authenticated.
     deadline: Deadline,
     last_seen: Instant,
@@ -222,6 +226,7 @@ where
         name: name.clone(),
         room: ctx.room,
         last_sent: MessageId::ZERO,
+        last_acked: MessageId::ZERO,
         last_seen: now,
         flood: 0,
     });
@@ -564,6 +569,7 @@ where
     /// of refusals (docs/protocol.md §3.6).
     async fn acknowledge(&mut self, client_id: Option<&str>, id: MessageId) -> Flow {
         self.flood = 0;
+        self.last_acked = self.last_acked.max(id);
         self.write([ServerFrame::Ack { client_id, id }.to_text()]).await
     }
 
@@ -628,13 +634,13 @@ where
     }
 
     /// Moves the user's read marker in this room. Only ids this socket was
-    /// sent (or could have been: up to the room's cursor when it joined)
-    /// are taken, so a marker never runs ahead of the room.
+    /// sent or acknowledged (or could have been: up to the room's cursor
+    /// when it joined) are taken, so a marker never runs ahead of the room.
     async fn on_read(&mut self, up_to: String) -> Flow {
         let Ok(up_to) = up_to.parse::<MessageId>() else {
             return self.refuse("up_to is a message id.", None).await;
         };
-        if up_to > self.last_sent {
+        if up_to > self.last_sent.max(self.last_acked) {
             return self.refuse("up_to is after the newest message of this room.", None).await;
         }
         // Costs a store round trip, like a send (the client spends a token too).
@@ -810,6 +816,26 @@ mod tests {
         // What was stored before Carol joined is behind her `after`; what
         // comes later reaches her live.
         assert_eq!(next_of(&mut carol_ws, "message").await["id"], m3.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_sender_may_mark_its_own_message_read_once_acked_before_it_comes_live() {
+        // The tail is not running: the message is stored and acked, and
+        // never delivered.
+        let rig = Rig::new(Config::default());
+        let alice = rig.sign_in("alice").await;
+        let (mut ws, _task) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut ws, "presence").await;
+        send(&mut ws, json!({"type": "send", "body": "mine", "client_id": "c1"})).await;
+        let id = next_of(&mut ws, "ack").await["id"].as_str().unwrap().to_owned();
+        send(&mut ws, json!({"type": "read", "up_to": id})).await;
+        // A refused frame after it: its error is the first one back only if
+        // the marker was taken.
+        send(&mut ws, json!({"type": "read", "up_to": "not an id"})).await;
+        let error = next_of(&mut ws, "error").await;
+        assert!(error["message"].as_str().unwrap().contains("message id"), "the marker was refused: {error}");
+        let markers = rig.deps.history.read_markers(alice.current.user.id).await.unwrap();
+        assert_eq!(markers.get(&crate::model::RoomName::lobby()).map(|m| m.to_string()), Some(id));
     }
 
     #[tokio::test]

@@ -387,6 +387,7 @@ async fn mark_read(socket: &mut Socket, up_to: &str) {
     socket.send_json(json!({"type": "read", "up_to": "not an id"})).await;
     let err = socket.next_of("error").await;
     assert_eq!(err["code"], "invalid");
+    assert!(err["message"].as_str().unwrap().contains("message id"), "the marker was refused: {err}");
 }
 
 #[tokio::test]
