@@ -102,9 +102,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `TEST_LOG=1` logs the applications a test runs (filtered by `RUST_LOG`,
+/// `info` by default) into that test's captured output: printed with its
+/// failure, under its name, and not mixed with the other tests' logs.
 fn init_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        palaver::telemetry::init(palaver::config::LogFormat::Text);
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
     }
 }
 
