@@ -57,6 +57,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
+const READ_NOT_STORED: &str = "The read marker was not stored; send it again.";
 /// The user's rooms whose unread counts a socket follows: those the chat
 /// page lists (the most recently opened, and the lobby).
 pub const UNREAD_ROOMS: usize = 30;
@@ -184,9 +185,6 @@ struct Socket<S> {
     /// when it joined: nothing at or before it is sent again, which makes
     /// replay and live delivery meet seamlessly.
     last_sent: MessageId,
-    /// The newest id acknowledged to this socket: its own message may be
-    /// acked before the tail delivers it, and the client may mark it read.
-    last_acked: MessageId,
     /// When the session ends unless it is found slid or re-authenticated.
     deadline: Deadline,
     last_seen: Instant,
@@ -226,7 +224,6 @@ where
         name: name.clone(),
         room: ctx.room,
         last_sent: MessageId::ZERO,
-        last_acked: MessageId::ZERO,
         last_seen: now,
         flood: 0,
     });
@@ -569,7 +566,6 @@ where
     /// of refusals (docs/protocol.md §3.6).
     async fn acknowledge(&mut self, client_id: Option<&str>, id: MessageId) -> Flow {
         self.flood = 0;
-        self.last_acked = self.last_acked.max(id);
         self.write([ServerFrame::Ack { client_id, id }.to_text()]).await
     }
 
@@ -633,19 +629,29 @@ where
         }
     }
 
-    /// Moves the user's read marker in this room. Only ids this socket was
-    /// sent or acknowledged (or could have been: up to the room's cursor
-    /// when it joined) are taken, so a marker never runs ahead of the room.
+    /// Moves the user's read marker in this room. Only ids the room has are
+    /// taken, so a marker never runs ahead of it: those this socket was
+    /// sent (or could have been: up to the room's cursor when it joined),
+    /// and beyond them, what the store has.
     async fn on_read(&mut self, up_to: String) -> Flow {
         let Ok(up_to) = up_to.parse::<MessageId>() else {
             return self.refuse("up_to is a message id.", None).await;
         };
-        if up_to > self.last_sent.max(self.last_acked) {
-            return self.refuse("up_to is after the newest message of this room.", None).await;
-        }
         // Costs a store round trip, like a send (the client spends a token too).
         if let Err(flow) = self.rate_limit(None).await {
             return flow;
+        }
+        if up_to > self.last_sent {
+            // Not sent here (yet): the client may have it from the page, or
+            // as its own message's ack, before the tail brings it here.
+            match self.deps.history.last_id(&self.room).await {
+                Ok(newest) if up_to <= newest => {}
+                Ok(_) => return self.refuse("up_to is after the newest message of this room.", None).await,
+                Err(err) => {
+                    tracing::warn!(%err, "read marker not checked: store unavailable");
+                    return self.error(ErrorCode::Unavailable, READ_NOT_STORED, None).await;
+                }
+            }
         }
         self.flood = 0;
         match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
@@ -655,7 +661,7 @@ where
             }
             Err(err) => {
                 tracing::warn!(%err, "read marker not stored");
-                self.error(ErrorCode::Unavailable, "The read marker was not stored; send it again.", None).await
+                self.error(ErrorCode::Unavailable, READ_NOT_STORED, None).await
             }
         }
     }
@@ -819,9 +825,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sender_may_mark_its_own_message_read_once_acked_before_it_comes_live() {
-        // The tail is not running: the message is stored and acked, and
-        // never delivered.
+    async fn a_marker_for_a_message_not_yet_sent_here_is_taken_when_the_room_has_it() {
+        // The tail is not running: the sender's own message is stored and
+        // acked, and never delivered to its socket.
         let rig = Rig::new(Config::default());
         let alice = rig.sign_in("alice").await;
         let (mut ws, _task) = rig.open(&alice, "lobby", None).await;
@@ -836,6 +842,10 @@ mod tests {
         assert!(error["message"].as_str().unwrap().contains("message id"), "the marker was refused: {error}");
         let markers = rig.deps.history.read_markers(alice.current.user.id).await.unwrap();
         assert_eq!(markers.get(&crate::model::RoomName::lobby()).map(|m| m.to_string()), Some(id));
+        // Beyond the room's newest message: refused.
+        send(&mut ws, json!({"type": "read", "up_to": "99999999999999-0"})).await;
+        let error = next_of(&mut ws, "error").await;
+        assert!(error["message"].as_str().unwrap().contains("newest"), "{error}");
     }
 
     #[tokio::test]
