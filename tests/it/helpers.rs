@@ -822,7 +822,8 @@ impl Socket {
     /// Sends a chat message and returns the ack.
     pub async fn say(&mut self, body: &str, client_id: &str) -> Value {
         self.send_json(serde_json::json!({"type": "send", "body": body, "client_id": client_id})).await;
-        let ack = self.next_of("ack").await;
+        let ack = self.next_of_any(&["ack", "error"]).await;
+        assert_eq!(ack["type"], "ack", "{body:?} was not acknowledged: {ack}");
         assert_eq!(ack["client_id"], client_id);
         ack
     }
