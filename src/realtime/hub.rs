@@ -161,22 +161,12 @@ mod tests {
     use super::*;
     use crate::{
         backend::memory::MemoryBackend,
-        clock::UnixMillis,
         config::Config,
-        model::NewMessage,
-        realtime::registry::tests::{join, Joined},
+        realtime::{
+            registry::tests::{join, Joined},
+            testing::said,
+        },
     };
-
-    fn said(body: &str) -> NewMessage {
-        NewMessage {
-            sender: crate::model::UserId::new_v4(),
-            user: "al".into(),
-            body: body.into(),
-            client_id: None,
-            client_id_shown: false,
-            sent_at: UnixMillis::now(),
-        }
-    }
 
     async fn bodies(socket: &mut Joined, n: usize) -> Vec<String> {
         let mut out = Vec::new();
@@ -195,7 +185,7 @@ mod tests {
             Arc::new(Registry::new(crate::realtime::registry::Caps { instance: 10, per_user: 10, per_session: 10 }));
         let hub = Hub::new(history.clone(), registry.clone());
         let lobby = RoomName::lobby();
-        history.append(&lobby, said("before")).await.unwrap();
+        history.append(&lobby, said("al", "before")).await.unwrap();
 
         let start = hub.start_for(&lobby).await.unwrap();
         let mut a = join(&registry, "al", "lobby", start, 16);
@@ -203,13 +193,13 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(hub.clone().run(stopped));
         for body in ["one", "two", "three"] {
-            history.append(&lobby, said(body)).await.unwrap();
+            history.append(&lobby, said("al", body)).await.unwrap();
         }
         assert_eq!(bodies(&mut a, 3).await, ["one", "two", "three"], "nothing from before its start");
         // A second socket of the same room starts at the room's cursor.
         let cursor = hub.start_for(&lobby).await.unwrap();
         let mut b = join(&registry, "cy", "lobby", cursor, 16);
-        history.append(&lobby, said("four")).await.unwrap();
+        history.append(&lobby, said("al", "four")).await.unwrap();
         assert_eq!(bodies(&mut a, 1).await, ["four"]);
         assert_eq!(bodies(&mut b, 1).await, ["four"]);
         assert!(other.outbox.try_recv().is_err(), "rooms do not leak");

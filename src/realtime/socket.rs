@@ -729,7 +729,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::super::testing::{closed, next_of, receive, send, Received, Rig};
-    use crate::{backend::EndReason, clock::UnixMillis, config::Config, model::NewMessage};
+    use crate::{backend::EndReason, clock::UnixMillis, config::Config};
 
     fn config(pairs: &[(&str, &str)]) -> Config {
         Config::from_map(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
@@ -741,18 +741,9 @@ mod tests {
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(rig.hub.clone().run(stopped));
         let alice = rig.sign_in("alice").await;
-        let lobby = crate::model::RoomName::lobby();
         let mut ids = Vec::new();
         for body in ["m0", "m1", "m2"] {
-            let new = NewMessage {
-                sender: crate::model::UserId::new_v4(),
-                user: "bob".into(),
-                body: body.into(),
-                client_id: None,
-                client_id_shown: false,
-                sent_at: UnixMillis::now(),
-            };
-            ids.push(rig.deps.history.append(&lobby, new).await.unwrap().id().unwrap());
+            ids.push(rig.store("lobby", "bob", body).await);
         }
 
         let (mut ws, _task) = rig.open(&alice, "lobby", Some(ids[0])).await;
@@ -777,20 +768,6 @@ mod tests {
     #[tokio::test]
     async fn what_the_client_has_seen_is_not_sent_again_when_the_tail_lags_behind_it() {
         let rig = Rig::new(Config::default());
-        let lobby = crate::model::RoomName::lobby();
-        let append = |body: &'static str| {
-            let new = NewMessage {
-                sender: crate::model::UserId::new_v4(),
-                user: "bob".into(),
-                body: body.into(),
-                client_id: None,
-                client_id_shown: false,
-                sent_at: UnixMillis::now(),
-            };
-            let history = rig.deps.history.clone();
-            let lobby = lobby.clone();
-            async move { history.append(&lobby, new).await.unwrap().id().unwrap() }
-        };
         // Bob's socket fixes the room's cursor; the tail is not running, so
         // it stays there while three messages are stored.
         let bob = rig.sign_in("bob").await;
@@ -798,7 +775,7 @@ mod tests {
         next_of(&mut bob_ws, "presence").await;
         let mut ids = Vec::new();
         for body in ["m0", "m1", "m2"] {
-            ids.push(append(body).await);
+            ids.push(rig.store("lobby", "bob", body).await);
         }
         // Alice saw m1 (through another instance, say); Carol's id is from
         // the far future.
@@ -812,7 +789,7 @@ mod tests {
 
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(rig.hub.clone().run(stopped));
-        let m3 = append("m3").await;
+        let m3 = rig.store("lobby", "bob", "m3").await;
         for body in ["m0", "m1", "m2", "m3"] {
             assert_eq!(next_of(&mut bob_ws, "message").await["body"], body);
         }

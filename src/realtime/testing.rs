@@ -28,8 +28,9 @@ use crate::{
         Sessions,
     },
     backend::Backend,
+    clock::UnixMillis,
     config::Config,
-    model::{MessageId, RoomName, User, UserId},
+    model::{MessageId, NewMessage, RoomName, User, UserId},
 };
 
 /// How long a test waits for anything before failing.
@@ -98,6 +99,13 @@ impl Rig {
         SignedIn { current, cookie, session }
     }
 
+    /// Stores a message from `user` (who need not have a socket) in `room`,
+    /// as a send would, and returns its id.
+    pub async fn store(&self, room: &str, user: &str, body: &str) -> MessageId {
+        let room = RoomName::parse(room).expect("a valid room");
+        self.deps.history.append(&room, said(user, body)).await.expect("stored").id().expect("a new message")
+    }
+
     /// Opens a socket for `who` in `room`, as an accepted upgrade would.
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -119,6 +127,18 @@ impl Rig {
         });
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (client, task)
+    }
+}
+
+/// A message from `user`, without a client id, sent now.
+pub fn said(user: &str, body: &str) -> NewMessage {
+    NewMessage {
+        sender: UserId::new_v4(),
+        user: user.into(),
+        body: body.into(),
+        client_id: None,
+        client_id_shown: false,
+        sent_at: UnixMillis::now(),
     }
 }
 
