@@ -203,16 +203,19 @@ async fn a_user_spreading_over_sockets_is_held_to_their_own_rate() {
     bobs.say("me too", "b1").await;
 }
 
+/// A user's rate of two messages, then one every ten seconds; the socket's
+/// own rate out of the way.
+const ONLY_THE_USERS_RATE: [(&str, &str); 4] = [
+    ("USER_MESSAGE_RATE_PER_SEC", "0.1"),
+    ("USER_MESSAGE_BURST", "2"),
+    ("MESSAGE_RATE_PER_SEC", "1000"),
+    ("MESSAGE_BURST", "1000"),
+];
+
 #[tokio::test]
 async fn flooding_past_the_users_rate_ends_the_socket_like_flooding_past_its_own() {
     let redis = RedisServer::start();
-    let limits = [
-        ("USER_MESSAGE_RATE_PER_SEC", "0.1"),
-        ("USER_MESSAGE_BURST", "2"),
-        ("MESSAGE_RATE_PER_SEC", "1000"),
-        ("MESSAGE_BURST", "1000"),
-    ];
-    let app = TestApp::spawn_with(Some(&redis), &limits).await;
+    let app = TestApp::spawn_with(Some(&redis), &ONLY_THE_USERS_RATE).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     for i in 0..20 {
@@ -237,13 +240,7 @@ async fn flooding_past_the_users_rate_ends_the_socket_like_flooding_past_its_own
 #[tokio::test]
 async fn an_accepted_frame_ends_a_run_of_refusals() {
     let redis = RedisServer::start();
-    let limits = [
-        ("USER_MESSAGE_RATE_PER_SEC", "0.1"),
-        ("USER_MESSAGE_BURST", "2"),
-        ("MESSAGE_RATE_PER_SEC", "1000"),
-        ("MESSAGE_BURST", "1000"),
-    ];
-    let app = TestApp::spawn_with(Some(&redis), &limits).await;
+    let app = TestApp::spawn_with(Some(&redis), &ONLY_THE_USERS_RATE).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, _) = alice.join(&app, "").await;
     socket.say("first", "c0").await;
