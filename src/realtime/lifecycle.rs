@@ -25,6 +25,13 @@ use crate::{
 
 /// Sessions checked per store round trip in a sweep.
 const SWEEP_BATCH: usize = 1000;
+/// How soon a sweep the store interrupted is tried again, at first; the
+/// wait doubles up to [`SWEEP_RETRY_MAX`]. A sweep matters most right after
+/// the store comes back (events sent meanwhile are lost), which is also when
+/// the command pool may still be reconnecting: a resync sweep that gave up
+/// on its first refusal left revoked sockets open for a whole interval.
+const SWEEP_RETRY_FIRST: Duration = Duration::from_millis(50);
+const SWEEP_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the lifecycle task listens to and acts on.
 #[derive(Clone)]
@@ -40,11 +47,13 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Closes the sockets whose session is gone from the store; returns how
-    /// many. While the store does not answer, sockets stay open: they were
-    /// verified, and the next sweep will check them again.
-    pub async fn sweep(&self) -> usize {
+    /// many, or `None` when the store stopped answering before every
+    /// session was checked. Sockets it could not check stay open: they were
+    /// verified, and the sweep is tried again ([`Lifecycle::sweep_until_done`]).
+    pub async fn sweep(&self) -> Option<usize> {
         let sessions = self.registry.sessions();
         let mut closed = 0;
+        let mut done = true;
         for batch in sessions.chunks(SWEEP_BATCH) {
             match self.sessions.exist(batch).await {
                 Ok(alive) => {
@@ -55,7 +64,8 @@ impl Lifecycle {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "revalidation sweep stopped: store unavailable");
+                    tracing::warn!(%err, "revalidation sweep interrupted: store unavailable; trying again shortly");
+                    done = false;
                     break;
                 }
             }
@@ -63,7 +73,20 @@ impl Lifecycle {
         if closed > 0 {
             tracing::info!(closed, "revalidation closed sockets of ended sessions");
         }
-        closed
+        done.then_some(closed)
+    }
+
+    /// Sweeps until a sweep checks every session, waiting a little longer
+    /// after each one the store interrupted; ends early at shutdown.
+    async fn sweep_until_done(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut wait = SWEEP_RETRY_FIRST;
+        while self.sweep().await.is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = (wait * 2).min(SWEEP_RETRY_MAX);
+        }
     }
 
     /// Listens to the event bus and runs the periodic sweep; ends at shutdown.
@@ -73,15 +96,16 @@ impl Lifecycle {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset(); // the first sweep is one interval from now
         let sweeping = Arc::new(AtomicBool::new(false));
+        let sweeps_stop = shutdown.clone();
 
         // One sweep at a time, off this loop, so events keep flowing meanwhile.
         let start_sweep = |this: &Lifecycle| {
             if sweeping.swap(true, Ordering::AcqRel) {
                 return;
             }
-            let (this, sweeping) = (this.clone(), sweeping.clone());
+            let (this, sweeping, mut shutdown) = (this.clone(), sweeping.clone(), sweeps_stop.clone());
             tokio::spawn(async move {
-                this.sweep().await;
+                this.sweep_until_done(&mut shutdown).await;
                 sweeping.store(false, Ordering::Release);
             });
         };
@@ -121,14 +145,62 @@ impl Lifecycle {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::watch;
-    use tower_sessions::SessionStore;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    use async_trait::async_trait;
+    use tokio::sync::{broadcast, watch};
+    use tower_sessions::{session::Id, SessionStore};
 
     use super::super::testing::{closed, eventually, next_of, Rig};
     use crate::{
-        backend::{EndReason, Event},
+        backend::{Backend, EndReason, Event, EventBus, Notice, SessionIndex, StoreError, StoreResult},
+        clock::UnixMillis,
         config::Config,
+        model::UserId,
     };
+
+    /// The in-process store, except that the first `refusals` session checks
+    /// fail (a command pool still reconnecting after the store came back),
+    /// and that notices come from the test (a subscriber that reconnected).
+    struct Reconnecting {
+        index: Arc<dyn SessionIndex>,
+        bus: Arc<dyn EventBus>,
+        refusals: AtomicUsize,
+        notices: broadcast::Sender<Notice>,
+    }
+
+    #[async_trait]
+    impl SessionIndex for Reconnecting {
+        async fn add(&self, user: UserId, session: Id, expires_by: UnixMillis) -> StoreResult<()> {
+            self.index.add(user, session, expires_by).await
+        }
+        async fn remove(&self, user: UserId, session: Id) -> StoreResult<()> {
+            self.index.remove(user, session).await
+        }
+        async fn take_all(&self, user: UserId) -> StoreResult<Vec<Id>> {
+            self.index.take_all(user).await
+        }
+        async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>> {
+            let refuse = self.refusals.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+            if refuse {
+                return Err(StoreError::Usage("the pool is still reconnecting".into()));
+            }
+            self.index.exist(sessions).await
+        }
+    }
+
+    #[async_trait]
+    impl EventBus for Reconnecting {
+        async fn publish(&self, event: &Event) -> StoreResult<()> {
+            self.bus.publish(event).await
+        }
+        fn subscribe(&self) -> broadcast::Receiver<Notice> {
+            self.notices.subscribe()
+        }
+    }
 
     #[tokio::test]
     async fn a_logout_event_from_another_instance_closes_exactly_that_sessions_sockets() {
@@ -166,14 +238,43 @@ mod tests {
         next_of(&mut a, "hello").await;
         next_of(&mut b, "hello").await;
         let lifecycle = rig.lifecycle();
-        assert_eq!(lifecycle.sweep().await, 0, "both sessions live");
+        assert_eq!(lifecycle.sweep().await, Some(0), "both sessions live");
 
         // Deleted behind everyone's back: no event at all.
         rig.backend.sessions.delete(&alice.current.session_id).await.unwrap();
-        assert_eq!(lifecycle.sweep().await, 1);
+        assert_eq!(lifecycle.sweep().await, Some(1));
         assert_eq!(closed(&mut a).await, (4401, "session revoked".into()));
         eventually("the closed socket to leave the registry", || rig.registry.len() == 1).await;
         assert_eq!(rig.registry.sessions(), [bob.current.session_id]);
+    }
+
+    /// The subscriber is back (a resync) before the command pool is: the
+    /// sweep the resync starts is refused by the store at first, and must
+    /// not wait a whole interval to try again.
+    #[tokio::test]
+    async fn a_resync_sweep_the_store_refuses_is_tried_again_until_it_runs() {
+        let config = Config::default(); // a 30 s interval: far beyond this test
+        let memory = Backend::memory(&config);
+        let (notices, _) = broadcast::channel(16);
+        let store = Arc::new(Reconnecting {
+            index: memory.session_index.clone(),
+            bus: memory.bus.clone(),
+            refusals: AtomicUsize::new(3),
+            notices: notices.clone(),
+        });
+        let backend = Backend { session_index: store.clone(), bus: store.clone(), ..memory };
+        let rig = Rig::with_backend(&config, backend);
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.lifecycle().run(stopped));
+        let alice = rig.sign_in("alice").await;
+        let (mut a, _) = rig.open(&alice, "lobby", None).await;
+        next_of(&mut a, "hello").await;
+
+        // Ended while no event could be heard; then the subscriber is back.
+        rig.backend.sessions.delete(&alice.current.session_id).await.unwrap();
+        notices.send(Notice::Resync).unwrap();
+        assert_eq!(closed(&mut a).await, (4401, "session revoked".into()));
+        assert_eq!(store.refusals.load(Ordering::Acquire), 0, "the store refused the first three tries");
     }
 
     #[tokio::test]

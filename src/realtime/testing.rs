@@ -58,7 +58,12 @@ pub type Client = WebSocketStream<DuplexStream>;
 
 impl Rig {
     pub fn new(config: Config) -> Rig {
-        let backend = Backend::memory(&config);
+        Self::with_backend(&config, Backend::memory(&config))
+    }
+
+    /// A rig over `backend` (the in-process one, with some handles replaced).
+    pub fn with_backend(config: &Config, backend: Backend) -> Rig {
+        let config = config.clone();
         let keys = crate::auth::tokens::TokenKeys::new(
             &crate::auth::tokens::generate_signing_key(),
             &[],
