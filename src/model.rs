@@ -77,6 +77,13 @@ impl RoomName {
         Self(LOBBY.into())
     }
 
+    /// The lobby always exists: it is never created (so it counts against
+    /// no new-room quota), never expires, and is in every user's sidebar.
+    /// Every place that treats the lobby apart asks this.
+    pub fn is_lobby(&self) -> bool {
+        &*self.0 == LOBBY
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
