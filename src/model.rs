@@ -1,7 +1,7 @@
 //! What palaver talks about: users, rooms, messages and their ids, and the
 //! rules a valid one follows. Plain data; no I/O.
 
-use std::{cmp::Ordering, fmt, str::FromStr, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -101,55 +101,8 @@ impl Serialize for RoomName {
     }
 }
 
-/// A message id: a Redis stream id `<ms>-<seq>`, ordered numerically (as
-/// strings they would not sort: `"9-0" > "10-0"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct MessageId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl MessageId {
-    /// The id before every message; `after=0-0` replays a whole room.
-    pub const ZERO: MessageId = MessageId { ms: 0, seq: 0 };
-}
-
-impl Ord for MessageId {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.ms, self.seq).cmp(&(other.ms, other.seq))
-    }
-}
-
-impl PartialOrd for MessageId {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl FromStr for MessageId {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return Err(());
-        }
-        Ok(MessageId { ms: ms.parse().map_err(|_| ())?, seq: seq.parse().map_err(|_| ())? })
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl Serialize for MessageId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+// Shared with palaver-cli, so its one owner is palaver-wire.
+pub use palaver_wire::MessageId;
 
 /// A message as the sender hands it over, already validated.
 #[derive(Debug, Clone)]
@@ -376,19 +329,6 @@ mod tests {
         }
         for bad in ["", "Lobby", "a b", "a_b", "é", &"x".repeat(33), "../x"] {
             assert!(RoomName::parse(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn message_ids_order_numerically() {
-        let a: MessageId = "9-0".parse().unwrap();
-        let b: MessageId = "10-0".parse().unwrap();
-        let c: MessageId = "10-1".parse().unwrap();
-        assert!(a < b && b < c);
-        assert_eq!(c.to_string(), "10-1");
-        assert_eq!("5".parse::<MessageId>().unwrap(), MessageId { ms: 5, seq: 0 });
-        for bad in ["", "-", "a-1", "1-", "1-2-3", "-1-0", "99999999999999999999999-0"] {
-            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
         }
     }
 

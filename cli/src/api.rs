@@ -7,6 +7,8 @@ use std::{fmt, time::Duration};
 use reqwest::{header, StatusCode, Url};
 use serde::Deserialize;
 
+use crate::json;
+
 /// A server's base URL, `http(s)://host[:port][/prefix]`, without a trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
@@ -225,8 +227,7 @@ impl Api {
 
 async fn token_pair(resp: reqwest::Response) -> Result<TokenPair, ApiError> {
     let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(describe(&e.without_url())))?;
-    let pair: TokenPair =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(crate::credentials::json_error(&e)))?;
+    let pair: TokenPair = serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(json::describe(&e)))?;
     if !pair.token_type.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Malformed(format!("token_type {:?}, not Bearer", pair.token_type)));
     }

@@ -15,7 +15,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Api, ApiError, TokenPair};
+use crate::{
+    api::{Api, ApiError, TokenPair},
+    json,
+};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
@@ -101,18 +104,6 @@ pub fn path_from(lookup: impl Fn(&str) -> Option<String>) -> Result<PathBuf, Str
     Err("no place for the credentials file: set PALAVER_CREDENTIALS, XDG_CONFIG_HOME or HOME".into())
 }
 
-/// A JSON error without the text it was reading: a line and a column, never
-/// a fragment of a token.
-pub fn json_error(e: &serde_json::Error) -> String {
-    let kind = match e.classify() {
-        serde_json::error::Category::Io => "unreadable",
-        serde_json::error::Category::Syntax => "not JSON",
-        serde_json::error::Category::Data => "JSON of the wrong shape",
-        serde_json::error::Category::Eof => "cut short",
-    };
-    format!("{kind} at line {} column {}", e.line(), e.column())
-}
-
 /// Reads the file; `Ok(None)` when there is none.
 pub fn load(path: &Path) -> Result<Option<Credentials>, String> {
     let bytes = match fs::read(path) {
@@ -122,7 +113,7 @@ pub fn load(path: &Path) -> Result<Option<Credentials>, String> {
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| format!("{} is damaged ({}); log in again", path.display(), json_error(&e)))
+        .map_err(|e| format!("{} is damaged ({}); log in again", path.display(), json::describe(&e)))
 }
 
 /// Replaces the file atomically: a new file with mode 0600 beside it, written

@@ -5,10 +5,14 @@
 //! - `credentials`: the credentials file (0600, replaced atomically) and token rotation
 //! - `api`: the HTTP token API (`/api/token`, `/api/token/refresh`, `/api/logout`)
 //! - `session`: `chat`, the WebSocket loop, and the pure types that decide it
+//! - `exit`: the exit statuses
+//! - `json`: JSON errors that never quote what they read (it may be a token)
 
 mod api;
 mod args;
 mod credentials;
+mod exit;
+mod json;
 mod session;
 
 use std::{
@@ -21,23 +25,16 @@ use api::{Api, Server};
 use args::{Command, ServerSource};
 use credentials::{now_ms, Credentials};
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_ERROR: i32 = 1;
-pub const EXIT_BAD_CREDENTIALS: i32 = 2;
-pub const EXIT_THROTTLED: i32 = 3;
-pub const EXIT_SIGNED_OUT: i32 = 4;
-pub const EXIT_USAGE: i32 = 64;
-
 fn main() {
     let code = match parse_args() {
         Ok(args) => match args.command {
             Command::Help => {
                 print!("{}", args::USAGE);
-                EXIT_OK
+                exit::OK
             }
             Command::Version => {
                 println!("palaver-cli {}", env!("CARGO_PKG_VERSION"));
-                EXIT_OK
+                exit::OK
             }
             _ => {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
@@ -45,14 +42,14 @@ fn main() {
                     Ok(rt) => rt.block_on(run(args)),
                     Err(e) => {
                         eprintln!("palaver-cli: cannot start: {e}");
-                        EXIT_ERROR
+                        exit::ERROR
                     }
                 }
             }
         },
         Err(e) => {
             eprintln!("palaver-cli: {e}\nRun `palaver-cli --help` for usage.");
-            EXIT_USAGE
+            exit::USAGE
         }
     };
     let _ = io::stdout().flush();
@@ -88,7 +85,7 @@ async fn run(args: args::Args) -> i32 {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     eprintln!("not signed in: run `palaver-cli login USERNAME` first");
-                    return EXIT_SIGNED_OUT;
+                    return exit::SIGNED_OUT;
                 }
                 Err(code) => return code,
             };
@@ -103,7 +100,7 @@ async fn run(args: args::Args) -> i32 {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     eprintln!("not signed in");
-                    return EXIT_OK;
+                    return exit::OK;
                 }
                 Err(code) => return code,
             };
@@ -119,7 +116,7 @@ async fn run(args: args::Args) -> i32 {
 
 fn fail(text: &str) -> i32 {
     eprintln!("palaver-cli: {text}");
-    EXIT_ERROR
+    exit::ERROR
 }
 
 fn load(path: &Path) -> Result<Option<Credentials>, i32> {
@@ -133,7 +130,7 @@ fn server(flag: Option<&str>, creds: Option<&Credentials>) -> Result<Server, i32
     let (server, source) =
         args::resolve_server(flag, env.as_deref(), creds.map(|c| c.server.as_str())).map_err(|e| {
             eprintln!("palaver-cli: {e}");
-            EXIT_USAGE
+            exit::USAGE
         })?;
     if let Some(creds) = creds {
         let issuer = Server::parse(&creds.server).map(|s| s.base().to_owned()).unwrap_or_default();
@@ -145,7 +142,7 @@ fn server(flag: Option<&str>, creds: Option<&Credentials>) -> Result<Server, i32
                 server.base(),
                 server.base()
             );
-            return Err(EXIT_ERROR);
+            return Err(exit::ERROR);
         }
     }
     if server.is_plain_remote() {
@@ -193,9 +190,9 @@ async fn login(api: Api, path: &Path, username: &str) -> i32 {
         Err(e) => {
             eprintln!("login failed: {e}");
             return match e.status() {
-                Some(401) => EXIT_BAD_CREDENTIALS,
-                Some(429) => EXIT_THROTTLED,
-                _ => EXIT_ERROR,
+                Some(401) => exit::BAD_CREDENTIALS,
+                Some(429) => exit::THROTTLED,
+                _ => exit::ERROR,
             };
         }
     };
@@ -206,7 +203,7 @@ async fn login(api: Api, path: &Path, username: &str) -> i32 {
         return fail(&format!("signed in, but cannot save the credentials to {}: {e}", path.display()));
     }
     println!("Signed in as {username}");
-    EXIT_OK
+    exit::OK
 }
 
 async fn logout(api: Api, path: &Path, mut creds: Credentials) -> i32 {
@@ -222,7 +219,7 @@ async fn logout(api: Api, path: &Path, mut creds: Credentials) -> i32 {
             Err(e) if e.status() == Some(401) => return forget(path, Some("the session had already ended")),
             Err(e) => {
                 eprintln!("logout failed: cannot refresh the token: {e}; the credentials are kept, try again");
-                return EXIT_ERROR;
+                return exit::ERROR;
             }
         }
     }
@@ -233,7 +230,7 @@ async fn logout(api: Api, path: &Path, mut creds: Credentials) -> i32 {
         }
         Err(e) => {
             eprintln!("logout failed: {e}; the credentials are kept, try again");
-            EXIT_ERROR
+            exit::ERROR
         }
     }
 }
@@ -247,7 +244,7 @@ fn forget(path: &Path, note: Option<&str>) -> i32 {
     match credentials::delete(path) {
         Ok(_) => {
             println!("Signed out");
-            EXIT_OK
+            exit::OK
         }
         Err(e) => fail(&format!("the session is over, but {} cannot be deleted: {e}", path.display())),
     }

@@ -1,13 +1,10 @@
 //! The WebSocket frames as the client sees them (docs/protocol.md §3 and §5),
-//! message ids, and how a message and presence are shown.
+//! what has been shown (by message id), and how a message and presence are
+//! shown.
 
-use std::{
-    cmp::Ordering,
-    collections::{HashSet, VecDeque},
-    fmt,
-    str::FromStr,
-};
+use std::collections::{HashSet, VecDeque};
 
+use palaver_wire::MessageId;
 use serde::{Deserialize, Serialize};
 
 /// A frame from the server. Unknown types are tolerated (a newer server may
@@ -72,48 +69,6 @@ pub enum ClientFrame<'a> {
 impl ClientFrame<'_> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("frames serialize")
-    }
-}
-
-/// A message id, `<ms>-<seq>`: ordered as two numbers, not as text
-/// (`"10-0" > "9-0"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MessageId {
-    ms: u64,
-    seq: u64,
-}
-
-impl Ord for MessageId {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.ms, self.seq).cmp(&(other.ms, other.seq))
-    }
-}
-
-impl PartialOrd for MessageId {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl FromStr for MessageId {
-    type Err = ();
-
-    /// `<ms>-<seq>`, or `<ms>` alone (read as `<ms>-0`, as the server does).
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        let number = |p: &str| {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(());
-            }
-            p.parse::<u64>().map_err(|_| ())
-        };
-        Ok(MessageId { ms: number(ms)?, seq: number(seq)? })
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
     }
 }
 
@@ -226,22 +181,6 @@ pub fn presence_diff_line(room: &str, joined: &[String], left: &[String], count:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(s: &str) -> MessageId {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn ids_order_as_numbers_not_as_text() {
-        assert!(id("10-0") > id("9-0"));
-        assert!(id("9-10") > id("9-9"));
-        assert!(id("1700000000000-0") > id("999999999999-99"));
-        assert_eq!(id("5"), id("5-0"));
-        assert_eq!(id("17-3").to_string(), "17-3");
-        for bad in ["", "-", "a-1", "1-", "-1", "1-2-3", "1.5-0", "+1-0", "99999999999999999999999-0"] {
-            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn nothing_is_shown_twice_and_the_mark_only_moves_forward() {

@@ -40,8 +40,8 @@ use tokio_tungstenite::{
 
 use crate::{
     api::{Api, ApiError},
-    credentials::{self, json_error, now_ms, Credentials, Refreshed},
-    EXIT_ERROR, EXIT_OK, EXIT_SIGNED_OUT,
+    credentials::{self, now_ms, Credentials, Refreshed},
+    exit, json,
 };
 use frames::{message_line, presence_diff_line, presence_line, printable, ClientFrame, Seen, ServerFrame};
 use outbox::{Outbox, Refused, Verdict};
@@ -178,7 +178,7 @@ impl Session {
         let mut must_refresh = false;
         loop {
             if self.done() {
-                return EXIT_OK;
+                return exit::OK;
             }
             // A refresh the last socket started: its token is the one to use
             // (and it needs no `reauth` on the next socket).
@@ -199,7 +199,7 @@ impl Session {
                     }
                     Err(e) => {
                         note(&format!("could not refresh the token: {e}"));
-                        return EXIT_ERROR;
+                        return exit::ERROR;
                     }
                 }
             }
@@ -207,7 +207,7 @@ impl Session {
             let mut interrupted = self.interrupted.clone();
             let connected = tokio::select! {
                 connected = self.connect() => connected,
-                _ = interrupted.changed() => return EXIT_OK,
+                _ = interrupted.changed() => return exit::OK,
             };
             match connected {
                 Ok(socket) => {
@@ -229,7 +229,7 @@ impl Session {
                 }
                 Err(Refusal::Fatal(why)) => {
                     note(&format!("cannot connect: {why}"));
-                    return EXIT_ERROR;
+                    return exit::ERROR;
                 }
                 Err(Refusal::Transient(why)) => note(&format!("cannot connect: {why}")),
             }
@@ -251,11 +251,11 @@ impl Session {
         let until = Instant::now() + pause;
         loop {
             if self.done() {
-                return Some(EXIT_OK);
+                return Some(exit::OK);
             }
             tokio::select! {
                 _ = sleep_until(until) => return None,
-                _ = self.interrupted.changed() => return Some(EXIT_OK),
+                _ = self.interrupted.changed() => return Some(exit::OK),
                 line = self.lines.recv(), if self.stdin_open && self.outbox.len() < OUTBOX_MAX => self.take_line(line),
                 _ = sleep_until(self.drain_deadline.unwrap_or(until)), if self.drain_deadline.is_some() => {
                     return Some(self.give_up());
@@ -274,7 +274,7 @@ impl Session {
         let end = loop {
             if self.done() {
                 close(&mut sink, &mut stream).await;
-                return End::Exit(EXIT_OK);
+                return End::Exit(exit::OK);
             }
             // The server takes sends only once it has said hello.
             if greeted {
@@ -290,7 +290,7 @@ impl Session {
             tokio::select! {
                 _ = self.interrupted.changed() => {
                     close(&mut sink, &mut stream).await;
-                    return End::Exit(EXIT_OK);
+                    return End::Exit(exit::OK);
                 }
                 frame = stream.next() => {
                     last_heard = Instant::now();
@@ -319,7 +319,7 @@ impl Session {
                                 AfterClose::Reconnect(why) => break End::Lost(why),
                                 AfterClose::Fatal(why) => {
                                     note(&format!("the server ended the connection: {why}"));
-                                    return End::Exit(EXIT_ERROR);
+                                    return End::Exit(exit::ERROR);
                                 }
                             }
                         }
@@ -381,7 +381,7 @@ impl Session {
         let frame = match serde_json::from_str::<ServerFrame>(text) {
             Ok(frame) => frame,
             Err(e) => {
-                note(&format!("ignored a frame this client cannot read ({})", json_error(&e)));
+                note(&format!("ignored a frame this client cannot read ({})", json::describe(&e)));
                 return Step::Go;
             }
         };
@@ -399,7 +399,7 @@ impl Session {
                     && print_line(&message_line(sent_at, &user, &body)).is_err()
                 {
                     // Nobody reads any more (a closed pipe): nothing left to do.
-                    return Step::Stop(EXIT_ERROR);
+                    return Step::Stop(exit::ERROR);
                 }
             }
             ServerFrame::Ack { client_id: Some(client_id), .. } => {
@@ -487,7 +487,7 @@ impl Session {
     fn signed_out(&self, why: &str) -> i32 {
         note(&format!("signed out: {why}"));
         note(&format!("(log in again with: palaver-cli login {})", self.creds.username));
-        EXIT_SIGNED_OUT
+        exit::SIGNED_OUT
     }
 
     fn give_up(&self) -> i32 {
@@ -496,7 +496,7 @@ impl Session {
             self.outbox.len(),
             DRAIN_WAIT.as_secs()
         ));
-        EXIT_ERROR
+        exit::ERROR
     }
 
     /// The upgrade, with the access token in `Authorization`, and
