@@ -3,10 +3,12 @@
  * They run under the app's strict Content-Security-Policy (no inline
  * code, no eval) and put user data in the page as text only.
  *
- *   format.js      pure helpers: ids, message text, dates, pacing, schedule
+ *   format.js      pure helpers: ids, dates, pacing, schedule, sign-in URL
+ *   text.js        message text: as stored, as tokens, mentions
  *   connection.js  the socket's life: backoff, reconnecting, reauth, 4401
  *   outbox.js      our messages: strict order, pacing, retries
  *   render.js      the one place a message becomes markup; days, groups
+ *   walk.js        one tab stop for the list; arrows walk message times
  *   history.js     older messages, a page at a time, back to the room's start
  *   attention.js   following along, announcements, mentions, unread
  *   ui.js          phone menu, logout-everywhere dialog, drafts
@@ -14,7 +16,8 @@
  * This file wires them to the page and to the server's frames.
  */
 
-import { bodyLength, cleanBody, compareIds, MAX_BODY, mentionsName } from "./format.js";
+import { compareIds } from "./format.js";
+import { bodyLength, cleanBody, MAX_BODY, mentionsName } from "./text.js";
 import { Connection } from "./connection.js";
 import { Outbox } from "./outbox.js";
 import { Renderer } from "./render.js";

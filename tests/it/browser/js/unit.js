@@ -6,6 +6,7 @@
 const done = arguments[arguments.length - 1];
 (async () => {
   const f = await import("/static/format.js");
+  const text = await import("/static/text.js");
   const { Outbox } = await import("/static/outbox.js");
   const failures = [];
   let checks = 0;
@@ -20,7 +21,7 @@ const done = arguments[arguments.length - 1];
   eq("ids", [f.compareIds("9-0", "10-0"), f.compareIds("10-1", "10-0"), f.compareIds("5-5", "5-5")], [-1, 1, 0]);
 
   // message text
-  const kinds = (body) => f.tokenize(body).map((t) => t.t + ":" + t.v);
+  const kinds = (body) => text.tokenize(body).map((t) => t.t + ":" + t.v);
   eq("a link ends before the full stop", kinds("see https://example.com/a."),
     ["text:see ", "link:https://example.com/a", "text:."]);
   eq("a link in brackets", kinds("(https://example.com/x_(y))"),
@@ -31,10 +32,10 @@ const done = arguments[arguments.length - 1];
   eq("a fence on one line", kinds("```a b```"), ["block:a b"]);
   eq("no link inside code", kinds("`https://example.com`"), ["code:https://example.com"]);
   eq("mentions", kinds("hi @bob. and me@mail.example @al"), ["text:hi ", "mention:@bob", "text:. and me@mail.example @al"]);
-  eq("mentionsName ignores case", [f.mentionsName("@Alice look", "alice"), f.mentionsName("alice", "alice")], [true, false]);
+  eq("mentionsName ignores case", [text.mentionsName("@Alice look", "alice"), text.mentionsName("alice", "alice")], [true, false]);
   // The server counts mentions by the same rule (src/model.rs `mentions`,
   // whose unit tests hold these cases too).
-  const named = (body) => [...new Set(f.tokenize(body).filter((t) => t.t === "mention").map((t) => t.name.toLowerCase()))];
+  const named = (body) => [...new Set(text.tokenize(body).filter((t) => t.t === "mention").map((t) => t.name.toLowerCase()))];
   for (const [body, want] of [
     ["hi @bob. and me@mail.example @al", ["bob"]],
     ["@alice and @ALICE, (@carol)", ["alice", "carol"]],
@@ -52,10 +53,10 @@ const done = arguments[arguments.length - 1];
     ["xhttps://example.com/@bob", ["bob"]],
     ["https://example.com/\"@bob", ["bob"]],
   ]) eq("mentions in " + JSON.stringify(body), named(body), want);
-  eq("the href is normalised", f.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
-  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
-  eq("blank lines and trailing space go", f.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
-  eq("nothing but space is nothing", f.cleanBody(" \n\t "), "");
+  eq("the href is normalised", text.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
+  eq("trimmed as the server trims", text.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
+  eq("blank lines and trailing space go", text.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
+  eq("nothing but space is nothing", text.cleanBody(" \n\t "), "");
 
   // days and groups, in the page's time zone
   const now = new Date(2026, 10, 25, 9, 30).getTime();
