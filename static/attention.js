@@ -10,7 +10,7 @@
  *   the tab is hidden.
  * - Unread counts for other rooms: an `unread` frame
  *   `{type:"unread", room, unread, mentions}` puts a badge on that room in
- *   the sidebar; nothing happens until the server sends one. (chat.js
+ *   the sidebar; nothing happens until the server sends one. (reading.js
  *   sends `{type:"read", up_to}` when the hello says `read_markers`.)
  */
 
@@ -169,12 +169,13 @@ export class Attention {
 
   /* ---------- unread counts for other rooms ---------- */
 
+  /** An `unread` frame, decoded (frames.js): counts of whole numbers. */
   unread(frame) {
-    if (!this.rooms || typeof frame.room !== "string") return;
+    if (!this.rooms || frame.room === this.room) return;
     const link = this.rooms.querySelector('a[data-room="' + CSS.escape(frame.room) + '"]');
-    if (!link || frame.room === this.room) return;
-    const n = Math.max(0, Number(frame.unread) || 0);
-    const mentions = Math.max(0, Number(frame.mentions) || 0);
+    if (!link) return;
+    const n = frame.unread;
+    const mentions = frame.mentions;
     let badge = link.querySelector(".room-badge");
     if (!n && !mentions) {
       if (badge) badge.remove();

@@ -7,6 +7,7 @@
  */
 
 import { closeReason, loginUrl, reconnectDelay } from "./format.js";
+import { decodeFrame } from "./frames.js";
 
 /** A socket that closes before `hello` may have been refused (a browser
  * cannot see the 401 of an upgrade): ask about the session, this often. */
@@ -16,7 +17,8 @@ export class Connection {
   /**
    * @param {object} o
    *   room, after() -> newest id seen;
-   *   onFrame(frame): every frame of the current socket;
+   *   onFrame(frame): every frame of the current socket, decoded
+   *     (frames.js); frames that do not decode are dropped here;
    *   onState(state, detail): "connecting" | "connected" | "reconnecting"
    *     | "offline"; detail.retryAt (ms) while a retry is scheduled;
    *   onDown(): the socket closed (anything in flight is unsure);
@@ -35,8 +37,6 @@ export class Connection {
     this.leaving = false; // the page is going away
     this.refreshing = false;
     this.lastSessionCheck = 0;
-    this.hellos = 0;
-    this.reauthentications = 0;
     this.expiresAt = 0;
 
     window.addEventListener("online", () => {
@@ -97,22 +97,16 @@ export class Connection {
     if (this.state === "reconnecting") this.setState("reconnecting");
     let hello = false;
     sock.addEventListener("message", (ev) => {
-      if (this.ws !== sock || typeof ev.data !== "string") return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch (e) {
-        return;
-      }
-      if (!frame || typeof frame !== "object") return;
+      if (this.ws !== sock) return;
+      const frame = decodeFrame(ev.data);
+      if (!frame) return;
       if (frame.type === "hello") {
         hello = true;
         this.onHello(frame);
       } else if (frame.type === "reauthenticate") {
         this.onReauthenticate(frame);
       } else if (frame.type === "reauthenticated") {
-        this.reauthentications += 1;
-        if (Number.isFinite(Number(frame.expires_at))) this.expiresAt = Number(frame.expires_at);
+        this.expiresAt = frame.expiresAt;
       }
       this.o.onFrame(frame);
     });
@@ -124,10 +118,9 @@ export class Connection {
 
   onHello(frame) {
     this.helloSeen = true;
-    this.hellos += 1;
     this.attempt = 0;
     this.downSince = 0;
-    if (Number.isFinite(Number(frame.expires_at))) this.expiresAt = Number(frame.expires_at);
+    this.expiresAt = frame.expiresAt;
     this.setState("connected");
   }
 
@@ -221,8 +214,7 @@ export class Connection {
   }
 
   onReauthenticate(frame) {
-    const t = Number(frame.expires_at);
-    if (Number.isFinite(t) && t > 0) this.expiresAt = t;
+    if (frame.expiresAt > 0) this.expiresAt = frame.expiresAt;
     this.refreshSession();
   }
 

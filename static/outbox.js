@@ -32,6 +32,7 @@ export class Outbox {
    *   send(frame) -> bool: writes a frame if the socket is ready;
    *   onChange(entry): an entry's status changed (or it was added);
    *   onDone(entry): an entry left the outbox (confirmed or deleted);
+   *   onSummary(): after any change, for a count of the failed ones;
    *   now(), setTimeout, clearTimeout: injectable for tests.
    */
   constructor(io) {
@@ -45,7 +46,6 @@ export class Outbox {
     this.pausedUntil = 0;
     this.timer = 0;
     this.pacer = new Pacer(10, 20, this.now());
-    this.refusals = 0; // rate_limited answers, ever
   }
 
   /** Adds a message; returns its entry `{ cid, body, status }`. */
@@ -92,10 +92,10 @@ export class Outbox {
   }
 
   /** A socket said hello: the server's bucket is fresh. `rate` is the
-   * hello's `{per_sec, burst}` when the server announces one. */
+   * hello's `{perSec, burst}` when the server announces one. */
   connected(rate) {
     const now = this.now();
-    if (rate && typeof rate === "object") this.pacer.set(rate.per_sec, rate.burst, now);
+    if (rate) this.pacer.set(rate.perSec, rate.burst, now);
     else this.pacer.reset(now);
     this.ready = true;
     const head = this.entries[0];
@@ -167,7 +167,6 @@ export class Outbox {
    * so one without a client_id is about the message in flight. Returns the
    * entry concerned, if any. */
   refused(cid, code, message) {
-    if (code === "rate_limited") this.refusals += 1;
     const entry = cid ? this.find(cid) : this.inflight;
     if (!entry) return undefined;
     if (this.inflight === entry) this.inflight = null;

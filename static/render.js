@@ -5,22 +5,14 @@
  * from HTML.
  *
  * Also here: day separators ("Today", "Yesterday", a date) in the reader's
- * time zone, grouping runs from one person under one header, keeping
- * confirmed messages in id order, and the arrow-key walk through message
- * times (one tab stop for the whole list).
+ * time zone, grouping runs from one person under one header, and keeping
+ * confirmed messages in id order. The keyboard's way through the list is
+ * walk.js's.
  */
 
-import {
-  compareIds,
-  continues,
-  dayKey,
-  dayLabel,
-  fullLabel,
-  mentionsName,
-  nextMidnight,
-  timeLabel,
-  tokenize,
-} from "./format.js";
+import { compareIds, continues, dayKey, dayLabel, fullLabel, nextMidnight, timeLabel } from "./format.js";
+import { mentionsName, tokenize } from "./text.js";
+import { TimeWalk } from "./walk.js";
 
 const HUES = 8;
 
@@ -85,11 +77,7 @@ export class Renderer {
     this.me = me;
     this.midnightTimer = 0;
     this.scheduleMidnight();
-    list.addEventListener("keydown", (ev) => this.onKey(ev));
-    list.addEventListener("focusin", (ev) => {
-      const t = ev.target;
-      if (t instanceof Element && t.classList.contains("msg-time")) this.rove(t);
-    });
+    this.walk = new TimeWalk(list);
   }
 
   /** The messages the server rendered into `<template id="history">`. */
@@ -232,7 +220,7 @@ export class Renderer {
       prev = li;
     }
     for (const sep of this.list.querySelectorAll("li.day")) if (!keep.has(sep)) sep.remove();
-    this.ensureTabStop();
+    this.walk.ensureTabStop();
   }
 
   /** "Today" becomes "Yesterday" at midnight, without a reload. */
@@ -243,40 +231,5 @@ export class Renderer {
       this.layout();
       this.scheduleMidnight();
     }, wait);
-  }
-
-  /* ----- one tab stop for the list; arrows move between message times ----- */
-
-  times() {
-    return Array.from(this.list.querySelectorAll("li.msg .msg-time"));
-  }
-
-  rove(time) {
-    for (const t of this.list.querySelectorAll('.msg-time[tabindex="0"]')) if (t !== time) t.tabIndex = -1;
-    time.tabIndex = 0;
-  }
-
-  ensureTabStop() {
-    if (this.list.querySelector('.msg-time[tabindex="0"]')) return;
-    const times = this.times();
-    if (times.length) times[times.length - 1].tabIndex = 0;
-  }
-
-  onKey(ev) {
-    const t = ev.target;
-    if (!(t instanceof Element) || !t.classList.contains("msg-time")) return;
-    const times = this.times();
-    const i = times.indexOf(t);
-    let next = -1;
-    if (ev.key === "ArrowUp") next = i - 1;
-    else if (ev.key === "ArrowDown") next = i + 1;
-    else if (ev.key === "Home") next = 0;
-    else if (ev.key === "End") next = times.length - 1;
-    else return;
-    ev.preventDefault();
-    if (next < 0 || next >= times.length) return;
-    this.rove(times[next]);
-    times[next].focus();
-    times[next].scrollIntoView({ block: "nearest" });
   }
 }

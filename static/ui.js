@@ -1,7 +1,6 @@
 /* palaver: the page around the conversation. The phone menu (a real
- * button: Escape and a tap outside close it, aria-expanded follows), the
- * "Log out everywhere" confirmation (a modal <dialog>), drafts kept per
- * room for the life of the tab (sessionStorage), and the composer.
+ * button: Escape and a tap outside close it, aria-expanded follows) and the
+ * "Log out everywhere" confirmation (a modal <dialog>).
  */
 
 /** The phone menu. On wide screens the sidebar is always shown and the
@@ -54,30 +53,4 @@ export function setupLogoutEverywhere(form, dialog, cancel, onLeave) {
     if (button) button.focus();
   });
   for (const f of dialog.querySelectorAll("form")) f.addEventListener("submit", onLeave);
-}
-
-const DRAFT_PREFIX = "palaver.draft.";
-
-/** The unsent text of each room, kept while the tab lives. */
-export class Drafts {
-  constructor(room) {
-    this.key = DRAFT_PREFIX + room;
-  }
-
-  load() {
-    try {
-      return sessionStorage.getItem(this.key) || "";
-    } catch (e) {
-      return "";
-    }
-  }
-
-  save(text) {
-    try {
-      if (text) sessionStorage.setItem(this.key, text);
-      else sessionStorage.removeItem(this.key);
-    } catch (e) {
-      /* storage full or refused: the draft lasts this page */
-    }
-  }
 }

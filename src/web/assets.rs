@@ -15,16 +15,29 @@ use warp::{
 
 use super::filters::{param, with};
 
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every file under `static/`. The chat page's modules import each other
+/// by these names; a test checks that every import is here.
 const FILES: &[(&str, &[u8], &str)] = &[
     ("style.css", include_bytes!("../../static/style.css"), "text/css; charset=utf-8"),
-    ("chat.js", include_bytes!("../../static/chat.js"), "text/javascript; charset=utf-8"),
-    ("format.js", include_bytes!("../../static/format.js"), "text/javascript; charset=utf-8"),
-    ("connection.js", include_bytes!("../../static/connection.js"), "text/javascript; charset=utf-8"),
-    ("outbox.js", include_bytes!("../../static/outbox.js"), "text/javascript; charset=utf-8"),
-    ("render.js", include_bytes!("../../static/render.js"), "text/javascript; charset=utf-8"),
-    ("history.js", include_bytes!("../../static/history.js"), "text/javascript; charset=utf-8"),
-    ("attention.js", include_bytes!("../../static/attention.js"), "text/javascript; charset=utf-8"),
-    ("ui.js", include_bytes!("../../static/ui.js"), "text/javascript; charset=utf-8"),
+    ("chat.js", include_bytes!("../../static/chat.js"), JS),
+    ("connection.js", include_bytes!("../../static/connection.js"), JS),
+    ("frames.js", include_bytes!("../../static/frames.js"), JS),
+    ("session.js", include_bytes!("../../static/session.js"), JS),
+    ("timeline.js", include_bytes!("../../static/timeline.js"), JS),
+    ("render.js", include_bytes!("../../static/render.js"), JS),
+    ("walk.js", include_bytes!("../../static/walk.js"), JS),
+    ("history.js", include_bytes!("../../static/history.js"), JS),
+    ("composer.js", include_bytes!("../../static/composer.js"), JS),
+    ("outbox.js", include_bytes!("../../static/outbox.js"), JS),
+    ("presence.js", include_bytes!("../../static/presence.js"), JS),
+    ("reading.js", include_bytes!("../../static/reading.js"), JS),
+    ("attention.js", include_bytes!("../../static/attention.js"), JS),
+    ("status.js", include_bytes!("../../static/status.js"), JS),
+    ("ui.js", include_bytes!("../../static/ui.js"), JS),
+    ("text.js", include_bytes!("../../static/text.js"), JS),
+    ("format.js", include_bytes!("../../static/format.js"), JS),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 
@@ -100,6 +113,68 @@ mod tests {
         let stale = request("chat.js").header("if-none-match", "\"other\"").reply(&route).await;
         assert_eq!(stale.status(), StatusCode::OK);
         assert_ne!(request("style.css").reply(&route).await.headers()["etag"], etag.as_str(), "one tag per file");
+    }
+
+    #[test]
+    fn every_file_in_static_is_served() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("static/")
+            .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut served: Vec<String> = FILES.iter().map(|(name, ..)| (*name).to_owned()).collect();
+        on_disk.sort();
+        served.sort();
+        assert_eq!(served, on_disk, "FILES lists exactly the files of static/");
+    }
+
+    /// The relative modules a module imports (`from "./x.js"` and
+    /// `import("./x.js")`), by file name.
+    fn imports(source: &str) -> Vec<&str> {
+        ["from \"./", "import(\"./"]
+            .iter()
+            .flat_map(|lead| source.match_indices(lead).map(move |(at, _)| &source[at + lead.len()..]))
+            .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+            .collect()
+    }
+
+    #[test]
+    fn the_modules_import_only_served_modules_and_never_in_a_circle() {
+        let modules: HashMap<&str, Vec<&str>> = FILES
+            .iter()
+            .filter(|(name, ..)| name.ends_with(".js"))
+            .map(|(name, body, _)| (*name, imports(std::str::from_utf8(body).expect("UTF-8"))))
+            .collect();
+        assert!(modules["chat.js"].contains(&"session.js"), "the import scan sees imports: {:?}", modules["chat.js"]);
+        for (module, imported) in &modules {
+            for name in imported {
+                assert!(modules.contains_key(name), "{module} imports {name}, which is not served");
+            }
+        }
+        // Depth-first from every module; meeting a module still on the path is a circle.
+        fn visit<'a>(
+            name: &'a str,
+            modules: &HashMap<&'a str, Vec<&'a str>>,
+            path: &mut Vec<&'a str>,
+            done: &mut Vec<&'a str>,
+        ) {
+            if done.contains(&name) {
+                return;
+            }
+            if let Some(at) = path.iter().position(|m| *m == name) {
+                panic!("import circle: {} -> {name}", path[at..].join(" -> "));
+            }
+            path.push(name);
+            for next in &modules[name] {
+                visit(next, modules, path, done);
+            }
+            path.pop();
+            done.push(name);
+        }
+        let mut done = Vec::new();
+        for name in modules.keys() {
+            visit(name, &modules, &mut Vec::new(), &mut done);
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The browser harness: `chromedriver` on a free port, headless Chromium
 //! sessions through fantoccini, waiting on page conditions with deadlines,
-//! and failure artifacts (a screenshot and the page source of every open
-//! tab) under `target/browser-artifacts/`.
+//! the WebSocket frames a browser received (from DevTools' view of the
+//! network, not from inside the page), and failure artifacts (a screenshot
+//! and the page source of every open tab) under `target/browser-artifacts/`.
 //!
 //! A journey is written as an `async` block returning [`Outcome`] and run by
 //! [`Journey::run`], which turns an `Err` or a panic into artifacts plus a
@@ -16,7 +17,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -29,6 +30,11 @@ use futures_util::FutureExt;
 use serde_json::{json, Value};
 
 use crate::helpers::{free_port, poll, poll_blocking, TestApp, COOKIE, PASSWORD, POLL};
+
+/// Defines `state()`: the text of the chat's connection pill
+/// (`#conn-state`), lower case and without its ellipsis; null without one.
+const STATE: &str = "const state = () => { const pill = document.getElementById('conn-state');
+    return pill ? pill.textContent.replace('…', '').trim().toLowerCase() : null; };";
 
 /// What a journey step returns: `Err` says what did not happen.
 pub type Outcome<T = ()> = Result<T, String>;
@@ -216,9 +222,16 @@ impl Journey {
         .map(|s| s.to_string())
         .chain([format!("--user-data-dir={}", profile.display())])
         .collect::<Vec<_>>();
+        // The performance log carries DevTools' network events, the
+        // WebSocket frames among them (see `Chrome::frames_received`).
         let caps = json!({
             "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium_binary(), "args": args },
+            "goog:loggingPrefs": { "performance": "ALL" },
+            "goog:chromeOptions": {
+                "binary": chromium_binary(),
+                "args": args,
+                "perfLoggingPrefs": { "enableNetwork": true, "enablePage": false },
+            },
         });
         let caps = match caps {
             Value::Object(map) => map,
@@ -229,7 +242,7 @@ impl Journey {
             .connect(&self.driver.url())
             .await
             .ctx(format!("starting browser {name} through chromedriver"))?;
-        let chrome = Chrome { name: name.to_owned(), client };
+        let chrome = Chrome { name: name.to_owned(), client, received: Arc::default() };
         self.browsers.lock().unwrap().push(chrome.clone());
         Ok(chrome)
     }
@@ -315,6 +328,9 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 pub struct Chrome {
     pub name: String,
     pub client: Client,
+    /// Every WebSocket frame received so far, in order: chromedriver's
+    /// performance log empties on each read, so what was read is kept here.
+    received: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Chrome {
@@ -419,8 +435,33 @@ impl Chrome {
     /// this way (time zone, colour scheme, viewport) last across navigations
     /// of the tab.
     pub async fn cdp(&self, cmd: &str, params: Value) -> Outcome<Value> {
-        let command = Cdp { cmd: cmd.to_owned(), params };
+        let command = Chromedriver { path: "goog/cdp/execute", body: json!({ "cmd": cmd, "params": params }) };
         self.client.issue_cmd(command).await.ctx(format!("{}: DevTools {cmd}", self.name))
+    }
+
+    /// The JSON text frames of `kind` (their `type`) that this browser's
+    /// WebSockets have received, oldest first, in every tab. Read from
+    /// DevTools' network events (chromedriver's performance log): what
+    /// arrived on the wire, whatever the page made of it.
+    pub async fn frames_received(&self, kind: &str) -> Outcome<Vec<Value>> {
+        let command = Chromedriver { path: "se/log", body: json!({ "type": "performance" }) };
+        let log = self.client.issue_cmd(command).await.ctx(format!("{}: reading the performance log", self.name))?;
+        let mut received = self.received.lock().unwrap();
+        for entry in log.as_array().into_iter().flatten() {
+            let Some(event) = entry["message"].as_str().and_then(|m| serde_json::from_str::<Value>(m).ok()) else {
+                continue;
+            };
+            let event = &event["message"];
+            let response = &event["params"]["response"];
+            // Opcode 1: a text frame.
+            if event["method"] != "Network.webSocketFrameReceived" || response["opcode"] != 1 {
+                continue;
+            }
+            if let Some(frame) = response["payloadData"].as_str().and_then(|p| serde_json::from_str(p).ok()) {
+                received.push(frame);
+            }
+        }
+        Ok(received.iter().filter(|frame| frame["type"] == kind).cloned().collect())
     }
 
     /// Makes the tab report `zone` (an IANA name) as its time zone.
@@ -530,23 +571,24 @@ impl Chrome {
         })
     }
 
-    /// The chat client's connection state (`window.palaver.state()`), or
-    /// `None` on a page without the chat client.
+    /// The chat's connection state as its header says it to the reader
+    /// (`Connected` → `connected`, `Reconnecting…` → `reconnecting`), or
+    /// `None` on a page without one.
     pub async fn state(&self) -> Outcome<Option<String>> {
-        let value = self.js("return window.palaver ? window.palaver.state() : null;", vec![]).await?;
+        let value = self.js(&format!("{STATE} return state();"), vec![]).await?;
         Ok(value.as_str().map(str::to_owned))
     }
 
-    /// Waits until the chat client reports `state`.
+    /// Waits until the chat's header says `state`.
     pub async fn wait_state(&self, state: &str, deadline: Duration) -> Outcome {
-        self.until_js(
-            &format!("the chat to be {state}"),
-            deadline,
-            "return window.palaver && window.palaver.state() === arguments[0];",
-            vec![json!(state)],
-        )
-        .await
-        .map(drop)
+        let script = format!("{STATE} return state() === arguments[0];");
+        self.until_js(&format!("the chat to be {state}"), deadline, &script, vec![json!(state)]).await.map(drop)
+    }
+
+    /// Waits until the chat's header says something other than `state`.
+    pub async fn wait_not_state(&self, state: &str, deadline: Duration) -> Outcome {
+        let script = format!("{STATE} const now = state(); return now !== null && now !== arguments[0];");
+        self.until_js(&format!("the chat to stop being {state}"), deadline, &script, vec![json!(state)]).await.map(drop)
     }
 
     /// Registers `username` through the real form on `app` and waits for
@@ -608,20 +650,22 @@ impl Chrome {
     }
 }
 
-/// A DevTools command, as chromedriver's vendor endpoint takes it.
+/// One of chromedriver's own commands beside W3C WebDriver's:
+/// `POST /session/{id}/{path}` with a JSON body (a DevTools command, the
+/// performance log).
 #[derive(Debug)]
-struct Cdp {
-    cmd: String,
-    params: Value,
+struct Chromedriver {
+    path: &'static str,
+    body: Value,
 }
 
-impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+impl fantoccini::wd::WebDriverCompatibleCommand for Chromedriver {
     fn endpoint(&self, base: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
+        base.join(&format!("session/{}/{}", session_id.unwrap_or_default(), self.path))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(json!({ "cmd": self.cmd, "params": self.params }).to_string()))
+        (http::Method::POST, Some(self.body.to_string()))
     }
 }
 

@@ -6,6 +6,8 @@
 const done = arguments[arguments.length - 1];
 (async () => {
   const f = await import("/static/format.js");
+  const text = await import("/static/text.js");
+  const { decodeFrame } = await import("/static/frames.js");
   const { Outbox } = await import("/static/outbox.js");
   const failures = [];
   let checks = 0;
@@ -20,7 +22,7 @@ const done = arguments[arguments.length - 1];
   eq("ids", [f.compareIds("9-0", "10-0"), f.compareIds("10-1", "10-0"), f.compareIds("5-5", "5-5")], [-1, 1, 0]);
 
   // message text
-  const kinds = (body) => f.tokenize(body).map((t) => t.t + ":" + t.v);
+  const kinds = (body) => text.tokenize(body).map((t) => t.t + ":" + t.v);
   eq("a link ends before the full stop", kinds("see https://example.com/a."),
     ["text:see ", "link:https://example.com/a", "text:."]);
   eq("a link in brackets", kinds("(https://example.com/x_(y))"),
@@ -31,10 +33,10 @@ const done = arguments[arguments.length - 1];
   eq("a fence on one line", kinds("```a b```"), ["block:a b"]);
   eq("no link inside code", kinds("`https://example.com`"), ["code:https://example.com"]);
   eq("mentions", kinds("hi @bob. and me@mail.example @al"), ["text:hi ", "mention:@bob", "text:. and me@mail.example @al"]);
-  eq("mentionsName ignores case", [f.mentionsName("@Alice look", "alice"), f.mentionsName("alice", "alice")], [true, false]);
+  eq("mentionsName ignores case", [text.mentionsName("@Alice look", "alice"), text.mentionsName("alice", "alice")], [true, false]);
   // The server counts mentions by the same rule (src/model.rs `mentions`,
   // whose unit tests hold these cases too).
-  const named = (body) => [...new Set(f.tokenize(body).filter((t) => t.t === "mention").map((t) => t.name.toLowerCase()))];
+  const named = (body) => [...new Set(text.tokenize(body).filter((t) => t.t === "mention").map((t) => t.name.toLowerCase()))];
   for (const [body, want] of [
     ["hi @bob. and me@mail.example @al", ["bob"]],
     ["@alice and @ALICE, (@carol)", ["alice", "carol"]],
@@ -52,10 +54,10 @@ const done = arguments[arguments.length - 1];
     ["xhttps://example.com/@bob", ["bob"]],
     ["https://example.com/\"@bob", ["bob"]],
   ]) eq("mentions in " + JSON.stringify(body), named(body), want);
-  eq("the href is normalised", f.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
-  eq("trimmed as the server trims", f.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
-  eq("blank lines and trailing space go", f.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
-  eq("nothing but space is nothing", f.cleanBody(" \n\t "), "");
+  eq("the href is normalised", text.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
+  eq("trimmed as the server trims", text.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
+  eq("blank lines and trailing space go", text.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
+  eq("nothing but space is nothing", text.cleanBody(" \n\t "), "");
 
   // days and groups, in the page's time zone
   const now = new Date(2026, 10, 25, 9, 30).getTime();
@@ -94,6 +96,70 @@ const done = arguments[arguments.length - 1];
   eq("login url", [f.loginUrl("expired", "/chat/a-b"), f.loginUrl("", "//evil.example")],
     ["/login?reason=expired&next=%2Fchat%2Fa-b", "/login"]);
 
+  // the frame decoder: the server's frames (the golden JSON of src/protocol.rs
+  // among them) become typed objects; anything else is null
+  const decoded = (json) => decodeFrame(typeof json === "string" ? json : JSON.stringify(json));
+  eq("hello", decoded('{"type":"hello","user":"alice","room":"lobby","expires_at":5,"rate":{"per_sec":2.5,"burst":20},"read_markers":true}'),
+    { type: "hello", user: "alice", room: "lobby", expiresAt: 5, rate: { perSec: 2.5, burst: 20 }, readMarkers: true });
+  eq("a hello that announces neither rate nor read markers",
+    decoded({ type: "hello", user: "alice", room: "lobby", expires_at: 5 }),
+    { type: "hello", user: "alice", room: "lobby", expiresAt: 5, rate: null, readMarkers: false });
+  eq("message", decoded('{"type":"message","room":"lobby","id":"7-1","user":"bob","body":"<b>","sent_at":9}'),
+    { type: "message", room: "lobby", id: "7-1", user: "bob", body: "<b>", sentAt: 9, clientId: "" });
+  eq("message with its client_id",
+    decoded({ type: "message", room: "lobby", id: "7-1", user: "bob", body: "hi", sent_at: 9, client_id: "c1" }).clientId, "c1");
+  eq("ack", decoded({ type: "ack", client_id: "c1", id: "7-1" }), { type: "ack", id: "7-1", clientId: "c1" });
+  eq("presence", decoded({ type: "presence", room: "lobby", online: ["alice", "bob"], count: 2 }),
+    { type: "presence", room: "lobby", online: ["alice", "bob"], count: 2 });
+  eq("presence_diff", decoded({ type: "presence_diff", room: "lobby", joined: ["carol"], left: [], count: 700 }),
+    { type: "presence_diff", room: "lobby", joined: ["carol"], left: [], count: 700 });
+  eq("unread", decoded('{"type":"unread","room":"dev","unread":3,"mentions":1}'),
+    { type: "unread", room: "dev", unread: 3, mentions: 1 });
+  eq("reauthenticate and reauthenticated",
+    [decoded({ type: "reauthenticate", expires_at: 7 }), decoded({ type: "reauthenticated", expires_at: 8 })],
+    [{ type: "reauthenticate", expiresAt: 7 }, { type: "reauthenticated", expiresAt: 8 }]);
+  eq("error", decoded('{"type":"error","code":"rate_limited","message":"slow down"}'),
+    { type: "error", code: "rate_limited", message: "slow down", clientId: "" });
+  eq("an absent optional field may be null", decoded({ type: "ack", client_id: null, id: "7-1" }).clientId, "");
+  eq("fields it does not know are ignored", decoded({ type: "ack", id: "7-1", client_id: "c", later: [1] }),
+    { type: "ack", id: "7-1", clientId: "c" });
+  const frozen = decoded({ type: "presence", room: "lobby", online: ["a"], count: 1 });
+  eq("decoded frames cannot be changed", [Object.isFrozen(frozen), Object.isFrozen(frozen.online)], [true, true]);
+  const message = { type: "message", room: "lobby", id: "7-1", user: "bob", body: "hi", sent_at: 9 };
+  for (const [what, json] of [
+    ["not JSON", "{type: 'hello'"],
+    ["JSON but not an object", "[1, 2]"],
+    ["null", "null"],
+    ["a string", '"hello"'],
+    ["not text (a binary frame)", new ArrayBuffer(4)],
+    ["no type", { user: "alice" }],
+    ["an unknown type", { type: "shout", body: "x" }],
+    ["a type that is a name on every object", { type: "toString" }],
+    ["a type that is not a string", { type: 5 }],
+    ["a hello without its deadline", { type: "hello", user: "alice", room: "lobby" }],
+    ["a deadline as text", { type: "hello", user: "alice", room: "lobby", expires_at: "5" }],
+    ["a rate without its burst", { type: "hello", user: "a", room: "lobby", expires_at: 5, rate: { per_sec: 1 } }],
+    ["a rate of zero", { type: "hello", user: "a", room: "lobby", expires_at: 5, rate: { per_sec: 0, burst: 20 } }],
+    ["read_markers as text", { type: "hello", user: "a", room: "lobby", expires_at: 5, read_markers: "true" }],
+    ["a message without an id", { ...message, id: undefined }],
+    ["a message with an empty id", { ...message, id: "" }],
+    ["a message id as a number", { ...message, id: 7 }],
+    ["a body that is not text", { ...message, body: { html: "<b>" } }],
+    ["a time as text", { ...message, sent_at: "9" }],
+    ["a time that is not whole", { ...message, sent_at: 9.5 }],
+    ["a negative time", { ...message, sent_at: -1 }],
+    ["a client_id as a number", { ...message, client_id: 1 }],
+    ["an ack without an id", { type: "ack", client_id: "c1" }],
+    ["presence with a name that is not text", { type: "presence", room: "lobby", online: ["a", 1], count: 2 }],
+    ["presence without its count", { type: "presence", room: "lobby", online: [] }],
+    ["a diff whose left is not a list", { type: "presence_diff", room: "lobby", joined: [], left: "bob", count: 1 }],
+    ["an unread count as text", { type: "unread", room: "dev", unread: "3", mentions: 0 }],
+    ["a negative unread count", { type: "unread", room: "dev", unread: -1, mentions: 0 }],
+    ["an unread count without its room", { type: "unread", unread: 1, mentions: 0 }],
+    ["an error without its code", { type: "error", message: "no" }],
+    ["an error whose message is not text", { type: "error", code: "invalid", message: null }],
+  ]) eq("refused: " + what, json instanceof ArrayBuffer ? decodeFrame(json) : decoded(json), null);
+
   // the outbox: order, one in flight, pacing, refusals, failures
   let clock = 0;
   const timers = [];
@@ -119,7 +185,7 @@ const done = arguments[arguments.length - 1];
   box.confirmed("a");
   eq("the next after the ack", frames, ["a", "b"]);
   box.refused("b", "rate_limited", "slow down");
-  eq("refused for speed: kept, not failed", [box.find("b").status, box.refusals], ["queued", 1]);
+  eq("refused for speed: kept, not failed", [box.find("b").status, box.failedCount()], ["queued", 0]);
   tick(100);
   eq("paused", frames, ["a", "b"]);
   tick(1000);
@@ -140,6 +206,54 @@ const done = arguments[arguments.length - 1];
   box.discard("b");
   eq("deleting a failed one lets the rest go", frames.slice(5), ["c"]);
   eq("statuses shown", changes.includes("c:held") && changes.includes("b:failed"), true);
+  // The hello's rate, as decoded, paces the outbox: a burst of 2 lets one go at once.
+  const slow = [];
+  const paced = new Outbox({ send: (fr) => { slow.push(fr.client_id); return true; }, onChange: () => {}, onDone: () => {},
+    now: () => 0, setTimeout: () => 1, clearTimeout: () => {} });
+  paced.add("x", "1");
+  paced.add("y", "2");
+  paced.connected(decoded({ type: "hello", user: "a", room: "lobby", expires_at: 5, rate: { per_sec: 1, burst: 2 } }).rate);
+  paced.confirmed("x");
+  eq("the announced rate is the pace", slow, ["x"]);
+
+  // the session: decoded frames go where they belong
+  const { ChatSession } = await import("/static/session.js");
+  const calls = [];
+  const note = (what) => (...args) => { calls.push([what, ...args]); };
+  const ours = new Set(["mine-1"]);
+  const session = new ChatSession({
+    room: "lobby", me: "alice", lastId: "5-0",
+    timeline: { add: (m, cid) => { calls.push(["add", m.id, cid]); return true; }, settle: note("settle") },
+    outbox: { find: (cid) => ours.has(cid), confirmed: note("confirmed"), connected: note("connected"),
+      refused: (cid, code) => { calls.push(["refused", cid, code]); return { status: "queued" }; } },
+    attention: { nearBottom: () => true, scrollToBottom: () => {}, arrived: note("arrived"), mentioned: note("mentioned"),
+      unread: (fr) => calls.push(["unread", fr.room]) },
+    presence: { reset: note("presence"), apply: note("diff") },
+    reading: { connected: note("reading"), update: () => {} },
+    notice: { show: note("notice") },
+  });
+  const frame = (json) => session.receive(decoded(json));
+  frame({ type: "hello", user: "alice", room: "lobby", expires_at: 5, read_markers: true });
+  frame({ ...message, room: "other", id: "9-0" });
+  frame({ ...message, id: "6-0", body: "hi @alice", client_id: "bob-1" });
+  frame({ ...message, id: "7-0", user: "alice", client_id: "mine-1" });
+  frame({ type: "ack", client_id: "gone", id: "8-0" });
+  frame({ type: "presence", room: "other", online: ["x"], count: 1 });
+  frame({ type: "presence_diff", room: "lobby", joined: ["carol"], left: [], count: 3 });
+  frame({ type: "unread", room: "dev", unread: 1, mentions: 0 });
+  frame({ type: "error", code: "rate_limited", message: "" });
+  frame({ type: "error", code: "strange", message: "" });
+  eq("each frame to its place", calls, [
+    ["connected", null], ["reading", true],
+    ["add", "6-0", "bob-1"], ["arrived", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }, true, true],
+    ["mentioned", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }],
+    ["confirmed", "mine-1"], ["settle", "mine-1", "7-0", 9],
+    ["diff", ["carol"], [], 3],
+    ["unread", "dev"],
+    ["refused", "", "rate_limited"],
+    ["notice", "Something went wrong."],
+  ]);
+  eq("the newest id seen, for the next after=", session.lastId, "7-0");
 
   // older history, when the page says where to page from (SERVER, LATER)
   const { Renderer } = await import("/static/render.js");
@@ -149,7 +263,8 @@ const done = arguments[arguments.length - 1];
   host.hidden = true;
   host.innerHTML = '<div id="u-root" data-history-url="/u/history"></div><div id="u-log">' +
     '<button id="u-older" hidden></button><ol id="u-list"></ol></div><button id="u-jump"></button>' +
-    '<div id="u-say"></div><ul id="u-rooms"><li><a data-room="other" href="/chat/other">#other</a></li></ul>';
+    '<div id="u-say"></div><ul id="u-rooms"><li><a data-room="other" href="/chat/other">#other</a></li></ul>' +
+    '<ul id="u-online"></ul><span id="u-count"></span>';
   document.body.append(host);
   const q = (id) => host.querySelector("#" + id);
   const renderer = new Renderer(q("u-list"), "alice");
@@ -178,10 +293,19 @@ const done = arguments[arguments.length - 1];
   // unread badges for other rooms (SERVER, LATER)
   const att = new Attention({ log: q("u-log"), list: q("u-list"), room: "lobby", me: "alice", jump: q("u-jump"),
     announcer: q("u-say"), notifyButton: null, rooms: q("u-rooms") });
-  att.unread({ type: "unread", room: "other", unread: 3, mentions: 1 });
+  att.unread(decoded({ type: "unread", room: "other", unread: 3, mentions: 1 }));
   eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mentions, 3 unread");
-  att.unread({ type: "unread", room: "other", unread: 0, mentions: 0 });
+  att.unread(decoded({ type: "unread", room: "other", unread: 0, mentions: 0 }));
   eq("cleared", q("u-rooms").querySelector(".room-badge"), null);
+  // who is online: the list, then diffs; sorted ignoring case; the count as sent
+  const { Presence } = await import("/static/presence.js");
+  const online = new Presence({ list: q("u-online"), count: q("u-count"), stale: null, me: "alice" });
+  online.reset(["bob", "alice"], 2);
+  online.apply(["Carol", "dave"], ["bob"], 700);
+  eq("online", [Array.from(q("u-online").children, (li) => li.textContent + (li.className ? "*" : "")),
+    q("u-count").textContent], [["alice*", "Carol", "dave"], "700"]);
+  online.markStale(true);
+  eq("marked as last known", q("u-online").classList.contains("stale"), true);
   // rendering: text only, links safe, mentions of the reader marked
   const li = renderer.message({ id: "30-0", user: "bob", body: "<b>hi</b> @Alice https://x.example/?a=<i>", sentAt: Date.now() });
   eq("no markup from text", li.querySelectorAll(".msg-body b, .msg-body i").length, 0);

@@ -1,0 +1,125 @@
+/* palaver: writing. The message box (Enter sends, Shift+Enter starts a new
+ * line, an IME composition is left alone), its draft kept per room for the
+ * life of the tab, a new message shown at once and handed to the outbox,
+ * and the only ways to resend or drop one that failed: its Retry and Delete
+ * buttons, and "Retry all" in the bar that counts them.
+ */
+
+import { bodyLength, cleanBody, MAX_BODY } from "./text.js";
+
+export class Composer {
+  /**
+   * @param {object} o
+   *   form (#composer), fields (its fieldset, disabled until this runs),
+   *   input, list (#messages, for the Retry and Delete buttons), bar,
+   *   barText and retryAll (the outbox bar); room; timeline, outbox,
+   *   notice; followed(): the page scrolls to our new message.
+   */
+  constructor(o) {
+    this.o = o;
+    this.input = o.input;
+    this.drafts = new Drafts(o.room);
+    o.form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.submit();
+    });
+    o.input.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter" || ev.shiftKey || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+      if (ev.isComposing || ev.keyCode === 229) return; // IME composition
+      ev.preventDefault();
+      this.submit();
+    });
+    o.input.addEventListener("input", () => this.drafts.save(this.input.value));
+    // Only these buttons resend or drop a message: a click elsewhere on it
+    // does nothing.
+    o.list.addEventListener("click", (ev) => {
+      const button = ev.target instanceof Element ? ev.target.closest("button[data-action]") : null;
+      const li = button ? button.closest("li.msg") : null;
+      const cid = li ? li.dataset.clientId : "";
+      if (!cid) return;
+      if (button.dataset.action === "retry") {
+        o.outbox.retryUpTo(cid);
+      } else if (button.dataset.action === "delete") {
+        o.timeline.drop(cid);
+        o.outbox.discard(cid);
+      } else {
+        return;
+      }
+      this.input.focus();
+    });
+    o.retryAll.addEventListener("click", () => {
+      o.outbox.retryAll();
+      this.input.focus();
+    });
+  }
+
+  /** Opens the box for writing, with the room's draft, focused at its end. */
+  open() {
+    this.o.fields.disabled = false;
+    this.input.value = this.drafts.load();
+    this.input.focus();
+    this.input.setSelectionRange(this.input.value.length, this.input.value.length);
+  }
+
+  submit() {
+    // Trimmed as the server trims, so the line shown is the line stored.
+    const body = cleanBody(this.input.value);
+    if (!body) return;
+    if (bodyLength(body) > MAX_BODY) {
+      this.o.notice.show("Messages can be at most " + MAX_BODY + " characters long.");
+      return;
+    }
+    const cid = newClientId();
+    this.o.timeline.addPending(cid, body);
+    this.o.outbox.add(cid, body);
+    this.input.value = "";
+    this.drafts.save("");
+    this.input.focus();
+    this.o.timeline.trim(true);
+    this.o.followed();
+  }
+
+  /** The outbox changed: the bar says how many failed and wait behind. */
+  summarize() {
+    const outbox = this.o.outbox;
+    const failed = outbox.failedCount();
+    this.o.bar.hidden = failed === 0;
+    if (!failed) return;
+    const waiting = outbox.size - failed;
+    this.o.barText.textContent = (failed === 1 ? "1 message was not sent." : failed + " messages were not sent.") +
+      (waiting ? " " + waiting + " more waiting behind." : "");
+  }
+}
+
+function newClientId() {
+  if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const DRAFT_PREFIX = "palaver.draft.";
+
+/** The unsent text of each room, kept while the tab lives (sessionStorage). */
+export class Drafts {
+  constructor(room) {
+    this.key = DRAFT_PREFIX + room;
+  }
+
+  load() {
+    try {
+      return sessionStorage.getItem(this.key) || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  save(text) {
+    try {
+      if (text) sessionStorage.setItem(this.key, text);
+      else sessionStorage.removeItem(this.key);
+    } catch (e) {
+      /* storage full or refused: the draft lasts this page */
+    }
+  }
+}
