@@ -14,7 +14,9 @@
 //! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
 //! macro runs it as `contract::memory::<rule>`, `contract::redis::<rule>` and
 //! `contract::cluster::<rule>` (a real Redis Cluster: three masters, three
-//! replicas). What only a shared store can do is in `contract::redis_only`.
+//! replicas). What only a shared store can do is in `contract::redis_only`,
+//! with the check that the Redis backend's list of scripts loads every
+//! script its code calls.
 
 use std::{
     collections::BTreeSet,
@@ -923,5 +925,62 @@ mod redis_only {
             assert_eq!(next_event(hears).await, b);
             assert_eq!(next_event(hears).await, c);
         }
+    }
+
+    /// The Redis backend's sources, file by file.
+    fn redis_sources() -> Vec<String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/redis");
+        std::fs::read_dir(dir)
+            .expect("the Redis backend's folder")
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+            .map(|path| std::fs::read_to_string(path).expect("a source file"))
+            .collect()
+    }
+
+    /// The scripts the code calls: every `SCRIPTS.<name>` in the sources.
+    fn scripts_called() -> BTreeSet<String> {
+        let mut called = BTreeSet::new();
+        for text in redis_sources() {
+            for (at, _) in text.match_indices("SCRIPTS.") {
+                let rest = &text[at + "SCRIPTS.".len()..];
+                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                // A method of the list (`all()`) is not a script.
+                if !name.is_empty() && !rest[name.len()..].starts_with('(') {
+                    called.insert(name);
+                }
+            }
+        }
+        called
+    }
+
+    /// The list of scripts is what is loaded when the script cache is found
+    /// empty (a restart, a failover): a script it missed would run by `EVAL`
+    /// or not at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loading_the_script_list_loads_every_script_the_code_calls() {
+        let server = RedisServer::start();
+        let config = config(Some(&server), &[]);
+        let backend =
+            palaver::backend::redis::RedisBackend::connect(&server.url(), &config, "instance-1", Default::default())
+                .await
+                .expect("connects to the test Redis");
+        let called = scripts_called();
+        for name in ["append_store", "mark_read", "open_room", "wake"] {
+            assert!(called.contains(name), "the sources are read: {name} is called, found {called:?}");
+        }
+        let digest = |name: &str| {
+            let file = format!("{}/src/backend/redis/scripts/{name}.lua", env!("CARGO_MANIFEST_DIR"));
+            let source =
+                std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{name} is called but {file} is missing"));
+            fred::util::sha1_hash(&source)
+        };
+        let cached = |name: &str| server.command(&["SCRIPT", "EXISTS", &digest(name)]).expect("SCRIPT EXISTS");
+        assert_eq!(server.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));
+        assert_eq!(cached("mark_read"), "*1\r\n:0\r\n", "the cache starts empty");
+
+        backend.load_scripts().await.expect("loads the scripts");
+        let missing: Vec<&String> = called.iter().filter(|name| cached(name) != "*1\r\n:1\r\n").collect();
+        assert!(missing.is_empty(), "called, but not loaded with the list: {missing:?}");
     }
 }
