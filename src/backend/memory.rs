@@ -28,11 +28,11 @@ use super::{
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId, LOBBY},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
-/// `(room, user, client_id)` -> the id stored for it, and when.
-type SentIndex = HashMap<(RoomName, String, String), (MessageId, Instant)>;
+/// `(room, sender, client_id)` -> the id stored for it, and when.
+type SentIndex = HashMap<(RoomName, UserId, String), (MessageId, Instant)>;
 /// room -> `(instance, user)` -> deadline.
 type PresenceEntries = HashMap<RoomName, HashMap<(String, String), Instant>>;
 
@@ -69,8 +69,8 @@ pub struct MemoryBackend {
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
     /// user -> their read markers.
     read: Mutex<HashMap<UserId, ReadMarkers>>,
-    /// user name -> their message-rate bucket.
-    buckets: Mutex<HashMap<String, (f64, UnixMillis)>>,
+    /// sender -> their message-rate bucket.
+    buckets: Mutex<HashMap<UserId, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
     /// Woken on every append, for `tail`.
     appended: Notify,
@@ -138,11 +138,11 @@ impl MemoryBackend {
     }
 
     /// The sender's rate bucket as last counted (buckets full again are dropped).
-    fn bucket(&self, user: &str, now: UnixMillis) -> Option<(f64, UnixMillis)> {
+    fn bucket(&self, user: UserId, now: UnixMillis) -> Option<(f64, UnixMillis)> {
         let mut buckets = lock(&self.buckets);
         let refill = self.user_rate.refill_time();
         buckets.retain(|_, (_, at)| *at + refill > now);
-        buckets.get(user).copied()
+        buckets.get(&user).copied()
     }
 
     /// Counts a new room against `user`'s quota; `false` when over it.
@@ -397,21 +397,21 @@ impl EventBus for MemoryBackend {
 impl History for MemoryBackend {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
         let now = Instant::now();
-        let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.user.clone(), cid));
+        let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.sender, cid));
         let mut sent = lock(&self.sent);
         sent.retain(|_, (_, at)| now.duration_since(*at) < self.dedupe_window);
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }
         let clock = UnixMillis::now();
-        let Some(bucket) = self.user_rate.take(self.bucket(&message.user, clock), clock) else {
+        let Some(bucket) = self.user_rate.take(self.bucket(message.sender, clock), clock) else {
             return Ok(Appended::Throttled);
         };
-        let exists = room.as_str() == LOBBY || self.live_rooms(clock).contains_key(room);
+        let exists = room.is_lobby() || self.live_rooms(clock).contains_key(room);
         if !exists && !self.count_new_room(message.sender) {
             return Ok(Appended::NewRoomRefused);
         }
-        lock(&self.buckets).insert(message.user.clone(), bucket);
+        lock(&self.buckets).insert(message.sender, bucket);
         let stored = {
             let mut rooms = self.live_rooms(clock);
             let log = rooms.entry(room.clone()).or_insert_with(|| RoomLog {

@@ -97,6 +97,7 @@ contract! {
     read_markers_move_only_forward_per_user_and_room_and_stay_bounded,
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
+    resends_and_the_rate_are_counted_per_sender_id_not_per_name => [("USER_MESSAGE_BURST", "2"), ("USER_MESSAGE_RATE_PER_SEC", "0.001")],
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
     published_events_reach_subscribers_as_published,
     health_answers,
@@ -853,6 +854,24 @@ async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backe
     assert_eq!(stored.client_id, None);
     assert_eq!(b.history.recent(&lobby, 1).await.expect("recent")[0].client_id, None);
     assert_eq!(b.history.append(&lobby, assigned).await.expect("append"), Appended::Duplicate(stored.id));
+}
+
+async fn resends_and_the_rate_are_counted_per_sender_id_not_per_name(b: Backend) {
+    // USER_MESSAGE_BURST=2, and no refill within the test.
+    let lobby = RoomName::lobby();
+    let first = append_new(&b, &lobby, said("al", "hi", Some("c1"))).await;
+    // Another user shown under the same name: their own resends, their own rate.
+    let other =
+        |body: &str, client_id: &str| NewMessage { sender: UserId::new_v4(), ..said("al", body, Some(client_id)) };
+    let namesake = other("hi", "c1");
+    let theirs = append_new(&b, &lobby, namesake.clone()).await;
+    assert!(theirs.id > first.id, "the same client_id from another sender is another message");
+    assert_eq!(b.history.append(&lobby, namesake).await.expect("append"), Appended::Duplicate(theirs.id));
+    append_new(&b, &lobby, said("al", "second", Some("c2"))).await;
+    assert_eq!(b.history.append(&lobby, said("al", "third", Some("c3"))).await.expect("append"), Appended::Throttled);
+    let fresh = other("mine", "c3");
+    append_new(&b, &lobby, fresh.clone()).await;
+    append_new(&b, &lobby, NewMessage { client_id: Some("c4".into()), ..fresh }).await;
 }
 
 // ----------------------------------------------------------------- bus --

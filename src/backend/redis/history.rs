@@ -95,7 +95,7 @@ impl History for RedisBackend {
         }
 
         // 2. The sender: their rate, and their quota if the room is new.
-        let new_room = exists == 0 && room.as_str() != crate::model::LOBBY;
+        let new_room = exists == 0 && !room.is_lobby();
         let take_keys = vec![keys::rate(message.sender), keys::new_rooms(message.sender)];
         let take_args: Vec<Value> = vec![
             millis(now),
