@@ -22,7 +22,7 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult,
+    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, RoomOpened, SessionIndex, StoreResult,
     StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
@@ -145,11 +145,11 @@ impl MemoryBackend {
         buckets.get(&user).copied()
     }
 
-    /// Counts a new room against `user`'s quota; `false` when over it.
-    fn count_new_room(&self, user: UserId) -> bool {
-        let key = rules::NewRooms::counter(user);
-        let counted = self.count(std::slice::from_ref(&key), self.new_rooms.window);
-        counted[0].0 <= self.new_rooms.max
+    /// Counts a new room against `user`'s quota; `Err(retry_after)` when
+    /// over it.
+    fn charge_new_room(&self, user: UserId) -> Result<(), Duration> {
+        let counted = self.count(&[rules::NewRooms::counter(user)], self.new_rooms.window);
+        self.new_rooms.allows(counted[0])
     }
 
     /// Increments fixed-window counters: each one's new value and time left.
@@ -408,7 +408,7 @@ impl History for MemoryBackend {
             return Ok(Appended::Throttled);
         };
         let exists = room.is_lobby() || self.live_rooms(clock).contains_key(room);
-        if !exists && !self.count_new_room(message.sender) {
+        if !exists && self.charge_new_room(message.sender).is_err() {
             return Ok(Appended::NewRoomRefused);
         }
         lock(&self.buckets).insert(message.sender, bucket);
@@ -507,13 +507,23 @@ impl History for MemoryBackend {
         Ok(self.live_rooms(UnixMillis::now()).contains_key(room))
     }
 
-    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()> {
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
         let now = UnixMillis::now();
-        self.live_rooms(now).entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
-            messages: VecDeque::new(),
-            last_id: MessageId::ZERO,
-            active_at: now,
-        });
+        {
+            // Looked at and charged under the rooms' lock: of two opening
+            // one new room, one makes it.
+            let mut rooms = self.live_rooms(now);
+            if !room.is_lobby() && !rooms.contains_key(room) {
+                if let Err(retry_after) = self.charge_new_room(user) {
+                    return Ok(RoomOpened::NewRoomRefused { retry_after });
+                }
+            }
+            rooms.entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
+                messages: VecDeque::new(),
+                last_id: MessageId::ZERO,
+                active_at: now,
+            });
+        }
         let mut user_rooms = lock(&self.user_rooms);
         let mine = user_rooms.entry(user).or_default();
         mine.insert(room.clone(), now);
@@ -523,7 +533,7 @@ impl History for MemoryBackend {
                 mine.remove(&oldest);
             }
         }
-        Ok(())
+        Ok(RoomOpened::Open)
     }
 
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {

@@ -25,7 +25,7 @@ use std::{
 };
 
 use palaver::{
-    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice},
+    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice, RoomOpened},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
     Config,
@@ -99,6 +99,7 @@ contract! {
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
     resends_and_the_rate_are_counted_per_sender_id_not_per_name => [("USER_MESSAGE_BURST", "2"), ("USER_MESSAGE_RATE_PER_SEC", "0.001")],
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
+    opening_a_new_room_counts_against_the_users_quota_and_a_refusal_writes_nothing => [("ROOMS_PER_USER_PER_HOUR", "2")],
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -845,6 +846,64 @@ async fn a_first_message_into_a_new_room_counts_against_the_senders_quota(b: Bac
     // Opening pages counts on the same counter.
     let counted = b.counters.get(&[NewRooms::counter(sender("al"))]).await.expect("get");
     assert_eq!(counted[0].0, 3, "two rooms made and one refused; the lobby not counted");
+}
+
+async fn opening_a_new_room_counts_against_the_users_quota_and_a_refusal_writes_nothing(b: Backend) {
+    // ROOMS_PER_USER_PER_HOUR=2, on the counter first messages count on too.
+    let (al, bo, cy) = (sender("al"), sender("bo"), sender("cy"));
+    let open = |name: &str, user: UserId| {
+        let (b, room) = (b.clone(), room(name));
+        async move { b.history.open_room(&room, user).await.expect("open_room") }
+    };
+    let counted = |user: UserId| {
+        let b = b.clone();
+        async move { b.counters.get(&[NewRooms::counter(user)]).await.expect("get")[0].0 }
+    };
+    assert_eq!(open("one", al).await, RoomOpened::Open);
+    assert_eq!(open("one", al).await, RoomOpened::Open, "a room that exists is free to open again");
+    assert_eq!(counted(al).await, 1);
+    append_new(&b, &room("two"), said("al", "made by a message", None)).await;
+    match open("three", al).await {
+        RoomOpened::NewRoomRefused { retry_after } => {
+            assert!(
+                retry_after >= Duration::from_secs(1) && retry_after <= Duration::from_secs(3600),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("the third new room is over the quota: {other:?}"),
+    }
+    assert!(!b.history.room_exists(&room("three")).await.expect("room_exists"), "not created");
+    let mine = b.history.user_rooms(al, 10).await.expect("user_rooms");
+    assert!(!mine.contains(&room("three")), "not listed: {mine:?}");
+    assert_eq!(counted(al).await, 3, "a refused attempt counts too");
+    // The lobby always exists, even in a store that never saw it; rooms
+    // that exist are free whoever made them; others have their own quota.
+    assert_eq!(open("lobby", al).await, RoomOpened::Open);
+    assert_eq!(open("theirs", bo).await, RoomOpened::Open);
+    assert_eq!(open("theirs", al).await, RoomOpened::Open);
+    assert_eq!(counted(al).await, 3, "nothing made, nothing counted");
+    // A first message into a new room meets the quota opening spent.
+    assert_eq!(b.history.append(&room("four"), said("al", "x", None)).await.expect("append"), Appended::NewRoomRefused);
+
+    // Charged atomically: of many new rooms opened at once, the quota's worth are made.
+    let start = Arc::new(Barrier::new(8));
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let (b, start, room) = (b.clone(), start.clone(), room(&format!("race-{n}")));
+            tokio::spawn(async move {
+                start.wait().await;
+                b.history.open_room(&room, cy).await.expect("open_room")
+            })
+        })
+        .collect();
+    let mut opened = 0;
+    for racer in racers {
+        if within("an open", racer).await.expect("racer") == RoomOpened::Open {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 2);
+    assert_eq!(b.history.user_rooms(cy, 10).await.expect("user_rooms").len(), 2, "only the rooms made are listed");
 }
 
 async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backend) {

@@ -9,7 +9,7 @@ use super::{connection::Call, keys, scripts::SCRIPTS, RedisBackend};
 use crate::backend::{Counters, StoreResult};
 
 /// `(value, pttl)` from a counter script.
-pub(super) fn count(reply: Value) -> StoreResult<(u64, Duration)> {
+fn count(reply: Value) -> StoreResult<(u64, Duration)> {
     let (n, pttl): (i64, i64) = reply.convert()?;
     Ok((n.max(0) as u64, Duration::from_millis(pttl.max(0) as u64)))
 }

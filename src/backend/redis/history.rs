@@ -14,7 +14,7 @@ use super::{
     RedisBackend,
 };
 use crate::{
-    backend::{rules, History, StoreError, StoreResult},
+    backend::{rules, Counters, History, RoomOpened, StoreError, StoreResult},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, UserId},
 };
@@ -238,9 +238,16 @@ impl History for RedisBackend {
         Ok(exists == 1)
     }
 
-    /// The room's part and the user's part are in different slots: two
-    /// script calls, one round trip.
-    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()> {
+    /// Like an append (docs/cluster.md, "Opening a room"): does the room
+    /// exist? If not, charge the user's quota; then the room's part and the
+    /// user's part, in different slots: two script calls, one round trip.
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
+        if !room.is_lobby() && !self.room_exists(room).await? {
+            let counted = self.incr(&[rules::NewRooms::counter(user)], self.new_rooms.window).await?;
+            if let Err(retry_after) = self.new_rooms.allows(counted[0]) {
+                return Ok(RoomOpened::NewRoomRefused { retry_after });
+            }
+        }
         let (now, ttl) = (millis(UnixMillis::now()), Value::from(self.room_ttl.as_millis() as i64));
         let calls = [
             Call::new(
@@ -255,7 +262,7 @@ impl History for RedisBackend {
             ),
         ];
         self.conn.run_all(&calls).await?;
-        Ok(())
+        Ok(RoomOpened::Open)
     }
 
     /// The user's list, then whether each room still exists (pipelined).
