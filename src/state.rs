@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::throttle::{LoginThrottle, NewRoomQuota, RegisterThrottle},
+    auth::throttle::{LoginThrottle, RegisterThrottle},
     auth::tokens::TokenKeys,
-    backend::{rules::NewRooms, Backend, SharedSessionStore},
+    backend::{Backend, SharedSessionStore},
     config::Config,
     meters::Meters,
     net::OriginPolicy,
@@ -68,11 +68,7 @@ pub fn assemble(
             ),
             meters,
         },
-        rooms: RoomPages {
-            sessions: sessions.clone(),
-            history: backend.history.clone(),
-            new_rooms: NewRoomQuota::new(backend.counters.clone(), NewRooms::from_config(config)),
-        },
+        rooms: RoomPages { sessions: sessions.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
             history: backend.history.clone(),

@@ -11,8 +11,7 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
-    backend::{rules::NewRooms, Counters, StoreResult},
-    model::UserId,
+    backend::{Counters, StoreResult},
     net::address_key,
 };
 
@@ -97,26 +96,6 @@ impl RegisterThrottle {
     /// Counts an attempt; `Err(retry_after)` past the limit.
     pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<(), Duration>> {
         count(&*self.counters, &[(format!("register:addr:{}", address_key(addr)), self.max)], self.window).await
-    }
-}
-
-/// The per-user quota on bringing rooms into existence, when a room page is
-/// opened (a first message into a new room counts in the store itself, on
-/// the same counter).
-#[derive(Clone)]
-pub struct NewRoomQuota {
-    counters: Arc<dyn Counters>,
-    quota: NewRooms,
-}
-
-impl NewRoomQuota {
-    pub fn new(counters: Arc<dyn Counters>, quota: NewRooms) -> Self {
-        Self { counters, quota }
-    }
-
-    /// Counts one new room of `user`'s; `Err(retry_after)` past the quota.
-    pub async fn attempt(&self, user: UserId) -> StoreResult<Result<(), Duration>> {
-        count(&*self.counters, &[(NewRooms::counter(user), self.quota.max)], self.quota.window).await
     }
 }
 

@@ -22,17 +22,17 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, SessionIndex, StoreResult,
+    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, RoomOpened, SessionIndex, StoreResult,
     StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId, LOBBY},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
 };
 
-/// `(room, user, client_id)` -> the id stored for it, and when.
-type SentIndex = HashMap<(RoomName, String, String), (MessageId, Instant)>;
+/// `(room, sender, client_id)` -> the id stored for it, and when.
+type SentIndex = HashMap<(RoomName, UserId, String), (MessageId, Instant)>;
 /// room -> `(instance, user)` -> deadline.
 type PresenceEntries = HashMap<RoomName, HashMap<(String, String), Instant>>;
 
@@ -69,8 +69,8 @@ pub struct MemoryBackend {
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
     /// user -> their read markers.
     read: Mutex<HashMap<UserId, ReadMarkers>>,
-    /// user name -> their message-rate bucket.
-    buckets: Mutex<HashMap<String, (f64, UnixMillis)>>,
+    /// sender -> their message-rate bucket.
+    buckets: Mutex<HashMap<UserId, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
     /// Woken on every append, for `tail`.
     appended: Notify,
@@ -138,18 +138,18 @@ impl MemoryBackend {
     }
 
     /// The sender's rate bucket as last counted (buckets full again are dropped).
-    fn bucket(&self, user: &str, now: UnixMillis) -> Option<(f64, UnixMillis)> {
+    fn bucket(&self, user: UserId, now: UnixMillis) -> Option<(f64, UnixMillis)> {
         let mut buckets = lock(&self.buckets);
         let refill = self.user_rate.refill_time();
         buckets.retain(|_, (_, at)| *at + refill > now);
-        buckets.get(user).copied()
+        buckets.get(&user).copied()
     }
 
-    /// Counts a new room against `user`'s quota; `false` when over it.
-    fn count_new_room(&self, user: UserId) -> bool {
-        let key = rules::NewRooms::counter(user);
-        let counted = self.count(std::slice::from_ref(&key), self.new_rooms.window);
-        counted[0].0 <= self.new_rooms.max
+    /// Counts a new room against `user`'s quota; `Err(retry_after)` when
+    /// over it.
+    fn charge_new_room(&self, user: UserId) -> Result<(), Duration> {
+        let counted = self.count(&[rules::NewRooms::counter(user)], self.new_rooms.window);
+        self.new_rooms.allows(counted[0])
     }
 
     /// Increments fixed-window counters: each one's new value and time left.
@@ -397,21 +397,21 @@ impl EventBus for MemoryBackend {
 impl History for MemoryBackend {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
         let now = Instant::now();
-        let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.user.clone(), cid));
+        let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.sender, cid));
         let mut sent = lock(&self.sent);
         sent.retain(|_, (_, at)| now.duration_since(*at) < self.dedupe_window);
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }
         let clock = UnixMillis::now();
-        let Some(bucket) = self.user_rate.take(self.bucket(&message.user, clock), clock) else {
+        let Some(bucket) = self.user_rate.take(self.bucket(message.sender, clock), clock) else {
             return Ok(Appended::Throttled);
         };
-        let exists = room.as_str() == LOBBY || self.live_rooms(clock).contains_key(room);
-        if !exists && !self.count_new_room(message.sender) {
+        let exists = room.is_lobby() || self.live_rooms(clock).contains_key(room);
+        if !exists && self.charge_new_room(message.sender).is_err() {
             return Ok(Appended::NewRoomRefused);
         }
-        lock(&self.buckets).insert(message.user.clone(), bucket);
+        lock(&self.buckets).insert(message.sender, bucket);
         let stored = {
             let mut rooms = self.live_rooms(clock);
             let log = rooms.entry(room.clone()).or_insert_with(|| RoomLog {
@@ -507,13 +507,23 @@ impl History for MemoryBackend {
         Ok(self.live_rooms(UnixMillis::now()).contains_key(room))
     }
 
-    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()> {
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
         let now = UnixMillis::now();
-        self.live_rooms(now).entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
-            messages: VecDeque::new(),
-            last_id: MessageId::ZERO,
-            active_at: now,
-        });
+        {
+            // Looked at and charged under the rooms' lock: of two opening
+            // one new room, one makes it.
+            let mut rooms = self.live_rooms(now);
+            if !room.is_lobby() && !rooms.contains_key(room) {
+                if let Err(retry_after) = self.charge_new_room(user) {
+                    return Ok(RoomOpened::NewRoomRefused { retry_after });
+                }
+            }
+            rooms.entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
+                messages: VecDeque::new(),
+                last_id: MessageId::ZERO,
+                active_at: now,
+            });
+        }
         let mut user_rooms = lock(&self.user_rooms);
         let mine = user_rooms.entry(user).or_default();
         mine.insert(room.clone(), now);
@@ -523,7 +533,7 @@ impl History for MemoryBackend {
                 mine.remove(&oldest);
             }
         }
-        Ok(())
+        Ok(RoomOpened::Open)
     }
 
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {

@@ -268,8 +268,12 @@ pub trait History: Send + Sync {
     /// Whether the room exists (was used within the room lifetime).
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool>;
     /// Records that `user` opened the room: it exists (or lives on), and it
-    /// heads that user's list of rooms.
-    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<()>;
+    /// heads that user's list of rooms. Opening a room that does not exist
+    /// (the lobby always does) creates it, which counts against the user's
+    /// new-room quota, on the counter a first message into a new room
+    /// counts on ([`rules::NewRooms`]); past the quota nothing is written
+    /// ([`RoomOpened::NewRoomRefused`]).
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened>;
     /// The rooms `user` opened that still exist, most recently opened first.
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>>;
     /// Moves `user`'s read marker in `room` to `up_to`, only ever forward
@@ -280,6 +284,16 @@ pub trait History: Send + Sync {
     async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool>;
     /// `user`'s read markers, by room.
     async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>>;
+}
+
+/// What [`History::open_room`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomOpened {
+    /// The room exists (it did, or it does now) and heads the user's list.
+    Open,
+    /// The room does not exist, and the user has brought enough rooms into
+    /// existence lately: they may try again after `retry_after`.
+    NewRoomRefused { retry_after: Duration },
 }
 
 /// Who is online where, shared by all instances. Each instance writes its own

@@ -77,7 +77,9 @@ mod tests {
 
 /// The quota on new rooms: how many one user may bring into existence (by
 /// opening one, or by a first message into one) per window. Both paths
-/// count on the same counter.
+/// count on the same counter, in the backend: `History::open_room` and
+/// `History::append` charge it when, and only when, they would make a room.
+/// Every attempt counts, refused ones too.
 #[derive(Debug, Clone, Copy)]
 pub struct NewRooms {
     pub max: u64,
@@ -94,5 +96,15 @@ impl NewRooms {
     /// script with the user's rate bucket (docs/cluster.md).
     pub fn counter(user: UserId) -> String {
         format!("quota:new-rooms:{{{user}}}")
+    }
+
+    /// Whether a new room counted as `n` in a window with `left` to run is
+    /// within the quota: `Err(retry_after)` past it, at least a second.
+    pub fn allows(&self, (n, left): (u64, Duration)) -> Result<(), Duration> {
+        if n <= self.max {
+            Ok(())
+        } else {
+            Err(left.max(Duration::from_secs(1)))
+        }
     }
 }

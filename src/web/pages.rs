@@ -11,8 +11,8 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, throttle::NewRoomQuota, Sessions},
-    backend::History,
+    auth::{session::AuthSession, Sessions},
+    backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
     model::{Message, RoomName, LOBBY},
@@ -258,8 +258,6 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
 pub struct RoomPages {
     pub sessions: Sessions,
     pub history: Arc<dyn History>,
-    /// New rooms a user may open per hour.
-    pub new_rooms: NewRoomQuota,
 }
 
 /// GET /chat/{room}
@@ -281,17 +279,14 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     let history = &*pages.history;
     // A room that does not exist yet costs the store for as long as it
     // lives: opening one counts against the user's quota.
-    if room.as_str() != LOBBY && !history.room_exists(&room).await? {
-        if let Err(retry_after) = pages.new_rooms.attempt(current.user.id).await? {
-            tracing::warn!(user = %current.user.name, "new-room quota reached");
-            let minutes = retry_after.as_secs().div_ceil(60);
-            let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
-            let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &message);
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
-            return Ok(res);
-        }
+    if let RoomOpened::NewRoomRefused { retry_after } = history.open_room(&room, current.user.id).await? {
+        tracing::warn!(user = %current.user.name, "new-room quota reached");
+        let minutes = retry_after.as_secs().div_ceil(60);
+        let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
+        let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &message);
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        return Ok(res);
     }
-    history.open_room(&room, current.user.id).await?;
     // One more than shown tells whether anything older is left.
     let (mut recent, mine) = tokio::try_join!(
         history.recent(&room, RECENT_MESSAGES + 1),

@@ -14,7 +14,9 @@
 //! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
 //! macro runs it as `contract::memory::<rule>`, `contract::redis::<rule>` and
 //! `contract::cluster::<rule>` (a real Redis Cluster: three masters, three
-//! replicas). What only a shared store can do is in `contract::redis_only`.
+//! replicas). What only a shared store can do is in `contract::redis_only`,
+//! with the check that the Redis backend's list of scripts loads every
+//! script its code calls.
 
 use std::{
     collections::BTreeSet,
@@ -23,7 +25,7 @@ use std::{
 };
 
 use palaver::{
-    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice},
+    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice, RoomOpened},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
     Config,
@@ -95,7 +97,9 @@ contract! {
     read_markers_move_only_forward_per_user_and_room_and_stay_bounded,
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
+    resends_and_the_rate_are_counted_per_sender_id_not_per_name => [("USER_MESSAGE_BURST", "2"), ("USER_MESSAGE_RATE_PER_SEC", "0.001")],
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
+    opening_a_new_room_counts_against_the_users_quota_and_a_refusal_writes_nothing => [("ROOMS_PER_USER_PER_HOUR", "2")],
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -844,6 +848,64 @@ async fn a_first_message_into_a_new_room_counts_against_the_senders_quota(b: Bac
     assert_eq!(counted[0].0, 3, "two rooms made and one refused; the lobby not counted");
 }
 
+async fn opening_a_new_room_counts_against_the_users_quota_and_a_refusal_writes_nothing(b: Backend) {
+    // ROOMS_PER_USER_PER_HOUR=2, on the counter first messages count on too.
+    let (al, bo, cy) = (sender("al"), sender("bo"), sender("cy"));
+    let open = |name: &str, user: UserId| {
+        let (b, room) = (b.clone(), room(name));
+        async move { b.history.open_room(&room, user).await.expect("open_room") }
+    };
+    let counted = |user: UserId| {
+        let b = b.clone();
+        async move { b.counters.get(&[NewRooms::counter(user)]).await.expect("get")[0].0 }
+    };
+    assert_eq!(open("one", al).await, RoomOpened::Open);
+    assert_eq!(open("one", al).await, RoomOpened::Open, "a room that exists is free to open again");
+    assert_eq!(counted(al).await, 1);
+    append_new(&b, &room("two"), said("al", "made by a message", None)).await;
+    match open("three", al).await {
+        RoomOpened::NewRoomRefused { retry_after } => {
+            assert!(
+                retry_after >= Duration::from_secs(1) && retry_after <= Duration::from_secs(3600),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("the third new room is over the quota: {other:?}"),
+    }
+    assert!(!b.history.room_exists(&room("three")).await.expect("room_exists"), "not created");
+    let mine = b.history.user_rooms(al, 10).await.expect("user_rooms");
+    assert!(!mine.contains(&room("three")), "not listed: {mine:?}");
+    assert_eq!(counted(al).await, 3, "a refused attempt counts too");
+    // The lobby always exists, even in a store that never saw it; rooms
+    // that exist are free whoever made them; others have their own quota.
+    assert_eq!(open("lobby", al).await, RoomOpened::Open);
+    assert_eq!(open("theirs", bo).await, RoomOpened::Open);
+    assert_eq!(open("theirs", al).await, RoomOpened::Open);
+    assert_eq!(counted(al).await, 3, "nothing made, nothing counted");
+    // A first message into a new room meets the quota opening spent.
+    assert_eq!(b.history.append(&room("four"), said("al", "x", None)).await.expect("append"), Appended::NewRoomRefused);
+
+    // Charged atomically: of many new rooms opened at once, the quota's worth are made.
+    let start = Arc::new(Barrier::new(8));
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let (b, start, room) = (b.clone(), start.clone(), room(&format!("race-{n}")));
+            tokio::spawn(async move {
+                start.wait().await;
+                b.history.open_room(&room, cy).await.expect("open_room")
+            })
+        })
+        .collect();
+    let mut opened = 0;
+    for racer in racers {
+        if within("an open", racer).await.expect("racer") == RoomOpened::Open {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 2);
+    assert_eq!(b.history.user_rooms(cy, 10).await.expect("user_rooms").len(), 2, "only the rooms made are listed");
+}
+
 async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backend) {
     let lobby = RoomName::lobby();
     let assigned = NewMessage { client_id_shown: false, ..said("al", "quiet id", Some("s-123")) };
@@ -851,6 +913,24 @@ async fn a_client_id_the_server_assigned_drops_resends_but_is_not_shown(b: Backe
     assert_eq!(stored.client_id, None);
     assert_eq!(b.history.recent(&lobby, 1).await.expect("recent")[0].client_id, None);
     assert_eq!(b.history.append(&lobby, assigned).await.expect("append"), Appended::Duplicate(stored.id));
+}
+
+async fn resends_and_the_rate_are_counted_per_sender_id_not_per_name(b: Backend) {
+    // USER_MESSAGE_BURST=2, and no refill within the test.
+    let lobby = RoomName::lobby();
+    let first = append_new(&b, &lobby, said("al", "hi", Some("c1"))).await;
+    // Another user shown under the same name: their own resends, their own rate.
+    let other =
+        |body: &str, client_id: &str| NewMessage { sender: UserId::new_v4(), ..said("al", body, Some(client_id)) };
+    let namesake = other("hi", "c1");
+    let theirs = append_new(&b, &lobby, namesake.clone()).await;
+    assert!(theirs.id > first.id, "the same client_id from another sender is another message");
+    assert_eq!(b.history.append(&lobby, namesake).await.expect("append"), Appended::Duplicate(theirs.id));
+    append_new(&b, &lobby, said("al", "second", Some("c2"))).await;
+    assert_eq!(b.history.append(&lobby, said("al", "third", Some("c3"))).await.expect("append"), Appended::Throttled);
+    let fresh = other("mine", "c3");
+    append_new(&b, &lobby, fresh.clone()).await;
+    append_new(&b, &lobby, NewMessage { client_id: Some("c4".into()), ..fresh }).await;
 }
 
 // ----------------------------------------------------------------- bus --
@@ -923,5 +1003,62 @@ mod redis_only {
             assert_eq!(next_event(hears).await, b);
             assert_eq!(next_event(hears).await, c);
         }
+    }
+
+    /// The Redis backend's sources, file by file.
+    fn redis_sources() -> Vec<String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/redis");
+        std::fs::read_dir(dir)
+            .expect("the Redis backend's folder")
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+            .map(|path| std::fs::read_to_string(path).expect("a source file"))
+            .collect()
+    }
+
+    /// The scripts the code calls: every `SCRIPTS.<name>` in the sources.
+    fn scripts_called() -> BTreeSet<String> {
+        let mut called = BTreeSet::new();
+        for text in redis_sources() {
+            for (at, _) in text.match_indices("SCRIPTS.") {
+                let rest = &text[at + "SCRIPTS.".len()..];
+                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                // A method of the list (`all()`) is not a script.
+                if !name.is_empty() && !rest[name.len()..].starts_with('(') {
+                    called.insert(name);
+                }
+            }
+        }
+        called
+    }
+
+    /// The list of scripts is what is loaded when the script cache is found
+    /// empty (a restart, a failover): a script it missed would run by `EVAL`
+    /// or not at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loading_the_script_list_loads_every_script_the_code_calls() {
+        let server = RedisServer::start();
+        let config = config(Some(&server), &[]);
+        let backend =
+            palaver::backend::redis::RedisBackend::connect(&server.url(), &config, "instance-1", Default::default())
+                .await
+                .expect("connects to the test Redis");
+        let called = scripts_called();
+        for name in ["append_store", "mark_read", "open_room", "wake"] {
+            assert!(called.contains(name), "the sources are read: {name} is called, found {called:?}");
+        }
+        let digest = |name: &str| {
+            let file = format!("{}/src/backend/redis/scripts/{name}.lua", env!("CARGO_MANIFEST_DIR"));
+            let source =
+                std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{name} is called but {file} is missing"));
+            fred::util::sha1_hash(&source)
+        };
+        let cached = |name: &str| server.command(&["SCRIPT", "EXISTS", &digest(name)]).expect("SCRIPT EXISTS");
+        assert_eq!(server.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));
+        assert_eq!(cached("mark_read"), "*1\r\n:0\r\n", "the cache starts empty");
+
+        backend.load_scripts().await.expect("loads the scripts");
+        let missing: Vec<&String> = called.iter().filter(|name| cached(name) != "*1\r\n:1\r\n").collect();
+        assert!(missing.is_empty(), "called, but not loaded with the list: {missing:?}");
     }
 }

@@ -1,0 +1,303 @@
+//! Room history and rooms: a stream per room, an `active` key that says the
+//! room exists, per-user lists of opened rooms and read markers, and the
+//! tails that follow the streams.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use fred::{prelude::*, types::streams::XReadResponse};
+
+use super::{
+    connection::{millis, Call, COMMAND_TIMEOUT},
+    keys,
+    scripts::SCRIPTS,
+    RedisBackend,
+};
+use crate::{
+    backend::{rules, Counters, History, RoomOpened, StoreError, StoreResult},
+    clock::UnixMillis,
+    model::{Appended, Message, MessageId, NewMessage, RoomName, UserId},
+};
+
+/// How many entries one `XREAD` returns per stream at most.
+const TAIL_BATCH: u64 = 512;
+
+impl RedisBackend {
+    /// A resend of a stored message: acknowledged with the first id, once
+    /// the first copy is known to be on the replicas (the confirming write
+    /// and its `WAIT` come after it in the replication stream).
+    async fn confirm_resend(&self, room: &RoomName, dedupe: &str) -> StoreResult<Appended> {
+        let call = Call::new(&SCRIPTS.append_confirm, vec![dedupe.to_owned()], vec![]);
+        let seen: String = if self.conn.durable() {
+            self.conn.run_durably(call).await?.convert()?
+        } else {
+            self.conn.run(call.script, call.keys, call.args).await?
+        };
+        if seen.is_empty() {
+            // It expired between the two reads: not stored, as far as anyone
+            // can tell now; the sender sends it again.
+            return Err(StoreError::Usage(format!("the first copy of a resend in {room} expired meanwhile")));
+        }
+        let id: MessageId = seen.parse().map_err(|_| StoreError::Corrupt(format!("stream id {seen}")))?;
+        Ok(Appended::Duplicate(id))
+    }
+
+    fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> StoreResult<Message> {
+        let corrupt = || StoreError::Corrupt(format!("stream entry {id}"));
+        Ok(Message {
+            id: id.parse().map_err(|_| corrupt())?,
+            user: fields.remove("user").ok_or_else(corrupt)?,
+            body: fields.remove("body").ok_or_else(corrupt)?,
+            sent_at: fields
+                .get("sent_at")
+                .and_then(|t| t.parse().ok())
+                .map(UnixMillis::from_millis)
+                .ok_or_else(corrupt)?,
+            client_id: fields.remove("client_id"),
+        })
+    }
+
+    async fn range(
+        &self,
+        room: &RoomName,
+        start: String,
+        end: &str,
+        limit: usize,
+        rev: bool,
+    ) -> StoreResult<Vec<Message>> {
+        let key = keys::messages(room);
+        let fast = &self.conn.fast;
+        let entries: Vec<(String, HashMap<String, String>)> = if rev {
+            self.conn.timed("xrevrange", fast.xrevrange_values(key, end, start, Some(limit as u64))).await?
+        } else {
+            self.conn.timed("xrange", fast.xrange_values(key, start, end, Some(limit as u64))).await?
+        };
+        entries.into_iter().map(|(id, fields)| Self::parse_entry(&id, fields)).collect()
+    }
+}
+
+#[async_trait]
+impl History for RedisBackend {
+    /// Three steps (docs/cluster.md, "Appending"): read the room (a resend?
+    /// does it exist?), charge the sender (rate, new-room quota), store in
+    /// the room (and, with `REDIS_WAIT_REPLICAS`, wait for the replicas).
+    async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
+        let client_id = message.client_id.clone().filter(|c| !c.is_empty());
+        let dedupe = client_id.as_deref().map(|cid| keys::sent(room, message.sender, cid));
+        let now = UnixMillis::now();
+
+        // 1. The room: a resend, and whether the room exists.
+        let mut check_keys = vec![keys::active(room)];
+        check_keys.extend(dedupe.clone());
+        let (seen, exists): (String, i64) = self.conn.run(&SCRIPTS.append_check, check_keys, vec![]).await?;
+        if !seen.is_empty() {
+            return self.confirm_resend(room, dedupe.as_deref().expect("seen by its key")).await;
+        }
+
+        // 2. The sender: their rate, and their quota if the room is new.
+        let new_room = exists == 0 && !room.is_lobby();
+        let take_keys = vec![keys::rate(message.sender), keys::new_rooms(message.sender)];
+        let take_args: Vec<Value> = vec![
+            millis(now),
+            self.user_rate.rate.into(),
+            self.user_rate.burst.into(),
+            (if new_room { "1" } else { "0" }).into(),
+            (self.new_rooms.max as i64).into(),
+            (self.new_rooms.window.as_millis() as i64).into(),
+        ];
+        match self.conn.run::<i64>(&SCRIPTS.append_take, take_keys, take_args).await? {
+            2 => return Ok(Appended::Throttled),
+            3 => return Ok(Appended::NewRoomRefused),
+            _ => {}
+        }
+
+        // 3. The room: store (unless a resend got there first), then WAIT.
+        let mut store_keys = vec![keys::messages(room), keys::active(room)];
+        store_keys.extend(dedupe);
+        let args: Vec<Value> = vec![
+            (self.history_max_len as i64).into(),
+            message.user.as_str().into(),
+            message.body.as_str().into(),
+            millis(message.sent_at),
+            client_id.as_deref().unwrap_or_default().into(),
+            (if message.client_id_shown && client_id.is_some() { "1" } else { "0" }).into(),
+            (self.dedupe_window.as_secs() as i64).into(),
+            millis(now),
+            (self.room_ttl.as_millis() as i64).into(),
+        ];
+        let (id, stored): (String, i64) =
+            self.conn.run_durably(Call::new(&SCRIPTS.append_store, store_keys, args)).await?.convert()?;
+        let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
+        Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
+    }
+
+    async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        self.range(room, format!("({after}"), "+", limit, false).await
+    }
+
+    async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
+        let mut messages = self.range(room, "-".into(), "+", limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
+        // Nothing is before 0-0 (and Redis refuses "(0-0" as an end).
+        if before == MessageId::ZERO || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = self.range(room, "-".into(), &format!("({before}"), limit, true).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
+        Ok(self.range(room, "-".into(), "+", 1, true).await?.first().map(|m| m.id).unwrap_or(MessageId::ZERO))
+    }
+
+    fn tail_groups(&self) -> usize {
+        self.conn.tails.len()
+    }
+
+    fn tail_group(&self, room: &RoomName) -> usize {
+        self.conn.group_of(room)
+    }
+
+    async fn tail(
+        &self,
+        cursors: &[(RoomName, MessageId)],
+        wait: Duration,
+    ) -> StoreResult<Vec<(RoomName, Vec<Message>)>> {
+        let Some((first, _)) = cursors.first() else {
+            return Err(StoreError::Usage("a tail needs a room to follow".into()));
+        };
+        let group = self.conn.group_of(first);
+        if let Some((other, _)) = cursors.iter().find(|(room, _)| self.conn.group_of(room) != group) {
+            return Err(StoreError::Usage(format!("rooms {first} and {other} are tailed by different groups")));
+        }
+        let tail = &self.conn.tails[group];
+        let mut wake_cursor = tail.wake_cursor.lock().await;
+        if wake_cursor.is_none() {
+            // Start after whatever wake entries exist, so old pokes are ignored.
+            let last: Vec<(String, HashMap<String, String>)> = self
+                .conn
+                .timed("xrevrange", self.conn.fast.xrevrange_values(&tail.wake_key, "+", "-", Some(1)))
+                .await?;
+            *wake_cursor = Some(last.first().map(|(id, _)| id.clone()).unwrap_or_else(|| "0-0".into()));
+        }
+        let mut stream_keys: Vec<String> = cursors.iter().map(|(room, _)| keys::messages(room)).collect();
+        let mut ids: Vec<String> = cursors.iter().map(|(_, id)| id.to_string()).collect();
+        stream_keys.push(tail.wake_key.clone());
+        ids.push(wake_cursor.clone().unwrap_or_default());
+
+        let client = self.conn.tail_client(tail).await?;
+        let read = client.xread::<Value, _, _>(Some(TAIL_BATCH), Some(wait.as_millis() as u64), stream_keys, ids);
+        // A blocking read in flight when the connection dropped was seen to
+        // never return; the cursors make a retry safe, so give up on it and
+        // start over on a fresh connection.
+        let reply = match tokio::time::timeout(wait + COMMAND_TIMEOUT, read).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                tracing::warn!(group, "XREAD BLOCK did not return; reconnecting the tail connection");
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, client.force_reconnection()).await;
+                return Err(StoreError::Redis(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "XREAD BLOCK did not return",
+                )));
+            }
+        };
+        if reply.is_null() {
+            return Ok(Vec::new());
+        }
+        let mut reply: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
+        if let Some(pokes) = reply.remove(&tail.wake_key) {
+            if let Some((id, _)) = pokes.last() {
+                *wake_cursor = Some(id.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (room, _) in cursors {
+            if let Some(entries) = reply.remove(&keys::messages(room)) {
+                let messages = entries
+                    .into_iter()
+                    .map(|(id, fields)| Self::parse_entry(&id, fields))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                out.push((room.clone(), messages));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wake_tail(&self, room: &RoomName) -> StoreResult<()> {
+        let key = self.conn.tails[self.conn.group_of(room)].wake_key.clone();
+        self.conn.run::<()>(&SCRIPTS.wake, vec![key], vec![]).await
+    }
+
+    async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
+        let exists: i64 = self.conn.timed("exists", self.conn.fast.exists(keys::active(room))).await?;
+        Ok(exists == 1)
+    }
+
+    /// Like an append (docs/cluster.md, "Opening a room"): does the room
+    /// exist? If not, charge the user's quota; then the room's part and the
+    /// user's part, in different slots: two script calls, one round trip.
+    async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
+        if !room.is_lobby() && !self.room_exists(room).await? {
+            let counted = self.incr(&[rules::NewRooms::counter(user)], self.new_rooms.window).await?;
+            if let Err(retry_after) = self.new_rooms.allows(counted[0]) {
+                return Ok(RoomOpened::NewRoomRefused { retry_after });
+            }
+        }
+        let (now, ttl) = (millis(UnixMillis::now()), Value::from(self.room_ttl.as_millis() as i64));
+        let calls = [
+            Call::new(
+                &SCRIPTS.open_room,
+                vec![keys::active(room), keys::messages(room)],
+                vec![now.clone(), ttl.clone()],
+            ),
+            Call::new(
+                &SCRIPTS.open_room_user,
+                vec![keys::user_rooms(user)],
+                vec![room.as_str().into(), now, ttl, (rules::USER_ROOMS_KEPT as i64).into()],
+            ),
+        ];
+        self.conn.run_all(&calls).await?;
+        Ok(RoomOpened::Open)
+    }
+
+    /// The user's list, then whether each room still exists (pipelined).
+    async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>> {
+        let names: Vec<String> =
+            self.conn.timed("zrevrange", self.conn.fast.zrevrange(keys::user_rooms(user), 0, -1, false)).await?;
+        let rooms: Vec<RoomName> = names.iter().filter_map(|name| RoomName::parse(name)).collect();
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.conn.pipeline();
+        for room in &rooms {
+            let _: () = pipeline.exists(keys::active(room)).await?;
+        }
+        let exist: Vec<i64> = self.conn.timed("exists", pipeline.all()).await?;
+        Ok(rooms.into_iter().zip(exist).filter(|(_, e)| *e == 1).map(|(room, _)| room).take(limit).collect())
+    }
+
+    async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool> {
+        let keys = vec![keys::user_read(user), keys::user_rooms(user)];
+        let args = vec![
+            room.as_str().into(),
+            (up_to.ms as i64).into(),
+            (up_to.seq as i64).into(),
+            (self.room_ttl.as_millis() as i64).into(),
+            ((rules::USER_ROOMS_KEPT + 1) as i64).into(),
+        ];
+        let moved: i64 = self.conn.run(&SCRIPTS.mark_read, keys, args).await?;
+        Ok(moved == 1)
+    }
+
+    async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>> {
+        let all: HashMap<String, String> =
+            self.conn.timed("hgetall", self.conn.fast.hgetall(keys::user_read(user))).await?;
+        // A field that does not parse (written by hand) counts as no marker.
+        Ok(all.iter().filter_map(|(room, id)| Some((RoomName::parse(room)?, id.parse().ok()?))).collect())
+    }
+}

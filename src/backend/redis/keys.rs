@@ -1,0 +1,148 @@
+//! Every key palaver writes (docs/cluster.md has the table and the reasons),
+//! and the room groups whose hash tags the room keys carry.
+
+use std::sync::OnceLock;
+
+use tower_sessions::session::Id;
+
+use crate::{
+    backend::rules,
+    model::{folded_username, RoomName, UserId},
+};
+
+/// How many groups rooms are spread over. A room's keys carry its group's
+/// hash tag, so one `XREAD BLOCK` can follow every room of a group (a
+/// multi-key command needs one slot): an instance tails with at most this
+/// many blocking connections, however many rooms it follows. More groups
+/// spread rooms over more slots (and so more evenly over the masters); fewer
+/// need fewer tail connections. Changing it renames every room's keys.
+pub const ROOM_GROUPS: usize = 16;
+
+/// The hash tag of room group `group`: a short name whose slot lies near
+/// the middle of the group's sixteenth of the slot space, so that the
+/// groups spread evenly over masters that own contiguous slot ranges (as
+/// `redis-cli --cluster create` assigns them).
+pub fn group_tag(group: usize) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        (0..ROOM_GROUPS)
+            .map(|g| {
+                let span = 16384 / ROOM_GROUPS;
+                let middle = (g * span + span / 2) as i64;
+                (0..)
+                    .map(|n| format!("rooms-{g}-{n}"))
+                    .find(|tag| (i64::from(fred::util::redis_keyslot(tag.as_bytes())) - middle).abs() < 64)
+                    .expect("some tag lands near every slot")
+            })
+            .collect()
+    });
+    &tags[group]
+}
+
+/// The group a room's keys live in (stable: a function of the name only).
+pub fn room_group(room: &RoomName) -> usize {
+    usize::from(fred::util::redis_keyslot(room.as_str().as_bytes())) % ROOM_GROUPS
+}
+
+/// A user by name: `SET NX` makes names unique. Used alone.
+pub fn user(name: &str) -> String {
+    format!("palaver:user:{}", folded_username(name))
+}
+/// Per-user keys carry the user id's tag, so that a script may combine
+/// any of them (the rate bucket and the new-room quota do).
+pub fn user_sessions(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:sessions")
+}
+pub fn user_rooms(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:rooms")
+}
+pub fn rate(user: UserId) -> String {
+    format!("palaver:rate:{{{user}}}")
+}
+/// The user's new-room quota: a [`counter`] whose name carries their tag
+/// ([`rules::NewRooms::counter`]).
+pub fn new_rooms(user: UserId) -> String {
+    counter(&rules::NewRooms::counter(user))
+}
+/// Must match tower-sessions-redis-store, which keys a session by its id.
+pub fn session(id: &Id) -> String {
+    id.to_string()
+}
+/// A throttle counter. Counters are used one key at a time, except the
+/// new-room quota ([`new_rooms`]).
+pub fn counter(key: &str) -> String {
+    format!("palaver:throttle:{key}")
+}
+/// A room's keys carry its group's tag: the append scripts combine
+/// them, and one `XREAD` follows every room of a group.
+fn room(room: &RoomName, what: &str) -> String {
+    format!("palaver:room:{{{}}}:{room}:{what}", group_tag(room_group(room)))
+}
+pub fn messages(name: &RoomName) -> String {
+    room(name, "messages")
+}
+pub fn active(name: &RoomName) -> String {
+    room(name, "active")
+}
+pub fn sent(name: &RoomName, user: UserId, client_id: &str) -> String {
+    room(name, &format!("sent:{user}:{client_id}"))
+}
+pub fn presence(name: &RoomName) -> String {
+    room(name, "presence")
+}
+/// Pokes one instance's tail of one group: in the group's slot, so the
+/// same `XREAD` waits on it.
+pub fn wake(group: usize, instance: &str) -> String {
+    format!("palaver:wake:{{{}}}:{instance}", group_tag(group))
+}
+pub fn secret(name: &str) -> String {
+    format!("palaver:{name}")
+}
+pub fn sid(sid: &str) -> String {
+    format!("palaver:sid:{sid}")
+}
+pub fn ticket(hash: &str) -> String {
+    format!("palaver:ticket:{hash}")
+}
+/// Read markers live with the user's other keys: `mark_read` trims them
+/// against the user's rooms in one script.
+pub fn user_read(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:read")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_groups_spread_evenly_over_the_slot_space() {
+        let span = 16384 / ROOM_GROUPS;
+        for group in 0..ROOM_GROUPS {
+            let slot = usize::from(fred::util::redis_keyslot(group_tag(group).as_bytes()));
+            assert_eq!(slot / span, group, "{} is in slot {slot}", group_tag(group));
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_room_is_in_its_groups_slot_and_every_key_of_a_user_in_the_users() {
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        let user = UserId::new_v4();
+        for name in ["lobby", "a", "rust-users", "0"] {
+            let room = RoomName::parse(name).unwrap();
+            let group = slot(&wake(room_group(&room), "i1"));
+            for key in [
+                messages(&room),
+                active(&room),
+                presence(&room),
+                sent(&room, user, "c{1}"),
+                wake(room_group(&room), "other"),
+            ] {
+                assert_eq!(slot(&key), group, "{key}");
+            }
+        }
+        let own = slot(&rate(user));
+        for key in [user_sessions(user), user_rooms(user), new_rooms(user), user_read(user)] {
+            assert_eq!(slot(&key), own, "{key}");
+        }
+    }
+}

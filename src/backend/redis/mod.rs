@@ -1,0 +1,96 @@
+//! The Redis backend, shared by every instance (fred 10), on one Redis or on
+//! a Redis Cluster (`REDIS_URL=redis-cluster://…`, docs/cluster.md).
+//!
+//! Layout: [`keys`] names every key; `scripts` holds the Lua scripts (one
+//! `.lua` file each, declared in one list); `connection` the pools, the
+//! tail clients and how commands and scripts are sent; `subscriber` the
+//! events subscription; one file per store trait implements it; [`migrate`]
+//! moves an earlier palaver's keys at start-up.
+//!
+//! On a cluster a script may only touch keys of one hash slot, so every key
+//! is named with the hash tag (`{…}`) of what it belongs to; docs/cluster.md
+//! lists them with the reasons. The same names are used on a single Redis,
+//! so a deployment can move from one to the other with its data.
+
+pub mod keys;
+pub mod migrate;
+
+mod bus;
+mod connection;
+mod counters;
+mod health;
+mod history;
+mod presence;
+mod scripts;
+mod session_index;
+mod subscriber;
+mod tokens;
+mod users;
+
+use std::time::Duration;
+
+use fred::prelude::Pool;
+use tower_sessions_redis_store::RedisStore;
+
+use self::{connection::Connections, subscriber::Subscriber};
+use crate::{
+    backend::{rules, ConnectError, StoreResult},
+    config::Config,
+    meters::Meters,
+};
+
+pub struct RedisBackend {
+    conn: Connections,
+    subscriber: Subscriber,
+    history_max_len: u64,
+    dedupe_window: Duration,
+    room_ttl: Duration,
+    user_rate: rules::UserRate,
+    new_rooms: rules::NewRooms,
+}
+
+impl RedisBackend {
+    /// Connects every client; fails when Redis does not answer now.
+    pub async fn connect(url: &str, config: &Config, instance_id: &str, meters: Meters) -> Result<Self, ConnectError> {
+        let unreachable = |source| ConnectError::Unreachable { url: url.to_owned(), source };
+        let conn = Connections::open(url, config, instance_id, meters).await?;
+        if !conn.cluster {
+            match migrate::run(conn.pool(), rules::room_ttl(config)).await.map_err(unreachable)? {
+                Some(moved) if moved != migrate::Moved::default() => {
+                    tracing::info!(?moved, "keys of an earlier palaver moved to today's names")
+                }
+                Some(_) => tracing::debug!("key layout {} recorded", migrate::SCHEMA),
+                None => {}
+            }
+        }
+        let client = conn.subscriber().map_err(|source| ConnectError::BadUrl { url: url.to_owned(), source })?;
+        let subscriber = Subscriber::start(client, conn.cluster).await.map_err(unreachable)?;
+        let cluster = conn.cluster;
+        tracing::info!(
+            cluster,
+            wait_replicas = conn.wait_replicas(),
+            "connected to Redis{}",
+            if cluster { " Cluster" } else { "" }
+        );
+        Ok(RedisBackend {
+            conn,
+            subscriber,
+            history_max_len: rules::history_cap(config),
+            dedupe_window: rules::dedupe_window(config),
+            room_ttl: rules::room_ttl(config),
+            user_rate: rules::UserRate::from_config(config),
+            new_rooms: rules::NewRooms::from_config(config),
+        })
+    }
+
+    /// The tower-sessions store over the same pool (fail fast, timed out).
+    pub fn session_store(&self) -> RedisStore<fred::clients::WithOptions<Pool>> {
+        RedisStore::new(self.conn.fast.clone())
+    }
+
+    /// Loads every script into the script cache of every master. Calls do
+    /// this by themselves when they find the cache empty.
+    pub async fn load_scripts(&self) -> StoreResult<()> {
+        self.conn.load_scripts().await
+    }
+}
