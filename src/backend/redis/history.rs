@@ -26,7 +26,7 @@ impl RedisBackend {
     /// A resend of a stored message: acknowledged with the first id, once
     /// the first copy is known to be on the replicas (the confirming write
     /// and its `WAIT` come after it in the replication stream).
-    async fn confirm_resend(&self, room: &RoomName, dedupe: &str) -> StoreResult<Appended> {
+    async fn confirm_resend(&self, dedupe: &str) -> StoreResult<Option<MessageId>> {
         let call = Call::new(&SCRIPTS.append_confirm, vec![dedupe.to_owned()], vec![]);
         let seen: String = if self.conn.durable() {
             self.conn.run_durably(call).await?.convert()?
@@ -34,12 +34,9 @@ impl RedisBackend {
             self.conn.run(call.script, call.keys, call.args).await?
         };
         if seen.is_empty() {
-            // It expired between the two reads: not stored, as far as anyone
-            // can tell now; the sender sends it again.
-            return Err(StoreError::Usage(format!("the first copy of a resend in {room} expired meanwhile")));
+            return Ok(None);
         }
-        let id: MessageId = seen.parse().map_err(|_| StoreError::Corrupt(format!("stream id {seen}")))?;
-        Ok(Appended::Duplicate(id))
+        seen.parse().map(Some).map_err(|_| StoreError::Corrupt(format!("stream id {seen}")))
     }
 
     fn parse_entry(id: &str, mut fields: HashMap<String, String>) -> StoreResult<Message> {
@@ -91,7 +88,11 @@ impl History for RedisBackend {
         check_keys.extend(dedupe.clone());
         let (seen, exists): (String, i64) = self.conn.run(&SCRIPTS.append_check, check_keys, vec![]).await?;
         if !seen.is_empty() {
-            return self.confirm_resend(room, dedupe.as_deref().expect("seen by its key")).await;
+            if let Some(id) = self.confirm_resend(dedupe.as_deref().expect("seen by its key")).await? {
+                return Ok(Appended::Duplicate(id));
+            }
+            // The first copy's window closed between the two reads: the
+            // resend now comes after the window, and is stored anew.
         }
 
         // 2. The sender: their rate, and their quota if the room is new.
