@@ -93,6 +93,13 @@ pub struct Config {
     pub user_message_burst: u32,
     /// New rooms one user may open per hour.
     pub rooms_per_user_per_hour: u32,
+    /// Members one private room may have.
+    pub max_room_members: u32,
+    /// Private rooms one user may be a member of.
+    pub max_private_rooms_per_user: u32,
+    /// Direct conversations one user may start per hour (a first message
+    /// into a conversation with someone new).
+    pub direct_per_user_per_hour: u32,
     /// How long a room with no message and no visit lives on.
     pub room_ttl: Duration,
     /// How long a `send`'s `client_id` is remembered, so that a resend is
@@ -261,6 +268,9 @@ impl Config {
             user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
             user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
             rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,
+            max_room_members: vars.number("MAX_ROOM_MEMBERS", 1000, 2..=100_000)?,
+            max_private_rooms_per_user: vars.number("MAX_PRIVATE_ROOMS_PER_USER", 200, 1..=100_000)?,
+            direct_per_user_per_hour: vars.number("DIRECT_PER_USER_PER_HOUR", 20, 1..=1_000_000)?,
             // Rooms are forgotten this long after their last use: up to a year.
             room_ttl: vars.secs("ROOM_TTL_SECS", 30 * DAY, 1..=YEAR)?,
             send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120, 1..=DAY)?,
@@ -567,6 +577,10 @@ mod tests {
         ("USER_MESSAGE_RATE_PER_SEC", "NaN"),
         ("USER_MESSAGE_BURST", "0"),
         ("ROOMS_PER_USER_PER_HOUR", "0"),
+        ("MAX_ROOM_MEMBERS", "1"),
+        ("MAX_ROOM_MEMBERS", "100001"),
+        ("MAX_PRIVATE_ROOMS_PER_USER", "0"),
+        ("DIRECT_PER_USER_PER_HOUR", "0"),
         ("ROOM_TTL_SECS", "0"),
         ("ROOM_TTL_SECS", "31536001"),
         ("HTTP_IDLE_TIMEOUT_SECS", "0"),

@@ -60,17 +60,69 @@ pub const MAX_BODY_CHARS: usize = 2000;
 /// Longest `client_id`, in characters.
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
-/// A valid room name: 1 to 32 characters of `a-z 0-9 -` (docs/protocol.md §2).
+/// A room as the store knows it: the name of a public or private room
+/// (1 to 32 characters of `a-z 0-9 -`, docs/protocol.md §2), or the key of a
+/// direct conversation between two users ([`RoomName::direct`]), which no
+/// typed name can ever be.
+///
+/// What a client calls a room is its [`RoomName::label`] as seen by one
+/// user: the name, or `@other` for a direct room.
 ///
 /// Cheap to clone: the registry and the hub hold many copies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomName(Arc<str>);
 
+/// The two members of a direct room, in its key's order.
+pub type DirectPair = (UserId, UserId);
+
 impl RoomName {
+    /// A room name as a user types it (never a direct room's key).
     pub fn parse(name: &str) -> Option<Self> {
         let ok = (1..=32).contains(&name.len())
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         ok.then(|| Self(name.into()))
+    }
+
+    /// A room as the store names it: a room name or a direct room's key
+    /// (what [`RoomName::as_str`] gave).
+    pub fn from_stored(stored: &str) -> Option<Self> {
+        Self::parse(stored).or_else(|| Self::parse_direct(stored))
+    }
+
+    /// The direct conversation of `a` and `b`: one key for the pair,
+    /// whichever side asks. `@` + both ids (32 hex digits each, the smaller
+    /// first) joined by `+`. Holding ids, not names, it can never be reached
+    /// through anyone else's name.
+    pub fn direct(a: UserId, b: UserId) -> Self {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        Self(format!("@{}+{}", low.simple(), high.simple()).into())
+    }
+
+    fn parse_direct(stored: &str) -> Option<Self> {
+        let (a, b) = stored.strip_prefix('@')?.split_once('+')?;
+        let (a, b) = (Uuid::try_parse(a).ok()?, Uuid::try_parse(b).ok()?);
+        let room = Self::direct(a, b);
+        (&*room.0 == stored).then_some(room)
+    }
+
+    /// The two members, for a direct room.
+    pub fn direct_pair(&self) -> Option<DirectPair> {
+        let (a, b) = self.0.strip_prefix('@')?.split_once('+')?;
+        Some((Uuid::try_parse(a).ok()?, Uuid::try_parse(b).ok()?))
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.0.starts_with('@')
+    }
+
+    /// For a direct room, the member who is not `me` (`None`: `me` is not
+    /// one of its two, or this is not a direct room).
+    pub fn other_member(&self, me: UserId) -> Option<UserId> {
+        match self.direct_pair()? {
+            (a, b) if a == me => Some(b),
+            (a, b) if b == me => Some(a),
+            _ => None,
+        }
     }
 
     pub fn lobby() -> Self {
@@ -87,6 +139,39 @@ impl RoomName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// What kind of room a room is (docs/protocol.md §6). Serialized as the
+/// API's `visibility`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    /// Any signed-in user may open it; opening it creates it.
+    Public,
+    /// Created on purpose; only its members see anything of it.
+    Private,
+    /// The conversation of exactly two users; its members never change.
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+            RoomKind::Direct => "direct",
+        }
+    }
+}
+
+/// A member's role in a private room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Removes anyone; one per room (the longest-standing member takes over
+    /// when the owner leaves).
+    Owner,
+    Member,
 }
 
 impl fmt::Display for RoomName {
@@ -329,6 +414,34 @@ mod tests {
         }
         for bad in ["", "Lobby", "a b", "a_b", "é", &"x".repeat(33), "../x"] {
             assert!(RoomName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_direct_room_is_one_key_for_the_pair_that_no_typed_name_can_be() {
+        let (al, bo, cy) = (UserId::new_v4(), UserId::new_v4(), UserId::new_v4());
+        let room = RoomName::direct(al, bo);
+        assert_eq!(room, RoomName::direct(bo, al), "the same for both sides");
+        assert!(room.is_direct() && !RoomName::lobby().is_direct());
+        assert_eq!(RoomName::parse(room.as_str()), None, "never a typed name");
+        assert_eq!(RoomName::from_stored(room.as_str()), Some(room.clone()));
+        assert_eq!(RoomName::from_stored("lobby"), Some(RoomName::lobby()));
+        assert_eq!(room.other_member(al), Some(bo));
+        assert_eq!(room.other_member(bo), Some(al));
+        assert_eq!(room.other_member(cy), None, "not hers");
+        assert_eq!(RoomName::lobby().other_member(al), None);
+        // Only the canonical form is a key: the same pair in the other order,
+        // upper case or hyphenated ids are not.
+        let (low, high) = room.direct_pair().unwrap();
+        assert!(low < high);
+        for bad in [
+            format!("@{}+{}", high.simple(), low.simple()),
+            format!("@{}+{}", low.hyphenated(), high.hyphenated()),
+            room.as_str().to_uppercase(),
+            format!("{}+", room.as_str()),
+            "@x+y".to_owned(),
+        ] {
+            assert_eq!(RoomName::from_stored(&bad), None, "{bad}");
         }
     }
 

@@ -108,3 +108,26 @@ impl NewRooms {
         }
     }
 }
+
+/// The bounds on private rooms and direct conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Members one private room may have (`MAX_ROOM_MEMBERS`).
+    pub max_members: u64,
+    /// Private rooms one user may be a member of (`MAX_PRIVATE_ROOMS_PER_USER`).
+    pub max_private_rooms: u64,
+    /// New direct conversations one user may start per window
+    /// (`DIRECT_PER_USER_PER_HOUR`): a first message into a direct room
+    /// that has none charges its sender, on a counter of the user's own.
+    pub new_direct: NewRooms,
+}
+
+impl RoomLimits {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_members: u64::from(config.max_room_members),
+            max_private_rooms: u64::from(config.max_private_rooms_per_user),
+            new_direct: NewRooms { max: u64::from(config.direct_per_user_per_hour), window: Duration::from_secs(3600) },
+        }
+    }
+}
