@@ -73,13 +73,12 @@ fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Inf
         .map(|raw: String| serde_urlencoded::from_str::<FormQuery>(&raw).unwrap_or_default())
 }
 
-/// Whether a `Content-Type` names an urlencoded form (parameters such as
-/// `; charset=UTF-8` allowed, any case). A missing one is not: the body is
-/// then of no stated type (docs/protocol.md §2.1).
-/// Reads an urlencoded form body: 415 for any other type, 411 without a
-/// `Content-Length`, 413 over [`MAX_FORM_BYTES`], all before the body is
-/// read. A form-typed body that does not parse is a form without the
-/// fields, answered with a clear message by the handler.
+/// Reads an urlencoded form body (parameters such as `; charset=UTF-8`
+/// allowed, any case): 415 for any other type or none (the body is then of
+/// no stated type, docs/protocol.md §2.1), 411 without a `Content-Length`,
+/// 413 over [`MAX_FORM_BYTES`], all before the body is read. A form-typed
+/// body that does not parse is a form without the fields, answered with a
+/// clear message by the handler.
 fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + Clone {
     body_of_type(
         "application/x-www-form-urlencoded",
