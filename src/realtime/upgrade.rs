@@ -33,7 +33,7 @@ use super::{
     socket::{self, Credential, SocketContext, SocketDeps},
 };
 use crate::{
-    auth::{Sessions, TokenCurrent},
+    auth::{tokens, Sessions, TokenCurrent},
     clock::UnixMillis,
     meters::{outcome_of, Meters},
     model::{MessageId, RoomName},
@@ -104,14 +104,9 @@ enum Presented {
 }
 
 fn presented(headers: &header::HeaderMap, query: &mut Query) -> Presented {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    if let Some(token) = bearer {
-        return Presented::Bearer(token);
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(token) = authorization.and_then(tokens::bearer) {
+        return Presented::Bearer(token.to_owned());
     }
     let protocols: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)

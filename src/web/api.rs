@@ -25,7 +25,7 @@ use crate::{
         password::{self, Password},
         sessions::TICKET_TTL,
         throttle::LoginThrottle,
-        RefreshError, Sessions, TokenCurrent,
+        tokens, RefreshError, Sessions, TokenCurrent,
     },
     backend::{EndReason, StoreError, UserStore},
     meters::{outcome_of, Meters},
@@ -93,12 +93,7 @@ async fn bearer(api: &Api, authorization: Option<String>) -> Result<TokenCurrent
     let refused = || {
         error(StatusCode::UNAUTHORIZED, "invalid_token", "Send a valid access token: Authorization: Bearer <token>.")
     };
-    let token = authorization
-        .as_deref()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(refused)?;
+    let token = authorization.as_deref().and_then(tokens::bearer).ok_or_else(refused)?;
     match api.sessions.authenticate_token(token).await {
         Ok(Ok(current)) => {
             api.meters.token_check("valid");
