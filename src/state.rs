@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
+    auth::login::PasswordCheck,
     auth::throttle::{LoginThrottle, NewRoomQuota, RegisterThrottle},
     auth::tokens::TokenKeys,
     backend::{rules::NewRooms, Backend, SharedSessionStore},
@@ -43,6 +44,12 @@ pub fn assemble(
     let Realtime { registry, sessions, socket, hub, lifecycle, presence } =
         Realtime::new(config, &backend, instance_id, keys, meters.clone());
     let origins = Arc::new(origins);
+    // One throttle for the form and the API: a guess counts the same wherever it is made.
+    let passwords = PasswordCheck::new(
+        backend.users.clone(),
+        LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+        meters.hash_wait(),
+    );
     let state = Handles {
         upgrader: Arc::new(Upgrader {
             origins: origins.clone(),
@@ -51,16 +58,11 @@ pub fn assemble(
             socket,
             meters: meters.clone(),
         }),
-        api: Api {
-            users: backend.users.clone(),
-            sessions: sessions.clone(),
-            throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
-            meters: meters.clone(),
-        },
+        api: Api { sessions: sessions.clone(), passwords: passwords.clone(), meters: meters.clone() },
         accounts: Accounts {
             users: backend.users.clone(),
             sessions: sessions.clone(),
-            throttle: LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+            passwords,
             registrations: RegisterThrottle::new(
                 backend.counters.clone(),
                 config.register_max_per_address,
