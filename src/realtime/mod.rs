@@ -12,6 +12,7 @@ pub mod registry;
 pub mod socket;
 #[cfg(test)]
 mod testing;
+pub mod unread;
 pub mod upgrade;
 
 use std::sync::Arc;

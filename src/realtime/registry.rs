@@ -25,9 +25,11 @@ use tower_sessions::session::Id;
 use crate::{
     auth::{Ended, SessionsEnded},
     backend::EndReason,
-    model::{mentions, Message, MessageId, RoomName, UserId},
-    protocol::{self as frames, CloseReason, UNREAD_CAP},
+    model::{Message, MessageId, RoomName, UserId},
+    protocol::{self as frames, CloseReason},
 };
+
+use super::unread::{self, Reader, Unread};
 
 pub type ConnId = u64;
 
@@ -171,13 +173,9 @@ struct Conn {
 /// watcher, and no store round trip; only a socket's start reads the store.
 struct Watcher {
     user: UserId,
-    /// Their own messages are not unread to them.
-    name: Arc<str>,
-    /// Lowercased, to find mentions of them (names are unique ignoring case).
-    folded: String,
+    reader: Reader,
     outbox: mpsc::Sender<Outbound>,
-    unread: u32,
-    mentions: u32,
+    count: Unread,
     /// The count from the store was added ([`Registry::settle_unread`]):
     /// changes are sent from now on, not before, so the first frame the
     /// socket sends is the whole count.
@@ -186,7 +184,7 @@ struct Watcher {
 
 impl Watcher {
     fn frame(&self, room: &RoomName) -> Outbound {
-        Arc::new(OutFrame { id: None, text: frames::unread(room, self.unread, self.mentions) })
+        Arc::new(OutFrame { id: None, text: self.count.frame(room) })
     }
 }
 
@@ -533,21 +531,14 @@ impl Registry {
         fresh: &[&Message],
     ) -> Vec<(ConnId, mpsc::Sender<Outbound>, Outbound)> {
         // Each message's mentions are found once, whatever the watchers.
-        let mentioned: Vec<Vec<String>> =
-            fresh.iter().map(|m| mentions(&m.body).into_iter().map(|n| n.to_lowercase()).collect()).collect();
+        let mentioned: Vec<Vec<String>> = fresh.iter().map(|m| unread::mentioned(m)).collect();
         let mut out = Vec::new();
         for (id, watcher) in room.watchers.iter_mut() {
-            let before = (watcher.unread, watcher.mentions);
+            let before = watcher.count;
             for (message, names) in fresh.iter().zip(&mentioned) {
-                if message.user.as_str() == &*watcher.name {
-                    continue;
-                }
-                watcher.unread = (watcher.unread + 1).min(UNREAD_CAP);
-                if names.contains(&watcher.folded) {
-                    watcher.mentions = (watcher.mentions + 1).min(UNREAD_CAP);
-                }
+                watcher.count.count(&watcher.reader, message, names);
             }
-            if watcher.ready && (watcher.unread, watcher.mentions) != before {
+            if watcher.ready && watcher.count != before {
                 out.push((*id, watcher.outbox.clone(), watcher.frame(name)));
             }
         }
@@ -570,7 +561,7 @@ impl Registry {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let Some(conn) = inner.conns.get_mut(&id) else { return (Vec::new(), Vec::new()) };
-        let (user, name) = (conn.user, conn.name.clone());
+        let (user, reader) = (conn.user, Reader::new(conn.name.clone()));
         let mut cursors = Vec::with_capacity(rooms.len());
         let mut new_rooms = Vec::new();
         for (room_name, start) in rooms {
@@ -585,11 +576,9 @@ impl Registry {
                 id,
                 Watcher {
                     user,
-                    name: name.clone(),
-                    folded: name.to_lowercase(),
+                    reader: reader.clone(),
                     outbox: outbox.clone(),
-                    unread: 0,
-                    mentions: 0,
+                    count: Unread::default(),
                     ready: false,
                 },
             );
@@ -602,13 +591,12 @@ impl Registry {
     /// Adds what the store counted (messages up to the cursor [`Registry::watch`]
     /// gave) to what was delivered since; from now on changes are sent.
     /// Returns the whole count.
-    pub fn settle_unread(&self, id: ConnId, room: &RoomName, unread: u32, mentions: u32) -> Option<(u32, u32)> {
+    pub fn settle_unread(&self, id: ConnId, room: &RoomName, stored: Unread) -> Option<Unread> {
         let mut inner = self.lock();
         let watcher = inner.rooms.get_mut(room)?.watchers.get_mut(&id)?;
-        watcher.unread = (watcher.unread + unread).min(UNREAD_CAP);
-        watcher.mentions = (watcher.mentions + mentions).min(UNREAD_CAP);
+        watcher.count = watcher.count.plus(stored);
         watcher.ready = true;
-        Some((watcher.unread, watcher.mentions))
+        Some(watcher.count)
     }
 
     /// `user` has read `room` up to `up_to`: their sockets on this instance
@@ -622,9 +610,8 @@ impl Registry {
         let mut singles = Vec::new();
         if up_to >= room.cursor {
             for (id, watcher) in room.watchers.iter_mut().filter(|(_, w)| w.user == user) {
-                if (watcher.unread, watcher.mentions) != (0, 0) {
-                    watcher.unread = 0;
-                    watcher.mentions = 0;
+                if !watcher.count.is_zero() {
+                    watcher.count = Unread::default();
                     if watcher.ready {
                         singles.push((*id, watcher.outbox.clone(), watcher.frame(room_name)));
                     }
@@ -802,7 +789,10 @@ pub(crate) mod tests {
         // Before the store's count is in, deliveries count but send nothing.
         reg.deliver(&dev, &[said(6, "bo", "hi @ali"), said(7, "Ali", "mine")]).send(&reg).await;
         assert!(unread_frames(&mut outbox).is_empty());
-        assert_eq!(reg.settle_unread(joined.id, &dev, 2, 0), Some((3, 1)));
+        assert_eq!(
+            reg.settle_unread(joined.id, &dev, Unread { unread: 2, mentions: 0 }),
+            Some(Unread { unread: 3, mentions: 1 })
+        );
         reg.deliver(&dev, &[said(8, "bo", "`@ali` in code"), said(9, "cy", "@ALI!")]).send(&reg).await;
         let frames = unread_frames(&mut outbox);
         assert_eq!(frames, [serde_json::json!({"type": "unread", "room": "dev", "unread": 5, "mentions": 2})]);

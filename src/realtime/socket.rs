@@ -29,14 +29,15 @@ use super::{
     limits::{Strikes, TokenBucket},
     presence::Presence,
     registry::{ConnId, Outbound, Registration, Registry, Slot},
+    unread::{Reader, Unread},
 };
 use crate::{
     auth::Sessions,
     backend::History,
     clock::UnixMillis,
     meters::Meters,
-    model::{clean_body, mentions, Appended, MessageId, NewMessage, RoomName, User, LOBBY, MAX_CLIENT_ID_CHARS},
-    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame, UNREAD_CAP},
+    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, LOBBY, MAX_CLIENT_ID_CHARS},
+    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
 };
 
 /// Queued frames per socket before it counts as not reading. Tokio's channel
@@ -62,35 +63,24 @@ const READ_NOT_STORED: &str = "The read marker was not stored; send it again.";
 /// page lists (the most recently opened, and the lobby).
 pub const UNREAD_ROOMS: usize = 30;
 
-/// The messages of `room` after the user's read marker up to `cursor`
-/// that others sent, and how many of those mention the user; at most
-/// [`UNREAD_CAP`] are read. A room never marked read counts none: what
-/// arrives from now on counts.
+/// The unread count of `room` for `reader` from the store: the messages
+/// after their read marker up to `cursor` ([`Unread::of_page`]). A room
+/// never marked read counts none: what arrives from now on counts.
 async fn stored_unread(
     history: &dyn History,
-    name: &str,
+    reader: &Reader,
     room: &RoomName,
     marker: Option<MessageId>,
     cursor: MessageId,
-) -> (u32, u32) {
-    let Some(marker) = marker.filter(|m| *m < cursor) else { return (0, 0) };
-    let page = match history.after(room, marker, UNREAD_CAP as usize).await {
-        Ok(page) => page,
+) -> Unread {
+    let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
+    match history.after(room, marker, Unread::PAGE).await {
+        Ok(page) => Unread::of_page(reader, &page, cursor),
         Err(err) => {
             tracing::warn!(%err, %room, "unread count not read: store unavailable");
-            return (0, 0);
+            Unread::default()
         }
-    };
-    let me = name.to_lowercase();
-    let theirs: Vec<_> = page.iter().filter(|m| m.id <= cursor && m.user != name).collect();
-    let mentioned = theirs.iter().filter(|m| mentions(&m.body).iter().any(|n| n.to_lowercase() == me)).count();
-    // A full page may go on: "at least the cap".
-    let unread = if page.len() == UNREAD_CAP as usize && page.iter().all(|m| m.id <= cursor) {
-        UNREAD_CAP
-    } else {
-        theirs.len() as u32
-    };
-    (unread, mentioned as u32)
+    }
 }
 
 /// The runtime instant of a wall-clock time (now, if it has passed).
@@ -364,16 +354,16 @@ where
         // Their groups' tails, not this socket's room's: on a cluster they
         // may be other groups.
         deps.hub.follow_new_rooms(&new_rooms).await;
-        let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-            stored_unread(&*deps.history, &self.user.name, room, markers.get(room).copied(), *cursor)
-        }))
-        .await;
+        let reader = Reader::new(self.name.clone());
+        let counts =
+            futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
+                stored_unread(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
+            }))
+            .await;
         let mut out = Vec::new();
-        for ((room, _), (unread, mentioned)) in cursors.iter().zip(counts) {
-            match deps.registry.settle_unread(id, room, unread, mentioned) {
-                Some((unread, mentioned)) if unread > 0 || mentioned > 0 => {
-                    out.push(frames::unread(room, unread, mentioned))
-                }
+        for ((room, _), stored) in cursors.iter().zip(counts) {
+            match deps.registry.settle_unread(id, room, stored) {
+                Some(count) if !count.is_zero() => out.push(count.frame(room)),
                 _ => {}
             }
         }
