@@ -450,7 +450,7 @@ impl Flusher<'_> {
         let registry = &self.shared.registry;
         for (room, push) in pushes {
             self.meters.presence_pushed();
-            registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP).send(registry).await;
+            registry.send(registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP)).await;
         }
         next
     }

@@ -646,7 +646,8 @@ where
         self.flood = 0;
         match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
             Ok(_) => {
-                self.deps.registry.read(self.user.id, &self.room, up_to).send(&self.deps.registry).await;
+                let registry = &self.deps.registry;
+                registry.send(registry.read(self.user.id, &self.room, up_to)).await;
                 Flow::Continue
             }
             Err(err) => {
