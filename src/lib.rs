@@ -14,7 +14,8 @@
 //!   the Redis and in-process implementations.
 //! - [`error`]: the application error and its status.
 //! - [`auth`]: account rules, Argon2 passwords off the runtime, the typed
-//!   cookie session, the session lifecycle, login throttling.
+//!   cookie session, the session lifecycle, login throttling, and who may
+//!   see which room.
 //! - [`realtime`]: `GET /ws`: the authenticated upgrade, one task per
 //!   socket and its deadline, the connection registry, the fan-out hub,
 //!   presence, limits, and the lifecycle (logout events, revalidation).

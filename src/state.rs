@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::{
+    auth::access::RoomAccess,
     auth::login::PasswordCheck,
     auth::throttle::{LoginThrottle, NewRoomQuota, RegisterThrottle},
     auth::tokens::TokenKeys,
@@ -41,8 +42,9 @@ pub fn assemble(
     keys: Arc<TokenKeys>,
     meters: Meters,
 ) -> (Handles, Tasks) {
+    let access = RoomAccess::new(backend.history.clone());
     let Realtime { registry, sessions, socket, hub, lifecycle, presence } =
-        Realtime::new(config, &backend, instance_id, keys, meters.clone());
+        Realtime::new(config, &backend, access.clone(), instance_id, keys, meters.clone());
     let origins = Arc::new(origins);
     // One throttle for the form and the API: a guess counts the same wherever it is made.
     let passwords = PasswordCheck::new(
@@ -54,6 +56,7 @@ pub fn assemble(
         upgrader: Arc::new(Upgrader {
             origins: origins.clone(),
             sessions: sessions.clone(),
+            access: access.clone(),
             registry: registry.clone(),
             socket,
             meters: meters.clone(),
@@ -72,11 +75,13 @@ pub fn assemble(
         },
         rooms: RoomPages {
             sessions: sessions.clone(),
+            access: access.clone(),
             history: backend.history.clone(),
             new_rooms: NewRoomQuota::new(backend.counters.clone(), NewRooms::from_config(config)),
         },
         room_history: RoomHistory {
             sessions: sessions.clone(),
+            access,
             history: backend.history.clone(),
             max_page: config.history_page_max,
         },

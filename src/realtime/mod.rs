@@ -18,7 +18,7 @@ pub mod upgrade;
 use std::sync::Arc;
 
 use crate::{
-    auth::{session::SessionPolicy, sessions::SessionsParts, tokens::TokenKeys, Sessions},
+    auth::{access::RoomAccess, session::SessionPolicy, sessions::SessionsParts, tokens::TokenKeys, Sessions},
     backend::Backend,
     config::Config,
     meters::Meters,
@@ -39,7 +39,14 @@ pub struct Realtime {
 impl Realtime {
     /// `instance` names this instance's presence entries in the store;
     /// `keys` sign and verify access tokens.
-    pub fn new(config: &Config, backend: &Backend, instance: String, keys: Arc<TokenKeys>, meters: Meters) -> Self {
+    pub fn new(
+        config: &Config,
+        backend: &Backend,
+        access: RoomAccess,
+        instance: String,
+        keys: Arc<TokenKeys>,
+        meters: Meters,
+    ) -> Self {
         let registry = Arc::new(registry::Registry::new(registry::Caps {
             instance: config.max_connections,
             per_user: config.max_sockets_per_user,
@@ -66,6 +73,7 @@ impl Realtime {
         let hub = hub::Hub::new(backend.history.clone(), registry.clone());
         let socket = Arc::new(socket::SocketDeps {
             sessions: sessions.clone(),
+            access,
             history: backend.history.clone(),
             registry: registry.clone(),
             hub: hub.clone(),

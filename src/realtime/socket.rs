@@ -32,11 +32,14 @@ use super::{
     unread::{Reader, Unread},
 };
 use crate::{
-    auth::Sessions,
+    auth::{
+        access::{RoomAccess, Visible},
+        Sessions,
+    },
     backend::History,
     clock::UnixMillis,
     meters::Meters,
-    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, LOBBY, MAX_CLIENT_ID_CHARS},
+    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
     protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
 };
 
@@ -59,9 +62,6 @@ const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
 const READ_NOT_STORED: &str = "The read marker was not stored; send it again.";
-/// The user's rooms whose unread counts a socket follows: those the chat
-/// page lists (the most recently opened, and the lobby).
-pub const UNREAD_ROOMS: usize = 30;
 
 /// The unread count of `room` for `reader` from the store: the messages
 /// after their read marker up to `cursor` ([`Unread::of_page`]). A room
@@ -107,6 +107,8 @@ pub struct SocketLimits {
 /// What every socket task uses; one shared copy for all of them.
 pub struct SocketDeps {
     pub sessions: Sessions,
+    /// Which rooms' unread counts a socket follows.
+    pub access: RoomAccess,
     pub history: Arc<dyn History>,
     pub registry: Arc<Registry>,
     pub hub: Hub,
@@ -131,7 +133,8 @@ pub struct SocketContext {
     pub session_id: Id,
     pub user: User,
     pub credential: Credential,
-    pub room: RoomName,
+    /// The room, as the upgrade was allowed to open it.
+    pub room: Visible,
     pub after: Option<MessageId>,
     /// Whether the socket follows the user's other rooms' unread counts.
     pub unread: bool,
@@ -212,7 +215,7 @@ where
         session_id: ctx.session_id,
         user: ctx.user,
         name: name.clone(),
-        room: ctx.room,
+        room: ctx.room.into_room(),
         last_sent: MessageId::ZERO,
         last_seen: now,
         flood: 0,
@@ -328,24 +331,23 @@ where
         Flow::Continue
     }
 
-    /// Starts counting the unread messages of the user's other rooms: from
+    /// Starts counting the unread messages of the user's other listed rooms
+    /// ([`RoomAccess::listed`], as the page's sidebar shows them): from
     /// the store up to each room's cursor, then as messages are delivered
     /// (the registry counts those). Sends the counts that are not zero. A
     /// store failure here costs the counts, not the socket.
     async fn follow_unread(&mut self, id: ConnId, outbox: mpsc::Sender<Outbound>) -> Flow {
         let (deps, user) = (self.deps.clone(), self.user.id);
-        let found = tokio::try_join!(deps.history.user_rooms(user, UNREAD_ROOMS), deps.history.read_markers(user));
-        let (mut rooms, markers) = match found {
+        let found = tokio::try_join!(deps.access.listed(user), deps.history.read_markers(user));
+        let (listed, markers) = match found {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(%err, "no unread counts for this socket: store unavailable");
                 return Flow::Continue;
             }
         };
-        if !rooms.iter().any(|r| r.as_str() == LOBBY) {
-            rooms.push(RoomName::lobby());
-        }
-        rooms.retain(|r| *r != self.room);
+        let rooms: Vec<RoomName> =
+            listed.into_iter().map(Visible::into_room).filter(|room| *room != self.room).collect();
         let starts = futures_util::future::join_all(rooms.iter().map(|r| deps.hub.start_for(r))).await;
         let rooms: Vec<(RoomName, MessageId)> =
             rooms.into_iter().zip(starts).filter_map(|(room, start)| Some((room, start.ok()?))).collect();

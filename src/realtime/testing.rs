@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     auth::{
+        access::RoomAccess,
         session::{AuthSession, Current},
         Sessions,
     },
@@ -38,6 +39,7 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct Rig {
     pub backend: Backend,
+    access: RoomAccess,
     pub registry: Arc<Registry>,
     pub sessions: Sessions,
     pub presence: Presence,
@@ -73,8 +75,17 @@ impl Rig {
             b"test refresh key",
         )
         .expect("a fresh key");
-        let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys), Default::default());
+        let access = RoomAccess::new(backend.history.clone());
+        let realtime = Realtime::new(
+            &config,
+            &backend,
+            access.clone(),
+            "this-instance".into(),
+            Arc::new(keys),
+            Default::default(),
+        );
         Rig {
+            access,
             registry: realtime.registry,
             sessions: realtime.sessions,
             presence: realtime.lifecycle.presence.clone(),
@@ -111,15 +122,18 @@ impl Rig {
         self.deps.history.append(&room, said(user, body)).await.expect("stored").id().expect("a new message")
     }
 
-    /// Opens a socket for `who` in `room`, as an accepted upgrade would.
+    /// Opens a socket for `who` in `room`, as an accepted upgrade would
+    /// (asking the same [`RoomAccess`]).
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
+        let room = RoomName::parse(room).expect("a valid room");
+        let room = self.access.check(who.current.user.id, &room).await.expect("an answer").visible().expect("visible");
         let slot = self.registry.reserve(who.current.user.id, who.current.session_id).expect("a free slot");
         let ctx = SocketContext {
             session_id: who.current.session_id,
             user: who.current.user.clone(),
             credential: socket::Credential::Cookie,
-            room: RoomName::parse(room).expect("a valid room"),
+            room,
             after,
             unread: true,
             expires_at: who.current.expires_at,

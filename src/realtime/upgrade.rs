@@ -12,7 +12,8 @@
 //! cross-site WebSocket upgrades), the query (400), the credential (an
 //! access token in one of three places, a ticket, or the session cookie)
 //! against the shared store (401, or 503 when the store does not answer),
-//! the caps (503, 429).
+//! whether the user may see the room (404, as for no room at all; see
+//! [`RoomAccess`]), the caps (503, 429).
 
 use std::sync::Arc;
 
@@ -33,7 +34,10 @@ use super::{
     socket::{self, Credential, SocketContext, SocketDeps},
 };
 use crate::{
-    auth::{tokens, Sessions, TokenCurrent},
+    auth::{
+        access::{Access, RoomAccess},
+        tokens, Sessions, TokenCurrent,
+    },
     clock::UnixMillis,
     meters::{outcome_of, Meters},
     model::{MessageId, RoomName},
@@ -60,6 +64,7 @@ pub fn ws_config() -> WebSocketConfig {
 pub struct Upgrader {
     pub origins: Arc<OriginPolicy>,
     pub sessions: Sessions,
+    pub access: RoomAccess,
     pub registry: Arc<Registry>,
     pub socket: Arc<SocketDeps>,
     pub meters: Meters,
@@ -249,6 +254,15 @@ async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response
     let current = match prove(&upgrader, &req, presented).await {
         Ok(current) => current,
         Err(refusal) => return refusal,
+    };
+
+    let room = match upgrader.access.check(current.user.id, &room).await {
+        Ok(Access::Visible(room)) => room,
+        Ok(Access::Hidden) => return refuse(StatusCode::NOT_FOUND, "no such room"),
+        Err(err) => {
+            tracing::warn!(%err, "upgrade refused: store unavailable");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+        }
     };
 
     let slot = match upgrader.registry.reserve(current.user.id, current.session_id) {

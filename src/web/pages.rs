@@ -11,17 +11,15 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, throttle::NewRoomQuota, Sessions},
+    auth::{access::RoomAccess, session::AuthSession, throttle::NewRoomQuota, Sessions},
     backend::History,
     clock::UnixMillis,
     error::Error,
-    model::{Message, RoomName, LOBBY},
+    model::{Message, RoomName},
 };
 
 /// Messages rendered on a room's page.
 const RECENT_MESSAGES: usize = 50;
-/// Rooms listed in the sidebar.
-const SIDEBAR_ROOMS: usize = 30;
 
 /// The field of an account form an error is about: marked invalid,
 /// described by the error, and focused when the page loads.
@@ -257,6 +255,7 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
 #[derive(Clone)]
 pub struct RoomPages {
     pub sessions: Sessions,
+    pub access: RoomAccess,
     pub history: Arc<dyn History>,
     /// New rooms a user may open per hour.
     pub new_rooms: NewRoomQuota,
@@ -278,10 +277,12 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         return Ok(see_other(&login_url(&back)));
     };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
+    let visible = pages.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let room = visible.room();
     let history = &*pages.history;
     // A room that does not exist yet costs the store for as long as it
     // lives: opening one counts against the user's quota.
-    if room.as_str() != LOBBY && !history.room_exists(&room).await? {
+    if !room.is_lobby() && !history.room_exists(room).await? {
         if let Err(retry_after) = pages.new_rooms.attempt(current.user.id).await? {
             tracing::warn!(user = %current.user.name, "new-room quota reached");
             let minutes = retry_after.as_secs().div_ceil(60);
@@ -291,20 +292,15 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
             return Ok(res);
         }
     }
-    history.open_room(&room, current.user.id).await?;
+    history.open_room(room, current.user.id).await?;
     // One more than shown tells whether anything older is left.
-    let (mut recent, mine) = tokio::try_join!(
-        history.recent(&room, RECENT_MESSAGES + 1),
-        history.user_rooms(current.user.id, SIDEBAR_ROOMS)
-    )?;
+    let (mut recent, listed) =
+        tokio::try_join!(history.recent(room, RECENT_MESSAGES + 1), pages.access.listed(current.user.id))?;
     let history_start = recent.len() <= RECENT_MESSAGES;
     if !history_start {
         recent.remove(0);
     }
-    let mut rooms: Vec<String> = mine.iter().map(|r| r.to_string()).collect();
-    if !rooms.iter().any(|r| r == LOBBY) {
-        rooms.push(LOBBY.to_owned());
-    }
+    let rooms = listed.iter().map(|listed| listed.room().to_string()).collect();
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;
     let messages = recent.into_iter().map(MessageView::from).collect();

@@ -19,6 +19,12 @@
 //! operations (or a walk over a room's members to make a fan-out), never an
 //! await. The caps' counts have their own (see [`caps`]).
 //!
+//! Which room a socket is in was decided once, at the upgrade
+//! ([`crate::auth::access`]); fan-out, presence names and the effects of
+//! its read markers all follow from that registration and ask nothing
+//! again. A socket that may no longer see its room is closed, through the
+//! index, like a socket whose session ended.
+//!
 //! Only a socket's own task removes its entry (in [`Registry::remove`]), so
 //! the bookkeeping that follows a departure (presence, stopping a room's
 //! tail) happens in one place. Closing a socket just fires its close signal.
