@@ -162,10 +162,8 @@ mod tests {
     use crate::{
         backend::memory::MemoryBackend,
         config::Config,
-        realtime::{
-            registry::tests::{join, Joined},
-            testing::said,
-        },
+        realtime::registry::tests::{join, Joined},
+        state::testing::said,
     };
 
     async fn bodies(socket: &mut Joined, n: usize) -> Vec<String> {

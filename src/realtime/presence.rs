@@ -579,7 +579,7 @@ mod tests {
 mod task_tests {
     use tokio::sync::watch;
 
-    use super::super::testing::{next_of, Client, Rig, DEADLINE};
+    use crate::state::testing::{next_of, Client, Rig, DEADLINE};
     use crate::{
         backend::{Event, Notice},
         config::Config,

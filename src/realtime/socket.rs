@@ -721,7 +721,7 @@ mod tests {
     use serde_json::json;
     use tokio::sync::watch;
 
-    use super::super::testing::{closed, next_of, receive, send, Received, Rig};
+    use crate::state::testing::{closed, next_of, receive, send, Received, Rig};
     use crate::{backend::EndReason, clock::UnixMillis, config::Config};
 
     fn config(pairs: &[(&str, &str)]) -> Config {
@@ -872,7 +872,7 @@ mod tests {
 
         rig.sessions.sign_out(&alice.cookie).await.unwrap();
         assert_eq!(closed(&mut alices).await, (4401, "logged out".into()));
-        tokio::time::timeout(super::super::testing::DEADLINE, task).await.unwrap().unwrap();
+        tokio::time::timeout(crate::state::testing::DEADLINE, task).await.unwrap().unwrap();
         assert_eq!(rig.registry.sessions(), [bob.current.session_id], "alice's socket left the registry; bob's stayed");
 
         rig.sessions.end(bob.current.user.id, bob.current.session_id, EndReason::Revoked).await.unwrap();

@@ -1,6 +1,7 @@
-//! A test rig for the realtime tasks: every handle over the in-process
-//! backend, and sockets over in-memory pipes, so the socket, hub, presence
-//! and lifecycle tasks are tested without Redis or a network.
+//! A test rig for the realtime tasks: every handle as the wiring builds it,
+//! over the in-process backend, and sockets over in-memory pipes, so the
+//! socket, hub, presence and lifecycle tasks are tested without Redis or a
+//! network.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,15 +14,7 @@ use tokio_tungstenite::{
 };
 use tower_sessions::Session;
 
-use super::{
-    hub::Hub,
-    lifecycle::Lifecycle,
-    presence::{Presence, PresenceTask},
-    registry::Registry,
-    socket::{self, SocketContext, SocketDeps},
-    upgrade::ws_config,
-    Realtime,
-};
+use super::realtime;
 use crate::{
     auth::{
         access::RoomAccess,
@@ -32,6 +25,14 @@ use crate::{
     clock::UnixMillis,
     config::Config,
     model::{MessageId, NewMessage, RoomName, User, UserId},
+    realtime::{
+        hub::Hub,
+        lifecycle::Lifecycle,
+        presence::{Presence, PresenceTask},
+        registry::Registry,
+        socket::{self, SocketContext, SocketDeps},
+        upgrade::ws_config,
+    },
 };
 
 /// How long a test waits for anything before failing.
@@ -76,14 +77,8 @@ impl Rig {
         )
         .expect("a fresh key");
         let access = RoomAccess::new(backend.history.clone());
-        let realtime = Realtime::new(
-            &config,
-            &backend,
-            access.clone(),
-            "this-instance".into(),
-            Arc::new(keys),
-            Default::default(),
-        );
+        let realtime =
+            realtime(&config, &backend, &access, "this-instance".into(), Arc::new(keys), &Default::default());
         Rig {
             access,
             registry: realtime.registry,
@@ -92,7 +87,7 @@ impl Rig {
             hub: realtime.hub,
             deps: realtime.socket,
             lifecycle: realtime.lifecycle,
-            presence_task: Some(realtime.presence),
+            presence_task: Some(realtime.presence_task),
             backend,
         }
     }
