@@ -1,29 +1,31 @@
 //! palaver: a chat web app that does WebSocket authentication right.
 //!
-//! The request path, module by module (each depends only on those listed
-//! before it):
+//! The modules, each depending only on those listed before it:
 //!
 //! - [`clock`]: [`clock::UnixMillis`], the one unit and the one clock.
 //! - [`model`]: users, rooms, messages and their ids, and their rules.
 //! - [`net`]: client addresses behind proxies, origins and the
 //!   cross-origin policy.
 //! - [`config`]: configuration from the environment and `.env`.
+//! - [`telemetry`]: logging, as text or JSON lines.
 //! - [`meters`]: Prometheus metrics on their own listener (`METRICS_ADDR`).
 //! - [`protocol`]: the WebSocket frames and close codes.
 //! - [`backend`]: the storage traits, the rules every backend follows, and
 //!   the Redis and in-process implementations.
+//! - [`error`]: the application error and its status.
 //! - [`auth`]: account rules, Argon2 passwords off the runtime, the typed
-//!   cookie session, the session lifecycle, login throttling.
+//!   cookie session, the session lifecycle, login throttling, and who may
+//!   see which room.
 //! - [`realtime`]: `GET /ws`: the authenticated upgrade, one task per
 //!   socket and its deadline, the connection registry, the fan-out hub,
 //!   presence, limits, and the lifecycle (logout events, revalidation).
 //! - [`web`]: the route table and the HTTP handlers: pages, account forms,
 //!   static assets; the cross-origin check and security headers at its
 //!   boundary.
-//! - [`error`]: the application error and its status.
 //! - [`server`]: the accept loop: TCP, optional TLS, hyper with upgrades;
 //!   every connection bounded in time and counted under the cap.
-//! - [`state`]: assembly: which handle goes to which route and task.
+//! - [`state`]: assembly: every handle built once, and which route and
+//!   task gets it.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the order of
 //!   start and shutdown.
 

@@ -33,8 +33,8 @@ pub enum ClientFrame {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    /// `rate` and `read_markers` extend the original contract: the pace a
-    /// client may send at, and that it may send `read` frames.
+    /// First, always. `rate` is the pace the client may send at (§3.6);
+    /// `read_markers` says the server takes `read` frames (§3.3, §3.8).
     Hello {
         user: &'a str,
         room: &'a RoomName,
@@ -77,15 +77,15 @@ pub enum ServerFrame<'a> {
     Reauthenticated {
         expires_at: UnixMillis,
     },
-    /// `client_id` is an extension of the original contract: present when the error is
-    /// about one `send`, so the client knows which message failed.
-    /// Unread counts of one of the user's other rooms (an addition to the
-    /// original contract); `unread` counts to [`UNREAD_CAP`], "that many or more".
+    /// Unread counts of one of the user's other rooms (§3.8); `unread`
+    /// counts to [`UNREAD_CAP`], "that many or more".
     Unread {
         room: &'a RoomName,
         unread: u32,
         mentions: u32,
     },
+    /// Something was refused. `client_id` is present when the error is
+    /// about one `send`, so the client knows which message failed.
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -161,12 +161,12 @@ pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too 
 pub const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol error" };
 /// A text frame that is not UTF-8.
 pub const INVALID_TEXT: CloseReason = CloseReason { code: 1007, reason: "invalid utf-8" };
-/// An addition to the original close codes: the socket stopped reading and its queue filled.
-/// 1013 "try again later" makes clients reconnect with `after=`.
+/// The socket stopped reading and its queue filled. 1013 "try again
+/// later" makes clients reconnect with `after=`.
 pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1013, reason: "slow consumer" };
-/// An addition to the original close codes: the store could not confirm the session at its
-/// deadline (or replay failed). The client reconnects; the upgrade answers
-/// 503 until the store is back, and 101 only if the session still lives.
+/// The store could not confirm the session at its deadline (or replay
+/// failed). The client reconnects; the upgrade answers 503 until the store
+/// is back, and 101 only if the session still lives.
 pub const STORE_UNAVAILABLE: CloseReason = CloseReason { code: 1013, reason: "store unavailable" };
 
 #[cfg(test)]

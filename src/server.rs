@@ -26,6 +26,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -45,7 +46,7 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
-    sync::{watch, Semaphore},
+    sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore},
 };
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
@@ -266,85 +267,27 @@ where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEP_ALIVE).keep_alive_timeout(H2_KEEP_ALIVE);
-    let shared = Arc::new(Shared {
-        builder,
-        tls,
-        limits,
-        tracker: Arc::new(Tracker::default()),
-        permits: Arc::new(Semaphore::new(limits.max_open)),
-        waiting: AtomicUsize::new(0),
-        lingering: Arc::new(AtomicUsize::new(0)),
-    });
+    let shared = Shared::new(tls, limits);
     let (shutdown, _) = watch::channel(false);
     let mut accept_errors = Throttled::default();
     let mut refusals = Throttled::default();
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    if let Some(suppressed) = accept_errors.allow(Instant::now()) {
-                        tracing::warn!(%err, suppressed, "accept failed ({suppressed} more since the last report)");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stop, &mut accept_errors).await {
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
-        let shared_ = shared.clone();
         let stopping = shutdown.subscribe();
-        // A place under the cap: a free one, else (once the longest-idle
-        // connection is told to go) that one's, else a refusal.
-        let permit = match shared.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(_) => {
-                // Queue for a place now, in accept order: a place freed
-                // before the waiting task runs must go to it, not to the
-                // next connection accepted.
-                let mut queued = Box::pin(shared.permits.clone().acquire_owned());
-                match queued.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(Ok(permit)) => Ok(permit),
-                    _ => Err(queued),
-                }
-            }
-        };
-        match permit {
+        match place(&shared.permits) {
             Ok(permit) => {
                 // Registered here, in accept order, so that idleness ties
                 // are broken by age.
                 let entry = shared.tracker.register();
-                tokio::spawn(connection(shared_, Counted::new(stream, permit), peer, entry, service, stopping));
+                tokio::spawn(connection(shared.clone(), Counted::new(stream, permit), peer, entry, service, stopping));
             }
             Err(queued)
                 if shared.waiting.load(Ordering::SeqCst) < MAX_WAITING && shared.tracker.evict_longest_idle() =>
             {
                 tracing::debug!(%peer, "connection cap reached: evicting the longest-idle connection");
                 shared.waiting.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut stopping = stopping;
-                    let permit = tokio::select! {
-                        permit = tokio::time::timeout(EVICTION_WAIT, queued) => Some(permit),
-                        _ = stopping.changed() => None,
-                    };
-                    shared_.waiting.fetch_sub(1, Ordering::SeqCst);
-                    match permit {
-                        None => {}
-                        Some(Ok(Ok(permit))) => {
-                            let entry = shared_.tracker.register();
-                            connection(shared_.clone(), Counted::new(stream, permit), peer, entry, service, stopping)
-                                .await;
-                        }
-                        Some(_) => refuse(stream, &shared_),
-                    }
-                });
+                tokio::spawn(after_eviction(shared.clone(), stream, peer, queued, service, stopping));
             }
             Err(_) => {
                 if let Some(suppressed) = refusals.allow(Instant::now()) {
@@ -359,6 +302,93 @@ where
         }
     }
     Connections { shutdown }
+}
+
+impl Shared {
+    fn new(tls: Option<TlsAcceptor>, limits: ConnLimits) -> Arc<Self> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEP_ALIVE).keep_alive_timeout(H2_KEEP_ALIVE);
+        Arc::new(Shared {
+            builder,
+            tls,
+            limits,
+            tracker: Arc::new(Tracker::default()),
+            permits: Arc::new(Semaphore::new(limits.max_open)),
+            waiting: AtomicUsize::new(0),
+            lingering: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+}
+
+/// The next connection, or `None` once `stop` turns true. A failed accept
+/// (out of file descriptors and the like) is logged, at most once a
+/// second, and retried after a short pause.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+    errors: &mut Throttled,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(err) => {
+                    if let Some(suppressed) = errors.allow(Instant::now()) {
+                        tracing::warn!(%err, suppressed, "accept failed ({suppressed} more since the last report)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+/// A place under the cap: a free one, or else a place in the queue for
+/// the next one freed.
+fn place(
+    permits: &Arc<Semaphore>,
+) -> Result<OwnedSemaphorePermit, Pin<Box<impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    // Queue for a place now, in accept order: a place freed before the
+    // waiting task runs must go to it, not to the next connection accepted.
+    let mut queued = Box::pin(permits.clone().acquire_owned());
+    match queued.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(permit)) => Ok(permit),
+        _ => Err(queued),
+    }
+}
+
+/// Serves a connection admitted by evicting the longest-idle one, once the
+/// evicted connection's place is free; refuses it if that takes longer
+/// than [`EVICTION_WAIT`], and drops it if shutdown begins meanwhile.
+async fn after_eviction<S>(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    queued: impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>>,
+    service: S,
+    mut stopping: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let permit = tokio::select! {
+        permit = tokio::time::timeout(EVICTION_WAIT, queued) => Some(permit),
+        _ = stopping.changed() => None,
+    };
+    shared.waiting.fetch_sub(1, Ordering::SeqCst);
+    match permit {
+        None => {}
+        Some(Ok(Ok(permit))) => {
+            let entry = shared.tracker.register();
+            connection(shared.clone(), Counted::new(stream, permit), peer, entry, service, stopping).await;
+        }
+        Some(_) => refuse(stream, &shared),
+    }
 }
 
 /// Answers a connection there is no room for with a minimal 503 and closes

@@ -1,29 +1,27 @@
-//! Wiring: `Application::build` connects the backend, binds, and assembles
-//! the service stack; `run_until_stopped` serves until Ctrl-C or SIGTERM
-//! and then shuts down in order.
+//! Start and shutdown, in order. `Application::build` connects the
+//! backend, binds, and has `state` assemble the instance;
+//! `run_until_stopped` starts the background tasks and the accept loop,
+//! serves until Ctrl-C or SIGTERM, and then shuts down step by step.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::{body::Incoming, Request};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceBuilder;
-use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
 use crate::{
     auth::{
         password,
-        session::SESSION_COOKIE,
         tokens::{KeyError, TokenKeys},
     },
-    backend::{Backend, BackendKind, ConnectError},
+    backend::{Backend, BackendKind, ConnectError, Health},
     config::Config,
     meters::{self, Meters},
-    net::{OriginPolicy, TrustedProxies},
+    net::OriginPolicy,
     protocol,
-    server::{self, TlsError},
-    state::{self, Tasks},
-    web,
+    realtime::registry::Registry,
+    server::{self, Connections, TlsError},
+    state::{self, Assembly, Identity, Stack, Tasks},
+    web::Readiness,
 };
 
 /// Why the application could not start.
@@ -44,8 +42,7 @@ pub struct Application {
     addr: SocketAddr,
     public_origin: String,
     config: Config,
-    state: web::Handles,
-    tasks: Tasks,
+    assembly: Assembly,
     tls: Option<TlsAcceptor>,
     /// `METRICS_ADDR`'s listener and what it serves.
     metrics: Option<(TcpListener, Meters)>,
@@ -56,16 +53,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
-        let meters = match config.metrics_addr {
-            Some(_) => Meters::enabled(),
-            None => Meters::disabled(),
-        };
-        let metrics = match config.metrics_addr {
-            Some(addr) => {
-                Some((meters::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?, meters.clone()))
-            }
-            None => None,
-        };
+        let (meters, metrics) = bind_metrics(&config).await?;
         let backend = Backend::connect(&config, &instance_id, &meters).await?;
         let listener =
             server::bind(config.listen_addr).map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
@@ -89,9 +77,15 @@ impl Application {
             config.access_token_ttl,
         )
         .await?;
-        let (state, tasks) =
-            state::assemble(&config, backend, instance_id, origins, tls.is_some(), Arc::new(keys), meters);
-        Ok(Self { listener, addr, public_origin, config, state, tasks, tls, metrics })
+        let identity = Identity {
+            instance_id,
+            public_origin: public_origin.clone(),
+            origins,
+            tls: tls.is_some(),
+            keys: Arc::new(keys),
+        };
+        let assembly = state::assemble(&config, backend, identity, meters);
+        Ok(Self { listener, addr, public_origin, config, assembly, tls, metrics })
     }
 
     /// The address actually bound.
@@ -110,12 +104,12 @@ impl Application {
     }
 
     pub fn backend_kind(&self) -> BackendKind {
-        self.state.backend_kind
+        self.assembly.handles.backend_kind
     }
 
     /// Every (method, path pattern) this instance serves, from its route table.
     pub fn route_table(&self) -> Vec<(http::Method, &'static str)> {
-        web::routes(&self.state).table()
+        self.assembly.stack.route_table()
     }
 
     /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
@@ -127,56 +121,91 @@ impl Application {
     /// socket with 1001, removes this instance's presence, lets in-flight
     /// requests finish, and closes the store connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Self { listener, addr, public_origin, config, state, tasks, tls, metrics } = self;
-        match state.backend_kind {
+        self.announce();
+        let Self { listener, config, assembly, tls, metrics, .. } = self;
+        let Assembly { handles, tasks, stack } = assembly;
+        let running = Running::start(tasks, metrics, handles.readiness.clone(), handles.health.clone())?;
+        let accepting = running.accept(listener, tls, stack, &config);
+        shutdown.await;
+        running.shut_down(accepting, &config).await
+    }
+
+    /// Says what this instance is about to serve, and warns about what a
+    /// production deployment would not want.
+    fn announce(&self) {
+        let addr = self.addr;
+        match self.assembly.handles.backend_kind {
             BackendKind::Redis => tracing::info!(backend = "redis", "store: Redis, shared by every instance"),
             BackendKind::Memory => tracing::warn!(
                 backend = "memory",
                 "store: IN-PROCESS. Sessions, history and logouts are local to this one process and vanish when it stops."
             ),
         }
-        tracing::info!(%addr, origin = %public_origin, tls = tls.is_some(), "palaver listening on {addr}");
-        if config.cleartext_beyond_loopback() {
+        tracing::info!(%addr, origin = %self.public_origin, tls = self.tls.is_some(), "palaver listening on {addr}");
+        if self.config.cleartext_beyond_loopback() {
             tracing::warn!(%addr, "plain HTTP beyond loopback (ALLOW_INSECURE_HTTP): session cookies cross the network in clear text");
         }
+    }
+}
 
-        let Tasks { hub, lifecycle, presence, registry, session_store } = tasks;
-        let readiness = state.readiness.clone();
-        let (stop_tx, stop_rx) = watch::channel(false);
+/// The metrics handles, and `METRICS_ADDR`'s listener when it is set.
+async fn bind_metrics(config: &Config) -> Result<(Meters, Option<(TcpListener, Meters)>), StartError> {
+    let Some(addr) = config.metrics_addr else { return Ok((Meters::disabled(), None)) };
+    let meters = Meters::enabled();
+    let listener = meters::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    Ok((meters.clone(), Some((listener, meters))))
+}
+
+/// An instance while it serves: its tasks, and the signals that stop them.
+struct Running {
+    /// Turns true when the accept loop and the background tasks must stop.
+    stop: watch::Sender<bool>,
+    /// Presence has a signal of its own: it stops after the sockets.
+    stop_presence: watch::Sender<bool>,
+    presence: JoinHandle<()>,
+    /// Stopped last; they saw `stop` already.
+    background: [JoinHandle<()>; 3],
+    registry: Arc<Registry>,
+    readiness: Arc<Readiness>,
+    health: Arc<dyn Health>,
+}
+
+impl Running {
+    /// Starts the fan-out hub, the session lifecycle, presence, the memory
+    /// trimmer and, when configured, the metrics listener.
+    fn start(
+        tasks: Tasks,
+        metrics: Option<(TcpListener, Meters)>,
+        readiness: Arc<Readiness>,
+        health: Arc<dyn Health>,
+    ) -> std::io::Result<Self> {
+        let Tasks { hub, lifecycle, presence, registry } = tasks;
+        let (stop, stopped) = watch::channel(false);
         let (stop_presence, presence_stopped) = watch::channel(false);
         let background = [
-            tokio::spawn(hub.run(stop_rx.clone())),
-            tokio::spawn(lifecycle.run(stop_rx.clone())),
+            tokio::spawn(hub.run(stopped.clone())),
+            tokio::spawn(lifecycle.run(stopped.clone())),
             tokio::spawn(release_memory_after_departures(registry.clone())),
         ];
-        let presence_task = tokio::spawn(presence.run(presence_stopped));
-        if let Some((metrics_listener, meters)) = metrics {
-            let at = metrics_listener.local_addr()?;
+        let presence = tokio::spawn(presence.run(presence_stopped));
+        if let Some((listener, meters)) = metrics {
+            let at = listener.local_addr()?;
             tracing::info!(%at, "metrics at http://{at}/metrics");
-            tokio::spawn(meters.serve(metrics_listener, stop_rx.clone()));
+            // It ends by itself once `stop` turns true.
+            tokio::spawn(meters.serve(listener, stopped));
         }
+        Ok(Self { stop, stop_presence, presence, background, registry, readiness, health })
+    }
 
-        let session_layer = SessionManagerLayer::new(session_store)
-            .with_name(SESSION_COOKIE)
-            .with_http_only(true)
-            .with_same_site(SameSite::Lax)
-            .with_path("/")
-            .with_secure(config.cookie_secure.unwrap_or(public_origin.starts_with("https://")))
-            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.session_ttl.as_secs() as i64)));
-        let router = web::routes(&state);
-        let proxies = Arc::new(TrustedProxies(config.trusted_proxies.clone()));
-        let make_service = move |peer: SocketAddr| {
-            let proxies = proxies.clone();
-            ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    let client = proxies.client(peer, req.headers());
-                    req.extensions_mut().insert(client);
-                    req
-                })
-                .layer(session_layer.clone())
-                .service(router.clone())
-        };
-
+    /// Starts the accept loop: each connection is served with `stack`,
+    /// within the configured limits, until `stop`.
+    fn accept(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        stack: Stack,
+        config: &Config,
+    ) -> JoinHandle<Connections> {
         let limits = server::ConnLimits {
             idle: config.http_idle_timeout,
             header: config.http_header_timeout,
@@ -184,46 +213,67 @@ impl Application {
             tls_handshake: config.tls_handshake_timeout,
             max_open: server::connection_cap(config.max_open_connections),
         };
-        let accepting = tokio::spawn(server::accept_loop(listener, tls, make_service, limits, stop_rx));
-        shutdown.await;
+        let make_service = move |peer: SocketAddr| stack.for_peer(peer);
+        tokio::spawn(server::accept_loop(listener, tls, make_service, limits, self.stop.subscribe()))
+    }
 
-        // 0. Drain: `/readyz` answers 503 and upgrades are refused from now
-        // on, while everything else goes on for SHUTDOWN_DRAIN_SECS, so a
-        // load balancer polling `/readyz` stops sending upgrades here before
-        // any socket is closed.
-        readiness.start_draining();
-        registry.refuse_new();
-        if !config.shutdown_drain.is_zero() {
-            tracing::info!(drain = ?config.shutdown_drain, "draining: /readyz says 503");
-            tokio::time::sleep(config.shutdown_drain).await;
-        }
-        // 1. Stop accepting.
-        let _ = stop_tx.send(true);
-        let connections = accepting.await.map_err(std::io::Error::other)?;
-        // 2. Close every socket with 1001 and wait for their tasks.
-        let grace = config.shutdown_grace;
-        let closed = registry.close_all(protocol::SHUTTING_DOWN);
-        tracing::info!(sockets = closed, "closing sockets");
-        if tokio::time::timeout(grace, registry.wait_empty()).await.is_err() {
-            tracing::warn!(left = registry.len(), "sockets still open after the grace period");
-        }
-        // 3. Presence writes its last word: with the sockets gone, this
-        // instance's users leave every room, on every instance, now.
-        let _ = stop_presence.send(true);
-        if tokio::time::timeout(Duration::from_secs(3), presence_task).await.is_err() {
-            tracing::warn!("presence cleanup did not finish in time");
-        }
-        // 4. Let in-flight requests finish; idle connections are closed.
-        if tokio::time::timeout(grace, connections.shutdown()).await.is_err() {
-            tracing::warn!("HTTP connections still open after the grace period");
-        }
-        // 5. The other background tasks end (they saw the stop signal).
-        for task in background {
+    /// The shutdown, step by step.
+    async fn shut_down(mut self, accepting: JoinHandle<Connections>, config: &Config) -> std::io::Result<()> {
+        self.drain(config.shutdown_drain).await;
+        let connections = self.stop_accepting(accepting).await?;
+        self.close_sockets(config.shutdown_grace).await;
+        self.remove_presence().await;
+        finish_requests(connections, config.shutdown_grace).await;
+        for task in &self.background {
             task.abort();
         }
-        state.health.close().await;
+        self.health.close().await;
         tracing::info!("palaver stopped");
         Ok(())
+    }
+
+    /// `/readyz` answers 503 and upgrades are refused from now on, while
+    /// everything else goes on for `SHUTDOWN_DRAIN_SECS`, so a load
+    /// balancer polling `/readyz` stops sending upgrades here before any
+    /// socket is closed.
+    async fn drain(&self, drain: Duration) {
+        self.readiness.start_draining();
+        self.registry.refuse_new();
+        if !drain.is_zero() {
+            tracing::info!(?drain, "draining: /readyz says 503");
+            tokio::time::sleep(drain).await;
+        }
+    }
+
+    /// No new connections; the open ones go on.
+    async fn stop_accepting(&self, accepting: JoinHandle<Connections>) -> std::io::Result<Connections> {
+        let _ = self.stop.send(true);
+        accepting.await.map_err(std::io::Error::other)
+    }
+
+    /// Every socket is closed with 1001; waits up to `grace` for their tasks.
+    async fn close_sockets(&self, grace: Duration) {
+        let closed = self.registry.close_all(protocol::SHUTTING_DOWN);
+        tracing::info!(sockets = closed, "closing sockets");
+        if tokio::time::timeout(grace, self.registry.wait_empty()).await.is_err() {
+            tracing::warn!(left = self.registry.len(), "sockets still open after the grace period");
+        }
+    }
+
+    /// Presence writes its last word: with the sockets gone, this
+    /// instance's users leave every room, on every instance, now.
+    async fn remove_presence(&mut self) {
+        let _ = self.stop_presence.send(true);
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.presence).await.is_err() {
+            tracing::warn!("presence cleanup did not finish in time");
+        }
+    }
+}
+
+/// In-flight requests finish (up to `grace`); idle connections are closed.
+async fn finish_requests(connections: Connections, grace: Duration) {
+    if tokio::time::timeout(grace, connections.shutdown()).await.is_err() {
+        tracing::warn!("HTTP connections still open after the grace period");
     }
 }
 
@@ -232,7 +282,7 @@ impl Application {
 const TRIM_AFTER_DEPARTURES: u64 = 100;
 
 /// Hands freed memory back to the system after many sockets closed.
-async fn release_memory_after_departures(registry: Arc<crate::realtime::registry::Registry>) {
+async fn release_memory_after_departures(registry: Arc<Registry>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut trimmed_at = registry.departures();
     loop {

@@ -1,8 +1,11 @@
 //! Who the user is: account rules, passwords, the typed cookie session, the
 //! session lifecycle (sign in, refresh, sign out, end everywhere) for cookie
-//! and token sessions alike, access tokens and refresh-token rotation, and
-//! throttling.
+//! and token sessions alike, access tokens and refresh-token rotation,
+//! throttling, the one check of a username and password, and who may see
+//! which room.
 
+pub mod access;
+pub mod login;
 pub mod password;
 pub mod refresh;
 pub mod session;

@@ -44,6 +44,14 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 /// The `aud` every access token names.
 pub const AUDIENCE: &str = "palaver";
 
+/// The token of an `Authorization` header's value when its scheme is
+/// `Bearer` (in any case): how a client presents an access token, to the
+/// API and to the upgrade alike (docs/protocol.md §5.7).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The claims of an access token. All are required.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -347,6 +355,16 @@ pub(crate) mod tests {
     pub(crate) fn keys() -> TokenKeys {
         TokenKeys::new(&generate_signing_key(), &[], ISSUER, &[], Duration::from_secs(300), b"test refresh key")
             .unwrap()
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_from_its_scheme_in_any_case_and_nothing_else_is() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        for other in ["Basic abc", "Bearer", "Bearerabc", "", "Token abc"] {
+            assert_eq!(bearer(other), None, "{other:?}");
+        }
     }
 
     fn alice() -> User {

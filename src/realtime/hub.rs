@@ -67,7 +67,7 @@ impl Hub {
         let registry = self.registry.clone();
         let sender = tokio::spawn(async move {
             while let Some(fan_out) = fan_outs.recv().await {
-                fan_out.send(&registry).await;
+                registry.send(fan_out).await;
             }
         });
         self.tail(group, queue, shutdown).await;
@@ -162,10 +162,8 @@ mod tests {
     use crate::{
         backend::memory::MemoryBackend,
         config::Config,
-        realtime::{
-            registry::tests::{join, Joined},
-            testing::said,
-        },
+        realtime::registry::tests::{join, Joined},
+        state::testing::said,
     };
 
     async fn bodies(socket: &mut Joined, n: usize) -> Vec<String> {

@@ -154,7 +154,7 @@ mod tests {
     use tokio::sync::{broadcast, watch};
     use tower_sessions::{session::Id, SessionStore};
 
-    use super::super::testing::{closed, eventually, next_of, Rig};
+    use crate::state::testing::{closed, eventually, next_of, Rig};
     use crate::{
         backend::{Backend, EndReason, Event, EventBus, Notice, SessionIndex, StoreError, StoreResult},
         clock::UnixMillis,

@@ -450,7 +450,7 @@ impl Flusher<'_> {
         let registry = &self.shared.registry;
         for (room, push) in pushes {
             self.meters.presence_pushed();
-            registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP).send(registry).await;
+            registry.send(registry.broadcast(&room, push.frame(&room)).paced(PUSH_STEP_GAP)).await;
         }
         next
     }
@@ -579,7 +579,7 @@ mod tests {
 mod task_tests {
     use tokio::sync::watch;
 
-    use super::super::testing::{next_of, Client, Rig, DEADLINE};
+    use crate::state::testing::{next_of, Client, Rig, DEADLINE};
     use crate::{
         backend::{Event, Notice},
         config::Config,

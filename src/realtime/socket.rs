@@ -29,14 +29,18 @@ use super::{
     limits::{Strikes, TokenBucket},
     presence::Presence,
     registry::{ConnId, Outbound, Registration, Registry, Slot},
+    unread::{Reader, Unread},
 };
 use crate::{
-    auth::Sessions,
+    auth::{
+        access::{RoomAccess, Visible},
+        Sessions,
+    },
     backend::History,
     clock::UnixMillis,
     meters::Meters,
-    model::{clean_body, mentions, Appended, MessageId, NewMessage, RoomName, User, LOBBY, MAX_CLIENT_ID_CHARS},
-    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame, UNREAD_CAP},
+    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
+    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
 };
 
 /// Queued frames per socket before it counts as not reading. Tokio's channel
@@ -58,39 +62,25 @@ const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
 const READ_NOT_STORED: &str = "The read marker was not stored; send it again.";
-/// The user's rooms whose unread counts a socket follows: those the chat
-/// page lists (the most recently opened, and the lobby).
-pub const UNREAD_ROOMS: usize = 30;
 
-/// The messages of `room` after the user's read marker up to `cursor`
-/// that others sent, and how many of those mention the user; at most
-/// [`UNREAD_CAP`] are read. A room never marked read counts none: what
-/// arrives from now on counts.
+/// The unread count of `room` for `reader` from the store: the messages
+/// after their read marker up to `cursor` ([`Unread::of_page`]). A room
+/// never marked read counts none: what arrives from now on counts.
 async fn stored_unread(
     history: &dyn History,
-    name: &str,
+    reader: &Reader,
     room: &RoomName,
     marker: Option<MessageId>,
     cursor: MessageId,
-) -> (u32, u32) {
-    let Some(marker) = marker.filter(|m| *m < cursor) else { return (0, 0) };
-    let page = match history.after(room, marker, UNREAD_CAP as usize).await {
-        Ok(page) => page,
+) -> Unread {
+    let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
+    match history.after(room, marker, Unread::PAGE).await {
+        Ok(page) => Unread::of_page(reader, &page, cursor),
         Err(err) => {
             tracing::warn!(%err, %room, "unread count not read: store unavailable");
-            return (0, 0);
+            Unread::default()
         }
-    };
-    let me = name.to_lowercase();
-    let theirs: Vec<_> = page.iter().filter(|m| m.id <= cursor && m.user != name).collect();
-    let mentioned = theirs.iter().filter(|m| mentions(&m.body).iter().any(|n| n.to_lowercase() == me)).count();
-    // A full page may go on: "at least the cap".
-    let unread = if page.len() == UNREAD_CAP as usize && page.iter().all(|m| m.id <= cursor) {
-        UNREAD_CAP
-    } else {
-        theirs.len() as u32
-    };
-    (unread, mentioned as u32)
+    }
 }
 
 /// The runtime instant of a wall-clock time (now, if it has passed).
@@ -117,6 +107,8 @@ pub struct SocketLimits {
 /// What every socket task uses; one shared copy for all of them.
 pub struct SocketDeps {
     pub sessions: Sessions,
+    /// Which rooms' unread counts a socket follows.
+    pub access: RoomAccess,
     pub history: Arc<dyn History>,
     pub registry: Arc<Registry>,
     pub hub: Hub,
@@ -141,7 +133,8 @@ pub struct SocketContext {
     pub session_id: Id,
     pub user: User,
     pub credential: Credential,
-    pub room: RoomName,
+    /// The room, as the upgrade was allowed to open it.
+    pub room: Visible,
     pub after: Option<MessageId>,
     /// Whether the socket follows the user's other rooms' unread counts.
     pub unread: bool,
@@ -222,7 +215,7 @@ where
         session_id: ctx.session_id,
         user: ctx.user,
         name: name.clone(),
-        room: ctx.room,
+        room: ctx.room.into_room(),
         last_sent: MessageId::ZERO,
         last_seen: now,
         flood: 0,
@@ -338,24 +331,23 @@ where
         Flow::Continue
     }
 
-    /// Starts counting the unread messages of the user's other rooms: from
+    /// Starts counting the unread messages of the user's other listed rooms
+    /// ([`RoomAccess::listed`], as the page's sidebar shows them): from
     /// the store up to each room's cursor, then as messages are delivered
     /// (the registry counts those). Sends the counts that are not zero. A
     /// store failure here costs the counts, not the socket.
     async fn follow_unread(&mut self, id: ConnId, outbox: mpsc::Sender<Outbound>) -> Flow {
         let (deps, user) = (self.deps.clone(), self.user.id);
-        let found = tokio::try_join!(deps.history.user_rooms(user, UNREAD_ROOMS), deps.history.read_markers(user));
-        let (mut rooms, markers) = match found {
+        let found = tokio::try_join!(deps.access.listed(user), deps.history.read_markers(user));
+        let (listed, markers) = match found {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(%err, "no unread counts for this socket: store unavailable");
                 return Flow::Continue;
             }
         };
-        if !rooms.iter().any(|r| r.as_str() == LOBBY) {
-            rooms.push(RoomName::lobby());
-        }
-        rooms.retain(|r| *r != self.room);
+        let rooms: Vec<RoomName> =
+            listed.into_iter().map(Visible::into_room).filter(|room| *room != self.room).collect();
         let starts = futures_util::future::join_all(rooms.iter().map(|r| deps.hub.start_for(r))).await;
         let rooms: Vec<(RoomName, MessageId)> =
             rooms.into_iter().zip(starts).filter_map(|(room, start)| Some((room, start.ok()?))).collect();
@@ -364,16 +356,16 @@ where
         // Their groups' tails, not this socket's room's: on a cluster they
         // may be other groups.
         deps.hub.follow_new_rooms(&new_rooms).await;
-        let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-            stored_unread(&*deps.history, &self.user.name, room, markers.get(room).copied(), *cursor)
-        }))
-        .await;
+        let reader = Reader::new(self.name.clone());
+        let counts =
+            futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
+                stored_unread(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
+            }))
+            .await;
         let mut out = Vec::new();
-        for ((room, _), (unread, mentioned)) in cursors.iter().zip(counts) {
-            match deps.registry.settle_unread(id, room, unread, mentioned) {
-                Some((unread, mentioned)) if unread > 0 || mentioned > 0 => {
-                    out.push(frames::unread(room, unread, mentioned))
-                }
+        for ((room, _), stored) in cursors.iter().zip(counts) {
+            match deps.registry.settle_unread(id, room, stored) {
+                Some(count) if !count.is_zero() => out.push(count.frame(room)),
                 _ => {}
             }
         }
@@ -656,7 +648,8 @@ where
         self.flood = 0;
         match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
             Ok(_) => {
-                self.deps.registry.read(self.user.id, &self.room, up_to).send(&self.deps.registry).await;
+                let registry = &self.deps.registry;
+                registry.send(registry.read(self.user.id, &self.room, up_to)).await;
                 Flow::Continue
             }
             Err(err) => {
@@ -728,7 +721,7 @@ mod tests {
     use serde_json::json;
     use tokio::sync::watch;
 
-    use super::super::testing::{closed, next_of, receive, send, Received, Rig};
+    use crate::state::testing::{closed, next_of, receive, send, Received, Rig};
     use crate::{backend::EndReason, clock::UnixMillis, config::Config};
 
     fn config(pairs: &[(&str, &str)]) -> Config {
@@ -879,7 +872,7 @@ mod tests {
 
         rig.sessions.sign_out(&alice.cookie).await.unwrap();
         assert_eq!(closed(&mut alices).await, (4401, "logged out".into()));
-        tokio::time::timeout(super::super::testing::DEADLINE, task).await.unwrap().unwrap();
+        tokio::time::timeout(crate::state::testing::DEADLINE, task).await.unwrap().unwrap();
         assert_eq!(rig.registry.sessions(), [bob.current.session_id], "alice's socket left the registry; bob's stayed");
 
         rig.sessions.end(bob.current.user.id, bob.current.session_id, EndReason::Revoked).await.unwrap();

@@ -12,7 +12,8 @@
 //! cross-site WebSocket upgrades), the query (400), the credential (an
 //! access token in one of three places, a ticket, or the session cookie)
 //! against the shared store (401, or 503 when the store does not answer),
-//! the caps (503, 429).
+//! whether the user may see the room (404, as for no room at all; see
+//! [`RoomAccess`]), the caps (503, 429).
 
 use std::sync::Arc;
 
@@ -33,7 +34,10 @@ use super::{
     socket::{self, Credential, SocketContext, SocketDeps},
 };
 use crate::{
-    auth::{Sessions, TokenCurrent},
+    auth::{
+        access::{Access, RoomAccess, Visible},
+        tokens, Sessions, TokenCurrent,
+    },
     clock::UnixMillis,
     meters::{outcome_of, Meters},
     model::{MessageId, RoomName},
@@ -60,6 +64,7 @@ pub fn ws_config() -> WebSocketConfig {
 pub struct Upgrader {
     pub origins: Arc<OriginPolicy>,
     pub sessions: Sessions,
+    pub access: RoomAccess,
     pub registry: Arc<Registry>,
     pub socket: Arc<SocketDeps>,
     pub meters: Meters,
@@ -67,8 +72,26 @@ pub struct Upgrader {
 
 type Response = warp::reply::Response;
 
-fn refuse(status: StatusCode, message: &'static str) -> Response {
-    warp::reply::with_status(message, status).into_response()
+/// An answer other than 101: its status and a sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    status: StatusCode,
+    message: &'static str,
+}
+
+fn refuse(status: StatusCode, message: &'static str) -> Refusal {
+    Refusal { status, message }
+}
+
+impl Refusal {
+    fn response(self) -> Response {
+        let mut res = warp::reply::with_status(self.message, self.status).into_response();
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // A 426 names the protocol to upgrade to.
+            res.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+        }
+        res
+    }
 }
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
@@ -104,14 +127,9 @@ enum Presented {
 }
 
 fn presented(headers: &header::HeaderMap, query: &mut Query) -> Presented {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    if let Some(token) = bearer {
-        return Presented::Bearer(token);
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(token) = authorization.and_then(tokens::bearer) {
+        return Presented::Bearer(token.to_owned());
     }
     let protocols: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -132,6 +150,12 @@ fn presented(headers: &header::HeaderMap, query: &mut Query) -> Presented {
     Presented::Cookie
 }
 
+/// The store did not answer: 503, and the client tries again.
+fn unavailable(err: &dyn std::fmt::Display) -> Refusal {
+    tracing::warn!(%err, "upgrade refused: store unavailable");
+    refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+}
+
 /// Who the upgrade proved it is.
 struct Proven {
     user: crate::model::User,
@@ -141,12 +165,8 @@ struct Proven {
 }
 
 /// Checks the credential against the store: `Err` is the refusal.
-async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presented) -> Result<Proven, Response> {
+async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presented) -> Result<Proven, Refusal> {
     let sessions = &upgrader.sessions;
-    let unavailable = |err: &dyn std::fmt::Display| {
-        tracing::warn!(%err, "upgrade refused: store unavailable");
-        refuse(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-    };
     let token = |current: TokenCurrent| Proven {
         credential: Credential::Token { sid: current.sid, expires_at: current.token_expires_at },
         user: current.user,
@@ -198,96 +218,118 @@ async fn prove(upgrader: &Upgrader, req: &Request<Incoming>, presented: Presente
 pub async fn handle(upgrader: Arc<Upgrader>, req: Request<Incoming>) -> Response {
     let started = std::time::Instant::now();
     let meters = upgrader.meters.clone();
-    let res = answer(upgrader, req).await;
+    let res = upgrade(upgrader, req).await.unwrap_or_else(Refusal::response);
     meters.upgrade(outcome_of(res.status()), started.elapsed());
     res
 }
 
-async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response {
-    if req.method() != Method::GET {
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET to open a WebSocket");
-    }
-    if !header_has_token(&req, header::UPGRADE, "websocket") {
-        let mut res = refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only");
-        res.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-        return res;
-    }
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
-    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
-    let (Some(accept), true, true, Version::HTTP_11) =
-        (key, version_ok, header_has_token(&req, header::CONNECTION, "upgrade"), req.version())
-    else {
-        return refuse(StatusCode::BAD_REQUEST, "malformed WebSocket handshake");
-    };
-
+/// Every check in order, then the 101 and the socket's task.
+async fn upgrade(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Result<Response, Refusal> {
+    let accept = handshake(&req)?;
     if upgrader.origins.check(req.headers()).is_err() {
         tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "cross-origin WebSocket upgrade refused");
-        return refuse(StatusCode::FORBIDDEN, "cross-origin WebSocket refused");
+        return Err(refuse(StatusCode::FORBIDDEN, "cross-origin WebSocket refused"));
     }
-
-    let mut query: Query = match serde_urlencoded::from_str(req.uri().query().unwrap_or("")) {
-        Ok(query) => query,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "malformed query"),
-    };
-    let room = match query.room.as_deref() {
-        None => RoomName::lobby(),
-        Some(name) => match RoomName::parse(name) {
-            Some(room) => room,
-            None => return refuse(StatusCode::BAD_REQUEST, "invalid room name"),
-        },
-    };
-    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
-        None => None,
-        Some(after) => match after.parse::<MessageId>() {
-            Ok(id) => Some(id),
-            Err(()) => return refuse(StatusCode::BAD_REQUEST, "invalid after id"),
-        },
-    };
-    let unread = match query.unread.as_deref() {
-        None | Some("" | "0" | "false") => false,
-        Some("1" | "true") => true,
-        Some(_) => return refuse(StatusCode::BAD_REQUEST, "invalid unread: 1 or 0"),
-    };
-
+    let (wanted, mut query) = wanted(&req)?;
     let presented = presented(req.headers(), &mut query);
     let subprotocol = matches!(presented, Presented::Subprotocol(_));
-    let current = match prove(&upgrader, &req, presented).await {
-        Ok(current) => current,
-        Err(refusal) => return refusal,
-    };
-
-    let slot = match upgrader.registry.reserve(current.user.id, current.session_id) {
-        Ok(slot) => slot,
-        Err(Full::Instance) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
-        Err(Full::User) => return refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this user"),
-        Err(Full::Session) => return refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this session"),
-    };
+    let current = prove(&upgrader, &req, presented).await?;
+    let room = see(&upgrader.access, &current, &wanted.room).await?;
+    let slot = upgrader.registry.reserve(current.user.id, current.session_id).map_err(|full| match full {
+        Full::Instance => refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+        Full::User => refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this user"),
+        Full::Session => refuse(StatusCode::TOO_MANY_REQUESTS, "too many sockets for this session"),
+    })?;
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+        return Err(refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded"));
     };
-
     let context = SocketContext {
         session_id: current.session_id,
         user: current.user,
         credential: current.credential,
         room,
-        after,
-        unread,
+        after: wanted.after,
+        unread: wanted.unread,
         expires_at: current.expires_at,
         slot,
     };
-    let deps = upgrader.socket.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
-                socket::serve(deps, ws, context).await;
-            }
-            Err(err) => tracing::debug!(%err, "upgrade did not complete"),
-        }
-    });
+    tokio::spawn(open(upgrader.socket.clone(), on_upgrade, context));
+    Ok(switching(accept, subprotocol))
+}
 
+/// Checks the request is a WebSocket handshake this server speaks (405,
+/// 426, 400 otherwise); the `Sec-WebSocket-Accept` it is answered with.
+fn handshake(req: &Request<Incoming>) -> Result<String, Refusal> {
+    if req.method() != Method::GET {
+        return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET to open a WebSocket"));
+    }
+    if !header_has_token(req, header::UPGRADE, "websocket") {
+        return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket only"));
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let version_ok = req.headers().get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    match (key, version_ok, header_has_token(req, header::CONNECTION, "upgrade"), req.version()) {
+        (Some(accept), true, true, Version::HTTP_11) => Ok(accept),
+        _ => Err(refuse(StatusCode::BAD_REQUEST, "malformed WebSocket handshake")),
+    }
+}
+
+/// What the socket is asked to be: its room, where its replay starts, and
+/// whether it follows unread counts.
+struct Wanted {
+    room: RoomName,
+    after: Option<MessageId>,
+    unread: bool,
+}
+
+/// Reads the query (400 when any of it is malformed); the query's
+/// credentials are left in it for [`presented`].
+fn wanted(req: &Request<Incoming>) -> Result<(Wanted, Query), Refusal> {
+    let query: Query = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "malformed query"))?;
+    let room = match query.room.as_deref() {
+        None => RoomName::lobby(),
+        Some(name) => RoomName::parse(name).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "invalid room name"))?,
+    };
+    let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(after) => {
+            Some(after.parse::<MessageId>().map_err(|()| refuse(StatusCode::BAD_REQUEST, "invalid after id"))?)
+        }
+    };
+    let unread = match query.unread.as_deref() {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(_) => return Err(refuse(StatusCode::BAD_REQUEST, "invalid unread: 1 or 0")),
+    };
+    Ok((Wanted { room, after, unread }, query))
+}
+
+/// Asks whether the proven user may see the room: 404 when not, as for no
+/// room at all; 503 when the store does not answer.
+async fn see(access: &RoomAccess, current: &Proven, room: &RoomName) -> Result<Visible, Refusal> {
+    match access.check(current.user.id, room).await {
+        Ok(Access::Visible(room)) => Ok(room),
+        Ok(Access::Hidden) => Err(refuse(StatusCode::NOT_FOUND, "no such room")),
+        Err(err) => Err(unavailable(&err)),
+    }
+}
+
+/// Once hyper hands over the connection: the WebSocket, with small
+/// buffers, and its task.
+async fn open(deps: Arc<SocketDeps>, on_upgrade: OnUpgrade, context: SocketContext) {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+            socket::serve(deps, ws, context).await;
+        }
+        Err(err) => tracing::debug!(%err, "upgrade did not complete"),
+    }
+}
+
+/// The 101. A socket opened with the `jwt` subprotocol is answered with
+/// the protocol's name, never the token.
+fn switching(accept: String, subprotocol: bool) -> Response {
     let mut res = warp::reply::reply().into_response();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = res.headers_mut();
@@ -295,7 +337,6 @@ async fn answer(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Response
     headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().expect("base64 is a valid header value"));
     if subprotocol {
-        // Never the token itself: only the protocol name.
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static("jwt"));
     }
     res

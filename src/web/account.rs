@@ -18,9 +18,10 @@ use super::{
 };
 use crate::{
     auth::{
+        login::{PasswordCheck, Verdict},
         password::{self, Password},
         session::AuthSession,
-        throttle::{LoginThrottle, RegisterThrottle},
+        throttle::RegisterThrottle,
         validate_new_account, Sessions,
     },
     backend::UserStore,
@@ -38,7 +39,7 @@ const MAX_FORM_BYTES: u64 = 16 * 1024;
 pub struct Accounts {
     pub users: Arc<dyn UserStore>,
     pub sessions: Sessions,
-    pub throttle: LoginThrottle,
+    pub passwords: PasswordCheck,
     pub registrations: RegisterThrottle,
     pub meters: Meters,
 }
@@ -73,13 +74,12 @@ fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Inf
         .map(|raw: String| serde_urlencoded::from_str::<FormQuery>(&raw).unwrap_or_default())
 }
 
-/// Whether a `Content-Type` names an urlencoded form (parameters such as
-/// `; charset=UTF-8` allowed, any case). A missing one is not: the body is
-/// then of no stated type (docs/protocol.md §2.1).
-/// Reads an urlencoded form body: 415 for any other type, 411 without a
-/// `Content-Length`, 413 over [`MAX_FORM_BYTES`], all before the body is
-/// read. A form-typed body that does not parse is a form without the
-/// fields, answered with a clear message by the handler.
+/// Reads an urlencoded form body (parameters such as `; charset=UTF-8`
+/// allowed, any case): 415 for any other type or none (the body is then of
+/// no stated type, docs/protocol.md §2.1), 411 without a `Content-Length`,
+/// 413 over [`MAX_FORM_BYTES`], all before the body is read. A form-typed
+/// body that does not parse is a form without the fields, answered with a
+/// clear message by the handler.
 fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + Clone {
     body_of_type(
         "application/x-www-form-urlencoded",
@@ -133,32 +133,20 @@ async fn handle_login(
             .with_error("Enter your username and password.", Some(Field::Username));
         return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { form });
     };
-    let username = username.trim().to_owned();
-    let state = FormState::new(username.clone(), form.next.as_deref());
-    let ip = addr.0;
-    // Counted before the (slow) check: concurrent guesses each count.
-    let attempt = match accounts.throttle.attempt(&username, ip).await? {
-        Ok(attempt) => attempt,
-        Err(retry_after) => {
-            tracing::warn!(%ip, "login throttled");
-            return too_many_attempts(LoginPage { form: state }, retry_after);
-        }
-    };
-    // A name that cannot exist is not looked up, but it is verified against
-    // the dummy hash all the same: every failure takes the same time.
-    let stored = if valid_username(&username) { accounts.users.find(&username).await? } else { None };
-    let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
-    let verified = password::verify(password, stored_hash, &accounts.meters.hash_wait()).await;
-    match stored {
-        Some(stored) if verified => {
-            accounts.throttle.succeeded(attempt).await?;
-            accounts.sessions.sign_in(&session, stored.user).await?;
+    let state = FormState::new(username.trim().to_owned(), form.next.as_deref());
+    match accounts.passwords.check(&username, password, addr.0).await? {
+        Verdict::Verified(user) => {
+            accounts.sessions.sign_in(&session, user).await?;
             Ok(after_sign_in(&state))
         }
-        _ => {
+        Verdict::Refused => {
             // The password is the field to type again (which one was wrong is never said).
             let form = state.with_error("Wrong username or password.", Some(Field::Password));
             page(StatusCode::UNAUTHORIZED, &LoginPage { form })
+        }
+        Verdict::Throttled(retry_after) => {
+            tracing::warn!(ip = %addr.0, "login throttled");
+            too_many_attempts(LoginPage { form: state }, retry_after)
         }
     }
 }

@@ -5,7 +5,7 @@
 //! they need no CSRF defence; the route table still refuses a foreign
 //! `Origin` as everywhere. Password checks share the login form's throttle.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize};
@@ -22,14 +22,13 @@ use super::{
 };
 use crate::{
     auth::{
-        password::{self, Password},
+        login::{PasswordCheck, Verdict},
+        password::Password,
         sessions::TICKET_TTL,
-        throttle::LoginThrottle,
-        RefreshError, Sessions, TokenCurrent,
+        tokens, RefreshError, Sessions, TokenCurrent,
     },
-    backend::{EndReason, StoreError, UserStore},
+    backend::{EndReason, StoreError},
     meters::{outcome_of, Meters},
-    model::valid_username,
     net::ClientAddr,
 };
 
@@ -39,9 +38,8 @@ const MAX_JSON_BYTES: u64 = 16 * 1024;
 /// What the token API uses.
 #[derive(Clone)]
 pub struct Api {
-    pub users: Arc<dyn UserStore>,
     pub sessions: Sessions,
-    pub throttle: LoginThrottle,
+    pub passwords: PasswordCheck,
     pub meters: Meters,
 }
 
@@ -93,12 +91,7 @@ async fn bearer(api: &Api, authorization: Option<String>) -> Result<TokenCurrent
     let refused = || {
         error(StatusCode::UNAUTHORIZED, "invalid_token", "Send a valid access token: Authorization: Bearer <token>.")
     };
-    let token = authorization
-        .as_deref()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(refused)?;
+    let token = authorization.as_deref().and_then(tokens::bearer).ok_or_else(refused)?;
     match api.sessions.authenticate_token(token).await {
         Ok(Ok(current)) => {
             api.meters.token_check("valid");
@@ -141,24 +134,16 @@ pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> 
 }
 
 async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, StoreError> {
-    let username = login.username.trim().to_owned();
-    let attempt = match api.throttle.attempt(&username, addr.0).await? {
-        Ok(attempt) => attempt,
-        Err(retry_after) => {
-            tracing::warn!(ip = %addr.0, "token sign-in throttled");
-            return Ok(too_many(retry_after));
-        }
-    };
-    let stored = if valid_username(&username) { api.users.find(&username).await? } else { None };
-    let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
-    let verified = password::verify(Password::new(login.password), stored_hash, &api.meters.hash_wait()).await;
-    match stored {
-        Some(stored) if verified => {
-            api.throttle.succeeded(attempt).await?;
-            let pair = api.sessions.sign_in_token(stored.user).await?;
+    match api.passwords.check(&login.username, Password::new(login.password), addr.0).await? {
+        Verdict::Verified(user) => {
+            let pair = api.sessions.sign_in_token(user).await?;
             Ok(secret(json!(pair)))
         }
-        _ => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
+        Verdict::Refused => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
+        Verdict::Throttled(retry_after) => {
+            tracing::warn!(ip = %addr.0, "token sign-in throttled");
+            Ok(too_many(retry_after))
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! as JSON for the chat page's script (static/history.js), which asks for
 //! the page before the oldest message it shows as the reader nears the top.
 //!
-//! It only reads: it never creates a room (a room that does not exist is a
-//! 404) and so never counts against the new-room quota. Like the page, it
+//! It only reads: it never creates a room (a room that does not exist, or
+//! that the user may not see, is a 404) and so never counts against the
+//! new-room quota. Like the page, it
 //! needs a signed-in session (401 otherwise, as JSON, so the script can send
 //! the reader to sign in) and slides it.
 
@@ -17,11 +18,11 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, Sessions},
+    auth::{access::RoomAccess, session::AuthSession, Sessions},
     backend::History,
     clock::UnixMillis,
     error::Error,
-    model::{Message, MessageId, RoomName, LOBBY},
+    model::{Message, MessageId, RoomName},
 };
 
 /// Messages per page when the request names no `limit` (what the page's
@@ -32,6 +33,7 @@ pub const DEFAULT_PAGE: usize = 50;
 #[derive(Clone)]
 pub struct RoomHistory {
     pub sessions: Sessions,
+    pub access: RoomAccess,
     pub history: Arc<dyn History>,
     /// The largest `limit` answered (`HISTORY_PAGE_MAX`).
     pub max_page: usize,
@@ -77,9 +79,7 @@ pub fn route(rooms: RoomHistory) -> impl Filter<Extract = (Response,), Error = R
 }
 
 async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHistory) -> Result<Response, Error> {
-    if session.current().await?.is_none() {
-        return Err(Error::Unauthorized);
-    }
+    let Some(current) = session.current().await? else { return Err(Error::Unauthorized) };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
     let query: Query = serde_urlencoded::from_str(query).map_err(|_| Error::BadRequest("That query is malformed."))?;
     let before = match query.before.as_deref().filter(|b| !b.is_empty()) {
@@ -97,14 +97,16 @@ async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHisto
             .filter(|n| (1..=rooms.max_page).contains(n))
             .ok_or(Error::BadRequest("limit must be a whole number from 1 to the page size (HISTORY_PAGE_MAX)."))?,
     };
+    let visible = rooms.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let room = visible.room();
     let history = &*rooms.history;
-    if room.as_str() != LOBBY && !history.room_exists(&room).await? {
+    if !room.is_lobby() && !history.room_exists(room).await? {
         return Err(Error::NotFound);
     }
     // One more than asked tells whether anything older is left.
     let mut messages = match before {
-        Some(before) => history.before(&room, before, limit + 1).await?,
-        None => history.recent(&room, limit + 1).await?,
+        Some(before) => history.before(room, before, limit + 1).await?,
+        None => history.recent(room, limit + 1).await?,
     };
     let start = messages.len() <= limit;
     if !start {

@@ -11,17 +11,15 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{session::AuthSession, Sessions},
+    auth::{access::RoomAccess, session::AuthSession, Sessions},
     backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
-    model::{Message, RoomName, LOBBY},
+    model::{Message, RoomName},
 };
 
 /// Messages rendered on a room's page.
 const RECENT_MESSAGES: usize = 50;
-/// Rooms listed in the sidebar.
-const SIDEBAR_ROOMS: usize = 30;
 
 /// The field of an account form an error is about: marked invalid,
 /// described by the error, and focused when the page loads.
@@ -257,6 +255,7 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
 #[derive(Clone)]
 pub struct RoomPages {
     pub sessions: Sessions,
+    pub access: RoomAccess,
     pub history: Arc<dyn History>,
 }
 
@@ -276,10 +275,12 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         return Ok(see_other(&login_url(&back)));
     };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
+    let visible = pages.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let room = visible.room();
     let history = &*pages.history;
     // A room that does not exist yet costs the store for as long as it
     // lives: opening one counts against the user's quota.
-    if let RoomOpened::NewRoomRefused { retry_after } = history.open_room(&room, current.user.id).await? {
+    if let RoomOpened::NewRoomRefused { retry_after } = history.open_room(room, current.user.id).await? {
         tracing::warn!(user = %current.user.name, "new-room quota reached");
         let minutes = retry_after.as_secs().div_ceil(60);
         let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
@@ -288,18 +289,13 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         return Ok(res);
     }
     // One more than shown tells whether anything older is left.
-    let (mut recent, mine) = tokio::try_join!(
-        history.recent(&room, RECENT_MESSAGES + 1),
-        history.user_rooms(current.user.id, SIDEBAR_ROOMS)
-    )?;
+    let (mut recent, listed) =
+        tokio::try_join!(history.recent(room, RECENT_MESSAGES + 1), pages.access.listed(current.user.id))?;
     let history_start = recent.len() <= RECENT_MESSAGES;
     if !history_start {
         recent.remove(0);
     }
-    let mut rooms: Vec<String> = mine.iter().map(|r| r.to_string()).collect();
-    if !rooms.iter().any(|r| r == LOBBY) {
-        rooms.push(LOBBY.to_owned());
-    }
+    let rooms = listed.iter().map(|listed| listed.room().to_string()).collect();
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;
     let messages = recent.into_iter().map(MessageView::from).collect();

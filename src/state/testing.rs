@@ -1,6 +1,7 @@
-//! A test rig for the realtime tasks: every handle over the in-process
-//! backend, and sockets over in-memory pipes, so the socket, hub, presence
-//! and lifecycle tasks are tested without Redis or a network.
+//! A test rig for the realtime tasks: every handle as the wiring builds it,
+//! over the in-process backend, and sockets over in-memory pipes, so the
+//! socket, hub, presence and lifecycle tasks are tested without Redis or a
+//! network.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,17 +14,10 @@ use tokio_tungstenite::{
 };
 use tower_sessions::Session;
 
-use super::{
-    hub::Hub,
-    lifecycle::Lifecycle,
-    presence::{Presence, PresenceTask},
-    registry::Registry,
-    socket::{self, SocketContext, SocketDeps},
-    upgrade::ws_config,
-    Realtime,
-};
+use super::realtime;
 use crate::{
     auth::{
+        access::RoomAccess,
         session::{AuthSession, Current},
         Sessions,
     },
@@ -31,6 +25,14 @@ use crate::{
     clock::UnixMillis,
     config::Config,
     model::{MessageId, NewMessage, RoomName, User, UserId},
+    realtime::{
+        hub::Hub,
+        lifecycle::Lifecycle,
+        presence::{Presence, PresenceTask},
+        registry::Registry,
+        socket::{self, SocketContext, SocketDeps},
+        upgrade::ws_config,
+    },
 };
 
 /// How long a test waits for anything before failing.
@@ -38,6 +40,7 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct Rig {
     pub backend: Backend,
+    access: RoomAccess,
     pub registry: Arc<Registry>,
     pub sessions: Sessions,
     pub presence: Presence,
@@ -73,15 +76,18 @@ impl Rig {
             b"test refresh key",
         )
         .expect("a fresh key");
-        let realtime = Realtime::new(&config, &backend, "this-instance".into(), Arc::new(keys), Default::default());
+        let access = RoomAccess::new(backend.history.clone());
+        let realtime =
+            realtime(&config, &backend, &access, "this-instance".into(), Arc::new(keys), &Default::default());
         Rig {
+            access,
             registry: realtime.registry,
             sessions: realtime.sessions,
             presence: realtime.lifecycle.presence.clone(),
             hub: realtime.hub,
             deps: realtime.socket,
             lifecycle: realtime.lifecycle,
-            presence_task: Some(realtime.presence),
+            presence_task: Some(realtime.presence_task),
             backend,
         }
     }
@@ -111,15 +117,18 @@ impl Rig {
         self.deps.history.append(&room, said(user, body)).await.expect("stored").id().expect("a new message")
     }
 
-    /// Opens a socket for `who` in `room`, as an accepted upgrade would.
+    /// Opens a socket for `who` in `room`, as an accepted upgrade would
+    /// (asking the same [`RoomAccess`]).
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
+        let room = RoomName::parse(room).expect("a valid room");
+        let room = self.access.check(who.current.user.id, &room).await.expect("an answer").visible().expect("visible");
         let slot = self.registry.reserve(who.current.user.id, who.current.session_id).expect("a free slot");
         let ctx = SocketContext {
             session_id: who.current.session_id,
             user: who.current.user.clone(),
             credential: socket::Credential::Cookie,
-            room: RoomName::parse(room).expect("a valid room"),
+            room,
             after,
             unread: true,
             expires_at: who.current.expires_at,

@@ -1,0 +1,101 @@
+//! Checking a username and password: the one place a sign-in is decided,
+//! for the form (`POST /login`) and the API (`POST /api/token`) alike.
+//!
+//! The attempt is counted before the password is verified (see
+//! [`LoginThrottle`]); a name that cannot exist, or does not, is verified
+//! against the dummy hash all the same, so every failure takes the time of
+//! one Argon2 verification and says nothing about which part was wrong.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use metrics::Histogram;
+
+use super::{
+    password::{self, Password},
+    throttle::LoginThrottle,
+};
+use crate::{
+    backend::{StoreResult, UserStore},
+    model::{valid_username, User},
+};
+
+/// What a sign-in attempt came to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The password is right (and the attempt was forgiven).
+    Verified(User),
+    /// Wrong username or password; which one is never said.
+    Refused,
+    /// This name from this client, or this client, used up its attempts:
+    /// nothing was verified. Try again after this long.
+    Throttled(Duration),
+}
+
+/// What a password check reads: the accounts, the throttle, and where the
+/// wait for a hashing thread is recorded.
+#[derive(Clone)]
+pub struct PasswordCheck {
+    users: Arc<dyn UserStore>,
+    throttle: LoginThrottle,
+    hash_wait: Histogram,
+}
+
+impl PasswordCheck {
+    pub fn new(users: Arc<dyn UserStore>, throttle: LoginThrottle, hash_wait: Histogram) -> Self {
+        Self { users, throttle, hash_wait }
+    }
+
+    /// Checks `password` for `username` (as typed: surrounding blanks do
+    /// not count) from a client at `addr`.
+    pub async fn check(&self, username: &str, password: Password, addr: IpAddr) -> StoreResult<Verdict> {
+        let username = username.trim();
+        // Counted before the (slow) check: concurrent guesses each count.
+        let attempt = match self.throttle.attempt(username, addr).await? {
+            Ok(attempt) => attempt,
+            Err(retry_after) => return Ok(Verdict::Throttled(retry_after)),
+        };
+        // A name that cannot exist is not looked up, but it is verified against
+        // the dummy hash all the same: every failure takes the same time.
+        let stored = if valid_username(username) { self.users.find(username).await? } else { None };
+        let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
+        let verified = password::verify(password, stored_hash, &self.hash_wait).await;
+        match stored {
+            Some(stored) if verified => {
+                self.throttle.succeeded(attempt).await?;
+                Ok(Verdict::Verified(stored.user))
+            }
+            _ => Ok(Verdict::Refused),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{backend::memory::MemoryBackend, config::Config, model::UserId};
+
+    #[tokio::test]
+    async fn the_right_password_is_verified_and_forgiven_and_anything_else_is_refused_until_throttled() {
+        let memory = Arc::new(MemoryBackend::new(&Config::default()));
+        let throttle = LoginThrottle::new(memory.clone(), 2, Duration::from_secs(60));
+        let check = PasswordCheck::new(memory.clone(), throttle, Histogram::noop());
+        let alice = User { id: UserId::new_v4(), name: "alice".into() };
+        let hash = password::hash(Password::new("correct horse".into()), &Histogram::noop()).await;
+        assert!(memory.create(&alice, &hash).await.unwrap());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let attempt = |name: &'static str, password: &'static str| {
+            let check = check.clone();
+            async move { check.check(name, Password::new(password.into()), ip).await.unwrap() }
+        };
+
+        assert!(matches!(attempt("alice", "wrong horse").await, Verdict::Refused));
+        // The right one, with blanks around the name, is forgiven: it leaves
+        // room for one more failure.
+        assert!(matches!(attempt(" alice ", "correct horse").await, Verdict::Verified(user) if user == alice));
+        assert!(matches!(attempt("alice", "wrong horse").await, Verdict::Refused));
+        assert!(matches!(attempt("alice", "wrong horse").await, Verdict::Refused));
+        assert!(matches!(attempt("alice", "correct horse").await, Verdict::Throttled(_)), "nothing verified");
+        assert!(matches!(attempt("nobody", "correct horse").await, Verdict::Refused), "unknown: refused alike");
+        assert!(matches!(attempt("no one", "correct horse").await, Verdict::Refused), "impossible: refused alike");
+    }
+}

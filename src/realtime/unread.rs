@@ -1,0 +1,154 @@
+//! What counts as unread (docs/protocol.md §3.8): the messages of a room
+//! after the reader's marker that others sent, and how many of those
+//! mention the reader, each counted to [`UNREAD_CAP`] ("that many or
+//! more").
+//!
+//! One rule for both places that count: a socket's start, which counts the
+//! stored messages after the marker (the store's page, [`Unread::of_page`]),
+//! and the registry, which counts messages as they are delivered
+//! ([`Unread::count`]). Pure: no store, no clock.
+
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::{
+    model::{mentions, Message, MessageId, RoomName},
+    protocol::{self as frames, UNREAD_CAP},
+};
+
+/// Who the count is for: their own messages are not unread to them, and a
+/// mention of them is found ignoring case (names are unique ignoring case).
+#[derive(Debug, Clone)]
+pub struct Reader {
+    name: Arc<str>,
+    folded: String,
+}
+
+impl Reader {
+    pub fn new(name: Arc<str>) -> Self {
+        let folded = name.to_lowercase();
+        Self { name, folded }
+    }
+}
+
+/// The names a message mentions, folded to compare with a [`Reader`]'s:
+/// found once per message, however many readers count it.
+pub fn mentioned(message: &Message) -> Vec<String> {
+    mentions(&message.body).into_iter().map(|name| name.to_lowercase()).collect()
+}
+
+/// How many messages are unread, and how many of those mention the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unread {
+    pub unread: u32,
+    pub mentions: u32,
+}
+
+impl Unread {
+    /// How many messages a count reads from the store at most: one more
+    /// would not change what it says.
+    pub const PAGE: usize = UNREAD_CAP as usize;
+
+    /// Counts one message for `reader`, given the names it mentions
+    /// ([`mentioned`]).
+    pub fn count(&mut self, reader: &Reader, message: &Message, mentioned: &[String]) {
+        if message.user.as_str() == &*reader.name {
+            return;
+        }
+        self.unread = (self.unread + 1).min(UNREAD_CAP);
+        if mentioned.contains(&reader.folded) {
+            self.mentions = (self.mentions + 1).min(UNREAD_CAP);
+        }
+    }
+
+    /// The count of the stored messages after the reader's marker up to
+    /// `cursor`, from `page`: the store's first [`Unread::PAGE`] of them,
+    /// oldest first. A full page wholly before the cursor may go on, so it
+    /// says "at least the cap".
+    pub fn of_page(reader: &Reader, page: &[Message], cursor: MessageId) -> Unread {
+        let mut count = Unread::default();
+        for message in page.iter().filter(|m| m.id <= cursor) {
+            count.count(reader, message, &mentioned(message));
+        }
+        if page.len() == Self::PAGE && page.iter().all(|m| m.id <= cursor) {
+            count.unread = UNREAD_CAP;
+        }
+        count
+    }
+
+    /// Both counts together (what the store counted, and what was delivered
+    /// since), capped.
+    pub fn plus(self, more: Unread) -> Unread {
+        Unread {
+            unread: (self.unread + more.unread).min(UNREAD_CAP),
+            mentions: (self.mentions + more.mentions).min(UNREAD_CAP),
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        self == Unread::default()
+    }
+
+    /// The `unread` frame of this count for `room`.
+    pub fn frame(self, room: &RoomName) -> Utf8Bytes {
+        frames::unread(room, self.unread, self.mentions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::UnixMillis;
+
+    fn said(ms: u64, user: &str, body: &str) -> Message {
+        Message {
+            id: MessageId { ms, seq: 0 },
+            user: user.into(),
+            body: body.into(),
+            sent_at: UnixMillis::from_millis(0),
+            client_id: None,
+        }
+    }
+
+    fn ali() -> Reader {
+        Reader::new("Ali".into())
+    }
+
+    #[test]
+    fn others_messages_count_and_mentions_of_the_reader_are_found_ignoring_case_and_code() {
+        let mut count = Unread::default();
+        for message in
+            [said(1, "bo", "hi @ali"), said(2, "Ali", "mine"), said(3, "cy", "@ALI!"), said(4, "bo", "`@ali`")]
+        {
+            count.count(&ali(), &message, &mentioned(&message));
+        }
+        assert_eq!(count, Unread { unread: 3, mentions: 2 });
+    }
+
+    #[test]
+    fn counts_stop_at_the_cap() {
+        let message = said(1, "bo", "@ali");
+        let mut count = Unread { unread: UNREAD_CAP - 1, mentions: UNREAD_CAP - 1 };
+        for _ in 0..3 {
+            count.count(&ali(), &message, &mentioned(&message));
+        }
+        assert_eq!(count, Unread { unread: UNREAD_CAP, mentions: UNREAD_CAP });
+        assert_eq!(count.plus(count), count);
+        assert_eq!(Unread { unread: 2, mentions: 1 }.plus(Unread { unread: 3, mentions: 0 }).unread, 5);
+    }
+
+    #[test]
+    fn a_stored_page_counts_up_to_the_cursor_and_a_full_one_before_it_says_at_least_the_cap() {
+        let page = [said(1, "bo", "one"), said(2, "Ali", "mine"), said(3, "bo", "@ali"), said(4, "bo", "late")];
+        let count = Unread::of_page(&ali(), &page, MessageId { ms: 3, seq: 0 });
+        assert_eq!(count, Unread { unread: 2, mentions: 1 }, "the reader's own and those after the cursor are out");
+
+        let full: Vec<Message> =
+            (1..=Unread::PAGE as u64).map(|ms| said(ms, if ms == 1 { "Ali" } else { "bo" }, "x")).collect();
+        let at_least = Unread::of_page(&ali(), &full, MessageId { ms: 1000, seq: 0 });
+        assert_eq!(at_least.unread, UNREAD_CAP, "a full page may go on");
+        let cut = Unread::of_page(&ali(), &full, MessageId { ms: 50, seq: 0 });
+        assert_eq!(cut.unread, 49, "a page past the cursor is counted to it");
+    }
+}

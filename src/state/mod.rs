@@ -1,0 +1,266 @@
+//! Assembly: every handle the routes and tasks use, built once from the
+//! configuration and the backend, and the stack each connection is served
+//! with. Nothing here does any work; it only decides who gets which handle
+//! (each gets what it uses, and no more). `startup` orders start and
+//! shutdown around what this builds.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use hyper::{body::Incoming, Request};
+use tower::{Service, ServiceBuilder};
+use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
+
+use crate::{
+    auth::{
+        access::RoomAccess,
+        login::PasswordCheck,
+        session::{SessionPolicy, SESSION_COOKIE},
+        sessions::SessionsParts,
+        throttle::{LoginThrottle, RegisterThrottle},
+        tokens::TokenKeys,
+        Sessions,
+    },
+    backend::{Backend, SharedSessionStore},
+    config::Config,
+    meters::Meters,
+    net::{OriginPolicy, TrustedProxies},
+    protocol::Rate,
+    realtime::{
+        hub::Hub,
+        lifecycle::Lifecycle,
+        presence::{Presence, PresenceTask},
+        registry::{Caps, Registry},
+        socket::{SocketDeps, SocketLimits},
+        upgrade::Upgrader,
+    },
+    web::{
+        self, account::Accounts, api::Api, assets::Assets, history::RoomHistory, pages::RoomPages, router::Router,
+        Handles,
+    },
+};
+
+/// An instance, assembled.
+pub struct Assembly {
+    /// What the routes were wired from (and what `/readyz`, the health of
+    /// the store and shutdown read).
+    pub handles: Handles,
+    pub tasks: Tasks,
+    pub stack: Stack,
+}
+
+/// The background work of an instance, before it starts.
+pub struct Tasks {
+    pub hub: Hub,
+    pub lifecycle: Lifecycle,
+    pub presence: PresenceTask,
+    /// Closed at shutdown, before the tasks stop.
+    pub registry: Arc<Registry>,
+}
+
+/// Where an instance is reached and who it is, as the bound listener and
+/// the configuration decided.
+pub struct Identity {
+    /// Names this instance's presence entries in the store.
+    pub instance_id: String,
+    /// The origin browsers use: a cookie is `Secure` when it is https.
+    pub public_origin: String,
+    pub origins: OriginPolicy,
+    pub tls: bool,
+    /// Sign and verify access tokens.
+    pub keys: Arc<TokenKeys>,
+}
+
+/// Builds every handle once; `meters` is where they record what the
+/// metrics show.
+pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: Meters) -> Assembly {
+    let Identity { instance_id, public_origin, origins, tls, keys } = identity;
+    let access = RoomAccess::new(backend.history.clone());
+    let realtime = realtime(config, &backend, &access, instance_id, keys, &meters);
+    let handles = handles(config, &backend, &realtime, access, Arc::new(origins), tls, meters);
+    let stack = Stack::new(config, &public_origin, backend.sessions, web::routes(&handles));
+    let Realtime { registry, hub, lifecycle, presence_task, .. } = realtime;
+    Assembly { handles, tasks: Tasks { hub, lifecycle, presence: presence_task, registry }, stack }
+}
+
+/// The realtime side, wired: the registry, the session lifecycle that
+/// closes its sockets, what sockets share, and the tasks before they run.
+pub(crate) struct Realtime {
+    pub registry: Arc<Registry>,
+    pub sessions: Sessions,
+    pub socket: Arc<SocketDeps>,
+    pub hub: Hub,
+    pub lifecycle: Lifecycle,
+    pub presence_task: PresenceTask,
+}
+
+/// `instance` names this instance's presence entries in the store; `keys`
+/// sign and verify access tokens.
+pub(crate) fn realtime(
+    config: &Config,
+    backend: &Backend,
+    access: &RoomAccess,
+    instance: String,
+    keys: Arc<TokenKeys>,
+    meters: &Meters,
+) -> Realtime {
+    let registry = Arc::new(Registry::new(Caps {
+        instance: config.max_connections,
+        per_user: config.max_sockets_per_user,
+        per_session: config.max_sockets_per_session,
+    }));
+    let sessions = Sessions::new(SessionsParts {
+        store: backend.sessions.clone(),
+        index: backend.session_index.clone(),
+        bus: backend.bus.clone(),
+        local: registry.clone(),
+        policy: SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
+        tokens: backend.tokens.clone(),
+        keys,
+        refresh_grace: config.refresh_reuse_grace,
+    });
+    let (presence, presence_task) = Presence::new(
+        backend.presence.clone(),
+        backend.bus.clone(),
+        registry.clone(),
+        instance,
+        config.presence_ttl,
+        meters.clone(),
+    );
+    let hub = Hub::new(backend.history.clone(), registry.clone());
+    let socket = Arc::new(SocketDeps {
+        sessions: sessions.clone(),
+        access: access.clone(),
+        history: backend.history.clone(),
+        registry: registry.clone(),
+        hub: hub.clone(),
+        presence: presence.clone(),
+        meters: meters.clone(),
+        limits: SocketLimits {
+            message_rate: config.message_rate,
+            message_burst: config.message_burst,
+            announced: Rate {
+                per_sec: config.message_rate.min(config.user_message_rate),
+                burst: config.message_burst.min(config.user_message_burst),
+            },
+            ping_interval: config.ws_ping_interval,
+            idle_timeout: config.ws_idle_timeout,
+            reauth_warning: config.reauth_warning,
+        },
+    });
+    let lifecycle = Lifecycle {
+        bus: backend.bus.clone(),
+        sessions: sessions.clone(),
+        registry: registry.clone(),
+        presence,
+        interval: config.revalidate_interval,
+        meters: meters.clone(),
+    };
+    Realtime { registry, sessions, socket, hub, lifecycle, presence_task }
+}
+
+/// What the route table is wired from.
+fn handles(
+    config: &Config,
+    backend: &Backend,
+    realtime: &Realtime,
+    access: RoomAccess,
+    origins: Arc<OriginPolicy>,
+    tls: bool,
+    meters: Meters,
+) -> Handles {
+    let sessions = &realtime.sessions;
+    // One throttle for the form and the API: a guess counts the same wherever it is made.
+    let passwords = PasswordCheck::new(
+        backend.users.clone(),
+        LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+        meters.hash_wait(),
+    );
+    Handles {
+        upgrader: Arc::new(Upgrader {
+            origins: origins.clone(),
+            sessions: sessions.clone(),
+            access: access.clone(),
+            registry: realtime.registry.clone(),
+            socket: realtime.socket.clone(),
+            meters: meters.clone(),
+        }),
+        api: Api { sessions: sessions.clone(), passwords: passwords.clone(), meters: meters.clone() },
+        accounts: Accounts {
+            users: backend.users.clone(),
+            sessions: sessions.clone(),
+            passwords,
+            registrations: RegisterThrottle::new(
+                backend.counters.clone(),
+                config.register_max_per_address,
+                config.register_window,
+            ),
+            meters,
+        },
+        rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
+        room_history: RoomHistory {
+            sessions: sessions.clone(),
+            access,
+            history: backend.history.clone(),
+            max_page: config.history_page_max,
+        },
+        health: backend.health.clone(),
+        backend_kind: backend.kind,
+        assets: Arc::new(Assets::default()),
+        readiness: Arc::default(),
+        origins,
+        tls,
+        sessions: sessions.clone(),
+    }
+}
+
+/// What every connection is served with: the client's address (read
+/// through trusted proxies), the session layer, the route table.
+#[derive(Clone)]
+pub struct Stack {
+    proxies: Arc<TrustedProxies>,
+    session_layer: SessionManagerLayer<SharedSessionStore>,
+    router: Router,
+}
+
+impl Stack {
+    /// The session cookie: HTTP-only, `SameSite=Lax`, `Secure` when the
+    /// public origin is https (unless `COOKIE_SECURE` says otherwise), and
+    /// expiring after `SESSION_TTL_SECS` without activity.
+    fn new(config: &Config, public_origin: &str, store: SharedSessionStore, router: Router) -> Self {
+        let session_layer = SessionManagerLayer::new(store)
+            .with_name(SESSION_COOKIE)
+            .with_http_only(true)
+            .with_same_site(SameSite::Lax)
+            .with_path("/")
+            .with_secure(config.cookie_secure.unwrap_or(public_origin.starts_with("https://")))
+            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.session_ttl.as_secs() as i64)));
+        Self { proxies: Arc::new(TrustedProxies(config.trusted_proxies.clone())), session_layer, router }
+    }
+
+    /// Every (method, path pattern) served, from the route table.
+    pub fn route_table(&self) -> Vec<(http::Method, &'static str)> {
+        self.router.table()
+    }
+
+    /// The service for one connection from `peer`.
+    pub fn for_peer(
+        &self,
+        peer: SocketAddr,
+    ) -> impl Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible, Future: Send + 'static>
+           + Clone
+           + Send
+           + 'static {
+        let proxies = self.proxies.clone();
+        ServiceBuilder::new()
+            .map_request(move |mut req: Request<Incoming>| {
+                let client = proxies.client(peer, req.headers());
+                req.extensions_mut().insert(client);
+                req
+            })
+            .layer(self.session_layer.clone())
+            .service(self.router.clone())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
