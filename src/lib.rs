@@ -29,21 +29,23 @@
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the order of
 //!   start and shutdown.
 
+// Public: what the binary, the integration tests and the benches use. The
+// rest is the crate's own, so the compiler reports what nothing uses.
 pub mod auth;
 pub mod backend;
 pub mod clock;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod meters;
 pub mod model;
 pub mod net;
-pub mod protocol;
-pub mod realtime;
-pub mod server;
-pub mod startup;
-pub mod state;
+pub(crate) mod protocol;
+pub(crate) mod realtime;
+pub(crate) mod server;
+pub(crate) mod startup;
+pub(crate) mod state;
 pub mod telemetry;
-pub mod web;
+pub(crate) mod web;
 
 pub use config::Config;
 pub use startup::{Application, StartError};

@@ -94,12 +94,12 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
 
 impl Meters {
     /// Handles that record nothing (`METRICS_ADDR` unset).
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self::default()
     }
 
     /// A recorder of this instance's own.
-    pub fn enabled() -> Self {
+    pub(crate) fn enabled() -> Self {
         let recorder =
             PrometheusBuilder::new().set_buckets(BUCKETS).expect("the bucket list is not empty").build_recorder();
         for &(name, kind, unit, help) in DESCRIPTIONS {
@@ -135,42 +135,43 @@ impl Meters {
     }
 
     /// The Prometheus text exposition of every metric, `None` when off.
-    pub fn render(&self) -> Option<String> {
+    #[cfg(test)]
+    pub(crate) fn render(&self) -> Option<String> {
         self.inner.as_ref().map(|inner| inner.recorder.handle().render())
     }
 
     /// A socket is open until the guard drops.
-    pub fn socket_opened(&self) -> OpenSocket {
+    pub(crate) fn socket_opened(&self) -> OpenSocket {
         let gauge = self.inner.as_ref().map_or_else(Gauge::noop, |inner| inner.sockets_open.clone());
         gauge.increment(1.0);
         OpenSocket(gauge)
     }
 
     /// An upgrade was answered: `outcome` names its status class.
-    pub fn upgrade(&self, outcome: &'static str, took: Duration) {
+    pub(crate) fn upgrade(&self, outcome: &'static str, took: Duration) {
         self.counter("palaver_upgrades_total", &[("outcome", outcome)]).increment(1);
         self.histogram("palaver_upgrade_seconds", &[]).record(took);
     }
 
     /// The server closed a socket with `reason` (the close frame's text).
-    pub fn socket_closed(&self, reason: &'static str) {
+    pub(crate) fn socket_closed(&self, reason: &'static str) {
         self.counter("palaver_socket_closes_total", &[("reason", reason)]).increment(1);
     }
 
     /// A logout event published `since` ago closed sockets here.
-    pub fn logout_applied(&self, since: Duration) {
+    pub(crate) fn logout_applied(&self, since: Duration) {
         self.histogram("palaver_logout_close_seconds", &[]).record(since);
     }
 
     /// A stored message reached a socket `lag` after its id's time.
-    pub fn fanout_lag(&self, lag: Duration) {
+    pub(crate) fn fanout_lag(&self, lag: Duration) {
         if let Some(inner) = &self.inner {
             inner.fanout_lag.record(lag);
         }
     }
 
     /// One presence diff went out to a room's sockets.
-    pub fn presence_pushed(&self) {
+    pub(crate) fn presence_pushed(&self) {
         if let Some(inner) = &self.inner {
             inner.presence_pushes.increment(1);
         }
@@ -178,7 +179,7 @@ impl Meters {
 
     /// A store command finished after `took`; `ok` is false on an error or
     /// a timeout.
-    pub fn store_command(&self, command: &'static str, took: Duration, ok: bool) {
+    pub(crate) fn store_command(&self, command: &'static str, took: Duration, ok: bool) {
         self.histogram("palaver_store_command_seconds", &[("command", command)]).record(took);
         if !ok {
             self.counter("palaver_store_errors_total", &[("command", command)]).increment(1);
@@ -187,22 +188,22 @@ impl Meters {
 
     /// A store operation failed without a command of its own failing (a
     /// `WAIT` that counted too few replicas).
-    pub fn store_error(&self, command: &'static str) {
+    pub(crate) fn store_error(&self, command: &'static str) {
         self.counter("palaver_store_errors_total", &[("command", command)]).increment(1);
     }
 
     /// A password sign-in (`via` `form` or `api`) ended with `outcome`.
-    pub fn login(&self, via: &'static str, outcome: &'static str) {
+    pub(crate) fn login(&self, via: &'static str, outcome: &'static str) {
         self.counter("palaver_logins_total", &[("via", via), ("outcome", outcome)]).increment(1);
     }
 
     /// An access token was presented: `valid`, `invalid` or `unavailable`.
-    pub fn token_check(&self, outcome: &'static str) {
+    pub(crate) fn token_check(&self, outcome: &'static str) {
         self.counter("palaver_token_checks_total", &[("outcome", outcome)]).increment(1);
     }
 
     /// Where the password module records how long work waited for a slot.
-    pub fn hash_wait(&self) -> Histogram {
+    pub(crate) fn hash_wait(&self) -> Histogram {
         self.inner.as_ref().map_or_else(Histogram::noop, |inner| inner.hash_wait.clone())
     }
 
@@ -210,7 +211,7 @@ impl Meters {
     /// folds histogram samples meanwhile. A listener of its own: nothing
     /// here is reachable from the public address, and it shares none of
     /// its limits, sessions or origin checks.
-    pub async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let Some(inner) = self.inner.clone() else { return };
         let handle = inner.recorder.handle();
         let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
@@ -258,7 +259,7 @@ fn exposition(req: &Request<Incoming>, render: impl FnOnce() -> String) -> Respo
 }
 
 /// Counts one open socket while it lives.
-pub struct OpenSocket(Gauge);
+pub(crate) struct OpenSocket(Gauge);
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
@@ -267,12 +268,12 @@ impl Drop for OpenSocket {
 }
 
 /// Binds the metrics listener (port 0 works).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// The status class an outcome label names.
-pub fn outcome_of(status: StatusCode) -> &'static str {
+pub(crate) fn outcome_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         101 => "accepted",
         200..=399 => "success",

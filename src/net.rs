@@ -20,7 +20,7 @@ use http::{header, HeaderMap};
 /// The unit a client is counted in for throttling: an IPv4 address, or an
 /// IPv6 /64 (a single host is routinely given a whole /64 and can use any
 /// address in it). IPv4-mapped IPv6 addresses count as their IPv4 address.
-pub fn address_key(ip: IpAddr) -> String {
+pub(crate) fn address_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -46,7 +46,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// The client address of a request, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub IpAddr);
+pub(crate) struct ClientAddr(pub IpAddr);
 
 /// An IP network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl Network {
         (prefix <= max).then_some(Network { addr, prefix })
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.addr, ip) {
             (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             _ => ip,
@@ -87,7 +87,7 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
 
 /// The proxies whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(pub Vec<Network>);
+pub(crate) struct TrustedProxies(pub Vec<Network>);
 
 impl TrustedProxies {
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -95,7 +95,7 @@ impl TrustedProxies {
     }
 
     /// The client address of a request that came from `peer`.
-    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
+    pub(crate) fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
         let mut client = peer.ip();
         if !self.trusts(client) {
             return ClientAddr(client);
@@ -120,7 +120,7 @@ impl TrustedProxies {
 
 /// Canonical form of an origin: lowercase scheme and host, no trailing slash,
 /// no default port. `None` if it is not `http(s)://host[:port]`.
-pub fn normalize_origin(origin: &str) -> Option<String> {
+pub(crate) fn normalize_origin(origin: &str) -> Option<String> {
     let origin = origin.trim().trim_end_matches('/');
     let (scheme, rest) = origin.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
@@ -140,7 +140,7 @@ pub fn normalize_origin(origin: &str) -> Option<String> {
 /// A request from another site, refused (403) on every unsafe method and on
 /// the WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CrossOrigin;
+pub(crate) struct CrossOrigin;
 
 /// The cross-origin policy.
 ///
@@ -151,7 +151,7 @@ pub struct CrossOrigin;
 /// nor in `ALLOWED_ORIGINS`. Requests with neither header (scripts, CLI
 /// clients) pass: they carry no ambient browser credentials to abuse.
 #[derive(Debug, Clone)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     allowed: BTreeSet<String>,
 }
 
@@ -161,7 +161,7 @@ impl OriginPolicy {
     /// port (`localhost`, `127.0.0.1`, `[::1]`) are accepted too: a browser
     /// pointed at `http://localhost:8080` must be able to log in to a default
     /// `cargo run`.
-    pub fn new(public_origin: &str, extra: &[String], bound: SocketAddr, explicit: bool, tls: bool) -> Self {
+    pub(crate) fn new(public_origin: &str, extra: &[String], bound: SocketAddr, explicit: bool, tls: bool) -> Self {
         let mut allowed: BTreeSet<String> = extra.iter().cloned().collect();
         allowed.insert(public_origin.to_owned());
         if !explicit && bound.ip().is_loopback() {
@@ -174,11 +174,11 @@ impl OriginPolicy {
     }
 
     /// The accepted origins, normalized.
-    pub fn origins(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn origins(&self) -> impl Iterator<Item = &str> {
         self.allowed.iter().map(String::as_str)
     }
 
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), CrossOrigin> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), CrossOrigin> {
         if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
             return Err(CrossOrigin);
         }

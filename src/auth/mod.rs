@@ -4,21 +4,22 @@
 //! throttling, the one check of a username and password, and who may see
 //! which room.
 
+// Public until private rooms give `Hidden` its first producer (issue 18).
 pub mod access;
-pub mod login;
+pub(crate) mod login;
 pub mod password;
-pub mod refresh;
+pub(crate) mod refresh;
 pub mod session;
-pub mod sessions;
-pub mod throttle;
+pub(crate) mod sessions;
+pub(crate) mod throttle;
 pub mod tokens;
 
-pub use sessions::{Ended, RefreshError, Sessions, SessionsEnded, TokenCurrent, TokenPair};
+pub(crate) use sessions::{Ended, RefreshError, Sessions, SessionsEnded, TokenCurrent};
 
 use crate::model::valid_username;
 
 /// Why a username or password is refused at registration (docs/protocol.md §2).
-pub fn validate_new_account(username: &str, password: &str) -> Result<(), &'static str> {
+pub(crate) fn validate_new_account(username: &str, password: &str) -> Result<(), &'static str> {
     if !valid_username(username) {
         return Err("Usernames are 3 to 32 characters: letters, digits, and _ . -");
     }

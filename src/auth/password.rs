@@ -152,7 +152,7 @@ pub async fn verify(password: Password, stored: Option<String>, waited: &Histogr
 }
 
 /// Computes the dummy hash now, so the first unknown-user login is not slower.
-pub async fn warm_up() {
+pub(crate) async fn warm_up() {
     let warm = || {
         LazyLock::force(&DUMMY_HASH);
     };

@@ -46,7 +46,7 @@ struct SignedIn {
 
 /// The session lifetimes from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionPolicy {
+pub(crate) struct SessionPolicy {
     pub ttl: Duration,
     pub max_lifetime: Duration,
 }
@@ -54,32 +54,32 @@ pub struct SessionPolicy {
 impl SessionPolicy {
     /// The expiry a session signed in at `signed_in_at` gets when touched at
     /// `now`, in whole seconds, or `None` once past its absolute lifetime.
-    pub fn expiry(&self, signed_in_at: UnixMillis, now: UnixMillis) -> Option<UnixMillis> {
+    pub(crate) fn expiry(&self, signed_in_at: UnixMillis, now: UnixMillis) -> Option<UnixMillis> {
         let absolute = self.end_by(signed_in_at);
         let now = now.floor_secs();
         (now < absolute).then(|| (now + self.ttl).min(absolute))
     }
 
     /// How far an expiry must move before the session is rewritten.
-    pub fn slide_step(&self) -> Duration {
+    pub(crate) fn slide_step(&self) -> Duration {
         Duration::from_secs((self.ttl.as_secs() / 20).max(1))
     }
 
     /// Whether a session that expires at `written` is rewritten to expire at
     /// `next` (never written yet: yes).
-    pub fn should_slide(&self, written: Option<UnixMillis>, next: UnixMillis) -> bool {
+    pub(crate) fn should_slide(&self, written: Option<UnixMillis>, next: UnixMillis) -> bool {
         written.is_none_or(|written| next >= written + self.slide_step())
     }
 
     /// The latest a session signed in at `signed_in_at` can live.
-    pub fn end_by(&self, signed_in_at: UnixMillis) -> UnixMillis {
+    pub(crate) fn end_by(&self, signed_in_at: UnixMillis) -> UnixMillis {
         signed_in_at.floor_secs() + self.max_lifetime
     }
 }
 
 /// The signed-in user of a request.
 #[derive(Debug, Clone)]
-pub struct Current {
+pub(crate) struct Current {
     pub user: User,
     pub session_id: Id,
     /// When the session now expires.
@@ -88,14 +88,14 @@ pub struct Current {
 
 /// A live session as a socket re-reads it from the store.
 #[derive(Debug, Clone)]
-pub struct LiveSession {
+pub(crate) struct LiveSession {
     pub user: User,
     pub expires_at: UnixMillis,
 }
 
 /// A request's session, typed.
 #[derive(Clone)]
-pub struct AuthSession {
+pub(crate) struct AuthSession {
     session: Session,
     policy: SessionPolicy,
 }
@@ -112,18 +112,18 @@ fn expiry_at(at: UnixMillis) -> Expiry {
 }
 
 impl AuthSession {
-    pub fn new(session: Session, policy: SessionPolicy) -> Self {
+    pub(crate) fn new(session: Session, policy: SessionPolicy) -> Self {
         Self { session, policy }
     }
 
     /// Whether the request carried a session cookie at all (no store access).
-    pub fn has_cookie(&self) -> bool {
+    pub(crate) fn has_cookie(&self) -> bool {
         self.session.id().is_some()
     }
 
     /// The signed-in user, sliding the session's expiry; `None` when not
     /// signed in or past the absolute lifetime (then the session is ended).
-    pub async fn current(&self) -> StoreResult<Option<Current>> {
+    pub(crate) async fn current(&self) -> StoreResult<Option<Current>> {
         if !self.has_cookie() {
             return Ok(None);
         }

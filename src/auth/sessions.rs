@@ -147,10 +147,6 @@ impl Sessions {
         Self { store, index, bus, local, policy, tokens, keys, refresh_grace }
     }
 
-    pub fn policy(&self) -> SessionPolicy {
-        self.policy
-    }
-
     /// The typed view of a request's cookie session.
     pub fn cookie(&self, session: Session) -> AuthSession {
         AuthSession::new(session, self.policy)

@@ -50,7 +50,7 @@ use tower_sessions::session::Id;
 use self::{caps::Places, names::Names, watchers::Watchers};
 pub use self::{
     caps::{Caps, Full, Slot},
-    fanout::{FanOut, FANOUT_STEP, PACED_STEP},
+    fanout::FanOut,
     outbox::{ConnId, OutFrame, Outbound, Outbox},
 };
 use crate::{
@@ -307,10 +307,6 @@ impl Registry {
         self.lock().conns.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The distinct sessions with open sockets, for the revalidation sweep.
     pub fn sessions(&self) -> Vec<Id> {
         self.lock().by_session.keys().copied().collect()
@@ -448,11 +444,6 @@ impl Registry {
             .flat_map(|(room, r)| r.online.iter().map(move |name| (room.clone(), name.to_owned())))
             .collect()
     }
-
-    /// The rooms with sockets on this instance.
-    pub fn rooms(&self) -> Vec<RoomName> {
-        self.lock().rooms.iter().filter(|(_, r)| !r.members.is_empty()).map(|(name, _)| name.clone()).collect()
-    }
 }
 
 impl SessionsEnded for Registry {
@@ -542,7 +533,7 @@ pub(crate) mod tests {
         for s in [&a, &b, &c] {
             reg.remove(s.id);
         }
-        assert!(reg.is_empty() && reg.cursors().is_empty() && reg.sessions().is_empty());
+        assert!(reg.len() == 0 && reg.cursors().is_empty() && reg.sessions().is_empty());
     }
 
     #[test]
