@@ -233,8 +233,12 @@ pub enum Appended {
     /// The sender is over their message rate.
     Throttled,
     /// The room does not exist, and the sender has brought enough rooms
-    /// into existence lately.
+    /// (or, for a direct room, conversations) into existence lately.
     NewRoomRefused,
+    /// Nothing stored: the sender may not write here (a private room they
+    /// are not a member of, a public room's name that has become a private
+    /// room's, or a direct room that is not theirs).
+    NotVisible,
 }
 
 impl Appended {
@@ -243,7 +247,7 @@ impl Appended {
         match self {
             Appended::New(m) => Some(m.id),
             Appended::Duplicate(id) => Some(*id),
-            Appended::Throttled | Appended::NewRoomRefused => None,
+            Appended::Throttled | Appended::NewRoomRefused | Appended::NotVisible => None,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! restart, which the start-up log says loudly.
 
 use std::{
-    collections::{hash_map::Entry, HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Mutex, MutexGuard,
@@ -22,32 +22,94 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Counters, Event, EventBus, Health, History, Notice, PresenceStore, RoomOpened, SessionIndex, StoreResult,
-    StoredTokenSession, StoredUser, TokenStore, UserStore,
+    rules, Added, Counters, Created, Event, EventBus, Health, History, Member, Notice, PresenceStore, Removed,
+    RoomOpened, RoomState, Rooms, SessionIndex, StoreError, StoreResult, StoredTokenSession, StoredUser, TokenStore,
+    UserStore,
 };
 use crate::{
     clock::UnixMillis,
     config::Config,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
+    model::{folded_username, Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
 };
 
 /// `(room, sender, client_id)` -> the id stored for it, and when.
 type SentIndex = HashMap<(RoomName, UserId, String), (MessageId, Instant)>;
 /// room -> `(instance, user)` -> deadline.
 type PresenceEntries = HashMap<RoomName, HashMap<(String, String), Instant>>;
+/// user -> direct room -> (the other member's name, its last message).
+type DirectLists = HashMap<UserId, HashMap<RoomName, (String, UnixMillis)>>;
 
 #[derive(Debug)]
 struct RoomLog {
     messages: VecDeque<Message>,
     last_id: MessageId,
-    /// The last message or visit: the room lives for its lifetime after it.
+    /// The last message or visit: a public room lives for its lifetime
+    /// after it.
     active_at: UnixMillis,
+    /// A private or direct room's: it never expires.
+    lasting: bool,
 }
 
 impl RoomLog {
+    fn new(now: UnixMillis, lasting: bool) -> Self {
+        Self { messages: VecDeque::new(), last_id: MessageId::ZERO, active_at: now, lasting }
+    }
+
     /// The messages after `id`, oldest first (ids are ascending: a binary search).
     fn after(&self, id: MessageId) -> impl Iterator<Item = &Message> {
         self.messages.range(self.messages.partition_point(|m| m.id <= id)..)
+    }
+}
+
+/// Every room, under one lock: what a name is (a public room, a private
+/// one, free) is decided under it, as the Redis backend decides it in one
+/// script in the room's slot.
+#[derive(Debug, Default)]
+struct RoomTable {
+    logs: HashMap<RoomName, RoomLog>,
+    private: HashMap<RoomName, PrivateRoom>,
+    /// user -> the private rooms they are a member of. Written under the
+    /// same lock as the rooms, so exact (the Redis index is checked
+    /// against the rooms when read).
+    memberships: HashMap<UserId, HashSet<RoomName>>,
+}
+
+#[derive(Debug)]
+struct PrivateRoom {
+    owner: UserId,
+    /// Longest-standing first.
+    members: Vec<(User, UnixMillis)>,
+}
+
+impl PrivateRoom {
+    fn is_member(&self, user: UserId) -> bool {
+        self.members.iter().any(|(m, _)| m.id == user)
+    }
+
+    fn role(&self, user: UserId) -> Role {
+        if self.owner == user {
+            Role::Owner
+        } else {
+            Role::Member
+        }
+    }
+}
+
+impl RoomTable {
+    fn exists(&self, room: &RoomName) -> bool {
+        self.logs.contains_key(room) || self.private.contains_key(room)
+    }
+
+    /// Whether `user` may write in `room` now.
+    fn writable(&self, room: &RoomName, user: UserId) -> bool {
+        if room.is_direct() {
+            return room.other_member(user).is_some();
+        }
+        self.private.get(room).is_none_or(|p| p.is_member(user))
+    }
+
+    fn private_count(&self, user: UserId) -> u64 {
+        self.memberships.get(&user).map_or(0, |rooms| rooms.len() as u64)
     }
 }
 
@@ -64,7 +126,8 @@ pub struct MemoryBackend {
     index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
     counters: Mutex<HashMap<String, (u64, Instant)>>,
     bus: broadcast::Sender<Notice>,
-    rooms: Mutex<HashMap<RoomName, RoomLog>>,
+    rooms: Mutex<RoomTable>,
+    direct: Mutex<DirectLists>,
     /// user -> room -> when they last opened it.
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
     /// user -> their read markers.
@@ -84,6 +147,7 @@ pub struct MemoryBackend {
     room_ttl: Duration,
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
+    room_limits: rules::RoomLimits,
 }
 
 /// One user's read markers. Like the Redis hash they expire together, a
@@ -114,6 +178,7 @@ impl MemoryBackend {
             counters: Mutex::default(),
             bus: broadcast::channel(1024).0,
             rooms: Mutex::default(),
+            direct: Mutex::default(),
             user_rooms: Mutex::default(),
             read: Mutex::default(),
             buckets: Mutex::default(),
@@ -126,14 +191,15 @@ impl MemoryBackend {
             room_ttl: rules::room_ttl(config),
             user_rate: rules::UserRate::from_config(config),
             new_rooms: rules::NewRooms::from_config(config),
+            room_limits: rules::RoomLimits::from_config(config),
         }
     }
 
-    /// The rooms, with those unused for their lifetime forgotten (as Redis
-    /// expires their keys).
-    fn live_rooms(&self, now: UnixMillis) -> MutexGuard<'_, HashMap<RoomName, RoomLog>> {
+    /// The rooms, with public ones unused for their lifetime forgotten (as
+    /// Redis expires their keys).
+    fn live_rooms(&self, now: UnixMillis) -> MutexGuard<'_, RoomTable> {
         let mut rooms = lock(&self.rooms);
-        rooms.retain(|_, log| log.active_at + self.room_ttl > now);
+        rooms.logs.retain(|_, log| log.lasting || log.active_at + self.room_ttl > now);
         rooms
     }
 
@@ -145,11 +211,30 @@ impl MemoryBackend {
         buckets.get(&user).copied()
     }
 
-    /// Counts a new room against `user`'s quota; `Err(retry_after)` when
-    /// over it.
-    fn charge_new_room(&self, user: UserId) -> Result<(), Duration> {
-        let counted = self.count(&[rules::NewRooms::counter(user)], self.new_rooms.window);
-        self.new_rooms.allows(counted[0])
+    /// Counts a new room against `user`'s quota (for a direct room, their
+    /// quota of new conversations); `Err(retry_after)` when over it.
+    fn charge_new_room(&self, room: &RoomName, user: UserId) -> Result<(), Duration> {
+        let (counter, quota) = if room.is_direct() {
+            (rules::RoomLimits::direct_counter(user), self.room_limits.new_direct)
+        } else {
+            (rules::NewRooms::counter(user), self.new_rooms)
+        };
+        let counted = self.count(&[counter], quota.window);
+        quota.allows(counted[0])
+    }
+
+    /// Counts a private room against `user`'s new-room quota only if it is
+    /// within it: a refusal counts nothing.
+    fn charge_if_within(&self, user: UserId) -> Result<(), Duration> {
+        let mut counters = lock(&self.counters);
+        let now = Instant::now();
+        counters.retain(|_, (_, until)| *until > now);
+        let (n, until) = counters.entry(rules::NewRooms::counter(user)).or_insert((0, now + self.new_rooms.window));
+        if *n >= self.new_rooms.max {
+            return Err((*until - now).max(Duration::from_secs(1)));
+        }
+        *n += 1;
+        Ok(())
     }
 
     /// Increments fixed-window counters: each one's new value and time left.
@@ -171,7 +256,7 @@ impl MemoryBackend {
         cursors
             .iter()
             .filter_map(|(room, cursor)| {
-                let log = rooms.get(room)?;
+                let log = rooms.logs.get(room)?;
                 let fresh: Vec<Message> = log.after(*cursor).cloned().collect();
                 (!fresh.is_empty()).then(|| (room.clone(), fresh))
             })
@@ -399,26 +484,31 @@ impl History for MemoryBackend {
         let now = Instant::now();
         let dedupe_key = message.client_id.clone().map(|cid| (room.clone(), message.sender, cid));
         let mut sent = lock(&self.sent);
+        let clock = UnixMillis::now();
+        if !self.live_rooms(clock).writable(room, message.sender) {
+            return Ok(Appended::NotVisible);
+        }
         sent.retain(|_, (_, at)| now.duration_since(*at) < self.dedupe_window);
         if let Some((id, _)) = dedupe_key.as_ref().and_then(|k| sent.get(k)) {
             return Ok(Appended::Duplicate(*id));
         }
-        let clock = UnixMillis::now();
         let Some(bucket) = self.user_rate.take(self.bucket(message.sender, clock), clock) else {
             return Ok(Appended::Throttled);
         };
-        let exists = room.is_lobby() || self.live_rooms(clock).contains_key(room);
-        if !exists && self.charge_new_room(message.sender).is_err() {
+        let exists = room.is_lobby() || self.live_rooms(clock).exists(room);
+        if !exists && self.charge_new_room(room, message.sender).is_err() {
             return Ok(Appended::NewRoomRefused);
         }
         lock(&self.buckets).insert(message.sender, bucket);
         let stored = {
             let mut rooms = self.live_rooms(clock);
-            let log = rooms.entry(room.clone()).or_insert_with(|| RoomLog {
-                messages: VecDeque::new(),
-                last_id: MessageId::ZERO,
-                active_at: clock,
-            });
+            // Looked at again where it is stored: the room may have become
+            // private, or the sender left it, meanwhile.
+            if !rooms.writable(room, message.sender) {
+                return Ok(Appended::NotVisible);
+            }
+            let lasting = room.is_direct() || rooms.private.contains_key(room);
+            let log = rooms.logs.entry(room.clone()).or_insert_with(|| RoomLog::new(clock, lasting));
             // Like a Redis stream id: the time, then a sequence within it.
             let ms = message.sent_at.as_millis().max(0) as u64;
             let id = if ms > log.last_id.ms {
@@ -445,12 +535,13 @@ impl History for MemoryBackend {
 
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
         let rooms = self.live_rooms(UnixMillis::now());
-        Ok(rooms.get(room).map(|log| log.after(after).take(limit).cloned().collect()).unwrap_or_default())
+        Ok(rooms.logs.get(room).map(|log| log.after(after).take(limit).cloned().collect()).unwrap_or_default())
     }
 
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
         let rooms = self.live_rooms(UnixMillis::now());
         Ok(rooms
+            .logs
             .get(room)
             .map(|log| log.messages.iter().skip(log.messages.len().saturating_sub(limit)).cloned().collect())
             .unwrap_or_default())
@@ -459,6 +550,7 @@ impl History for MemoryBackend {
     async fn before(&self, room: &RoomName, before: MessageId, limit: usize) -> StoreResult<Vec<Message>> {
         let rooms = self.live_rooms(UnixMillis::now());
         Ok(rooms
+            .logs
             .get(room)
             .map(|log| {
                 let end = log.messages.partition_point(|m| m.id < before);
@@ -468,7 +560,7 @@ impl History for MemoryBackend {
     }
 
     async fn last_id(&self, room: &RoomName) -> StoreResult<MessageId> {
-        Ok(self.live_rooms(UnixMillis::now()).get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
+        Ok(self.live_rooms(UnixMillis::now()).logs.get(room).map(|log| log.last_id).unwrap_or(MessageId::ZERO))
     }
 
     async fn tail(
@@ -504,25 +596,32 @@ impl History for MemoryBackend {
     }
 
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
-        Ok(self.live_rooms(UnixMillis::now()).contains_key(room))
+        Ok(self.live_rooms(UnixMillis::now()).exists(room))
     }
 
     async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
+        if room.is_direct() {
+            return Ok(RoomOpened::Open);
+        }
         let now = UnixMillis::now();
         {
             // Looked at and charged under the rooms' lock: of two opening
-            // one new room, one makes it.
+            // one new room, one makes it, and a private room cannot be made
+            // of its name meanwhile.
             let mut rooms = self.live_rooms(now);
-            if !room.is_lobby() && !rooms.contains_key(room) {
-                if let Err(retry_after) = self.charge_new_room(user) {
+            if rooms.private.contains_key(room) {
+                return Ok(RoomOpened::Private);
+            }
+            if !room.is_lobby() && !rooms.logs.contains_key(room) {
+                if let Err(retry_after) = self.charge_new_room(room, user) {
                     return Ok(RoomOpened::NewRoomRefused { retry_after });
                 }
             }
-            rooms.entry(room.clone()).and_modify(|log| log.active_at = now).or_insert_with(|| RoomLog {
-                messages: VecDeque::new(),
-                last_id: MessageId::ZERO,
-                active_at: now,
-            });
+            rooms
+                .logs
+                .entry(room.clone())
+                .and_modify(|log| log.active_at = now)
+                .or_insert_with(|| RoomLog::new(now, false));
         }
         let mut user_rooms = lock(&self.user_rooms);
         let mine = user_rooms.entry(user).or_default();
@@ -541,7 +640,7 @@ impl History for MemoryBackend {
         let user_rooms = lock(&self.user_rooms);
         let mut mine: Vec<(&RoomName, &UnixMillis)> = user_rooms
             .get(&user)
-            .map(|m| m.iter().filter(|(room, _)| live.contains_key(*room)).collect())
+            .map(|m| m.iter().filter(|(room, _)| live.logs.get(*room).is_some_and(|log| !log.lasting)).collect())
             .unwrap_or_default();
         mine.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
         Ok(mine.into_iter().take(limit).map(|(room, _)| room.clone()).collect())
@@ -573,6 +672,157 @@ impl History for MemoryBackend {
             Some(mine) if mine.moved_at > UnixMillis::now() - self.room_ttl => mine.rooms.clone(),
             _ => HashMap::new(),
         })
+    }
+}
+
+/// A direct room's key must be the pair's.
+fn check_direct(room: &RoomName, a: UserId, b: UserId) -> StoreResult<()> {
+    if *room == RoomName::direct(a, b) {
+        Ok(())
+    } else {
+        Err(StoreError::Usage(format!("{room} is not the direct room of {a} and {b}")))
+    }
+}
+
+/// Every call decides under the rooms' lock: one atomic step, as on Redis.
+#[async_trait]
+impl Rooms for MemoryBackend {
+    async fn state(&self, room: &RoomName, user: UserId) -> StoreResult<RoomState> {
+        if room.is_direct() {
+            return Err(StoreError::Usage(format!("the state of direct room {room} is its key")));
+        }
+        if room.is_lobby() {
+            return Ok(RoomState::Public);
+        }
+        let rooms = self.live_rooms(UnixMillis::now());
+        Ok(match rooms.private.get(room) {
+            Some(p) => RoomState::Private(p.is_member(user).then(|| p.role(user))),
+            None if rooms.logs.contains_key(room) => RoomState::Public,
+            None => RoomState::Missing,
+        })
+    }
+
+    async fn states(&self, pairs: &[(RoomName, UserId)]) -> StoreResult<Vec<RoomState>> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for (room, user) in pairs {
+            out.push(self.state(room, *user).await?);
+        }
+        Ok(out)
+    }
+
+    async fn create_private(&self, room: &RoomName, owner: &User) -> StoreResult<Created> {
+        if room.is_direct() {
+            return Err(StoreError::Usage(format!("direct room {room} cannot be made private")));
+        }
+        let now = UnixMillis::now();
+        let mut rooms = self.live_rooms(now);
+        if room.is_lobby() || rooms.exists(room) {
+            return Ok(Created::NameTaken);
+        }
+        if rooms.private_count(owner.id) >= self.room_limits.max_private_rooms {
+            return Ok(Created::TooManyRooms);
+        }
+        if let Err(retry_after) = self.charge_if_within(owner.id) {
+            return Ok(Created::QuotaRefused { retry_after });
+        }
+        let members = vec![(owner.clone(), now)];
+        rooms.private.insert(room.clone(), PrivateRoom { owner: owner.id, members });
+        rooms.memberships.entry(owner.id).or_default().insert(room.clone());
+        Ok(Created::Created)
+    }
+
+    async fn members(&self, room: &RoomName) -> StoreResult<Option<Vec<Member>>> {
+        let rooms = self.live_rooms(UnixMillis::now());
+        Ok(rooms.private.get(room).map(|p| {
+            p.members
+                .iter()
+                .map(|(user, joined_at)| Member { user: user.clone(), role: p.role(user.id), joined_at: *joined_at })
+                .collect()
+        }))
+    }
+
+    async fn add_member(&self, room: &RoomName, by: UserId, user: &User) -> StoreResult<Added> {
+        let now = UnixMillis::now();
+        let mut rooms = self.live_rooms(now);
+        let count = rooms.private_count(user.id);
+        let Some(p) = rooms.private.get_mut(room).filter(|p| p.is_member(by)) else {
+            return Ok(Added::NotFound);
+        };
+        if p.is_member(user.id) {
+            return Ok(Added::AlreadyMember);
+        }
+        if count >= self.room_limits.max_private_rooms {
+            return Ok(Added::TooManyRooms);
+        }
+        if p.members.len() as u64 >= self.room_limits.max_members {
+            return Ok(Added::RoomFull);
+        }
+        p.members.push((user.clone(), now));
+        rooms.memberships.entry(user.id).or_default().insert(room.clone());
+        Ok(Added::Added)
+    }
+
+    async fn remove_member(&self, room: &RoomName, by: UserId, user: UserId) -> StoreResult<Removed> {
+        let mut rooms = self.live_rooms(UnixMillis::now());
+        let Some(p) = rooms.private.get_mut(room).filter(|p| p.is_member(by) && p.is_member(user)) else {
+            return Ok(Removed::NotFound);
+        };
+        if by != user && p.owner != by {
+            return Ok(Removed::Forbidden);
+        }
+        p.members.retain(|(m, _)| m.id != user);
+        let new_owner = match p.members.first() {
+            Some((next, _)) if p.owner == user => {
+                p.owner = next.id;
+                Some(next.id)
+            }
+            _ => None,
+        };
+        let deleted = p.members.is_empty();
+        if let Some(mine) = rooms.memberships.get_mut(&user) {
+            mine.remove(room);
+        }
+        if deleted {
+            rooms.private.remove(room);
+            rooms.logs.remove(room);
+            lock(&self.presence).remove(room);
+        }
+        Ok(Removed::Removed { new_owner, deleted })
+    }
+
+    async fn private_rooms(&self, user: UserId) -> StoreResult<Vec<(RoomName, Role)>> {
+        let rooms = self.live_rooms(UnixMillis::now());
+        let mut mine: Vec<(UnixMillis, RoomName, Role)> = rooms
+            .memberships
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|room| {
+                let p = rooms.private.get(room)?;
+                let (_, joined_at) = p.members.iter().find(|(m, _)| m.id == user)?;
+                Some((*joined_at, room.clone(), p.role(user)))
+            })
+            .collect();
+        mine.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        Ok(mine.into_iter().map(|(_, room, role)| (room, role)).collect())
+    }
+
+    async fn note_direct(&self, room: &RoomName, a: &User, b: &User, at: UnixMillis) -> StoreResult<()> {
+        check_direct(room, a.id, b.id)?;
+        let mut direct = lock(&self.direct);
+        for (me, other) in [(a, b), (b, a)] {
+            let entry = direct.entry(me.id).or_default().entry(room.clone()).or_insert((other.name.clone(), at));
+            entry.1 = entry.1.max(at);
+        }
+        Ok(())
+    }
+
+    async fn direct_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<(RoomName, String)>> {
+        let direct = lock(&self.direct);
+        let mut mine: Vec<(&RoomName, &(String, UnixMillis))> = direct.get(&user).into_iter().flatten().collect();
+        // Most recent first; at one time, as Redis's ZREVRANGE orders them.
+        mine.sort_by(|(ra, (_, a)), (rb, (_, b))| (b, rb).cmp(&(a, ra)));
+        Ok(mine.into_iter().take(limit).map(|(room, (name, _))| (room.clone(), name.clone())).collect())
     }
 }
 

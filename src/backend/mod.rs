@@ -4,7 +4,8 @@
 //! Everything that must be the same on every instance lives behind these
 //! traits: users, sessions (through tower-sessions' `SessionStore`), the
 //! per-user index of sessions, login-failure counters, the event bus, room
-//! history and presence. Everything else (open sockets, timers) is local.
+//! history and presence, private rooms and their members, and the lists of
+//! direct conversations. Everything else (open sockets, timers) is local.
 
 pub mod memory;
 pub mod redis;
@@ -24,7 +25,7 @@ use crate::{
     clock::UnixMillis,
     config::{BackendChoice, Config},
     meters::Meters,
-    model::{Appended, Message, MessageId, NewMessage, RoomName, TokenRecord, User, UserId},
+    model::{Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
 };
 
 /// The Redis tried when `REDIS_URL` is unset and the backend is `auto`.
@@ -177,6 +178,19 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<UnixMillis>,
     },
+    /// A membership changed: `user` was added to or removed from `room`
+    /// (a private room's key), or the room was deleted (`user` is `None`).
+    /// Every instance forgets what it knew of the room, and closes the
+    /// sockets that may no longer see it (4403 `access revoked`).
+    Access {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+        change: AccessChange,
+        /// When it was published (metrics: the time to close).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<UnixMillis>,
+    },
     /// Who joined and left a room on one instance.
     Presence {
         room: String,
@@ -187,6 +201,16 @@ pub enum Event {
         #[serde(default)]
         left: Vec<String>,
     },
+}
+
+/// What an [`Event::Access`] says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessChange {
+    Added,
+    Removed,
+    /// The room is gone (its last member left).
+    Deleted,
 }
 
 /// Why sessions ended, which their sockets' close reason says.
@@ -220,9 +244,12 @@ pub trait EventBus: Send + Sync {
 
 /// Durable, ordered room history, and which rooms exist.
 ///
-/// A room exists once someone opens it and lives as long as it is used: a
-/// message or a visit keeps it (and its history) for the room lifetime
-/// (`ROOM_TTL_SECS`); a room nobody uses for that long is forgotten.
+/// A public room exists once someone opens it and lives as long as it is
+/// used: a message or a visit keeps it (and its history) for the room
+/// lifetime (`ROOM_TTL_SECS`); a room nobody uses for that long is
+/// forgotten. Private and direct rooms never expire: a private room lives
+/// from [`Rooms::create_private`] until its last member leaves, a direct
+/// room from its first message on.
 #[async_trait]
 pub trait History: Send + Sync {
     /// Stores a message, unless it is a resend or its sender is over their
@@ -231,7 +258,11 @@ pub trait History: Send + Sync {
     /// sender over `USER_MESSAGE_RATE_PER_SEC` (counted across all their
     /// sockets, on every instance) gets [`Appended::Throttled`]. A first
     /// message into a room that does not exist creates it, which counts
-    /// against the sender's new-room quota ([`Appended::NewRoomRefused`]).
+    /// against the sender's new-room quota ([`Appended::NewRoomRefused`]);
+    /// into a direct room, against their quota of new conversations
+    /// ([`rules::RoomLimits::new_direct`]) instead. Nothing is stored, and
+    /// [`Appended::NotVisible`] answered, when the sender is not a member
+    /// of the private or direct room, or the name is a private room's.
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
@@ -265,14 +296,17 @@ pub trait History: Send + Sync {
     /// Interrupts a pending [`History::tail`] of `room`'s group so that it
     /// picks up a new room set.
     async fn wake_tail(&self, room: &RoomName) -> StoreResult<()>;
-    /// Whether the room exists (was used within the room lifetime).
+    /// Whether the room exists: a public room used within the room
+    /// lifetime, a private room, a direct room with a message.
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool>;
     /// Records that `user` opened the room: it exists (or lives on), and it
     /// heads that user's list of rooms. Opening a room that does not exist
     /// (the lobby always does) creates it, which counts against the user's
     /// new-room quota, on the counter a first message into a new room
     /// counts on ([`rules::NewRooms`]); past the quota nothing is written
-    /// ([`RoomOpened::NewRoomRefused`]).
+    /// ([`RoomOpened::NewRoomRefused`]). Nothing is written either for a
+    /// private room's name ([`RoomOpened::Private`]) or a direct room
+    /// (its first message makes it; [`Rooms::direct_rooms`] lists it).
     async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened>;
     /// The rooms `user` opened that still exist, most recently opened first.
     async fn user_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<RoomName>>;
@@ -294,6 +328,121 @@ pub enum RoomOpened {
     /// The room does not exist, and the user has brought enough rooms into
     /// existence lately: they may try again after `retry_after`.
     NewRoomRefused { retry_after: Duration },
+    /// The name is a private room's: nothing is written (whether the user
+    /// may see it is [`Rooms::state`]'s to say, not this).
+    Private,
+}
+
+/// What a room is now, for one user: what the access rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomState {
+    /// No room of that name is in use (a public room nobody used within
+    /// `ROOM_TTL_SECS`, or never).
+    Missing,
+    /// A public room in use.
+    Public,
+    /// A private room, and the user's role in it (`None`: not a member).
+    Private(Option<Role>),
+}
+
+/// A member of a private room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user: User,
+    pub role: Role,
+    pub joined_at: UnixMillis,
+}
+
+/// What [`Rooms::create_private`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// A room of any kind has the name.
+    NameTaken,
+    /// The owner brought enough rooms into existence lately (the quota
+    /// public rooms count on too).
+    QuotaRefused {
+        retry_after: Duration,
+    },
+    /// The owner is a member of `MAX_PRIVATE_ROOMS_PER_USER` private rooms.
+    TooManyRooms,
+}
+
+/// What [`Rooms::add_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Added,
+    AlreadyMember,
+    /// No such private room, or the one adding is not a member of it.
+    NotFound,
+    /// The room has `MAX_ROOM_MEMBERS` members.
+    RoomFull,
+    /// The user added is a member of `MAX_PRIVATE_ROOMS_PER_USER` rooms.
+    TooManyRooms,
+}
+
+/// What [`Rooms::remove_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Gone. `new_owner`: the owner left and this member took over;
+    /// `deleted`: it was the last member, and the room and its history are
+    /// gone.
+    Removed { new_owner: Option<UserId>, deleted: bool },
+    /// No such private room, the one removing is not a member, or the user
+    /// removed is not one.
+    NotFound,
+    /// A member (not the owner) tried to remove someone else.
+    Forbidden,
+}
+
+/// Private rooms and their members, and the lists of direct conversations
+/// (docs/protocol.md §6). Public rooms are [`History`]'s: they exist while
+/// used. A direct room's members are in its key ([`RoomName::direct`]):
+/// nothing here decides who may see one.
+///
+/// Public and private rooms share one namespace: a name is taken whatever
+/// its kind. Every decision about one room is made in one atomic step in
+/// the store (on Redis, a script on keys of the room's slot), so two
+/// creators of one name, or a creator and someone opening the name as a
+/// public room, cannot both win. A user's list of their private rooms is
+/// kept apart (on a cluster, in their own slot): the room's members are the
+/// truth, written first, and the list is checked against them when read.
+#[async_trait]
+pub trait Rooms: Send + Sync {
+    /// `room`'s kind now, and `user`'s role if it is private. One read
+    /// (none for the lobby, which is always public). Never asked of a
+    /// direct room.
+    async fn state(&self, room: &RoomName, user: UserId) -> StoreResult<RoomState>;
+    /// [`Rooms::state`] for many pairs (the revalidation sweep), in one
+    /// round trip per store node.
+    async fn states(&self, pairs: &[(RoomName, UserId)]) -> StoreResult<Vec<RoomState>>;
+    /// Creates private room `room` with `owner` as its owner and only
+    /// member, unless the name is taken, the owner is over the new-room
+    /// quota ([`rules::NewRooms`], charged only when created) or over
+    /// [`rules::RoomLimits::max_private_rooms`]. Nothing is written when
+    /// refused.
+    async fn create_private(&self, room: &RoomName, owner: &User) -> StoreResult<Created>;
+    /// A private room's members, longest-standing first; `None` when
+    /// `room` is not a private room.
+    async fn members(&self, room: &RoomName) -> StoreResult<Option<Vec<Member>>>;
+    /// `by`, who must be a member, adds `user` as a member
+    /// ([`Added::NotFound`] for a room that is not private, a direct one
+    /// too).
+    async fn add_member(&self, room: &RoomName, by: UserId, user: &User) -> StoreResult<Added>;
+    /// `by` removes `user`: themselves (leaving) or, as the owner, anyone.
+    /// When the owner goes, the longest-standing member becomes owner; when
+    /// the last member goes, the room is deleted with its history.
+    async fn remove_member(&self, room: &RoomName, by: UserId, user: UserId) -> StoreResult<Removed>;
+    /// The private rooms `user` is a member of, with their role, in the
+    /// order they joined them (earliest first); every entry checked against
+    /// its room.
+    async fn private_rooms(&self, user: UserId) -> StoreResult<Vec<(RoomName, Role)>>;
+    /// Records that direct room `room` (of `a` and `b`) has a message, at
+    /// `at`, in both members' lists (with the other's name). Idempotent.
+    async fn note_direct(&self, room: &RoomName, a: &User, b: &User, at: UnixMillis) -> StoreResult<()>;
+    /// The direct rooms of `user` with a message, most recent first, each
+    /// with the other member's name.
+    async fn direct_rooms(&self, user: UserId, limit: usize) -> StoreResult<Vec<(RoomName, String)>>;
 }
 
 /// Who is online where, shared by all instances. Each instance writes its own
@@ -355,6 +504,7 @@ pub struct Backend {
     pub bus: Arc<dyn EventBus>,
     pub history: Arc<dyn History>,
     pub presence: Arc<dyn PresenceStore>,
+    pub rooms: Arc<dyn Rooms>,
     pub health: Arc<dyn Health>,
 }
 
@@ -406,7 +556,16 @@ impl Backend {
     /// One implementation behind every trait handle.
     fn assemble<B>(kind: BackendKind, backend: Arc<B>, sessions: SharedSessionStore) -> Backend
     where
-        B: UserStore + SessionIndex + Counters + TokenStore + EventBus + History + PresenceStore + Health + 'static,
+        B: UserStore
+            + SessionIndex
+            + Counters
+            + TokenStore
+            + EventBus
+            + History
+            + PresenceStore
+            + Rooms
+            + Health
+            + 'static,
     {
         Backend {
             kind,
@@ -418,6 +577,7 @@ impl Backend {
             bus: backend.clone(),
             history: backend.clone(),
             presence: backend.clone(),
+            rooms: backend.clone(),
             health: backend,
         }
     }

@@ -130,4 +130,11 @@ impl RoomLimits {
             new_direct: NewRooms { max: u64::from(config.direct_per_user_per_hour), window: Duration::from_secs(3600) },
         }
     }
+
+    /// The counter of `user`'s new direct conversations. Like
+    /// [`NewRooms::counter`] it carries the user's hash tag: the Redis
+    /// append charges it in one script with the user's rate bucket.
+    pub fn direct_counter(user: UserId) -> String {
+        format!("quota:new-direct:{{{user}}}")
+    }
 }

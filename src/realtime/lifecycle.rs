@@ -130,6 +130,7 @@ impl Lifecycle {
                             }
                         }
                     }
+                    Ok(Notice::Event(Event::Access { .. })) => {}
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
                         start_sweep(&self);
                         self.presence.resync();

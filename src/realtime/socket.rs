@@ -609,6 +609,10 @@ where
                 let message = "This room does not exist, and you have opened many new rooms lately. Try later.";
                 self.error(ErrorCode::RateLimited, message, cid).await
             }
+            Ok(Appended::NotVisible) => {
+                let message = "You may not write in this room.";
+                self.error(ErrorCode::Invalid, message, cid).await
+            }
             Err(err) => {
                 // A store that did not answer may still have stored it (a
                 // command can run after its caller gave up): say so, and

@@ -9,14 +9,25 @@
 //! messages; `after` replay from any id; `tail` following only the rooms it
 //! is given and never losing a `wake_tail`; the per-user session index, its
 //! expiry and `exist`; presence entries per instance with their deadlines;
-//! fixed-window counters; event delivery on the bus; and health.
+//! fixed-window counters; event delivery on the bus; and health. For
+//! private rooms: one namespace of names whatever their kind, also under
+//! concurrent creation and opening; members added, removed and leaving by
+//! the rules; the owner's hand-over to the longest-standing member; the
+//! last member taking the room and its history along; the bounds on
+//! members and on rooms per user (also under concurrency, and against an
+//! add racing a removal) and the new-room quota, with nothing written when
+//! refused; `states` for many pairs; appends refused where the sender may
+//! not write; private and direct rooms that never expire; the quota of new
+//! direct conversations; and the lists of direct conversations.
 //!
 //! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
 //! macro runs it as `contract::memory::<rule>`, `contract::redis::<rule>` and
 //! `contract::cluster::<rule>` (a real Redis Cluster: three masters, three
 //! replicas). What only a shared store can do is in `contract::redis_only`,
 //! with the check that the Redis backend's list of scripts loads every
-//! script its code calls.
+//! script its code calls, the keys of private and direct rooms seen to
+//! carry no expiry, stale entries of a user's index of private rooms
+//! dropped, and nothing left of a deleted private room.
 
 use std::{
     collections::BTreeSet,
@@ -25,9 +36,12 @@ use std::{
 };
 
 use palaver::{
-    backend::{rules::NewRooms, Backend, BackendKind, EndReason, Event, Notice, RoomOpened},
+    backend::{
+        rules::{NewRooms, RoomLimits},
+        AccessChange, Added, Backend, BackendKind, Created, EndReason, Event, Notice, Removed, RoomOpened, RoomState,
+    },
     clock::UnixMillis,
-    model::{Appended, Message, MessageId, NewMessage, RoomName, User, UserId},
+    model::{Appended, Message, MessageId, NewMessage, Role, RoomName, User, UserId},
     Config,
 };
 use tokio::sync::{broadcast, Barrier};
@@ -100,6 +114,20 @@ contract! {
     resends_and_the_rate_are_counted_per_sender_id_not_per_name => [("USER_MESSAGE_BURST", "2"), ("USER_MESSAGE_RATE_PER_SEC", "0.001")],
     a_first_message_into_a_new_room_counts_against_the_senders_quota => [("ROOMS_PER_USER_PER_HOUR", "2")],
     opening_a_new_room_counts_against_the_users_quota_and_a_refusal_writes_nothing => [("ROOMS_PER_USER_PER_HOUR", "2")],
+    a_name_is_one_room_whatever_its_kind_even_under_concurrency,
+    members_are_added_and_removed_by_the_rules,
+    the_owner_leaving_hands_the_room_to_the_longest_standing_member,
+    the_last_member_leaving_deletes_the_room_and_its_history,
+    private_rooms_lists_a_users_memberships_in_the_order_they_joined,
+    the_bounds_refuse_and_a_refusal_writes_nothing => [("MAX_ROOM_MEMBERS", "3"), ("MAX_PRIVATE_ROOMS_PER_USER", "2")],
+    creating_a_private_room_counts_on_the_new_room_quota_only_when_made => [("ROOMS_PER_USER_PER_HOUR", "2")],
+    the_bounds_hold_under_concurrency => [("MAX_ROOM_MEMBERS", "3"), ("MAX_PRIVATE_ROOMS_PER_USER", "2")],
+    an_add_racing_a_removal_never_lets_a_user_past_their_bound => [("MAX_PRIVATE_ROOMS_PER_USER", "1")],
+    states_answer_for_many_pairs_at_once,
+    an_append_stores_nothing_where_the_sender_may_not_write => [("ROOM_TTL_SECS", "1")],
+    private_and_direct_rooms_never_expire => [("ROOM_TTL_SECS", "1")],
+    a_first_message_into_a_direct_room_counts_on_the_senders_direct_quota => [("DIRECT_PER_USER_PER_HOUR", "2"), ("ROOMS_PER_USER_PER_HOUR", "1")],
+    direct_lists_hold_each_conversation_once_most_recent_first,
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -933,9 +961,595 @@ async fn resends_and_the_rate_are_counted_per_sender_id_not_per_name(b: Backend)
     append_new(&b, &lobby, NewMessage { client_id: Some("c4".into()), ..fresh }).await;
 }
 
+// ------------------------------------------------------- private rooms --
+
+/// A test user, with the id [`sender`] gives their name.
+fn user(name: &str) -> User {
+    User { id: sender(name), name: name.into() }
+}
+
+async fn state(b: &Backend, room: &RoomName, who: &str) -> RoomState {
+    b.rooms.state(room, sender(who)).await.expect("state")
+}
+
+/// The members as (name, role), longest-standing first.
+async fn members(b: &Backend, room: &RoomName) -> Option<Vec<(String, Role)>> {
+    let members = b.rooms.members(room).await.expect("members")?;
+    assert!(members.windows(2).all(|w| w[0].joined_at <= w[1].joined_at), "longest-standing first: {members:?}");
+    Some(members.into_iter().map(|m| (m.user.name, m.role)).collect())
+}
+
+fn named(pairs: &[(&str, Role)]) -> Option<Vec<(String, Role)>> {
+    Some(pairs.iter().map(|(name, role)| (name.to_string(), *role)).collect())
+}
+
+async fn add(b: &Backend, room: &RoomName, by: &str, who: &str) -> Added {
+    b.rooms.add_member(room, sender(by), &user(who)).await.expect("add_member")
+}
+
+async fn remove(b: &Backend, room: &RoomName, by: &str, who: &str) -> Removed {
+    b.rooms.remove_member(room, sender(by), sender(who)).await.expect("remove_member")
+}
+
+async fn create(b: &Backend, room: &RoomName, owner: &str) -> Created {
+    b.rooms.create_private(room, &user(owner)).await.expect("create_private")
+}
+
+async fn private_rooms(b: &Backend, who: &str) -> Vec<(String, Role)> {
+    let rooms = b.rooms.private_rooms(sender(who)).await.expect("private_rooms");
+    rooms.into_iter().map(|(room, role)| (room.to_string(), role)).collect()
+}
+
+/// The value of one of `who`'s quota counters.
+async fn counted(b: &Backend, counter: String) -> u64 {
+    b.counters.get(&[counter]).await.expect("get")[0].0
+}
+
+/// Waits for the clock to pass `since`, so that what follows happens in a
+/// later millisecond.
+async fn next_millisecond(since: UnixMillis) {
+    eventually("the clock to move on", || async move { UnixMillis::now() > since }).await;
+}
+
+const MEMBER: Role = Role::Member;
+const OWNER: Role = Role::Owner;
+
+async fn a_name_is_one_room_whatever_its_kind_even_under_concurrency(b: Backend) {
+    // Many creators of one name: one wins.
+    const RACERS: usize = 8;
+    let secret = room("secret");
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let (b, start, secret) = (b.clone(), start.clone(), secret.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                (n, create(&b, &secret, &format!("racer{n}")).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        match within("a creation", racer).await.expect("racer") {
+            (n, Created::Created) => winners.push(format!("racer{n}")),
+            (_, Created::NameTaken) => {}
+            (_, other) => panic!("only the name is contested: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one creator of a name wins: {winners:?}");
+    let winner = &winners[0];
+    assert_eq!(members(&b, &secret).await, named(&[(winner, OWNER)]));
+    for n in 0..RACERS {
+        let racer = format!("racer{n}");
+        if &racer != winner {
+            assert_eq!(state(&b, &secret, &racer).await, RoomState::Private(None));
+            assert!(private_rooms(&b, &racer).await.is_empty(), "a loser is in no room");
+            assert_eq!(counted(&b, NewRooms::counter(sender(&racer))).await, 0, "a loser is charged nothing");
+        }
+    }
+    assert_eq!(counted(&b, NewRooms::counter(sender(winner))).await, 1, "the room made is charged");
+
+    // A creator and someone opening the name as a public room: one kind wins,
+    // and the loser is told.
+    for round in 0..6 {
+        let name = room(&format!("contested-{round}"));
+        let start = Arc::new(Barrier::new(2));
+        let creating = {
+            let (b, start, name) = (b.clone(), start.clone(), name.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                create(&b, &name, "al").await
+            })
+        };
+        let opening = {
+            let (b, start, name) = (b.clone(), start.clone(), name.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                b.history.open_room(&name, sender("bo")).await.expect("open_room")
+            })
+        };
+        let created = within("a creation", creating).await.expect("creator");
+        let opened = within("an open", opening).await.expect("opener");
+        let listed = b.history.user_rooms(sender("bo"), 100).await.expect("user_rooms").contains(&name);
+        match (created, opened) {
+            (Created::Created, RoomOpened::Private) => {
+                assert_eq!(state(&b, &name, "bo").await, RoomState::Private(None));
+                assert!(!listed, "a private room's name is not in the opener's list");
+                assert_eq!(state(&b, &name, "al").await, RoomState::Private(Some(OWNER)));
+            }
+            (Created::NameTaken, RoomOpened::Open) => {
+                assert_eq!(state(&b, &name, "al").await, RoomState::Public);
+                assert!(listed, "the public room is in the opener's list");
+            }
+            other => panic!("exactly one kind wins and the loser is told: {other:?}"),
+        }
+        // Tidy up, so that al stays within the bound on private rooms.
+        if created == Created::Created {
+            assert!(matches!(remove(&b, &name, "al", "al").await, Removed::Removed { deleted: true, .. }));
+        }
+    }
+
+    // Names taken another way: the lobby, a public room in use.
+    assert_eq!(create(&b, &RoomName::lobby(), "al").await, Created::NameTaken, "the lobby always exists");
+    b.history.open_room(&room("busy"), sender("bo")).await.expect("open_room");
+    assert_eq!(create(&b, &room("busy"), "al").await, Created::NameTaken);
+    assert_eq!(state(&b, &room("busy"), "al").await, RoomState::Public);
+    assert_eq!(state(&b, &RoomName::lobby(), "al").await, RoomState::Public, "the lobby, even never opened");
+    assert_eq!(state(&b, &room("never"), "al").await, RoomState::Missing);
+
+    // Opening a private room's name writes nothing, and charges nothing.
+    let before = counted(&b, NewRooms::counter(sender("cy"))).await;
+    assert_eq!(b.history.open_room(&secret, sender("cy")).await.expect("open_room"), RoomOpened::Private);
+    assert!(b.history.user_rooms(sender("cy"), 10).await.expect("user_rooms").is_empty(), "not listed");
+    assert_eq!(counted(&b, NewRooms::counter(sender("cy"))).await, before, "not charged");
+    assert!(b.history.room_exists(&secret).await.expect("room_exists"), "a private room exists");
+    assert!(!b.history.user_rooms(sender(winner), 10).await.expect("user_rooms").contains(&secret));
+}
+
+async fn members_are_added_and_removed_by_the_rules(b: Backend) {
+    let team = room("team");
+    assert_eq!(create(&b, &team, "al").await, Created::Created);
+    assert_eq!(add(&b, &team, "al", "bo").await, Added::Added);
+    assert_eq!(add(&b, &team, "bo", "cy").await, Added::Added, "any member adds");
+    assert_eq!(add(&b, &team, "cy", "bo").await, Added::AlreadyMember);
+    assert_eq!(add(&b, &team, "al", "al").await, Added::AlreadyMember);
+    assert_eq!(members(&b, &team).await, named(&[("al", OWNER), ("bo", MEMBER), ("cy", MEMBER)]));
+    assert_eq!(state(&b, &team, "bo").await, RoomState::Private(Some(MEMBER)));
+
+    // Who is not a member adds nobody; rooms that are not private have no members.
+    assert_eq!(add(&b, &team, "dee", "eve").await, Added::NotFound);
+    assert_eq!(add(&b, &team, "dee", "dee").await, Added::NotFound, "nor themselves");
+    assert_eq!(add(&b, &room("unknown"), "al", "eve").await, Added::NotFound);
+    b.history.open_room(&room("open"), sender("al")).await.expect("open_room");
+    assert_eq!(add(&b, &room("open"), "al", "eve").await, Added::NotFound, "a public room");
+    let direct = RoomName::direct(sender("al"), sender("bo"));
+    assert_eq!(add(&b, &direct, "al", "eve").await, Added::NotFound, "a direct room");
+    assert_eq!(members(&b, &room("open")).await, None);
+    assert_eq!(members(&b, &room("unknown")).await, None);
+    assert_eq!(state(&b, &team, "eve").await, RoomState::Private(None), "nothing written for eve");
+    assert!(private_rooms(&b, "eve").await.is_empty());
+
+    // A member removes only themselves; the owner anyone.
+    assert_eq!(remove(&b, &team, "bo", "cy").await, Removed::Forbidden);
+    assert_eq!(remove(&b, &team, "cy", "al").await, Removed::Forbidden);
+    assert_eq!(remove(&b, &team, "eve", "bo").await, Removed::NotFound, "a non-member removes nobody");
+    assert_eq!(remove(&b, &team, "al", "eve").await, Removed::NotFound, "nor is one removed");
+    assert_eq!(remove(&b, &room("unknown"), "al", "al").await, Removed::NotFound);
+    assert_eq!(remove(&b, &direct, "al", "al").await, Removed::NotFound);
+    assert_eq!(members(&b, &team).await, named(&[("al", OWNER), ("bo", MEMBER), ("cy", MEMBER)]), "unchanged");
+
+    assert_eq!(remove(&b, &team, "al", "cy").await, Removed::Removed { new_owner: None, deleted: false });
+    assert_eq!(state(&b, &team, "cy").await, RoomState::Private(None));
+    assert!(private_rooms(&b, "cy").await.is_empty());
+    assert_eq!(remove(&b, &team, "bo", "bo").await, Removed::Removed { new_owner: None, deleted: false }, "leaves");
+    assert_eq!(remove(&b, &team, "bo", "bo").await, Removed::NotFound, "once");
+    assert_eq!(members(&b, &team).await, named(&[("al", OWNER)]));
+    assert_eq!(private_rooms(&b, "al").await, [("team".to_owned(), OWNER)]);
+    assert!(private_rooms(&b, "bo").await.is_empty());
+
+    // Back in, at the end of the line.
+    assert_eq!(add(&b, &team, "al", "cy").await, Added::Added);
+    assert_eq!(add(&b, &team, "cy", "bo").await, Added::Added);
+    assert_eq!(members(&b, &team).await, named(&[("al", OWNER), ("cy", MEMBER), ("bo", MEMBER)]));
+}
+
+async fn the_owner_leaving_hands_the_room_to_the_longest_standing_member(b: Backend) {
+    let crew = room("crew");
+    assert_eq!(create(&b, &crew, "al").await, Created::Created);
+    for who in ["bo", "cy", "dee"] {
+        assert_eq!(add(&b, &crew, "al", who).await, Added::Added);
+    }
+    assert_eq!(remove(&b, &crew, "al", "al").await, Removed::Removed { new_owner: Some(sender("bo")), deleted: false });
+    assert_eq!(members(&b, &crew).await, named(&[("bo", OWNER), ("cy", MEMBER), ("dee", MEMBER)]));
+    assert_eq!(state(&b, &crew, "bo").await, RoomState::Private(Some(OWNER)));
+    assert_eq!(private_rooms(&b, "bo").await, [("crew".to_owned(), OWNER)]);
+
+    // The new owner removes anyone; a member rejoining stands behind the others.
+    assert_eq!(remove(&b, &crew, "bo", "cy").await, Removed::Removed { new_owner: None, deleted: false });
+    assert_eq!(add(&b, &crew, "dee", "cy").await, Added::Added);
+    assert_eq!(add(&b, &crew, "dee", "al").await, Added::Added);
+    assert_eq!(members(&b, &crew).await, named(&[("bo", OWNER), ("dee", MEMBER), ("cy", MEMBER), ("al", MEMBER)]));
+    assert_eq!(
+        remove(&b, &crew, "bo", "bo").await,
+        Removed::Removed { new_owner: Some(sender("dee")), deleted: false }
+    );
+    assert_eq!(
+        remove(&b, &crew, "dee", "dee").await,
+        Removed::Removed { new_owner: Some(sender("cy")), deleted: false }
+    );
+    assert_eq!(members(&b, &crew).await, named(&[("cy", OWNER), ("al", MEMBER)]));
+    // A member leaving is no hand-over.
+    assert_eq!(remove(&b, &crew, "al", "al").await, Removed::Removed { new_owner: None, deleted: false });
+    assert_eq!(members(&b, &crew).await, named(&[("cy", OWNER)]));
+}
+
+async fn the_last_member_leaving_deletes_the_room_and_its_history(b: Backend) {
+    let gone = room("gone");
+    assert_eq!(create(&b, &gone, "al").await, Created::Created);
+    assert_eq!(add(&b, &gone, "al", "bo").await, Added::Added);
+    append_new(&b, &gone, said("al", "one", None)).await;
+    append_new(&b, &gone, said("bo", "two", None)).await;
+    let minute = Duration::from_secs(60);
+    b.presence.update("i1", &[(gone.clone(), "al".into())], &[], minute).await.expect("update");
+    assert_eq!(all(&b, &gone).await.len(), 2);
+
+    assert_eq!(remove(&b, &gone, "al", "al").await, Removed::Removed { new_owner: Some(sender("bo")), deleted: false });
+    assert_eq!(all(&b, &gone).await.len(), 2, "the room lives on while it has a member");
+    assert_eq!(remove(&b, &gone, "bo", "bo").await, Removed::Removed { new_owner: None, deleted: true });
+
+    assert!(all(&b, &gone).await.is_empty(), "its history went with it");
+    assert_eq!(b.history.last_id(&gone).await.expect("last_id"), MessageId::ZERO);
+    assert_eq!(state(&b, &gone, "bo").await, RoomState::Missing);
+    assert!(!b.history.room_exists(&gone).await.expect("room_exists"));
+    assert_eq!(members(&b, &gone).await, None);
+    assert!(b.presence.online(std::slice::from_ref(&gone)).await.expect("online")[0].is_empty(), "and its presence");
+    assert!(private_rooms(&b, "al").await.is_empty() && private_rooms(&b, "bo").await.is_empty());
+
+    // The name is free again, for any kind, and starts with nothing.
+    assert_eq!(create(&b, &gone, "cy").await, Created::Created);
+    assert!(all(&b, &gone).await.is_empty());
+    assert_eq!(members(&b, &gone).await, named(&[("cy", OWNER)]));
+    assert_eq!(state(&b, &gone, "al").await, RoomState::Private(None), "the old members are not in the new room");
+    assert_eq!(remove(&b, &gone, "cy", "cy").await, Removed::Removed { new_owner: None, deleted: true });
+    assert_eq!(b.history.open_room(&gone, sender("dee")).await.expect("open_room"), RoomOpened::Open);
+    assert_eq!(state(&b, &gone, "dee").await, RoomState::Public);
+}
+
+async fn private_rooms_lists_a_users_memberships_in_the_order_they_joined(b: Backend) {
+    assert!(private_rooms(&b, "al").await.is_empty());
+    assert_eq!(create(&b, &room("zulu"), "al").await, Created::Created);
+    next_millisecond(UnixMillis::now()).await;
+    assert_eq!(create(&b, &room("alpha"), "bo").await, Created::Created);
+    assert_eq!(add(&b, &room("alpha"), "bo", "al").await, Added::Added);
+    next_millisecond(UnixMillis::now()).await;
+    assert_eq!(create(&b, &room("mike"), "cy").await, Created::Created);
+    assert_eq!(add(&b, &room("mike"), "cy", "al").await, Added::Added);
+    let want = [("zulu", OWNER), ("alpha", MEMBER), ("mike", MEMBER)];
+    assert_eq!(private_rooms(&b, "al").await, want.map(|(r, role)| (r.to_owned(), role)));
+    assert_eq!(private_rooms(&b, "bo").await, [("alpha".to_owned(), OWNER)]);
+
+    // Leaving drops one; a hand-over shows the new role.
+    assert_eq!(remove(&b, &room("alpha"), "al", "al").await, Removed::Removed { new_owner: None, deleted: false });
+    assert_eq!(
+        remove(&b, &room("mike"), "cy", "cy").await,
+        Removed::Removed { new_owner: Some(sender("al")), deleted: false }
+    );
+    let want = [("zulu", OWNER), ("mike", OWNER)];
+    assert_eq!(private_rooms(&b, "al").await, want.map(|(r, role)| (r.to_owned(), role)));
+    assert!(private_rooms(&b, "cy").await.is_empty());
+}
+
+async fn the_bounds_refuse_and_a_refusal_writes_nothing(b: Backend) {
+    // MAX_ROOM_MEMBERS=3, MAX_PRIVATE_ROOMS_PER_USER=2.
+    let full = room("full");
+    assert_eq!(create(&b, &full, "al").await, Created::Created);
+    assert_eq!(add(&b, &full, "al", "bo").await, Added::Added);
+    assert_eq!(add(&b, &full, "al", "cy").await, Added::Added);
+    assert_eq!(add(&b, &full, "al", "dee").await, Added::RoomFull);
+    assert_eq!(add(&b, &full, "al", "bo").await, Added::AlreadyMember, "a member is not refused");
+    assert_eq!(members(&b, &full).await.expect("members").len(), 3);
+    assert_eq!(state(&b, &full, "dee").await, RoomState::Private(None));
+    assert!(private_rooms(&b, "dee").await.is_empty());
+
+    // The second room is al's last.
+    assert_eq!(create(&b, &room("second"), "al").await, Created::Created);
+    let charged = counted(&b, NewRooms::counter(sender("al"))).await;
+    assert_eq!(create(&b, &room("third"), "al").await, Created::TooManyRooms);
+    assert_eq!(counted(&b, NewRooms::counter(sender("al"))).await, charged, "a refusal is not charged");
+    assert_eq!(state(&b, &room("third"), "al").await, RoomState::Missing, "nothing made");
+    assert_eq!(create(&b, &room("elsewhere"), "eve").await, Created::Created);
+    assert_eq!(add(&b, &room("elsewhere"), "eve", "al").await, Added::TooManyRooms);
+    assert_eq!(add(&b, &room("elsewhere"), "bo", "al").await, Added::NotFound, "the adder must be a member first");
+    assert_eq!(state(&b, &room("elsewhere"), "al").await, RoomState::Private(None));
+    assert_eq!(members(&b, &room("elsewhere")).await, named(&[("eve", OWNER)]));
+    assert_eq!(private_rooms(&b, "al").await.len(), 2);
+
+    // Leaving makes room: in the room, and in the user's count.
+    assert_eq!(remove(&b, &full, "cy", "cy").await, Removed::Removed { new_owner: None, deleted: false });
+    assert_eq!(add(&b, &full, "al", "dee").await, Added::Added);
+    assert_eq!(remove(&b, &room("second"), "al", "al").await, Removed::Removed { new_owner: None, deleted: true });
+    assert_eq!(add(&b, &room("elsewhere"), "eve", "al").await, Added::Added);
+    assert_eq!(create(&b, &room("third"), "al").await, Created::TooManyRooms);
+}
+
+async fn creating_a_private_room_counts_on_the_new_room_quota_only_when_made(b: Backend) {
+    // ROOMS_PER_USER_PER_HOUR=2, on the counter public rooms count on too.
+    let al = sender("al");
+    assert_eq!(create(&b, &room("p1"), "al").await, Created::Created);
+    assert_eq!(create(&b, &room("p1"), "al").await, Created::NameTaken);
+    assert_eq!(counted(&b, NewRooms::counter(al)).await, 1, "a name taken costs nothing");
+    assert_eq!(b.history.open_room(&room("pub"), al).await.expect("open_room"), RoomOpened::Open);
+    assert_eq!(counted(&b, NewRooms::counter(al)).await, 2);
+    match create(&b, &room("p2"), "al").await {
+        Created::QuotaRefused { retry_after } => {
+            assert!(
+                retry_after >= Duration::from_secs(1) && retry_after <= Duration::from_secs(3600),
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("over the quota: {other:?}"),
+    }
+    assert_eq!(counted(&b, NewRooms::counter(al)).await, 2, "a refusal is not counted");
+    assert_eq!(state(&b, &room("p2"), "al").await, RoomState::Missing, "nothing made");
+    assert_eq!(private_rooms(&b, "al").await, [("p1".to_owned(), OWNER)]);
+    // Adding members is no new room.
+    assert_eq!(add(&b, &room("p1"), "al", "bo").await, Added::Added);
+    assert_eq!(create(&b, &room("p2"), "bo").await, Created::Created, "others have their own quota");
+}
+
+async fn the_bounds_hold_under_concurrency(b: Backend) {
+    // MAX_ROOM_MEMBERS=3, MAX_PRIVATE_ROOMS_PER_USER=2.
+    const RACERS: usize = 6;
+    // One user added to many rooms at once: the bound's worth land.
+    for n in 0..RACERS {
+        assert_eq!(create(&b, &room(&format!("r{n}")), &format!("owner{n}")).await, Created::Created);
+    }
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let (b, start) = (b.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                add(&b, &room(&format!("r{n}")), &format!("owner{n}"), "zed").await
+            })
+        })
+        .collect();
+    let mut added = 0;
+    for racer in racers {
+        match within("an add", racer).await.expect("racer") {
+            Added::Added => added += 1,
+            Added::TooManyRooms => {}
+            other => panic!("only the bound refuses: {other:?}"),
+        }
+    }
+    assert_eq!(added, 2, "as many as the bound");
+    assert_eq!(private_rooms(&b, "zed").await.len(), 2);
+
+    // Many users added to one room at once: the room's worth land.
+    let crowd = room("crowd");
+    assert_eq!(create(&b, &crowd, "al").await, Created::Created);
+    let start = Arc::new(Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let (b, start, crowd) = (b.clone(), start.clone(), crowd.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                (n, add(&b, &crowd, "al", &format!("guest{n}")).await)
+            })
+        })
+        .collect();
+    let mut guests = Vec::new();
+    for racer in racers {
+        match within("an add", racer).await.expect("racer") {
+            (n, Added::Added) => guests.push(n),
+            (_, Added::RoomFull) => {}
+            other => panic!("only the room's bound refuses: {other:?}"),
+        }
+    }
+    assert_eq!(guests.len(), 2, "the owner and two more");
+    assert_eq!(members(&b, &crowd).await.expect("members").len(), 3);
+    for n in 0..RACERS {
+        let listed = private_rooms(&b, &format!("guest{n}")).await;
+        assert_eq!(listed.len(), usize::from(guests.contains(&n)), "guest{n}: {listed:?}");
+    }
+}
+
+async fn an_add_racing_a_removal_never_lets_a_user_past_their_bound(b: Backend) {
+    // MAX_PRIVATE_ROOMS_PER_USER=1: zed, a member of `home` or not, may be
+    // added to `other` exactly when they are not.
+    let (home, other) = (room("home"), room("other"));
+    assert_eq!(create(&b, &home, "al").await, Created::Created);
+    assert_eq!(create(&b, &other, "bo").await, Created::Created);
+    for round in 0..12 {
+        if add(&b, &home, "al", "zed").await != Added::AlreadyMember {
+            assert_eq!(state(&b, &home, "zed").await, RoomState::Private(Some(MEMBER)));
+        }
+        let start = Arc::new(Barrier::new(2));
+        let removing = {
+            let (b, start, home) = (b.clone(), start.clone(), home.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                remove(&b, &home, "al", "zed").await
+            })
+        };
+        let adding = {
+            let (b, start, home) = (b.clone(), start.clone(), home.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                add(&b, &home, "al", "zed").await
+            })
+        };
+        within("a removal", removing).await.expect("remover");
+        within("an add", adding).await.expect("adder");
+        let member = state(&b, &home, "zed").await == RoomState::Private(Some(MEMBER));
+        let listed = private_rooms(&b, "zed").await;
+        assert_eq!(listed.len(), usize::from(member), "round {round}: listed {listed:?}, member {member}");
+        let elsewhere = add(&b, &other, "bo", "zed").await;
+        if member {
+            assert_eq!(elsewhere, Added::TooManyRooms, "round {round}: a member of home is at the bound");
+        } else {
+            assert_eq!(elsewhere, Added::Added, "round {round}: not a member of home, zed has room");
+            assert!(matches!(remove(&b, &other, "bo", "zed").await, Removed::Removed { .. }));
+        }
+    }
+}
+
+async fn states_answer_for_many_pairs_at_once(b: Backend) {
+    let (al, bo) = (sender("al"), sender("bo"));
+    let mut pairs = Vec::new();
+    let mut want = Vec::new();
+    // Enough rooms to land in every group (and so, on a cluster, every master).
+    for n in 0..24 {
+        let (private, public, missing) =
+            (room(&format!("priv-{n}")), room(&format!("pub-{n}")), room(&format!("none-{n}")));
+        assert_eq!(create(&b, &private, "al").await, Created::Created);
+        if n % 2 == 0 {
+            assert_eq!(add(&b, &private, "al", "bo").await, Added::Added);
+        }
+        b.history.open_room(&public, bo).await.expect("open_room");
+        pairs.extend([(private.clone(), al), (private, bo), (public, al), (missing, bo)]);
+        want.extend([
+            RoomState::Private(Some(OWNER)),
+            RoomState::Private((n % 2 == 0).then_some(MEMBER)),
+            RoomState::Public,
+            RoomState::Missing,
+        ]);
+    }
+    pairs.push((RoomName::lobby(), al));
+    want.push(RoomState::Public);
+    assert_eq!(b.rooms.states(&pairs).await.expect("states"), want);
+    for ((room, user), want) in pairs.iter().zip(&want) {
+        assert_eq!(b.rooms.state(room, *user).await.expect("state"), *want, "{room}");
+    }
+    assert!(b.rooms.states(&[]).await.expect("states").is_empty());
+}
+
+async fn an_append_stores_nothing_where_the_sender_may_not_write(b: Backend) {
+    // ROOM_TTL_SECS=1
+    let inner = room("inner");
+    assert_eq!(create(&b, &inner, "al").await, Created::Created);
+    assert_eq!(b.history.append(&inner, said("bo", "let me in", None)).await.expect("append"), Appended::NotVisible);
+    append_new(&b, &inner, said("al", "members only", None)).await;
+    assert_eq!(add(&b, &inner, "al", "bo").await, Added::Added);
+    append_new(&b, &inner, said("bo", "in", Some("c1"))).await;
+    assert!(matches!(remove(&b, &inner, "al", "bo").await, Removed::Removed { .. }));
+    assert_eq!(b.history.append(&inner, said("bo", "still here?", None)).await.expect("append"), Appended::NotVisible);
+    assert_eq!(
+        b.history.append(&inner, said("bo", "in", Some("c1"))).await.expect("append"),
+        Appended::NotVisible,
+        "not even a resend"
+    );
+    assert_eq!(who_said(&all(&b, &inner).await), [("al", "members only"), ("bo", "in")]);
+
+    // A direct room is its two members'.
+    let direct = RoomName::direct(sender("al"), sender("bo"));
+    assert_eq!(b.history.append(&direct, said("cy", "hi both", None)).await.expect("append"), Appended::NotVisible);
+    append_new(&b, &direct, said("bo", "hi al", None)).await;
+    append_new(&b, &direct, said("al", "hi bo", None)).await;
+    assert_eq!(who_said(&all(&b, &direct).await), [("bo", "hi al"), ("al", "hi bo")]);
+
+    // A public room's name that has become a private room's.
+    let was = room("was-public");
+    append_new(&b, &was, said("bo", "public words", None)).await;
+    let (backend, was_ref) = (&b, &was);
+    eventually("the public room to expire", || async move {
+        !backend.history.room_exists(was_ref).await.expect("room_exists")
+    })
+    .await;
+    assert_eq!(create(&b, &was, "al").await, Created::Created);
+    assert!(all(&b, &was).await.is_empty(), "a private room does not inherit a public room's history");
+    assert_eq!(b.history.append(&was, said("bo", "anyone?", None)).await.expect("append"), Appended::NotVisible);
+    append_new(&b, &was, said("al", "mine now", None)).await;
+    assert_eq!(who_said(&all(&b, &was).await), [("al", "mine now")]);
+}
+
+async fn private_and_direct_rooms_never_expire(b: Backend) {
+    // ROOM_TTL_SECS=1
+    let (inner, public) = (room("inner"), room("fleeting"));
+    let direct = RoomName::direct(sender("al"), sender("bo"));
+    assert_eq!(create(&b, &inner, "al").await, Created::Created);
+    append_new(&b, &inner, said("al", "kept", None)).await;
+    append_new(&b, &direct, said("al", "kept too", None)).await;
+    assert_eq!(b.history.open_room(&direct, sender("al")).await.expect("open_room"), RoomOpened::Open);
+    b.history.open_room(&public, sender("al")).await.expect("open_room");
+    append_new(&b, &public, said("al", "soon gone", None)).await;
+    let (backend, public_ref) = (&b, &public);
+    eventually("the public room to expire", || async move {
+        !backend.history.room_exists(public_ref).await.expect("room_exists")
+    })
+    .await;
+    assert!(all(&b, &public).await.is_empty());
+    assert_eq!(who_said(&all(&b, &inner).await), [("al", "kept")]);
+    assert_eq!(who_said(&all(&b, &direct).await), [("al", "kept too")]);
+    assert!(b.history.room_exists(&inner).await.expect("room_exists"));
+    assert!(b.history.room_exists(&direct).await.expect("room_exists"));
+    assert_eq!(state(&b, &inner, "al").await, RoomState::Private(Some(OWNER)));
+}
+
+async fn a_first_message_into_a_direct_room_counts_on_the_senders_direct_quota(b: Backend) {
+    // DIRECT_PER_USER_PER_HOUR=2, ROOMS_PER_USER_PER_HOUR=1.
+    let (al, bo, cy) = (sender("al"), sender("bo"), sender("cy"));
+    let direct_count = |who: UserId| counted(&b, RoomLimits::direct_counter(who));
+    let (al_bo, al_cy, al_dee) =
+        (RoomName::direct(al, bo), RoomName::direct(al, cy), RoomName::direct(al, sender("dee")));
+    // Opening a direct room makes nothing, and costs nothing.
+    assert_eq!(b.history.open_room(&al_bo, al).await.expect("open_room"), RoomOpened::Open);
+    assert!(!b.history.room_exists(&al_bo).await.expect("room_exists"));
+    assert!(b.history.user_rooms(al, 10).await.expect("user_rooms").is_empty());
+    assert_eq!(direct_count(al).await, 0);
+
+    append_new(&b, &al_bo, said("al", "hi bo", None)).await;
+    append_new(&b, &al_bo, said("al", "again", None)).await;
+    append_new(&b, &al_bo, said("bo", "replying is free", None)).await;
+    assert_eq!(direct_count(al).await, 1);
+    assert_eq!(direct_count(bo).await, 0);
+    append_new(&b, &al_cy, said("al", "hi cy", None)).await;
+    assert_eq!(b.history.append(&al_dee, said("al", "hi dee", None)).await.expect("append"), Appended::NewRoomRefused);
+    assert!(all(&b, &al_dee).await.is_empty(), "nothing stored");
+    assert!(!b.history.room_exists(&al_dee).await.expect("room_exists"));
+    assert_eq!(direct_count(al).await, 3, "a refused attempt counts too, as for rooms");
+    assert_eq!(counted(&b, NewRooms::counter(al)).await, 0, "not on the new-room quota");
+    // The other side may start it, on their own quota.
+    append_new(&b, &al_dee, said("dee", "hi al", None)).await;
+    append_new(&b, &al_dee, said("al", "hi dee", None)).await;
+    // And a new public room still costs a new room, not a conversation.
+    assert_eq!(b.history.open_room(&room("plaza"), al).await.expect("open_room"), RoomOpened::Open);
+    assert_eq!(direct_count(al).await, 3);
+}
+
+async fn direct_lists_hold_each_conversation_once_most_recent_first(b: Backend) {
+    let (al, bo, cy) = (user("al"), user("bo"), user("cy"));
+    let (al_bo, al_cy) = (RoomName::direct(al.id, bo.id), RoomName::direct(al.id, cy.id));
+    let at = |ms: i64| UnixMillis::from_millis(1_700_000_000_000 + ms);
+    let listed = |who: UserId, limit: usize| {
+        let b = b.clone();
+        async move { b.rooms.direct_rooms(who, limit).await.expect("direct_rooms") }
+    };
+    assert!(listed(al.id, 10).await.is_empty());
+    b.rooms.note_direct(&al_bo, &al, &bo, at(1)).await.expect("note_direct");
+    b.rooms.note_direct(&al_cy, &cy, &al, at(2)).await.expect("note_direct");
+    assert_eq!(listed(al.id, 10).await, [(al_cy.clone(), "cy".to_owned()), (al_bo.clone(), "bo".to_owned())]);
+    assert_eq!(listed(bo.id, 10).await, [(al_bo.clone(), "al".to_owned())], "each side sees the other's name");
+    assert_eq!(listed(cy.id, 10).await, [(al_cy.clone(), "al".to_owned())]);
+
+    // A later message moves a conversation up; an earlier one (late news) does not.
+    b.rooms.note_direct(&al_bo, &bo, &al, at(3)).await.expect("note_direct");
+    assert_eq!(listed(al.id, 10).await, [(al_bo.clone(), "bo".to_owned()), (al_cy.clone(), "cy".to_owned())]);
+    b.rooms.note_direct(&al_cy, &al, &cy, at(0)).await.expect("note_direct");
+    assert_eq!(
+        listed(al.id, 10).await,
+        [(al_bo.clone(), "bo".to_owned()), (al_cy.clone(), "cy".to_owned())],
+        "idempotent"
+    );
+    assert_eq!(listed(al.id, 1).await, [(al_bo.clone(), "bo".to_owned())]);
+    assert!(listed(al.id, 0).await.is_empty());
+    assert!(b.rooms.note_direct(&al_bo, &al, &cy, at(4)).await.is_err(), "a room that is not the pair's");
+    assert_eq!(listed(cy.id, 10).await, [(al_cy, "al".to_owned())], "and nothing written by it");
+}
+
 // ----------------------------------------------------------------- bus --
 
-fn some_events() -> [Event; 3] {
+fn some_events() -> [Event; 5] {
     [
         Event::Logout {
             user_id: UserId::new_v4(),
@@ -950,6 +1564,18 @@ fn some_events() -> [Event; 3] {
             sessions: vec![],
             everywhere: true,
             reason: EndReason::LoggedOut,
+            at: None,
+        },
+        Event::Access {
+            room: "team".into(),
+            user: Some(UserId::new_v4()),
+            change: AccessChange::Removed,
+            at: Some(palaver::clock::UnixMillis::now()),
+        },
+        Event::Access {
+            room: RoomName::direct(UserId::new_v4(), UserId::new_v4()).to_string(),
+            user: None,
+            change: AccessChange::Deleted,
             at: None,
         },
     ]
@@ -992,17 +1618,160 @@ mod redis_only {
         let one = redis(server, "instance-1", &[]).await;
         let two = redis(server, "instance-2", &[]).await;
         let (mut hears_one, mut hears_two) = (one.bus.subscribe(), two.bus.subscribe());
-        let [a, b, c] = some_events();
+        let [a, rest @ ..] = some_events();
 
         one.bus.publish(&a).await.expect("publish");
         assert_eq!(next_event(&mut hears_two).await, a, "the other instance hears it");
         assert_eq!(next_event(&mut hears_one).await, a, "and so does the publisher");
-        two.bus.publish(&b).await.expect("publish");
-        two.bus.publish(&c).await.expect("publish");
-        for hears in [&mut hears_one, &mut hears_two] {
-            assert_eq!(next_event(hears).await, b);
-            assert_eq!(next_event(hears).await, c);
+        for event in &rest {
+            two.bus.publish(event).await.expect("publish");
         }
+        for hears in [&mut hears_one, &mut hears_two] {
+            for event in &rest {
+                assert_eq!(&next_event(hears).await, event);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn private_and_direct_rooms_carry_no_ttl_on_a_redis() {
+        no_ttl_for_lasting_rooms(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn private_and_direct_rooms_carry_no_ttl_on_a_cluster() {
+        no_ttl_for_lasting_rooms(&RedisCluster::start()).await
+    }
+
+    /// `PTTL`: -1 no expiry, -2 no key, else the milliseconds left.
+    fn pttl(server: &dyn TestRedis, key: &str) -> i64 {
+        let reply = server.command(&["PTTL", key]).expect("PTTL");
+        reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("PTTL {key}: {reply:?}"))
+    }
+
+    async fn no_ttl_for_lasting_rooms(server: &dyn TestRedis) {
+        use palaver::backend::redis::keys;
+        let b = redis(server, "instance-1", &[]).await;
+        let (inner, public) = (room("inner"), room("public"));
+        let direct = RoomName::direct(sender("al"), sender("bo"));
+        assert_eq!(create(&b, &inner, "al").await, Created::Created);
+        append_new(&b, &inner, said("al", "kept", Some("c1"))).await;
+        assert_eq!(add(&b, &inner, "al", "bo").await, Added::Added);
+        assert_eq!(b.history.open_room(&inner, sender("bo")).await.expect("open_room"), RoomOpened::Private);
+        append_new(&b, &direct, said("al", "kept too", Some("c1"))).await;
+        assert_eq!(b.history.open_room(&direct, sender("bo")).await.expect("open_room"), RoomOpened::Open);
+        append_new(&b, &direct, said("bo", "and this", None)).await;
+        b.history.open_room(&public, sender("al")).await.expect("open_room");
+        append_new(&b, &public, said("al", "fleeting", None)).await;
+        b.rooms.note_direct(&direct, &user("al"), &user("bo"), UnixMillis::now()).await.expect("note_direct");
+
+        for key in [keys::messages(&inner), keys::meta(&inner), keys::members(&inner)] {
+            assert_eq!(pttl(server, &key), -1, "{key} never expires");
+        }
+        assert_eq!(pttl(server, &keys::active(&inner)), -2, "a private room is no public room in use");
+        for key in [keys::messages(&direct), keys::active(&direct)] {
+            assert_eq!(pttl(server, &key), -1, "{key} never expires");
+        }
+        assert_eq!(pttl(server, &keys::meta(&direct)), -2, "a direct room has no meta");
+        for who in ["al", "bo"] {
+            for key in [
+                keys::user_private(sender(who)),
+                keys::user_private_seq(sender(who)),
+                keys::user_direct(sender(who)),
+                keys::user_direct_names(sender(who)),
+            ] {
+                assert_eq!(pttl(server, &key), -1, "{key} never expires");
+            }
+        }
+        // A public room keeps its lifetime.
+        for key in [keys::messages(&public), keys::active(&public)] {
+            assert!(pttl(server, &key) > 0, "{key} expires");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_index_of_private_rooms_drops_stale_entries_on_a_redis() {
+        stale_index_entries(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_users_index_of_private_rooms_drops_stale_entries_on_a_cluster() {
+        stale_index_entries(&RedisCluster::start()).await
+    }
+
+    fn index_len(server: &dyn TestRedis, who: &str) -> usize {
+        let key = palaver::backend::redis::keys::user_private(sender(who));
+        let reply = server.command(&["ZCARD", &key]).expect("ZCARD");
+        reply.trim().trim_start_matches(':').parse().expect("a count")
+    }
+
+    /// Entries as a crash between a room's step and the user's would leave
+    /// them: for no room, for a public room, for a private room the user is
+    /// not in, with a token above any the user's counter gave.
+    fn plant_stale_entries(server: &dyn TestRedis, who: &str) {
+        let key = palaver::backend::redis::keys::user_private(sender(who));
+        for name in ["ghost", "plaza", "theirs"] {
+            assert_eq!(server.command(&["ZADD", &key, "1000000", name]).as_deref(), Some(":1\r\n"), "{name}");
+        }
+    }
+
+    async fn stale_index_entries(server: &dyn TestRedis) {
+        let vars = [("MAX_PRIVATE_ROOMS_PER_USER", "2"), ("MAX_ROOM_MEMBERS", "2")];
+        let b = redis(server, "instance-1", &vars).await;
+        assert_eq!(create(&b, &room("real"), "al").await, Created::Created);
+        b.history.open_room(&room("plaza"), sender("bo")).await.expect("open_room");
+        assert_eq!(create(&b, &room("theirs"), "bo").await, Created::Created);
+        plant_stale_entries(server, "al");
+        assert_eq!(index_len(server, "al"), 4);
+
+        // Read: only the memberships show, and the stale entries go.
+        assert_eq!(private_rooms(&b, "al").await, [("real".to_owned(), OWNER)]);
+        assert_eq!(index_len(server, "al"), 1);
+
+        // At the bound because of stale entries: they go, and the user is let in.
+        plant_stale_entries(server, "al");
+        assert_eq!(create(&b, &room("second"), "al").await, Created::Created);
+        assert_eq!(index_len(server, "al"), 2);
+        assert_eq!(remove(&b, &room("second"), "al", "al").await, Removed::Removed { new_owner: None, deleted: true });
+        assert_eq!(index_len(server, "al"), 1, "a removal drops its entry");
+
+        // The dropped entry fenced `theirs` with its token: an add now
+        // reserves above it, and lands.
+        plant_stale_entries(server, "al");
+        assert_eq!(add(&b, &room("theirs"), "bo", "al").await, Added::Added);
+        assert_eq!(private_rooms(&b, "al").await, [("real".to_owned(), OWNER), ("theirs".to_owned(), MEMBER)]);
+        assert_eq!(index_len(server, "al"), 2);
+
+        // A refused add leaves nothing in the user's index.
+        assert_eq!(add(&b, &room("theirs"), "bo", "cy").await, Added::RoomFull);
+        assert_eq!(add(&b, &room("ghost"), "bo", "cy").await, Added::NotFound);
+        assert_eq!(index_len(server, "cy"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_private_room_leaves_no_key_on_a_redis() {
+        nothing_left_of_a_deleted_room(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_private_room_leaves_no_key_on_a_cluster() {
+        nothing_left_of_a_deleted_room(&RedisCluster::start()).await
+    }
+
+    async fn nothing_left_of_a_deleted_room(server: &dyn TestRedis) {
+        let b = redis(server, "instance-1", &[]).await;
+        let gone = room("gone");
+        assert_eq!(create(&b, &gone, "al").await, Created::Created);
+        assert_eq!(add(&b, &gone, "al", "bo").await, Added::Added);
+        append_new(&b, &gone, said("al", "soon gone", None)).await;
+        b.presence.update("i1", &[(gone.clone(), "al".into())], &[], Duration::from_secs(60)).await.expect("update");
+        assert!(matches!(remove(&b, &gone, "al", "al").await, Removed::Removed { deleted: false, .. }));
+        let marker = ":gone:";
+        assert!(server.all_keys().iter().any(|k| k.contains(marker)), "the room has keys while it lives");
+        assert!(matches!(remove(&b, &gone, "bo", "bo").await, Removed::Removed { deleted: true, .. }));
+        let left: Vec<String> = server.all_keys().into_iter().filter(|k| k.contains(marker)).collect();
+        assert!(left.is_empty(), "nothing of the room is left: {left:?}");
+        assert_eq!(index_len(server, "al") + index_len(server, "bo"), 0, "nor in its members' indexes");
     }
 
     /// The Redis backend's sources, file by file.

@@ -1,6 +1,7 @@
-//! Room history and rooms: a stream per room, an `active` key that says the
-//! room exists, per-user lists of opened rooms and read markers, and the
-//! tails that follow the streams.
+//! Room history and rooms: a stream per room, an `active` key that says a
+//! public room (or a direct room with a message) exists, per-user lists of
+//! opened rooms and read markers, and the tails that follow the streams.
+//! Private rooms exist by their `meta` key (`rooms`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -14,7 +15,7 @@ use super::{
     RedisBackend,
 };
 use crate::{
-    backend::{rules, Counters, History, RoomOpened, StoreError, StoreResult},
+    backend::{rules, Counters, History, RoomOpened, RoomState, StoreError, StoreResult},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, UserId},
 };
@@ -75,18 +76,30 @@ impl RedisBackend {
 
 #[async_trait]
 impl History for RedisBackend {
-    /// Three steps (docs/cluster.md, "Appending"): read the room (a resend?
-    /// does it exist?), charge the sender (rate, new-room quota), store in
-    /// the room (and, with `REDIS_WAIT_REPLICAS`, wait for the replicas).
+    /// Three steps (docs/cluster.md, "Appending"): read the room (may the
+    /// sender write here? a resend? does it exist?), charge the sender
+    /// (rate, new-room quota), store in the room if the sender still may
+    /// (and, with `REDIS_WAIT_REPLICAS`, wait for the replicas).
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
+        if room.is_direct() && room.other_member(message.sender).is_none() {
+            return Ok(Appended::NotVisible);
+        }
         let client_id = message.client_id.clone().filter(|c| !c.is_empty());
         let dedupe = client_id.as_deref().map(|cid| keys::sent(room, message.sender, cid));
         let now = UnixMillis::now();
+        let sender: Value = message.sender.to_string().into();
 
-        // 1. The room: a resend, and whether the room exists.
-        let mut check_keys = vec![keys::active(room)];
+        // 1. The room: its kind, a resend, and whether the room exists.
+        let mut check_keys = vec![keys::active(room), keys::meta(room), keys::members(room)];
         check_keys.extend(dedupe.clone());
-        let (seen, exists): (String, i64) = self.conn.run(&SCRIPTS.append_check, check_keys, vec![]).await?;
+        let (seen, exists, kind): (String, i64, i64) =
+            self.conn.run(&SCRIPTS.append_check, check_keys, vec![sender.clone()]).await?;
+        let kind = match kind {
+            _ if room.is_direct() => "direct",
+            0 => "public",
+            1 => "private",
+            _ => return Ok(Appended::NotVisible),
+        };
         if !seen.is_empty() {
             if let Some(id) = self.confirm_resend(dedupe.as_deref().expect("seen by its key")).await? {
                 return Ok(Appended::Duplicate(id));
@@ -95,16 +108,22 @@ impl History for RedisBackend {
             // resend now comes after the window, and is stored anew.
         }
 
-        // 2. The sender: their rate, and their quota if the room is new.
+        // 2. The sender: their rate, and their quota if the room is new
+        // (of new conversations, for a direct room).
         let new_room = exists == 0 && !room.is_lobby();
-        let take_keys = vec![keys::rate(message.sender), keys::new_rooms(message.sender)];
+        let (counter, quota) = if room.is_direct() {
+            (keys::new_direct(message.sender), self.room_limits.new_direct)
+        } else {
+            (keys::new_rooms(message.sender), self.new_rooms)
+        };
+        let take_keys = vec![keys::rate(message.sender), counter];
         let take_args: Vec<Value> = vec![
             millis(now),
             self.user_rate.rate.into(),
             self.user_rate.burst.into(),
             (if new_room { "1" } else { "0" }).into(),
-            (self.new_rooms.max as i64).into(),
-            (self.new_rooms.window.as_millis() as i64).into(),
+            (quota.max as i64).into(),
+            (quota.window.as_millis() as i64).into(),
         ];
         match self.conn.run::<i64>(&SCRIPTS.append_take, take_keys, take_args).await? {
             2 => return Ok(Appended::Throttled),
@@ -112,8 +131,9 @@ impl History for RedisBackend {
             _ => {}
         }
 
-        // 3. The room: store (unless a resend got there first), then WAIT.
-        let mut store_keys = vec![keys::messages(room), keys::active(room)];
+        // 3. The room: store (unless a resend got there first, or the
+        // sender may no longer write here), then WAIT.
+        let mut store_keys = vec![keys::messages(room), keys::active(room), keys::meta(room), keys::members(room)];
         store_keys.extend(dedupe);
         let args: Vec<Value> = vec![
             (self.history_max_len as i64).into(),
@@ -125,9 +145,14 @@ impl History for RedisBackend {
             (self.dedupe_window.as_secs() as i64).into(),
             millis(now),
             (self.room_ttl.as_millis() as i64).into(),
+            kind.into(),
+            sender,
         ];
         let (id, stored): (String, i64) =
             self.conn.run_durably(Call::new(&SCRIPTS.append_store, store_keys, args)).await?.convert()?;
+        if stored == 2 {
+            return Ok(Appended::NotVisible);
+        }
         let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
         Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
     }
@@ -235,25 +260,37 @@ impl History for RedisBackend {
     }
 
     async fn room_exists(&self, room: &RoomName) -> StoreResult<bool> {
-        let exists: i64 = self.conn.timed("exists", self.conn.fast.exists(keys::active(room))).await?;
-        Ok(exists == 1)
+        // Two keys of one slot: one command on a cluster too.
+        let exists: i64 =
+            self.conn.timed("exists", self.conn.fast.exists(vec![keys::active(room), keys::meta(room)])).await?;
+        Ok(exists > 0)
     }
 
-    /// Like an append (docs/cluster.md, "Opening a room"): does the room
-    /// exist? If not, charge the user's quota; then the room's part and the
-    /// user's part, in different slots: two script calls, one round trip.
+    /// Like an append (docs/cluster.md, "Opening a room"): what is the
+    /// room? If it does not exist, charge the user's quota; then the room's
+    /// part and the user's part, in different slots: two script calls, one
+    /// round trip.
     async fn open_room(&self, room: &RoomName, user: UserId) -> StoreResult<RoomOpened> {
-        if !room.is_lobby() && !self.room_exists(room).await? {
-            let counted = self.incr(&[rules::NewRooms::counter(user)], self.new_rooms.window).await?;
-            if let Err(retry_after) = self.new_rooms.allows(counted[0]) {
-                return Ok(RoomOpened::NewRoomRefused { retry_after });
+        if room.is_direct() {
+            return Ok(RoomOpened::Open);
+        }
+        if !room.is_lobby() {
+            match self.room_state(room, user).await?.0 {
+                RoomState::Private(_) => return Ok(RoomOpened::Private),
+                RoomState::Public => {}
+                RoomState::Missing => {
+                    let counted = self.incr(&[rules::NewRooms::counter(user)], self.new_rooms.window).await?;
+                    if let Err(retry_after) = self.new_rooms.allows(counted[0]) {
+                        return Ok(RoomOpened::NewRoomRefused { retry_after });
+                    }
+                }
             }
         }
         let (now, ttl) = (millis(UnixMillis::now()), Value::from(self.room_ttl.as_millis() as i64));
         let calls = [
             Call::new(
                 &SCRIPTS.open_room,
-                vec![keys::active(room), keys::messages(room)],
+                vec![keys::active(room), keys::messages(room), keys::meta(room)],
                 vec![now.clone(), ttl.clone()],
             ),
             Call::new(
@@ -262,7 +299,13 @@ impl History for RedisBackend {
                 vec![room.as_str().into(), now, ttl, (rules::USER_ROOMS_KEPT as i64).into()],
             ),
         ];
-        self.conn.run_all(&calls).await?;
+        let opened: i64 = self.conn.run_all(&calls).await?.swap_remove(0).convert()?;
+        if opened == 0 {
+            // The name became a private room's since it was read: the
+            // user's list must not name it.
+            self.conn.timed("zrem", self.conn.fast.zrem::<(), _, _>(keys::user_rooms(user), room.as_str())).await?;
+            return Ok(RoomOpened::Private);
+        }
         Ok(RoomOpened::Open)
     }
 

@@ -64,6 +64,31 @@ pub fn rate(user: UserId) -> String {
 pub fn new_rooms(user: UserId) -> String {
     counter(&rules::NewRooms::counter(user))
 }
+/// The user's quota of new direct conversations, charged like
+/// [`new_rooms`] ([`rules::RoomLimits::direct_counter`]).
+pub fn new_direct(user: UserId) -> String {
+    counter(&rules::RoomLimits::direct_counter(user))
+}
+/// The private rooms the user is a member of: room -> the token of the
+/// add that put it there. Its size is what
+/// `MAX_PRIVATE_ROOMS_PER_USER` bounds: reserved before the room is
+/// written, released after (docs/cluster.md, "Private rooms").
+pub fn user_private(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:private")
+}
+/// Where the tokens of [`user_private`] come from: one counter per user,
+/// so that they only ever grow.
+pub fn user_private_seq(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:private-seq")
+}
+/// The user's direct conversations: room -> their last message (ms).
+pub fn user_direct(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:direct")
+}
+/// The other member's name, per direct room of [`user_direct`].
+pub fn user_direct_names(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:direct-names")
+}
 /// Must match tower-sessions-redis-store, which keys a session by its id.
 pub fn session(id: &Id) -> String {
     id.to_string()
@@ -89,6 +114,20 @@ pub fn sent(name: &RoomName, user: UserId, client_id: &str) -> String {
 }
 pub fn presence(name: &RoomName) -> String {
     room(name, "presence")
+}
+/// A private room: `kind`, `owner`, `created_at`, and `joins` (members
+/// ever added, which orders them). Its existence makes the name private.
+pub fn meta(name: &RoomName) -> String {
+    room(name, "meta")
+}
+/// A private room's members: user id -> `<n>:<joined_at>:<token>:<name>`.
+pub fn members(name: &RoomName) -> String {
+    room(name, "members")
+}
+/// A private room's fence: user id -> the newest token of that user's
+/// memberships removed (an add reserved before it is too late).
+pub fn left(name: &RoomName) -> String {
+    room(name, "left")
 }
 /// Pokes one instance's tail of one group: in the group's slot, so the
 /// same `XREAD` waits on it.
@@ -127,13 +166,17 @@ mod tests {
     fn every_key_of_a_room_is_in_its_groups_slot_and_every_key_of_a_user_in_the_users() {
         let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
         let user = UserId::new_v4();
-        for name in ["lobby", "a", "rust-users", "0"] {
-            let room = RoomName::parse(name).unwrap();
+        let direct = RoomName::direct(user, UserId::new_v4());
+        let rooms = ["lobby", "a", "rust-users", "0"].map(|name| RoomName::parse(name).unwrap());
+        for room in rooms.into_iter().chain([direct]) {
             let group = slot(&wake(room_group(&room), "i1"));
             for key in [
                 messages(&room),
                 active(&room),
                 presence(&room),
+                meta(&room),
+                members(&room),
+                left(&room),
                 sent(&room, user, "c{1}"),
                 wake(room_group(&room), "other"),
             ] {
@@ -141,7 +184,17 @@ mod tests {
             }
         }
         let own = slot(&rate(user));
-        for key in [user_sessions(user), user_rooms(user), new_rooms(user), user_read(user)] {
+        for key in [
+            user_sessions(user),
+            user_rooms(user),
+            new_rooms(user),
+            new_direct(user),
+            user_read(user),
+            user_private(user),
+            user_private_seq(user),
+            user_direct(user),
+            user_direct_names(user),
+        ] {
             assert_eq!(slot(&key), own, "{key}");
         }
     }

@@ -21,6 +21,7 @@ mod counters;
 mod health;
 mod history;
 mod presence;
+mod rooms;
 mod scripts;
 mod session_index;
 mod subscriber;
@@ -47,6 +48,7 @@ pub struct RedisBackend {
     room_ttl: Duration,
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
+    room_limits: rules::RoomLimits,
 }
 
 impl RedisBackend {
@@ -80,6 +82,7 @@ impl RedisBackend {
             room_ttl: rules::room_ttl(config),
             user_rate: rules::UserRate::from_config(config),
             new_rooms: rules::NewRooms::from_config(config),
+            room_limits: rules::RoomLimits::from_config(config),
         })
     }
 

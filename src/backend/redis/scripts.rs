@@ -71,6 +71,16 @@ scripts! {
     wake,
     presence_update,
     presence_online,
+    room_state,
+    room_create,
+    room_add,
+    room_remove,
+    room_members,
+    room_fence,
+    private_reserve,
+    private_release,
+    direct_note,
+    direct_list,
 }
 
 /// The scripts, with their digests computed once.
