@@ -4,21 +4,27 @@
 //! fixes the documented ones. A value that does not parse, or a number
 //! outside its range, is an error that names the variable: a typo must not
 //! silently fall back to a default, and no value may overflow later.
+//!
+//! [`Config`] is a list of sections, each read on its own; the rules that
+//! tie variables of different sections together are checked once all are
+//! read ([`Config::from_lookup`]).
 
 use std::{collections::HashMap, net::SocketAddr, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use crate::net::{normalize_origin, Network};
 
-/// Which store backs users, sessions, events and history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// Redis at `REDIS_URL` if set (required), else try the local default and
-    /// fall back to the in-process backend.
-    Auto,
-    /// Redis is required.
-    Redis,
-    /// The in-process backend: one instance, nothing survives a restart.
-    Memory,
+/// The whole runtime configuration, by section.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log_format: LogFormat,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub sessions: SessionsConfig,
+    pub tokens: TokensConfig,
+    pub throttle: ThrottleConfig,
+    pub connections: ConnectionsConfig,
+    pub sockets: SocketsConfig,
+    pub chat: ChatConfig,
 }
 
 /// How log lines are written (`LOG_FORMAT`).
@@ -30,6 +36,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the instance listens, who it answers as, and how it stops.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen_addr: SocketAddr,
+    /// `None` means "derived from the bound address" (see [`ServerConfig::resolve_origin`]).
+    pub public_origin: Option<String>,
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (for throttling).
+    pub trusted_proxies: Vec<Network>,
+    /// `None` means "true when the public origin is https".
+    pub cookie_secure: Option<bool>,
+    pub tls: Option<TlsPaths>,
+    /// Serve plain HTTP on a non-loopback address although `PUBLIC_ORIGIN`
+    /// is not https (see [`ServerConfig::check`]).
+    pub allow_insecure_http: bool,
+    /// Where `GET /metrics` (Prometheus text) is served; `None`: nowhere,
+    /// and nothing is recorded. Never the public listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long graceful shutdown waits for sockets and requests to finish.
+    pub shutdown_grace: Duration,
+    /// How long `/readyz` says 503 before a graceful shutdown closes
+    /// anything, so that load balancers stop sending upgrades first.
+    pub shutdown_drain: Duration,
+}
+
 /// Both halves of a TLS identity; present only when both variables are set.
 #[derive(Debug, Clone)]
 pub struct TlsPaths {
@@ -37,52 +68,117 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
-/// The whole runtime configuration.
+/// Which store backs users, sessions, events and history, and how durable
+/// an append must be before it is acknowledged.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub listen_addr: SocketAddr,
-    pub redis_url: Option<String>,
+pub struct StoreConfig {
     pub backend: BackendChoice,
-    /// `None` means "derived from the bound address" (see [`Config::resolve_origin`]).
-    pub public_origin: Option<String>,
-    pub allowed_origins: Vec<String>,
-    /// Proxies whose `X-Forwarded-For` names the client (for throttling).
-    pub trusted_proxies: Vec<Network>,
-    /// `None` means "true when the public origin is https".
-    pub cookie_secure: Option<bool>,
-    pub session_ttl: Duration,
-    pub session_max_lifetime: Duration,
+    pub redis_url: Option<String>,
+    /// Replicas an appended message must reach before it is acknowledged
+    /// (`WAIT`, `REDIS_WAIT_REPLICAS`). `None`: 1 on a Redis Cluster, 0 (no
+    /// wait) on a single Redis.
+    pub wait_replicas: Option<u32>,
+    /// How long an append waits for them before the sender is told the
+    /// message may or may not be stored (`REDIS_WAIT_TIMEOUT_MS`).
+    pub wait_timeout: Duration,
+}
+
+/// Which store backs users, sessions, events and history (`PALAVER_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Redis at `REDIS_URL` if set (required), else try the local default and
+    /// fall back to the in-process backend.
+    Auto,
+    /// Redis is required.
+    Redis,
+    /// The in-process backend: one instance, nothing survives a restart.
+    Memory,
+}
+
+/// How long a session lives, and how its sockets learn that it ends.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    /// Idle lifetime (`SESSION_TTL_SECS`).
+    pub ttl: Duration,
+    /// Absolute lifetime, counted from sign-in (`SESSION_MAX_LIFETIME_SECS`).
+    pub max_lifetime: Duration,
+    /// How long before a socket's deadline it is asked to reauthenticate
+    /// (`REAUTH_WARNING_SECS`); it depends on the token lifetime too, so
+    /// [`Config::from_lookup`] decides it once every section is read.
     pub reauth_warning: Duration,
+    /// Period of the sweep that re-checks every open socket's session
+    /// (`REVALIDATE_INTERVAL_SECS`).
     pub revalidate_interval: Duration,
+}
+
+/// Access tokens (docs/protocol.md §5).
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// The PKCS#8 PEM of the Ed25519 signing key (`TOKEN_SIGNING_KEY`;
+    /// `None`: one is generated and shared through the store).
+    pub signing_key: Option<PathBuf>,
+    /// Public keys of earlier signing keys still accepted (`TOKEN_PREVIOUS_KEYS`).
+    pub previous_keys: Vec<PathBuf>,
+    /// `ACCESS_TOKEN_TTL_SECS`.
+    pub access_ttl: Duration,
+    /// A spent refresh token presented again within this gets the same
+    /// successor (a retry, a second tab); after it, the session ends
+    /// (`REFRESH_REUSE_GRACE_SECS`).
+    pub refresh_reuse_grace: Duration,
+}
+
+/// How many guesses and registrations one client may make.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// Sign-in attempts per (user name, client) and window, a successful
+    /// one forgiven (`LOGIN_MAX_FAILURES`).
     pub login_max_failures: u32,
     pub login_window: Duration,
-    /// Registrations one client may attempt per window.
+    /// Registrations one client may attempt per window (`REGISTER_MAX_PER_ADDRESS`).
     pub register_max_per_address: u32,
     pub register_window: Duration,
-    pub tls: Option<TlsPaths>,
-    /// Access tokens (docs/protocol.md §5): the PKCS#8 PEM of the Ed25519
-    /// signing key (`None`: one is generated and shared through the store),
-    /// and public keys of earlier signing keys still accepted.
-    pub token_signing_key: Option<PathBuf>,
-    pub token_previous_keys: Vec<PathBuf>,
-    pub access_token_ttl: Duration,
-    /// A spent refresh token presented again within this gets the same
-    /// successor (a retry, a second tab); after it, the session ends.
-    pub refresh_reuse_grace: Duration,
-    /// Serve plain HTTP on a non-loopback address although `PUBLIC_ORIGIN`
-    /// is not https (see [`Config::check`]).
-    pub allow_insecure_http: bool,
-    pub log_format: LogFormat,
-    /// Open WebSockets one instance accepts before answering 503.
+}
+
+/// What a connection, HTTP or WebSocket, may hold and how long it may wait.
+#[derive(Debug, Clone)]
+pub struct ConnectionsConfig {
+    /// Open connections, HTTP and WebSocket together; the effective cap is
+    /// also kept below the open-file limit (`MAX_OPEN_CONNECTIONS`).
+    pub max_open: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub http_idle_timeout: Duration,
+    /// HTTP/1 request headers must arrive within this (hyper counts from the
+    /// previous response on a kept-alive connection).
+    pub http_header_timeout: Duration,
+    /// A request, its body included, must be answered within this (408).
+    pub http_request_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+}
+
+/// How many WebSockets may be open, and what one socket may do.
+#[derive(Debug, Clone)]
+pub struct SocketsConfig {
+    /// Open WebSockets one instance accepts before answering 503
+    /// (`MAX_CONNECTIONS`).
     pub max_connections: usize,
     /// Open WebSockets one user, or one session, may have on an instance
-    /// before upgrades answer 429.
-    pub max_sockets_per_user: usize,
-    pub max_sockets_per_session: usize,
+    /// before upgrades answer 429 (`MAX_SOCKETS_PER_USER`, `MAX_SOCKETS_PER_SESSION`).
+    pub max_per_user: usize,
+    pub max_per_session: usize,
     /// Sustained `send` frames per second one socket may make.
     pub message_rate: f64,
     /// How many `send` frames a socket may burst above the rate.
     pub message_burst: u32,
+    /// Server ping period on every socket (`WS_PING_INTERVAL_SECS`).
+    pub ping_interval: Duration,
+    /// A socket silent for this long (no frame, no pong) is dropped
+    /// (`WS_IDLE_TIMEOUT_SECS`).
+    pub idle_timeout: Duration,
+}
+
+/// Rooms, their history, and what one user may do with them.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
     /// Approximate number of messages kept per room (`XADD MAXLEN ~`).
     pub history_max_len: u64,
     /// The most messages one page of `GET /chat/{room}/history` holds.
@@ -93,6 +189,14 @@ pub struct Config {
     pub user_message_burst: u32,
     /// New rooms one user may open per hour.
     pub rooms_per_user_per_hour: u32,
+    /// How long a room with no message and no visit lives on.
+    pub room_ttl: Duration,
+    /// How long a `send`'s `client_id` is remembered, so that a resend is
+    /// acknowledged with the first id instead of being stored twice
+    /// (`SEND_DEDUPE_SECS`).
+    pub send_dedupe_window: Duration,
+    /// How long an instance's presence entries live without a heartbeat.
+    pub presence_ttl: Duration,
     /// Members one private room may have.
     pub max_room_members: u32,
     /// Private rooms one user may be a member of.
@@ -100,42 +204,6 @@ pub struct Config {
     /// Direct conversations one user may start per hour (a first message
     /// into a conversation with someone new).
     pub direct_per_user_per_hour: u32,
-    /// How long a room with no message and no visit lives on.
-    pub room_ttl: Duration,
-    /// How long a `send`'s `client_id` is remembered, so that a resend is
-    /// acknowledged with the first id instead of being stored twice.
-    pub send_dedupe_window: Duration,
-    /// Server ping period on every socket.
-    pub ws_ping_interval: Duration,
-    /// A socket silent for this long (no frame, no pong) is dropped.
-    pub ws_idle_timeout: Duration,
-    /// How long an instance's presence entries live without a heartbeat.
-    pub presence_ttl: Duration,
-    /// How long graceful shutdown waits for sockets and requests to finish.
-    pub shutdown_grace: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub http_idle_timeout: Duration,
-    /// HTTP/1 request headers must arrive within this (hyper counts from the
-    /// previous response on a kept-alive connection).
-    pub http_header_timeout: Duration,
-    /// A request, its body included, must be answered within this (408).
-    pub http_request_timeout: Duration,
-    pub tls_handshake_timeout: Duration,
-    /// Open connections, HTTP and WebSocket together; the effective cap is
-    /// also kept below the open-file limit.
-    pub max_open_connections: usize,
-    /// Replicas an appended message must reach before it is acknowledged
-    /// (`WAIT`). `None`: 1 on a Redis Cluster, 0 (no wait) on a single Redis.
-    pub redis_wait_replicas: Option<u32>,
-    /// How long an append waits for them before the sender is told the
-    /// message may or may not be stored.
-    pub redis_wait_timeout: Duration,
-    /// How long `/readyz` says 503 before a graceful shutdown closes
-    /// anything, so that load balancers stop sending upgrades first.
-    pub shutdown_drain: Duration,
-    /// Where `GET /metrics` (Prometheus text) is served; `None`: nowhere,
-    /// and nothing is recorded. Never the public listener.
-    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A variable that is present but unusable.
@@ -175,145 +243,30 @@ impl Config {
     /// Builds a config from any `name -> value` lookup; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let vars = Vars { get: &get };
-
-        let backend = match get("PALAVER_BACKEND").as_deref() {
-            None | Some("auto") => BackendChoice::Auto,
-            Some("redis") => BackendChoice::Redis,
-            Some("memory") => BackendChoice::Memory,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "PALAVER_BACKEND",
-                    value: other.to_owned(),
-                    reason: "expected auto, redis or memory".into(),
-                })
-            }
-        };
-
-        let public_origin = match get("PUBLIC_ORIGIN") {
-            Some(origin) => Some(normalize_origin(&origin).ok_or_else(|| ConfigError {
-                name: "PUBLIC_ORIGIN",
-                value: origin.clone(),
-                reason: "expected scheme://host[:port], e.g. https://chat.example.com".into(),
-            })?),
-            None => None,
-        };
-        let allowed_origins =
-            vars.list("ALLOWED_ORIGINS", "each entry must be scheme://host[:port]", normalize_origin)?;
-        let trusted_proxies = vars.list(
-            "TRUSTED_PROXIES",
-            "each entry must be an IP address or a network like 10.0.0.0/8",
-            Network::parse,
-        )?;
-
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "LOG_FORMAT",
-                    value: other.to_owned(),
-                    reason: "expected text or json".into(),
-                })
-            }
-        };
-
-        let tls = match (get("TLS_CERT"), get("TLS_KEY")) {
-            (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError {
-                    name: "TLS_CERT",
-                    value: String::new(),
-                    reason: "TLS_CERT and TLS_KEY must be set together".into(),
-                })
-            }
-        };
-
+        let vars = Vars { lookup: &get };
         let mut config = Config {
-            listen_addr: vars.parse("LISTEN_ADDR", "127.0.0.1:8080")?,
-            redis_url: get("REDIS_URL"),
-            backend,
-            public_origin,
-            allowed_origins,
-            trusted_proxies,
-            cookie_secure: match get("COOKIE_SECURE") {
-                Some(_) => Some(vars.flag("COOKIE_SECURE")?),
-                None => None,
-            },
-            // Expiries are now + TTL, as i64 milliseconds and as calendar
-            // dates (`time`, Redis EXAT, cookie Max-Age): a year keeps every
-            // such sum far from overflow.
-            session_ttl: vars.secs("SESSION_TTL_SECS", 1800, 1..=YEAR)?,
-            session_max_lifetime: vars.secs("SESSION_MAX_LIFETIME_SECS", 43200, 1..=YEAR)?,
-            // Set below, from the credential lifetimes.
-            reauth_warning: Duration::ZERO,
-            // Also how long a revoked session's socket may outlive it (§4).
-            revalidate_interval: vars.secs("REVALIDATE_INTERVAL_SECS", 30, 1..=DAY)?,
-            login_max_failures: vars.number("LOGIN_MAX_FAILURES", 10, 1..=1_000_000)?,
-            login_window: vars.secs("LOGIN_WINDOW_SECS", 900, 1..=DAY)?,
-            register_max_per_address: vars.number("REGISTER_MAX_PER_ADDRESS", 10, 1..=1_000_000)?,
-            register_window: vars.secs("REGISTER_WINDOW_SECS", 3600, 1..=DAY)?,
-            tls,
-            allow_insecure_http: vars.flag_or("ALLOW_INSECURE_HTTP", false)?,
-            log_format,
-            // Far above any open-files limit.
-            max_connections: vars.number("MAX_CONNECTIONS", 50_000, 1..=10_000_000)?,
-            max_sockets_per_user: vars.number("MAX_SOCKETS_PER_USER", 30, 1..=10_000_000)?,
-            max_sockets_per_session: vars.number("MAX_SOCKETS_PER_SESSION", 10, 1..=10_000_000)?,
-            message_rate: vars.rate("MESSAGE_RATE_PER_SEC", 10.0, 10_000.0)?,
-            message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
-            history_max_len: vars.number("HISTORY_MAX_LEN", 10_000, 1..=100_000_000)?,
-            history_page_max: vars.number("HISTORY_PAGE_MAX", 100, 1..=1000)?,
-            user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
-            user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
-            rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,
-            max_room_members: vars.number("MAX_ROOM_MEMBERS", 1000, 2..=100_000)?,
-            max_private_rooms_per_user: vars.number("MAX_PRIVATE_ROOMS_PER_USER", 200, 1..=100_000)?,
-            direct_per_user_per_hour: vars.number("DIRECT_PER_USER_PER_HOUR", 20, 1..=1_000_000)?,
-            // Rooms are forgotten this long after their last use: up to a year.
-            room_ttl: vars.secs("ROOM_TTL_SECS", 30 * DAY, 1..=YEAR)?,
-            send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120, 1..=DAY)?,
-            token_signing_key: get("TOKEN_SIGNING_KEY").map(PathBuf::from),
-            token_previous_keys: vars
-                .list("TOKEN_PREVIOUS_KEYS", "each entry is a path", |p| Some(PathBuf::from(p)))?,
-            access_token_ttl: vars.secs("ACCESS_TOKEN_TTL_SECS", 300, 1..=DAY)?,
-            refresh_reuse_grace: vars.secs("REFRESH_REUSE_GRACE_SECS", 10, 1..=HOUR)?,
-            ws_ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
-            ws_idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
-            // The heartbeat runs every third of it, at least once a second.
-            presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45, 3..=DAY)?,
-            // Zero: close at once, without waiting.
-            shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5, 0..=HOUR)?,
-            http_idle_timeout: vars.secs("HTTP_IDLE_TIMEOUT_SECS", 30, 1..=DAY)?,
-            http_header_timeout: vars.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1..=HOUR)?,
-            http_request_timeout: vars.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=HOUR)?,
-            tls_handshake_timeout: vars.secs("TLS_HANDSHAKE_TIMEOUT_SECS", 10, 1..=HOUR)?,
-            // Kept below the open-file limit at start in any case.
-            max_open_connections: vars.number("MAX_OPEN_CONNECTIONS", 60_000, 1..=10_000_000)?,
-            // A cluster shard rarely has more than a few replicas; 0 turns
-            // waiting off.
-            redis_wait_replicas: match (vars.get)("REDIS_WAIT_REPLICAS") {
-                Some(_) => Some(vars.number("REDIS_WAIT_REPLICAS", 0, 0..=16)?),
-                None => None,
-            },
-            // Below the 2 s after which any store command counts as failed.
-            redis_wait_timeout: Duration::from_millis(vars.number("REDIS_WAIT_TIMEOUT_MS", 500, 1..=1500)?),
-            shutdown_drain: vars.secs("SHUTDOWN_DRAIN_SECS", 0, 0..=HOUR)?,
-            metrics_addr: match (vars.get)("METRICS_ADDR").filter(|v| !v.is_empty()) {
-                Some(_) => Some(vars.parse("METRICS_ADDR", "")?),
-                None => None,
-            },
+            log_format: LogFormat::read(&vars)?,
+            server: ServerConfig::read(&vars)?,
+            store: StoreConfig::read(&vars)?,
+            sessions: SessionsConfig::read(&vars)?,
+            tokens: TokensConfig::read(&vars)?,
+            throttle: ThrottleConfig::read(&vars)?,
+            connections: ConnectionsConfig::read(&vars)?,
+            sockets: SocketsConfig::read(&vars)?,
+            chat: ChatConfig::read(&vars)?,
         };
-        config.reauth_warning = config.resolve_reauth_warning(vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?)?;
-        config.check()?;
+        // The rules between variables, once each is in its range.
+        let explicit_warning = vars.secs_if_set("REAUTH_WARNING_SECS", 1..=YEAR)?;
+        config.sessions.reauth_warning = config.resolve_reauth_warning(explicit_warning)?;
+        config.sockets.check()?;
+        config.server.check()?;
         Ok(config)
     }
 
     /// Every credential whose expiry can be a socket's deadline, with its
     /// lifetime.
     fn credential_lifetimes(&self) -> impl Iterator<Item = (&'static str, Duration)> {
-        [("SESSION_TTL_SECS", self.session_ttl), ("ACCESS_TOKEN_TTL_SECS", self.access_token_ttl)].into_iter()
+        [("SESSION_TTL_SECS", self.sessions.ttl), ("ACCESS_TOKEN_TTL_SECS", self.tokens.access_ttl)].into_iter()
     }
 
     /// `REAUTH_WARNING_SECS` (docs/protocol.md §1.1): unset, 60 s or half the
@@ -337,16 +290,73 @@ impl Config {
             }),
         }
     }
+}
 
-    /// Rules between variables, once each is in its range.
-    fn check(&self) -> Result<(), ConfigError> {
-        if self.ws_idle_timeout <= self.ws_ping_interval {
-            return Err(ConfigError {
-                name: "WS_IDLE_TIMEOUT_SECS",
-                value: self.ws_idle_timeout.as_secs().to_string(),
-                reason: "must be longer than WS_PING_INTERVAL_SECS".into(),
-            });
+impl LogFormat {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        match vars.get("LOG_FORMAT").as_deref() {
+            None | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => {
+                Err(ConfigError { name: "LOG_FORMAT", value: other.to_owned(), reason: "expected text or json".into() })
+            }
         }
+    }
+}
+
+impl ServerConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        let public_origin = match vars.get("PUBLIC_ORIGIN") {
+            Some(origin) => Some(normalize_origin(&origin).ok_or_else(|| ConfigError {
+                name: "PUBLIC_ORIGIN",
+                value: origin.clone(),
+                reason: "expected scheme://host[:port], e.g. https://chat.example.com".into(),
+            })?),
+            None => None,
+        };
+        let tls = match (vars.get("TLS_CERT"), vars.get("TLS_KEY")) {
+            (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError {
+                    name: "TLS_CERT",
+                    value: String::new(),
+                    reason: "TLS_CERT and TLS_KEY must be set together".into(),
+                })
+            }
+        };
+        Ok(ServerConfig {
+            listen_addr: vars.parse("LISTEN_ADDR", "127.0.0.1:8080")?,
+            public_origin,
+            allowed_origins: vars.list(
+                "ALLOWED_ORIGINS",
+                "each entry must be scheme://host[:port]",
+                normalize_origin,
+            )?,
+            trusted_proxies: vars.list(
+                "TRUSTED_PROXIES",
+                "each entry must be an IP address or a network like 10.0.0.0/8",
+                Network::parse,
+            )?,
+            cookie_secure: match vars.get("COOKIE_SECURE") {
+                Some(_) => Some(vars.flag("COOKIE_SECURE")?),
+                None => None,
+            },
+            tls,
+            allow_insecure_http: vars.flag_or("ALLOW_INSECURE_HTTP", false)?,
+            metrics_addr: match vars.get("METRICS_ADDR") {
+                Some(_) => Some(vars.parse("METRICS_ADDR", "")?),
+                None => None,
+            },
+            // Zero: close at once, without waiting.
+            shutdown_grace: vars.secs("SHUTDOWN_GRACE_SECS", 5, 0..=HOUR)?,
+            shutdown_drain: vars.secs("SHUTDOWN_DRAIN_SECS", 0, 0..=HOUR)?,
+        })
+    }
+
+    /// Plain HTTP beyond loopback only when asked for: session cookies
+    /// would cross the network in clear text.
+    fn check(&self) -> Result<(), ConfigError> {
         if self.cleartext_beyond_loopback() && !self.allow_insecure_http {
             return Err(ConfigError {
                 name: "LISTEN_ADDR",
@@ -381,6 +391,134 @@ impl Config {
     }
 }
 
+impl StoreConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        let backend = match vars.get("PALAVER_BACKEND").as_deref() {
+            None | Some("auto") => BackendChoice::Auto,
+            Some("redis") => BackendChoice::Redis,
+            Some("memory") => BackendChoice::Memory,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "PALAVER_BACKEND",
+                    value: other.to_owned(),
+                    reason: "expected auto, redis or memory".into(),
+                })
+            }
+        };
+        Ok(StoreConfig {
+            backend,
+            redis_url: vars.get("REDIS_URL"),
+            // A cluster shard rarely has more than a few replicas; 0 turns
+            // waiting off.
+            wait_replicas: match vars.get("REDIS_WAIT_REPLICAS") {
+                Some(_) => Some(vars.number("REDIS_WAIT_REPLICAS", 0, 0..=16)?),
+                None => None,
+            },
+            // Below the 2 s after which any store command counts as failed.
+            wait_timeout: Duration::from_millis(vars.number("REDIS_WAIT_TIMEOUT_MS", 500, 1..=1500)?),
+        })
+    }
+}
+
+impl SessionsConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(SessionsConfig {
+            // Expiries are now + TTL, as i64 milliseconds and as calendar
+            // dates (`time`, Redis EXAT, cookie Max-Age): a year keeps every
+            // such sum far from overflow.
+            ttl: vars.secs("SESSION_TTL_SECS", 1800, 1..=YEAR)?,
+            max_lifetime: vars.secs("SESSION_MAX_LIFETIME_SECS", 43200, 1..=YEAR)?,
+            // Decided in `Config::from_lookup`, from the credential lifetimes.
+            reauth_warning: Duration::ZERO,
+            // Also how long a revoked session's socket may outlive it (§4).
+            revalidate_interval: vars.secs("REVALIDATE_INTERVAL_SECS", 30, 1..=DAY)?,
+        })
+    }
+}
+
+impl TokensConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(TokensConfig {
+            signing_key: vars.get("TOKEN_SIGNING_KEY").map(PathBuf::from),
+            previous_keys: vars.list("TOKEN_PREVIOUS_KEYS", "each entry is a path", |p| Some(PathBuf::from(p)))?,
+            access_ttl: vars.secs("ACCESS_TOKEN_TTL_SECS", 300, 1..=DAY)?,
+            refresh_reuse_grace: vars.secs("REFRESH_REUSE_GRACE_SECS", 10, 1..=HOUR)?,
+        })
+    }
+}
+
+impl ThrottleConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(ThrottleConfig {
+            login_max_failures: vars.number("LOGIN_MAX_FAILURES", 10, 1..=1_000_000)?,
+            login_window: vars.secs("LOGIN_WINDOW_SECS", 900, 1..=DAY)?,
+            register_max_per_address: vars.number("REGISTER_MAX_PER_ADDRESS", 10, 1..=1_000_000)?,
+            register_window: vars.secs("REGISTER_WINDOW_SECS", 3600, 1..=DAY)?,
+        })
+    }
+}
+
+impl ConnectionsConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(ConnectionsConfig {
+            // Kept below the open-file limit at start in any case.
+            max_open: vars.number("MAX_OPEN_CONNECTIONS", 60_000, 1..=10_000_000)?,
+            http_idle_timeout: vars.secs("HTTP_IDLE_TIMEOUT_SECS", 30, 1..=DAY)?,
+            http_header_timeout: vars.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1..=HOUR)?,
+            http_request_timeout: vars.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=HOUR)?,
+            tls_handshake_timeout: vars.secs("TLS_HANDSHAKE_TIMEOUT_SECS", 10, 1..=HOUR)?,
+        })
+    }
+}
+
+impl SocketsConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(SocketsConfig {
+            // Far above any open-files limit.
+            max_connections: vars.number("MAX_CONNECTIONS", 50_000, 1..=10_000_000)?,
+            max_per_user: vars.number("MAX_SOCKETS_PER_USER", 30, 1..=10_000_000)?,
+            max_per_session: vars.number("MAX_SOCKETS_PER_SESSION", 10, 1..=10_000_000)?,
+            message_rate: vars.rate("MESSAGE_RATE_PER_SEC", 10.0, 10_000.0)?,
+            message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
+            ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
+            idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
+        })
+    }
+
+    /// The idle timeout must outlast the ping interval: a healthy socket
+    /// is silent between pings.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError {
+                name: "WS_IDLE_TIMEOUT_SECS",
+                value: self.idle_timeout.as_secs().to_string(),
+                reason: "must be longer than WS_PING_INTERVAL_SECS".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ChatConfig {
+    fn read(vars: &Vars) -> Result<Self, ConfigError> {
+        Ok(ChatConfig {
+            history_max_len: vars.number("HISTORY_MAX_LEN", 10_000, 1..=100_000_000)?,
+            history_page_max: vars.number("HISTORY_PAGE_MAX", 100, 1..=1000)?,
+            user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
+            user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
+            rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,
+            // Rooms are forgotten this long after their last use: up to a year.
+            room_ttl: vars.secs("ROOM_TTL_SECS", 30 * DAY, 1..=YEAR)?,
+            send_dedupe_window: vars.secs("SEND_DEDUPE_SECS", 120, 1..=DAY)?,
+            // The heartbeat runs every third of it, at least once a second.
+            presence_ttl: vars.secs("PRESENCE_TTL_SECS", 45, 3..=DAY)?,
+            max_room_members: vars.number("MAX_ROOM_MEMBERS", 1000, 2..=100_000)?,
+            max_private_rooms_per_user: vars.number("MAX_PRIVATE_ROOMS_PER_USER", 200, 1..=100_000)?,
+            direct_per_user_per_hour: vars.number("DIRECT_PER_USER_PER_HOUR", 20, 1..=1_000_000)?,
+        })
+    }
+}
+
 /// `REAUTH_WARNING_SECS` when unset and every credential lives over 2 minutes.
 const DEFAULT_REAUTH_WARNING: Duration = Duration::from_secs(60);
 
@@ -390,16 +528,21 @@ const YEAR: u64 = 365 * DAY;
 
 /// Typed access to the raw variables, with errors naming the variable.
 struct Vars<'a> {
-    get: &'a dyn Fn(&str) -> Option<String>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Vars<'_> {
+    /// The raw value, trimmed; `None` when unset or empty.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
     fn parse<T>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
     where
         T: std::str::FromStr,
         T::Err: std::fmt::Display,
     {
-        let value = (self.get)(name).unwrap_or_else(|| default.to_owned());
+        let value = self.get(name).unwrap_or_else(|| default.to_owned());
         value.parse().map_err(|err: T::Err| ConfigError { name, value, reason: err.to_string() })
     }
 
@@ -410,7 +553,7 @@ impl Vars<'_> {
         reason: &str,
         parse: impl Fn(&str) -> Option<T>,
     ) -> Result<Vec<T>, ConfigError> {
-        let value = (self.get)(name).unwrap_or_default();
+        let value = self.get(name).unwrap_or_default();
         value
             .split(',')
             .map(str::trim)
@@ -426,7 +569,7 @@ impl Vars<'_> {
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
-        let Some(value) = (self.get)(name) else { return Ok(default) };
+        let Some(value) = self.get(name) else { return Ok(default) };
         let (low, high) = (range.start(), range.end());
         match value.parse::<T>() {
             Ok(n) if range.contains(&n) => Ok(n),
@@ -444,7 +587,7 @@ impl Vars<'_> {
 
     /// Whole seconds in `range`, or `None` when unset.
     fn secs_if_set(&self, name: &'static str, range: RangeInclusive<u64>) -> Result<Option<Duration>, ConfigError> {
-        match (self.get)(name) {
+        match self.get(name) {
             Some(_) => self.secs(name, 0, range).map(Some),
             None => Ok(None),
         }
@@ -452,7 +595,7 @@ impl Vars<'_> {
 
     /// A number of events per second: above 0 and at most `max` (so finite).
     fn rate(&self, name: &'static str, default: f64, max: f64) -> Result<f64, ConfigError> {
-        let Some(value) = (self.get)(name) else { return Ok(default) };
+        let Some(value) = self.get(name) else { return Ok(default) };
         match value.parse::<f64>() {
             Ok(rate) if rate > 0.0 && rate <= max => Ok(rate),
             _ => Err(ConfigError { name, value, reason: format!("must be a number above 0 and at most {max}") }),
@@ -460,14 +603,14 @@ impl Vars<'_> {
     }
 
     fn flag_or(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match (self.get)(name) {
+        match self.get(name) {
             Some(_) => self.flag(name),
             None => Ok(default),
         }
     }
 
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
-        let value = (self.get)(name).unwrap_or_default();
+        let value = self.get(name).unwrap_or_default();
         match value.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
@@ -488,27 +631,27 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.listen_addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.backend, BackendChoice::Auto);
-        assert_eq!(c.session_ttl, Duration::from_secs(1800));
-        assert_eq!(c.session_max_lifetime, Duration::from_secs(43200));
-        assert_eq!(c.reauth_warning, Duration::from_secs(60));
-        assert_eq!(c.revalidate_interval, Duration::from_secs(30));
-        assert_eq!(c.login_max_failures, 10);
-        assert_eq!(c.login_window, Duration::from_secs(900));
-        assert_eq!(c.max_connections, 50_000);
-        assert_eq!(c.http_idle_timeout, Duration::from_secs(30));
-        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
-        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
-        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
-        assert_eq!(c.max_open_connections, 60_000);
-        assert_eq!(c.history_page_max, 100);
-        assert!(c.tls.is_none() && c.redis_url.is_none() && c.cookie_secure.is_none());
-        assert_eq!(c.redis_wait_replicas, None, "decided by the kind of Redis");
-        assert_eq!(c.redis_wait_timeout, Duration::from_millis(500));
-        assert_eq!(c.shutdown_drain, Duration::ZERO);
+        assert_eq!(c.server.listen_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.store.backend, BackendChoice::Auto);
+        assert_eq!(c.sessions.ttl, Duration::from_secs(1800));
+        assert_eq!(c.sessions.max_lifetime, Duration::from_secs(43200));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(60));
+        assert_eq!(c.sessions.revalidate_interval, Duration::from_secs(30));
+        assert_eq!(c.throttle.login_max_failures, 10);
+        assert_eq!(c.throttle.login_window, Duration::from_secs(900));
+        assert_eq!(c.sockets.max_connections, 50_000);
+        assert_eq!(c.connections.http_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.connections.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.connections.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.max_open, 60_000);
+        assert_eq!(c.chat.history_page_max, 100);
+        assert!(c.server.tls.is_none() && c.store.redis_url.is_none() && c.server.cookie_secure.is_none());
+        assert_eq!(c.store.wait_replicas, None, "decided by the kind of Redis");
+        assert_eq!(c.store.wait_timeout, Duration::from_millis(500));
+        assert_eq!(c.server.shutdown_drain, Duration::ZERO);
         let c = config(&[("REDIS_WAIT_REPLICAS", "0"), ("REDIS_WAIT_TIMEOUT_MS", "1500")]).unwrap();
-        assert_eq!((c.redis_wait_replicas, c.redis_wait_timeout), (Some(0), Duration::from_millis(1500)));
+        assert_eq!((c.store.wait_replicas, c.store.wait_timeout), (Some(0), Duration::from_millis(1500)));
     }
 
     #[test]
@@ -520,21 +663,21 @@ mod tests {
         assert_eq!(config(&[("TLS_CERT", "/x.pem")]).unwrap_err().name, "TLS_CERT");
         assert_eq!(config(&[("PUBLIC_ORIGIN", "example.com")]).unwrap_err().name, "PUBLIC_ORIGIN");
         assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.1, lb")]).unwrap_err().name, "TRUSTED_PROXIES");
-        assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.0/8,::1")]).unwrap().trusted_proxies.len(), 2);
+        assert_eq!(config(&[("TRUSTED_PROXIES", "10.0.0.0/8,::1")]).unwrap().server.trusted_proxies.len(), 2);
     }
 
     #[test]
     fn extra_origins_are_normalized() {
         let c = config(&[("ALLOWED_ORIGINS", "http://a:1, https://b ")]).unwrap();
-        assert_eq!(c.allowed_origins, vec!["http://a:1", "https://b"]);
+        assert_eq!(c.server.allowed_origins, vec!["http://a:1", "https://b"]);
     }
 
     #[test]
     fn the_default_origin_follows_the_bound_address() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.resolve_origin("127.0.0.1:4000".parse().unwrap()), "http://127.0.0.1:4000");
+        assert_eq!(c.server.resolve_origin("127.0.0.1:4000".parse().unwrap()), "http://127.0.0.1:4000");
         let c = config(&[("PUBLIC_ORIGIN", "https://chat.example.com")]).unwrap();
-        assert_eq!(c.resolve_origin("127.0.0.1:4000".parse().unwrap()), "https://chat.example.com");
+        assert_eq!(c.server.resolve_origin("127.0.0.1:4000".parse().unwrap()), "https://chat.example.com");
     }
 
     /// Every numeric variable, with values just outside what it accepts.
@@ -639,7 +782,7 @@ mod tests {
             ("SHUTDOWN_GRACE_SECS", "3600"),
         ])
         .unwrap();
-        assert_eq!(c.session_ttl, Duration::from_secs(31_536_000));
+        assert_eq!(c.sessions.ttl, Duration::from_secs(31_536_000));
         let c = config(&[
             ("SESSION_TTL_SECS", "1"),
             ("SESSION_MAX_LIFETIME_SECS", "1"),
@@ -653,20 +796,20 @@ mod tests {
             ("SHUTDOWN_GRACE_SECS", "0"),
         ])
         .unwrap();
-        assert_eq!(c.max_connections, 1);
+        assert_eq!(c.sockets.max_connections, 1);
     }
 
     #[test]
     fn a_shorter_session_ttl_alone_shortens_the_reauth_warning_to_half_of_it() {
         let c = config(&[("SESSION_TTL_SECS", "30")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(15));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(15));
         let c = config(&[("SESSION_TTL_SECS", "121")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(60), "never more than 60 s by default");
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(60), "never more than 60 s by default");
         // Half, exactly: a 1-second TTL is warned 500 ms before its deadline.
         let c = config(&[("SESSION_TTL_SECS", "1")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_millis(500));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_millis(500));
         let c = config(&[("SESSION_TTL_SECS", "3")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_millis(1500));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_millis(1500));
     }
 
     #[test]
@@ -679,15 +822,15 @@ mod tests {
         }
         // Just below is the operator's call.
         let c = config(&[("SESSION_TTL_SECS", "30"), ("REAUTH_WARNING_SECS", "29")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(29));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(29));
         // With the default TTLs, an explicit warning above the default is fine...
         let c = config(&[("REAUTH_WARNING_SECS", "299")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(299));
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(299));
         // ...up to the shortest of them, the access token's (300 s).
         let err = config(&[("REAUTH_WARNING_SECS", "300")]).unwrap_err();
         assert!(err.to_string().contains("ACCESS_TOKEN_TTL_SECS=300"), "{err}");
         let c = config(&[("ACCESS_TOKEN_TTL_SECS", "20")]).unwrap();
-        assert_eq!(c.reauth_warning, Duration::from_secs(10), "half the shorter token lifetime");
+        assert_eq!(c.sessions.reauth_warning, Duration::from_secs(10), "half the shorter token lifetime");
     }
 
     #[test]

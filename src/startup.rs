@@ -14,7 +14,7 @@ use crate::{
         tokens::{KeyError, TokenKeys},
     },
     backend::{Backend, BackendKind, ConnectError, Health},
-    config::Config,
+    config::{Config, ConnectionsConfig, ServerConfig},
     meters::{self, Meters},
     net::OriginPolicy,
     protocol,
@@ -51,30 +51,31 @@ pub struct Application {
 impl Application {
     /// Connects the backend and binds the listener (port 0 picks a free one).
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+        let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
-        let (meters, metrics) = bind_metrics(&config).await?;
+        let (meters, metrics) = bind_metrics(&config.server).await?;
         let backend = Backend::connect(&config, &instance_id, &meters).await?;
-        let listener =
-            server::bind(config.listen_addr).map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
-        let public_origin = config.resolve_origin(addr);
+        let listener = server::bind(config.server.listen_addr)
+            .map_err(|source| StartError::Bind { addr: config.server.listen_addr, source })?;
+        let addr =
+            listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen_addr, source })?;
+        let public_origin = config.server.resolve_origin(addr);
         let origins = OriginPolicy::new(
             &public_origin,
-            &config.allowed_origins,
+            &config.server.allowed_origins,
             addr,
-            config.public_origin.is_some(),
+            config.server.public_origin.is_some(),
             tls.is_some(),
         );
         password::warm_up().await;
         let issuers: Vec<&str> = origins.origins().collect();
         let keys = TokenKeys::load(
-            config.token_signing_key.as_deref(),
-            &config.token_previous_keys,
+            config.tokens.signing_key.as_deref(),
+            &config.tokens.previous_keys,
             &*backend.tokens,
             &public_origin,
             &issuers,
-            config.access_token_ttl,
+            config.tokens.access_ttl,
         )
         .await?;
         let identity = Identity {
@@ -125,9 +126,9 @@ impl Application {
         let Self { listener, config, assembly, tls, metrics, .. } = self;
         let Assembly { handles, tasks, stack } = assembly;
         let running = Running::start(tasks, metrics, handles.readiness.clone(), handles.health.clone())?;
-        let accepting = running.accept(listener, tls, stack, &config);
+        let accepting = running.accept(listener, tls, stack, &config.connections);
         shutdown.await;
-        running.shut_down(accepting, &config).await
+        running.shut_down(accepting, &config.server).await
     }
 
     /// Says what this instance is about to serve, and warns about what a
@@ -142,14 +143,14 @@ impl Application {
             ),
         }
         tracing::info!(%addr, origin = %self.public_origin, tls = self.tls.is_some(), "palaver listening on {addr}");
-        if self.config.cleartext_beyond_loopback() {
+        if self.config.server.cleartext_beyond_loopback() {
             tracing::warn!(%addr, "plain HTTP beyond loopback (ALLOW_INSECURE_HTTP): session cookies cross the network in clear text");
         }
     }
 }
 
 /// The metrics handles, and `METRICS_ADDR`'s listener when it is set.
-async fn bind_metrics(config: &Config) -> Result<(Meters, Option<(TcpListener, Meters)>), StartError> {
+async fn bind_metrics(config: &ServerConfig) -> Result<(Meters, Option<(TcpListener, Meters)>), StartError> {
     let Some(addr) = config.metrics_addr else { return Ok((Meters::disabled(), None)) };
     let meters = Meters::enabled();
     let listener = meters::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -204,21 +205,21 @@ impl Running {
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         stack: Stack,
-        config: &Config,
+        config: &ConnectionsConfig,
     ) -> JoinHandle<Connections> {
         let limits = server::ConnLimits {
             idle: config.http_idle_timeout,
             header: config.http_header_timeout,
             request: config.http_request_timeout,
             tls_handshake: config.tls_handshake_timeout,
-            max_open: server::connection_cap(config.max_open_connections),
+            max_open: server::connection_cap(config.max_open),
         };
         let make_service = move |peer: SocketAddr| stack.for_peer(peer);
         tokio::spawn(server::accept_loop(listener, tls, make_service, limits, self.stop.subscribe()))
     }
 
     /// The shutdown, step by step.
-    async fn shut_down(mut self, accepting: JoinHandle<Connections>, config: &Config) -> std::io::Result<()> {
+    async fn shut_down(mut self, accepting: JoinHandle<Connections>, config: &ServerConfig) -> std::io::Result<()> {
         self.drain(config.shutdown_drain).await;
         let connections = self.stop_accepting(accepting).await?;
         self.close_sockets(config.shutdown_grace).await;

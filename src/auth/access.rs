@@ -126,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_valid_room_is_public_to_everyone() {
-        let access = RoomAccess::new(Arc::new(MemoryBackend::new(&Config::default())));
+        let access = RoomAccess::new(Arc::new(MemoryBackend::new(&Config::default().chat)));
         for name in ["lobby", "never-opened"] {
             let answer = access.check(UserId::new_v4(), &room(name)).await.unwrap();
             assert_eq!(answer.visible().map(|v| (v.kind(), v.into_room())), Some((RoomKind::Public, room(name))));
@@ -135,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_users_list_is_the_rooms_they_opened_and_the_lobby_once() {
-        let memory = Arc::new(MemoryBackend::new(&Config::default()));
+        let memory = Arc::new(MemoryBackend::new(&Config::default().chat));
         let access = RoomAccess::new(memory.clone());
         let (al, bo) = (UserId::new_v4(), UserId::new_v4());
         memory.open_room(&room("dev"), al).await.unwrap();

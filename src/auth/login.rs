@@ -76,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_right_password_is_verified_and_forgiven_and_anything_else_is_refused_until_throttled() {
-        let memory = Arc::new(MemoryBackend::new(&Config::default()));
+        let memory = Arc::new(MemoryBackend::new(&Config::default().chat));
         let throttle = LoginThrottle::new(memory.clone(), 2, Duration::from_secs(60));
         let check = PasswordCheck::new(memory.clone(), throttle, Histogram::noop());
         let alice = User { id: UserId::new_v4(), name: "alice".into() };

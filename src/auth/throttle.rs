@@ -105,7 +105,7 @@ mod tests {
     use crate::{backend::memory::MemoryBackend, config::Config};
 
     fn counters() -> Arc<MemoryBackend> {
-        Arc::new(MemoryBackend::new(&Config::default()))
+        Arc::new(MemoryBackend::new(&Config::default().chat))
     }
 
     fn ip(text: &str) -> IpAddr {

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     clock::UnixMillis,
-    config::Config,
+    config::ChatConfig,
     model::{folded_username, Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
 };
 
@@ -165,7 +165,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryBackend {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &ChatConfig) -> Self {
         Self {
             users: Mutex::default(),
             sessions: Mutex::default(),

@@ -23,7 +23,7 @@ use tower_sessions::{
 
 use crate::{
     clock::UnixMillis,
-    config::{BackendChoice, Config},
+    config::{BackendChoice, ChatConfig, Config},
     meters::Meters,
     model::{Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
 };
@@ -521,14 +521,15 @@ impl Backend {
     /// Picks and connects the backend `PALAVER_BACKEND` and `REDIS_URL` ask for.
     /// `meters` receives the Redis commands' latency and errors.
     pub async fn connect(config: &Config, instance_id: &str, meters: &Meters) -> Result<Backend, ConnectError> {
-        match (config.backend, &config.redis_url) {
-            (BackendChoice::Memory, _) => Ok(Self::memory(config)),
+        let (store, chat) = (&config.store, &config.chat);
+        match (store.backend, &store.redis_url) {
+            (BackendChoice::Memory, _) => Ok(Self::memory(chat)),
             (BackendChoice::Redis, url) | (BackendChoice::Auto, url @ Some(_)) => {
                 let url = url.as_deref().unwrap_or(DEFAULT_REDIS_URL);
-                Ok(Self::redis(redis::RedisBackend::connect(url, config, instance_id, meters.clone()).await?))
+                Ok(Self::redis(redis::RedisBackend::connect(url, store, chat, instance_id, meters.clone()).await?))
             }
             (BackendChoice::Auto, None) => {
-                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, config, instance_id, meters.clone()).await {
+                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, store, chat, instance_id, meters.clone()).await {
                     Ok(backend) => Ok(Self::redis(backend)),
                     Err(err) => {
                         tracing::warn!(
@@ -536,14 +537,14 @@ impl Backend {
                              sessions, history and logouts are local to this one process and are lost when \
                              it stops. Start redis-server or set REDIS_URL to share them between instances."
                         );
-                        Ok(Self::memory(config))
+                        Ok(Self::memory(chat))
                     }
                 }
             }
         }
     }
 
-    pub fn memory(config: &Config) -> Backend {
+    pub fn memory(config: &ChatConfig) -> Backend {
         let backend = Arc::new(memory::MemoryBackend::new(config));
         Self::assemble(BackendKind::Memory, backend.clone(), SharedSessionStore(backend))
     }

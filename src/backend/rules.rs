@@ -4,23 +4,23 @@
 
 use std::time::Duration;
 
-use crate::{clock::UnixMillis, config::Config, model::UserId};
+use crate::{clock::UnixMillis, config::ChatConfig, model::UserId};
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
 /// resend after a lost ack is acknowledged with the first id instead of
 /// being stored twice (`SEND_DEDUPE_SECS`, whole seconds).
-pub fn dedupe_window(config: &Config) -> Duration {
+pub fn dedupe_window(config: &ChatConfig) -> Duration {
     Duration::from_secs(config.send_dedupe_window.as_secs().max(1))
 }
 
 /// How many messages a room keeps at least (Redis trims approximately, in
 /// whole nodes, so it may keep somewhat more; never fewer).
-pub fn history_cap(config: &Config) -> u64 {
+pub fn history_cap(config: &ChatConfig) -> u64 {
     config.history_max_len.max(1)
 }
 
 /// How long a room lives after its last message or visit (`ROOM_TTL_SECS`).
-pub fn room_ttl(config: &Config) -> Duration {
+pub fn room_ttl(config: &ChatConfig) -> Duration {
     config.room_ttl
 }
 
@@ -36,7 +36,7 @@ pub struct UserRate {
 }
 
 impl UserRate {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &ChatConfig) -> Self {
         Self { rate: config.user_message_rate, burst: f64::from(config.user_message_burst) }
     }
 
@@ -87,7 +87,7 @@ pub struct NewRooms {
 }
 
 impl NewRooms {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &ChatConfig) -> Self {
         Self { max: u64::from(config.rooms_per_user_per_hour), window: Duration::from_secs(3600) }
     }
 
@@ -123,7 +123,7 @@ pub struct RoomLimits {
 }
 
 impl RoomLimits {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &ChatConfig) -> Self {
         Self {
             max_members: u64::from(config.max_room_members),
             max_private_rooms: u64::from(config.max_private_rooms_per_user),

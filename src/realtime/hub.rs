@@ -178,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn it_delivers_what_is_stored_after_a_sockets_start_in_order_and_only_to_its_room() {
-        let history = Arc::new(MemoryBackend::new(&Config::default()));
+        let history = Arc::new(MemoryBackend::new(&Config::default().chat));
         let registry =
             Arc::new(Registry::new(crate::realtime::registry::Caps { instance: 10, per_user: 10, per_session: 10 }));
         let hub = Hub::new(history.clone(), registry.clone());

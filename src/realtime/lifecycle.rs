@@ -255,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn a_resync_sweep_the_store_refuses_is_tried_again_until_it_runs() {
         let config = Config::default(); // a 30 s interval: far beyond this test
-        let memory = Backend::memory(&config);
+        let memory = Backend::memory(&config.chat);
         let (notices, _) = broadcast::channel(16);
         let store = Arc::new(Reconnecting {
             index: memory.session_index.clone(),

@@ -104,26 +104,26 @@ pub(crate) fn realtime(
     meters: &Meters,
 ) -> Realtime {
     let registry = Arc::new(Registry::new(Caps {
-        instance: config.max_connections,
-        per_user: config.max_sockets_per_user,
-        per_session: config.max_sockets_per_session,
+        instance: config.sockets.max_connections,
+        per_user: config.sockets.max_per_user,
+        per_session: config.sockets.max_per_session,
     }));
     let sessions = Sessions::new(SessionsParts {
         store: backend.sessions.clone(),
         index: backend.session_index.clone(),
         bus: backend.bus.clone(),
         local: registry.clone(),
-        policy: SessionPolicy { ttl: config.session_ttl, max_lifetime: config.session_max_lifetime },
+        policy: SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime },
         tokens: backend.tokens.clone(),
         keys,
-        refresh_grace: config.refresh_reuse_grace,
+        refresh_grace: config.tokens.refresh_reuse_grace,
     });
     let (presence, presence_task) = Presence::new(
         backend.presence.clone(),
         backend.bus.clone(),
         registry.clone(),
         instance,
-        config.presence_ttl,
+        config.chat.presence_ttl,
         meters.clone(),
     );
     let hub = Hub::new(backend.history.clone(), registry.clone());
@@ -136,15 +136,15 @@ pub(crate) fn realtime(
         presence: presence.clone(),
         meters: meters.clone(),
         limits: SocketLimits {
-            message_rate: config.message_rate,
-            message_burst: config.message_burst,
+            message_rate: config.sockets.message_rate,
+            message_burst: config.sockets.message_burst,
             announced: Rate {
-                per_sec: config.message_rate.min(config.user_message_rate),
-                burst: config.message_burst.min(config.user_message_burst),
+                per_sec: config.sockets.message_rate.min(config.chat.user_message_rate),
+                burst: config.sockets.message_burst.min(config.chat.user_message_burst),
             },
-            ping_interval: config.ws_ping_interval,
-            idle_timeout: config.ws_idle_timeout,
-            reauth_warning: config.reauth_warning,
+            ping_interval: config.sockets.ping_interval,
+            idle_timeout: config.sockets.idle_timeout,
+            reauth_warning: config.sessions.reauth_warning,
         },
     });
     let lifecycle = Lifecycle {
@@ -152,7 +152,7 @@ pub(crate) fn realtime(
         sessions: sessions.clone(),
         registry: registry.clone(),
         presence,
-        interval: config.revalidate_interval,
+        interval: config.sessions.revalidate_interval,
         meters: meters.clone(),
     };
     Realtime { registry, sessions, socket, hub, lifecycle, presence_task }
@@ -172,7 +172,7 @@ fn handles(
     // One throttle for the form and the API: a guess counts the same wherever it is made.
     let passwords = PasswordCheck::new(
         backend.users.clone(),
-        LoginThrottle::new(backend.counters.clone(), config.login_max_failures, config.login_window),
+        LoginThrottle::new(backend.counters.clone(), config.throttle.login_max_failures, config.throttle.login_window),
         meters.hash_wait(),
     );
     Handles {
@@ -191,8 +191,8 @@ fn handles(
             passwords,
             registrations: RegisterThrottle::new(
                 backend.counters.clone(),
-                config.register_max_per_address,
-                config.register_window,
+                config.throttle.register_max_per_address,
+                config.throttle.register_window,
             ),
             meters,
         },
@@ -201,7 +201,7 @@ fn handles(
             sessions: sessions.clone(),
             access,
             history: backend.history.clone(),
-            max_page: config.history_page_max,
+            max_page: config.chat.history_page_max,
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,
@@ -232,9 +232,9 @@ impl Stack {
             .with_http_only(true)
             .with_same_site(SameSite::Lax)
             .with_path("/")
-            .with_secure(config.cookie_secure.unwrap_or(public_origin.starts_with("https://")))
-            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.session_ttl.as_secs() as i64)));
-        Self { proxies: Arc::new(TrustedProxies(config.trusted_proxies.clone())), session_layer, router }
+            .with_secure(config.server.cookie_secure.unwrap_or(public_origin.starts_with("https://")))
+            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(config.sessions.ttl.as_secs() as i64)));
+        Self { proxies: Arc::new(TrustedProxies(config.server.trusted_proxies.clone())), session_layer, router }
     }
 
     /// Every (method, path pattern) served, from the route table.

@@ -61,7 +61,7 @@ pub type Client = WebSocketStream<DuplexStream>;
 
 impl Rig {
     pub fn new(config: Config) -> Rig {
-        Self::with_backend(&config, Backend::memory(&config))
+        Self::with_backend(&config, Backend::memory(&config.chat))
     }
 
     /// A rig over `backend` (the in-process one, with some handles replaced).
@@ -72,7 +72,7 @@ impl Rig {
             &[],
             "http://127.0.0.1:8080",
             &[],
-            config.access_token_ttl,
+            config.tokens.access_ttl,
             b"test refresh key",
         )
         .expect("a fresh key");

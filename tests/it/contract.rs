@@ -145,7 +145,7 @@ fn config(redis: Option<&dyn TestRedis>, vars: &[(&str, &str)]) -> Config {
 }
 
 fn memory(vars: &[(&str, &str)]) -> Backend {
-    let backend = Backend::memory(&config(None, vars));
+    let backend = Backend::memory(&config(None, vars).chat);
     assert_eq!(backend.kind, BackendKind::Memory);
     backend
 }
@@ -1808,10 +1808,15 @@ mod redis_only {
     async fn loading_the_script_list_loads_every_script_the_code_calls() {
         let server = RedisServer::start();
         let config = config(Some(&server), &[]);
-        let backend =
-            palaver::backend::redis::RedisBackend::connect(&server.url(), &config, "instance-1", Default::default())
-                .await
-                .expect("connects to the test Redis");
+        let backend = palaver::backend::redis::RedisBackend::connect(
+            &server.url(),
+            &config.store,
+            &config.chat,
+            "instance-1",
+            Default::default(),
+        )
+        .await
+        .expect("connects to the test Redis");
         let called = scripts_called();
         for name in ["append_store", "mark_read", "open_room", "wake"] {
             assert!(called.contains(name), "the sources are read: {name} is called, found {called:?}");

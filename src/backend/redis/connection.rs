@@ -31,7 +31,7 @@ use super::{
 use crate::{
     backend::{ConnectError, StoreError, StoreResult},
     clock::UnixMillis,
-    config::Config,
+    config::StoreConfig,
     meters::Meters,
     model::RoomName,
 };
@@ -146,7 +146,7 @@ impl Connections {
     /// Connects both pools; fails when Redis does not answer now.
     pub(super) async fn open(
         url: &str,
-        config: &Config,
+        store: &StoreConfig,
         instance_id: &str,
         meters: Meters,
     ) -> Result<Self, ConnectError> {
@@ -185,11 +185,9 @@ impl Connections {
             .collect();
         // Unset: one replica on a cluster (which has them for failover), none
         // on a single Redis (which has none to wait for).
-        let replicas = config.redis_wait_replicas.unwrap_or(if cluster { 1 } else { 0 });
-        let durability = (replicas > 0).then(|| Durability {
-            replicas: i64::from(replicas),
-            timeout_ms: config.redis_wait_timeout.as_millis() as i64,
-        });
+        let replicas = store.wait_replicas.unwrap_or(if cluster { 1 } else { 0 });
+        let durability = (replicas > 0)
+            .then(|| Durability { replicas: i64::from(replicas), timeout_ms: store.wait_timeout.as_millis() as i64 });
         Ok(Connections {
             cluster,
             fast: pool.with_options(&request_options()),

@@ -36,7 +36,7 @@ use tower_sessions_redis_store::RedisStore;
 use self::{connection::Connections, subscriber::Subscriber};
 use crate::{
     backend::{rules, ConnectError, StoreResult},
-    config::Config,
+    config::{ChatConfig, StoreConfig},
     meters::Meters,
 };
 
@@ -53,11 +53,17 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     /// Connects every client; fails when Redis does not answer now.
-    pub async fn connect(url: &str, config: &Config, instance_id: &str, meters: Meters) -> Result<Self, ConnectError> {
+    pub async fn connect(
+        url: &str,
+        store: &StoreConfig,
+        chat: &ChatConfig,
+        instance_id: &str,
+        meters: Meters,
+    ) -> Result<Self, ConnectError> {
         let unreachable = |source| ConnectError::Unreachable { url: url.to_owned(), source };
-        let conn = Connections::open(url, config, instance_id, meters).await?;
+        let conn = Connections::open(url, store, instance_id, meters).await?;
         if !conn.cluster {
-            match migrate::run(conn.pool(), rules::room_ttl(config)).await.map_err(unreachable)? {
+            match migrate::run(conn.pool(), rules::room_ttl(chat)).await.map_err(unreachable)? {
                 Some(moved) if moved != migrate::Moved::default() => {
                     tracing::info!(?moved, "keys of an earlier palaver moved to today's names")
                 }
@@ -77,12 +83,12 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn,
             subscriber,
-            history_max_len: rules::history_cap(config),
-            dedupe_window: rules::dedupe_window(config),
-            room_ttl: rules::room_ttl(config),
-            user_rate: rules::UserRate::from_config(config),
-            new_rooms: rules::NewRooms::from_config(config),
-            room_limits: rules::RoomLimits::from_config(config),
+            history_max_len: rules::history_cap(chat),
+            dedupe_window: rules::dedupe_window(chat),
+            room_ttl: rules::room_ttl(chat),
+            user_rate: rules::UserRate::from_config(chat),
+            new_rooms: rules::NewRooms::from_config(chat),
+            room_limits: rules::RoomLimits::from_config(chat),
         })
     }
 
