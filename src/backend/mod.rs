@@ -7,6 +7,7 @@
 //! history and presence, private rooms and their members, and the lists of
 //! direct conversations. Everything else (open sockets, timers) is local.
 
+mod build;
 pub mod memory;
 pub mod redis;
 pub mod rules;
@@ -23,8 +24,6 @@ use tower_sessions::{
 
 use crate::{
     clock::UnixMillis,
-    config::{BackendChoice, ChatConfig, Config},
-    meters::Meters,
     model::{Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
 };
 
@@ -515,73 +514,6 @@ pub enum ConnectError {
     BadUrl { url: String, source: fred::error::Error },
     #[error("cannot reach Redis at {url}: {source}")]
     Unreachable { url: String, source: fred::error::Error },
-}
-
-impl Backend {
-    /// Picks and connects the backend `PALAVER_BACKEND` and `REDIS_URL` ask for.
-    /// `meters` receives the Redis commands' latency and errors.
-    pub async fn connect(config: &Config, instance_id: &str, meters: &Meters) -> Result<Backend, ConnectError> {
-        let (store, chat) = (&config.store, &config.chat);
-        match (store.backend, &store.redis_url) {
-            (BackendChoice::Memory, _) => Ok(Self::memory(chat)),
-            (BackendChoice::Redis, url) | (BackendChoice::Auto, url @ Some(_)) => {
-                let url = url.as_deref().unwrap_or(DEFAULT_REDIS_URL);
-                Ok(Self::redis(redis::RedisBackend::connect(url, store, chat, instance_id, meters.clone()).await?))
-            }
-            (BackendChoice::Auto, None) => {
-                match redis::RedisBackend::connect(DEFAULT_REDIS_URL, store, chat, instance_id, meters.clone()).await {
-                    Ok(backend) => Ok(Self::redis(backend)),
-                    Err(err) => {
-                        tracing::warn!(
-                            "no Redis at {DEFAULT_REDIS_URL} ({err}); running on the IN-PROCESS backend: \
-                             sessions, history and logouts are local to this one process and are lost when \
-                             it stops. Start redis-server or set REDIS_URL to share them between instances."
-                        );
-                        Ok(Self::memory(chat))
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn memory(config: &ChatConfig) -> Backend {
-        let backend = Arc::new(memory::MemoryBackend::new(config));
-        Self::assemble(BackendKind::Memory, backend.clone(), SharedSessionStore(backend))
-    }
-
-    fn redis(backend: redis::RedisBackend) -> Backend {
-        let sessions = SharedSessionStore(Arc::new(backend.session_store()));
-        Self::assemble(BackendKind::Redis, Arc::new(backend), sessions)
-    }
-
-    /// One implementation behind every trait handle.
-    fn assemble<B>(kind: BackendKind, backend: Arc<B>, sessions: SharedSessionStore) -> Backend
-    where
-        B: UserStore
-            + SessionIndex
-            + Counters
-            + TokenStore
-            + EventBus
-            + History
-            + PresenceStore
-            + Rooms
-            + Health
-            + 'static,
-    {
-        Backend {
-            kind,
-            users: backend.clone(),
-            sessions,
-            session_index: backend.clone(),
-            counters: backend.clone(),
-            tokens: backend.clone(),
-            bus: backend.clone(),
-            history: backend.clone(),
-            presence: backend.clone(),
-            rooms: backend.clone(),
-            health: backend,
-        }
-    }
 }
 
 /// The session store handed to tower-sessions' layer, whichever backend.

@@ -20,9 +20,6 @@ struct Sources {
     /// the module it comes from. The root's face is not a dependency of the
     /// root's own code.
     reexports: BTreeMap<String, Vec<String>>,
-    /// Whether a path that starts with a submodule's name (`session::run`
-    /// in the root, `frames::Seen` in `session`) is read as an import of it.
-    submodule_paths: bool,
 }
 
 impl Sources {
@@ -60,7 +57,7 @@ impl Sources {
                 reexports.insert(name, path);
             }
         }
-        Sources { modules, reexports, submodule_paths: true }
+        Sources { modules, reexports }
     }
 
     /// The module a path from the root names: its longest prefix that is a
@@ -102,10 +99,7 @@ impl Sources {
                 Some("self") => (me.clone(), &path[1..]),
                 // A submodule of this one (`use frames::Seen` in `session`);
                 // anything else is another crate.
-                Some(first)
-                    if self.submodule_paths
-                        && self.modules.contains_key(&[me.as_slice(), &[first.to_owned()]].concat().join("::")) =>
-                {
+                Some(first) if self.modules.contains_key(&[me.as_slice(), &[first.to_owned()]].concat().join("::")) => {
                     (me.clone(), &path[..])
                 }
                 _ => continue,
@@ -237,12 +231,7 @@ fn assert_no_circle(files: &BTreeMap<String, BTreeSet<String>>) {
 
 #[test]
 fn no_two_modules_import_each_other() {
-    let mut server = Sources::read("src", "lib.rs");
-    // Paths into submodules are not read here yet: with them, `backend`
-    // (which builds the backends) and `backend::memory` and
-    // `backend::redis` (which implement its traits) import each other, as
-    // do `backend::redis` and `backend::redis::migrate`.
-    server.submodule_paths = false;
+    let server = Sources::read("src", "lib.rs");
     assert!(
         server.modules.len() > 20 && server.modules.contains_key("realtime::socket"),
         "read the sources: {:?}",
