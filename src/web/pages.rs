@@ -15,7 +15,7 @@ use crate::{
     backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
-    model::{Message, RoomName},
+    model::{Message, RoomKind, RoomName},
 };
 
 /// Messages rendered on a room's page.
@@ -154,12 +154,33 @@ pub struct ErrorPage {
 #[template(path = "chat.html")]
 pub struct ChatPage {
     pub user: String,
+    /// The room as this user names it: `deploys`, or `@bob` for a direct
+    /// conversation (what its frames carry, and `data-room` everywhere).
     pub room: String,
-    pub rooms: Vec<String>,
+    pub kind: RoomKind,
+    /// The user's role in a private room: `owner`, `member`; else empty.
+    pub role: &'static str,
+    /// The sidebar, in sections: public rooms, private rooms, direct
+    /// conversations.
+    pub public_rooms: Vec<SideRoom>,
+    pub private_rooms: Vec<SideRoom>,
+    pub direct_rooms: Vec<SideRoom>,
     pub messages: Vec<MessageView>,
     /// The messages shown begin at the room's first (nothing older to page back to).
     pub history_start: bool,
     pub last_id: String,
+}
+
+/// A room in the sidebar: what the user calls it, and its page.
+pub struct SideRoom {
+    pub label: String,
+    pub href: String,
+}
+
+impl SideRoom {
+    pub fn new(label: &str) -> Self {
+        Self { label: label.to_owned(), href: format!("/chat/{label}") }
+    }
 }
 
 /// A message as the page carries it: data only (`<template id="history">`);
@@ -295,11 +316,25 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     if !history_start {
         recent.remove(0);
     }
-    let rooms = listed.iter().map(|listed| listed.room().to_string()).collect();
+    let public_rooms = listed.iter().map(|listed| SideRoom::new(listed.room().as_str())).collect();
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let name = current.user.name;
     let messages = recent.into_iter().map(MessageView::from).collect();
-    page(StatusCode::OK, &ChatPage { user: name, room: room.to_string(), rooms, messages, history_start, last_id })
+    page(
+        StatusCode::OK,
+        &ChatPage {
+            user: name,
+            room: room.to_string(),
+            kind: visible.kind(),
+            role: "",
+            public_rooms,
+            private_rooms: Vec::new(),
+            direct_rooms: Vec::new(),
+            messages,
+            history_start,
+            last_id,
+        },
+    )
 }
 
 #[cfg(test)]
