@@ -53,6 +53,15 @@
 //! on B and `POST /logout` is sent to A: the time from sending it to the
 //! victim's close, which must be 4401 `logged out`; no other socket may close.
 //!
+//! `revoke` (palaver): the same stage, in a private room: the owner creates
+//! it on A and adds the `--users` idle users and the victims (raising
+//! `MAX_ROOM_MEMBERS` when they are more than its default); `--sockets`
+//! idle sockets on B are all in it; `--repeat` times, a fresh victim opens
+//! one socket on B and the owner's `DELETE /api/rooms/vault/members/victimK`
+//! goes to A: the time from sending it to the victim's close, which must be
+//! 4403 `access revoked`; no other socket may close, and every one must
+//! get a message said on A after the removals.
+//!
 //! `presence-storm` (palaver): `--sockets` sockets of as many users join one
 //! room, evenly over `--seconds`; each keeps its view of the room from
 //! `presence` (replaces it) and `presence_diff` (applies to it) frames.
@@ -69,8 +78,9 @@
 //! Layout: one module per scenario family (`idle`, `login`, `replay`,
 //! `handshakes`, `chat`, `revocation`, `presence`) over a shared harness:
 //! `servers` (the processes: Redis, palaver, the peers), `http` (raw HTTP:
-//! registering, signing in, tokens), `sockets` (opening, reading and holding
-//! WebSockets), `stats` (clocks, percentiles) and `args` (the command line).
+//! registering, signing in, tokens, the room API), `sockets` (opening,
+//! reading and holding WebSockets), `stats` (clocks, percentiles) and
+//! `args` (the command line).
 
 mod args;
 mod chat;
@@ -92,7 +102,7 @@ use crate::{
     login::{login_storm, logins},
     presence::presence_storm,
     replay::replay,
-    revocation::logout,
+    revocation::{logout, revoke},
     servers::{raise_fd_limit, servers},
 };
 
@@ -106,21 +116,23 @@ async fn main() {
         "replay" => replay(&args).await,
         "handshakes" => handshakes(&args).await,
         "idle-client" => idle_client(&args).await,
-        "idle" | "chat" | "logout" | "presence-storm" | "login-storm" => {
+        "idle" | "chat" | "logout" | "revoke" | "presence-storm" | "login-storm" => {
             for kind in servers(&args) {
                 match command {
                     "idle" => idle(kind, &args).await,
                     "chat" => chat(kind, &args).await,
                     "logout" => logout(kind, &args).await,
+                    "revoke" => revoke(kind, &args).await,
                     "presence-storm" => presence_storm(kind, &args).await,
                     _ => login_storm(kind, &args).await,
                 }
             }
         }
         _ => eprintln!(
-            "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes|logout|presence-storm|login-storm \
+            "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes|logout|revoke|presence-storm|login-storm \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
-             [--count N] [--messages N] [--body N] [--concurrency N] [--same-room] [--repeat N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
+             [--count N] [--messages N] [--body N] [--concurrency N] [--same-room] [--users N] \
+             [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 use tokio_tungstenite::{
     tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
@@ -65,10 +65,16 @@ pub(crate) async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
 /// Reads frames until the socket ends; says how (a close frame's code and
 /// reason, an error, or the stream's end).
 pub(crate) async fn until_closed(ws: &mut Ws) -> String {
+    read_until_closed(ws, |_| {}).await
+}
+
+/// `until_closed`, handing every text frame to `read` on the way.
+async fn read_until_closed(ws: &mut Ws, mut read: impl FnMut(&str)) -> String {
     loop {
         match ws.next().await {
             Some(Ok(Message::Close(Some(frame)))) => return format!("{} {}", u16::from(frame.code), frame.reason),
             Some(Ok(Message::Close(None))) => return "a close without a code".into(),
+            Some(Ok(Message::Text(text))) => read(&text),
             Some(Ok(_)) => continue,
             Some(Err(err)) => return format!("an error: {err}"),
             None => return "the end of the stream".into(),
@@ -76,11 +82,36 @@ pub(crate) async fn until_closed(ws: &mut Ws) -> String {
     }
 }
 
+/// Opens a socket into `room` as `cookie`'s user, sends `body` and waits
+/// for its ack; the message is in the room when this returns.
+pub(crate) async fn say(port: u16, cookie: &str, room: &str, body: &str) {
+    let mut ws = open(port, cookie, &format!("?room={room}")).await;
+    let hello = next_json(&mut ws).await.expect("hello");
+    assert_eq!(hello["room"].as_str(), Some(room), "{hello}");
+    let frame = serde_json::json!({"type": "send", "body": body, "client_id": "loadgen-say"});
+    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    loop {
+        let frame = next_json(&mut ws).await.expect("the ack");
+        match frame["type"].as_str() {
+            Some("ack") if frame["client_id"] == "loadgen-say" => break,
+            Some("error") => panic!("sending into {room} failed: {frame}"),
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// The body of the message `Held::heard` counts: said into a room after
+/// something happened there, it proves the held sockets still receive.
+pub(crate) const MARKER: &str = "loadgen: still listening?";
+
 /// Idle sockets held open: each answers pings and nothing else, and ends
-/// only if the server ends it (saying how).
+/// only if the server ends it (saying how); each counts a `MARKER` message.
 pub(crate) struct Held {
     pub(crate) tasks: Vec<JoinHandle<String>>,
     opened: Arc<AtomicU64>,
+    /// How many got a `message` whose body is `MARKER`.
+    marked: Arc<AtomicU64>,
 }
 
 impl Held {
@@ -89,10 +120,11 @@ impl Held {
     pub(crate) fn open(sockets: Vec<(u16, String, String)>) -> Held {
         let gate = Arc::new(Semaphore::new(256));
         let opened = Arc::new(AtomicU64::new(0));
+        let marked = Arc::new(AtomicU64::new(0));
         let tasks = sockets
             .into_iter()
             .map(|(port, cookie, query)| {
-                let (gate, opened) = (gate.clone(), opened.clone());
+                let (gate, opened, marked) = (gate.clone(), opened.clone(), marked.clone());
                 tokio::spawn(async move {
                     let permit = gate.acquire_owned().await.unwrap();
                     let mut ws = open(port, &cookie, &query).await;
@@ -100,11 +132,20 @@ impl Held {
                     assert_eq!(hello["type"], "hello");
                     drop(permit);
                     opened.fetch_add(1, Ordering::Relaxed);
-                    until_closed(&mut ws).await
+                    let mut heard = false;
+                    read_until_closed(&mut ws, |text| {
+                        // Most frames are presence: skip them before parsing.
+                        if !heard && text.contains(MARKER) {
+                            let frame: serde_json::Value = serde_json::from_str(text).unwrap();
+                            heard = frame["type"] == "message" && frame["body"] == MARKER;
+                            marked.fetch_add(heard.into(), Ordering::Relaxed);
+                        }
+                    })
+                    .await
                 })
             })
             .collect();
-        Held { tasks, opened }
+        Held { tasks, opened, marked }
     }
 
     /// Waits until every socket has its `hello`; none may end meanwhile.
@@ -116,6 +157,19 @@ impl Held {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         started.elapsed()
+    }
+
+    /// Waits until every socket got a `MARKER` message, or `within` has
+    /// passed; returns how many got one.
+    pub(crate) async fn heard(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let heard = self.marked.load(Ordering::Relaxed) as usize;
+            if heard >= self.tasks.len() || Instant::now() >= deadline {
+                return heard;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// How many sockets the server ended.
