@@ -34,7 +34,10 @@
 //! `--seconds`: palaver with the session cookie, then with an access token
 //! (`Authorization: Bearer`); the Node peer with its session cookie; the
 //! bare server with nothing. Every handshake must get its `hello` with the
-//! right user.
+//! right user and room. `--room-kind public,private` (palaver; either, or
+//! both in turn) sends palaver's into a public room other than the lobby
+//! and into a private room the user owns, instead of the default room, and
+//! with both prints the private rates as a share of the public ones.
 //!
 //! `chat`: two instances on one Redis (`--instances`; the bare server: one
 //! process);
@@ -131,8 +134,8 @@ async fn main() {
         _ => eprintln!(
             "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes|logout|revoke|presence-storm|login-storm \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
-             [--count N] [--messages N] [--body N] [--concurrency N] [--same-room] [--users N] \
-             [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
+             [--count N] [--messages N] [--body N] [--concurrency N] [--room-kind public,private] [--same-room] \
+             [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }
