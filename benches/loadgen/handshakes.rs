@@ -1,0 +1,206 @@
+//! `handshakes`: authenticated upgrades per second, each checked; palaver's
+//! into its default room, or (`--room-kind`) into a public and a private
+//! room in turn.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue},
+    MaybeTlsStream,
+};
+
+use crate::{
+    args::arg,
+    http::{bearer, register, RoomApi},
+    servers::{servers, start_redis, start_servers, Kind},
+    sockets::{next_json, NEXT_SOURCE},
+};
+
+/// Where palaver's handshakes go (`--room-kind public,private`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoomKind {
+    /// No `room` in the query, so the lobby: the scenario without the flag.
+    Default,
+    /// A public room other than the lobby (the first upgrade opens it).
+    Public,
+    /// A private room the user owns (created before the clock starts).
+    Private,
+}
+
+impl RoomKind {
+    /// `--room-kind a,b`: the kinds to measure in turn (the default room
+    /// without the flag).
+    fn list(args: &[String]) -> Vec<RoomKind> {
+        let Some(list) = args.iter().position(|a| a == "--room-kind").map(|i| &args[i + 1]) else {
+            return vec![RoomKind::Default];
+        };
+        list.split(',')
+            .map(|kind| match kind {
+                "public" => RoomKind::Public,
+                "private" => RoomKind::Private,
+                other => panic!("unknown --room-kind {other}: public or private"),
+            })
+            .collect()
+    }
+
+    /// The room its `hello` must name.
+    fn room(self) -> &'static str {
+        match self {
+            RoomKind::Default => "lobby",
+            RoomKind::Public => "plaza",
+            RoomKind::Private => "vault",
+        }
+    }
+
+    fn query(self) -> String {
+        match self {
+            RoomKind::Default => String::new(),
+            other => format!("?room={}", other.room()),
+        }
+    }
+}
+
+/// Upgrades per second with one kind of credential (or none) into `into`;
+/// checks every `hello` names `user` and the room.
+async fn handshake_rate(
+    port: u16,
+    header: Option<(&'static str, String)>,
+    user: &'static str,
+    into: RoomKind,
+    concurrency: usize,
+    seconds: u64,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (done, header) = (done.clone(), header.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let mut request = format!("ws://127.0.0.1:{port}/ws{}", into.query()).into_client_request().unwrap();
+                if let Some((name, value)) = &header {
+                    request.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
+                }
+                let source =
+                    std::net::Ipv4Addr::new(127, 0, 0, 1 + (NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16) as u8);
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind((source, 0).into()).unwrap();
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+                let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+                    .await
+                    .expect("the upgrade is accepted");
+                let hello = next_json(&mut ws).await.expect("hello");
+                assert_eq!(
+                    (hello["type"].as_str(), hello["user"].as_str(), hello["room"].as_str()),
+                    (Some("hello"), Some(user), Some(into.room()))
+                );
+                let _ = ws.close(None).await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `handshakes` for every `--server`, in turn; with palaver and the bare
+/// server in one run, palaver's rates (its first room kind's) as a share of
+/// the bare one; with a public and a private room, the private rates as a
+/// share of the public ones. `--room-kind` applies to palaver: the peers
+/// have no private rooms, and their handshakes go to their default room.
+pub(crate) async fn handshakes(args: &[String]) {
+    let concurrency: usize = arg(args, "--concurrency", 32);
+    let seconds: u64 = arg(args, "--seconds", 5);
+    let room_kinds = RoomKind::list(args);
+    let (mut palaver, mut bare) = (None, None);
+    for kind in servers(args) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, redis_port) = start_redis(dir.path());
+        let servers = start_servers(kind, redis_port, 1, &[("ACCESS_TOKEN_TTL_SECS", "3600")]);
+        let port = servers[0].1;
+        match kind {
+            Kind::Palaver => {
+                let cookie = register(port, "shaker");
+                let bearer = bearer(port, "shaker");
+                if room_kinds.contains(&RoomKind::Private) {
+                    RoomApi::sign_in(port, "shaker").create_private(RoomKind::Private.room());
+                }
+                let mut rates = Vec::new();
+                for &into in &room_kinds {
+                    let cookie_rate =
+                        handshake_rate(port, Some(("cookie", cookie.clone())), "shaker", into, concurrency, seconds)
+                            .await;
+                    let token_rate = handshake_rate(
+                        port,
+                        Some(("authorization", bearer.clone())),
+                        "shaker",
+                        into,
+                        concurrency,
+                        seconds,
+                    )
+                    .await;
+                    match into {
+                        RoomKind::Default => println!(
+                            "handshakes (palaver), {concurrency} concurrent, {seconds} s each: cookie {cookie_rate:.0}/s, \
+                             access token {token_rate:.0}/s (each read its hello as the right user)"
+                        ),
+                        _ => println!(
+                            "handshakes (palaver, {} room `{}`), {concurrency} concurrent, {seconds} s each: \
+                             cookie {cookie_rate:.0}/s, access token {token_rate:.0}/s (each read its hello as the \
+                             right user in the right room)",
+                            if into == RoomKind::Private { "private" } else { "public" },
+                            into.room()
+                        ),
+                    }
+                    rates.push((into, cookie_rate, token_rate));
+                }
+                palaver = rates.first().map(|&(_, cookie, token)| (cookie, token));
+                let rates_of = |kind| rates.iter().find(|(into, ..)| *into == kind).map(|&(_, c, t)| (c, t));
+                if let (Some((public_cookie, public_token)), Some((private_cookie, private_token))) =
+                    (rates_of(RoomKind::Public), rates_of(RoomKind::Private))
+                {
+                    println!(
+                        "palaver, private room against public room: cookie {:.0} %, access token {:.0} % \
+                         (target: at least 90 %)",
+                        100.0 * private_cookie / public_cookie,
+                        100.0 * private_token / public_token
+                    );
+                }
+            }
+            Kind::Node => {
+                let cookie = register(port, "shaker");
+                let rate =
+                    handshake_rate(port, Some(("cookie", cookie)), "shaker", RoomKind::Default, concurrency, seconds)
+                        .await;
+                println!(
+                    "handshakes (node peer), {concurrency} concurrent, {seconds} s: session cookie {rate:.0}/s \
+                     (each read its hello as the right user)"
+                );
+            }
+            Kind::Bare => {
+                let rate = handshake_rate(port, None, "anonymous", RoomKind::Default, concurrency, seconds).await;
+                println!(
+                    "handshakes (bare server), {concurrency} concurrent, {seconds} s: no credential {rate:.0}/s \
+                     (each read its hello)"
+                );
+                bare = Some(rate);
+            }
+        }
+    }
+    if let (Some((cookie, token)), Some(bare)) = (palaver, bare) {
+        println!(
+            "palaver against the bare ceiling: cookie {:.0} %, access token {:.0} % (target: at least 60 %)",
+            100.0 * cookie / bare,
+            100.0 * token / bare
+        );
+    }
+}
