@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::ListedSession;
 use crate::{clock::UnixMillis, config::ChatConfig, model::UserId};
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
@@ -149,9 +150,9 @@ pub const INVITE_REMEMBERED_AFTER_EXPIRY: Duration = Duration::from_secs(30 * 24
 /// The order [`Devices::list`](super::Devices::list) gives sessions in:
 /// newest first, those without a descriptor last (begun before sessions
 /// described themselves, so older than any with one), ties by id.
-pub fn newest_first(sessions: &mut [super::ListedSession]) {
+pub fn newest_first(sessions: &mut [ListedSession]) {
     sessions.sort_by(|a, b| {
-        let began = |s: &super::ListedSession| s.descriptor.as_ref().map(|d| d.created_at);
+        let began = |s: &ListedSession| s.descriptor.as_ref().map(|d| d.created_at);
         began(b).cmp(&began(a)).then_with(|| a.id.0.cmp(&b.id.0))
     });
 }
