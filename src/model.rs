@@ -1,5 +1,6 @@
 //! What palaver talks about: users, rooms, messages and their ids, and the
-//! rules a valid one follows. Plain data; no I/O.
+//! rules a valid one follows; what an account keeps of its sessions,
+//! security events and invites. Plain data; no I/O.
 
 use std::{fmt, sync::Arc};
 
@@ -396,8 +397,120 @@ fn mentions_in(text: &str, names: &mut Vec<String>) {
     }
 }
 
+/// How a session is held (docs/protocol.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// A cookie session.
+    Browser,
+    /// A token session (an access token and a refresh token).
+    Token,
+}
+
+/// What a session says of itself on the account page. Written at sign-in;
+/// `last_active_at` is rewritten as the session is used, at most once per
+/// granularity, so it is as fresh as that granularity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDescriptor {
+    pub kind: SessionKind,
+    pub created_at: UnixMillis,
+    pub last_active_at: UnixMillis,
+    /// Browser and OS ("Chrome on Linux"), or a token client's name.
+    pub client: String,
+    /// Where it signed in from (after `TRUSTED_PROXIES`).
+    pub address: String,
+    /// "Keep me signed in": the long idle and absolute lifetimes.
+    #[serde(default)]
+    pub long: bool,
+    /// A token session's `sid`, its public id: nothing else leads from the
+    /// session's store id to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+/// Who or what ended a session, as its `session_ended` event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedBy {
+    /// The user, from another of their sessions.
+    You,
+    PasswordChange,
+    LogoutEverywhere,
+    /// A spent refresh token was presented again.
+    RefreshReuse,
+    Operator,
+}
+
+/// One entry of a user's security log, as `GET /api/security-events`
+/// gives it: `{"at","kind",…}` with the kind's fields beside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityEvent {
+    pub at: UnixMillis,
+    #[serde(flatten)]
+    pub what: SecurityEventKind,
+}
+
+/// What happened to the account. Text fields absent from a stored entry
+/// read as empty, so entries written by another version still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SecurityEventKind {
+    SignedIn {
+        #[serde(default)]
+        client: String,
+        #[serde(default)]
+        address: String,
+    },
+    /// Failed sign-ins from one address, kept as one entry per burst: the
+    /// first at `since`, the last at the entry's `at`.
+    SignInFailed {
+        #[serde(default)]
+        address: String,
+        count: u32,
+        since: UnixMillis,
+    },
+    /// A session ended: `client` and `address` are the ended session's.
+    SessionEnded {
+        by: EndedBy,
+        #[serde(default)]
+        client: String,
+        #[serde(default)]
+        address: String,
+    },
+    /// From the session that changed it.
+    PasswordChanged {
+        #[serde(default)]
+        client: String,
+        #[serde(default)]
+        address: String,
+    },
+    /// The session whose spent refresh token came back (`client`), and
+    /// where it came from (`address`).
+    RefreshReuseDetected {
+        #[serde(default)]
+        client: String,
+        #[serde(default)]
+        address: String,
+    },
+}
+
+/// An invite code as the store keeps it: under the code's hash, never the
+/// code itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// How many sign-ups it was made for.
+    pub uses: u32,
+    pub uses_left: u32,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    /// Who made it: a user (on /account), or `None`, an operator.
+    pub by: Option<UserId>,
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -496,5 +609,97 @@ mod tests {
         let names = mentions(&body);
         assert_eq!(names.len(), MAX_MENTIONS);
         assert_eq!(names[0], "user000");
+    }
+
+    #[test]
+    fn security_events_are_the_apis_json_at_kind_and_the_kinds_fields() {
+        let at = UnixMillis::from_millis(1_700_000_000_000);
+        let text = |s: &str| s.to_owned();
+        let cases = [
+            (
+                SecurityEventKind::SignedIn { client: text("Chrome on Linux"), address: text("192.0.2.1") },
+                r#"{"at":1700000000000,"kind":"signed_in","client":"Chrome on Linux","address":"192.0.2.1"}"#,
+            ),
+            (
+                SecurityEventKind::SignInFailed {
+                    address: text("192.0.2.9"),
+                    count: 3,
+                    since: at - Duration::from_secs(60),
+                },
+                r#"{"at":1700000000000,"kind":"sign_in_failed","address":"192.0.2.9","count":3,"since":1699999940000}"#,
+            ),
+            (
+                SecurityEventKind::SessionEnded {
+                    by: EndedBy::PasswordChange,
+                    client: text("palaver-cli/0.3"),
+                    address: text("::1"),
+                },
+                r#"{"at":1700000000000,"kind":"session_ended","by":"password_change","client":"palaver-cli/0.3","address":"::1"}"#,
+            ),
+            (
+                SecurityEventKind::PasswordChanged { client: text("Firefox on macOS"), address: text("::1") },
+                r#"{"at":1700000000000,"kind":"password_changed","client":"Firefox on macOS","address":"::1"}"#,
+            ),
+            (
+                SecurityEventKind::RefreshReuseDetected { client: text("bot"), address: text("192.0.2.7") },
+                r#"{"at":1700000000000,"kind":"refresh_reuse_detected","client":"bot","address":"192.0.2.7"}"#,
+            ),
+        ];
+        for (what, json) in cases {
+            let event = SecurityEvent { at, what };
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(serde_json::from_str::<SecurityEvent>(json).unwrap(), event);
+        }
+        for (by, name) in [
+            (EndedBy::You, "you"),
+            (EndedBy::PasswordChange, "password_change"),
+            (EndedBy::LogoutEverywhere, "logout_everywhere"),
+            (EndedBy::RefreshReuse, "refresh_reuse"),
+            (EndedBy::Operator, "operator"),
+        ] {
+            assert_eq!(serde_json::to_value(by).unwrap(), name);
+        }
+    }
+
+    /// The Redis scripts rewrite stored JSON with Lua's cjson, which orders
+    /// fields as it likes and escapes `/`.
+    #[test]
+    fn entries_rewritten_by_a_script_read_as_written() {
+        let failure: SecurityEvent = serde_json::from_str(
+            r#"{"count":2,"since":1699999940000,"kind":"sign_in_failed","at":1700000000000,"address":"2001:db8::\/1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            failure,
+            SecurityEvent {
+                at: UnixMillis::from_millis(1_700_000_000_000),
+                what: SecurityEventKind::SignInFailed {
+                    address: "2001:db8::/1".into(),
+                    count: 2,
+                    since: UnixMillis::from_millis(1_699_999_940_000),
+                },
+            }
+        );
+        let descriptor: SessionDescriptor = serde_json::from_str(
+            r#"{"sid":"s1","long":true,"last_active_at":1700000060000,"address":"::1","client":"palaver-cli\/0.3","kind":"token","created_at":1700000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(descriptor.client, "palaver-cli/0.3");
+        assert_eq!(descriptor.last_active_at, UnixMillis::from_millis(1_700_000_060_000));
+        assert_eq!(
+            (descriptor.kind, descriptor.long, descriptor.sid.as_deref()),
+            (SessionKind::Token, true, Some("s1"))
+        );
+    }
+
+    #[test]
+    fn a_descriptor_without_the_optional_fields_reads_as_a_short_browser_session() {
+        let descriptor: SessionDescriptor = serde_json::from_str(
+            r#"{"kind":"browser","created_at":1,"last_active_at":2,"client":"Chrome on Linux","address":"::1"}"#,
+        )
+        .unwrap();
+        assert_eq!((descriptor.long, descriptor.sid.as_deref()), (false, None));
+        let written = serde_json::to_string(&descriptor).unwrap();
+        assert!(!written.contains("sid"), "no sid written for a browser session: {written}");
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    memory, redis, Backend, BackendKind, ConnectError, Counters, EventBus, Health, History, PresenceStore, Rooms,
-    SessionIndex, SharedSessionStore, TokenStore, UserStore, DEFAULT_REDIS_URL,
+    memory, redis, Backend, BackendKind, ConnectError, Counters, Devices, EventBus, Health, History, Invites,
+    PresenceStore, Rooms, SecurityLog, SessionIndex, SharedSessionStore, TokenStore, UserStore, DEFAULT_REDIS_URL,
 };
 use crate::{
     config::{BackendChoice, ChatConfig, Config},
@@ -55,6 +55,9 @@ impl Backend {
     where
         B: UserStore
             + SessionIndex
+            + Devices
+            + SecurityLog
+            + Invites
             + Counters
             + TokenStore
             + EventBus
@@ -69,6 +72,9 @@ impl Backend {
             users: backend.clone(),
             sessions,
             session_index: backend.clone(),
+            devices: backend.clone(),
+            security_log: backend.clone(),
+            invites: backend.clone(),
             counters: backend.clone(),
             tokens: backend.clone(),
             bus: backend.clone(),

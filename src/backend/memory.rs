@@ -22,14 +22,17 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Added, Counters, Created, Event, EventBus, Health, History, Member, Notice, PresenceStore, Removed,
-    RoomOpened, RoomState, Rooms, SessionIndex, StoreError, StoreResult, StoredTokenSession, StoredUser, TokenStore,
-    UserStore,
+    rules, Added, Counters, Created, Devices, Event, EventBus, Health, History, Invites, ListedSession, Member, Notice,
+    PresenceStore, Removed, RoomOpened, RoomState, Rooms, SecurityLog, SessionIndex, Spend, StoreError, StoreResult,
+    StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
     clock::UnixMillis,
     config::ChatConfig,
-    model::{folded_username, Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
+    model::{
+        folded_username, Appended, Invite, Message, MessageId, NewMessage, Role, RoomName, SecurityEvent,
+        SecurityEventKind, SessionDescriptor, TokenRecord, User, UserId,
+    },
 };
 
 /// `(room, sender, client_id)` -> the id stored for it, and when.
@@ -124,6 +127,13 @@ pub struct MemoryBackend {
     secrets: Mutex<HashMap<String, Vec<u8>>>,
     session_creates: AtomicU64,
     index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
+    /// user -> what their sessions say of themselves. Locked after `index`
+    /// when both are, as the Redis scripts see both at once.
+    devices: Mutex<HashMap<UserId, Descriptors>>,
+    /// user -> their security log.
+    security: Mutex<HashMap<UserId, SecurityEntries>>,
+    /// code hash -> invite.
+    invites: Mutex<HashMap<String, Invite>>,
     counters: Mutex<HashMap<String, (u64, Instant)>>,
     bus: broadcast::Sender<Notice>,
     rooms: Mutex<RoomTable>,
@@ -148,6 +158,29 @@ pub struct MemoryBackend {
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
     room_limits: rules::RoomLimits,
+}
+
+/// One user's session descriptors. Like the Redis hash they expire
+/// together, when the last of their sessions ends at the latest.
+#[derive(Debug, Default)]
+struct Descriptors {
+    sessions: HashMap<Id, SessionDescriptor>,
+    until: UnixMillis,
+}
+
+/// One user's security log, newest first; gone at `until` (renewed by
+/// each write), like the Redis list.
+#[derive(Debug, Default)]
+struct SecurityEntries {
+    entries: VecDeque<SecurityEvent>,
+    until: UnixMillis,
+}
+
+impl SecurityEntries {
+    fn push(&mut self, event: SecurityEvent) {
+        self.entries.push_front(event);
+        self.entries.truncate(rules::SECURITY_EVENTS_KEPT);
+    }
 }
 
 /// One user's read markers. Like the Redis hash they expire together, a
@@ -175,6 +208,9 @@ impl MemoryBackend {
             secrets: Mutex::default(),
             session_creates: AtomicU64::new(0),
             index: Mutex::default(),
+            devices: Mutex::default(),
+            security: Mutex::default(),
+            invites: Mutex::default(),
             counters: Mutex::default(),
             bus: broadcast::channel(1024).0,
             rooms: Mutex::default(),
@@ -270,7 +306,8 @@ impl UserStore for MemoryBackend {
         match lock(&self.users).entry(folded_username(&user.name)) {
             Entry::Occupied(_) => Ok(false),
             Entry::Vacant(slot) => {
-                slot.insert(StoredUser { user: user.clone(), password_hash: password_hash.to_owned() });
+                let password_hash = password_hash.to_owned();
+                slot.insert(StoredUser { user: user.clone(), password_hash, disabled: false });
                 Ok(true)
             }
         }
@@ -278,6 +315,22 @@ impl UserStore for MemoryBackend {
 
     async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
         Ok(lock(&self.users).get(&folded_username(name)).cloned())
+    }
+
+    async fn set_password(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
+        let mut users = lock(&self.users);
+        let Some(stored) = users.get_mut(&folded_username(&user.name)).filter(|s| s.user.id == user.id) else {
+            return Ok(false);
+        };
+        stored.password_hash = password_hash.to_owned();
+        Ok(true)
+    }
+
+    async fn set_disabled(&self, name: &str, disabled: bool) -> StoreResult<Option<User>> {
+        Ok(lock(&self.users).get_mut(&folded_username(name)).map(|stored| {
+            stored.disabled = disabled;
+            stored.user.clone()
+        }))
     }
 }
 
@@ -358,6 +411,215 @@ impl SessionIndex for MemoryBackend {
             .iter()
             .map(|id| sessions.get(id).is_some_and(is_live) || tokens.get(id).is_some_and(|(_, until)| *until > now))
             .collect())
+    }
+}
+
+/// `user`'s descriptors, unless their time is up (then they are dropped,
+/// as the Redis hash expires).
+fn live_descriptors(
+    devices: &mut HashMap<UserId, Descriptors>,
+    user: UserId,
+    now: UnixMillis,
+) -> Option<&mut Descriptors> {
+    if devices.get(&user).is_some_and(|mine| mine.until <= now) {
+        devices.remove(&user);
+    }
+    devices.get_mut(&user)
+}
+
+/// As the Redis backend: every step on one user's descriptors is taken
+/// under their lock (with the index's, where a script reads both); a
+/// listing reads the index, then the sessions, then drops what is gone.
+#[async_trait]
+impl Devices for MemoryBackend {
+    async fn put(
+        &self,
+        user: UserId,
+        session: Id,
+        descriptor: &SessionDescriptor,
+        expires_by: UnixMillis,
+    ) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        let index = lock(&self.index);
+        let mut devices = lock(&self.devices);
+        devices.retain(|_, mine| mine.until > now);
+        let mine = devices.entry(user).or_default();
+        let indexed = index.get(&user);
+        mine.sessions.retain(|id, _| *id == session || indexed.is_some_and(|ids| ids.contains_key(id)));
+        mine.sessions.insert(session, descriptor.clone());
+        mine.until = mine.until.max(expires_by);
+        Ok(())
+    }
+
+    async fn touch(&self, user: UserId, session: Id, at: UnixMillis, granularity: Duration) -> StoreResult<bool> {
+        let mut devices = lock(&self.devices);
+        let found = live_descriptors(&mut devices, user, UnixMillis::now()).and_then(|m| m.sessions.get_mut(&session));
+        match found {
+            Some(descriptor) if descriptor.last_active_at < at - granularity => {
+                descriptor.last_active_at = at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn moved(&self, user: UserId, old: Id, new: Id) -> StoreResult<bool> {
+        let mut devices = lock(&self.devices);
+        let Some(mine) = live_descriptors(&mut devices, user, UnixMillis::now()) else { return Ok(false) };
+        let Some(descriptor) = mine.sessions.remove(&old) else { return Ok(false) };
+        mine.sessions.insert(new, descriptor);
+        Ok(true)
+    }
+
+    async fn remove(&self, user: UserId, session: Id) -> StoreResult<()> {
+        if let Some(mine) = live_descriptors(&mut lock(&self.devices), user, UnixMillis::now()) {
+            mine.sessions.remove(&session);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, user: UserId, limit: usize) -> StoreResult<Vec<ListedSession>> {
+        let now = UnixMillis::now();
+        // The entries that end last, as Redis's ZREVRANGEBYSCORE takes them.
+        let mut indexed: Vec<(Id, UnixMillis)> = lock(&self.index)
+            .get(&user)
+            .map(|ids| ids.iter().filter(|(_, by)| **by > now).map(|(id, by)| (*id, *by)).collect())
+            .unwrap_or_default();
+        indexed.sort_by_key(|(id, by)| std::cmp::Reverse((*by, id.to_string())));
+        indexed.truncate(limit);
+        let ids: Vec<Id> = indexed.into_iter().map(|(id, _)| id).collect();
+        let exist = SessionIndex::exist(self, &ids).await?;
+        let mut index = lock(&self.index);
+        let mut devices = lock(&self.devices);
+        let mut mine = live_descriptors(&mut devices, user, now);
+        let mut sessions = Vec::new();
+        for (id, exists) in ids.into_iter().zip(exist) {
+            if exists {
+                let descriptor = mine.as_ref().and_then(|m| m.sessions.get(&id)).cloned();
+                sessions.push(ListedSession { id, descriptor });
+            } else {
+                if let Some(m) = mine.as_mut() {
+                    m.sessions.remove(&id);
+                }
+                if let Some(entries) = index.get_mut(&user) {
+                    entries.remove(&id);
+                }
+            }
+        }
+        rules::newest_first(&mut sessions);
+        Ok(sessions)
+    }
+}
+
+/// `user`'s security log, empty if its time is up.
+fn live_log(logs: &mut HashMap<UserId, SecurityEntries>, user: UserId, now: UnixMillis) -> &mut SecurityEntries {
+    let mine = logs.entry(user).or_default();
+    if mine.until <= now {
+        mine.entries.clear();
+    }
+    mine
+}
+
+/// Each write under the logs' lock: one atomic step, as one script is.
+#[async_trait]
+impl SecurityLog for MemoryBackend {
+    async fn record(&self, user: UserId, event: &SecurityEvent, keep_for: Duration) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        let mut logs = lock(&self.security);
+        logs.retain(|_, mine| mine.until > now);
+        let mine = live_log(&mut logs, user, now);
+        mine.push(event.clone());
+        mine.until = now + keep_for;
+        Ok(())
+    }
+
+    async fn sign_in_failed(
+        &self,
+        user: UserId,
+        address: &str,
+        at: UnixMillis,
+        burst: Duration,
+        keep_for: Duration,
+    ) -> StoreResult<u32> {
+        let now = UnixMillis::now();
+        let mut logs = lock(&self.security);
+        let mine = live_log(&mut logs, user, now);
+        let burst_began_after = at - burst;
+        let count = match mine.entries.front_mut() {
+            Some(SecurityEvent { at: last, what: SecurityEventKind::SignInFailed { address: from, count, since } })
+                if from == address && *since > burst_began_after =>
+            {
+                *count += 1;
+                *last = (*last).max(at);
+                *count
+            }
+            _ => {
+                let what = SecurityEventKind::SignInFailed { address: address.to_owned(), count: 1, since: at };
+                mine.push(SecurityEvent { at, what });
+                1
+            }
+        };
+        mine.until = now + keep_for;
+        Ok(count)
+    }
+
+    async fn recent(&self, user: UserId, limit: usize) -> StoreResult<Vec<SecurityEvent>> {
+        let now = UnixMillis::now();
+        let logs = lock(&self.security);
+        Ok(match logs.get(&user) {
+            Some(mine) if mine.until > now => mine.entries.iter().take(limit).cloned().collect(),
+            _ => Vec::new(),
+        })
+    }
+}
+
+/// Whether the store still remembers an invite (as Redis expires its key).
+fn remembered(invite: &Invite, now: UnixMillis) -> bool {
+    invite.expires_at + rules::INVITE_REMEMBERED_AFTER_EXPIRY > now
+}
+
+/// Each step under the invites' lock: one atomic step, as one script is.
+#[async_trait]
+impl Invites for MemoryBackend {
+    async fn create(&self, code_hash: &str, invite: &Invite) -> StoreResult<bool> {
+        let now = UnixMillis::now();
+        let mut invites = lock(&self.invites);
+        invites.retain(|_, i| remembered(i, now));
+        match invites.entry(code_hash.to_owned()) {
+            Entry::Occupied(_) => Ok(false),
+            Entry::Vacant(slot) => {
+                slot.insert(invite.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn spend(&self, code_hash: &str, at: UnixMillis) -> StoreResult<Spend> {
+        let now = UnixMillis::now();
+        let mut invites = lock(&self.invites);
+        let Some(invite) = invites.get_mut(code_hash).filter(|i| remembered(i, now)) else {
+            return Ok(Spend::Unknown);
+        };
+        if invite.expires_at <= at {
+            return Ok(Spend::Expired);
+        }
+        if invite.uses_left == 0 {
+            return Ok(Spend::UsedUp);
+        }
+        invite.uses_left -= 1;
+        Ok(Spend::Spent(invite.clone()))
+    }
+
+    async fn give_back(&self, code_hash: &str) -> StoreResult<bool> {
+        let now = UnixMillis::now();
+        let mut invites = lock(&self.invites);
+        match invites.get_mut(code_hash).filter(|i| remembered(i, now)) {
+            Some(invite) if invite.uses_left < invite.uses => {
+                invite.uses_left += 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! Everything that must be the same on every instance lives behind these
 //! traits: users, sessions (through tower-sessions' `SessionStore`), the
-//! per-user index of sessions, login-failure counters, the event bus, room
-//! history and presence, private rooms and their members, and the lists of
-//! direct conversations. Everything else (open sockets, timers) is local.
+//! per-user index of sessions and what each session says of itself,
+//! security events, invite codes, login-failure counters, the event bus,
+//! room history and presence, private rooms and their members, and the
+//! lists of direct conversations. Everything else (open sockets, timers) is
+//! local.
 
 mod build;
 pub mod memory;
@@ -24,7 +26,10 @@ use tower_sessions::{
 
 use crate::{
     clock::UnixMillis,
-    model::{Appended, Message, MessageId, NewMessage, Role, RoomName, TokenRecord, User, UserId},
+    model::{
+        Appended, Invite, Message, MessageId, NewMessage, Role, RoomName, SecurityEvent, SessionDescriptor,
+        TokenRecord, User, UserId,
+    },
 };
 
 /// The Redis tried when `REDIS_URL` is unset and the backend is `auto`.
@@ -57,14 +62,25 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct StoredUser {
     pub user: User,
     pub password_hash: String,
+    /// An operator disabled the account: it may not sign in. A record
+    /// written before accounts could be disabled reads as `false`.
+    pub disabled: bool,
 }
 
 impl fmt::Debug for StoredUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredUser").field("user", &self.user).field("password_hash", &"[redacted]").finish()
+        f.debug_struct("StoredUser")
+            .field("user", &self.user)
+            .field("password_hash", &"[redacted]")
+            .field("disabled", &self.disabled)
+            .finish()
     }
 }
 
+/// Users, one record each under their name (folded), holding the id, the
+/// name as registered, the password hash and whether the account is
+/// disabled. Each change of a record is one atomic step that leaves its
+/// other fields as they are.
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Creates the user unless the name is taken, ignoring case. Atomic: of
@@ -72,6 +88,13 @@ pub trait UserStore: Send + Sync {
     async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool>;
     /// Finds a user by name, ignoring case.
     async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>>;
+    /// Replaces `user`'s password hash. `false` when no record of that
+    /// name holds that user's id.
+    async fn set_password(&self, user: &User, password_hash: &str) -> StoreResult<bool>;
+    /// Disables or enables the account named `name` (ignoring case), and
+    /// returns its user; `None` when there is no such user. Setting what
+    /// is already set is no error.
+    async fn set_disabled(&self, name: &str, disabled: bool) -> StoreResult<Option<User>>;
 }
 
 /// The per-user index of live session ids, so that "log out everywhere" can
@@ -87,6 +110,123 @@ pub trait SessionIndex: Send + Sync {
     /// For each id, whether that session still exists in the session store.
     /// One round trip for the whole batch.
     async fn exist(&self, sessions: &[Id]) -> StoreResult<Vec<bool>>;
+}
+
+/// A live session of a user as [`Devices::list`] gives it: its store id
+/// and what it says of itself, if anything (`None`: a session begun before
+/// sessions described themselves; shown as "Unknown").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSession {
+    pub id: Id,
+    pub descriptor: Option<SessionDescriptor>,
+}
+
+/// What each session of a user says of itself (docs/protocol.md §7): its
+/// kind, client, address, when it began and when it was last active.
+///
+/// The user's [`SessionIndex`] stays the truth of which sessions there
+/// are: a descriptor only describes a session indexed there, and one whose
+/// session is gone is dropped when found. So a session is indexed before it
+/// is described ([`Devices::put`], [`Devices::moved`] after
+/// [`SessionIndex::add`]), and removing a descriptor is best effort. On
+/// Redis the descriptors are a hash in the user's slot, beside the index.
+#[async_trait]
+pub trait Devices: Send + Sync {
+    /// Describes a session just indexed under `user`, which ends at the
+    /// latest at `expires_by` (its absolute lifetime): the descriptors are
+    /// kept until the last of them ends. Descriptors of sessions no longer
+    /// in the index are dropped on the way, so the user never has more
+    /// descriptors than indexed sessions (and this one).
+    async fn put(
+        &self,
+        user: UserId,
+        session: Id,
+        descriptor: &SessionDescriptor,
+        expires_by: UnixMillis,
+    ) -> StoreResult<()>;
+    /// Records that the session was used at `at`: its `last_active_at`
+    /// becomes `at` if it is older than `at - granularity`, else nothing is
+    /// written. `true` when it was rewritten; `false` too for a session
+    /// with no descriptor (none is made). One atomic step: of concurrent
+    /// touches within one granularity at most one writes, and
+    /// `last_active_at` never moves back. Costs one round trip per call (a
+    /// script that reads one hash field), and a write at most once per
+    /// granularity per session.
+    async fn touch(&self, user: UserId, session: Id, at: UnixMillis, granularity: Duration) -> StoreResult<bool>;
+    /// The session's id changed (a cookie session's id is cycled): its
+    /// descriptor moves to `new`, unchanged. `false` when `old` had none.
+    /// Call it once `new` is indexed.
+    async fn moved(&self, user: UserId, old: Id, new: Id) -> StoreResult<bool>;
+    /// Drops the session's descriptor (it ended).
+    async fn remove(&self, user: UserId, session: Id) -> StoreResult<()>;
+    /// The user's live sessions, newest first (by `created_at`; those with
+    /// no descriptor last): at most `limit`, taken from the index entries
+    /// that end last. Sessions found gone from the session store are not
+    /// listed, and their index entries and descriptors are deleted. One
+    /// round trip for the index and the descriptors, one for the sessions'
+    /// existence (pipelined: on a cluster each is in a slot of its own), and
+    /// one more when something was found gone.
+    async fn list(&self, user: UserId, limit: usize) -> StoreResult<Vec<ListedSession>>;
+}
+
+/// A user's security log (docs/protocol.md §7): newest first, at most
+/// [`rules::SECURITY_EVENTS_KEPT`] entries (older ones drop off), and gone
+/// `keep_for` after the last entry was written (each write renews it).
+#[async_trait]
+pub trait SecurityLog: Send + Sync {
+    /// Adds an entry at the head. A failed sign-in goes through
+    /// [`SecurityLog::sign_in_failed`] instead, which counts bursts.
+    async fn record(&self, user: UserId, event: &SecurityEvent, keep_for: Duration) -> StoreResult<()>;
+    /// Records a failed sign-in from `address` at `at`. When the newest
+    /// entry is a failure from the same address whose burst began within
+    /// `burst` before `at`, its count goes up and its `at` moves to `at`;
+    /// else a new entry (count 1) heads the log. One atomic step: N
+    /// concurrent failures from one address in one burst leave one entry
+    /// counting N. Returns the entry's count.
+    async fn sign_in_failed(
+        &self,
+        user: UserId,
+        address: &str,
+        at: UnixMillis,
+        burst: Duration,
+        keep_for: Duration,
+    ) -> StoreResult<u32>;
+    /// The newest `limit` entries, newest first. An entry this version
+    /// cannot read (a kind from a newer one) is skipped.
+    async fn recent(&self, user: UserId, limit: usize) -> StoreResult<Vec<SecurityEvent>>;
+}
+
+/// What [`Invites::spend`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spend {
+    /// One use taken; the invite as it is now.
+    Spent(Invite),
+    /// No such code (never made, or forgotten
+    /// [`rules::INVITE_REMEMBERED_AFTER_EXPIRY`] after it expired).
+    Unknown,
+    /// Every use was taken.
+    UsedUp,
+    /// Past its expiry.
+    Expired,
+}
+
+/// Invite codes for invite-only sign-up, stored by the code's hash (the
+/// code itself never is). Each is used alone (on a cluster: one key,
+/// untagged), and each step on it is atomic.
+#[async_trait]
+pub trait Invites: Send + Sync {
+    /// Stores a new invite under `code_hash` unless one is there already
+    /// (`false`). It is remembered until
+    /// [`rules::INVITE_REMEMBERED_AFTER_EXPIRY`] past its expiry, so that
+    /// a late visitor is told it expired.
+    async fn create(&self, code_hash: &str, invite: &Invite) -> StoreResult<bool>;
+    /// Takes one use of the code at `at`. Atomic: of N concurrent spends of
+    /// a code with k uses left, exactly k are [`Spend::Spent`].
+    async fn spend(&self, code_hash: &str, at: UnixMillis) -> StoreResult<Spend>;
+    /// Gives back a use taken by a sign-up that then failed (the name was
+    /// taken), never beyond the uses it was made with. `false` when the
+    /// code is gone or has every use.
+    async fn give_back(&self, code_hash: &str) -> StoreResult<bool>;
 }
 
 /// A token session as the store holds it.
@@ -498,6 +638,9 @@ pub struct Backend {
     pub users: Arc<dyn UserStore>,
     pub sessions: SharedSessionStore,
     pub session_index: Arc<dyn SessionIndex>,
+    pub devices: Arc<dyn Devices>,
+    pub security_log: Arc<dyn SecurityLog>,
+    pub invites: Arc<dyn Invites>,
     pub counters: Arc<dyn Counters>,
     pub tokens: Arc<dyn TokenStore>,
     pub bus: Arc<dyn EventBus>,

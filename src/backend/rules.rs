@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::ListedSession;
 use crate::{clock::UnixMillis, config::ChatConfig, model::UserId};
 
 /// How long a `(room, user, client_id)` triple is remembered, so that a
@@ -137,4 +138,21 @@ impl RoomLimits {
     pub fn direct_counter(user: UserId) -> String {
         format!("quota:new-direct:{{{user}}}")
     }
+}
+
+/// How many entries a user's security log keeps (the newest).
+pub const SECURITY_EVENTS_KEPT: usize = 50;
+
+/// How long an expired invite is remembered, so that whoever follows it
+/// late is told it expired rather than that it never existed.
+pub const INVITE_REMEMBERED_AFTER_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The order [`Devices::list`](super::Devices::list) gives sessions in:
+/// newest first, those without a descriptor last (begun before sessions
+/// described themselves, so older than any with one), ties by id.
+pub fn newest_first(sessions: &mut [ListedSession]) {
+    sessions.sort_by(|a, b| {
+        let began = |s: &ListedSession| s.descriptor.as_ref().map(|d| d.created_at);
+        began(b).cmp(&began(a)).then_with(|| a.id.0.cmp(&b.id.0))
+    });
 }

@@ -18,7 +18,18 @@
 //! add racing a removal) and the new-room quota, with nothing written when
 //! refused; `states` for many pairs; appends refused where the sender may
 //! not write; private and direct rooms that never expire; the quota of new
-//! direct conversations; and the lists of direct conversations.
+//! direct conversations; and the lists of direct conversations. For
+//! accounts: a password change and the disabled flag, each leaving the
+//! other as it was; the sessions a user has, listed with what each says of
+//! itself (newest first, bounded, token and cookie sessions alike), those
+//! found gone dropped with their descriptors, a descriptor following its
+//! session to a new id and dropped once its session is no longer indexed;
+//! `last_active_at` rewritten at most once per granularity, also under
+//! concurrent touches; the security log (the newest fifty, newest first,
+//! gone after its idle time, which each write renews) and its failed
+//! sign-ins counted one entry per burst, also concurrently; and invite
+//! codes spent exactly as many times as they have uses, also concurrently,
+//! given back, and telling expired and used-up codes apart.
 //!
 //! Each rule is one generic test body taking a [`Backend`]; the [`contract`]
 //! macro runs it as `contract::memory::<rule>`, `contract::redis::<rule>` and
@@ -27,7 +38,9 @@
 //! with the check that the Redis backend's list of scripts loads every
 //! script its code calls, the keys of private and direct rooms seen to
 //! carry no expiry, stale entries of a user's index of private rooms
-//! dropped, and nothing left of a deleted private room.
+//! dropped, nothing left of a deleted private room, user records written
+//! before accounts could be disabled read and changed as before, and the
+//! lifetimes the account keys are seen to carry.
 
 use std::{
     collections::BTreeSet,
@@ -37,11 +50,15 @@ use std::{
 
 use palaver::{
     backend::{
-        rules::{NewRooms, RoomLimits},
+        rules::{NewRooms, RoomLimits, SECURITY_EVENTS_KEPT},
         AccessChange, Added, Backend, BackendKind, Created, EndReason, Event, Notice, Removed, RoomOpened, RoomState,
+        Spend,
     },
     clock::UnixMillis,
-    model::{Appended, Message, MessageId, NewMessage, Role, RoomName, User, UserId},
+    model::{
+        Appended, EndedBy, Invite, Message, MessageId, NewMessage, RefreshState, Role, RoomName, SecurityEvent,
+        SecurityEventKind, SessionDescriptor, SessionKind, TokenRecord, User, UserId,
+    },
     Config,
 };
 use tokio::sync::{broadcast, Barrier};
@@ -128,6 +145,18 @@ contract! {
     private_and_direct_rooms_never_expire => [("ROOM_TTL_SECS", "1")],
     a_first_message_into_a_direct_room_counts_on_the_senders_direct_quota => [("DIRECT_PER_USER_PER_HOUR", "2"), ("ROOMS_PER_USER_PER_HOUR", "1")],
     direct_lists_hold_each_conversation_once_most_recent_first,
+    a_password_change_keeps_the_account_and_its_disabled_flag,
+    sessions_are_listed_with_what_they_say_newest_first,
+    a_listing_drops_sessions_that_are_gone_and_what_they_said,
+    a_listing_is_bounded_to_the_sessions_that_end_last,
+    last_active_moves_forward_once_per_granularity_even_under_concurrent_touches,
+    a_descriptor_follows_its_session_to_a_new_id_and_goes_when_removed,
+    a_new_descriptor_drops_those_of_sessions_no_longer_indexed,
+    the_security_log_keeps_the_newest_fifty_newest_first,
+    failed_sign_ins_from_one_address_are_one_entry_per_burst_even_concurrently,
+    the_security_log_goes_after_its_idle_time_and_each_write_renews_it,
+    an_invite_is_spent_exactly_as_many_times_as_it_has_uses_even_concurrently,
+    an_expired_invite_says_so_and_a_spend_just_before_its_expiry_counts,
     published_events_reach_subscribers_as_published,
     health_answers,
 }
@@ -1547,6 +1576,462 @@ async fn direct_lists_hold_each_conversation_once_most_recent_first(b: Backend) 
     assert_eq!(listed(cy.id, 10).await, [(al_cy, "al".to_owned())], "and nothing written by it");
 }
 
+// ------------------------------------------------------------ accounts --
+
+/// Starts `racers` calls of `call` (given each racer's number), releases
+/// them at once, and returns what each returned, in racer order.
+async fn race<T, Fut>(racers: usize, what: &str, call: impl Fn(usize) -> Fut) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let start = Arc::new(Barrier::new(racers));
+    let handles: Vec<_> = (0..racers)
+        .map(|n| {
+            let (start, call) = (start.clone(), call(n));
+            tokio::spawn(async move {
+                start.wait().await;
+                call.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(racers);
+    for handle in handles {
+        out.push(within(what, handle).await.expect("racer"));
+    }
+    out
+}
+
+/// A user created in the store, with a hash like argon2's (`/` and `+`
+/// included: a script that rewrites the record must keep them).
+async fn registered(b: &Backend, name: &str) -> (User, String) {
+    let user = User { id: UserId::new_v4(), name: name.into() };
+    let hash = format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA/+{name}$aGFzaA+/");
+    assert!(b.users.create(&user, &hash).await.expect("create"), "{name} is free");
+    (user, hash)
+}
+
+async fn stored(b: &Backend, name: &str) -> (User, String, bool) {
+    let found = b.users.find(name).await.expect("find").expect("the user is there");
+    (found.user, found.password_hash, found.disabled)
+}
+
+async fn a_password_change_keeps_the_account_and_its_disabled_flag(b: Backend) {
+    let (al, hash) = registered(&b, "Alice").await;
+    let (bo, bo_hash) = registered(&b, "bob").await;
+    assert_eq!(stored(&b, "alice").await, (al.clone(), hash.clone(), false), "a new account is enabled");
+
+    assert_eq!(b.users.set_disabled("ALICE", true).await.expect("set_disabled"), Some(al.clone()), "by any case");
+    assert_eq!(stored(&b, "alice").await, (al.clone(), hash.clone(), true));
+    assert_eq!(b.users.set_disabled("alice", true).await.expect("set_disabled"), Some(al.clone()), "again: no error");
+
+    let new_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3/+c2FsdA$bmV3aGFzaA/+";
+    assert!(b.users.set_password(&al, new_hash).await.expect("set_password"));
+    assert_eq!(stored(&b, "alice").await, (al.clone(), new_hash.to_owned(), true), "still disabled");
+    assert_eq!(b.users.set_disabled("alice", false).await.expect("set_disabled"), Some(al.clone()));
+    assert_eq!(stored(&b, "Alice").await, (al.clone(), new_hash.to_owned(), false), "the new hash kept");
+
+    // Only the user whose id the record holds.
+    let impostor = User { id: UserId::new_v4(), name: "alice".into() };
+    assert!(!b.users.set_password(&impostor, "h").await.expect("set_password"), "another id");
+    let nobody = User { id: UserId::new_v4(), name: "nobody".into() };
+    assert!(!b.users.set_password(&nobody, "h").await.expect("set_password"), "no such user");
+    assert_eq!(b.users.set_disabled("nobody", true).await.expect("set_disabled"), None);
+    assert!(b.users.find("nobody").await.expect("find").is_none(), "nothing made by either");
+    assert_eq!(stored(&b, "alice").await, (al, new_hash.to_owned(), false));
+    assert_eq!(stored(&b, "bob").await, (bo, bo_hash, false), "other users are their own");
+}
+
+fn descriptor(kind: SessionKind, created_at: UnixMillis, client: &str) -> SessionDescriptor {
+    SessionDescriptor {
+        kind,
+        created_at,
+        last_active_at: created_at,
+        client: client.into(),
+        address: "192.0.2.1".into(),
+        long: false,
+        sid: None,
+    }
+}
+
+/// A token session in the store, as `POST /api/token` makes one.
+async fn create_token_session(b: &Backend, user: &User, sid: &str) -> Id {
+    let now = UnixMillis::now();
+    let record = TokenRecord {
+        user: user.clone(),
+        sid: sid.into(),
+        signed_in_at: now,
+        refresh: RefreshState { current: "h".into(), spent: vec![], rotated_at: now },
+    };
+    let id = Id::default();
+    let later = now + Duration::from_secs(300);
+    b.tokens.create_token_session(id, &record, later, later).await.expect("create_token_session");
+    id
+}
+
+/// The user's sessions as (id, client), in the order listed.
+async fn listed_sessions(b: &Backend, user: UserId, limit: usize) -> Vec<(Id, Option<String>)> {
+    let listed = b.devices.list(user, limit).await.expect("list");
+    listed.into_iter().map(|s| (s.id, s.descriptor.map(|d| d.client))).collect()
+}
+
+fn hour_from_now() -> UnixMillis {
+    UnixMillis::now() + Duration::from_secs(3600)
+}
+
+async fn sessions_are_listed_with_what_they_say_newest_first(b: Backend) {
+    let (al, bo) = (user("al"), user("bo"));
+    let t0 = UnixMillis::now() - Duration::from_secs(600);
+    let (old, browser, undescribed, token, theirs) = (
+        create_session(&b).await,
+        create_session(&b).await,
+        create_session(&b).await,
+        create_token_session(&b, &al, "sid-1").await,
+        create_session(&b).await,
+    );
+    for id in [old, browser, undescribed, token] {
+        b.session_index.add(al.id, id, hour_from_now()).await.expect("add");
+    }
+    b.session_index.add(bo.id, theirs, hour_from_now()).await.expect("add");
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let token_descriptor = SessionDescriptor {
+        sid: Some("sid-1".into()),
+        long: true,
+        ..descriptor(SessionKind::Token, at(20), "palaver-cli/0.3")
+    };
+    let described = [
+        (old, descriptor(SessionKind::Browser, at(0), "Firefox on Windows")),
+        (browser, descriptor(SessionKind::Browser, at(10), "Chrome on Linux")),
+        (token, token_descriptor.clone()),
+    ];
+    for (id, d) in &described {
+        b.devices.put(al.id, *id, d, hour_from_now()).await.expect("put");
+    }
+    b.devices
+        .put(bo.id, theirs, &descriptor(SessionKind::Browser, at(30), "Safari on iOS"), hour_from_now())
+        .await
+        .expect("put");
+
+    let listed = b.devices.list(al.id, 100).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [token, browser, old, undescribed],
+        "newest first, the undescribed session (begun before descriptors) last"
+    );
+    assert_eq!(listed[0].descriptor.as_ref(), Some(&token_descriptor), "a descriptor round-trips exactly");
+    assert_eq!(listed[1].descriptor.as_ref(), Some(&described[1].1));
+    assert_eq!(listed[3].descriptor, None, "listed, with nothing to say");
+    assert_eq!(listed_sessions(&b, bo.id, 100).await, [(theirs, Some("Safari on iOS".into()))], "their own only");
+    assert!(listed_sessions(&b, UserId::new_v4(), 100).await.is_empty(), "an unknown user has none");
+    assert!(listed_sessions(&b, al.id, 0).await.is_empty());
+}
+
+async fn a_listing_drops_sessions_that_are_gone_and_what_they_said(b: Backend) {
+    let al = user("al");
+    let (kept, deleted, ended_token, never) = (
+        create_session(&b).await,
+        create_session(&b).await,
+        create_token_session(&b, &al, "sid-2").await,
+        Id::default(),
+    );
+    let t0 = UnixMillis::now();
+    for (n, id) in [kept, deleted, ended_token, never].into_iter().enumerate() {
+        b.session_index.add(al.id, id, hour_from_now()).await.expect("add");
+        let d = descriptor(SessionKind::Browser, t0 + Duration::from_secs(n as u64), &format!("client {n}"));
+        b.devices.put(al.id, id, &d, hour_from_now()).await.expect("put");
+    }
+    b.sessions.delete(&deleted).await.expect("delete");
+    b.sessions.delete(&ended_token).await.expect("delete"); // how a token session ends
+
+    assert_eq!(listed_sessions(&b, al.id, 100).await, [(kept, Some("client 0".into()))]);
+    // Their descriptors and index entries went with them.
+    for gone in [deleted, ended_token, never] {
+        assert!(!b.devices.moved(al.id, gone, Id::default()).await.expect("moved"), "no descriptor left");
+    }
+    assert_eq!(b.session_index.take_all(al.id).await.expect("take_all"), [kept], "only the live one is indexed");
+}
+
+async fn a_listing_is_bounded_to_the_sessions_that_end_last(b: Backend) {
+    let al = user("al");
+    let mut sessions = Vec::new();
+    for n in 0..5u64 {
+        let id = create_session(&b).await;
+        b.session_index.add(al.id, id, hour_from_now() + Duration::from_secs(n)).await.expect("add");
+        sessions.push(id);
+    }
+    // A session ended already (past its absolute lifetime) is not counted.
+    let ended = create_session(&b).await;
+    b.session_index.add(al.id, ended, UnixMillis::now() - Duration::from_secs(1)).await.expect("add");
+    let listed: BTreeSet<i128> = listed_sessions(&b, al.id, 3).await.into_iter().map(|(id, _)| id.0).collect();
+    assert_eq!(listed, sessions[2..].iter().map(|id| id.0).collect(), "the three that end last");
+    assert_eq!(listed_sessions(&b, al.id, 100).await.len(), 5);
+}
+
+async fn last_active_moves_forward_once_per_granularity_even_under_concurrent_touches(b: Backend) {
+    let al = user("al");
+    let session = create_session(&b).await;
+    b.session_index.add(al.id, session, hour_from_now()).await.expect("add");
+    let t0 = UnixMillis::now() - Duration::from_secs(3600);
+    b.devices
+        .put(al.id, session, &descriptor(SessionKind::Browser, t0, "Chrome on Linux"), hour_from_now())
+        .await
+        .expect("put");
+    let minute = Duration::from_secs(60);
+    let last_active = || async {
+        let listed = b.devices.list(al.id, 10).await.expect("list");
+        listed[0].descriptor.as_ref().expect("described").last_active_at
+    };
+    let (toucher, who) = (b.clone(), al.id);
+    let touch = move |at: UnixMillis| {
+        let b = toucher.clone();
+        async move { b.devices.touch(who, session, at, minute).await.expect("touch") }
+    };
+
+    assert!(!touch(t0 + Duration::from_secs(60)).await, "not older than the granularity: nothing written");
+    assert_eq!(last_active().await, t0);
+    assert!(touch(t0 + Duration::from_secs(61)).await);
+    assert_eq!(last_active().await, t0 + Duration::from_secs(61));
+    assert!(!touch(t0 + Duration::from_secs(120)).await);
+    assert!(!touch(t0).await, "never back");
+    assert_eq!(last_active().await, t0 + Duration::from_secs(61));
+
+    const RACERS: usize = 16;
+    let at = t0 + Duration::from_secs(600);
+    // Within one granularity of each other: only the first writes.
+    let written = race(RACERS, "a touch", |n| touch(at + Duration::from_millis(n as u64))).await;
+    assert_eq!(written.iter().filter(|w| **w).count(), 1, "one write per granularity, however many touch at once");
+    let now = last_active().await;
+    assert!(now >= at && now < at + Duration::from_millis(RACERS as u64), "{now:?}");
+    let listed = b.devices.list(al.id, 10).await.expect("list");
+    let d = listed[0].descriptor.as_ref().expect("described");
+    assert_eq!((d.created_at, d.client.as_str()), (t0, "Chrome on Linux"), "the rest untouched");
+
+    // A session with no descriptor gets none from a touch.
+    let undescribed = create_session(&b).await;
+    b.session_index.add(al.id, undescribed, hour_from_now()).await.expect("add");
+    assert!(!b.devices.touch(al.id, undescribed, UnixMillis::now(), minute).await.expect("touch"));
+    let listed = listed_sessions(&b, al.id, 10).await;
+    assert!(listed.contains(&(undescribed, None)), "{listed:?}");
+}
+
+async fn a_descriptor_follows_its_session_to_a_new_id_and_goes_when_removed(b: Backend) {
+    let al = user("al");
+    let (old, new) = (create_session(&b).await, create_session(&b).await);
+    b.session_index.add(al.id, old, hour_from_now()).await.expect("add");
+    let said = descriptor(SessionKind::Browser, UnixMillis::now(), "Chrome on Linux");
+    b.devices.put(al.id, old, &said, hour_from_now()).await.expect("put");
+
+    // The id cycles as a password change cycles it: the new id indexed, the old one gone.
+    b.session_index.add(al.id, new, hour_from_now()).await.expect("add");
+    assert!(b.devices.moved(al.id, old, new).await.expect("moved"));
+    b.sessions.delete(&old).await.expect("delete");
+    b.session_index.remove(al.id, old).await.expect("remove");
+    let listed = b.devices.list(al.id, 10).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].descriptor.as_ref()), (new, Some(&said)), "unchanged, under the new id");
+    assert!(!b.devices.moved(al.id, old, new).await.expect("moved"), "nothing left under the old id");
+    assert!(b.devices.moved(al.id, new, new).await.expect("moved"), "to itself: still there");
+
+    b.devices.remove(al.id, new).await.expect("remove");
+    b.devices.remove(al.id, Id::default()).await.expect("removing what is not there is no error");
+    assert_eq!(listed_sessions(&b, al.id, 10).await, [(new, None)], "still a session, saying nothing");
+}
+
+async fn a_new_descriptor_drops_those_of_sessions_no_longer_indexed(b: Backend) {
+    let al = user("al");
+    let (first, second, third) = (create_session(&b).await, create_session(&b).await, create_session(&b).await);
+    let now = UnixMillis::now();
+    for (id, client) in [(first, "one"), (second, "two")] {
+        b.session_index.add(al.id, id, hour_from_now()).await.expect("add");
+        b.devices.put(al.id, id, &descriptor(SessionKind::Browser, now, client), hour_from_now()).await.expect("put");
+    }
+    // Logged out everywhere: the index is emptied, the descriptors stay behind.
+    assert_eq!(b.session_index.take_all(al.id).await.expect("take_all").len(), 2);
+    b.session_index.add(al.id, third, hour_from_now()).await.expect("add");
+    b.devices.put(al.id, third, &descriptor(SessionKind::Browser, now, "three"), hour_from_now()).await.expect("put");
+    // Were they there, indexing the old sessions again would show them.
+    for id in [first, second] {
+        b.session_index.add(al.id, id, hour_from_now()).await.expect("add");
+    }
+    let listed: BTreeSet<(i128, Option<String>)> =
+        listed_sessions(&b, al.id, 10).await.into_iter().map(|(id, client)| (id.0, client)).collect();
+    let expected: BTreeSet<(i128, Option<String>)> =
+        [(first.0, None), (second.0, None), (third.0, Some("three".into()))].into_iter().collect();
+    assert_eq!(listed, expected);
+}
+
+fn signed_in(at: UnixMillis, client: &str) -> SecurityEvent {
+    SecurityEvent { at, what: SecurityEventKind::SignedIn { client: client.into(), address: "192.0.2.1".into() } }
+}
+
+const KEEP: Duration = Duration::from_secs(3600);
+
+async fn the_security_log_keeps_the_newest_fifty_newest_first(b: Backend) {
+    let (al, bo) = (sender("al"), sender("bo"));
+    let t0 = UnixMillis::now();
+    for n in 0..60u64 {
+        b.security_log
+            .record(al, &signed_in(t0 + Duration::from_secs(n), &format!("c{n}")), KEEP)
+            .await
+            .expect("record");
+    }
+    let ended = SecurityEvent {
+        at: t0 + Duration::from_secs(60),
+        what: SecurityEventKind::SessionEnded { by: EndedBy::Operator, client: "c3".into(), address: "::1".into() },
+    };
+    b.security_log.record(al, &ended, KEEP).await.expect("record");
+    let events = b.security_log.recent(al, 100).await.expect("recent");
+    assert_eq!(events.len(), SECURITY_EVENTS_KEPT);
+    assert_eq!(events[0], ended, "an entry round-trips exactly");
+    assert_eq!(events[1], signed_in(t0 + Duration::from_secs(59), "c59"), "newest first");
+    assert_eq!(events[49], signed_in(t0 + Duration::from_secs(11), "c11"), "the oldest dropped off");
+    assert_eq!(b.security_log.recent(al, 3).await.expect("recent"), events[..3]);
+    assert!(b.security_log.recent(bo, 100).await.expect("recent").is_empty(), "their own");
+}
+
+/// The log as (kind, address, count) for failures, (kind, client) otherwise.
+async fn failures(b: &Backend, who: UserId) -> Vec<(String, u32)> {
+    let events = b.security_log.recent(who, 100).await.expect("recent");
+    events
+        .into_iter()
+        .map(|e| match e.what {
+            SecurityEventKind::SignInFailed { address, count, .. } => (format!("failed from {address}"), count),
+            SecurityEventKind::SignedIn { client, .. } => (format!("signed in on {client}"), 0),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+async fn failed_sign_ins_from_one_address_are_one_entry_per_burst_even_concurrently(b: Backend) {
+    let al = sender("al");
+    let burst = Duration::from_secs(900);
+    let t0 = UnixMillis::now();
+    const RACERS: usize = 16;
+    let counts = race(RACERS, "a failure", |_| {
+        let b = b.clone();
+        async move { b.security_log.sign_in_failed(al, "192.0.2.9", t0, burst, KEEP).await.expect("sign_in_failed") }
+    })
+    .await;
+    assert_eq!(sorted(counts), (1..=RACERS as u32).collect::<Vec<_>>(), "each failure counted once");
+    assert_eq!(failures(&b, al).await, [("failed from 192.0.2.9".into(), RACERS as u32)], "one entry");
+
+    let fail = |address: &'static str, at: UnixMillis| {
+        let b = b.clone();
+        async move { b.security_log.sign_in_failed(al, address, at, burst, KEEP).await.expect("sign_in_failed") }
+    };
+    // Later in the burst: counted on it, and its `at` is the latest.
+    let later = t0 + Duration::from_secs(899);
+    assert_eq!(fail("192.0.2.9", later).await, 17);
+    let head = b.security_log.recent(al, 1).await.expect("recent").remove(0);
+    assert_eq!(
+        head,
+        SecurityEvent {
+            at: later,
+            what: SecurityEventKind::SignInFailed { address: "192.0.2.9".into(), count: 17, since: t0 }
+        }
+    );
+    // The burst is counted from its first failure: past that, a new entry.
+    assert_eq!(fail("192.0.2.9", t0 + burst).await, 1);
+    // Another address, a new entry; and back, a new one again (it is no longer the newest).
+    assert_eq!(fail("198.51.100.1", t0 + burst).await, 1);
+    assert_eq!(fail("192.0.2.9", t0 + burst).await, 1);
+    // Anything else in between ends a burst too.
+    b.security_log.record(al, &signed_in(t0 + burst, "Chrome on Linux"), KEEP).await.expect("record");
+    assert_eq!(fail("192.0.2.9", t0 + burst).await, 1);
+    assert_eq!(fail("192.0.2.9", t0 + burst).await, 2);
+    assert_eq!(
+        failures(&b, al).await,
+        [
+            ("failed from 192.0.2.9".into(), 2),
+            ("signed in on Chrome on Linux".into(), 0),
+            ("failed from 192.0.2.9".into(), 1),
+            ("failed from 198.51.100.1".into(), 1),
+            ("failed from 192.0.2.9".into(), 1),
+            ("failed from 192.0.2.9".into(), 17),
+        ]
+    );
+}
+
+async fn the_security_log_goes_after_its_idle_time_and_each_write_renews_it(b: Backend) {
+    let al = sender("al");
+    let keep = Duration::from_millis(1500);
+    let first = UnixMillis::now();
+    b.security_log.record(al, &signed_in(first, "one"), keep).await.expect("record");
+    eventually(
+        "some of the idle time to pass",
+        || async move { UnixMillis::now() > first + Duration::from_millis(800) },
+    )
+    .await;
+    let second = UnixMillis::now();
+    b.security_log.sign_in_failed(al, "192.0.2.9", second, keep, keep).await.expect("sign_in_failed");
+    eventually("the first write's idle time to pass", || async move {
+        UnixMillis::now() > first + Duration::from_millis(1600)
+    })
+    .await;
+    assert_eq!(b.security_log.recent(al, 10).await.expect("recent").len(), 2, "renewed by the second write");
+    eventually("the log to go", || async { b.security_log.recent(al, 10).await.expect("recent").is_empty() }).await;
+    b.security_log.record(al, &signed_in(UnixMillis::now(), "fresh"), keep).await.expect("record");
+    assert_eq!(b.security_log.recent(al, 10).await.expect("recent").len(), 1, "a new log starts empty");
+}
+
+fn invite(uses: u32, expires_at: UnixMillis, by: Option<UserId>) -> Invite {
+    Invite { uses, uses_left: uses, created_at: UnixMillis::now(), expires_at, by }
+}
+
+async fn an_invite_is_spent_exactly_as_many_times_as_it_has_uses_even_concurrently(b: Backend) {
+    let made = invite(3, hour_from_now(), Some(sender("al")));
+    assert!(b.invites.create("code-hash-1", &made).await.expect("create"));
+    assert!(!b.invites.create("code-hash-1", &invite(9, hour_from_now(), None)).await.expect("create"), "taken");
+
+    const RACERS: usize = 16;
+    let spends = race(RACERS, "a spend", |_| {
+        let b = b.clone();
+        async move { b.invites.spend("code-hash-1", UnixMillis::now()).await.expect("spend") }
+    })
+    .await;
+    let mut left = Vec::new();
+    let mut used_up = 0;
+    for spend in spends {
+        match spend {
+            Spend::Spent(now) => {
+                assert_eq!(Invite { uses_left: made.uses_left, ..now.clone() }, made, "the invite as made");
+                left.push(now.uses_left);
+            }
+            Spend::UsedUp => used_up += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sorted(left), [0, 1, 2], "exactly its uses, each once");
+    assert_eq!(used_up, RACERS - 3);
+
+    // A sign-up that failed gives its use back, never beyond the uses made.
+    assert!(b.invites.give_back("code-hash-1").await.expect("give_back"));
+    assert!(
+        matches!(b.invites.spend("code-hash-1", UnixMillis::now()).await.expect("spend"), Spend::Spent(i) if i.uses_left == 0)
+    );
+    assert_eq!(b.invites.spend("code-hash-1", UnixMillis::now()).await.expect("spend"), Spend::UsedUp);
+    for _ in 0..3 {
+        assert!(b.invites.give_back("code-hash-1").await.expect("give_back"));
+    }
+    assert!(!b.invites.give_back("code-hash-1").await.expect("give_back"), "every use is back");
+
+    assert_eq!(b.invites.spend("never-made", UnixMillis::now()).await.expect("spend"), Spend::Unknown);
+    assert!(!b.invites.give_back("never-made").await.expect("give_back"));
+}
+
+async fn an_expired_invite_says_so_and_a_spend_just_before_its_expiry_counts(b: Backend) {
+    let expires_at = hour_from_now();
+    let operator = invite(2, expires_at, None);
+    assert!(b.invites.create("code-hash-2", &operator).await.expect("create"));
+    let spent = b.invites.spend("code-hash-2", expires_at - Duration::from_millis(1)).await.expect("spend");
+    assert_eq!(spent, Spend::Spent(Invite { uses_left: 1, ..operator }), "by an operator: by nobody");
+    assert_eq!(b.invites.spend("code-hash-2", expires_at).await.expect("spend"), Spend::Expired);
+
+    let past = UnixMillis::now() - Duration::from_secs(1);
+    assert!(b.invites.create("code-hash-3", &invite(1, past, None)).await.expect("create"));
+    assert_eq!(b.invites.spend("code-hash-3", UnixMillis::now()).await.expect("spend"), Spend::Expired, "remembered");
+}
+
 // ----------------------------------------------------------------- bus --
 
 fn some_events() -> [Event; 5] {
@@ -1772,6 +2257,91 @@ mod redis_only {
         let left: Vec<String> = server.all_keys().into_iter().filter(|k| k.contains(marker)).collect();
         assert!(left.is_empty(), "nothing of the room is left: {left:?}");
         assert_eq!(index_len(server, "al") + index_len(server, "bo"), 0, "nor in its members' indexes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_record_written_before_accounts_could_be_disabled_reads_as_before_on_a_redis() {
+        records_of_before(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_record_written_before_accounts_could_be_disabled_reads_as_before_on_a_cluster() {
+        records_of_before(&RedisCluster::start()).await
+    }
+
+    /// A command's integer reply.
+    fn integer(server: &dyn TestRedis, args: &[&str]) -> i64 {
+        let reply = server.command(args).unwrap_or_else(|| panic!("{args:?}"));
+        reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("{args:?}: {reply:?}"))
+    }
+
+    async fn records_of_before(server: &dyn TestRedis) {
+        use palaver::backend::redis::keys;
+        let b = redis(server, "instance-1", &[]).await;
+        let carol = User { id: UserId::new_v4(), name: "Carol".into() };
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA/+$aGFzaA+/";
+        let record = format!(r#"{{"id":"{}","name":"Carol","hash":"{hash}"}}"#, carol.id);
+        assert_eq!(server.command(&["SET", &keys::user("carol"), &record]).as_deref(), Some("+OK\r\n"));
+
+        assert_eq!(stored(&b, "CAROL").await, (carol.clone(), hash.to_owned(), false), "enabled, as it was");
+        assert!(b.users.set_password(&carol, "$argon2id$new/+").await.expect("set_password"));
+        assert_eq!(stored(&b, "carol").await, (carol.clone(), "$argon2id$new/+".to_owned(), false));
+        assert_eq!(b.users.set_disabled("carol", true).await.expect("set_disabled"), Some(carol.clone()));
+        assert_eq!(stored(&b, "carol").await, (carol.clone(), "$argon2id$new/+".to_owned(), true));
+        assert_eq!(pttl(server, &keys::user("carol")), -1, "a user never expires");
+        let taken = User { id: UserId::new_v4(), name: "carol".into() };
+        assert!(!b.users.create(&taken, "h").await.expect("create"), "the name is still taken");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_account_keys_carry_their_lifetimes_on_a_redis() {
+        account_key_lifetimes(&RedisServer::start()).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_account_keys_carry_their_lifetimes_on_a_cluster() {
+        account_key_lifetimes(&RedisCluster::start()).await
+    }
+
+    async fn account_key_lifetimes(server: &dyn TestRedis) {
+        use palaver::backend::redis::keys;
+        let b = redis(server, "instance-1", &[]).await;
+        let al = user("al");
+
+        // Descriptors: kept until the last of their sessions ends.
+        let (sooner, later) = (hour_from_now(), hour_from_now() + Duration::from_secs(3600));
+        let (one, two) = (create_session(&b).await, create_session(&b).await);
+        let said = descriptor(SessionKind::Browser, UnixMillis::now(), "Chrome on Linux");
+        for (id, ends) in [(one, later), (two, sooner)] {
+            b.session_index.add(al.id, id, ends).await.expect("add");
+            b.devices.put(al.id, id, &said, ends).await.expect("put");
+        }
+        let devices = keys::user_devices(al.id);
+        assert_eq!(integer(server, &["PEXPIRETIME", &devices]), later.as_millis(), "the later end, not the last put");
+        assert_eq!(integer(server, &["HLEN", &devices]), 2);
+
+        // The security log: trimmed, and living `keep_for` after its last write.
+        let keep = Duration::from_secs(60);
+        for n in 0..60 {
+            b.security_log.record(al.id, &signed_in(UnixMillis::now(), &format!("c{n}")), keep).await.expect("record");
+        }
+        let events = keys::user_events(al.id);
+        assert_eq!(integer(server, &["LLEN", &events]), SECURITY_EVENTS_KEPT as i64);
+        let left = pttl(server, &events);
+        assert!(left > 0 && left <= keep.as_millis() as i64, "{left} ms left");
+        b.security_log
+            .sign_in_failed(al.id, "192.0.2.9", UnixMillis::now(), keep, keep * 2)
+            .await
+            .expect("sign_in_failed");
+        assert!(pttl(server, &events) > keep.as_millis() as i64, "renewed by a failure too");
+        assert_eq!(integer(server, &["LLEN", &events]), SECURITY_EVENTS_KEPT as i64, "still trimmed");
+
+        // An invite: under its hash, remembered a while past its expiry.
+        let expires_at = hour_from_now();
+        assert!(b.invites.create("c0ffee", &invite(1, expires_at, None)).await.expect("create"));
+        let forget_at = expires_at + palaver::backend::rules::INVITE_REMEMBERED_AFTER_EXPIRY;
+        assert_eq!(integer(server, &["PEXPIRETIME", &keys::invite("c0ffee")]), forget_at.as_millis());
+        assert!(server.all_keys().contains(&"palaver:invite:c0ffee".to_owned()));
     }
 
     /// The Redis backend's sources, file by file.

@@ -89,6 +89,20 @@ pub fn user_direct(user: UserId) -> String {
 pub fn user_direct_names(user: UserId) -> String {
     format!("palaver:user:{{{user}}}:direct-names")
 }
+/// What each session of the user says of itself: session id -> descriptor
+/// (JSON). Beside the session index, which a listing reads with it and
+/// which a new descriptor is checked against, in one script each.
+pub fn user_devices(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:devices")
+}
+/// The user's security log: a list of entries (JSON), newest first.
+pub fn user_events(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:events")
+}
+/// An invite, by its code's hash. Used alone.
+pub fn invite(code_hash: &str) -> String {
+    format!("palaver:invite:{code_hash}")
+}
 /// Must match tower-sessions-redis-store, which keys a session by its id.
 pub fn session(id: &Id) -> String {
     id.to_string()
@@ -194,6 +208,8 @@ mod tests {
             user_private_seq(user),
             user_direct(user),
             user_direct_names(user),
+            user_devices(user),
+            user_events(user),
         ] {
             assert_eq!(slot(&key), own, "{key}");
         }

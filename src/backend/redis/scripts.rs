@@ -81,6 +81,17 @@ scripts! {
     private_release,
     direct_note,
     direct_list,
+    user_set,
+    device_put,
+    device_touch,
+    device_move,
+    device_list,
+    device_drop,
+    events_record,
+    events_failure,
+    invite_create,
+    invite_spend,
+    invite_give_back,
 }
 
 /// The scripts, with their digests computed once.
