@@ -4,6 +4,7 @@
  * code, no eval) and put user data in the page as text only.
  *
  *   connection.js  the socket's life: backoff, reconnecting, reauth, 4401
+ *   refresh.js     staying signed in over HTTP; why sockets keep failing
  *   frames.js      the server's frames, decoded and checked once
  *   session.js     the frames in: each to its place; the newest id seen
  *   timeline.js    the messages on the page: stored, ours pending, trimmed

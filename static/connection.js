@@ -8,6 +8,7 @@
 
 import { closeReason, loginUrl, reconnectDelay } from "./format.js";
 import { decodeFrame } from "./frames.js";
+import { refresh, standing } from "./refresh.js";
 
 /** A socket that closes before `hello` may have been refused (a browser
  * cannot see the 401 of an upgrade): ask about the session, this often. */
@@ -52,9 +53,7 @@ export class Connection {
     });
     window.addEventListener("pagehide", () => this.leave());
     window.addEventListener("pageshow", (ev) => {
-      if (!ev.persisted || this.stopped) return;
-      this.leaving = false;
-      this.retryNow();
+      if (ev.persisted) this.resume();
     });
   }
 
@@ -80,8 +79,7 @@ export class Connection {
   }
 
   connect() {
-    clearTimeout(this.timer);
-    this.timer = 0;
+    this.cancelRetry();
     if (this.stopped || this.leaving) return;
     if (this.ws) return; // an attempt is under way
     this.helloSeen = false;
@@ -128,10 +126,7 @@ export class Connection {
     this.ws = null;
     this.helloSeen = false;
     this.o.onDown();
-    if (ev.code === 4401) {
-      this.goLogin(closeReason(ev.reason));
-      return;
-    }
+    if (ev.code === 4401) return this.goLogin(closeReason(ev.reason));
     if (this.stopped || this.leaving) return;
     if (!this.downSince) this.downSince = Date.now();
     if (!hadHello && navigator.onLine !== false) this.checkSession();
@@ -158,27 +153,40 @@ export class Connection {
   /** An attempt now: the "Retry now" button, the network or the tab back. */
   retryNow() {
     if (this.stopped || this.leaving || this.ws) return;
-    clearTimeout(this.timer);
-    this.timer = 0;
     this.connect();
   }
 
   /** The page is going away (navigation, a logout form): close quietly. */
   leave() {
     this.leaving = true;
+    this.cancelRetry();
+    if (this.closeSocket("page hidden")) this.o.onDown();
+  }
+
+  /** The page stays after all (back from the cache): connect again. */
+  resume() {
+    if (this.stopped) return;
+    this.leaving = false;
+    this.retryNow();
+  }
+
+  cancelRetry() {
     clearTimeout(this.timer);
     this.timer = 0;
-    if (this.ws) {
-      const s = this.ws;
-      this.ws = null;
-      this.helloSeen = false;
-      this.o.onDown();
-      try {
-        s.close(1000, "page hidden");
-      } catch (e) {
-        /* already closing */
-      }
+  }
+
+  /** Closes and forgets the current socket; false when there was none. */
+  closeSocket(reason) {
+    const s = this.ws;
+    if (!s) return false;
+    this.ws = null;
+    this.helloSeen = false;
+    try {
+      s.close(1000, reason);
+    } catch (e) {
+      /* already closing */
     }
+    return true;
   }
 
   send(obj) {
@@ -187,29 +195,26 @@ export class Connection {
     return true;
   }
 
-  goLogin(reason) {
+  /** Never again: closes the socket, cancels any retry. */
+  stop() {
     this.stopped = true;
-    clearTimeout(this.timer);
-    this.timer = 0;
-    if (this.ws) {
-      const s = this.ws;
-      this.ws = null;
-      try {
-        s.close(1000);
-      } catch (e) {
-        /* already closing */
-      }
-    }
+    this.cancelRetry();
+    this.closeSocket();
     this.setState("offline");
+  }
+
+  goLogin(reason) {
+    this.stop();
     location.assign(loginUrl(reason, location.pathname));
   }
 
+  /** After sockets closed before `hello`: is the session over? */
   checkSession() {
     const now = Date.now();
     if (now - this.lastSessionCheck < SESSION_CHECK_MS) return;
     this.lastSessionCheck = now;
-    postRefresh().then((res) => {
-      if (res && res.status === 401) this.goLogin("expired");
+    standing().then((said) => {
+      if (said === "expired") this.goLogin("expired");
     });
   }
 
@@ -224,36 +229,15 @@ export class Connection {
     // The server closes the socket at expiresAt; if our clock disagrees
     // with the server's, still allow a few quick retries.
     const deadline = Math.max(this.expiresAt || 0, Date.now() + 20000);
-    try {
-      for (let i = 0; i < 6 && !this.stopped; i++) {
-        const res = await postRefresh();
-        if (res && res.status === 401) {
-          this.goLogin("expired");
-          return;
-        }
-        if (res && res.ok) {
-          const body = await res.json().catch(() => null);
-          if (body && Number.isFinite(Number(body.expires_at))) this.expiresAt = Number(body.expires_at);
-          if (this.isReady()) {
-            this.o.beforeReauth();
-            this.send({ type: "reauth" });
-          }
-          return;
-        }
-        const wait = Math.min(4000, 250 * 2 ** i) * (0.5 + Math.random() / 2);
-        if (Date.now() + wait >= deadline - 1000) return;
-        await new Promise((r) => setTimeout(r, wait));
+    const got = await refresh(deadline, () => this.stopped).finally(() => { this.refreshing = false; });
+    if (got.expired) {
+      this.goLogin("expired");
+    } else if (got.ok) {
+      if (got.expiresAt !== undefined) this.expiresAt = got.expiresAt;
+      if (this.isReady()) {
+        this.o.beforeReauth();
+        this.send({ type: "reauth" });
       }
-    } finally {
-      this.refreshing = false;
     }
   }
-}
-
-function postRefresh() {
-  return fetch("/session/refresh", {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { Accept: "application/json" },
-  }).catch(() => null);
 }

@@ -38,6 +38,7 @@ const FILES: &[(&str, &[u8], &str)] = &[
     ("ui.js", include_bytes!("../../static/ui.js"), JS),
     ("text.js", include_bytes!("../../static/text.js"), JS),
     ("format.js", include_bytes!("../../static/format.js"), JS),
+    ("refresh.js", include_bytes!("../../static/refresh.js"), JS),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 
