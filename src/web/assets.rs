@@ -39,6 +39,7 @@ const FILES: &[(&str, &[u8], &str)] = &[
     ("text.js", include_bytes!("../../static/text.js"), JS),
     ("format.js", include_bytes!("../../static/format.js"), JS),
     ("refresh.js", include_bytes!("../../static/refresh.js"), JS),
+    ("labels.js", include_bytes!("../../static/labels.js"), JS),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 
