@@ -2,8 +2,9 @@
  * (so the server replays exactly what was missed, docs/protocol.md §3.4),
  * reconnecting on a schedule a person can follow (a countdown and "Retry
  * now"; at once when the network or the tab comes back), staying signed in
- * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), and going to
- * the sign-in page, saying why, when the session is over (4401).
+ * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), going to
+ * the sign-in page, saying why, when the session is over (4401), and
+ * never coming back to a room the reader may no longer see (4403).
  */
 
 import { closeReason, loginUrl, reconnectDelay } from "./format.js";
@@ -23,7 +24,9 @@ export class Connection {
    *   onState(state, detail): "connecting" | "connected" | "reconnecting"
    *     | "offline"; detail.retryAt (ms) while a retry is scheduled;
    *   onDown(): the socket closed (anything in flight is unsure);
-   *   beforeReauth(): a `reauth` frame is about to go (it costs a token).
+   *   beforeReauth(): a `reauth` frame is about to go (it costs a token);
+   *   onRevoked(): the room is no longer the reader's (4403, or
+   *     roomGone() said so, optional: refresh.js); nothing reconnects.
    */
   constructor(o) {
     this.o = o;
@@ -34,7 +37,7 @@ export class Connection {
     this.downSince = 0;
     this.timer = 0;
     this.retryAt = 0;
-    this.stopped = false; // the session is over: never reconnect
+    this.stopped = false; // the session or the room is over: never reconnect
     this.leaving = false; // the page is going away
     this.refreshing = false;
     this.lastSessionCheck = 0;
@@ -127,6 +130,7 @@ export class Connection {
     this.helloSeen = false;
     this.o.onDown();
     if (ev.code === 4401) return this.goLogin(closeReason(ev.reason));
+    if (ev.code === 4403) return this.revoked();
     if (this.stopped || this.leaving) return;
     if (!this.downSince) this.downSince = Date.now();
     if (!hadHello && navigator.onLine !== false) this.checkSession();
@@ -156,14 +160,16 @@ export class Connection {
     this.connect();
   }
 
-  /** The page is going away (navigation, a logout form): close quietly. */
+  /** The page is going away (navigation, a logout form, leaving the room):
+   * close quietly. */
   leave() {
     this.leaving = true;
     this.cancelRetry();
     if (this.closeSocket("page hidden")) this.o.onDown();
   }
 
-  /** The page stays after all (back from the cache): connect again. */
+  /** The page stays after all (back from the cache, or leaving the room
+   * failed): connect again. */
   resume() {
     if (this.stopped) return;
     this.leaving = false;
@@ -208,13 +214,21 @@ export class Connection {
     location.assign(loginUrl(reason, location.pathname));
   }
 
-  /** After sockets closed before `hello`: is the session over? */
+  revoked() {
+    if (this.stopped) return;
+    this.stop();
+    this.o.onRevoked();
+  }
+
+  /** After sockets closed before `hello`: is the session over, or is the
+   * room no longer the reader's? */
   checkSession() {
     const now = Date.now();
     if (now - this.lastSessionCheck < SESSION_CHECK_MS) return;
     this.lastSessionCheck = now;
-    standing().then((said) => {
+    standing(this.o.roomGone).then((said) => {
       if (said === "expired") this.goLogin("expired");
+      else if (said === "revoked") this.revoked();
     });
   }
 

@@ -2,8 +2,8 @@
  * session is refreshed with POST /session/refresh when the socket says
  * `reauthenticate`, and asked about when sockets keep closing before
  * `hello`: a browser cannot see the status of a refused upgrade, so a 401
- * here (the session is over) is how the page learns why. connection.js acts
- * on the answers.
+ * here (the session is over) or a room the reader may no longer see is how
+ * the page learns why. connection.js acts on the answers.
  */
 
 /** Refresh attempts before giving up until the next `reauthenticate`. */
@@ -39,9 +39,14 @@ export async function refresh(deadline, stopped) {
   return {};
 }
 
-/** After sockets closed before `hello`: "expired" when the session is
- * over, else "unknown". */
-export async function standing() {
+/**
+ * After sockets closed before `hello`: "expired" when the session is over,
+ * "revoked" when the session is fine but `roomGone()` (optional, resolving
+ * to a bool) says the room is no longer the reader's, else "unknown".
+ */
+export async function standing(roomGone) {
   const res = await postRefresh();
-  return res && res.status === 401 ? "expired" : "unknown";
+  if (res && res.status === 401) return "expired";
+  if (res && res.ok && roomGone && (await roomGone())) return "revoked";
+  return "unknown";
 }

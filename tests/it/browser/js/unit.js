@@ -266,6 +266,7 @@ const done = arguments[arguments.length - 1];
     presence: { reset: note("presence"), apply: note("diff") },
     reading: { connected: note("reading"), update: () => {} },
     notice: { show: note("notice") },
+    sidebar: { unread: (fr) => calls.push(["sidebar unread", fr.room]), added: note("added"), removed: note("removed") },
   });
   const frame = (json) => session.receive(decoded(json));
   frame({ type: "hello", user: "alice", room: "lobby", expires_at: 5, read_markers: true });
@@ -276,6 +277,8 @@ const done = arguments[arguments.length - 1];
   frame({ type: "presence", room: "other", online: ["x"], count: 1 });
   frame({ type: "presence_diff", room: "lobby", joined: ["carol"], left: [], count: 3 });
   frame({ type: "unread", room: "dev", unread: 1, mentions: 0 });
+  frame({ type: "room_added", room: "secret", visibility: "private" });
+  frame({ type: "room_removed", room: "old" });
   frame({ type: "error", code: "rate_limited", message: "" });
   frame({ type: "error", code: "strange", message: "" });
   eq("each frame to its place", calls, [
@@ -284,7 +287,8 @@ const done = arguments[arguments.length - 1];
     ["mentioned", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }],
     ["confirmed", "mine-1"], ["settle", "mine-1", "7-0", 9],
     ["diff", ["carol"], [], 3],
-    ["unread", "dev"],
+    ["sidebar unread", "dev"], ["unread", "dev"],
+    ["added", "secret", "private"], ["removed", "old"],
     ["refused", "", "rate_limited"],
     ["notice", "Something went wrong."],
   ]);
@@ -339,14 +343,23 @@ const done = arguments[arguments.length - 1];
   online.apply(["Carol", "dave"], ["bob"], 700);
   eq("online", [Array.from(q("u-online").children, (li) => li.textContent + (li.className ? "*" : "")),
     q("u-count").textContent], [["alice*", "Carol", "dave"], "700"]);
+  eq("each other name opens a conversation", Array.from(q("u-online").children, (li) => {
+    const link = li.querySelector("a");
+    return link ? [link.getAttribute("href"), link.getAttribute("aria-label")] : null;
+  }), [null, ["/chat/@Carol", "Message Carol"], ["/chat/@dave", "Message dave"]]);
   online.markStale(true);
   eq("marked as last known", q("u-online").classList.contains("stale"), true);
   // rendering: text only, links safe, mentions of the reader marked
   const li = renderer.message({ id: "30-0", user: "bob", body: "<b>hi</b> @Alice https://x.example/?a=<i>", sentAt: Date.now() });
   eq("no markup from text", li.querySelectorAll(".msg-body b, .msg-body i").length, 0);
-  const a = li.querySelector("a");
+  const a = li.querySelector(".msg-body a");
   eq("a safe link", [a.getAttribute("href"), a.rel, a.target], ["https://x.example/?a=", "noopener noreferrer", "_blank"]);
   eq("a mention of the reader", [li.classList.contains("mention-of-me"), !!li.querySelector(".mention-me")], [true, true]);
+  const author = li.querySelector(".msg-user");
+  eq("another's name opens a conversation, and is no tab stop",
+    [author.tagName, author.getAttribute("href"), author.tabIndex], ["A", "/chat/@bob", -1]);
+  const own = renderer.message({ id: "31-0", user: "alice", body: "mine", sentAt: Date.now() }).querySelector(".msg-user");
+  eq("the reader's own name is text", [own.tagName, own.hasAttribute("href")], ["SPAN", false]);
   host.remove();
 
   done({ failures, checks });
