@@ -14,6 +14,8 @@
  *   sends `{type:"read", up_to}` when the hello says `read_markers`.)
  */
 
+import { roomTitle } from "./labels.js";
+
 const NEAR_PX = 120;
 const NOTIFY_KEY = "palaver.notify-mentions";
 
@@ -129,7 +131,7 @@ export class Attention {
   mentioned(m) {
     if (!this.notifyOn() || !document.hidden) return;
     try {
-      const n = new Notification(m.user + " mentioned you in #" + this.room, { body: m.body, tag: "palaver-" + m.id });
+      const n = new Notification(m.user + " mentioned you in " + roomTitle(this.room), { body: m.body, tag: "palaver-" + m.id });
       n.addEventListener("click", () => {
         window.focus();
         n.close();

@@ -3,7 +3,8 @@
  * They run under the app's strict Content-Security-Policy (no inline
  * code, no eval) and put user data in the page as text only.
  *
- *   connection.js  the socket's life: backoff, reconnecting, reauth, 4401
+ *   connection.js  the socket's life: backoff, reconnecting, reauth, 4401, 4403
+ *   refresh.js     staying signed in over HTTP; why sockets keep failing
  *   frames.js      the server's frames, decoded and checked once
  *   session.js     the frames in: each to its place; the newest id seen
  *   timeline.js    the messages on the page: stored, ours pending, trimmed
@@ -16,7 +17,13 @@
  *   reading.js     the read marker
  *   attention.js   following along, announcements, mentions, unread
  *   status.js      the connection's state, the banner, notices
+ *   sidebar.js     the reader's rooms, in three sections, kept live
+ *   sideform.js    a small form behind a sidebar button
+ *   newroom.js     a new room, a new conversation, from the sidebar
+ *   members.js     a private room's members: list, add, remove, leave
  *   ui.js          phone menu, logout-everywhere dialog
+ *   api.js         the JSON routes: rooms, members, direct conversations
+ *   labels.js      rooms as the page names them: #deploys, @bob
  *   text.js        message text: as stored, as tokens, mentions
  *   format.js      pure helpers: ids, dates, pacing, schedule, sign-in URL
  *
@@ -32,8 +39,13 @@ import { Outbox } from "./outbox.js";
 import { Presence } from "./presence.js";
 import { ReadMarker } from "./reading.js";
 import { Attention } from "./attention.js";
-import { ConnectionStatus, Notice } from "./status.js";
+import { ConnectionStatus, Notice, PageNotice } from "./status.js";
+import { Sidebar } from "./sidebar.js";
+import { setupNewDirect, setupNewRoom } from "./newroom.js";
+import { MembersPanel } from "./members.js";
 import { setupLogoutEverywhere, setupMenu } from "./ui.js";
+import { roomVisible } from "./api.js";
+import { arrivalNotice, lobbyAfter } from "./labels.js";
 
 document.documentElement.classList.remove("no-js");
 
@@ -42,8 +54,10 @@ if (root) start(root);
 
 function start(root) {
   const room = root.dataset.room || "lobby";
+  const kind = root.dataset.kind || "public";
   const me = root.dataset.user || "";
   const $ = (id) => document.getElementById(id);
+  const go = (href) => location.assign(href);
   const log = $("log");
   const list = $("messages");
 
@@ -60,6 +74,12 @@ function start(root) {
     emptyState: $("empty-state"),
   });
   const notice = new Notice($("notice"));
+  const sidebar = new Sidebar({
+    lists: { public: $("rooms"), private: $("private-rooms"), direct: $("direct-rooms") },
+    hints: { private: $("private-empty"), direct: $("direct-empty") },
+    live: $("rooms-live"),
+    room,
+  });
   const attention = new Attention({
     log,
     list,
@@ -68,7 +88,7 @@ function start(root) {
     jump: $("jump-new"),
     announcer: $("announcer"),
     notifyButton: $("notify-toggle"),
-    rooms: $("rooms"),
+    rooms: $("sidebar"),
     onBottom: () => reading.update(),
   });
   const outbox = new Outbox({
@@ -94,6 +114,7 @@ function start(root) {
     presence,
     reading,
     notice,
+    sidebar,
   });
   const status = new ConnectionStatus({
     pill: $("conn-state"),
@@ -113,6 +134,10 @@ function start(root) {
     },
     onDown: () => outbox.disconnected(),
     beforeReauth: () => outbox.spend(),
+    onRevoked: () => go(lobbyAfter("removed", room)),
+    // Only a private room can be taken away (a public one that expired
+    // is opened again; a direct one never changes).
+    roomGone: kind === "private" ? async () => !(await roomVisible(root.dataset.historyUrl)) : undefined,
   });
   const composer = new Composer({
     form: $("composer"),
@@ -133,6 +158,33 @@ function start(root) {
   const leave = () => connection.leave();
   setupLogoutEverywhere($("logout-everywhere-form"), $("logout-everywhere-dialog"), $("logout-everywhere-cancel"), leave);
   for (const f of document.querySelectorAll("form.leaves")) f.addEventListener("submit", leave);
+  const sideForm = (name) => ({
+    toggle: $(name + "-toggle"),
+    form: $(name),
+    input: $(name + "-name"),
+    error: $(name + "-error"),
+    cancel: $(name + "-cancel"),
+  });
+  setupNewRoom(sideForm("new-room"), go);
+  setupNewDirect(sideForm("new-direct"), me, go);
+  sidebar.showCurrent(kind);
+  if (kind === "private" && $("members-dialog")) {
+    new MembersPanel({
+      opener: $("members-open"),
+      dialog: $("members-dialog"),
+      room,
+      me,
+      quiet: leave,
+      resume: () => connection.resume(),
+      go,
+    });
+  }
+  const arrived = arrivalNotice(location.search);
+  if (arrived) {
+    new PageNotice($("page-notice"), () => $("message-input").focus()).show(arrived);
+    // Said once: a reload or a bookmark does not say it again.
+    window.history.replaceState(null, "", location.pathname);
+  }
 
   for (const id of timeline.showRendered($("history"))) session.noteId(id);
   composer.open();

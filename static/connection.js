@@ -2,12 +2,14 @@
  * (so the server replays exactly what was missed, docs/protocol.md §3.4),
  * reconnecting on a schedule a person can follow (a countdown and "Retry
  * now"; at once when the network or the tab comes back), staying signed in
- * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), and going to
- * the sign-in page, saying why, when the session is over (4401).
+ * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), going to
+ * the sign-in page, saying why, when the session is over (4401), and
+ * never coming back to a room the reader may no longer see (4403).
  */
 
 import { closeReason, loginUrl, reconnectDelay } from "./format.js";
 import { decodeFrame } from "./frames.js";
+import { refresh, standing } from "./refresh.js";
 
 /** A socket that closes before `hello` may have been refused (a browser
  * cannot see the 401 of an upgrade): ask about the session, this often. */
@@ -22,7 +24,9 @@ export class Connection {
    *   onState(state, detail): "connecting" | "connected" | "reconnecting"
    *     | "offline"; detail.retryAt (ms) while a retry is scheduled;
    *   onDown(): the socket closed (anything in flight is unsure);
-   *   beforeReauth(): a `reauth` frame is about to go (it costs a token).
+   *   beforeReauth(): a `reauth` frame is about to go (it costs a token);
+   *   onRevoked(): the room is no longer the reader's (4403, or
+   *     roomGone() said so, optional: refresh.js); nothing reconnects.
    */
   constructor(o) {
     this.o = o;
@@ -33,7 +37,7 @@ export class Connection {
     this.downSince = 0;
     this.timer = 0;
     this.retryAt = 0;
-    this.stopped = false; // the session is over: never reconnect
+    this.stopped = false; // the session or the room is over: never reconnect
     this.leaving = false; // the page is going away
     this.refreshing = false;
     this.lastSessionCheck = 0;
@@ -52,9 +56,7 @@ export class Connection {
     });
     window.addEventListener("pagehide", () => this.leave());
     window.addEventListener("pageshow", (ev) => {
-      if (!ev.persisted || this.stopped) return;
-      this.leaving = false;
-      this.retryNow();
+      if (ev.persisted) this.resume();
     });
   }
 
@@ -80,8 +82,7 @@ export class Connection {
   }
 
   connect() {
-    clearTimeout(this.timer);
-    this.timer = 0;
+    this.cancelRetry();
     if (this.stopped || this.leaving) return;
     if (this.ws) return; // an attempt is under way
     this.helloSeen = false;
@@ -128,10 +129,8 @@ export class Connection {
     this.ws = null;
     this.helloSeen = false;
     this.o.onDown();
-    if (ev.code === 4401) {
-      this.goLogin(closeReason(ev.reason));
-      return;
-    }
+    if (ev.code === 4401) return this.goLogin(closeReason(ev.reason));
+    if (ev.code === 4403) return this.revoked();
     if (this.stopped || this.leaving) return;
     if (!this.downSince) this.downSince = Date.now();
     if (!hadHello && navigator.onLine !== false) this.checkSession();
@@ -158,27 +157,42 @@ export class Connection {
   /** An attempt now: the "Retry now" button, the network or the tab back. */
   retryNow() {
     if (this.stopped || this.leaving || this.ws) return;
-    clearTimeout(this.timer);
-    this.timer = 0;
     this.connect();
   }
 
-  /** The page is going away (navigation, a logout form): close quietly. */
+  /** The page is going away (navigation, a logout form, leaving the room):
+   * close quietly. */
   leave() {
     this.leaving = true;
+    this.cancelRetry();
+    if (this.closeSocket("page hidden")) this.o.onDown();
+  }
+
+  /** The page stays after all (back from the cache, or leaving the room
+   * failed): connect again. */
+  resume() {
+    if (this.stopped) return;
+    this.leaving = false;
+    this.retryNow();
+  }
+
+  cancelRetry() {
     clearTimeout(this.timer);
     this.timer = 0;
-    if (this.ws) {
-      const s = this.ws;
-      this.ws = null;
-      this.helloSeen = false;
-      this.o.onDown();
-      try {
-        s.close(1000, "page hidden");
-      } catch (e) {
-        /* already closing */
-      }
+  }
+
+  /** Closes and forgets the current socket; false when there was none. */
+  closeSocket(reason) {
+    const s = this.ws;
+    if (!s) return false;
+    this.ws = null;
+    this.helloSeen = false;
+    try {
+      s.close(1000, reason);
+    } catch (e) {
+      /* already closing */
     }
+    return true;
   }
 
   send(obj) {
@@ -187,29 +201,34 @@ export class Connection {
     return true;
   }
 
-  goLogin(reason) {
+  /** Never again: closes the socket, cancels any retry. */
+  stop() {
     this.stopped = true;
-    clearTimeout(this.timer);
-    this.timer = 0;
-    if (this.ws) {
-      const s = this.ws;
-      this.ws = null;
-      try {
-        s.close(1000);
-      } catch (e) {
-        /* already closing */
-      }
-    }
+    this.cancelRetry();
+    this.closeSocket();
     this.setState("offline");
+  }
+
+  goLogin(reason) {
+    this.stop();
     location.assign(loginUrl(reason, location.pathname));
   }
 
+  revoked() {
+    if (this.stopped) return;
+    this.stop();
+    this.o.onRevoked();
+  }
+
+  /** After sockets closed before `hello`: is the session over, or is the
+   * room no longer the reader's? */
   checkSession() {
     const now = Date.now();
     if (now - this.lastSessionCheck < SESSION_CHECK_MS) return;
     this.lastSessionCheck = now;
-    postRefresh().then((res) => {
-      if (res && res.status === 401) this.goLogin("expired");
+    standing(this.o.roomGone).then((said) => {
+      if (said === "expired") this.goLogin("expired");
+      else if (said === "revoked") this.revoked();
     });
   }
 
@@ -224,36 +243,15 @@ export class Connection {
     // The server closes the socket at expiresAt; if our clock disagrees
     // with the server's, still allow a few quick retries.
     const deadline = Math.max(this.expiresAt || 0, Date.now() + 20000);
-    try {
-      for (let i = 0; i < 6 && !this.stopped; i++) {
-        const res = await postRefresh();
-        if (res && res.status === 401) {
-          this.goLogin("expired");
-          return;
-        }
-        if (res && res.ok) {
-          const body = await res.json().catch(() => null);
-          if (body && Number.isFinite(Number(body.expires_at))) this.expiresAt = Number(body.expires_at);
-          if (this.isReady()) {
-            this.o.beforeReauth();
-            this.send({ type: "reauth" });
-          }
-          return;
-        }
-        const wait = Math.min(4000, 250 * 2 ** i) * (0.5 + Math.random() / 2);
-        if (Date.now() + wait >= deadline - 1000) return;
-        await new Promise((r) => setTimeout(r, wait));
+    const got = await refresh(deadline, () => this.stopped).finally(() => { this.refreshing = false; });
+    if (got.expired) {
+      this.goLogin("expired");
+    } else if (got.ok) {
+      if (got.expiresAt !== undefined) this.expiresAt = got.expiresAt;
+      if (this.isReady()) {
+        this.o.beforeReauth();
+        this.send({ type: "reauth" });
       }
-    } finally {
-      this.refreshing = false;
     }
   }
-}
-
-function postRefresh() {
-  return fetch("/session/refresh", {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { Accept: "application/json" },
-  }).catch(() => null);
 }

@@ -31,6 +31,10 @@ const rate = (v) => {
   if (!(Number.isFinite(perSec) && perSec > 0) || !(Number.isSafeInteger(burst) && burst >= 1)) return WRONG;
   return Object.freeze({ perSec, burst });
 };
+/** A room as the page names it (labels.js): never empty. */
+const label = (v) => (typeof v === "string" && v !== "" ? v : WRONG);
+/** One of a fixed set of words. */
+const oneOf = (...words) => (v) => (words.includes(v) ? v : WRONG);
 const optional = (check, absent) => (v) => (v === undefined || v === null ? absent : check(v));
 
 /** Each frame type's fields, by their name on the wire. */
@@ -57,6 +61,9 @@ const FRAMES = {
   reauthenticate: { expires_at: time },
   reauthenticated: { expires_at: time },
   error: { code: string, message: string, client_id: optional(string, "") },
+  // The reader's membership changed (SPEC §6), told to their other sockets.
+  room_added: { room: label, visibility: oneOf("public", "private", "direct") },
+  room_removed: { room: label },
 };
 
 const camel = (wire) => wire.replace(/_([a-z])/g, (_, c) => c.toUpperCase());

@@ -1,8 +1,11 @@
 /* palaver: who is online in the room. The first `presence` frame gives the
  * list, each `presence_diff` after it the changes (docs/protocol.md §3.2);
  * in rooms of more than 500, diffs carry only the count. While the page is
- * not connected, the list shown is marked as the last one known.
+ * not connected, the list shown is marked as the last one known. Every
+ * name but the reader's links to a direct conversation with that person.
  */
+
+import { directHref } from "./labels.js";
 
 export class Presence {
   /**
@@ -45,9 +48,17 @@ export class Presence {
     const frag = document.createDocumentFragment();
     for (const name of names) {
       const li = document.createElement("li");
-      li.textContent = name;
       li.title = name;
-      if (name === this.me) li.className = "me";
+      if (name === this.me) {
+        li.className = "me";
+        li.textContent = name;
+      } else {
+        const a = document.createElement("a");
+        a.href = directHref(name);
+        a.textContent = name;
+        a.setAttribute("aria-label", "Message " + name);
+        li.append(a);
+      }
       frag.append(li);
     }
     this.list.replaceChildren(frag);

@@ -11,6 +11,7 @@
  */
 
 import { compareIds, continues, dayKey, dayLabel, fullLabel, nextMidnight, timeLabel } from "./format.js";
+import { directHref } from "./labels.js";
 import { mentionsName, tokenize } from "./text.js";
 import { TimeWalk } from "./walk.js";
 
@@ -107,12 +108,23 @@ export class Renderer {
     time.tabIndex = -1;
     setTime(time, m.sentAt);
     const state = el("span", "msg-state");
-    meta.append(el("span", "msg-user", m.user), " ", time);
+    meta.append(this.author(m.user), " ", time);
     const body = el("div", "msg-body");
     body.append(renderBody(m.body, this.me));
     main.append(meta, body);
     li.append(avatar, main, state);
     return li;
+  }
+
+  /** The author's name; another person's links to a direct conversation
+   * with them. Not a tab stop of its own (the list is one: walk.js). */
+  author(user) {
+    if (user === this.me) return el("span", "msg-user", user);
+    const a = el("a", "msg-user", user);
+    a.href = directHref(user);
+    a.title = "Message " + user;
+    a.tabIndex = -1;
+    return a;
   }
 
   /** Renders many at once (history): in id order, before anything pending. */

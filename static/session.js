@@ -1,6 +1,7 @@
 /* palaver: the chat session, the frames in. Each decoded frame (frames.js)
  * goes where it belongs: stored messages to the page, acks and refusals to
- * the outbox, presence to the online list, unread counts to the sidebar.
+ * the outbox, presence to the online list, unread counts and the reader's
+ * rooms coming and going to the sidebar.
  * Holds what the frames teach: the newest id seen (the next socket's
  * `after=`, docs/protocol.md §3.4) and whether a replay is under way.
  */
@@ -23,9 +24,9 @@ export class ChatSession {
    * @param {object} o
    *   room, me; lastId: the newest id the page was rendered with;
    *   timeline, outbox, attention, presence, reading (a ReadMarker),
-   *   notice (a Notice): where the frames' news goes.
+   *   notice (a Notice), sidebar (a Sidebar): where the frames' news goes.
    */
-  constructor({ room, me, lastId, timeline, outbox, attention, presence, reading, notice }) {
+  constructor({ room, me, lastId, timeline, outbox, attention, presence, reading, notice, sidebar }) {
     this.room = room;
     this.me = me;
     this.lastId = lastId || "";
@@ -36,6 +37,7 @@ export class ChatSession {
     this.presence = presence;
     this.reading = reading;
     this.notice = notice;
+    this.sidebar = sidebar;
   }
 
   /** One frame from the server, as decodeFrame returned it. */
@@ -47,7 +49,12 @@ export class ChatSession {
       case "presence": if (f.room === this.room) this.presence.reset(f.online, f.count); break;
       case "presence_diff": if (f.room === this.room) this.presence.apply(f.joined, f.left, f.count); break;
       case "error": this.error(f); break;
-      case "unread": this.attention.unread(f); break;
+      case "unread":
+        this.sidebar.unread(f);
+        this.attention.unread(f);
+        break;
+      case "room_added": this.sidebar.added(f.room, f.visibility); break;
+      case "room_removed": this.sidebar.removed(f.room); break;
       default: break; // the connection's own: reauthenticate, reauthenticated
     }
   }

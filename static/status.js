@@ -1,7 +1,8 @@
 /* palaver: what the page says about itself. The connection's state in the
  * header pill, a banner under it whenever the page is not connected (with
  * a countdown to the next attempt and "Retry now"), the changes said once
- * to screen readers, and short notices (a message refused, too long).
+ * to screen readers, short notices (a message refused, too long), and the
+ * one that stays until dismissed (why the page is the lobby).
  */
 
 const LABELS = {
@@ -84,5 +85,31 @@ export class Notice {
     this.el.textContent = text;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => { this.el.textContent = ""; }, NOTICE_MS);
+  }
+}
+
+/** A sentence that stays until the reader dismisses it: why the page is
+ * the lobby and not the room they were in. Said once (role=status). */
+export class PageNotice {
+  /** `el`: the region; `afterDismiss()`: where focus goes next. */
+  constructor(el, afterDismiss) {
+    this.el = el;
+    this.afterDismiss = afterDismiss;
+  }
+
+  show(text) {
+    const said = document.createElement("p");
+    said.className = "page-notice-text";
+    said.textContent = text;
+    const dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.id = "page-notice-dismiss";
+    dismiss.className = "btn btn-small btn-outline";
+    dismiss.textContent = "Dismiss";
+    dismiss.addEventListener("click", () => {
+      this.el.replaceChildren();
+      this.afterDismiss();
+    });
+    this.el.replaceChildren(said, dismiss);
   }
 }

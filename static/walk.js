@@ -1,7 +1,10 @@
 /* palaver: the keyboard's way through the messages. The whole list is one
  * tab stop (the last message's time, or the one last focused); the arrow
- * keys, Home and End move between message times, each a <time> whose
- * accessible text is the full moment.
+ * keys up and down, Home and End move between message times, each a <time>
+ * whose accessible text is the full moment. Left from a time reaches the
+ * name of its author, a link to a direct conversation (of the first
+ * message of a run from one person: the others show no name); right goes
+ * back to the time.
  */
 
 export class TimeWalk {
@@ -32,9 +35,33 @@ export class TimeWalk {
     if (times.length) times[times.length - 1].tabIndex = 0;
   }
 
+  /** The author link shown for the message of `time`, if any. */
+  author(time) {
+    let li = time.closest("li.msg");
+    while (li && li.classList.contains("cont")) li = li.previousElementSibling;
+    return li ? li.querySelector("a.msg-user") : null;
+  }
+
   onKey(ev) {
-    const t = ev.target;
-    if (!(t instanceof Element) || !t.classList.contains("msg-time")) return;
+    let t = ev.target;
+    if (!(t instanceof Element)) return;
+    if (t.matches("a.msg-user")) {
+      if (ev.key === "ArrowRight") {
+        ev.preventDefault();
+        t.closest("li.msg").querySelector(".msg-time").focus();
+        return;
+      }
+      t = t.closest("li.msg").querySelector(".msg-time");
+    } else if (!t.classList.contains("msg-time")) {
+      return;
+    } else if (ev.key === "ArrowLeft") {
+      const a = this.author(t);
+      if (a) {
+        ev.preventDefault();
+        a.focus();
+      }
+      return;
+    }
     const times = this.times();
     const i = times.indexOf(t);
     let next = -1;

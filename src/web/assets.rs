@@ -38,6 +38,13 @@ const FILES: &[(&str, &[u8], &str)] = &[
     ("ui.js", include_bytes!("../../static/ui.js"), JS),
     ("text.js", include_bytes!("../../static/text.js"), JS),
     ("format.js", include_bytes!("../../static/format.js"), JS),
+    ("refresh.js", include_bytes!("../../static/refresh.js"), JS),
+    ("labels.js", include_bytes!("../../static/labels.js"), JS),
+    ("api.js", include_bytes!("../../static/api.js"), JS),
+    ("sidebar.js", include_bytes!("../../static/sidebar.js"), JS),
+    ("sideform.js", include_bytes!("../../static/sideform.js"), JS),
+    ("newroom.js", include_bytes!("../../static/newroom.js"), JS),
+    ("members.js", include_bytes!("../../static/members.js"), JS),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 

@@ -4,12 +4,15 @@
 //! (and not past a session ended on the server), reconnecting to a
 //! restarted instance without losing or repeating messages, HTML in
 //! messages staying text, and the login and register form errors.
+//! `browser/ux.rs` holds the journeys of the chat page's details,
+//! `browser/rooms.rs` those of private rooms and direct conversations.
 //!
 //! Each test starts its own chromedriver, browsers, `redis-server` and
 //! instances; see `browser/harness.rs` for how failures leave a screenshot
 //! and the page source under `target/browser-artifacts/`.
 
 mod harness;
+mod rooms;
 mod ux;
 
 use std::time::{Duration, Instant};

@@ -642,6 +642,18 @@ impl Chrome {
         .await
     }
 
+    /// Runs one of the client's unit-test scripts (`browser/js/*.js`,
+    /// which answer `{failures, checks}` through WebDriver's asynchronous
+    /// execute) on the current page; fails on any failure, or on fewer
+    /// than `at_least` checks (a script that stopped early).
+    pub async fn unit_tests(&self, what: &str, script: &str, at_least: u64) -> Outcome {
+        let result = self.client.execute_async(script, vec![]).await.ctx(format!("running {what}"))?;
+        let failures = result["failures"].as_array().cloned().unwrap_or_default();
+        println!("{what}: {} checks, {} failed", result["checks"], failures.len());
+        ensure!(failures.is_empty() && result["checks"].as_u64().unwrap_or(0) >= at_least, "{what}: {result:#}");
+        Ok(())
+    }
+
     /// The value of the session cookie (HttpOnly, so read through WebDriver).
     pub async fn session_id(&self) -> Outcome<String> {
         let cookie =

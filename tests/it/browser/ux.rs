@@ -871,7 +871,7 @@ const CONTRASTS: &str = "
 
 /// Runs axe-core on the current page; returns every violation as
 /// `{page, id, impact, serious, nodes}`.
-async fn axe(chrome: &Chrome, page: &str) -> Outcome<Vec<Value>> {
+pub(super) async fn axe(chrome: &Chrome, page: &str) -> Outcome<Vec<Value>> {
     let loaded = chrome.js("return typeof window.axe;", vec![]).await?;
     if loaded != json!("object") {
         chrome.js(&format!("{AXE}\nreturn typeof window.axe;"), vec![]).await?;
@@ -906,11 +906,7 @@ async fn the_client_logic_passes_its_unit_tests() {
         let chrome = j.browser("unit").await?;
         chrome.time_zone("Europe/London").await?;
         chrome.goto(&app.url("/login")).await?;
-        let result = chrome.client.execute_async(UNIT, vec![]).await.ctx("running unit.js")?;
-        let failures = result["failures"].as_array().cloned().unwrap_or_default();
-        println!("client unit tests: {} checks, {} failed", result["checks"], failures.len());
-        ensure!(failures.is_empty() && result["checks"].as_u64().unwrap_or(0) > 30, "unit tests: {result:#}");
-        Ok(())
+        chrome.unit_tests("client unit tests (unit.js)", UNIT, 31).await
     })
     .await;
 }

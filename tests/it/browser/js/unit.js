@@ -8,6 +8,7 @@ const done = arguments[arguments.length - 1];
   const f = await import("/static/format.js");
   const text = await import("/static/text.js");
   const { decodeFrame } = await import("/static/frames.js");
+  const labels = await import("/static/labels.js");
   const { Outbox } = await import("/static/outbox.js");
   const failures = [];
   let checks = 0;
@@ -96,6 +97,28 @@ const done = arguments[arguments.length - 1];
   eq("login url", [f.loginUrl("expired", "/chat/a-b"), f.loginUrl("", "//evil.example")],
     ["/login?reason=expired&next=%2Fchat%2Fa-b", "/login"]);
 
+  // rooms as the page names them: #deploys, @bob
+  eq("titles", ["deploys", "@bob"].map(labels.roomTitle), ["#deploys", "@bob"]);
+  eq("pages", ["deploys", "@bob", "@Bob.x"].map(labels.roomHref), ["/chat/deploys", "/chat/@bob", "/chat/@Bob.x"]);
+  eq("a conversation's page", labels.directHref("carol"), "/chat/@carol");
+  eq("valid labels", ["deploys", "a", "@bob", "@Bo_b.x-1", "Deploys", "@bo", "@", "", "dev ops", "@bob/x", "#dev"].map(labels.validLabel),
+    [true, true, true, true, false, false, false, false, false, false, false]);
+  eq("room names", ["x", "a-1", "a".repeat(32), "a".repeat(33), "A", "a_b"].map(labels.validRoomName),
+    [true, true, true, false, false, false]);
+  eq("the lobby after a room", [labels.lobbyAfter("removed", "secret"), labels.lobbyAfter("left", "@bob")],
+    ["/chat/lobby?removed=secret", "/chat/lobby?left=%40bob"]);
+  eq("why the lobby", [
+    labels.arrivalNotice("?removed=secret"),
+    labels.arrivalNotice("?left=secret"),
+    labels.arrivalNotice("?removed=%40bob"),
+    labels.arrivalNotice("?removed=%3Cb%3Ex%3C%2Fb%3E"),
+    labels.arrivalNotice("?removed=Secret"),
+    labels.arrivalNotice("?removed="),
+    labels.arrivalNotice("?gone=secret"),
+    labels.arrivalNotice(""),
+    labels.arrivalNotice(undefined),
+  ], ["You were removed from #secret.", "You left #secret.", "You were removed from @bob.", null, null, null, null, null, null]);
+
   // the frame decoder: the server's frames (the golden JSON of src/protocol.rs
   // among them) become typed objects; anything else is null
   const decoded = (json) => decodeFrame(typeof json === "string" ? json : JSON.stringify(json));
@@ -120,6 +143,13 @@ const done = arguments[arguments.length - 1];
     [{ type: "reauthenticate", expiresAt: 7 }, { type: "reauthenticated", expiresAt: 8 }]);
   eq("error", decoded('{"type":"error","code":"rate_limited","message":"slow down"}'),
     { type: "error", code: "rate_limited", message: "slow down", clientId: "" });
+  eq("room_added", decoded('{"type":"room_added","room":"secret","visibility":"private"}'),
+    { type: "room_added", room: "secret", visibility: "private" });
+  eq("room_added for a conversation", decoded({ type: "room_added", room: "@bob", visibility: "direct" }),
+    { type: "room_added", room: "@bob", visibility: "direct" });
+  eq("room_removed", decoded('{"type":"room_removed","room":"secret"}'), { type: "room_removed", room: "secret" });
+  eq("unread of a conversation", decoded({ type: "unread", room: "@bob", unread: 2, mentions: 0 }),
+    { type: "unread", room: "@bob", unread: 2, mentions: 0 });
   eq("an absent optional field may be null", decoded({ type: "ack", client_id: null, id: "7-1" }).clientId, "");
   eq("fields it does not know are ignored", decoded({ type: "ack", id: "7-1", client_id: "c", later: [1] }),
     { type: "ack", id: "7-1", clientId: "c" });
@@ -158,6 +188,11 @@ const done = arguments[arguments.length - 1];
     ["an unread count without its room", { type: "unread", unread: 1, mentions: 0 }],
     ["an error without its code", { type: "error", message: "no" }],
     ["an error whose message is not text", { type: "error", code: "invalid", message: null }],
+    ["room_added without its room", { type: "room_added", visibility: "private" }],
+    ["room_added with an empty room", { type: "room_added", room: "", visibility: "private" }],
+    ["room_added of an unknown kind", { type: "room_added", room: "x", visibility: "secret" }],
+    ["room_added without its kind", { type: "room_added", room: "x" }],
+    ["room_removed whose room is not text", { type: "room_removed", room: ["x"] }],
   ]) eq("refused: " + what, json instanceof ArrayBuffer ? decodeFrame(json) : decoded(json), null);
 
   // the outbox: order, one in flight, pacing, refusals, failures
@@ -231,6 +266,7 @@ const done = arguments[arguments.length - 1];
     presence: { reset: note("presence"), apply: note("diff") },
     reading: { connected: note("reading"), update: () => {} },
     notice: { show: note("notice") },
+    sidebar: { unread: (fr) => calls.push(["sidebar unread", fr.room]), added: note("added"), removed: note("removed") },
   });
   const frame = (json) => session.receive(decoded(json));
   frame({ type: "hello", user: "alice", room: "lobby", expires_at: 5, read_markers: true });
@@ -241,6 +277,8 @@ const done = arguments[arguments.length - 1];
   frame({ type: "presence", room: "other", online: ["x"], count: 1 });
   frame({ type: "presence_diff", room: "lobby", joined: ["carol"], left: [], count: 3 });
   frame({ type: "unread", room: "dev", unread: 1, mentions: 0 });
+  frame({ type: "room_added", room: "secret", visibility: "private" });
+  frame({ type: "room_removed", room: "old" });
   frame({ type: "error", code: "rate_limited", message: "" });
   frame({ type: "error", code: "strange", message: "" });
   eq("each frame to its place", calls, [
@@ -249,7 +287,8 @@ const done = arguments[arguments.length - 1];
     ["mentioned", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }],
     ["confirmed", "mine-1"], ["settle", "mine-1", "7-0", 9],
     ["diff", ["carol"], [], 3],
-    ["unread", "dev"],
+    ["sidebar unread", "dev"], ["unread", "dev"],
+    ["added", "secret", "private"], ["removed", "old"],
     ["refused", "", "rate_limited"],
     ["notice", "Something went wrong."],
   ]);
@@ -304,14 +343,23 @@ const done = arguments[arguments.length - 1];
   online.apply(["Carol", "dave"], ["bob"], 700);
   eq("online", [Array.from(q("u-online").children, (li) => li.textContent + (li.className ? "*" : "")),
     q("u-count").textContent], [["alice*", "Carol", "dave"], "700"]);
+  eq("each other name opens a conversation", Array.from(q("u-online").children, (li) => {
+    const link = li.querySelector("a");
+    return link ? [link.getAttribute("href"), link.getAttribute("aria-label")] : null;
+  }), [null, ["/chat/@Carol", "Message Carol"], ["/chat/@dave", "Message dave"]]);
   online.markStale(true);
   eq("marked as last known", q("u-online").classList.contains("stale"), true);
   // rendering: text only, links safe, mentions of the reader marked
   const li = renderer.message({ id: "30-0", user: "bob", body: "<b>hi</b> @Alice https://x.example/?a=<i>", sentAt: Date.now() });
   eq("no markup from text", li.querySelectorAll(".msg-body b, .msg-body i").length, 0);
-  const a = li.querySelector("a");
+  const a = li.querySelector(".msg-body a");
   eq("a safe link", [a.getAttribute("href"), a.rel, a.target], ["https://x.example/?a=", "noopener noreferrer", "_blank"]);
   eq("a mention of the reader", [li.classList.contains("mention-of-me"), !!li.querySelector(".mention-me")], [true, true]);
+  const author = li.querySelector(".msg-user");
+  eq("another's name opens a conversation, and is no tab stop",
+    [author.tagName, author.getAttribute("href"), author.tabIndex], ["A", "/chat/@bob", -1]);
+  const own = renderer.message({ id: "31-0", user: "alice", body: "mine", sentAt: Date.now() }).querySelector(".msg-user");
+  eq("the reader's own name is text", [own.tagName, own.hasAttribute("href")], ["SPAN", false]);
   host.remove();
 
   done({ failures, checks });
