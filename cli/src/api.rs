@@ -1,11 +1,12 @@
-//! The server's HTTP token API (docs/protocol.md §5): sign in, refresh, log
-//! out. Tokens travel only in request bodies and the `Authorization` header,
-//! and no error built here ever contains one.
+//! The server's HTTP API: the token routes (docs/protocol.md §5: sign in,
+//! refresh, log out) and the room routes (rooms, members, SPEC §6). Tokens
+//! travel only in request bodies and the `Authorization` header, and no
+//! error built here ever contains one.
 
 use std::{fmt, time::Duration};
 
 use reqwest::{header, StatusCode, Url};
-use serde::Deserialize;
+use serde::{de::DeserializeOwned, Deserialize};
 
 use crate::json;
 
@@ -44,11 +45,12 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// `ws(s)://…/ws?room=ROOM[&after=ID]`. Both values are checked before
-    /// (room names and message ids need no escaping).
+    /// `ws(s)://…/ws?room=ROOM[&after=ID]`, a direct room's `@` written
+    /// `%40` as a form encoder would. Message ids need no escaping.
     pub fn ws_url(&self, room: &str, after: Option<&str>) -> String {
         let rest = self.base.split_once("://").map_or(self.base.as_str(), |(_, rest)| rest);
         let scheme = if self.url.scheme() == "https" { "wss" } else { "ws" };
+        let room = query_value(room);
         match after {
             Some(id) => format!("{scheme}://{rest}/ws?room={room}&after={id}"),
             None => format!("{scheme}://{rest}/ws?room={room}"),
@@ -60,6 +62,31 @@ impl Server {
     pub fn is_plain_remote(&self) -> bool {
         self.url.scheme() == "http" && !self.url.host_str().is_some_and(is_loopback)
     }
+}
+
+/// `text` as a query value: the characters of room names and usernames as
+/// they are, anything else (a direct room's `@`) percent-encoded.
+fn query_value(text: &str) -> String {
+    escape_but(text, b"")
+}
+
+/// A room's or a user's name as one path segment, where `@` may stand as it
+/// is (`/api/rooms/@bob/members`).
+fn segment(name: &str) -> String {
+    escape_but(name, b"@")
+}
+
+/// Percent-encodes every byte but the unreserved ones and `keep`.
+fn escape_but(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `localhost`, 127.0.0.0/8 or `[::1]`, as `Url::host_str` writes them.
@@ -91,6 +118,39 @@ impl fmt::Debug for TokenPair {
             .field("session_expires_at", &self.session_expires_at)
             .finish()
     }
+}
+
+/// One room of `GET /api/rooms`, or the answer to `POST /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Room {
+    /// What the client calls it: `deploys`, or `@bob` for a direct room.
+    pub name: String,
+    /// `public`, `private` or `direct`.
+    pub visibility: String,
+    /// The user's role in a private room: `owner` or `member`.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub unread: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Rooms {
+    rooms: Vec<Room>,
+}
+
+/// One member of `GET /api/rooms/{name}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    pub user: String,
+    /// `owner` or `member`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Members {
+    members: Vec<Member>,
 }
 
 /// Why a call failed.
@@ -162,7 +222,7 @@ struct ErrorBody {
     message: Option<String>,
 }
 
-/// A client of one server's token API.
+/// A client of one server's API.
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
@@ -209,6 +269,43 @@ impl Api {
         Ok(())
     }
 
+    /// `GET /api/rooms`: the user's rooms, in the server's order.
+    pub async fn rooms(&self, access_token: &str) -> Result<Vec<Room>, ApiError> {
+        let resp = self.send(self.http.get(self.server.endpoint("/api/rooms")).bearer_auth(access_token)).await?;
+        Ok(json_body::<Rooms>(resp).await?.rooms)
+    }
+
+    /// `POST /api/rooms` `{"name","visibility"}`: a new room, the user its owner.
+    pub async fn create_room(&self, access_token: &str, name: &str, visibility: &str) -> Result<Room, ApiError> {
+        let body = serde_json::json!({ "name": name, "visibility": visibility });
+        let req = self.http.post(self.server.endpoint("/api/rooms")).bearer_auth(access_token).json(&body);
+        json_body(self.send(req).await?).await
+    }
+
+    /// `GET /api/rooms/{room}/members`.
+    pub async fn members(&self, access_token: &str, room: &str) -> Result<Vec<Member>, ApiError> {
+        let url = self.server.endpoint(&format!("/api/rooms/{}/members", segment(room)));
+        let resp = self.send(self.http.get(url).bearer_auth(access_token)).await?;
+        Ok(json_body::<Members>(resp).await?.members)
+    }
+
+    /// `PUT /api/rooms/{room}/members/{user}`: adds a member (a member already is one).
+    pub async fn add_member(&self, access_token: &str, room: &str, user: &str) -> Result<(), ApiError> {
+        let url = self.server.endpoint(&format!("/api/rooms/{}/members/{}", segment(room), segment(user)));
+        let resp = self.send(self.http.put(url).bearer_auth(access_token)).await?;
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+
+    /// `DELETE /api/rooms/{room}/members/{user}`: removes a member, or
+    /// (the user's own name) leaves.
+    pub async fn remove_member(&self, access_token: &str, room: &str, user: &str) -> Result<(), ApiError> {
+        let url = self.server.endpoint(&format!("/api/rooms/{}/members/{}", segment(room), segment(user)));
+        let resp = self.send(self.http.delete(url).bearer_auth(access_token)).await?;
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+
     /// Sends, and turns every non-2xx answer into [`ApiError::Status`].
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
         // `without_url`: the URL holds no secret, but the error is shown as
@@ -225,9 +322,14 @@ impl Api {
     }
 }
 
-async fn token_pair(resp: reqwest::Response) -> Result<TokenPair, ApiError> {
+/// A 2xx answer's JSON body.
+async fn json_body<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ApiError> {
     let bytes = resp.bytes().await.map_err(|e| ApiError::Transport(describe(&e.without_url())))?;
-    let pair: TokenPair = serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(json::describe(&e)))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed(json::describe(&e)))
+}
+
+async fn token_pair(resp: reqwest::Response) -> Result<TokenPair, ApiError> {
+    let pair: TokenPair = json_body(resp).await?;
     if !pair.token_type.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Malformed(format!("token_type {:?}, not Bearer", pair.token_type)));
     }
@@ -271,6 +373,16 @@ mod tests {
         let s = Server::parse("https://chat.example/p/").unwrap();
         assert_eq!(s.ws_url("r", None), "wss://chat.example/p/ws?room=r");
         assert_eq!(s.endpoint("/api/token"), "https://chat.example/p/api/token");
+    }
+
+    #[test]
+    fn a_direct_room_is_addressed_with_an_escaped_at_in_a_query_and_a_plain_one_in_a_path() {
+        let s = Server::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(s.ws_url("@bob", None), "ws://127.0.0.1:8080/ws?room=%40bob");
+        assert_eq!(s.ws_url("@Bo_b.x-1", Some("3-0")), "ws://127.0.0.1:8080/ws?room=%40Bo_b.x-1&after=3-0");
+        assert_eq!(segment("@bob"), "@bob");
+        assert_eq!(segment("dev-ops"), "dev-ops");
+        assert_eq!(segment("a/b?c#d é"), "a%2Fb%3Fc%23d%20%C3%A9", "nothing leaves its segment");
     }
 
     #[test]

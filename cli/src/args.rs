@@ -12,22 +12,46 @@ palaver-cli: the command-line client of a palaver chat server
 USAGE:
     palaver-cli [--server URL] login USERNAME
     palaver-cli [--server URL] chat ROOM
+    palaver-cli [--server URL] chat @USER
+    palaver-cli [--server URL] dm USER
+    palaver-cli [--server URL] rooms
+    palaver-cli [--server URL] create ROOM [--public]
+    palaver-cli [--server URL] members ROOM
+    palaver-cli [--server URL] invite ROOM USER
+    palaver-cli [--server URL] remove ROOM USER
+    palaver-cli [--server URL] leave ROOM
     palaver-cli [--server URL] logout
     palaver-cli --help | --version
 
 COMMANDS:
-    login USERNAME   Sign in and keep the credentials. The password is read
-                     from PALAVER_PASSWORD if set, else one line of stdin.
-    chat ROOM        Join ROOM (1-32 of a-z 0-9 -). Messages go to stdout as
-                     `HH:MM:SS user: body` (UTC); every stdin line is sent,
-                     in order. Presence and notes go to stderr. Reconnects
-                     by itself; stdin's end sends what is left, then exits.
-    logout           End this session on the server and delete the credentials.
+    login USERNAME     Sign in and keep the credentials. The password is read
+                       from PALAVER_PASSWORD if set, else one line of stdin.
+    chat ROOM          Join ROOM (1-32 of a-z 0-9 -). Messages go to stdout as
+                       `HH:MM:SS user: body` (UTC); every stdin line is sent,
+                       in order. Presence and notes go to stderr. Reconnects
+                       by itself; stdin's end sends what is left, then exits.
+                       Removed from the room meanwhile: says so, exits 5.
+    chat @USER         The direct conversation with USER, as `chat ROOM`.
+    dm USER            The same as `chat @USER`.
+    rooms              Your rooms, one a line: the name (a direct
+                       conversation as @USER), public, private or direct,
+                       your role in a private room, and unread messages.
+    create ROOM        Create the private room ROOM; you are its owner.
+                       With --public, a public room instead.
+    members ROOM       The members of a private room (or of @USER, a direct
+                       conversation), one a line, with their roles.
+    invite ROOM USER   Add USER to the private room ROOM (any member may).
+    remove ROOM USER   Remove USER from ROOM (its owner may).
+    leave ROOM         Leave ROOM. The owner's role passes to the longest-
+                       standing member; the last to leave deletes the room
+                       and its history.
+    logout             End this session on the server and delete the credentials.
 
 OPTIONS:
     --server URL     The server (http:// or https://). Default: PALAVER_SERVER,
                      else the server of the saved credentials, else
                      http://127.0.0.1:8080
+    --public         With create: a public room
     -h, --help       Print this help
     -V, --version    Print the version
 
@@ -39,17 +63,36 @@ ENVIRONMENT:
                          $HOME/.config/palaver/credentials.json (mode 0600)
 
 EXIT STATUS:
-    0 done; 1 an error; 2 wrong username or password; 3 too many attempts,
-    try later; 4 signed out (log in again); 64 a usage error
+    0 done; 1 an error; 2 wrong username or password; 3 too many attempts or
+    requests, try later; 4 signed out (log in again); 5 no access to the
+    room (removed from it, or not a member); 64 a usage error
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Login { username: String },
-    Chat { room: String },
+    Login {
+        username: String,
+    },
+    /// `room` is a room name or `@user`.
+    Chat {
+        room: String,
+    },
+    Room(RoomCommand),
     Logout,
     Help,
     Version,
+}
+
+/// The commands that make one request about rooms. A `room` is a room name
+/// or `@user` (a direct conversation), except for `Create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomCommand {
+    List,
+    Create { room: String, public: bool },
+    Members { room: String },
+    Invite { room: String, user: String },
+    Remove { room: String, user: String },
+    Leave { room: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +120,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 /// `--` ends them (for a username that starts with `-`).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError> {
     let mut server = None;
+    let mut public = false;
     let mut words = Vec::new();
     let mut args = args.into_iter();
     let mut options_done = false;
@@ -89,6 +133,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             "--" => options_done = true,
             "-h" | "--help" => return Ok(Args { server, command: Command::Help }),
             "-V" | "--version" => return Ok(Args { server, command: Command::Version }),
+            "--public" => public = true,
             "--server" => {
                 let url = args.next().ok_or_else(|| usage("--server needs a URL"))?;
                 server = Some(url);
@@ -103,30 +148,81 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         return Err(usage("--server needs a URL"));
     }
     let mut words = words.into_iter();
-    let command = match words.next().as_deref() {
-        None => return Err(usage("a command is missing: login, chat or logout")),
-        Some("help") => Command::Help,
-        Some("login") => {
-            let username = words.next().ok_or_else(|| usage("login needs a USERNAME"))?;
+    let mut next = |what: &str| words.next().ok_or_else(|| usage(what));
+    let command = match next("a command is missing: login, chat, rooms or logout (see --help)")?.as_str() {
+        "help" => Command::Help,
+        "login" => {
+            let username = next("login needs a USERNAME")?;
             if username.is_empty() {
                 return Err(usage("the USERNAME is empty"));
             }
             Command::Login { username }
         }
-        Some("chat") => {
-            let room = words.next().ok_or_else(|| usage("chat needs a ROOM"))?;
+        "chat" => Command::Chat { room: target(next("chat needs a ROOM or @USER")?)? },
+        "dm" => Command::Chat { room: format!("@{}", user(next("dm needs a USER")?)?) },
+        "rooms" => Command::Room(RoomCommand::List),
+        "create" => {
+            let room = next("create needs a ROOM")?;
             if !valid_room(&room) {
-                return Err(usage(format!("{room:?} is not a room name: 1 to 32 of a-z, 0-9 and -")));
+                return Err(not_a_room_name(&room));
             }
-            Command::Chat { room }
+            Command::Room(RoomCommand::Create { room, public })
         }
-        Some("logout") => Command::Logout,
-        Some(other) => return Err(usage(format!("unknown command {other:?}: login, chat or logout"))),
+        "members" => Command::Room(RoomCommand::Members { room: target(next("members needs a ROOM")?)? }),
+        "invite" => {
+            let room = target(next("invite needs a ROOM and a USER")?)?;
+            let user = user(next("invite needs a USER after the ROOM")?)?;
+            Command::Room(RoomCommand::Invite { room, user })
+        }
+        "remove" => {
+            let room = target(next("remove needs a ROOM and a USER")?)?;
+            let user = user(next("remove needs a USER after the ROOM")?)?;
+            Command::Room(RoomCommand::Remove { room, user })
+        }
+        "leave" => Command::Room(RoomCommand::Leave { room: target(next("leave needs a ROOM")?)? }),
+        "logout" => Command::Logout,
+        other => return Err(usage(format!("unknown command {other:?} (see --help)"))),
     };
     if let Some(extra) = words.next() {
         return Err(usage(format!("unexpected argument {extra:?}")));
     }
+    if public && !matches!(command, Command::Room(RoomCommand::Create { .. })) {
+        return Err(usage("--public goes with create only"));
+    }
     Ok(Args { server, command })
+}
+
+fn not_a_room_name(room: &str) -> UsageError {
+    usage(format!("{room:?} is not a room name: 1 to 32 of a-z, 0-9 and -"))
+}
+
+/// A room as `chat` and the room commands take it: a room name, or `@user`
+/// for the direct conversation with that user.
+fn target(word: String) -> Result<String, UsageError> {
+    match word.strip_prefix('@') {
+        Some(name) if valid_username(name) => Ok(word),
+        Some(_) => Err(usage(format!("{word:?} is not @USER: 3 to 32 of A-Z, a-z, 0-9, _, . and - after the @"))),
+        None if valid_room(&word) => Ok(word),
+        None => Err(usage(format!(
+            "{word:?} is not a room name: 1 to 32 of a-z, 0-9 and -, or @USER for a direct conversation"
+        ))),
+    }
+}
+
+/// A username given as a USER argument; a leading `@` is allowed.
+fn user(word: String) -> Result<String, UsageError> {
+    let name = word.strip_prefix('@').unwrap_or(&word);
+    if valid_username(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(usage(format!("{word:?} is not a username: 3 to 32 of A-Z, a-z, 0-9, _, . and -")))
+    }
+}
+
+/// The server's rule for usernames (docs/protocol.md): 3 to 32 of
+/// `A-Z a-z 0-9 _ . -`, so one needs no escaping in a path or a query.
+pub fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The server's rule for room names (docs/protocol.md): checked here so that
@@ -189,6 +285,42 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_conversation_is_chat_at_user_or_dm_user() {
+        assert_eq!(cmd(&["chat", "@bob"]), Command::Chat { room: "@bob".into() });
+        assert_eq!(cmd(&["chat", "@Bo_b.x-9"]), Command::Chat { room: "@Bo_b.x-9".into() });
+        assert_eq!(cmd(&["dm", "bob"]), Command::Chat { room: "@bob".into() });
+        assert_eq!(cmd(&["dm", "@bob"]), Command::Chat { room: "@bob".into() });
+        assert_eq!(cmd(&["dm", "--", "-bob-"]), Command::Chat { room: "@-bob-".into() });
+    }
+
+    #[test]
+    fn the_room_commands_parse() {
+        let room = |c| Command::Room(c);
+        assert_eq!(cmd(&["rooms"]), room(RoomCommand::List));
+        assert_eq!(cmd(&["create", "deploys"]), room(RoomCommand::Create { room: "deploys".into(), public: false }));
+        assert_eq!(
+            cmd(&["create", "--public", "town"]),
+            room(RoomCommand::Create { room: "town".into(), public: true })
+        );
+        assert_eq!(cmd(&["members", "deploys"]), room(RoomCommand::Members { room: "deploys".into() }));
+        assert_eq!(cmd(&["members", "@bob"]), room(RoomCommand::Members { room: "@bob".into() }));
+        assert_eq!(
+            cmd(&["invite", "deploys", "bob"]),
+            room(RoomCommand::Invite { room: "deploys".into(), user: "bob".into() })
+        );
+        assert_eq!(
+            cmd(&["invite", "deploys", "@bob"]),
+            room(RoomCommand::Invite { room: "deploys".into(), user: "bob".into() }),
+            "a user may be written @user"
+        );
+        assert_eq!(
+            cmd(&["remove", "deploys", "bob"]),
+            room(RoomCommand::Remove { room: "deploys".into(), user: "bob".into() })
+        );
+        assert_eq!(cmd(&["leave", "deploys"]), room(RoomCommand::Leave { room: "deploys".into() }));
+    }
+
+    #[test]
     fn server_flag_goes_anywhere_in_both_spellings() {
         for args in [
             &["--server", "http://h:1", "chat", "r"][..],
@@ -233,9 +365,41 @@ mod tests {
             (&["chat", "r", "--server"], "needs a URL"),
             (&["chat", "r", "--server="], "needs a URL"),
             (&["--verbose", "logout"], "unknown option --verbose"),
+            (&["chat", "@"], "is not @USER"),
+            (&["chat", "@bo"], "is not @USER"),
+            (&["chat", "@bob/x"], "is not @USER"),
+            (&["chat", "bob@x"], "not a room name"),
+            (&["dm"], "needs a USER"),
+            (&["dm", "b"], "not a username"),
+            (&["dm", "bob", "carol"], "unexpected argument"),
+            (&["rooms", "all"], "unexpected argument"),
+            (&["create"], "needs a ROOM"),
+            (&["create", "@bob"], "not a room name"),
+            (&["create", "Deploys"], "not a room name"),
+            (&["members"], "needs a ROOM"),
+            (&["members", "a b"], "not a room name"),
+            (&["invite", "deploys"], "needs a USER"),
+            (&["invite", "deploys", "b"], "not a username"),
+            (&["invite", "deploys", "bob", "carol"], "unexpected argument"),
+            (&["remove", "deploys"], "needs a USER"),
+            (&["remove", "deploys", "bob/x"], "not a username"),
+            (&["leave"], "needs a ROOM"),
+            (&["leave", "deploys", "now"], "unexpected argument"),
+            (&["rooms", "--public"], "--public goes with create only"),
+            (&["chat", "lobby", "--public"], "--public goes with create only"),
         ] {
             let err = p(args).unwrap_err();
             assert!(err.0.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn usernames_follow_the_servers_rule() {
+        for good in ["bob", "Bob_the.2nd-", "-x-", &"x".repeat(32)] {
+            assert!(valid_username(good), "{good}");
+        }
+        for bad in ["", "bo", "b b", "b@b", "b/b", "bö", &"x".repeat(33)] {
+            assert!(!valid_username(bad), "{bad}");
         }
     }
 

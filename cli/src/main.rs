@@ -1,29 +1,37 @@
-//! palaver-cli: sign in to a palaver server with a token, chat in a room
-//! from a terminal or a pipe, sign out.
+//! palaver-cli: sign in to a palaver server with a token, chat in a room or
+//! a direct conversation from a terminal or a pipe, list and manage rooms
+//! and their members, sign out.
 //!
 //! - `args`: the command line, and which server to use
 //! - `credentials`: the credentials file (0600, replaced atomically) and token rotation
-//! - `api`: the HTTP token API (`/api/token`, `/api/token/refresh`, `/api/logout`)
+//! - `tokens`: the tokens one command runs with: refreshed when due or refused, saved at once
+//! - `api`: the HTTP API (`/api/token`, `/api/token/refresh`, `/api/logout`, `/api/rooms`)
 //! - `session`: `chat`, the WebSocket loop, and the pure types that decide it
+//! - `rooms`: `rooms`, `create`, `members`, `invite`, `remove`, `leave`
 //! - `exit`: the exit statuses
 //! - `json`: JSON errors that never quote what they read (it may be a token)
+//! - `terminal`: text from others made safe to print
 
 mod api;
 mod args;
 mod credentials;
 mod exit;
 mod json;
+mod rooms;
 mod session;
+mod terminal;
+mod tokens;
 
 use std::{
     env,
     io::{self, BufRead, IsTerminal, Write},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use api::{Api, Server};
 use args::{Command, ServerSource};
 use credentials::{now_ms, Credentials};
+use tokens::Tokens;
 
 fn main() {
     let code = match parse_args() {
@@ -80,21 +88,14 @@ async fn run(args: args::Args) -> i32 {
             };
             login(Api::new(server), &path, &username).await
         }
-        Command::Chat { room } => {
-            let creds = match load(&path) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    eprintln!("not signed in: run `palaver-cli login USERNAME` first");
-                    return exit::SIGNED_OUT;
-                }
-                Err(code) => return code,
-            };
-            let server = match server(args.server.as_deref(), Some(&creds)) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            session::run(session::Chat { api: Api::new(server), path, creds, room }).await
-        }
+        Command::Chat { room } => match signed_in(args.server.as_deref(), path) {
+            Ok(tokens) => session::run(session::Chat { tokens, room }).await,
+            Err(code) => code,
+        },
+        Command::Room(command) => match signed_in(args.server.as_deref(), path) {
+            Ok(mut tokens) => rooms::run(&mut tokens, command).await,
+            Err(code) => code,
+        },
         Command::Logout => {
             let creds = match load(&path) {
                 Ok(Some(c)) => c,
@@ -108,7 +109,7 @@ async fn run(args: args::Args) -> i32 {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            logout(Api::new(server), &path, creds).await
+            logout(Tokens::new(Api::new(server), path, creds)).await
         }
         Command::Help | Command::Version => unreachable!("answered without a runtime"),
     }
@@ -121,6 +122,17 @@ fn fail(text: &str) -> i32 {
 
 fn load(path: &Path) -> Result<Option<Credentials>, i32> {
     credentials::load(path).map_err(|e| fail(&e))
+}
+
+/// The saved credentials, for a command that needs them; without any, the
+/// user is told to log in (exit 4).
+fn signed_in(flag: Option<&str>, path: PathBuf) -> Result<Tokens, i32> {
+    let Some(creds) = load(&path)? else {
+        eprintln!("not signed in: run `palaver-cli login USERNAME` first");
+        return Err(exit::SIGNED_OUT);
+    };
+    let server = server(flag, Some(&creds))?;
+    Ok(Tokens::new(Api::new(server), path, creds))
 }
 
 /// The server for this command. Tokens go only to the server that issued
@@ -206,27 +218,21 @@ async fn login(api: Api, path: &Path, username: &str) -> i32 {
     exit::OK
 }
 
-async fn logout(api: Api, path: &Path, mut creds: Credentials) -> i32 {
-    if creds.needs_refresh(now_ms()) {
-        let file_token = creds.refresh_token.clone();
-        match credentials::refresh(&api, path, creds.clone(), &file_token, false).await {
-            Ok(r) => {
-                if let Err(e) = r.saved {
-                    eprintln!("warning: cannot save the new refresh token to {}: {e}", path.display());
-                }
-                creds = r.creds;
-            }
-            Err(e) if e.status() == Some(401) => return forget(path, Some("the session had already ended")),
+async fn logout(mut tokens: Tokens) -> i32 {
+    if tokens.needs_refresh() {
+        match tokens.refresh(false).await {
+            Ok(()) => {}
+            Err(e) if e.status() == Some(401) => return forget(tokens.path(), Some("the session had already ended")),
             Err(e) => {
                 eprintln!("logout failed: cannot refresh the token: {e}; the credentials are kept, try again");
                 return exit::ERROR;
             }
         }
     }
-    match api.logout(&creds.access_token).await {
-        Ok(()) => forget(path, None),
+    match tokens.api().logout(tokens.access_token()).await {
+        Ok(()) => forget(tokens.path(), None),
         Err(e) if e.status() == Some(401) => {
-            forget(path, Some(&format!("the session had already ended ({})", e.reason())))
+            forget(tokens.path(), Some(&format!("the session had already ended ({})", e.reason())))
         }
         Err(e) => {
             eprintln!("logout failed: {e}; the credentials are kept, try again");

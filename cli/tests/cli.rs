@@ -1,16 +1,17 @@
 //! The real `palaver-cli` binary against a stand-in server that follows the
-//! token API and the WebSocket contract (docs/protocol.md §3, §5): what each
-//! command prints and exits with on each answer, what lands in the
-//! credentials file, and how `chat` orders, resends, reconnects,
-//! reauthenticates and stops. (The tests against the real server live in the
-//! root package's tests/it.)
+//! token API, the WebSocket contract and the room routes (docs/protocol.md
+//! §3, §5; SPEC §6): what each command prints and exits with on each answer,
+//! what lands in the credentials file, how `chat` orders, resends,
+//! reconnects, reauthenticates and stops, and how it stops for good when
+//! the user is removed from the room. (The tests against the real server
+//! live in the root package's tests/it.)
 
 mod support;
 
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use serde_json::json;
-use support::{Home, StandIn};
+use support::{Home, RoomState, StandIn};
 
 /// A message frame as the server sends it.
 fn message(id: &str, user: &str, body: &str) -> serde_json::Value {
@@ -63,9 +64,7 @@ async fn login_failures_exit_2_for_bad_credentials_3_when_throttled_1_when_nobod
 
 #[tokio::test]
 async fn chat_prints_messages_and_sends_lines_one_at_a_time_in_order() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let mut cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     assert_eq!(socket.query, "room=lobby");
@@ -98,9 +97,7 @@ async fn chat_prints_messages_and_sends_lines_one_at_a_time_in_order() {
 
 #[tokio::test]
 async fn a_send_the_store_could_not_take_or_that_was_rate_limited_goes_again_under_its_client_id() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let mut cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     socket.hello("alice", "lobby").await;
@@ -123,9 +120,7 @@ async fn a_send_the_store_could_not_take_or_that_was_rate_limited_goes_again_und
 
 #[tokio::test]
 async fn a_dropped_socket_comes_back_with_after_and_nothing_is_printed_twice_or_lost() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let mut cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     socket.hello("alice", "lobby").await;
@@ -163,13 +158,8 @@ async fn a_dropped_socket_comes_back_with_after_and_nothing_is_printed_twice_or_
 
 #[tokio::test]
 async fn reauthenticate_refreshes_saves_the_new_refresh_token_and_reauths_in_band() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
-    let mut cli = home.cli(&["chat", "lobby"]);
-    let mut socket = server.socket().await;
-    socket.hello("alice", "lobby").await;
-    cli.err_until("connected to lobby as alice").await;
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let (mut cli, mut socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
     socket.send(json!({"type":"reauthenticate","expires_at":4_000_000_000_000u64})).await;
     let reauth = socket.recv().await.unwrap();
     assert_eq!(reauth, json!({"type":"reauth","token":"AT.secret.2"}));
@@ -182,9 +172,7 @@ async fn reauthenticate_refreshes_saves_the_new_refresh_token_and_reauths_in_ban
 
 #[tokio::test]
 async fn two_clients_sharing_a_file_never_present_a_spent_refresh_token() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let mut a = home.cli(&["chat", "lobby"]);
     let mut socket_a = server.socket().await;
     socket_a.hello("alice", "lobby").await;
@@ -208,9 +196,7 @@ async fn two_clients_sharing_a_file_never_present_a_spent_refresh_token() {
 #[tokio::test]
 async fn a_token_about_to_expire_is_refreshed_before_connecting() {
     // Access tokens that live 30 s: under the one-minute margin from the start.
-    let mut server = StandIn::start(30).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(30).await;
     let mut cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     assert_eq!(socket.bearer.as_deref(), Some("AT.secret.2"));
@@ -222,9 +208,7 @@ async fn a_token_about_to_expire_is_refreshed_before_connecting() {
 
 #[tokio::test]
 async fn a_refused_token_is_refreshed_once_and_an_ended_session_signs_out_with_4() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     // The access token stops working (a rotated key, say); the refresh token still works.
     server.state().live_access.clear();
     let cli = home.cli(&["chat", "lobby"]);
@@ -243,27 +227,19 @@ async fn a_refused_token_is_refreshed_once_and_an_ended_session_signs_out_with_4
 
 #[tokio::test]
 async fn a_4401_close_signs_out_with_4_and_keeps_the_credentials() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
-    let mut cli = home.cli(&["chat", "lobby"]);
-    let mut socket = server.socket().await;
-    socket.hello("alice", "lobby").await;
-    cli.err_until("connected to lobby").await;
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let (cli, socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
     socket.close(4401, "logged out").await;
     let out = cli.finish().await;
     assert_eq!(out.code, 4, "{out:?}");
     assert!(out.err.iter().any(|l| l == "signed out: logged out"), "{out:?}");
     assert!(home.credentials().exists());
-    let upgrades = server.state().requests.iter().filter(|r| r.starts_with("GET /ws")).count();
-    assert_eq!(upgrades, 1, "no reconnect after 4401");
+    assert_eq!(server.upgrades("GET /ws"), 1, "no reconnect after 4401");
 }
 
 #[tokio::test]
 async fn a_policy_close_is_reported_and_not_retried() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     socket.hello("alice", "lobby").await;
@@ -275,9 +251,7 @@ async fn a_policy_close_is_reported_and_not_retried() {
 
 #[tokio::test]
 async fn lines_unacknowledged_at_the_end_of_input_are_waited_for_then_given_up_on() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let mut cli = home.cli(&["chat", "lobby"]);
     let mut socket = server.socket().await;
     socket.hello("alice", "lobby").await;
@@ -294,13 +268,8 @@ async fn lines_unacknowledged_at_the_end_of_input_are_waited_for_then_given_up_o
 
 #[tokio::test]
 async fn ctrl_c_closes_the_socket_and_exits_0() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
-    let mut cli = home.cli(&["chat", "lobby"]);
-    let mut socket = server.socket().await;
-    socket.hello("alice", "lobby").await;
-    cli.err_until("connected to lobby").await;
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let (cli, mut socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
     let status = std::process::Command::new("kill").args(["-INT", &cli.pid().to_string()]).status().unwrap();
     assert!(status.success());
     assert_eq!(socket.closed_with().await, Some(1000));
@@ -310,9 +279,7 @@ async fn ctrl_c_closes_the_socket_and_exits_0() {
 
 #[tokio::test]
 async fn logout_ends_the_session_and_deletes_the_credentials() {
-    let server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (server, home) = StandIn::signed_in(300).await;
     let out = home.cli(&["logout"]).finish().await;
     assert_eq!((out.code, out.out.as_slice()), (0, &["Signed out".to_string()][..]), "{out:?}");
     assert_eq!(server.state().logouts, 1);
@@ -325,9 +292,7 @@ async fn logout_ends_the_session_and_deletes_the_credentials() {
 
 #[tokio::test]
 async fn logout_of_a_session_already_gone_still_deletes_and_says_so() {
-    let server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (server, home) = StandIn::signed_in(300).await;
     server.state().end_session();
     let out = home.cli(&["logout"]).finish().await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -337,9 +302,7 @@ async fn logout_of_a_session_already_gone_still_deletes_and_says_so() {
 
 #[tokio::test]
 async fn tokens_never_go_to_a_server_other_than_the_one_that_issued_them() {
-    let mut server = StandIn::start(300).await;
-    let home = Home::new(&server.url);
-    home.login().await;
+    let (mut server, home) = StandIn::signed_in(300).await;
     let out = home.cli(&["--server", "http://127.0.0.1:9", "chat", "lobby"]).finish().await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.err_has("the saved credentials are for"), "{out:?}");
@@ -367,4 +330,344 @@ async fn usage_errors_exit_64_and_help_exits_0() {
     let out = home.cli(&["--help"]).finish().await;
     assert_eq!(out.code, 0);
     assert!(out.out.iter().any(|l| l.contains("palaver-cli [--server URL] chat ROOM")));
+}
+
+/// A stand-in with alice signed in, who owns `deploys` (bob is in it too),
+/// is a member of carol's `hiring`, talks with bob directly, and sees the
+/// public `lobby`; `payroll` is carol's, and alice is not in it.
+async fn rooms_fixture() -> (StandIn, Home) {
+    let (server, home) = StandIn::signed_in(300).await;
+    {
+        let mut st = server.state();
+        st.rooms.insert("lobby".into(), RoomState::public(Some(3)));
+        st.rooms.insert("deploys".into(), RoomState::private(&[("alice", "owner"), ("bob", "member")]));
+        st.rooms.insert("hiring".into(), RoomState::private(&[("carol", "owner"), ("alice", "member")]));
+        st.rooms.insert("payroll".into(), RoomState::private(&[("carol", "owner")]));
+        st.rooms.insert("@bob".into(), RoomState { unread: Some(1), ..RoomState::direct("bob") });
+    }
+    (server, home)
+}
+
+fn lines(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn rooms_prints_one_room_a_line_with_visibility_role_and_unread_and_direct_ones_as_at_names() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["rooms"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.out,
+        lines(&[
+            "@bob     direct           1 unread",
+            "deploys  private  owner",
+            "hiring   private  member",
+            "lobby    public           3 unread",
+        ]),
+        "payroll is not alice's"
+    );
+    assert!(server.state().requests.contains(&"GET /api/rooms".to_string()));
+}
+
+#[tokio::test]
+async fn create_makes_a_private_room_owned_by_the_caller_or_with_public_a_public_one() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["create", "incident-42"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["Created incident-42 (private, owner)"])), "{out:?}");
+    assert_eq!(server.state().rooms["incident-42"], RoomState::private(&[("alice", "owner")]));
+    let out = home.cli(&["create", "town", "--public"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["Created town (public)"])), "{out:?}");
+    assert_eq!(server.state().rooms["town"].visibility, "public");
+}
+
+#[tokio::test]
+async fn create_says_why_it_was_refused_exit_1_for_a_taken_or_refused_name_and_3_past_the_quota() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["create", "payroll"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.err_has("cannot create payroll: the server answered 409 Conflict: That name is taken. (name_taken)"),
+        "{out:?}"
+    );
+    assert_eq!(server.state().rooms["payroll"], RoomState::private(&[("carol", "owner")]), "untouched");
+    let out = home.cli(&["create", "reserved"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("422 Unprocessable Entity: That name cannot be used."), "{out:?}");
+    server.state().room_quota_spent = true;
+    let out = home.cli(&["create", "another"]).finish().await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.err_has("Too many new rooms. (rate_limited); try again in 30 s"), "{out:?}");
+    assert!(out.out.is_empty());
+}
+
+#[tokio::test]
+async fn members_lists_one_member_a_line_with_roles_for_a_private_room_and_a_direct_one() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["members", "deploys"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["alice  owner", "bob    member"])), "{out:?}");
+    let out = home.cli(&["members", "@bob"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["alice  member", "bob    member"])), "{out:?}");
+    assert!(server.state().requests.contains(&"GET /api/rooms/@bob/members".to_string()));
+}
+
+#[tokio::test]
+async fn a_room_the_user_cannot_see_exits_5_in_the_servers_words_whatever_the_command() {
+    let (server, home) = rooms_fixture().await;
+    for (args, says) in [
+        (&["members", "payroll"][..], "cannot list the members of payroll"),
+        (&["members", "lobby"], "cannot list the members of lobby"),
+        (&["members", "nowhere"], "cannot list the members of nowhere"),
+        (&["invite", "payroll", "bob"], "cannot add bob to payroll"),
+        (&["remove", "payroll", "carol"], "cannot remove carol from payroll"),
+        (&["leave", "payroll"], "cannot leave payroll"),
+    ] {
+        let out = home.cli(args).finish().await;
+        assert_eq!(out.code, 5, "{args:?}: {out:?}");
+        let line =
+            format!("{says}: the server answered 404 Not Found: No such room, or you are not a member. (not_found)");
+        assert_eq!(out.err, [line], "{args:?}");
+    }
+    assert_eq!(server.state().rooms["payroll"], RoomState::private(&[("carol", "owner")]), "untouched");
+}
+
+#[tokio::test]
+async fn invite_adds_a_member_and_refusals_name_the_cause() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["invite", "hiring", "bob"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["bob is a member of hiring"])), "{out:?}");
+    assert!(server.state().rooms["hiring"].has("bob"));
+    assert!(server.state().requests.contains(&"PUT /api/rooms/hiring/members/bob".to_string()));
+    // Again: already a member, the same answer.
+    let out = home.cli(&["invite", "hiring", "@bob"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let out = home.cli(&["invite", "hiring", "nobody"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.err_has("cannot add nobody to hiring: the server answered 404 Not Found: No such user. (no_such_user)"),
+        "{out:?}"
+    );
+    let out = home.cli(&["invite", "@bob", "carol"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("409 Conflict: A direct conversation's members never change. (direct_room)"), "{out:?}");
+    assert!(!server.state().rooms["@bob"].has("carol"));
+}
+
+#[tokio::test]
+async fn the_owner_removes_a_member_and_a_member_who_is_not_the_owner_is_refused_with_1() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["remove", "deploys", "bob"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["Removed bob from deploys"])), "{out:?}");
+    assert!(!server.state().rooms["deploys"].has("bob"));
+    let out = home.cli(&["remove", "hiring", "carol"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.err_has(
+            "cannot remove carol from hiring: the server answered 403 Forbidden: Only the room's owner removes others."
+        ),
+        "{out:?}"
+    );
+    assert!(server.state().rooms["hiring"].has("carol"));
+}
+
+#[tokio::test]
+async fn leave_removes_the_users_own_membership() {
+    let (server, home) = rooms_fixture().await;
+    let out = home.cli(&["leave", "deploys"]).finish().await;
+    assert_eq!((out.code, out.out.clone()), (0, lines(&["Left deploys"])), "{out:?}");
+    assert!(server.state().requests.contains(&"DELETE /api/rooms/deploys/members/alice".to_string()));
+    assert_eq!(server.state().rooms["deploys"], RoomState::private(&[("bob", "owner")]), "bob owns it now");
+    let out = home.cli(&["rooms"]).finish().await;
+    assert!(!out.out.iter().any(|l| l.starts_with("deploys")), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_room_request_with_a_refused_token_is_refreshed_once_and_an_ended_session_exits_4() {
+    let (server, home) = rooms_fixture().await;
+    server.state().live_access.clear();
+    let out = home.cli(&["members", "deploys"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(server.state().refreshes, 1);
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.2", "the rotation is saved");
+    let asked = server.state().requests.iter().filter(|r| r.ends_with("/api/rooms/deploys/members")).count();
+    assert_eq!(asked, 2, "asked again once with the new token");
+
+    server.state().end_session();
+    let out = home.cli(&["invite", "deploys", "carol"]).finish().await;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "signed out: the session has ended"), "{out:?}");
+    assert!(out.err_has("palaver-cli login alice"), "{out:?}");
+    assert!(!server.state().rooms["deploys"].has("carol"));
+    assert!(home.credentials().exists(), "nothing is deleted");
+}
+
+#[tokio::test]
+async fn a_token_about_to_expire_is_refreshed_before_a_room_request() {
+    // Access tokens that live 30 s: under the one-minute margin from the start.
+    let (server, home) = StandIn::signed_in(30).await;
+    let out = home.cli(&["rooms"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(server.state().refreshes, 1);
+    assert_eq!(home.saved()["refresh_token"], "RT.secret.2");
+    assert_eq!(server.state().requests, ["POST /api/token", "POST /api/token/refresh", "GET /api/rooms"]);
+}
+
+#[tokio::test]
+async fn a_token_refused_again_right_after_its_refresh_signs_out_with_4_without_a_loop() {
+    let (server, home) = StandIn::signed_in(300).await;
+    // Refreshes work, and every access token is refused.
+    server.state().refuse_tokens = true;
+    let out = home.cli(&["rooms"]).finish().await;
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "signed out: sign in again"), "{out:?}");
+    assert_eq!(
+        server.state().requests,
+        ["POST /api/token", "GET /api/rooms", "POST /api/token/refresh", "GET /api/rooms"],
+        "one refresh, one more try"
+    );
+}
+
+#[tokio::test]
+async fn room_commands_without_credentials_say_to_log_in_and_exit_4() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    for args in [&["rooms"][..], &["members", "x"], &["invite", "x", "bob"], &["leave", "x"], &["create", "x"]] {
+        let out = home.cli(args).finish().await;
+        assert_eq!(out.code, 4, "{args:?}: {out:?}");
+        assert!(out.err_has("palaver-cli login"), "{out:?}");
+    }
+    assert!(server.state().requests.is_empty());
+}
+
+#[tokio::test]
+async fn chat_at_user_is_the_direct_conversation_and_dm_says_the_same() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    for args in [&["chat", "@bob"][..], &["dm", "bob"]] {
+        let mut cli = home.cli(args);
+        let mut socket = server.socket().await;
+        assert_eq!(socket.query, "room=%40bob", "{args:?}");
+        socket.hello("alice", "@bob").await;
+        cli.err_until("connected to @bob as alice").await;
+        socket.send(json!({"type":"message","room":"@bob","id":"3-0","user":"bob","body":"psst","sent_at":1_700_000_000_000u64})).await;
+        assert_eq!(cli.out_line().await, "22:13:20 bob: psst");
+        cli.type_line("hi bob");
+        let sent = socket.recv().await.unwrap();
+        assert_eq!((sent["type"].as_str(), sent["body"].as_str()), (Some("send"), Some("hi bob")));
+        socket.send(json!({"type":"ack","client_id":sent["client_id"],"id":"4-0"})).await;
+        cli.end_input();
+        assert_eq!(socket.closed_with().await, Some(1000));
+        assert_eq!(cli.finish().await.code, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_4403_close_says_removed_from_the_room_exits_5_and_never_reconnects() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let (cli, socket) = server.chat(&home, &["chat", "deploys"], "deploys").await;
+    socket.close(4403, "access revoked").await;
+    let out = cli.finish().await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "removed from deploys"), "{out:?}");
+    assert!(home.credentials().exists(), "still signed in");
+    assert_eq!(server.upgrades("GET /ws"), 1, "no reconnect after 4403");
+}
+
+#[tokio::test]
+async fn a_direct_conversation_closed_with_4403_says_so_in_its_own_name() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let cli = home.cli(&["dm", "bob"]);
+    // Refused as the socket registers, before any hello.
+    server.socket().await.close(4403, "access revoked").await;
+    let out = cli.finish().await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.err.iter().any(|l| l == "removed from @bob"), "{out:?}");
+}
+
+#[tokio::test]
+async fn an_upgrade_refused_with_403_exits_5_and_after_a_hello_reads_as_a_removal() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    server.state().forbidden.insert("payroll".into());
+    let out = home.cli(&["chat", "payroll"]).finish().await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(
+        out.err
+            .iter()
+            .any(|l| l
+                == "no access to payroll: the server answered 403 Forbidden: No such room, or you are not a member."),
+        "{out:?}"
+    );
+
+    // In the room, then dropped; removed meanwhile: the way back is refused.
+    let (mut cli, socket) = server.chat(&home, &["chat", "deploys"], "deploys").await;
+    server.state().forbidden.insert("deploys".into());
+    socket.close(1001, "server shutting down").await;
+    // stdin stays open: its end with nothing to send would end the chat.
+    cli.err_until("removed from deploys").await;
+    let out = cli.finish().await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.err_has("removed from deploys (the server answered 403 Forbidden"), "{out:?}");
+    assert_eq!(server.upgrades("GET /ws?room=deploys"), 2, "one try, not a retry loop");
+}
+
+#[tokio::test]
+async fn membership_changes_elsewhere_are_noted_on_stderr_and_the_chat_goes_on() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    socket.send(json!({"type":"room_added","room":"deploys","visibility":"private"})).await;
+    cli.err_until("now a member of deploys (private)").await;
+    socket.send(json!({"type":"room_removed","room":"deploys"})).await;
+    cli.err_until("no longer a member of deploys").await;
+    socket.send(message("5-0", "bob", "still here")).await;
+    assert!(cli.out_line().await.ends_with("bob: still here"));
+    cli.end_input();
+    assert_eq!(socket.closed_with().await, Some(1000));
+    assert_eq!(cli.finish().await.code, 0);
+}
+
+#[tokio::test]
+async fn the_room_commands_usage_errors_exit_64_before_any_request() {
+    let (server, home) = StandIn::signed_in(300).await;
+    for args in [
+        &["chat", "@b"][..],
+        &["dm", "no/such"],
+        &["create", "@bob"],
+        &["create", "deploys", "extra"],
+        &["members"],
+        &["invite", "deploys"],
+        &["leave", "Deploys"],
+        &["rooms", "--public"],
+    ] {
+        let out = home.cli(args).finish().await;
+        assert_eq!(out.code, 64, "{args:?}: {out:?}");
+    }
+    assert_eq!(server.state().requests, ["POST /api/token"], "nothing but the login");
+    let out = home.cli(&["--help"]).finish().await;
+    for usage in [
+        "palaver-cli [--server URL] chat @USER",
+        "palaver-cli [--server URL] dm USER",
+        "palaver-cli [--server URL] rooms",
+        "palaver-cli [--server URL] create ROOM [--public]",
+        "palaver-cli [--server URL] members ROOM",
+        "palaver-cli [--server URL] invite ROOM USER",
+        "palaver-cli [--server URL] remove ROOM USER",
+        "palaver-cli [--server URL] leave ROOM",
+    ] {
+        assert!(out.out.iter().any(|l| l.trim() == usage), "{usage}: {out:?}");
+    }
+    assert!(out.out.iter().any(|l| l.contains("5 no access to the")), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_room_command_with_nobody_answering_says_so_and_exits_1() {
+    let home = Home::new("http://127.0.0.1:9");
+    let saved = json!({"server":"http://127.0.0.1:9","username":"alice","access_token":"AT.secret.1",
+        "access_expires_at":4_000_000_000_000u64,"refresh_token":"RT.secret.1"});
+    std::fs::create_dir_all(home.credentials().parent().unwrap()).unwrap();
+    std::fs::write(home.credentials(), saved.to_string()).unwrap();
+    let out = home.cli(&["rooms"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("cannot list the rooms: no answer from the server"), "{out:?}");
 }

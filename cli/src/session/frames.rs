@@ -7,6 +7,8 @@ use std::collections::{HashSet, VecDeque};
 use palaver_wire::MessageId;
 use serde::{Deserialize, Serialize};
 
+use crate::terminal::printable;
+
 /// A frame from the server. Unknown types are tolerated (a newer server may
 /// add some); fields this client does not need are optional.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -47,6 +49,18 @@ pub enum ServerFrame {
     },
     Reauthenticate {},
     Reauthenticated {},
+    /// This user became a member of a private room: said on each of their
+    /// sockets, whichever room it is in.
+    RoomAdded {
+        room: String,
+        #[serde(default)]
+        visibility: Option<String>,
+    },
+    /// This user stopped being a member of a room: said on their sockets in
+    /// other rooms (those in that room are closed with 4403).
+    RoomRemoved {
+        room: String,
+    },
     Error {
         code: String,
         #[serde(default)]
@@ -122,26 +136,6 @@ impl Seen {
 pub fn clock_utc(unix_ms: i64) -> String {
     let secs = unix_ms.div_euclid(1000).rem_euclid(86_400);
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-}
-
-/// Text from other people, made safe for a terminal: control characters
-/// (escape sequences, carriage returns, newlines) are shown escaped, so one
-/// message is one line and cannot redraw the screen.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control()
-                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                out.push_str(&c.escape_unicode().to_string())
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `HH:MM:SS user: body`, one line.
@@ -248,6 +242,11 @@ mod tests {
                 client_id: Some("c".into())
             }
         );
+        assert_eq!(
+            f(r#"{"type":"room_added","room":"deploys","visibility":"private"}"#),
+            ServerFrame::RoomAdded { room: "deploys".into(), visibility: Some("private".into()) }
+        );
+        assert_eq!(f(r#"{"type":"room_removed","room":"@bob"}"#), ServerFrame::RoomRemoved { room: "@bob".into() });
         assert_eq!(f(r#"{"type":"typing","user":"a"}"#), ServerFrame::Unknown);
     }
 
@@ -270,7 +269,6 @@ mod tests {
             message_line(0, "bob", "two\nlines\r\u{1b}[2Jgone\u{202e}"),
             "00:00:00 bob: two\\nlines\\u{d}\\u{1b}[2Jgone\\u{202e}"
         );
-        assert_eq!(printable("tab\there ünïcode ✓"), "tab\\there ünïcode ✓");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `chat ROOM`: one WebSocket at a time, authenticated with the access token,
-//! kept alive across drops, re-authenticated in-band before its deadline.
+//! `chat ROOM` and `chat @USER`: one WebSocket at a time, authenticated with
+//! the access token, kept alive across drops, re-authenticated in-band
+//! before its deadline, and given up for good when the user may no longer
+//! see the room.
 //!
 //! The decisions are made by small pure types, each with its own tests:
 //! [`outbox::Outbox`] (what to send and when), [`frames::Seen`] (what not
@@ -12,7 +14,6 @@ pub mod reconnect;
 
 use std::{
     io::{self, BufRead, Write},
-    path::PathBuf,
     time::Duration,
 };
 
@@ -39,11 +40,13 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    api::{Api, ApiError},
-    credentials::{self, now_ms, Credentials, Refreshed},
+    api::ApiError,
+    credentials::Refreshed,
     exit, json,
+    terminal::printable,
+    tokens::{refused_refresh, Tokens},
 };
-use frames::{message_line, presence_diff_line, presence_line, printable, ClientFrame, Seen, ServerFrame};
+use frames::{message_line, presence_diff_line, presence_line, ClientFrame, Seen, ServerFrame};
 use outbox::{Outbox, Refused, Verdict};
 use reconnect::{after_close, jitter, AfterClose, Backoff};
 
@@ -63,11 +66,10 @@ const REFRESH_RETRY: Duration = Duration::from_secs(5);
 /// Lines read ahead of the outbox; stdin is not read further until it drains.
 const OUTBOX_MAX: usize = 256;
 
-/// What `chat` needs: where, who, and the file its tokens live in.
+/// What `chat` needs: the tokens (and so the server and the user), and the
+/// room: a name, or `@user` for a direct conversation.
 pub struct Chat {
-    pub api: Api,
-    pub path: PathBuf,
-    pub creds: Credentials,
+    pub tokens: Tokens,
     pub room: String,
 }
 
@@ -83,13 +85,10 @@ pub async fn run(chat: Chat) -> i32 {
         // Keep the sender: a closed channel would read as an interrupt.
         std::future::pending::<()>().await
     });
-    let file_token = chat.creds.refresh_token.clone();
     let mut session = Session {
-        api: chat.api,
-        path: chat.path,
-        creds: chat.creds,
-        file_token,
+        tokens: chat.tokens,
         room: chat.room,
+        been_in: false,
         lines,
         stdin_open: true,
         drain_deadline: None,
@@ -142,6 +141,8 @@ enum End {
 enum Refusal {
     /// 401: the access token was not accepted.
     Unauthorized(String),
+    /// 403: this user may not see the room (not a member, or no more).
+    Forbidden(String),
     /// Worth another try later.
     Transient(String),
     /// Trying again would get the same answer.
@@ -149,13 +150,11 @@ enum Refusal {
 }
 
 struct Session {
-    api: Api,
-    path: PathBuf,
-    creds: Credentials,
-    /// The refresh token last read from or written to the file; a different
-    /// one there means another process rotated it (see [`credentials::refresh`]).
-    file_token: String,
+    tokens: Tokens,
     room: String,
+    /// Whether the server has let this user into the room (said `hello`) in
+    /// this run: a refusal after that means they were removed.
+    been_in: bool,
     lines: mpsc::Receiver<String>,
     stdin_open: bool,
     /// Set when stdin ends: by then every line must be acknowledged.
@@ -183,12 +182,12 @@ impl Session {
             // A refresh the last socket started: its token is the one to use
             // (and it needs no `reauth` on the next socket).
             self.settle_refresh().await;
-            if must_refresh || self.creds.needs_refresh(now_ms()) {
-                let refreshed = self.refresh_now(must_refresh).await;
+            if must_refresh || self.tokens.needs_refresh() {
+                let refreshed = self.tokens.refresh(must_refresh).await;
                 must_refresh = false;
                 match refreshed {
                     Ok(()) => fresh = true,
-                    Err(e) if e.status() == Some(401) => return self.signed_out(&refused_refresh(&e)),
+                    Err(e) if e.status() == Some(401) => return self.tokens.signed_out(&refused_refresh(&e)),
                     Err(e) if e.is_transient() => {
                         note(&format!("could not refresh the token: {e}"));
                         let pause = self.backoff.next_wait(jitter());
@@ -221,12 +220,13 @@ impl Session {
                         }
                     }
                 }
-                Err(Refusal::Unauthorized(why)) if fresh => return self.signed_out(&why),
+                Err(Refusal::Unauthorized(why)) if fresh => return self.tokens.signed_out(&why),
                 Err(Refusal::Unauthorized(_)) => {
                     // Revoked keys, a clock that ran fast: one refresh decides.
                     must_refresh = true;
                     continue;
                 }
+                Err(Refusal::Forbidden(why)) => return self.no_access(&why),
                 Err(Refusal::Fatal(why)) => {
                     note(&format!("cannot connect: {why}"));
                     return exit::ERROR;
@@ -315,7 +315,11 @@ impl Session {
                             let (code, reason) =
                                 frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
                             match after_close(code, &reason) {
-                                AfterClose::SignedOut(why) => return End::Exit(self.signed_out(&why)),
+                                AfterClose::SignedOut(why) => return End::Exit(self.tokens.signed_out(&why)),
+                                AfterClose::Removed => {
+                                    note(&format!("removed from {}", self.room));
+                                    return End::Exit(exit::NO_ACCESS);
+                                }
                                 AfterClose::Reconnect(why) => break End::Lost(why),
                                 AfterClose::Fatal(why) => {
                                     note(&format!("the server ended the connection: {why}"));
@@ -333,15 +337,15 @@ impl Session {
                     self.refreshing = None;
                     match refreshed {
                         Ok(Ok(r)) => {
-                            self.adopt(r);
-                            let frame = ClientFrame::Reauth { token: &self.creds.access_token }.to_json();
+                            self.tokens.adopt(r);
+                            let frame = ClientFrame::Reauth { token: self.tokens.access_token() }.to_json();
                             if let Err(e) = sink.send(Message::text(frame)).await {
                                 break End::Lost(format!("sending failed: {e}"));
                             }
                         }
                         Ok(Err(e)) if e.status() == Some(401) => {
                             close(&mut sink, &mut stream).await;
-                            return End::Exit(self.signed_out(&refused_refresh(&e)));
+                            return End::Exit(self.tokens.signed_out(&refused_refresh(&e)));
                         }
                         Ok(Err(e)) => {
                             note(&format!("could not refresh the token: {e}; trying again in {} s", REFRESH_RETRY.as_secs()));
@@ -387,6 +391,7 @@ impl Session {
         };
         match frame {
             ServerFrame::Hello { user, room } => {
+                self.been_in = true;
                 note(&format!("connected to {} as {}", printable(&room), printable(&user)));
                 return Step::Greeted;
             }
@@ -408,6 +413,11 @@ impl Session {
             ServerFrame::Ack { client_id: None, .. } => {}
             ServerFrame::Reauthenticate {} => return Step::Reauthenticate,
             ServerFrame::Reauthenticated {} => note("reauthenticated"),
+            ServerFrame::RoomAdded { room, visibility } => match visibility {
+                Some(v) => note(&format!("now a member of {} ({})", printable(&room), printable(&v))),
+                None => note(&format!("now a member of {}", printable(&room))),
+            },
+            ServerFrame::RoomRemoved { room } => note(&format!("no longer a member of {}", printable(&room))),
             ServerFrame::Error { code, message, client_id } => {
                 match self.outbox.on_error(&code, client_id.as_deref(), Instant::now().into_std()) {
                     // Said once per line, not at every resend.
@@ -444,34 +454,8 @@ impl Session {
 
     /// Starts a refresh in the background, unless one is under way.
     fn start_refresh(&mut self) {
-        if self.refreshing.is_some() {
-            return;
-        }
-        let (api, path, creds, file_token) =
-            (self.api.clone(), self.path.clone(), self.creds.clone(), self.file_token.clone());
-        self.refreshing =
-            Some(tokio::spawn(async move { credentials::refresh(&api, &path, creds, &file_token, true).await }));
-    }
-
-    /// Refreshes before (re)connecting; `force` after the server refused
-    /// the access token, so that one taken from the file is not trusted
-    /// just for looking fresh.
-    async fn refresh_now(&mut self, force: bool) -> Result<(), ApiError> {
-        let r = credentials::refresh(&self.api, &self.path, self.creds.clone(), &self.file_token, force).await?;
-        self.adopt(r);
-        Ok(())
-    }
-
-    /// Takes refreshed credentials; says so if the file could not be updated.
-    fn adopt(&mut self, r: Refreshed) {
-        self.creds = r.creds;
-        match r.saved {
-            Ok(()) => self.file_token = self.creds.refresh_token.clone(),
-            Err(e) => note(&format!(
-                "warning: could not save the new refresh token to {}: {e}. The one in the file is spent: \
-                 after this program stops, log in again",
-                self.path.display()
-            )),
+        if self.refreshing.is_none() {
+            self.refreshing = Some(self.tokens.spawn_refresh());
         }
     }
 
@@ -479,15 +463,20 @@ impl Session {
     async fn settle_refresh(&mut self) {
         if let Some(handle) = self.refreshing.take() {
             if let Ok(Ok(Ok(r))) = timeout(Duration::from_secs(10), handle).await {
-                self.adopt(r);
+                self.tokens.adopt(r);
             }
         }
     }
 
-    fn signed_out(&self, why: &str) -> i32 {
-        note(&format!("signed out: {why}"));
-        note(&format!("(log in again with: palaver-cli login {})", self.creds.username));
-        exit::SIGNED_OUT
+    /// The server will not let this user into the room: if it did before,
+    /// they were removed while away. Never retried.
+    fn no_access(&self, why: &str) -> i32 {
+        if self.been_in {
+            note(&format!("removed from {} ({why})", self.room));
+        } else {
+            note(&format!("no access to {}: {why}", self.room));
+        }
+        exit::NO_ACCESS
     }
 
     fn give_up(&self) -> i32 {
@@ -503,9 +492,9 @@ impl Session {
     /// `after=` the last message shown so none is missed or repeated.
     async fn connect(&self) -> Result<Socket, Refusal> {
         let after = self.seen.last().map(|id| id.to_string());
-        let url = self.api.server().ws_url(&self.room, after.as_deref());
+        let url = self.tokens.api().server().ws_url(&self.room, after.as_deref());
         let mut request = url.into_client_request().map_err(|e| Refusal::Fatal(e.to_string()))?;
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", self.creds.access_token))
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", self.tokens.access_token()))
             .map_err(|_| Refusal::Fatal("the saved access token is not fit for a header; log in again".into()))?;
         bearer.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, bearer);
@@ -525,6 +514,7 @@ impl Session {
                 };
                 Err(match status.as_u16() {
                     401 => Refusal::Unauthorized(why),
+                    403 => Refusal::Forbidden(why),
                     408 | 429 | 500..=599 => Refusal::Transient(why),
                     _ => Refusal::Fatal(why),
                 })
@@ -550,14 +540,6 @@ async fn join<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::Joi
     match slot {
         Some(handle) => handle.await,
         None => std::future::pending().await,
-    }
-}
-
-/// A 401 from the refresh endpoint, as the reason for being signed out.
-fn refused_refresh(e: &ApiError) -> String {
-    match e {
-        ApiError::Status { message: None, code: None, .. } => "the session has ended".into(),
-        e => printable(&e.reason()),
     }
 }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 pub enum AfterClose {
     /// 4401: the session or its token is over. Do not reconnect.
     SignedOut(String),
+    /// 4403 `access revoked`: the user is no longer a member of the room.
+    /// Do not reconnect to it.
+    Removed,
     /// The server went away or asked to be tried later: reconnect with
     /// backoff and `after=`.
     Reconnect(String),
@@ -32,6 +35,7 @@ pub fn after_close(code: u16, reason: &str) -> AfterClose {
         // refuses the refresh, and then the client is signed out.
         4401 if matches!(reason, "token expired" | "invalid token") => AfterClose::Reconnect(said(4401)),
         4401 => AfterClose::SignedOut(if reason.is_empty() { "4401".into() } else { reason.into() }),
+        4403 => AfterClose::Removed,
         // Normal, going away, no status, abnormal, internal error, service
         // restart, try again later, bad gateway: the server or the path to
         // it will be back.
@@ -145,5 +149,7 @@ mod tests {
         );
         assert!(matches!(after_close(1009, "message too big"), AfterClose::Fatal(_)));
         assert!(matches!(after_close(4000, ""), AfterClose::Fatal(_)));
+        assert_eq!(after_close(4403, "access revoked"), AfterClose::Removed);
+        assert_eq!(after_close(4403, ""), AfterClose::Removed, "the code decides, whatever the reason");
     }
 }

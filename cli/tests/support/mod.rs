@@ -1,11 +1,12 @@
-//! A stand-in for the palaver server: the token API answered from a little
-//! state, and every accepted WebSocket handed to the test to drive by hand.
-//! And the real `palaver-cli` binary, run as a child with pipes.
+//! A stand-in for the palaver server: the token API and the room routes
+//! (SPEC §6) answered from a little state, and every accepted WebSocket
+//! handed to the test to drive by hand. And the real `palaver-cli` binary,
+//! run as a child with pipes.
 
 #![allow(dead_code)]
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, BTreeSet, HashSet},
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::PathBuf,
@@ -48,6 +49,47 @@ pub struct State {
     pub logouts: u32,
     /// "METHOD PATH" of every HTTP request, upgrades included.
     pub requests: Vec<String>,
+    /// The rooms, by the name alice (the one user who signs in here) calls
+    /// them: a direct room as `@bob`.
+    pub rooms: BTreeMap<String, RoomState>,
+    /// The users that exist.
+    pub users: BTreeSet<String>,
+    /// Rooms whose upgrade is refused with 403: alice may not see them.
+    pub forbidden: HashSet<String>,
+    /// `POST /api/rooms` is answered 429 (the new-room quota is spent).
+    pub room_quota_spent: bool,
+    /// Every access token is refused (refreshes still work).
+    pub refuse_tokens: bool,
+}
+
+/// A room as the stand-in keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    /// `public`, `private` or `direct`.
+    pub visibility: &'static str,
+    /// (user, role), longest standing first.
+    pub members: Vec<(String, &'static str)>,
+    pub unread: Option<u64>,
+}
+
+impl RoomState {
+    pub fn public(unread: Option<u64>) -> RoomState {
+        RoomState { visibility: "public", members: Vec::new(), unread }
+    }
+
+    pub fn private(members: &[(&str, &'static str)]) -> RoomState {
+        let members = members.iter().map(|(u, r)| (u.to_string(), *r)).collect();
+        RoomState { visibility: "private", members, unread: None }
+    }
+
+    pub fn direct(with: &str) -> RoomState {
+        let members = vec![("alice".to_owned(), "member"), (with.to_owned(), "member")];
+        RoomState { visibility: "direct", members, unread: None }
+    }
+
+    pub fn has(&self, user: &str) -> bool {
+        self.members.iter().any(|(u, _)| u == user)
+    }
 }
 
 impl State {
@@ -63,6 +105,10 @@ impl State {
             "refresh_token": refresh,
             "session_expires_at": 4_000_000_000_000u64,
         })
+    }
+
+    fn accepts(&self, bearer: Option<&str>) -> bool {
+        !self.refuse_tokens && bearer.is_some_and(|b| self.live_access.contains(b))
     }
 
     /// Ends the session: no token works any more.
@@ -138,7 +184,8 @@ impl StandIn {
     pub async fn start(access_ttl: u64) -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { access_ttl, ..State::default() }));
+        let users = ["alice", "bob", "carol"].into_iter().map(str::to_owned).collect();
+        let state = Arc::new(Mutex::new(State { access_ttl, users, ..State::default() }));
         let (tx, sockets) = mpsc::unbounded_channel();
         let st = state.clone();
         tokio::spawn(async move {
@@ -157,6 +204,29 @@ impl StandIn {
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap()
+    }
+
+    /// A stand-in, and a home where alice has logged in to it.
+    pub async fn signed_in(access_ttl: u64) -> (StandIn, Home) {
+        let server = StandIn::start(access_ttl).await;
+        let home = Home::new(&server.url);
+        home.login().await;
+        (server, home)
+    }
+
+    /// `palaver-cli ARGS` from `home`, its socket greeted in `room` as alice,
+    /// once the client has said it is connected.
+    pub async fn chat(&mut self, home: &Home, args: &[&str], room: &str) -> (Cli, Socket) {
+        let mut cli = home.cli(args);
+        let mut socket = self.socket().await;
+        socket.hello("alice", room).await;
+        cli.err_until(&format!("connected to {room} as alice")).await;
+        (cli, socket)
+    }
+
+    /// How many upgrades asked for a path starting with `prefix`.
+    pub fn upgrades(&self, prefix: &str) -> usize {
+        self.state().requests.iter().filter(|r| r.starts_with(prefix)).count()
     }
 }
 
@@ -191,12 +261,18 @@ async fn upgrade(stream: TcpStream, state: Arc<Mutex<State>>, sockets: mpsc::Unb
         seen = (req.uri().query().unwrap_or("").to_owned(), bearer.clone());
         let mut st = st.lock().unwrap();
         st.requests.push(format!("GET {}", req.uri()));
-        if bearer.is_some_and(|b| st.live_access.contains(&b)) {
-            Ok(resp)
-        } else {
-            let mut refusal = ErrorResponse::new(Some(r#"{"error":"unauthorized","message":"sign in again"}"#.into()));
-            *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+        let room = seen.0.split('&').find_map(|p| p.strip_prefix("room=")).unwrap_or("").replace("%40", "@");
+        let refuse = |status, body: &str| {
+            let mut refusal = ErrorResponse::new(Some(body.to_owned()));
+            *refusal.status_mut() = status;
             Err(refusal)
+        };
+        if !st.accepts(bearer.as_deref()) {
+            refuse(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized","message":"sign in again"}"#)
+        } else if st.forbidden.contains(&room) {
+            refuse(StatusCode::FORBIDDEN, r#"{"error":"forbidden","message":"No such room, or you are not a member."}"#)
+        } else {
+            Ok(resp)
         }
     };
     if let Ok(ws) = accept_hdr_async(stream, check).await {
@@ -268,6 +344,13 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                     (401, "", json!({"error":"unauthorized","message":"no such session"}).to_string())
                 }
             }
+            (_, p) if p == "/api/rooms" || p.starts_with("/api/rooms/") => {
+                if st.accepts(bearer.as_deref()) {
+                    rooms_api(&mut st, method, &p["/api/rooms".len()..], &body)
+                } else {
+                    (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
+                }
+            }
             _ => (404, "", json!({"error":"not_found"}).to_string()),
         }
     };
@@ -278,6 +361,97 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// The room routes, for alice, as SPEC §6 has them; `rest` is the path after
+/// `/api/rooms`.
+fn rooms_api(st: &mut State, method: &str, rest: &str, body: &Value) -> (u16, &'static str, String) {
+    let hidden =
+        || (404, "", json!({"error":"not_found","message":"No such room, or you are not a member."}).to_string());
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        ("GET", []) => {
+            let rooms: Vec<Value> = st
+                .rooms
+                .iter()
+                .filter(|(_, r)| r.visibility == "public" || r.has("alice"))
+                .map(|(name, r)| {
+                    let mut v = json!({"name": name, "visibility": r.visibility});
+                    if r.visibility == "private" {
+                        let role = r.members.iter().find(|(u, _)| u == "alice").map(|(_, role)| *role);
+                        v["role"] = json!(role);
+                    }
+                    if let Some(n) = r.unread {
+                        v["unread"] = json!(n);
+                    }
+                    v
+                })
+                .collect();
+            (200, "", json!({ "rooms": rooms }).to_string())
+        }
+        ("POST", []) => {
+            let name = body["name"].as_str().unwrap_or("").to_owned();
+            let visibility = if body["visibility"] == "public" { "public" } else { "private" };
+            if name == "reserved" {
+                (422, "", json!({"error":"invalid_name","message":"That name cannot be used."}).to_string())
+            } else if st.room_quota_spent {
+                let said = json!({"error":"rate_limited","message":"Too many new rooms."});
+                (429, "Retry-After: 30\r\n", said.to_string())
+            } else if st.rooms.contains_key(&name) {
+                (409, "", json!({"error":"name_taken","message":"That name is taken."}).to_string())
+            } else {
+                let members = if visibility == "private" { vec![("alice".to_owned(), "owner")] } else { Vec::new() };
+                st.rooms.insert(name.clone(), RoomState { visibility, members, unread: None });
+                let role = (visibility == "private").then_some("owner");
+                (201, "", json!({"name": name, "visibility": visibility, "role": role}).to_string())
+            }
+        }
+        (method, [name, "members", rest @ ..]) => {
+            let Some(room) = st.rooms.get_mut(*name).filter(|r| r.visibility != "public" && r.has("alice")) else {
+                return hidden();
+            };
+            let direct = || {
+                let said = json!({"error":"direct_room","message":"A direct conversation's members never change."});
+                (409, "", said.to_string())
+            };
+            match (method, rest) {
+                ("GET", []) => {
+                    let members: Vec<Value> = room.members.iter().map(|(u, r)| json!({"user": u, "role": r})).collect();
+                    (200, "", json!({ "members": members }).to_string())
+                }
+                ("PUT", [_]) if room.visibility == "direct" => direct(),
+                ("PUT", [user]) if !st.users.contains(*user) => {
+                    (404, "", json!({"error":"no_such_user","message":"No such user."}).to_string())
+                }
+                ("PUT", [user]) => {
+                    if !room.has(user) {
+                        room.members.push((user.to_string(), "member"));
+                    }
+                    (204, "", String::new())
+                }
+                ("DELETE", [_]) if room.visibility == "direct" => direct(),
+                ("DELETE", [user]) => {
+                    let owner = room.members.iter().any(|(u, r)| u == "alice" && *r == "owner");
+                    if *user != "alice" && !owner {
+                        let said = json!({"error":"forbidden","message":"Only the room's owner removes others."});
+                        return (403, "", said.to_string());
+                    }
+                    room.members.retain(|(u, _)| u != user);
+                    let has_owner = room.members.iter().any(|(_, r)| *r == "owner");
+                    match room.members.first_mut() {
+                        Some(longest_standing) if !has_owner => longest_standing.1 = "owner",
+                        Some(_) => {}
+                        None => {
+                            st.rooms.remove(*name);
+                        }
+                    }
+                    (204, "", String::new())
+                }
+                _ => (405, "", json!({"error":"method_not_allowed"}).to_string()),
+            }
+        }
+        _ => (404, "", json!({"error":"not_found"}).to_string()),
+    }
 }
 
 /// A directory of its own for one test's credentials file.
