@@ -15,6 +15,7 @@ mod connections;
 mod contract;
 mod failover;
 mod faults;
+mod hashing;
 mod history;
 mod layout;
 mod lifecycle;
