@@ -19,6 +19,7 @@ mod hashing;
 mod history;
 mod layout;
 mod lifecycle;
+mod liveness;
 mod metrics;
 mod process;
 mod routes;
