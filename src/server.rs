@@ -36,6 +36,7 @@
 
 mod addresses;
 mod conn;
+mod linger;
 
 use std::{
     convert::Infallible,
@@ -174,6 +175,9 @@ pub struct ConnLimits {
     pub max_open: usize,
     /// Open connections per client address (see [`addresses`]).
     pub max_per_address: usize,
+    /// Each socket's send buffer (`SO_SNDBUF`); `None`: the kernel's own
+    /// sizing (see [`linger`]).
+    pub send_buffer: Option<usize>,
     /// Whose `X-Forwarded-For` names the client.
     pub proxies: TrustedProxies,
 }
@@ -355,6 +359,9 @@ where
     let mut crowded = Throttled::default();
     while let Some((stream, peer)) = accept(&listener, &mut stop, &mut accept_errors).await {
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = shared.limits.send_buffer {
+            let _ = linger::cap_send_buffer(&stream, bytes);
+        }
         let Some(held) = shared.held_for(peer) else {
             if let Some(suppressed) = crowded.allow(Instant::now()) {
                 tracing::warn!(

@@ -221,6 +221,7 @@ impl Running {
             tls_handshake: connections.tls_handshake_timeout,
             max_open: cap,
             max_per_address: connections.max_per_address,
+            send_buffer: connections.send_buffer,
             proxies: TrustedProxies(config.server.trusted_proxies.clone()),
         };
         let make_service = move |peer: SocketAddr| stack.for_peer(peer);

@@ -5,7 +5,8 @@
 //! - [`Counted`] wraps a connection's stream together with its permit (and
 //!   its client address's slot), so they go wherever the stream goes: into
 //!   hyper, and after a 101 into the upgraded WebSocket, which keeps its
-//!   place until it closes.
+//!   place until it closes. Dropped with data its peer has not taken, it
+//!   keeps them until the data is taken or it is reset (`linger`).
 //! - [`Tracker`] knows every served connection (not upgraded sockets, whose
 //!   connection task has ended) and when each was last busy; it picks the
 //!   longest-idle one to evict when the cap is reached.
@@ -42,38 +43,51 @@ use hyper::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
     sync::{Notify, OwnedSemaphorePermit},
 };
 use tower::Service;
 use warp::Reply;
 
-use super::addresses::{Addresses, Held, Slot};
+use super::{
+    addresses::{Addresses, Held, Slot},
+    linger,
+};
 use crate::net::TrustedProxies;
 
 type Response = warp::reply::Response;
 
 /// A connection's stream, its place under the cap and its client address's
 /// slot, released when the stream is dropped (after the connection, or
-/// after the WebSocket it became, closes).
-pub struct Counted<T> {
-    io: T,
-    _permit: OwnedSemaphorePermit,
-    _held: Held,
+/// after the WebSocket it became, closes) and what it has queued is taken
+/// by the peer or reset (see `linger`).
+pub struct Counted {
+    io: TcpStream,
+    /// Taken on drop, to be held while the queue drains.
+    place: Option<(OwnedSemaphorePermit, Held)>,
 }
 
-impl<T> Counted<T> {
-    pub fn new(io: T, permit: OwnedSemaphorePermit, held: Held) -> Self {
-        Self { io, _permit: permit, _held: held }
+impl Counted {
+    pub fn new(io: TcpStream, permit: OwnedSemaphorePermit, held: Held) -> Self {
+        Self { io, place: Some((permit, held)) }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            linger::let_go(&self.io, place, linger::STALL);
+        }
+    }
+}
+
+impl AsyncRead for Counted {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl AsyncWrite for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }

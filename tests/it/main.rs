@@ -17,6 +17,7 @@ mod failover;
 mod faults;
 mod hashing;
 mod history;
+mod kernel;
 mod layout;
 mod lifecycle;
 mod liveness;
