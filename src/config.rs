@@ -145,6 +145,14 @@ pub struct ConnectionsConfig {
     /// Open connections, HTTP and WebSocket together; the effective cap is
     /// also kept below the open-file limit (`MAX_OPEN_CONNECTIONS`).
     pub max_open: usize,
+    /// Open connections one client address may hold; a trusted proxy's are
+    /// counted against the client they are for once they upgrade
+    /// (`MAX_CONNECTIONS_PER_ADDRESS`).
+    pub max_per_address: usize,
+    /// Each socket's send buffer (`SO_SNDBUF`), so that a peer that does not
+    /// read holds little kernel memory; `None`: the kernel sizes it (up to
+    /// 4 MiB by default) (`TCP_SEND_BUFFER_BYTES`, 0 for `None`).
+    pub send_buffer: Option<usize>,
     /// A connection with no request in flight for this long is closed.
     pub http_idle_timeout: Duration,
     /// HTTP/1 request headers must arrive within this (hyper counts from the
@@ -159,7 +167,8 @@ pub struct ConnectionsConfig {
 #[derive(Debug, Clone)]
 pub struct SocketsConfig {
     /// Open WebSockets one instance accepts before answering 503
-    /// (`MAX_CONNECTIONS`).
+    /// (`MAX_CONNECTIONS`); at start it is lowered below the connection cap,
+    /// which keeps a share for HTTP (`server::websocket_cap`).
     pub max_connections: usize,
     /// Open WebSockets one user, or one session, may have on an instance
     /// before upgrades answer 429 (`MAX_SOCKETS_PER_USER`, `MAX_SOCKETS_PER_SESSION`).
@@ -463,6 +472,16 @@ impl ConnectionsConfig {
         Ok(ConnectionsConfig {
             // Kept below the open-file limit at start in any case.
             max_open: vars.number("MAX_OPEN_CONNECTIONS", 60_000, 1..=10_000_000)?,
+            // A few hundred users behind one NAT with a few connections each;
+            // one sixtieth of the default cap.
+            max_per_address: vars.number("MAX_CONNECTIONS_PER_ADDRESS", 1000, 1..=10_000_000)?,
+            // 128 KiB in flight: over 1 MB/s to a peer 100 ms away, and a
+            // thirtieth of what the kernel would queue for one that never
+            // reads. Zero leaves it to the kernel.
+            send_buffer: match vars.number("TCP_SEND_BUFFER_BYTES", 131_072, 0..=64 * 1024 * 1024)? {
+                0 => None,
+                bytes => Some(bytes),
+            },
             http_idle_timeout: vars.secs("HTTP_IDLE_TIMEOUT_SECS", 30, 1..=DAY)?,
             http_header_timeout: vars.secs("HTTP_HEADER_TIMEOUT_SECS", 10, 1..=HOUR)?,
             http_request_timeout: vars.secs("HTTP_REQUEST_TIMEOUT_SECS", 30, 1..=HOUR)?,

@@ -90,7 +90,7 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
 pub(crate) struct TrustedProxies(pub Vec<Network>);
 
 impl TrustedProxies {
-    fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(ip))
     }
 

@@ -14,12 +14,29 @@
 //! - every connection holds a permit of the cap (`MAX_OPEN_CONNECTIONS`,
 //!   kept below the open-file limit) inside its stream, so an upgraded
 //!   WebSocket keeps its place until it closes. At the cap the longest-idle
-//!   connection makes room; with none idle, the newcomer gets 503.
+//!   connection makes room; with none idle, the newcomer gets a place of
+//!   the small reserve kept for `/healthz` and `/readyz` (anything else on
+//!   it is answered 503), so that no client, however it fills the cap, can
+//!   make the liveness check fail; with that full too, 503;
+//! - one client address holds at most `MAX_CONNECTIONS_PER_ADDRESS` of them
+//!   ([`addresses`]: what a trusted proxy in front means for the count);
+//! - WebSockets never take the last HTTP places: their cap is kept a tenth
+//!   below the connection cap ([`websocket_cap`]).
+//!
+//! Why a reserve rather than evicting slow requests: a request whose body
+//! trickles in cannot be told, at this level, from one waiting for the
+//! store or a password check (the body is hyper's, read by the handler), so
+//! cutting "slow" requests would cut honest ones too; a reserve needs no
+//! guess and holds whatever fills the cap (slow bodies, WebSockets,
+//! requests waiting on a slow store). Idle connections are still evicted
+//! first, as before.
 //!
 //! Shutdown stops accepting, lets in-flight requests finish, and closes
 //! idle connections ([`Connections::shutdown`]).
 
+mod addresses;
 mod conn;
+mod linger;
 
 use std::{
     convert::Infallible,
@@ -35,7 +52,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conn::{ConnState, Counted, Entry, Tracked, Tracker};
+use addresses::{Addresses, Held};
+use conn::{ConnState, Counted, Entry, ProxiedUpgrades, Scope, Tracked, Tracker};
 use hyper::{body::Incoming, Request};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -51,7 +69,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::config::TlsPaths;
+use crate::{config::TlsPaths, net::TrustedProxies};
 
 /// Binds with a deep accept backlog: the default 128 drops SYNs under a burst
 /// of reconnecting clients and stalls each of them for a second.
@@ -93,8 +111,22 @@ pub fn tls_acceptor(paths: &TlsPaths) -> Result<TlsAcceptor, TlsError> {
 type Response = warp::reply::Response;
 
 /// Descriptors kept out of the connection cap: Redis connections, files,
-/// the listener.
+/// the listener, and the connections held beside the cap (waiting for an
+/// evicted one's place, being refused, or in the health checks' reserve).
 pub const FD_RESERVE: u64 = 256;
+
+/// Places beyond the cap kept for `/healthz` and `/readyz`: a load balancer
+/// or orchestrator probes from a few places at once, and each probe's
+/// connection lasts a request.
+const HEALTH_RESERVE: usize = 16;
+
+/// How long a place in the reserve may go without a request: a probe asks
+/// at once, and an idle one makes room for the next (as at the cap).
+const HEALTH_IDLE: Duration = Duration::from_secs(2);
+
+/// The share of the connection cap WebSockets may not take: one place in
+/// ten is kept for page loads, sign-ins and the other HTTP requests.
+const HTTP_SHARE: usize = 10;
 
 /// HTTP/2 keep-alive: a ping this often, and the connection is dropped if
 /// its answer takes longer than this.
@@ -120,12 +152,17 @@ const MAX_WAITING: usize = 128;
 const MAX_LINGERING: usize = 64;
 const LINGER: Duration = Duration::from_secs(1);
 
-/// The minimal answer when the cap is full of busy connections.
+/// The minimal answer when the cap and the reserve are full of busy
+/// connections.
 const REFUSAL: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
 
+/// The minimal answer to a client address with all its connections open.
+const TOO_MANY_FROM_ADDRESS: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+
 /// How long a connection may take at each stage, and how many may be open.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnLimits {
     /// No request in flight for this long: the connection is closed.
     pub idle: Duration,
@@ -136,6 +173,13 @@ pub struct ConnLimits {
     pub tls_handshake: Duration,
     /// Open connections, HTTP and WebSocket together.
     pub max_open: usize,
+    /// Open connections per client address (see [`addresses`]).
+    pub max_per_address: usize,
+    /// Each socket's send buffer (`SO_SNDBUF`); `None`: the kernel's own
+    /// sizing (see [`linger`]).
+    pub send_buffer: Option<usize>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub proxies: TrustedProxies,
 }
 
 /// Raises the open-file soft limit to the hard limit, logs both, and
@@ -192,6 +236,21 @@ fn raise_open_file_limit() -> io::Result<u64> {
     Ok(soft)
 }
 
+/// The WebSocket cap: `MAX_CONNECTIONS`, but never more than the
+/// connection cap less a tenth kept for HTTP (so it follows the open-file
+/// limit too). Logged, like the connection cap.
+pub fn websocket_cap(max_connections: usize, connection_cap: usize) -> usize {
+    let for_http = (connection_cap / HTTP_SHARE).max(1);
+    let cap = max_connections.min(connection_cap.saturating_sub(for_http)).max(1);
+    tracing::info!(
+        cap,
+        max_connections,
+        kept_for_http = for_http,
+        "WebSocket cap: {cap} open WebSockets ({for_http} of the connection cap kept for HTTP)"
+    );
+    cap
+}
+
 #[cfg(not(unix))]
 fn raise_open_file_limit() -> io::Result<u64> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no RLIMIT_NOFILE here"))
@@ -235,13 +294,36 @@ impl Connections {
     }
 }
 
+/// Places for connections, and the connections that hold them.
+struct Places {
+    permits: Arc<Semaphore>,
+    tracker: Arc<Tracker>,
+}
+
+impl Places {
+    fn new(count: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(count)), tracker: Arc::new(Tracker::default()) }
+    }
+}
+
+/// Which places a connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Under the cap: serves anything.
+    Regular,
+    /// In the reserve beyond the cap: serves the health checks only.
+    HealthCheck,
+}
+
 /// What every connection task shares.
 struct Shared {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     limits: ConnLimits,
-    tracker: Arc<Tracker>,
-    permits: Arc<Semaphore>,
+    regular: Places,
+    reserve: Places,
+    addresses: Arc<Addresses>,
+    proxies: Arc<TrustedProxies>,
     /// Connections waiting for an evicted connection's place.
     waiting: AtomicUsize,
     /// Refused connections being drained.
@@ -252,9 +334,11 @@ struct Shared {
 /// service `make_service` builds for its peer, within `limits`. Returns the
 /// handle that shuts down the connections still open.
 ///
-/// At the cap, a new connection takes the place of the longest-idle one,
-/// and is refused with 503 only if none is idle (the WebSockets and
-/// requests in progress are never cut for it).
+/// At the cap, a new connection takes the place of the longest-idle one;
+/// if none is idle, a place in the health checks' reserve (the same way),
+/// and is refused with 503 only if that is full of busy ones too (the
+/// WebSockets and requests in progress are never cut for it). A client
+/// address with all its connections open is refused with 429.
 pub async fn accept_loop<M, S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -271,37 +355,86 @@ where
     let (shutdown, _) = watch::channel(false);
     let mut accept_errors = Throttled::default();
     let mut refusals = Throttled::default();
+    let mut reserved = Throttled::default();
+    let mut crowded = Throttled::default();
     while let Some((stream, peer)) = accept(&listener, &mut stop, &mut accept_errors).await {
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        let stopping = shutdown.subscribe();
-        match place(&shared.permits) {
-            Ok(permit) => {
-                // Registered here, in accept order, so that idleness ties
-                // are broken by age.
-                let entry = shared.tracker.register();
-                tokio::spawn(connection(shared.clone(), Counted::new(stream, permit), peer, entry, service, stopping));
+        if let Some(bytes) = shared.limits.send_buffer {
+            let _ = linger::cap_send_buffer(&stream, bytes);
+        }
+        let Some(held) = shared.held_for(peer) else {
+            if let Some(suppressed) = crowded.allow(Instant::now()) {
+                tracing::warn!(
+                    ip = %peer.ip(),
+                    max = shared.limits.max_per_address,
+                    suppressed,
+                    "a client address has all its connections open: refusing with 429"
+                );
             }
-            Err(queued)
-                if shared.waiting.load(Ordering::SeqCst) < MAX_WAITING && shared.tracker.evict_longest_idle() =>
-            {
-                tracing::debug!(%peer, "connection cap reached: evicting the longest-idle connection");
-                shared.waiting.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(after_eviction(shared.clone(), stream, peer, queued, service, stopping));
+            refuse(stream, &shared, TOO_MANY_FROM_ADDRESS);
+            continue;
+        };
+        let conn = Accepted { stream, peer, held, service: make_service(peer), stopping: shutdown.subscribe() };
+        let conn = match admit(&shared, Kind::Regular, conn) {
+            Ok(()) => continue,
+            Err(conn) => conn,
+        };
+        if let Some(suppressed) = reserved.allow(Instant::now()) {
+            tracing::warn!(
+                cap = shared.limits.max_open,
+                suppressed,
+                "connection cap reached and no idle connection can make room: only health checks are answered"
+            );
+        }
+        if let Err(conn) = admit(&shared, Kind::HealthCheck, conn) {
+            if let Some(suppressed) = refusals.allow(Instant::now()) {
+                tracing::warn!(
+                    cap = shared.limits.max_open,
+                    reserve = HEALTH_RESERVE,
+                    suppressed,
+                    "connection cap and the health checks' reserve full of busy connections: refusing with 503"
+                );
             }
-            Err(_) => {
-                if let Some(suppressed) = refusals.allow(Instant::now()) {
-                    tracing::warn!(
-                        cap = limits.max_open,
-                        suppressed,
-                        "connection cap reached and no idle connection can make room: refusing with 503"
-                    );
-                }
-                refuse(stream, &shared);
-            }
+            refuse(conn.stream, &shared, REFUSAL);
         }
     }
     Connections { shutdown }
+}
+
+/// An accepted connection on its way to a place.
+struct Accepted<S> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    held: Held,
+    service: S,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Serves `conn` on a place of `kind`: a free one, or the place of the
+/// longest-idle connection holding one (once it has closed). Gives the
+/// connection back if neither is to be had.
+fn admit<S>(shared: &Arc<Shared>, kind: Kind, conn: Accepted<S>) -> Result<(), Accepted<S>>
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let places = shared.places(kind);
+    match place(&places.permits) {
+        Ok(permit) => {
+            // Registered here, in accept order, so that idleness ties are
+            // broken by age.
+            let entry = places.tracker.register();
+            tokio::spawn(connection(shared.clone(), kind, conn, permit, entry));
+            Ok(())
+        }
+        Err(queued) if shared.waiting.load(Ordering::SeqCst) < MAX_WAITING && places.tracker.evict_longest_idle() => {
+            tracing::debug!(peer = %conn.peer, ?kind, "no free place: evicting the longest-idle connection");
+            shared.waiting.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(after_eviction(shared.clone(), kind, conn, queued));
+            Ok(())
+        }
+        Err(_) => Err(conn),
+    }
 }
 
 impl Shared {
@@ -312,12 +445,53 @@ impl Shared {
         Arc::new(Shared {
             builder,
             tls,
+            regular: Places::new(limits.max_open),
+            reserve: Places::new(HEALTH_RESERVE),
+            addresses: Addresses::new(limits.max_per_address),
+            proxies: Arc::new(limits.proxies.clone()),
             limits,
-            tracker: Arc::new(Tracker::default()),
-            permits: Arc::new(Semaphore::new(limits.max_open)),
             waiting: AtomicUsize::new(0),
             lingering: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    fn places(&self, kind: Kind) -> &Places {
+        match kind {
+            Kind::Regular => &self.regular,
+            Kind::HealthCheck => &self.reserve,
+        }
+    }
+
+    /// Where a connection from `peer` keeps its client address's slot:
+    /// taken now, or later for one from a trusted proxy (see
+    /// [`addresses`]). `None`: the address has all its connections open.
+    fn held_for(&self, peer: SocketAddr) -> Option<Held> {
+        if self.proxies.trusts(peer.ip()) {
+            return Some(Held::default());
+        }
+        self.addresses.take(peer.ip()).map(|slot| Held::new(Some(slot)))
+    }
+
+    /// What a connection of `kind` from `peer` may be used for.
+    fn scope(&self, kind: Kind, peer: SocketAddr, held: &Held) -> Scope {
+        match kind {
+            Kind::HealthCheck => Scope::HealthChecks,
+            Kind::Regular if self.proxies.trusts(peer.ip()) => Scope::Full(Some(ProxiedUpgrades {
+                peer,
+                proxies: self.proxies.clone(),
+                addresses: self.addresses.clone(),
+                held: held.clone(),
+            })),
+            Kind::Regular => Scope::Full(None),
+        }
+    }
+
+    /// How long a connection of `kind` may go without a request.
+    fn idle_limit(&self, kind: Kind) -> Duration {
+        match kind {
+            Kind::Regular => self.limits.idle,
+            Kind::HealthCheck => self.limits.idle.min(HEALTH_IDLE),
+        }
     }
 }
 
@@ -367,38 +541,37 @@ fn place(
 /// than [`EVICTION_WAIT`], and drops it if shutdown begins meanwhile.
 async fn after_eviction<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    kind: Kind,
+    mut conn: Accepted<S>,
     queued: impl Future<Output = Result<OwnedSemaphorePermit, AcquireError>>,
-    service: S,
-    mut stopping: watch::Receiver<bool>,
 ) where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let permit = tokio::select! {
         permit = tokio::time::timeout(EVICTION_WAIT, queued) => Some(permit),
-        _ = stopping.changed() => None,
+        _ = conn.stopping.changed() => None,
     };
     shared.waiting.fetch_sub(1, Ordering::SeqCst);
     match permit {
         None => {}
         Some(Ok(Ok(permit))) => {
-            let entry = shared.tracker.register();
-            connection(shared.clone(), Counted::new(stream, permit), peer, entry, service, stopping).await;
+            let entry = shared.places(kind).tracker.register();
+            connection(shared.clone(), kind, conn, permit, entry).await;
         }
-        Some(_) => refuse(stream, &shared),
+        Some(_) => refuse(conn.stream, &shared, REFUSAL),
     }
 }
 
-/// Answers a connection there is no room for with a minimal 503 and closes
-/// it. A TLS client could not read a plain answer, so it is just closed.
-fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
+/// Answers a connection there is no room for with a minimal `answer` and
+/// closes it. A TLS client could not read a plain answer, so it is just
+/// closed.
+fn refuse(stream: TcpStream, shared: &Arc<Shared>, answer: &'static [u8]) {
     if shared.tls.is_some() {
         return;
     }
     // A fresh socket's send buffer is empty: this does not block.
-    let _ = stream.try_write(REFUSAL);
+    let _ = stream.try_write(answer);
     if shared.lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING {
         shared.lingering.fetch_sub(1, Ordering::SeqCst);
         return;
@@ -416,22 +589,21 @@ fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
     });
 }
 
-/// One connection: the TLS handshake if any, then HTTP until it ends.
-async fn connection<S>(
-    shared: Arc<Shared>,
-    stream: Counted<TcpStream>,
-    peer: SocketAddr,
-    entry: Entry,
-    service: S,
-    mut stopping: watch::Receiver<bool>,
-) where
+/// One connection on a place of `kind`: the TLS handshake if any, then
+/// HTTP until it ends.
+async fn connection<S>(shared: Arc<Shared>, kind: Kind, conn: Accepted<S>, permit: OwnedSemaphorePermit, entry: Entry)
+where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    let Accepted { stream, peer, held, service, mut stopping } = conn;
     let state = entry.state.clone();
-    let service = TowerToHyperService::new(Tracked::new(service, state.clone(), shared.limits.request));
+    let scope = shared.scope(kind, peer, &held);
+    let service = TowerToHyperService::new(Tracked::new(service, state.clone(), shared.limits.request, scope));
+    let stream = Counted::new(stream, permit, held);
+    let idle = shared.idle_limit(kind);
     let result = match &shared.tls {
-        None => serve(&shared, stream, service, &state, &mut stopping).await,
+        None => serve(&shared, stream, service, &state, idle, &mut stopping).await,
         Some(tls) => {
             let handshake = tokio::time::timeout(shared.limits.tls_handshake, tls.accept(stream));
             let stream = tokio::select! {
@@ -450,7 +622,7 @@ async fn connection<S>(
                 _ = stopping.changed() => return,
             };
             state.touch();
-            serve(&shared, stream, service, &state, &mut stopping).await
+            serve(&shared, stream, service, &state, idle, &mut stopping).await
         }
     };
     if let Err(err) = result {
@@ -460,7 +632,7 @@ async fn connection<S>(
 }
 
 /// Serves HTTP on `io` until the connection ends, or until it has had no
-/// request in flight for the idle limit, is evicted, or shutdown begins:
+/// request in flight for `idle_limit`, is evicted, or shutdown begins:
 /// then it is shut down gracefully, and dropped if it is still there and
 /// still idle [`CLOSE_GRACE`] later.
 async fn serve<I, S>(
@@ -468,6 +640,7 @@ async fn serve<I, S>(
     io: I,
     service: S,
     state: &ConnState,
+    idle_limit: Duration,
     stopping: &mut watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -478,7 +651,6 @@ where
 {
     let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle_limit = shared.limits.idle;
     // Set once the connection has been told to close.
     let mut closing: Option<tokio::time::Instant> = None;
     if *stopping.borrow_and_update() {
@@ -542,6 +714,16 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websockets_leave_a_tenth_of_the_connection_cap_to_http_and_follow_it_down() {
+        assert_eq!(websocket_cap(50_000, 60_000), 50_000, "the default is untouched");
+        assert_eq!(websocket_cap(50_000, 500), 450);
+        assert_eq!(websocket_cap(50_000, 344), 310, "an open-file limit of 600");
+        assert_eq!(websocket_cap(100, 50), 45);
+        assert_eq!(websocket_cap(10, 5), 4, "at least one place for HTTP");
+        assert_eq!(websocket_cap(10, 1), 1, "and at least one WebSocket");
+    }
 
     #[test]
     fn a_repeated_warning_is_let_through_once_a_second_with_the_count_held_back() {

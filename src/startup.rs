@@ -14,9 +14,9 @@ use crate::{
         tokens::{KeyError, TokenKeys},
     },
     backend::{Backend, BackendKind, ConnectError, Health},
-    config::{Config, ConnectionsConfig, ServerConfig},
+    config::{Config, ServerConfig},
     meters::{self, Meters},
-    net::OriginPolicy,
+    net::{OriginPolicy, TrustedProxies},
     protocol,
     realtime::registry::Registry,
     server::{self, Connections, TlsError},
@@ -39,6 +39,9 @@ pub enum StartError {
 
 pub struct Application {
     listener: TcpListener,
+    /// Open connections served at once (`MAX_OPEN_CONNECTIONS`, kept below
+    /// the open-file limit).
+    connection_cap: usize,
     addr: SocketAddr,
     public_origin: String,
     config: Config,
@@ -50,7 +53,7 @@ pub struct Application {
 
 impl Application {
     /// Connects the backend and binds the listener (port 0 picks a free one).
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    pub async fn build(mut config: Config) -> Result<Self, StartError> {
         let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
         let (meters, metrics) = bind_metrics(&config.server).await?;
@@ -85,8 +88,10 @@ impl Application {
             tls: tls.is_some(),
             keys: Arc::new(keys),
         };
+        let connection_cap = server::connection_cap(config.connections.max_open);
+        config.sockets.max_connections = server::websocket_cap(config.sockets.max_connections, connection_cap);
         let assembly = state::assemble(&config, backend, identity, meters);
-        Ok(Self { listener, addr, public_origin, config, assembly, tls, metrics })
+        Ok(Self { listener, connection_cap, addr, public_origin, config, assembly, tls, metrics })
     }
 
     /// The address actually bound.
@@ -123,10 +128,10 @@ impl Application {
     /// requests finish, and closes the store connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         self.announce();
-        let Self { listener, config, assembly, tls, metrics, .. } = self;
+        let Self { listener, connection_cap, config, assembly, tls, metrics, .. } = self;
         let Assembly { handles, tasks, stack } = assembly;
         let running = Running::start(tasks, metrics, handles.readiness.clone(), handles.health.clone())?;
-        let accepting = running.accept(listener, tls, stack, &config.connections);
+        let accepting = running.accept(listener, tls, stack, &config, connection_cap);
         shutdown.await;
         running.shut_down(accepting, &config.server).await
     }
@@ -199,20 +204,25 @@ impl Running {
     }
 
     /// Starts the accept loop: each connection is served with `stack`,
-    /// within the configured limits, until `stop`.
+    /// within the configured limits and `cap` connections, until `stop`.
     fn accept(
         &self,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         stack: Stack,
-        config: &ConnectionsConfig,
+        config: &Config,
+        cap: usize,
     ) -> JoinHandle<Connections> {
+        let connections = &config.connections;
         let limits = server::ConnLimits {
-            idle: config.http_idle_timeout,
-            header: config.http_header_timeout,
-            request: config.http_request_timeout,
-            tls_handshake: config.tls_handshake_timeout,
-            max_open: server::connection_cap(config.max_open),
+            idle: connections.http_idle_timeout,
+            header: connections.http_header_timeout,
+            request: connections.http_request_timeout,
+            tls_handshake: connections.tls_handshake_timeout,
+            max_open: cap,
+            max_per_address: connections.max_per_address,
+            send_buffer: connections.send_buffer,
+            proxies: TrustedProxies(config.server.trusted_proxies.clone()),
         };
         let make_service = move |peer: SocketAddr| stack.for_peer(peer);
         tokio::spawn(server::accept_loop(listener, tls, make_service, limits, self.stop.subscribe()))

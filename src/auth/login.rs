@@ -11,7 +11,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use metrics::Histogram;
 
 use super::{
-    password::{self, Password},
+    password::{Hasher, Password},
     throttle::LoginThrottle,
 };
 use crate::{
@@ -29,20 +29,29 @@ pub enum Verdict {
     /// This name from this client, or this client, used up its attempts:
     /// nothing was verified. Try again after this long.
     Throttled(Duration),
+    /// The attempt counted, but more passwords are waiting to be checked
+    /// than can be in time: nothing was verified. Try again after this long.
+    Busy(Duration),
 }
 
-/// What a password check reads: the accounts, the throttle, and where the
-/// wait for a hashing thread is recorded.
+/// What a password check reads: the accounts, the throttle, the instance's
+/// password hashing, and where the wait for a hashing thread is recorded.
 #[derive(Clone)]
 pub struct PasswordCheck {
     users: Arc<dyn UserStore>,
     throttle: LoginThrottle,
+    hasher: Hasher,
     hash_wait: Histogram,
 }
 
 impl PasswordCheck {
     pub fn new(users: Arc<dyn UserStore>, throttle: LoginThrottle, hash_wait: Histogram) -> Self {
-        Self { users, throttle, hash_wait }
+        Self { users, throttle, hasher: Hasher::new(), hash_wait }
+    }
+
+    /// Hashes a new password on this instance's hashing threads.
+    pub async fn hash(&self, password: Password) -> String {
+        self.hasher.hash(password, &self.hash_wait).await
     }
 
     /// Checks `password` for `username` (as typed: surrounding blanks do
@@ -58,7 +67,10 @@ impl PasswordCheck {
         // the dummy hash all the same: every failure takes the same time.
         let stored = if valid_username(username) { self.users.find(username).await? } else { None };
         let stored_hash = stored.as_ref().map(|s| s.password_hash.clone());
-        let verified = password::verify(password, stored_hash, &self.hash_wait).await;
+        let verified = match self.hasher.verify(addr, password, stored_hash, &self.hash_wait).await {
+            Ok(verified) => verified,
+            Err(busy) => return Ok(Verdict::Busy(busy.retry_after)),
+        };
         match stored {
             Some(stored) if verified => {
                 self.throttle.succeeded(attempt).await?;
@@ -80,7 +92,7 @@ mod tests {
         let throttle = LoginThrottle::new(memory.clone(), 2, Duration::from_secs(60));
         let check = PasswordCheck::new(memory.clone(), throttle, Histogram::noop());
         let alice = User { id: UserId::new_v4(), name: "alice".into() };
-        let hash = password::hash(Password::new("correct horse".into()), &Histogram::noop()).await;
+        let hash = check.hash(Password::new("correct horse".into())).await;
         assert!(memory.create(&alice, &hash).await.unwrap());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let attempt = |name: &'static str, password: &'static str| {

@@ -5,8 +5,12 @@
 //! Verification is strict: the algorithm is fixed (EdDSA; `none`, HS256
 //! signed with the public key and everything else are refused before any
 //! signature is looked at), `typ` must be `at+jwt`, `iss` this service,
-//! `aud` `palaver`, and every claim palaver reads is required. It needs no
-//! store: whether the session still lives is checked separately (one read).
+//! `aud` `palaver`, and every claim palaver reads is required. What palaver
+//! never issues is held to its standard all the same: a `crit` header names
+//! extensions palaver does not understand (refused, RFC 7515 §4.1.6), and a
+//! token whose `nbf` or `iat` lies ahead of the clock is not valid yet (RFC
+//! 7519 §4.1.5; [`CLOCK_LEEWAY`] allowed for skew). It needs no store:
+//! whether the session still lives is checked separately (one read).
 //!
 //! A client presents the same token for every socket it opens until the
 //! token is refreshed, and an Ed25519 verification costs more than the rest
@@ -44,6 +48,12 @@ pub(crate) const TOKEN_TYPE: &str = "at+jwt";
 /// The `aud` every access token names.
 pub(crate) const AUDIENCE: &str = "palaver";
 
+/// How far ahead of this instance's clock a token's `nbf` and `iat` may
+/// be: the issuing instance's clock may run a little ahead, and a token it
+/// has just issued must work here at once. `exp` has no leeway (an
+/// instance whose clock runs ahead refuses tokens early, never late).
+const CLOCK_LEEWAY: i64 = 30;
+
 /// The token of an `Authorization` header's value when its scheme is
 /// `Bearer` (in any case): how a client presents an access token, to the
 /// API and to the upgrade alike (docs/protocol.md §5.7).
@@ -73,6 +83,15 @@ impl Claims {
     pub(crate) fn expires_at(&self) -> UnixMillis {
         UnixMillis::from_secs(self.exp)
     }
+}
+
+/// A token's payload as verification reads it: the claims, and `nbf`,
+/// which palaver never issues but holds a token to when it is there.
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(flatten)]
+    claims: Claims,
+    nbf: Option<i64>,
 }
 
 /// Why a token is refused. Logged, never shown in detail.
@@ -306,7 +325,7 @@ impl TokenKeys {
                 false => Err(TokenError::Invalid("ExpiredSignature".into())),
             };
         }
-        let claims = self.verify_signed(token)?;
+        let claims = self.verify_signed(token, now)?;
         let mut remembered = self.remembered();
         if remembered.len() >= self.verified_cap {
             remembered.retain(|_, c| now <= c.exp);
@@ -322,7 +341,9 @@ impl TokenKeys {
         self.verified.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
+    /// The signature and claims, at `now` (Unix seconds) for the times
+    /// palaver checks itself (`exp` is checked by `jsonwebtoken`).
+    fn verify_signed(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let header = decode_header(token).map_err(|err| TokenError::Malformed(err.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid(format!("algorithm {:?}", header.alg)));
@@ -330,10 +351,21 @@ impl TokenKeys {
         if header.typ.as_deref() != Some(TOKEN_TYPE) {
             return Err(TokenError::WrongType);
         }
+        // palaver understands no JWS extension, so any critical one is
+        // not understood (and `crit` may not be empty, RFC 7515 §4.1.6).
+        if let Some(crit) = &header.crit {
+            return Err(TokenError::Invalid(format!("critical header parameters {crit:?}")));
+        }
         let key = header.kid.as_deref().and_then(|kid| self.verifying.get(kid)).ok_or(TokenError::UnknownKey)?;
-        let data =
-            decode::<Claims>(token, key, &self.validation).map_err(|err| TokenError::Invalid(err.to_string()))?;
-        Ok(data.claims)
+        let Payload { claims, nbf } =
+            decode::<Payload>(token, key, &self.validation).map_err(|err| TokenError::Invalid(err.to_string()))?.claims;
+        if nbf.is_some_and(|nbf| nbf > now + CLOCK_LEEWAY) {
+            return Err(TokenError::Invalid("ImmatureSignature (nbf)".into()));
+        }
+        if claims.iat > now + CLOCK_LEEWAY {
+            return Err(TokenError::Invalid("issued in the future (iat)".into()));
+        }
+        Ok(claims)
     }
 }
 
@@ -482,6 +514,46 @@ pub(crate) mod tests {
             missing.as_object_mut().unwrap().remove(claim);
             assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &missing, signing)).is_err(), "no {claim}");
         }
+    }
+
+    #[test]
+    fn a_crit_header_or_an_nbf_or_iat_ahead_of_the_clock_beyond_30_s_is_refused() {
+        let keys = keys();
+        let user = alice();
+        let now = UnixMillis::now().as_secs();
+        let header = || {
+            let mut h = Header::new(Algorithm::EdDSA);
+            h.typ = Some(TOKEN_TYPE.into());
+            h.kid = Some(keys.kid().into());
+            h
+        };
+        let verify = |header: Header, claims: &serde_json::Value| {
+            keys.verify_at(&forge(header, claims, &keys.signing), now).map(|c| c.jti)
+        };
+        let claims = claims_json(&keys, &user, now + 300);
+        assert!(verify(header(), &claims).is_ok(), "the same token without them verifies");
+
+        // Whatever it names, even nothing: palaver understands no extension.
+        for crit in [vec!["b64"], vec!["exp"], vec!["x-palaver"], vec![]] {
+            let mut critical = header();
+            critical.crit = Some(crit.iter().map(|c| c.to_string()).collect());
+            assert!(matches!(verify(critical, &claims), Err(TokenError::Invalid(_))), "crit {crit:?}");
+        }
+        for (nbf, accepted) in
+            [(now - 600, true), (now, true), (now + 30, true), (now + 31, false), (now + 86_400, false)]
+        {
+            let mut with_nbf = claims.clone();
+            with_nbf["nbf"] = nbf.into();
+            assert_eq!(verify(header(), &with_nbf).is_ok(), accepted, "nbf now{:+}", nbf - now);
+        }
+        for (iat, accepted) in [(now - 600, true), (now + 30, true), (now + 31, false), (now + 86_400, false)] {
+            let mut with_iat = claims.clone();
+            with_iat["iat"] = iat.into();
+            assert_eq!(verify(header(), &with_iat).is_ok(), accepted, "iat now{:+}", iat - now);
+        }
+        let mut fractional = claims.clone();
+        fractional["nbf"] = serde_json::json!(now as f64 + 0.5);
+        assert!(verify(header(), &fractional).is_err(), "an nbf that is not whole seconds is not ours");
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //! permit of the open-connection cap, and every connection's requests are
 //! counted so that its idleness can be measured and acted on.
 //!
-//! - [`Counted`] wraps a connection's stream together with its permit, so
-//!   the permit goes wherever the stream goes: into hyper, and after a 101
-//!   into the upgraded WebSocket, which keeps its place until it closes.
+//! - [`Counted`] wraps a connection's stream together with its permit (and
+//!   its client address's slot), so they go wherever the stream goes: into
+//!   hyper, and after a 101 into the upgraded WebSocket, which keeps its
+//!   place until it closes. Dropped with data its peer has not taken, it
+//!   keeps them until the data is taken or it is reset (`linger`).
 //! - [`Tracker`] knows every served connection (not upgraded sockets, whose
 //!   connection task has ended) and when each was last busy; it picks the
 //!   longest-idle one to evict when the cap is reached.
 //! - [`Tracked`] wraps the per-connection service: it counts requests in
 //!   flight, records when the count last dropped to zero, bounds how long a
-//!   response may take (408), and marks a connection that upgrades.
+//!   response may take (408), and marks a connection that upgrades. It also
+//!   keeps a connection to its [`Scope`]: one in the reserve kept for the
+//!   health checks serves nothing else, and an upgrade through a trusted
+//!   proxy is counted against the client it is for.
 //!
 //! Idleness is "no request in flight since T", not "no bytes since T":
 //! HTTP/2 keep-alive pings are bytes, and partial headers (slowloris) have
@@ -19,8 +24,9 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    future::Future,
+    future::{ready, Future},
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -37,34 +43,51 @@ use hyper::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
     sync::{Notify, OwnedSemaphorePermit},
 };
 use tower::Service;
 use warp::Reply;
 
+use super::{
+    addresses::{Addresses, Held, Slot},
+    linger,
+};
+use crate::net::TrustedProxies;
+
 type Response = warp::reply::Response;
 
-/// A connection's stream and its place under the cap, released when the
-/// stream is dropped (after the connection, or after the WebSocket it
-/// became, closes).
-pub struct Counted<T> {
-    io: T,
-    _permit: OwnedSemaphorePermit,
+/// A connection's stream, its place under the cap and its client address's
+/// slot, released when the stream is dropped (after the connection, or
+/// after the WebSocket it became, closes) and what it has queued is taken
+/// by the peer or reset (see `linger`).
+pub struct Counted {
+    io: TcpStream,
+    /// Taken on drop, to be held while the queue drains.
+    place: Option<(OwnedSemaphorePermit, Held)>,
 }
 
-impl<T> Counted<T> {
-    pub fn new(io: T, permit: OwnedSemaphorePermit) -> Self {
-        Self { io, _permit: permit }
+impl Counted {
+    pub fn new(io: TcpStream, permit: OwnedSemaphorePermit, held: Held) -> Self {
+        Self { io, place: Some((permit, held)) }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            linger::let_go(&self.io, place, linger::STALL);
+        }
+    }
+}
+
+impl AsyncRead for Counted {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl AsyncWrite for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
@@ -221,17 +244,60 @@ impl Drop for InFlight {
     }
 }
 
-/// The per-connection service, counted and bounded in time.
+/// What a connection may be used for.
+#[derive(Clone)]
+pub enum Scope {
+    /// Anything. A connection from a trusted proxy counts its upgrade
+    /// against the client it is for.
+    Full(Option<ProxiedUpgrades>),
+    /// Only the health checks: a place in the reserve kept for them beyond
+    /// the cap. Anything else is answered 503; every answer closes it.
+    HealthChecks,
+}
+
+/// The paths a place in the reserve serves (`web::routes` answers them).
+const HEALTH_CHECKS: [&str; 2] = ["/healthz", "/readyz"];
+
+fn is_health_check<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) && HEALTH_CHECKS.contains(&req.uri().path())
+}
+
+/// Counts a WebSocket that comes through a trusted proxy against the
+/// client `X-Forwarded-For` names (see `addresses`).
+#[derive(Clone)]
+pub struct ProxiedUpgrades {
+    pub peer: SocketAddr,
+    pub proxies: Arc<TrustedProxies>,
+    pub addresses: Arc<Addresses>,
+    /// Where the slot goes once the upgrade is answered 101.
+    pub held: Held,
+}
+
+impl ProxiedUpgrades {
+    /// A slot for the client an upgrade is for (`None` when the proxy names
+    /// none), or `Err` when that client has its connections open already.
+    fn take<B>(&self, req: &Request<B>) -> Result<Option<Slot>, ()> {
+        let client = self.proxies.client(self.peer, req.headers()).0;
+        if self.proxies.trusts(client) {
+            return Ok(None);
+        }
+        self.addresses.take(client).map(Some).ok_or(())
+    }
+}
+
+/// The per-connection service, counted, bounded in time, and kept to its
+/// scope.
 #[derive(Clone)]
 pub struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
     request_timeout: Duration,
+    scope: Scope,
 }
 
 impl<S> Tracked<S> {
-    pub fn new(inner: S, state: Arc<ConnState>, request_timeout: Duration) -> Self {
-        Self { inner, state, request_timeout }
+    pub fn new(inner: S, state: Arc<ConnState>, request_timeout: Duration, scope: Scope) -> Self {
+        Self { inner, state, request_timeout, scope }
     }
 }
 
@@ -249,14 +315,23 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::start(self.state.clone());
         let http1 = req.version() < Version::HTTP_2;
+        let (slot, upgrades) = match &self.scope {
+            Scope::HealthChecks if !is_health_check(&req) => return Box::pin(ready(Ok(kept_for_health_checks(http1)))),
+            Scope::Full(Some(upgrades)) if req.headers().contains_key(header::UPGRADE) => match upgrades.take(&req) {
+                Ok(slot) => (slot, Some(upgrades.held.clone())),
+                Err(()) => return Box::pin(ready(Ok(too_many_from_address()))),
+            },
+            _ => (None, None),
+        };
+        let close_after = matches!(self.scope, Scope::HealthChecks) && http1;
+        let in_flight = InFlight::start(self.state.clone());
         let timeout = self.request_timeout;
         // The limit covers producing the response (reading the request body
         // included), never what an upgraded connection does afterwards.
         let response = tokio::time::timeout(timeout, self.inner.call(req));
         Box::pin(async move {
-            let res = match response.await {
+            let mut res = match response.await {
                 Ok(Ok(res)) => res,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
@@ -266,11 +341,37 @@ where
             };
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.0.upgraded.store(true, Ordering::SeqCst);
+                if let (Some(slot), Some(held)) = (slot, upgrades) {
+                    held.put(slot);
+                }
+            }
+            if close_after {
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             drop(in_flight);
             Ok(res)
         })
     }
+}
+
+/// 503 for anything but a health check on a place kept for them; the
+/// connection ends with it.
+fn kept_for_health_checks(http1: bool) -> Response {
+    let body = "palaver is at its connection cap; try again in a moment.\n";
+    let mut res = warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response();
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if http1 {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+/// 429 for an upgrade whose client has its connections open already.
+fn too_many_from_address() -> Response {
+    let body = "too many connections from this address\n";
+    let mut res = warp::reply::with_status(body, StatusCode::TOO_MANY_REQUESTS).into_response();
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
 }
 
 /// 408, and on HTTP/1 the connection ends with it (the rest of the body

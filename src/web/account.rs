@@ -19,7 +19,7 @@ use super::{
 use crate::{
     auth::{
         login::{PasswordCheck, Verdict},
-        password::{self, Password},
+        password::Password,
         session::AuthSession,
         throttle::RegisterThrottle,
         validate_new_account, Sessions,
@@ -148,6 +148,12 @@ async fn handle_login(
             tracing::warn!(ip = %addr.0, "login throttled");
             too_many_attempts(LoginPage { form: state }, retry_after)
         }
+        Verdict::Busy(retry_after) => {
+            let form = state.with_error("Too many sign-ins at once. Try again in a moment.", Some(Field::Password));
+            let mut res = page(StatusCode::SERVICE_UNAVAILABLE, &LoginPage { form })?;
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            Ok(res)
+        }
     }
 }
 
@@ -211,7 +217,7 @@ async fn handle_register(
     if accounts.users.find(&username).await?.is_some() {
         return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, username);
     }
-    let hash = password::hash(password, &accounts.meters.hash_wait()).await;
+    let hash = accounts.passwords.hash(password).await;
     let user = User { id: UserId::new_v4(), name: username };
     if !accounts.users.create(&user, &hash).await? {
         return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, user.name);

@@ -144,6 +144,12 @@ async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, 
             tracing::warn!(ip = %addr.0, "token sign-in throttled");
             Ok(too_many(retry_after))
         }
+        Verdict::Busy(retry_after) => {
+            let mut res =
+                error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Too many sign-ins at once; try again.");
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            Ok(res)
+        }
     }
 }
 

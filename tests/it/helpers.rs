@@ -828,3 +828,38 @@ impl Socket {
         ack
     }
 }
+
+// ---------------------------------------------------------- Raw HTTP/1 --
+
+/// Reads up to the end of a response head (or until the connection ends).
+pub async fn read_head(stream: &mut TokioTcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => data.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+/// Opens a `POST /login` that announces 16,000 bytes of body and sends one:
+/// the attack of issue 20 (a byte every 3 s keeps it open until the 408).
+/// Returns once the server reads the body (its `100 Continue`), so the
+/// request is in flight.
+pub async fn slow_body(app: &TestApp) -> TokioTcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TokioTcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: 16000\r\nExpect: 100-continue\r\n\r\n",
+        app.addr, app.origin
+    );
+    stream.write_all(head.as_bytes()).await.expect("head written");
+    let answer = within("100 Continue", read_head(&mut stream)).await;
+    assert!(answer.starts_with("HTTP/1.1 100 "), "the body is being read: {answer}");
+    stream.write_all(b"u").await.expect("a byte of body");
+    stream
+}

@@ -352,6 +352,8 @@ async fn more_idle_connections_than_open_files_do_not_starve_healthz() {
     drop(idle);
     let cap = run.wait_for_line("connection cap: ");
     assert!(cap.contains("connection cap: 344 "), "{cap}");
+    let sockets = run.wait_for_line("WebSocket cap: ");
+    assert!(sockets.contains("WebSocket cap: 310 "), "a tenth kept for HTTP: {sockets}");
     run.seen.extend(run.lines.try_iter());
     assert!(!run.seen.iter().any(|l| l.contains("accept failed")), "{}", run.seen.join("\n"));
 }
