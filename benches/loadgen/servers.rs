@@ -168,6 +168,7 @@ pub(crate) fn start_palaver_on(redis_url: &str, extra: &[(&str, &str)]) -> (Proc
         // The load generator is one client address with many users and
         // sockets: lift the per-client and per-user limits it would trip.
         .env("MAX_CONNECTIONS", "100000")
+        .env("MAX_CONNECTIONS_PER_ADDRESS", "1000000")
         .env("MAX_SOCKETS_PER_USER", "100000")
         .env("MAX_SOCKETS_PER_SESSION", "100000")
         .env("REGISTER_MAX_PER_ADDRESS", "1000000")
