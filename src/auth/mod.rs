@@ -4,8 +4,7 @@
 //! throttling, the one check of a username and password, and who may see
 //! which room.
 
-// Public until private rooms give `Hidden` its first producer (issue 18).
-pub mod access;
+pub(crate) mod access;
 pub(crate) mod login;
 pub mod password;
 pub(crate) mod refresh;

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     auth::{
-        access::{Access, RoomAccess, Visible},
+        access::{Access, RoomAccess, RoomRef, Visible},
         tokens, Sessions, TokenCurrent,
     },
     clock::UnixMillis,
@@ -308,7 +308,7 @@ fn wanted(req: &Request<Incoming>) -> Result<(Wanted, Query), Refusal> {
 /// Asks whether the proven user may see the room: 404 when not, as for no
 /// room at all; 503 when the store does not answer.
 async fn see(access: &RoomAccess, current: &Proven, room: &RoomName) -> Result<Visible, Refusal> {
-    match access.check(current.user.id, room).await {
+    match access.check(current.user.id, &RoomRef::Named(room.clone())).await {
         Ok(Access::Visible(room)) => Ok(room),
         Ok(Access::Hidden) => Err(refuse(StatusCode::NOT_FOUND, "no such room")),
         Err(err) => Err(unavailable(&err)),

@@ -74,7 +74,7 @@ pub struct Identity {
 /// metrics show.
 pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: Meters) -> Assembly {
     let Identity { instance_id, public_origin, origins, tls, keys } = identity;
-    let access = RoomAccess::new(backend.history.clone());
+    let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
     let realtime = realtime(config, &backend, &access, instance_id, keys, &meters);
     let handles = handles(config, &backend, &realtime, access, Arc::new(origins), tls, meters);
     let stack = Stack::new(config, &public_origin, backend.sessions, web::routes(&handles));

@@ -17,7 +17,7 @@ use tower_sessions::Session;
 use super::realtime;
 use crate::{
     auth::{
-        access::RoomAccess,
+        access::{RoomAccess, RoomRef},
         session::{AuthSession, Current},
         Sessions,
     },
@@ -76,7 +76,7 @@ impl Rig {
             b"test refresh key",
         )
         .expect("a fresh key");
-        let access = RoomAccess::new(backend.history.clone());
+        let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
         let realtime =
             realtime(&config, &backend, &access, "this-instance".into(), Arc::new(keys), &Default::default());
         Rig {
@@ -122,7 +122,13 @@ impl Rig {
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let room = RoomName::parse(room).expect("a valid room");
-        let room = self.access.check(who.current.user.id, &room).await.expect("an answer").visible().expect("visible");
+        let room = self
+            .access
+            .check(who.current.user.id, &RoomRef::Named(room))
+            .await
+            .expect("an answer")
+            .visible()
+            .expect("visible");
         let slot = self.registry.reserve(who.current.user.id, who.current.session_id).expect("a free slot");
         let ctx = SocketContext {
             session_id: who.current.session_id,

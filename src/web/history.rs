@@ -18,7 +18,11 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{access::RoomAccess, session::AuthSession, Sessions},
+    auth::{
+        access::{RoomAccess, RoomRef},
+        session::AuthSession,
+        Sessions,
+    },
     backend::History,
     clock::UnixMillis,
     error::Error,
@@ -97,7 +101,7 @@ async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHisto
             .filter(|n| (1..=rooms.max_page).contains(n))
             .ok_or(Error::BadRequest("limit must be a whole number from 1 to the page size (HISTORY_PAGE_MAX)."))?,
     };
-    let visible = rooms.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let visible = rooms.access.check(current.user.id, &RoomRef::Named(room)).await?.visible().ok_or(Error::NotFound)?;
     let room = visible.room();
     let history = &*rooms.history;
     if !room.is_lobby() && !history.room_exists(room).await? {

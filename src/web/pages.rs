@@ -11,7 +11,11 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{access::RoomAccess, session::AuthSession, Sessions},
+    auth::{
+        access::{RoomAccess, RoomRef},
+        session::AuthSession,
+        Sessions,
+    },
     backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
@@ -296,7 +300,7 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
         return Ok(see_other(&login_url(&back)));
     };
     let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
-    let visible = pages.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let visible = pages.access.check(current.user.id, &RoomRef::Named(room)).await?.visible().ok_or(Error::NotFound)?;
     let room = visible.room();
     let history = &*pages.history;
     // A room that does not exist yet costs the store for as long as it
