@@ -125,7 +125,7 @@ impl Lifecycle {
                     Ok(Notice::Event(Event::Presence { room, instance, joined, left })) => {
                         // Our own events come back too: already applied.
                         if instance != self.presence.instance() {
-                            if let Some(room) = RoomName::parse(&room) {
+                            if let Some(room) = RoomName::from_stored(&room) {
                                 self.presence.changed_elsewhere(room, instance, joined, left);
                             }
                         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
-    model::{mentions, Message, MessageId, RoomName},
+    model::{mentions, Message, MessageId},
     protocol::{self as frames, UNREAD_CAP},
 };
 
@@ -90,8 +90,9 @@ impl Unread {
         self == Unread::default()
     }
 
-    /// The `unread` frame of this count for `room`.
-    pub fn frame(self, room: &RoomName) -> Utf8Bytes {
+    /// The `unread` frame of this count, for a socket whose user calls the
+    /// room `room`.
+    pub fn frame(self, room: &str) -> Utf8Bytes {
         frames::unread(room, self.unread, self.mentions)
     }
 }

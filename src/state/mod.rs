@@ -131,6 +131,7 @@ pub(crate) fn realtime(
         sessions: sessions.clone(),
         access: access.clone(),
         history: backend.history.clone(),
+        rooms: backend.rooms.clone(),
         registry: registry.clone(),
         hub: hub.clone(),
         presence: presence.clone(),
