@@ -152,6 +152,7 @@ pub(crate) fn realtime(
         bus: backend.bus.clone(),
         sessions: sessions.clone(),
         registry: registry.clone(),
+        access: access.clone(),
         presence,
         interval: config.sessions.revalidate_interval,
         meters: meters.clone(),

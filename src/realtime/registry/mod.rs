@@ -125,7 +125,6 @@ struct Conn {
     name: Arc<str>,
     room: RoomName,
     label: Arc<str>,
-    #[allow(dead_code)] // the sweep's, in the next commit
     kind: RoomKind,
     /// Still among the room's members (a revoked socket is taken out at
     /// once, before its task removes it).
@@ -421,7 +420,6 @@ impl Registry {
     /// (private room, user) pair with a socket here, and every public room
     /// with a socket here (with one of its users: a public room's state is
     /// the same for everyone). Direct rooms' members never change.
-    #[allow(dead_code)] // the sweep's, in the next commit
     pub fn access_pairs(&self) -> Vec<(RoomName, UserId, RoomKind)> {
         let inner = self.lock();
         let mut seen: std::collections::HashSet<(&RoomName, Option<UserId>)> = Default::default();
