@@ -6,8 +6,6 @@
 
 pub(crate) mod access;
 pub(crate) mod login;
-// Wired by the next commits (the registry applies changes, the routes make them).
-#[allow(dead_code)]
 pub(crate) mod memberships;
 pub mod password;
 pub(crate) mod refresh;

@@ -6,14 +6,16 @@
 //! One rule for both places that count: a socket's start, which counts the
 //! stored messages after the marker (the store's page, [`Unread::of_page`]),
 //! and the registry, which counts messages as they are delivered
-//! ([`Unread::count`]). Pure: no store, no clock.
+//! ([`Unread::count`]). Pure (no clock), but for the one page a count
+//! reads from the store ([`Unread::stored`]).
 
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
-    model::{mentions, Message, MessageId},
+    backend::History,
+    model::{mentions, Message, MessageId, RoomName},
     protocol::{self as frames, UNREAD_CAP},
 };
 
@@ -75,6 +77,27 @@ impl Unread {
             count.unread = UNREAD_CAP;
         }
         count
+    }
+
+    /// The count of `room` for `reader` from the store: the messages after
+    /// their read marker up to `cursor` ([`Unread::of_page`]). A room never
+    /// marked read counts none: what arrives from now on counts. A store
+    /// failure counts none too (a count is not worth a refusal).
+    pub async fn stored(
+        history: &dyn History,
+        reader: &Reader,
+        room: &RoomName,
+        marker: Option<MessageId>,
+        cursor: MessageId,
+    ) -> Unread {
+        let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
+        match history.after(room, marker, Unread::PAGE).await {
+            Ok(page) => Unread::of_page(reader, &page, cursor),
+            Err(err) => {
+                tracing::warn!(%err, %room, "unread count not read: store unavailable");
+                Unread::default()
+            }
+        }
     }
 
     /// Both counts together (what the store counted, and what was delivered

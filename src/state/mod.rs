@@ -14,6 +14,7 @@ use crate::{
     auth::{
         access::RoomAccess,
         login::PasswordCheck,
+        memberships::{Memberships, MembershipsParts},
         session::{SessionPolicy, SESSION_COOKIE},
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
@@ -34,8 +35,8 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, api::Api, assets::Assets, history::RoomHistory, pages::RoomPages, router::Router,
-        Handles,
+        self, account::Accounts, api::Api, assets::Assets, caller::Callers, history::RoomHistory, pages::RoomPages,
+        rooms::RoomsApi, router::Router, Handles,
     },
 };
 
@@ -87,6 +88,8 @@ pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: M
 pub(crate) struct Realtime {
     pub registry: Arc<Registry>,
     pub sessions: Sessions,
+    /// Membership changes, applied to this registry first.
+    pub memberships: Memberships,
     pub socket: Arc<SocketDeps>,
     pub hub: Hub,
     pub lifecycle: Lifecycle,
@@ -117,6 +120,14 @@ pub(crate) fn realtime(
         tokens: backend.tokens.clone(),
         keys,
         refresh_grace: config.tokens.refresh_reuse_grace,
+    });
+    let memberships = Memberships::new(MembershipsParts {
+        rooms: backend.rooms.clone(),
+        history: backend.history.clone(),
+        access: access.clone(),
+        bus: backend.bus.clone(),
+        local: registry.clone(),
+        instance: instance.clone(),
     });
     let (presence, presence_task) = Presence::new(
         backend.presence.clone(),
@@ -157,7 +168,7 @@ pub(crate) fn realtime(
         interval: config.sessions.revalidate_interval,
         meters: meters.clone(),
     };
-    Realtime { registry, sessions, socket, hub, lifecycle, presence_task }
+    Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
 }
 
 /// What the route table is wired from.
@@ -196,14 +207,20 @@ fn handles(
                 config.throttle.register_max_per_address,
                 config.throttle.register_window,
             ),
-            meters,
+            meters: meters.clone(),
         },
         rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
-            access,
+            access: access.clone(),
             history: backend.history.clone(),
             max_page: config.chat.history_page_max,
+        },
+        rooms_api: RoomsApi {
+            callers: Callers { sessions: sessions.clone(), origins: origins.clone(), meters },
+            memberships: realtime.memberships.clone(),
+            access,
+            history: backend.history.clone(),
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,

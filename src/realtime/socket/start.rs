@@ -12,7 +12,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Flow, Socket, REPLAY_PAGE};
 use crate::{
-    backend::History,
     model::{MessageId, RoomName},
     protocol::{self as frames, ServerFrame},
     realtime::{
@@ -20,26 +19,6 @@ use crate::{
         unread::{Reader, Unread},
     },
 };
-
-/// The unread count of `room` for `reader` from the store: the messages
-/// after their read marker up to `cursor` ([`Unread::of_page`]). A room
-/// never marked read counts none: what arrives from now on counts.
-async fn stored_unread(
-    history: &dyn History,
-    reader: &Reader,
-    room: &RoomName,
-    marker: Option<MessageId>,
-    cursor: MessageId,
-) -> Unread {
-    let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
-    match history.after(room, marker, Unread::PAGE).await {
-        Ok(page) => Unread::of_page(reader, &page, cursor),
-        Err(err) => {
-            tracing::warn!(%err, %room, "unread count not read: store unavailable");
-            Unread::default()
-        }
-    }
-}
 
 impl<S> Socket<S>
 where
@@ -128,7 +107,7 @@ where
         let reader = Reader::new(self.name.clone());
         let counts =
             futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-                stored_unread(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
+                Unread::stored(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
             }))
             .await;
         let mut out = Vec::new();
