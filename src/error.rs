@@ -18,8 +18,6 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("not signed in")]
     Unauthorized,
-    #[error("not found")]
-    NotFound,
     /// A room that does not exist, or that the user may not see: one
     /// answer for both, so that it says nothing of the room.
     #[error("no such room, or not a member")]
@@ -47,7 +45,7 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::NotFound | Error::NoSuchRoom => StatusCode::NOT_FOUND,
+            Error::NoSuchRoom => StatusCode::NOT_FOUND,
             Error::InvalidToken => StatusCode::UNAUTHORIZED,
             Error::OriginRequired => StatusCode::FORBIDDEN,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -61,7 +59,7 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "internal",
             Error::Store(_) => "unavailable",
             Error::Unauthorized => "unauthorized",
-            Error::NotFound | Error::NoSuchRoom => "not_found",
+            Error::NoSuchRoom => "not_found",
             Error::InvalidToken => "invalid_token",
             Error::OriginRequired => "origin_required",
             Error::BadRequest(_) => "invalid_request",
@@ -75,7 +73,6 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "Something went wrong on our side.",
             Error::Store(_) => "palaver cannot reach its store right now. Please try again in a moment.",
             Error::Unauthorized => "Please sign in.",
-            Error::NotFound => "There is nothing here.",
             Error::NoSuchRoom => NO_SUCH_ROOM,
             Error::InvalidToken => "Send a valid access token: Authorization: Bearer <token>.",
             Error::OriginRequired => {

@@ -128,7 +128,6 @@ impl Visible {
     }
 
     /// The user's role, in a private room.
-    #[allow(dead_code)] // the page's, in a later commit
     pub fn role(&self) -> Option<Role> {
         self.role
     }
