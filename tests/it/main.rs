@@ -20,6 +20,8 @@ mod layout;
 mod lifecycle;
 mod metrics;
 mod process;
+mod revocation;
+mod rooms;
 mod routes;
 mod tls;
 mod tokens;
