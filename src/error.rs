@@ -7,6 +7,10 @@ use warp::http::StatusCode;
 
 use crate::backend::StoreError;
 
+/// What every surface says of a room the user may not see, and of a name
+/// that is no room (docs/protocol.md §6).
+pub const NO_SUCH_ROOM: &str = "No such room, or you are not a member.";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The shared store did not answer: fail closed.
@@ -14,8 +18,18 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("not signed in")]
     Unauthorized,
-    #[error("not found")]
-    NotFound,
+    /// A room that does not exist, or that the user may not see: one
+    /// answer for both, so that it says nothing of the room.
+    #[error("no such room, or not a member")]
+    NoSuchRoom,
+    /// An `Authorization` header that is not a valid access token.
+    #[error("invalid access token")]
+    InvalidToken,
+    /// The session cookie without the page's `Origin` (or, on a GET,
+    /// `Sec-Fetch-Site: same-origin`): what a browser sends to a route it
+    /// was led to by another site.
+    #[error("cookie without an allowed origin")]
+    OriginRequired,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// A body of a type the route does not read: the sentence says which it reads.
@@ -31,7 +45,9 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::NoSuchRoom => StatusCode::NOT_FOUND,
+            Error::InvalidToken => StatusCode::UNAUTHORIZED,
+            Error::OriginRequired => StatusCode::FORBIDDEN,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
@@ -43,7 +59,9 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "internal",
             Error::Store(_) => "unavailable",
             Error::Unauthorized => "unauthorized",
-            Error::NotFound => "not_found",
+            Error::NoSuchRoom => "not_found",
+            Error::InvalidToken => "invalid_token",
+            Error::OriginRequired => "origin_required",
             Error::BadRequest(_) => "invalid_request",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
         }
@@ -55,7 +73,11 @@ impl Error {
             Error::Store(StoreError::Corrupt(_)) | Error::Render(_) => "Something went wrong on our side.",
             Error::Store(_) => "palaver cannot reach its store right now. Please try again in a moment.",
             Error::Unauthorized => "Please sign in.",
-            Error::NotFound => "There is nothing here.",
+            Error::NoSuchRoom => NO_SUCH_ROOM,
+            Error::InvalidToken => "Send a valid access token: Authorization: Bearer <token>.",
+            Error::OriginRequired => {
+                "The session cookie is accepted here only from this site's pages; other clients send a Bearer token."
+            }
             Error::BadRequest(why) | Error::UnsupportedMediaType(why) => why,
         }
     }

@@ -48,6 +48,7 @@ pub mod telemetry;
 pub(crate) mod web;
 
 pub use config::Config;
+pub use protocol::SERVER_FRAMES;
 pub use startup::{Application, StartError};
 
 /// Makes freed large allocations go back to the system (glibc only).

@@ -42,6 +42,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "From a logout or revocation event's publication to this instance closing its sockets",
     ),
     (
+        "palaver_access_close_seconds",
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "From a membership event's publication (a member removed, a room deleted) to this instance closing its sockets",
+    ),
+    (
         "palaver_fanout_lag_seconds",
         Kind::Histogram,
         Some(Unit::Seconds),
@@ -161,6 +167,11 @@ impl Meters {
     /// A logout event published `since` ago closed sockets here.
     pub(crate) fn logout_applied(&self, since: Duration) {
         self.histogram("palaver_logout_close_seconds", &[]).record(since);
+    }
+
+    /// A membership event published `since` ago closed sockets here.
+    pub(crate) fn access_applied(&self, since: Duration) {
+        self.histogram("palaver_access_close_seconds", &[]).record(since);
     }
 
     /// A stored message reached a socket `lag` after its id's time.

@@ -1,12 +1,15 @@
 //! The WebSocket protocol's frames and close codes (docs/protocol.md §3):
 //! the wire format, and nothing else.
+//!
+//! A frame's `room` is the room's label as its socket's user calls it (a
+//! name, or `@other` for a direct room), never a direct room's key.
 
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     clock::UnixMillis,
-    model::{Message, MessageId, RoomName},
+    model::{Message, MessageId, RoomKind},
 };
 
 /// A frame from the client.
@@ -37,13 +40,13 @@ pub enum ServerFrame<'a> {
     /// `read_markers` says the server takes `read` frames (§3.3, §3.8).
     Hello {
         user: &'a str,
-        room: &'a RoomName,
+        room: &'a str,
         expires_at: UnixMillis,
         rate: Rate,
         read_markers: bool,
     },
     Message {
-        room: &'a RoomName,
+        room: &'a str,
         id: MessageId,
         user: &'a str,
         body: &'a str,
@@ -59,14 +62,14 @@ pub enum ServerFrame<'a> {
     /// Who is online, first thing after `hello`: at most 500 names, sorted,
     /// and the true count.
     Presence {
-        room: &'a RoomName,
+        room: &'a str,
         online: &'a [String],
         count: usize,
     },
     /// What changed since the last presence frame (empty lists when the
     /// room has more than 500 online: then only the count).
     PresenceDiff {
-        room: &'a RoomName,
+        room: &'a str,
         joined: &'a [String],
         left: &'a [String],
         count: usize,
@@ -80,9 +83,21 @@ pub enum ServerFrame<'a> {
     /// Unread counts of one of the user's other rooms (§3.8); `unread`
     /// counts to [`UNREAD_CAP`], "that many or more".
     Unread {
-        room: &'a RoomName,
+        room: &'a str,
         unread: u32,
         mentions: u32,
+    },
+    /// The user became a member of a private room (said on each of their
+    /// sockets, whichever room it is in: the sidebar lists it).
+    RoomAdded {
+        room: &'a str,
+        visibility: RoomKind,
+    },
+    /// The user may no longer see a room (removed, left, or the room was
+    /// deleted): said on their sockets in other rooms; those in the room
+    /// are closed with 4403.
+    RoomRemoved {
+        room: &'a str,
     },
     /// Something was refused. `client_id` is present when the error is
     /// about one `send`, so the client knows which message failed.
@@ -100,7 +115,7 @@ pub const UNREAD_CAP: u32 = 100;
 
 /// An `unread` frame: how many messages in `room`, another of the user's
 /// rooms, came after their read marker, and how many of those mention them.
-pub fn unread(room: &RoomName, unread: u32, mentions: u32) -> Utf8Bytes {
+pub fn unread(room: &str, unread: u32, mentions: u32) -> Utf8Bytes {
     ServerFrame::Unread { room, unread, mentions }.to_text()
 }
 
@@ -120,14 +135,52 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+/// The `type` of every server frame: what a test that walks the frames
+/// (tests/it/rooms.rs) must have a check for. A frame added to
+/// [`ServerFrame`] fails this module's unit test until it is named here
+/// (and in the test's match, which the compiler holds to the enum).
+pub const SERVER_FRAMES: &[&str] = &[
+    "hello",
+    "message",
+    "ack",
+    "presence",
+    "presence_diff",
+    "reauthenticate",
+    "reauthenticated",
+    "unread",
+    "room_added",
+    "room_removed",
+    "error",
+];
+
 impl ServerFrame<'_> {
     pub fn to_text(&self) -> Utf8Bytes {
         serde_json::to_string(self).expect("frames serialize").into()
     }
 }
 
+#[cfg(test)]
+impl ServerFrame<'_> {
+    /// Its `type`: every variant named, so that a new one is named here too.
+    fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Hello { .. } => "hello",
+            ServerFrame::Message { .. } => "message",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::PresenceDiff { .. } => "presence_diff",
+            ServerFrame::Reauthenticate { .. } => "reauthenticate",
+            ServerFrame::Reauthenticated { .. } => "reauthenticated",
+            ServerFrame::Unread { .. } => "unread",
+            ServerFrame::RoomAdded { .. } => "room_added",
+            ServerFrame::RoomRemoved { .. } => "room_removed",
+            ServerFrame::Error { .. } => "error",
+        }
+    }
+}
+
 /// The `message` frame of a stored message, serialized once per delivery.
-pub fn message(room: &RoomName, m: &Message) -> Utf8Bytes {
+pub fn message(room: &str, m: &Message) -> Utf8Bytes {
     ServerFrame::Message {
         room,
         id: m.id,
@@ -153,6 +206,8 @@ pub const SESSION_REVOKED: CloseReason = CloseReason { code: 4401, reason: "sess
 pub const TOKEN_EXPIRED: CloseReason = CloseReason { code: 4401, reason: "token expired" };
 /// A token socket's `reauth` carried a token that is not valid for it.
 pub const INVALID_TOKEN: CloseReason = CloseReason { code: 4401, reason: "invalid token" };
+/// The user may no longer see the socket's room (docs/protocol.md §6).
+pub const ACCESS_REVOKED: CloseReason = CloseReason { code: 4403, reason: "access revoked" };
 pub const SHUTTING_DOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
 pub const POLICY_VIOLATION: CloseReason = CloseReason { code: 1008, reason: "policy violation" };
 pub const TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too big" };
@@ -165,7 +220,8 @@ pub const INVALID_TEXT: CloseReason = CloseReason { code: 1007, reason: "invalid
 /// later" makes clients reconnect with `after=`.
 pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1013, reason: "slow consumer" };
 /// The store could not confirm the session at its deadline (or replay
-/// failed). The client reconnects; the upgrade answers 503 until the store
+/// failed, or access could not be confirmed: see the registry's
+/// revocation log). The client reconnects; the upgrade answers 503 until the store
 /// is back, and 101 only if the session still lives.
 pub const STORE_UNAVAILABLE: CloseReason = CloseReason { code: 1013, reason: "store unavailable" };
 
@@ -210,10 +266,10 @@ mod tests {
 
     #[test]
     fn server_frames_match_the_spec() {
-        let room = RoomName::lobby();
+        let room = "lobby";
         let hello = ServerFrame::Hello {
             user: "alice",
-            room: &room,
+            room,
             expires_at: UnixMillis::from_millis(5),
             rate: Rate { per_sec: 2.5, burst: 20 },
             read_markers: true,
@@ -231,14 +287,42 @@ mod tests {
             client_id: None,
         };
         assert_eq!(
-            message(&room, &m).as_str(),
+            message(room, &m).as_str(),
             r#"{"type":"message","room":"lobby","id":"7-1","user":"bob","body":"<b>","sent_at":9}"#
         );
-        assert_eq!(
-            unread(&RoomName::parse("dev").unwrap(), 3, 1).as_str(),
-            r#"{"type":"unread","room":"dev","unread":3,"mentions":1}"#
-        );
+        assert_eq!(unread("dev", 3, 1).as_str(), r#"{"type":"unread","room":"dev","unread":3,"mentions":1}"#);
         let err = ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow down", client_id: None };
         assert_eq!(err.to_text().as_str(), r#"{"type":"error","code":"rate_limited","message":"slow down"}"#);
+        let added = ServerFrame::RoomAdded { room: "team", visibility: RoomKind::Private };
+        assert_eq!(added.to_text().as_str(), r#"{"type":"room_added","room":"team","visibility":"private"}"#);
+        let removed = ServerFrame::RoomRemoved { room: "team" };
+        assert_eq!(removed.to_text().as_str(), r#"{"type":"room_removed","room":"team"}"#);
+    }
+
+    #[test]
+    fn the_list_of_server_frames_is_the_enum() {
+        let none: &[String] = &[];
+        let t = UnixMillis::from_millis(1);
+        let rate = Rate { per_sec: 1.0, burst: 1 };
+        let id = MessageId { ms: 1, seq: 0 };
+        let every = [
+            ServerFrame::Hello { user: "a", room: "r", expires_at: t, rate, read_markers: true },
+            ServerFrame::Message { room: "r", id, user: "a", body: "b", sent_at: t, client_id: None },
+            ServerFrame::Ack { client_id: None, id },
+            ServerFrame::Presence { room: "r", online: none, count: 0 },
+            ServerFrame::PresenceDiff { room: "r", joined: none, left: none, count: 0 },
+            ServerFrame::Reauthenticate { expires_at: t },
+            ServerFrame::Reauthenticated { expires_at: t },
+            ServerFrame::Unread { room: "r", unread: 1, mentions: 0 },
+            ServerFrame::RoomAdded { room: "r", visibility: RoomKind::Private },
+            ServerFrame::RoomRemoved { room: "r" },
+            ServerFrame::Error { code: ErrorCode::Invalid, message: "m", client_id: None },
+        ];
+        let kinds: Vec<&str> = every.iter().map(ServerFrame::kind).collect();
+        assert_eq!(kinds, SERVER_FRAMES, "one of each frame, in the list's order");
+        for frame in &every {
+            let json: serde_json::Value = serde_json::from_str(frame.to_text().as_str()).unwrap();
+            assert_eq!(json["type"], frame.kind(), "kind() is the type on the wire");
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! throttling, the one check of a username and password, and who may see
 //! which room.
 
-// Public until private rooms give `Hidden` its first producer (issue 18).
-pub mod access;
+pub(crate) mod access;
 pub(crate) mod login;
+pub(crate) mod memberships;
 pub mod password;
 pub(crate) mod refresh;
 pub mod session;

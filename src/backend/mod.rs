@@ -323,6 +323,9 @@ pub enum Event {
     /// sockets that may no longer see it (4403 `access revoked`).
     Access {
         room: String,
+        /// The instance that made the change (and applied it already).
+        #[serde(default)]
+        instance: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<UserId>,
         change: AccessChange,

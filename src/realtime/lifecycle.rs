@@ -1,7 +1,9 @@
-//! How sockets end when their session does: logout events from other
+//! How sockets end when their session does, or when their user may no
+//! longer see their room: logout and membership events from other
 //! instances, and the revalidation sweep that catches what events missed.
-//! (Logouts on this instance close its sockets directly, through
-//! [`Sessions`], before the event is even published.)
+//! (Changes made on this instance close its sockets directly, through
+//! [`Sessions`] and [`crate::auth::memberships`], before the event is even
+//! published.)
 
 use std::{
     sync::{
@@ -15,15 +17,15 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 
 use super::{presence::Presence, registry::Registry};
 use crate::{
-    auth::{Ended, Sessions},
-    backend::{Event, EventBus, Notice},
+    auth::{access::RoomAccess, memberships::Change, Ended, Sessions},
+    backend::{AccessChange, Event, EventBus, Notice, RoomState},
     clock::UnixMillis,
     meters::Meters,
-    model::RoomName,
+    model::{RoomKind, RoomName, UserId},
     protocol::SESSION_REVOKED,
 };
 
-/// Sessions checked per store round trip in a sweep.
+/// Sessions (or rooms' states) checked per store round trip in a sweep.
 const SWEEP_BATCH: usize = 1000;
 /// How soon a sweep the store interrupted is tried again, at first; the
 /// wait doubles up to [`SWEEP_RETRY_MAX`]. A sweep matters most right after
@@ -39,18 +41,27 @@ pub struct Lifecycle {
     pub bus: Arc<dyn EventBus>,
     pub sessions: Sessions,
     pub registry: Arc<Registry>,
+    /// Forgets rooms as their membership changes; re-read by the sweep.
+    pub access: RoomAccess,
     pub presence: Presence,
-    /// How often every open socket's session is re-checked.
+    /// How often every open socket's session and room are re-checked.
     pub interval: Duration,
     pub meters: Meters,
 }
 
 impl Lifecycle {
-    /// Closes the sockets whose session is gone from the store; returns how
-    /// many, or `None` when the store stopped answering before every
-    /// session was checked. Sockets it could not check stay open: they were
-    /// verified, and the sweep is tried again ([`Lifecycle::sweep_until_done`]).
+    /// Closes the sockets whose session is gone from the store, and those
+    /// whose user may no longer see their room; returns how many, or `None`
+    /// when the store stopped answering before everything was checked.
+    /// Sockets it could not check stay open: they were verified, and the
+    /// sweep is tried again ([`Lifecycle::sweep_until_done`]).
     pub async fn sweep(&self) -> Option<usize> {
+        let sessions = self.sweep_sessions().await?;
+        let rooms = self.sweep_rooms().await?;
+        Some(sessions + rooms)
+    }
+
+    async fn sweep_sessions(&self) -> Option<usize> {
         let sessions = self.registry.sessions();
         let mut closed = 0;
         let mut done = true;
@@ -74,6 +85,41 @@ impl Lifecycle {
             tracing::info!(closed, "revalidation closed sockets of ended sessions");
         }
         done.then_some(closed)
+    }
+
+    /// Checks every (private room, user) pair with a socket here, and the
+    /// kind of every public room with a socket here, against the store
+    /// (not the access cache, which it refreshes), and applies what a lost
+    /// event would have: a user no longer a member loses their sockets in
+    /// the room; a public room whose name is now a private room's loses
+    /// every socket in it (4403 both).
+    async fn sweep_rooms(&self) -> Option<usize> {
+        let pairs = self.registry.access_pairs();
+        let mut closed = 0;
+        for batch in pairs.chunks(SWEEP_BATCH) {
+            let asked: Vec<(RoomName, UserId)> = batch.iter().map(|(room, user, _)| (room.clone(), *user)).collect();
+            let states = match self.access.revalidate(&asked).await {
+                Ok(states) => states,
+                Err(err) => {
+                    tracing::warn!(%err, "room revalidation interrupted: store unavailable; trying again shortly");
+                    return None;
+                }
+            };
+            for ((room, user, kind), state) in batch.iter().zip(states) {
+                let change = match (kind, state) {
+                    (RoomKind::Private, RoomState::Private(Some(_))) => continue,
+                    (RoomKind::Private, _) => AccessChange::Removed,
+                    (RoomKind::Public, RoomState::Private(_)) => AccessChange::Deleted,
+                    (RoomKind::Public | RoomKind::Direct, _) => continue,
+                };
+                let user = (change == AccessChange::Removed).then_some(*user);
+                closed += self.registry.apply(&Change { room: room.clone(), user, change });
+            }
+        }
+        if closed > 0 {
+            tracing::info!(closed, "revalidation closed sockets of rooms their users may no longer see");
+        }
+        Some(closed)
     }
 
     /// Sweeps until a sweep checks every session, waiting a little longer
@@ -125,13 +171,25 @@ impl Lifecycle {
                     Ok(Notice::Event(Event::Presence { room, instance, joined, left })) => {
                         // Our own events come back too: already applied.
                         if instance != self.presence.instance() {
-                            if let Some(room) = RoomName::parse(&room) {
+                            if let Some(room) = RoomName::from_stored(&room) {
                                 self.presence.changed_elsewhere(room, instance, joined, left);
                             }
                         }
                     }
-                    Ok(Notice::Event(Event::Access { .. })) => {}
+                    Ok(Notice::Event(event @ Event::Access { .. })) => {
+                        if let Some((change, at)) = Change::from_event(&event, self.presence.instance()) {
+                            // Forgotten first: a check after the close reads the store.
+                            self.access.forget(&change.room);
+                            let closed = self.registry.apply(&change);
+                            if let (Some(at), true) = (at, closed > 0) {
+                                self.meters.access_applied(at.until(UnixMillis::now()));
+                            }
+                            tracing::debug!(room = %change.room, closed, "membership event applied");
+                        }
+                    }
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                        // Membership events may have been missed too.
+                        self.access.forget_all();
                         start_sweep(&self);
                         self.presence.resync();
                     }
@@ -155,13 +213,83 @@ mod tests {
     use tokio::sync::{broadcast, watch};
     use tower_sessions::{session::Id, SessionStore};
 
-    use crate::state::testing::{closed, eventually, next_of, Rig};
+    use crate::state::testing::{closed, eventually, next_of, Rig, SignedIn};
     use crate::{
-        backend::{Backend, EndReason, Event, EventBus, Notice, SessionIndex, StoreError, StoreResult},
+        backend::{AccessChange, Backend, EndReason, Event, EventBus, Notice, SessionIndex, StoreError, StoreResult},
         clock::UnixMillis,
         config::Config,
-        model::UserId,
+        model::{RoomName, UserId},
     };
+
+    fn team() -> RoomName {
+        RoomName::parse("team").unwrap()
+    }
+
+    /// Alice's private room "team", with each of `members` added.
+    async fn team_of(rig: &Rig, alice: &SignedIn, members: &[&SignedIn]) {
+        let rooms = &rig.backend.rooms;
+        rooms.create_private(&team(), &alice.current.user).await.unwrap();
+        for member in members {
+            rooms.add_member(&team(), alice.current.user.id, &member.current.user).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_membership_event_from_another_instance_closes_exactly_that_users_sockets_in_the_room() {
+        let rig = Rig::new(Config::default());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.lifecycle().run(stopped));
+        let (alice, bob) = (rig.sign_in("alice").await, rig.sign_in("bob").await);
+        team_of(&rig, &alice, &[&bob]).await;
+        let (mut bob_team, _) = rig.open(&bob, "team", None).await;
+        let (mut bob_lobby, _) = rig.open(&bob, "lobby", None).await;
+        let (mut alice_team, _) = rig.open(&alice, "team", None).await;
+        for ws in [&mut bob_team, &mut bob_lobby, &mut alice_team] {
+            next_of(ws, "hello").await;
+        }
+        // Removed on another instance: the store, then the event.
+        let bob_id = bob.current.user.id;
+        rig.backend.rooms.remove_member(&team(), alice.current.user.id, bob_id).await.unwrap();
+        let event = Event::Access {
+            room: "team".into(),
+            instance: "another".into(),
+            user: Some(bob_id),
+            change: AccessChange::Removed,
+            at: Some(UnixMillis::now()),
+        };
+        rig.backend.bus.publish(&event).await.unwrap();
+        assert_eq!(closed(&mut bob_team).await, (4403, "access revoked".into()));
+        assert_eq!(next_of(&mut bob_lobby, "room_removed").await["room"], "team");
+        eventually("bob's team socket to leave the registry", || rig.registry.len() == 2).await;
+        assert!(rig.visible(&bob, "team").await.is_none(), "the cache forgot the room");
+        assert!(rig.visible(&alice, "team").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_what_a_lost_membership_event_would_have() {
+        let rig = Rig::new(Config::default());
+        let (alice, bob, carol) = (rig.sign_in("alice").await, rig.sign_in("bob").await, rig.sign_in("carol").await);
+        team_of(&rig, &alice, &[&bob]).await;
+        let (mut bob_team, _) = rig.open(&bob, "team", None).await;
+        let (mut alice_team, _) = rig.open(&alice, "team", None).await;
+        let (mut carol_old, _) = rig.open(&carol, "old", None).await;
+        for ws in [&mut bob_team, &mut alice_team, &mut carol_old] {
+            next_of(ws, "hello").await;
+        }
+        let lifecycle = rig.lifecycle();
+        assert_eq!(lifecycle.sweep().await, Some(0), "everyone may see their room");
+        // Behind everyone's back: bob removed, and the name of carol's
+        // public room (never used: it does not exist in the store) taken
+        // by a private room. No event at all.
+        rig.backend.rooms.remove_member(&team(), alice.current.user.id, bob.current.user.id).await.unwrap();
+        assert!(rig.visible(&bob, "team").await.is_some(), "the cache still says so");
+        rig.backend.rooms.create_private(&RoomName::parse("old").unwrap(), &alice.current.user).await.unwrap();
+        assert_eq!(lifecycle.sweep().await, Some(2));
+        assert_eq!(closed(&mut bob_team).await, (4403, "access revoked".into()));
+        assert_eq!(closed(&mut carol_old).await, (4403, "access revoked".into()));
+        assert!(rig.visible(&bob, "team").await.is_none(), "the sweep refreshed the cache");
+        eventually("the closed sockets to leave the registry", || rig.registry.len() == 1).await;
+    }
 
     /// The in-process store, except that the first `refusals` session checks
     /// fail (a command pool still reconnecting after the store came back),

@@ -6,13 +6,15 @@
 //! One rule for both places that count: a socket's start, which counts the
 //! stored messages after the marker (the store's page, [`Unread::of_page`]),
 //! and the registry, which counts messages as they are delivered
-//! ([`Unread::count`]). Pure: no store, no clock.
+//! ([`Unread::count`]). Pure (no clock), but for the one page a count
+//! reads from the store ([`Unread::stored`]).
 
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
+    backend::History,
     model::{mentions, Message, MessageId, RoomName},
     protocol::{self as frames, UNREAD_CAP},
 };
@@ -77,6 +79,27 @@ impl Unread {
         count
     }
 
+    /// The count of `room` for `reader` from the store: the messages after
+    /// their read marker up to `cursor` ([`Unread::of_page`]). A room never
+    /// marked read counts none: what arrives from now on counts. A store
+    /// failure counts none too (a count is not worth a refusal).
+    pub async fn stored(
+        history: &dyn History,
+        reader: &Reader,
+        room: &RoomName,
+        marker: Option<MessageId>,
+        cursor: MessageId,
+    ) -> Unread {
+        let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
+        match history.after(room, marker, Unread::PAGE).await {
+            Ok(page) => Unread::of_page(reader, &page, cursor),
+            Err(err) => {
+                tracing::warn!(%err, %room, "unread count not read: store unavailable");
+                Unread::default()
+            }
+        }
+    }
+
     /// Both counts together (what the store counted, and what was delivered
     /// since), capped.
     pub fn plus(self, more: Unread) -> Unread {
@@ -90,8 +113,9 @@ impl Unread {
         self == Unread::default()
     }
 
-    /// The `unread` frame of this count for `room`.
-    pub fn frame(self, room: &RoomName) -> Utf8Bytes {
+    /// The `unread` frame of this count, for a socket whose user calls the
+    /// room `room`.
+    pub fn frame(self, room: &str) -> Utf8Bytes {
         frames::unread(room, self.unread, self.mentions)
     }
 }

@@ -12,8 +12,9 @@
 //! cross-site WebSocket upgrades), the query (400), the credential (an
 //! access token in one of three places, a ticket, or the session cookie)
 //! against the shared store (401, or 503 when the store does not answer),
-//! whether the user may see the room (404, as for no room at all; see
-//! [`RoomAccess`]), the caps (503, 429).
+//! whether the user may see the room (403, the same for a room that does
+//! not exist as for one the user may not see; see [`RoomAccess`]), the
+//! caps (503, 429). A room is named by its name or `@username`.
 
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ use super::{
 };
 use crate::{
     auth::{
-        access::{Access, RoomAccess, Visible},
+        access::{Access, RoomAccess, RoomRef, Visible},
         tokens, Sessions, TokenCurrent,
     },
     clock::UnixMillis,
@@ -234,6 +235,9 @@ async fn upgrade(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Result<
     let presented = presented(req.headers(), &mut query);
     let subprotocol = matches!(presented, Presented::Subprotocol(_));
     let current = prove(&upgrader, &req, presented).await?;
+    // Before the check: a removal applied between the check and the
+    // socket's registration is found by the registration.
+    let epoch = upgrader.registry.epoch();
     let room = see(&upgrader.access, &current, &wanted.room).await?;
     let slot = upgrader.registry.reserve(current.user.id, current.session_id).map_err(|full| match full {
         Full::Instance => refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
@@ -248,6 +252,7 @@ async fn upgrade(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Result<
         user: current.user,
         credential: current.credential,
         room,
+        epoch,
         after: wanted.after,
         unread: wanted.unread,
         expires_at: current.expires_at,
@@ -277,7 +282,7 @@ fn handshake(req: &Request<Incoming>) -> Result<String, Refusal> {
 /// What the socket is asked to be: its room, where its replay starts, and
 /// whether it follows unread counts.
 struct Wanted {
-    room: RoomName,
+    room: RoomRef,
     after: Option<MessageId>,
     unread: bool,
 }
@@ -288,8 +293,8 @@ fn wanted(req: &Request<Incoming>) -> Result<(Wanted, Query), Refusal> {
     let query: Query = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
         .map_err(|_| refuse(StatusCode::BAD_REQUEST, "malformed query"))?;
     let room = match query.room.as_deref() {
-        None => RoomName::lobby(),
-        Some(name) => RoomName::parse(name).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "invalid room name"))?,
+        None => RoomRef::Named(RoomName::lobby()),
+        Some(name) => RoomRef::parse(name).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "invalid room name"))?,
     };
     let after = match query.after.as_deref().filter(|a| !a.is_empty()) {
         None => None,
@@ -305,12 +310,13 @@ fn wanted(req: &Request<Incoming>) -> Result<(Wanted, Query), Refusal> {
     Ok((Wanted { room, after, unread }, query))
 }
 
-/// Asks whether the proven user may see the room: 404 when not, as for no
-/// room at all; 503 when the store does not answer.
-async fn see(access: &RoomAccess, current: &Proven, room: &RoomName) -> Result<Visible, Refusal> {
+/// Asks whether the proven user may see the room: 403 when not, before
+/// anything of it is sent (and with the same words whether it exists or
+/// not); 503 when the store does not answer.
+async fn see(access: &RoomAccess, current: &Proven, room: &RoomRef) -> Result<Visible, Refusal> {
     match access.check(current.user.id, room).await {
         Ok(Access::Visible(room)) => Ok(room),
-        Ok(Access::Hidden) => Err(refuse(StatusCode::NOT_FOUND, "no such room")),
+        Ok(Access::Hidden) => Err(refuse(StatusCode::FORBIDDEN, "no such room, or you are not a member")),
         Err(err) => Err(unavailable(&err)),
     }
 }

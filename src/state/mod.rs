@@ -14,6 +14,7 @@ use crate::{
     auth::{
         access::RoomAccess,
         login::PasswordCheck,
+        memberships::{Memberships, MembershipsParts},
         session::{SessionPolicy, SESSION_COOKIE},
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
@@ -34,8 +35,8 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, api::Api, assets::Assets, history::RoomHistory, pages::RoomPages, router::Router,
-        Handles,
+        self, account::Accounts, api::Api, assets::Assets, caller::Callers, history::RoomHistory, pages::RoomPages,
+        rooms::RoomsApi, router::Router, Handles,
     },
 };
 
@@ -74,7 +75,7 @@ pub struct Identity {
 /// metrics show.
 pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: Meters) -> Assembly {
     let Identity { instance_id, public_origin, origins, tls, keys } = identity;
-    let access = RoomAccess::new(backend.history.clone());
+    let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
     let realtime = realtime(config, &backend, &access, instance_id, keys, &meters);
     let handles = handles(config, &backend, &realtime, access, Arc::new(origins), tls, meters);
     let stack = Stack::new(config, &public_origin, backend.sessions, web::routes(&handles));
@@ -87,6 +88,8 @@ pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: M
 pub(crate) struct Realtime {
     pub registry: Arc<Registry>,
     pub sessions: Sessions,
+    /// Membership changes, applied to this registry first.
+    pub memberships: Memberships,
     pub socket: Arc<SocketDeps>,
     pub hub: Hub,
     pub lifecycle: Lifecycle,
@@ -118,6 +121,14 @@ pub(crate) fn realtime(
         keys,
         refresh_grace: config.tokens.refresh_reuse_grace,
     });
+    let memberships = Memberships::new(MembershipsParts {
+        rooms: backend.rooms.clone(),
+        history: backend.history.clone(),
+        access: access.clone(),
+        bus: backend.bus.clone(),
+        local: registry.clone(),
+        instance: instance.clone(),
+    });
     let (presence, presence_task) = Presence::new(
         backend.presence.clone(),
         backend.bus.clone(),
@@ -131,6 +142,7 @@ pub(crate) fn realtime(
         sessions: sessions.clone(),
         access: access.clone(),
         history: backend.history.clone(),
+        rooms: backend.rooms.clone(),
         registry: registry.clone(),
         hub: hub.clone(),
         presence: presence.clone(),
@@ -151,11 +163,12 @@ pub(crate) fn realtime(
         bus: backend.bus.clone(),
         sessions: sessions.clone(),
         registry: registry.clone(),
+        access: access.clone(),
         presence,
         interval: config.sessions.revalidate_interval,
         meters: meters.clone(),
     };
-    Realtime { registry, sessions, socket, hub, lifecycle, presence_task }
+    Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
 }
 
 /// What the route table is wired from.
@@ -194,14 +207,20 @@ fn handles(
                 config.throttle.register_max_per_address,
                 config.throttle.register_window,
             ),
-            meters,
+            meters: meters.clone(),
         },
         rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
-            access,
+            access: access.clone(),
             history: backend.history.clone(),
             max_page: config.chat.history_page_max,
+        },
+        rooms_api: RoomsApi {
+            callers: Callers { sessions: sessions.clone(), origins: origins.clone(), meters },
+            memberships: realtime.memberships.clone(),
+            access,
+            history: backend.history.clone(),
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,

@@ -17,7 +17,7 @@ use tower_sessions::Session;
 use super::realtime;
 use crate::{
     auth::{
-        access::RoomAccess,
+        access::{RoomAccess, RoomRef, Visible},
         session::{AuthSession, Current},
         Sessions,
     },
@@ -29,7 +29,7 @@ use crate::{
         hub::Hub,
         lifecycle::Lifecycle,
         presence::{Presence, PresenceTask},
-        registry::Registry,
+        registry::{Epoch, Registry},
         socket::{self, SocketContext, SocketDeps},
         upgrade::ws_config,
     },
@@ -76,7 +76,7 @@ impl Rig {
             b"test refresh key",
         )
         .expect("a fresh key");
-        let access = RoomAccess::new(backend.history.clone());
+        let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
         let realtime =
             realtime(&config, &backend, &access, "this-instance".into(), Arc::new(keys), &Default::default());
         Rig {
@@ -101,11 +101,16 @@ impl Rig {
         self.lifecycle.clone()
     }
 
-    /// Signs a new user in, as `POST /login` would.
+    /// Signs a new user in, as `POST /login` would (registered first,
+    /// when the name is new).
     pub async fn sign_in(&self, name: &str) -> SignedIn {
         let session = Session::new(None, Arc::new(self.backend.sessions.clone()), None);
         let cookie = self.sessions.cookie(session.clone());
         let user = User { id: UserId::new_v4(), name: name.into() };
+        let user = match self.backend.users.create(&user, "not a hash").await.expect("registered") {
+            true => user,
+            false => self.backend.users.find(name).await.expect("found").expect("registered").user,
+        };
         let current = self.sessions.sign_in(&cookie, user).await.expect("sign in");
         SignedIn { current, cookie, session }
     }
@@ -117,18 +122,36 @@ impl Rig {
         self.deps.history.append(&room, said(user, body)).await.expect("stored").id().expect("a new message")
     }
 
-    /// Opens a socket for `who` in `room`, as an accepted upgrade would
-    /// (asking the same [`RoomAccess`]).
+    /// Opens a socket for `who` in `room` (a name, or `@user`), as an
+    /// accepted upgrade would (asking the same [`RoomAccess`]).
     pub async fn open(&self, who: &SignedIn, room: &str, after: Option<MessageId>) -> (Client, JoinHandle<()>) {
+        let epoch = self.registry.epoch();
+        let room = self.visible(who, room).await.expect("visible");
+        self.open_checked(who, room, epoch, after).await
+    }
+
+    /// What the upgrade's check answers `who` for `room`.
+    pub async fn visible(&self, who: &SignedIn, room: &str) -> Option<Visible> {
+        let wanted = RoomRef::parse(room).expect("a valid room");
+        self.access.check(who.current.user.id, &wanted).await.expect("an answer").visible()
+    }
+
+    /// Opens a socket whose access was checked (`room`) after `epoch`.
+    pub async fn open_checked(
+        &self,
+        who: &SignedIn,
+        room: Visible,
+        epoch: Epoch,
+        after: Option<MessageId>,
+    ) -> (Client, JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let room = RoomName::parse(room).expect("a valid room");
-        let room = self.access.check(who.current.user.id, &room).await.expect("an answer").visible().expect("visible");
         let slot = self.registry.reserve(who.current.user.id, who.current.session_id).expect("a free slot");
         let ctx = SocketContext {
             session_id: who.current.session_id,
             user: who.current.user.clone(),
             credential: socket::Credential::Cookie,
             room,
+            epoch,
             after,
             unread: true,
             expires_at: who.current.expires_at,

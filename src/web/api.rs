@@ -75,14 +75,14 @@ fn too_many(retry_after: Duration) -> Response {
 
 /// A JSON body of type `T` (a body that does not parse is answered with
 /// [`unreadable`]), or 415, 411, 413.
-fn json_body<T: DeserializeOwned + Send>(
+pub(super) fn json_body<T: DeserializeOwned + Send>(
 ) -> impl Filter<Extract = (Result<T, serde_json::Error>,), Error = Rejection> + Clone {
     body_of_type("application/json", "Send JSON, as application/json.", MAX_JSON_BYTES)
         .map(|body: Bytes| serde_json::from_slice::<T>(&body))
 }
 
 /// 422 for a JSON body that is not what the route reads.
-fn unreadable(err: serde_json::Error) -> Response {
+pub(super) fn unreadable(err: serde_json::Error) -> Response {
     error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", &format!("The body is not what this route reads: {err}"))
 }
 

@@ -3,8 +3,8 @@
 //! the page before the oldest message it shows as the reader nears the top.
 //!
 //! It only reads: it never creates a room (a room that does not exist, or
-//! that the user may not see, is a 404) and so never counts against the
-//! new-room quota. Like the page, it
+//! that the user may not see, is the same 404) and so never counts against
+//! the new-room quota. `{room}` is a room's name or `@username`. Like the page, it
 //! needs a signed-in session (401 otherwise, as JSON, so the script can send
 //! the reader to sign in) and slides it.
 
@@ -18,11 +18,15 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{access::RoomAccess, session::AuthSession, Sessions},
+    auth::{
+        access::{RoomAccess, RoomRef},
+        session::AuthSession,
+        Sessions,
+    },
     backend::History,
     clock::UnixMillis,
     error::Error,
-    model::{Message, MessageId, RoomName},
+    model::{Message, MessageId, RoomKind},
 };
 
 /// Messages per page when the request names no `limit` (what the page's
@@ -80,7 +84,7 @@ pub fn route(rooms: RoomHistory) -> impl Filter<Extract = (Response,), Error = R
 
 async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHistory) -> Result<Response, Error> {
     let Some(current) = session.current().await? else { return Err(Error::Unauthorized) };
-    let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
+    let room = RoomRef::parse(&room).ok_or(Error::NoSuchRoom)?;
     let query: Query = serde_urlencoded::from_str(query).map_err(|_| Error::BadRequest("That query is malformed."))?;
     let before = match query.before.as_deref().filter(|b| !b.is_empty()) {
         None => None,
@@ -97,11 +101,14 @@ async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHisto
             .filter(|n| (1..=rooms.max_page).contains(n))
             .ok_or(Error::BadRequest("limit must be a whole number from 1 to the page size (HISTORY_PAGE_MAX)."))?,
     };
-    let visible = rooms.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let visible = rooms.access.check(current.user.id, &room).await?.visible().ok_or(Error::NoSuchRoom)?;
     let room = visible.room();
     let history = &*rooms.history;
-    if !room.is_lobby() && !history.room_exists(room).await? {
-        return Err(Error::NotFound);
+    // A private room exists while the rule says it may be seen; a direct
+    // room is its members' from its first message on (before it, its
+    // history is empty, not missing).
+    if visible.kind() == RoomKind::Public && !room.is_lobby() && !history.room_exists(room).await? {
+        return Err(Error::NoSuchRoom);
     }
     // One more than asked tells whether anything older is left.
     let mut messages = match before {

@@ -4,9 +4,11 @@
 pub mod account;
 pub mod api;
 pub mod assets;
+pub mod caller;
 pub mod filters;
 pub mod history;
 pub mod pages;
+pub mod rooms;
 pub mod router;
 
 use std::sync::{
@@ -39,6 +41,7 @@ pub struct Handles {
     pub api: self::api::Api,
     pub rooms: RoomPages,
     pub room_history: self::history::RoomHistory,
+    pub rooms_api: self::rooms::RoomsApi,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
@@ -81,6 +84,12 @@ pub fn routes(state: &Handles) -> Router {
         .post("/api/ws-ticket", json_api(self::api::ticket(state.api.clone())))
         .post("/api/logout", json_api(self::api::logout(state.api.clone(), false)))
         .post("/api/logout/everywhere", json_api(self::api::logout(state.api.clone(), true)))
+        .post("/api/rooms", json_api(self::rooms::create(state.rooms_api.clone())))
+        .get("/api/rooms", json_api(self::rooms::list(state.rooms_api.clone())))
+        .get("/api/rooms/{name}/members", json_api(self::rooms::members(state.rooms_api.clone())))
+        .put("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), true)))
+        .delete("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), false)))
+        .post("/api/direct", json_api(self::rooms::direct(state.rooms_api.clone())))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/chat/{room}/history", json_api(self::history::route(state.room_history.clone())))

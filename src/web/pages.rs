@@ -11,11 +11,15 @@ use warp::{
 
 use super::filters::{param, session, with};
 use crate::{
-    auth::{access::RoomAccess, session::AuthSession, Sessions},
+    auth::{
+        access::{RoomAccess, RoomRef},
+        session::AuthSession,
+        Sessions,
+    },
     backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
-    model::{Message, RoomKind, RoomName},
+    model::{Message, Role, RoomKind},
 };
 
 /// Messages rendered on a room's page.
@@ -259,15 +263,19 @@ struct OpenRoom {
     room: Option<String>,
 }
 
-/// GET /chat (and GET /chat?room=name from the sidebar's form)
+/// GET /chat (and GET /chat?room=name from the sidebar's form; `@user`
+/// opens the conversation with that user)
 pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::query::<OpenRoom>().and_then(|query: OpenRoom| async move {
-        match query.room.map(|r| r.trim().to_ascii_lowercase()) {
-            None => Ok::<_, Rejection>(see_other("/chat/lobby")),
-            Some(name) => match RoomName::parse(&name) {
-                Some(room) => Ok(see_other(&format!("/chat/{room}"))),
-                None => Err(Error::BadRequest("Room names are 1 to 32 characters: a-z, 0-9 and -.").into()),
-            },
+        let Some(name) = query.room.as_deref().map(str::trim) else {
+            return Ok::<_, Rejection>(see_other("/chat/lobby"));
+        };
+        // Room names are lower case (a username keeps its case: it is
+        // found ignoring it).
+        let name = if name.starts_with('@') { name.to_owned() } else { name.to_ascii_lowercase() };
+        match RoomRef::parse(&name) {
+            Some(room) => Ok(see_other(&format!("/chat/{room}"))),
+            None => Err(Error::BadRequest("Room names are 1 to 32 characters: a-z, 0-9 and -.").into()),
         }
     })
 }
@@ -289,25 +297,38 @@ pub fn chat_room(rooms: RoomPages) -> impl Filter<Extract = (Response,), Error =
     )
 }
 
+/// GET /chat/{room}: `{room}` is a room's name, or `@username` (`%40`
+/// too) for the direct conversation with that user. A name that is no
+/// room, and a room the user may not see, get the same 404 page.
 async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> Result<Response, Error> {
+    let wanted = RoomRef::parse(&room);
     let Some(current) = session.current().await? else {
         // Back to this room after signing in (a name that is not one is not carried).
-        let back = RoomName::parse(&room).map(|r| format!("/chat/{r}")).unwrap_or_default();
+        let back = wanted.map(|r| format!("/chat/{r}")).unwrap_or_default();
         return Ok(see_other(&login_url(&back)));
     };
-    let room = RoomName::parse(&room).ok_or(Error::NotFound)?;
-    let visible = pages.access.check(current.user.id, &room).await?.visible().ok_or(Error::NotFound)?;
+    let wanted = wanted.ok_or(Error::NoSuchRoom)?;
+    let visible = pages.access.check(current.user.id, &wanted).await?.visible().ok_or(Error::NoSuchRoom)?;
     let room = visible.room();
     let history = &*pages.history;
-    // A room that does not exist yet costs the store for as long as it
-    // lives: opening one counts against the user's quota.
-    if let RoomOpened::NewRoomRefused { retry_after } = history.open_room(room, current.user.id).await? {
-        tracing::warn!(user = %current.user.name, "new-room quota reached");
-        let minutes = retry_after.as_secs().div_ceil(60);
-        let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
-        let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &message);
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
-        return Ok(res);
+    // A public room that does not exist yet costs the store for as long as
+    // it lives: opening one counts against the user's quota. Private and
+    // direct rooms are not opened: they exist (or come with their first
+    // message) without it, and cost no quota.
+    if visible.kind() == RoomKind::Public {
+        match history.open_room(room, current.user.id).await? {
+            RoomOpened::Open => {}
+            // The name became a private room's since the check.
+            RoomOpened::Private => return Err(Error::NoSuchRoom),
+            RoomOpened::NewRoomRefused { retry_after } => {
+                tracing::warn!(user = %current.user.name, "new-room quota reached");
+                let minutes = retry_after.as_secs().div_ceil(60);
+                let message = format!("You have opened many new rooms lately. Try again in {minutes} minutes.");
+                let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &message);
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+                return Ok(res);
+            }
+        }
     }
     // One more than shown tells whether anything older is left.
     let (mut recent, listed) =
@@ -316,20 +337,25 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     if !history_start {
         recent.remove(0);
     }
-    let public_rooms = listed.iter().map(|listed| SideRoom::new(listed.room().as_str())).collect();
+    let section = |kind: RoomKind| -> Vec<SideRoom> {
+        listed.iter().filter(|l| l.kind() == kind).map(|l| SideRoom::new(l.label())).collect()
+    };
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
-    let name = current.user.name;
     let messages = recent.into_iter().map(MessageView::from).collect();
     page(
         StatusCode::OK,
         &ChatPage {
-            user: name,
-            room: room.to_string(),
+            user: current.user.name,
+            room: visible.label().to_string(),
             kind: visible.kind(),
-            role: "",
-            public_rooms,
-            private_rooms: Vec::new(),
-            direct_rooms: Vec::new(),
+            role: match visible.role() {
+                Some(Role::Owner) => "owner",
+                Some(Role::Member) => "member",
+                None => "",
+            },
+            public_rooms: section(RoomKind::Public),
+            private_rooms: section(RoomKind::Private),
+            direct_rooms: section(RoomKind::Direct),
             messages,
             history_start,
             last_id,

@@ -5,8 +5,10 @@
 //! - answers 404 when no path matches, and 405 with `Allow` when the path
 //!   matches but not the method (HEAD is served by every GET route);
 //! - refuses a cross-origin request with 403 on every unsafe method, before
-//!   any handler runs: a new POST route is protected without anyone
-//!   remembering to (the upgrade, a GET, checks the origin itself);
+//!   any handler runs: a new POST, PUT or DELETE route is protected without
+//!   anyone remembering to (the upgrade, a GET, checks the origin itself,
+//!   and so do the JSON routes that take the session cookie: see
+//!   [`super::caller`]);
 //! - hands the path's parameters to the handler ([`param`]);
 //! - puts the security headers on every answer.
 //!
@@ -154,6 +156,14 @@ impl Router {
 
     pub fn post(self, path: &'static str, handler: Handler) -> Self {
         self.add(Method::POST, path, handler)
+    }
+
+    pub fn put(self, path: &'static str, handler: Handler) -> Self {
+        self.add(Method::PUT, path, handler)
+    }
+
+    pub fn delete(self, path: &'static str, handler: Handler) -> Self {
+        self.add(Method::DELETE, path, handler)
     }
 
     /// Every (method, path pattern) served, in table order.

@@ -2053,12 +2053,14 @@ fn some_events() -> [Event; 5] {
         },
         Event::Access {
             room: "team".into(),
+            instance: "i1".into(),
             user: Some(UserId::new_v4()),
             change: AccessChange::Removed,
             at: Some(palaver::clock::UnixMillis::now()),
         },
         Event::Access {
             room: RoomName::direct(UserId::new_v4(), UserId::new_v4()).to_string(),
+            instance: "i2".into(),
             user: None,
             change: AccessChange::Deleted,
             at: None,

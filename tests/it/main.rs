@@ -23,6 +23,8 @@ mod lifecycle;
 mod liveness;
 mod metrics;
 mod process;
+mod revocation;
+mod rooms;
 mod routes;
 mod tls;
 mod tokens;

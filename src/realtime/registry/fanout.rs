@@ -4,8 +4,12 @@
 //! one instant: a socket that registers later starts after these frames)
 //! and sent outside it with `try_send` only. A socket whose queue is full
 //! is not reading: it is reported back to be closed, never waited for.
+//!
+//! Frames are made once per label (what the room's users call it: one
+//! label in most rooms, two in a direct room), so a frame never carries
+//! the name another user gives the room.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -22,14 +26,17 @@ pub const FANOUT_STEP: usize = 512;
 /// The step of a paced fan-out (presence), which can take its time.
 pub const PACED_STEP: usize = 128;
 
+/// The frames of one label, and the sockets that get them.
+type Group = (Vec<Outbound>, Vec<(ConnId, Outbox)>);
+
 /// Frames for a room's sockets as they stood when it was made. Send it with
 /// [`super::Registry::send`]; fan-outs of one room must be sent one after
 /// the other, in the order they were made.
 #[must_use = "a fan-out does nothing until it is sent"]
 pub struct FanOut {
     room: RoomName,
-    frames: Vec<Outbound>,
-    members: Vec<(ConnId, Outbox)>,
+    /// Per label: its frames, and the sockets that get them.
+    groups: Vec<Group>,
     /// Frames for one socket each (unread counts), sent after the members'.
     singles: Vec<Single>,
     /// A pause between steps, for work that can wait (see [`FanOut::paced`]).
@@ -39,21 +46,19 @@ pub struct FanOut {
 impl FanOut {
     /// Nothing to send.
     pub(super) fn empty(room: &RoomName) -> Self {
-        Self { room: room.clone(), frames: Vec::new(), members: Vec::new(), singles: Vec::new(), gap: None }
+        Self { room: room.clone(), groups: Vec::new(), singles: Vec::new(), gap: None }
     }
 
-    /// `frames` for every one of `members` (none are taken when there are
-    /// no frames).
+    /// For every label's sockets, the frames `frames` makes for the label.
     pub(super) fn new<'a>(
         room: &RoomName,
-        members: impl Iterator<Item = (&'a ConnId, &'a Outbox)>,
-        frames: Vec<Outbound>,
+        groups: impl Iterator<Item = &'a (Arc<str>, HashMap<ConnId, Outbox>)>,
+        frames: impl Fn(&str) -> Vec<Outbound>,
     ) -> Self {
-        let members = match frames.is_empty() {
-            true => Vec::new(),
-            false => members.map(|(id, outbox)| (*id, outbox.clone())).collect(),
-        };
-        Self { members, frames, ..Self::empty(room) }
+        let groups = groups
+            .map(|(label, members)| (frames(label), members.iter().map(|(id, outbox)| (*id, outbox.clone())).collect()))
+            .collect();
+        Self { groups, ..Self::empty(room) }
     }
 
     /// With frames for one socket each, sent after the members'.
@@ -79,28 +84,32 @@ impl FanOut {
     pub(super) async fn reach(self) -> Vec<ConnId> {
         let mut slow = Vec::new();
         let step_size = if self.gap.is_some() { PACED_STEP } else { FANOUT_STEP };
-        for (step, members) in self.members.chunks(step_size).enumerate() {
-            match (step, self.gap) {
-                (0, _) => {}
-                (_, None) => tokio::task::yield_now().await,
-                (_, Some(gap)) => tokio::time::sleep(gap).await,
-            }
-            for (id, outbox) in members {
-                for frame in &self.frames {
-                    match outbox.try_send(frame.clone()) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            slow.push(*id);
-                            break;
+        let mut reached = false;
+        for (frames, members) in &self.groups {
+            for members in members.chunks(step_size) {
+                match (reached, self.gap) {
+                    (false, _) => {}
+                    (true, None) => tokio::task::yield_now().await,
+                    (true, Some(gap)) => tokio::time::sleep(gap).await,
+                }
+                reached = true;
+                for (id, outbox) in members {
+                    for frame in frames {
+                        match outbox.try_send(frame.clone()) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(_)) => {
+                                slow.push(*id);
+                                break;
+                            }
+                            // It is closing; its task removes it.
+                            Err(TrySendError::Closed(_)) => break,
                         }
-                        // It is closing; its task removes it.
-                        Err(TrySendError::Closed(_)) => break,
                     }
                 }
             }
         }
         for (step, singles) in self.singles.chunks(FANOUT_STEP).enumerate() {
-            if step > 0 || !self.members.is_empty() {
+            if step > 0 || reached {
                 tokio::task::yield_now().await;
             }
             for (id, outbox, frame) in singles {
@@ -171,7 +180,7 @@ mod tests {
                 reached.load(Ordering::Relaxed)
             })
         };
-        let fan_out = reg.broadcast(&RoomName::parse("big").unwrap(), "presence".into());
+        let fan_out = reg.broadcast(&RoomName::parse("big").unwrap(), |_| "presence".into());
         let sending = tokio::spawn({
             let reg = reg.clone();
             async move { reg.send(fan_out).await }

@@ -3,36 +3,42 @@
 //! socket is in.
 //!
 //! [`Registry`] is the socket index: registering and removing sockets, and
-//! closing "every socket of session S" or "of user U" at the cost of those
-//! sockets, not of a scan of all of them. The other jobs are types of
-//! their own, each in its file, that the index holds per room:
+//! closing "every socket of session S" or "of user U in room R" at the
+//! cost of those sockets, not of a scan of all of them. The other jobs are
+//! types of their own, each in its file, that the index holds per room:
 //! - [`caps`]: the caps on open sockets, a place reserved before the
 //!   upgrade answers;
-//! - [`fanout`]: frames to a room's sockets, a step at a time;
+//! - [`fanout`]: frames to a room's sockets, a step at a time, one
+//!   serialization per label;
 //! - [`watchers`]: other rooms' sockets counting a room's unread messages;
 //! - [`names`]: who is in the room here, for presence;
-//! - [`outbox`]: what they all queue for a socket, and its id.
+//! - [`outbox`]: what they all queue for a socket, and its id;
+//! - [`revocations`]: the removals applied here, for sockets registering
+//!   just after one; and `access` applies membership changes.
 //!
 //! Two mutexes. The index and the rooms (members, watchers, names and each
-//! room's cursor) share one, so a registration, a delivery and a presence
-//! read each see one instant; its critical sections are a few map
-//! operations (or a walk over a room's members to make a fan-out), never an
-//! await. The caps' counts have their own (see [`caps`]).
+//! room's cursor) share one, so a registration, a delivery, a presence
+//! read and a removal each see one instant; its critical sections are a
+//! few map operations (or a walk over a room's members to make a fan-out),
+//! never an await. The caps' counts have their own (see [`caps`]).
 //!
-//! Which room a socket is in was decided once, at the upgrade
-//! ([`crate::auth::access`]); fan-out, presence names and the effects of
-//! its read markers all follow from that registration and ask nothing
-//! again. A socket that may no longer see its room is closed, through the
-//! index, like a socket whose session ended.
+//! Which room a socket is in, and what its user calls the room (its
+//! label: the name, or `@other` in a direct room), was decided once, at
+//! the upgrade ([`crate::auth::access`]); fan-out, presence names and the
+//! effects of its read markers all follow from that registration and ask
+//! nothing again. A socket that may no longer see its room is taken out of
+//! it and closed, through the index, like a socket whose session ended.
 //!
 //! Only a socket's own task removes its entry (in [`Registry::remove`]), so
 //! the bookkeeping that follows a departure (presence, stopping a room's
 //! tail) happens in one place. Closing a socket just fires its close signal.
 
+mod access;
 mod caps;
 mod fanout;
 mod names;
 mod outbox;
+mod revocations;
 mod watchers;
 
 use std::{
@@ -47,16 +53,22 @@ use tokio::sync::{oneshot, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tower_sessions::session::Id;
 
-use self::{caps::Places, names::Names, watchers::Watchers};
+use self::{
+    caps::Places,
+    names::Names,
+    revocations::{Revocations, Since},
+    watchers::Watchers,
+};
 pub use self::{
     caps::{Caps, Full, Slot},
     fanout::FanOut,
     outbox::{ConnId, OutFrame, Outbound, Outbox},
+    revocations::Epoch,
 };
 use crate::{
     auth::{Ended, SessionsEnded},
     backend::EndReason,
-    model::{Message, MessageId, RoomName, UserId},
+    model::{Message, MessageId, RoomKind, RoomName, UserId},
     protocol::{self as frames, CloseReason},
     realtime::unread::{Reader, Unread},
 };
@@ -67,20 +79,44 @@ pub struct Registration {
     pub user: UserId,
     pub name: Arc<str>,
     pub room: RoomName,
+    /// What the user calls the room: what its frames say.
+    pub label: Arc<str>,
+    pub kind: RoomKind,
     pub outbox: Outbox,
     pub close: oneshot::Sender<CloseReason>,
     /// Where to start tailing the room if this instance does not follow it yet.
     pub room_start: MessageId,
+    /// Taken before the user's access to the room was checked.
+    pub epoch: Epoch,
 }
 
 /// The result of registering.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Joined {
     pub id: ConnId,
     /// Every message after this id reaches the socket through its outbox.
     pub cursor: MessageId,
     /// This instance did not follow the room before.
     pub new_room: bool,
+    /// Set once the socket may no longer see its room.
+    pub revoked: Revoked,
+}
+
+/// Whether a socket's user may no longer see its room: set under the
+/// registry's lock when the removal is applied, read by the socket's task
+/// before every frame it writes, so that nothing of the room reaches it
+/// after (not even what was queued before).
+#[derive(Debug, Clone, Default)]
+pub struct Revoked(Arc<AtomicBool>);
+
+impl Revoked {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 struct Conn {
@@ -88,14 +124,54 @@ struct Conn {
     user: UserId,
     name: Arc<str>,
     room: RoomName,
+    label: Arc<str>,
+    kind: RoomKind,
+    /// Still among the room's members (a revoked socket is taken out at
+    /// once, before its task removes it).
+    in_room: bool,
+    outbox: Outbox,
+    revoked: Revoked,
     /// The other rooms whose unread counts it follows (see [`Registry::watch`]).
     watching: Vec<RoomName>,
     /// Taken by whoever closes the socket first.
     close: Option<oneshot::Sender<CloseReason>>,
 }
 
+/// A room's sockets here, by label: one group in most rooms, at most two
+/// in a direct room (each of its users calls it by the other's name).
+#[derive(Default)]
+struct Members(Vec<(Arc<str>, HashMap<ConnId, Outbox>)>);
+
+impl Members {
+    fn insert(&mut self, label: &Arc<str>, id: ConnId, outbox: Outbox) {
+        match self.0.iter_mut().find(|(l, _)| l == label) {
+            Some((_, group)) => {
+                group.insert(id, outbox);
+            }
+            None => self.0.push((label.clone(), HashMap::from([(id, outbox)]))),
+        }
+    }
+
+    fn remove(&mut self, label: &str, id: ConnId) {
+        if let Some(at) = self.0.iter().position(|(l, _)| &**l == label) {
+            self.0[at].1.remove(&id);
+            if self.0[at].1.is_empty() {
+                self.0.swap_remove(at);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.0.iter().flat_map(|(_, group)| group.keys().copied())
+    }
+}
+
 struct Room {
-    members: HashMap<ConnId, Outbox>,
+    members: Members,
     /// Sockets of other rooms counting this room's unread messages.
     watchers: Watchers,
     /// The names of the members.
@@ -108,7 +184,7 @@ struct Room {
 
 impl Room {
     fn new(cursor: MessageId) -> Self {
-        Self { members: HashMap::new(), watchers: Watchers::default(), online: Names::default(), cursor }
+        Self { members: Members::default(), watchers: Watchers::default(), online: Names::default(), cursor }
     }
 
     /// No socket is in it or counts it: this instance stops following it.
@@ -123,6 +199,16 @@ struct Inner {
     by_session: HashMap<Id, Vec<ConnId>>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     rooms: HashMap<RoomName, Room>,
+    revocations: Revocations,
+}
+
+impl Inner {
+    /// Forgets a room nothing uses any more.
+    fn drop_if_unused(&mut self, room: &RoomName) {
+        if self.rooms.get(room).is_some_and(Room::is_unused) {
+            self.rooms.remove(room);
+        }
+    }
 }
 
 pub struct Registry {
@@ -169,17 +255,32 @@ impl Registry {
         self.places.reserve(user, session)
     }
 
-    pub fn register(&self, reg: Registration) -> Joined {
+    /// Now, in the order of removals applied here: an upgrade takes it
+    /// before it checks the user's access to the room.
+    pub fn epoch(&self) -> Epoch {
+        self.lock().revocations.epoch()
+    }
+
+    /// Registers a socket, unless its user was removed from its room since
+    /// its epoch: then `Err` holds what the socket is closed with at once
+    /// (see [`revocations`]).
+    pub fn register(&self, reg: Registration) -> Result<Joined, CloseReason> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         let inner = &mut *inner;
+        match inner.revocations.since(reg.epoch, &reg.room, reg.user) {
+            Since::Clear => {}
+            Since::Revoked => return Err(frames::ACCESS_REVOKED),
+            Since::Forgotten => return Err(frames::STORE_UNAVAILABLE),
+        }
         inner.by_session.entry(reg.session).or_default().push(id);
         inner.by_user.entry(reg.user).or_default().push(id);
         let new_room = !inner.rooms.contains_key(&reg.room);
         let room = inner.rooms.entry(reg.room.clone()).or_insert_with(|| Room::new(reg.room_start));
-        room.members.insert(id, reg.outbox);
+        room.members.insert(&reg.label, id, reg.outbox.clone());
         room.online.join(reg.name.clone());
         let cursor = room.cursor;
+        let revoked = Revoked::default();
         inner.conns.insert(
             id,
             Conn {
@@ -187,6 +288,11 @@ impl Registry {
                 user: reg.user,
                 name: reg.name,
                 room: reg.room,
+                label: reg.label,
+                kind: reg.kind,
+                in_room: true,
+                outbox: reg.outbox,
+                revoked: revoked.clone(),
                 watching: Vec::new(),
                 close: Some(reg.close),
             },
@@ -196,7 +302,7 @@ impl Registry {
         if self.closing.load(Ordering::Acquire) {
             Self::close_ids(inner, &[id], frames::SHUTTING_DOWN);
         }
-        Joined { id, cursor, new_room }
+        Ok(Joined { id, cursor, new_room, revoked })
     }
 
     /// How many sockets have closed since the instance started.
@@ -221,20 +327,18 @@ impl Registry {
                 inner.by_user.remove(&conn.user);
             }
         }
-        if let Some(room) = inner.rooms.get_mut(&conn.room) {
-            room.members.remove(&id);
-            room.online.leave(&conn.name);
-            if room.is_unused() {
-                inner.rooms.remove(&conn.room);
+        if conn.in_room {
+            if let Some(room) = inner.rooms.get_mut(&conn.room) {
+                room.members.remove(&conn.label, id);
+                room.online.leave(&conn.name);
             }
+            inner.drop_if_unused(&conn.room);
         }
         for watched in &conn.watching {
             if let Some(room) = inner.rooms.get_mut(watched) {
                 room.watchers.remove(id);
-                if room.is_unused() {
-                    inner.rooms.remove(watched);
-                }
             }
+            inner.drop_if_unused(watched);
         }
         if inner.conns.is_empty() {
             self.emptied.notify_waiters();
@@ -312,6 +416,27 @@ impl Registry {
         self.lock().by_session.keys().copied().collect()
     }
 
+    /// What the revalidation sweep checks against the store: every
+    /// (private room, user) pair with a socket here, and every public room
+    /// with a socket here (with one of its users: a public room's state is
+    /// the same for everyone). Direct rooms' members never change.
+    pub fn access_pairs(&self) -> Vec<(RoomName, UserId, RoomKind)> {
+        let inner = self.lock();
+        let mut seen: std::collections::HashSet<(&RoomName, Option<UserId>)> = Default::default();
+        let mut pairs = Vec::new();
+        for conn in inner.conns.values().filter(|c| c.in_room) {
+            let key = match conn.kind {
+                RoomKind::Private => (&conn.room, Some(conn.user)),
+                RoomKind::Public => (&conn.room, None),
+                RoomKind::Direct => continue,
+            };
+            if seen.insert(key) {
+                pairs.push((conn.room.clone(), conn.user, conn.kind));
+            }
+        }
+        pairs
+    }
+
     /// The rooms this instance follows and the last id delivered in each.
     pub fn cursors(&self) -> Vec<(RoomName, MessageId)> {
         self.lock().rooms.iter().map(|(name, room)| (name.clone(), room.cursor)).collect()
@@ -326,33 +451,40 @@ impl Registry {
     /// skipping any at or before the room's cursor (a tail that raced a
     /// re-registration). The cursor moves now, under the lock (a socket
     /// registering later replays these from the store); the frames go out
-    /// when the returned fan-out is sent (see [`Registry::send`]); each
-    /// socket of another room that counts this room's unread messages gets
-    /// its new count after them. A socket whose outbox is full is
-    /// closed: it is not reading, and it will catch up with `after=` when it
-    /// reconnects.
+    /// when the returned fan-out is sent (see [`Registry::send`]), made
+    /// once per label; each socket of another room that counts this room's
+    /// unread messages gets its new count after them. A socket whose
+    /// outbox is full is closed: it is not reading, and it will catch up
+    /// with `after=` when it reconnects.
     pub fn deliver(&self, room_name: &RoomName, messages: &[Message]) -> FanOut {
         let mut inner = self.lock();
         let Some(room) = inner.rooms.get_mut(room_name) else { return FanOut::empty(room_name) };
         let fresh: Vec<&Message> = messages.iter().filter(|m| m.id > room.cursor).collect();
-        let frames: Vec<Outbound> = fresh
-            .iter()
-            .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(room_name, message) }))
-            .collect();
         if let Some(last) = fresh.last() {
             room.cursor = last.id;
         }
-        let singles = room.watchers.count_delivered(room_name, &fresh);
-        FanOut::new(room_name, room.members.iter(), frames).with_singles(singles)
+        let singles = room.watchers.count_delivered(&fresh);
+        let frames = |label: &str| -> Vec<Outbound> {
+            fresh
+                .iter()
+                .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(label, message) }))
+                .collect()
+        };
+        match fresh.is_empty() {
+            true => FanOut::empty(room_name),
+            false => FanOut::new(room_name, room.members.0.iter(), frames),
+        }
+        .with_singles(singles)
     }
 
-    /// A frame for every socket in the room (presence). A socket whose
-    /// outbox is full is closed as a slow consumer: it would miss a diff,
-    /// and a missed diff is a wrong list until it reconnects.
-    pub fn broadcast(&self, room_name: &RoomName, frame: Utf8Bytes) -> FanOut {
+    /// A frame for every socket in the room (presence), made by `frame` for
+    /// each label. A socket whose outbox is full is closed as a slow
+    /// consumer: it would miss a diff, and a missed diff is a wrong list
+    /// until it reconnects.
+    pub fn broadcast(&self, room_name: &RoomName, frame: impl Fn(&str) -> Utf8Bytes) -> FanOut {
         let inner = self.lock();
         let Some(room) = inner.rooms.get(room_name) else { return FanOut::empty(room_name) };
-        FanOut::new(room_name, room.members.iter(), vec![Arc::new(OutFrame { id: None, text: frame })])
+        FanOut::new(room_name, room.members.0.iter(), |label| vec![Arc::new(OutFrame { id: None, text: frame(label) })])
     }
 
     /// Sends a fan-out: queues its frames on its sockets, a step at a time,
@@ -368,25 +500,27 @@ impl Registry {
     }
 
     /// Makes socket `id` count the unread messages of `rooms` (its user's
-    /// other rooms, each with where to start following it when this
-    /// instance does not yet): every message delivered in them from now on
-    /// counts. Returns each room's cursor, from which on messages are
-    /// counted here (the socket counts those up to it from the store, then
-    /// calls [`Registry::settle_unread`]), and the rooms this instance did
-    /// not follow before (the tail must look at the room set again).
+    /// other rooms, each with what the user calls it and where to start
+    /// following it when this instance does not yet): every message
+    /// delivered in them from now on counts. Returns each room's cursor,
+    /// from which on messages are counted here (the socket counts those up
+    /// to it from the store, then calls [`Registry::settle_unread`]), and
+    /// the rooms this instance did not follow before (the tail must look
+    /// at the room set again). A socket whose room was revoked meanwhile
+    /// watches nothing.
     pub fn watch(
         &self,
         id: ConnId,
         outbox: &Outbox,
-        rooms: &[(RoomName, MessageId)],
+        rooms: &[(RoomName, Arc<str>, MessageId)],
     ) -> (Vec<(RoomName, MessageId)>, Vec<RoomName>) {
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let Some(conn) = inner.conns.get_mut(&id) else { return (Vec::new(), Vec::new()) };
+        let Some(conn) = inner.conns.get_mut(&id).filter(|c| c.in_room) else { return (Vec::new(), Vec::new()) };
         let (user, reader) = (conn.user, Reader::new(conn.name.clone()));
         let mut cursors = Vec::with_capacity(rooms.len());
         let mut new_rooms = Vec::new();
-        for (room_name, start) in rooms {
+        for (room_name, label, start) in rooms {
             if *room_name == conn.room || conn.watching.contains(room_name) {
                 continue;
             }
@@ -394,7 +528,7 @@ impl Registry {
                 new_rooms.push(room_name.clone());
             }
             let room = inner.rooms.entry(room_name.clone()).or_insert_with(|| Room::new(*start));
-            room.watchers.add(id, user, reader.clone(), outbox.clone());
+            room.watchers.add(id, user, reader.clone(), label.clone(), outbox.clone());
             conn.watching.push(room_name.clone());
             cursors.push((room_name.clone(), room.cursor));
         }
@@ -416,7 +550,7 @@ impl Registry {
     pub fn read(&self, user: UserId, room_name: &RoomName, up_to: MessageId) -> FanOut {
         let mut inner = self.lock();
         let Some(room) = inner.rooms.get_mut(room_name) else { return FanOut::empty(room_name) };
-        let singles = if up_to >= room.cursor { room.watchers.clear(user, room_name) } else { Vec::new() };
+        let singles = if up_to >= room.cursor { room.watchers.clear(user) } else { Vec::new() };
         FanOut::empty(room_name).with_singles(singles)
     }
 
@@ -468,6 +602,50 @@ pub(crate) mod tests {
         pub close: oneshot::Receiver<CloseReason>,
     }
 
+    /// Where a test socket is, and since when its access was known.
+    pub(crate) struct Place<'a> {
+        pub room: RoomName,
+        pub label: &'a str,
+        pub kind: RoomKind,
+        pub epoch: Epoch,
+    }
+
+    impl Place<'_> {
+        /// A public room, checked just now.
+        pub(crate) fn public(reg: &Registry, room: &str) -> Place<'static> {
+            let room = RoomName::parse(room).unwrap();
+            let label: &'static str = Box::leak(room.as_str().into());
+            Place { room, label, kind: RoomKind::Public, epoch: reg.epoch() }
+        }
+    }
+
+    /// Registers a socket as its task would; `Err` is what it is closed with.
+    pub(crate) fn register_at(
+        reg: &Registry,
+        session: Id,
+        user: UserId,
+        name: &str,
+        place: Place<'_>,
+        start: MessageId,
+        capacity: usize,
+    ) -> Result<Joined, CloseReason> {
+        let (tx, outbox) = mpsc::channel(capacity);
+        let (close_tx, close) = oneshot::channel();
+        let joined = reg.register(Registration {
+            session,
+            user,
+            name: name.into(),
+            room: place.room,
+            label: place.label.into(),
+            kind: place.kind,
+            outbox: tx,
+            close: close_tx,
+            room_start: start,
+            epoch: place.epoch,
+        })?;
+        Ok(Joined { id: joined.id, outbox, close })
+    }
+
     fn register(
         reg: &Registry,
         session: Id,
@@ -477,18 +655,7 @@ pub(crate) mod tests {
         start: MessageId,
         capacity: usize,
     ) -> Joined {
-        let (tx, outbox) = mpsc::channel(capacity);
-        let (close_tx, close) = oneshot::channel();
-        let joined = reg.register(Registration {
-            session,
-            user,
-            name: name.into(),
-            room: RoomName::parse(room).unwrap(),
-            outbox: tx,
-            close: close_tx,
-            room_start: start,
-        });
-        Joined { id: joined.id, outbox, close }
+        register_at(reg, session, user, name, Place::public(reg, room), start, capacity).expect("registered")
     }
 
     pub(crate) fn join_as(

@@ -14,7 +14,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::outbox::{ConnId, OutFrame, Outbound, Outbox, Single};
 use crate::{
-    model::{Message, RoomName, UserId},
+    model::{Message, UserId},
     realtime::unread::{self, Reader, Unread},
 };
 
@@ -22,6 +22,8 @@ use crate::{
 struct Watcher {
     user: UserId,
     reader: Reader,
+    /// What its user calls this room.
+    label: Arc<str>,
     outbox: Outbox,
     count: Unread,
     /// The count from the store was added: changes are sent from now on.
@@ -29,8 +31,8 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn single(&self, id: ConnId, room: &RoomName) -> Single {
-        let frame: Outbound = Arc::new(OutFrame { id: None, text: self.count.frame(room) });
+    fn single(&self, id: ConnId) -> Single {
+        let frame: Outbound = Arc::new(OutFrame { id: None, text: self.count.frame(&self.label) });
         (id, self.outbox.clone(), frame)
     }
 }
@@ -44,19 +46,31 @@ impl Watchers {
         self.0.is_empty()
     }
 
-    /// Socket `id` of `user` (`reader`) counts this room from now on.
-    pub(super) fn add(&mut self, id: ConnId, user: UserId, reader: Reader, outbox: Outbox) {
-        self.0.insert(id, Watcher { user, reader, outbox, count: Unread::default(), ready: false });
+    /// Socket `id` of `user` (`reader`), who calls this room `label`,
+    /// counts it from now on.
+    pub(super) fn add(&mut self, id: ConnId, user: UserId, reader: Reader, label: Arc<str>, outbox: Outbox) {
+        self.0.insert(id, Watcher { user, reader, label, outbox, count: Unread::default(), ready: false });
     }
 
     pub(super) fn remove(&mut self, id: ConnId) {
         self.0.remove(&id);
     }
 
-    /// Counts messages delivered in `room` (each with the names it
+    /// Drops the watchers of `user` (`None`: all of them): they may no
+    /// longer see the room. Returns each one's socket and user.
+    pub(super) fn take(&mut self, user: Option<UserId>) -> Vec<(ConnId, UserId)> {
+        let gone: Vec<(ConnId, UserId)> =
+            self.0.iter().filter(|(_, w)| user.is_none_or(|u| w.user == u)).map(|(id, w)| (*id, w.user)).collect();
+        for (id, _) in &gone {
+            self.0.remove(id);
+        }
+        gone
+    }
+
+    /// Counts messages delivered in the room (each with the names it
     /// mentions found once); the frames of the counts that changed and may
     /// be sent.
-    pub(super) fn count_delivered(&mut self, room: &RoomName, fresh: &[&Message]) -> Vec<Single> {
+    pub(super) fn count_delivered(&mut self, fresh: &[&Message]) -> Vec<Single> {
         if self.0.is_empty() {
             return Vec::new();
         }
@@ -68,7 +82,7 @@ impl Watchers {
                 watcher.count.count(&watcher.reader, message, names);
             }
             if watcher.ready && watcher.count != before {
-                out.push(watcher.single(*id, room));
+                out.push(watcher.single(*id));
             }
         }
         out
@@ -85,13 +99,13 @@ impl Watchers {
 
     /// `user` read the room to its newest message: their counts start
     /// again from zero; the frames of those that were sent before.
-    pub(super) fn clear(&mut self, user: UserId, room: &RoomName) -> Vec<Single> {
+    pub(super) fn clear(&mut self, user: UserId) -> Vec<Single> {
         let mut out = Vec::new();
         for (id, watcher) in self.0.iter_mut().filter(|(_, w)| w.user == user) {
             if !watcher.count.is_zero() {
                 watcher.count = Unread::default();
                 if watcher.ready {
-                    out.push(watcher.single(*id, room));
+                    out.push(watcher.single(*id));
                 }
             }
         }
@@ -106,7 +120,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::MessageId,
+        model::{MessageId, RoomKind, RoomName},
         realtime::registry::{
             tests::{message, CAPS},
             Registration, Registry,
@@ -130,16 +144,22 @@ mod tests {
         let (al, dev) = (UserId::new_v4(), RoomName::parse("dev").unwrap());
         let (tx, mut outbox) = mpsc::channel(64);
         let (close, _closed) = oneshot::channel();
-        let joined = reg.register(Registration {
-            session: Id(1),
-            user: al,
-            name: "Ali".into(),
-            room: RoomName::lobby(),
-            outbox: tx.clone(),
-            close,
-            room_start: MessageId::ZERO,
-        });
-        let (cursors, new_rooms) = reg.watch(joined.id, &tx, &[(dev.clone(), MessageId { ms: 5, seq: 0 })]);
+        let joined = reg
+            .register(Registration {
+                session: Id(1),
+                user: al,
+                name: "Ali".into(),
+                room: RoomName::lobby(),
+                label: "lobby".into(),
+                kind: RoomKind::Public,
+                outbox: tx.clone(),
+                close,
+                room_start: MessageId::ZERO,
+                epoch: reg.epoch(),
+            })
+            .unwrap();
+        let start = MessageId { ms: 5, seq: 0 };
+        let (cursors, new_rooms) = reg.watch(joined.id, &tx, &[(dev.clone(), "dev".into(), start)]);
         assert_eq!(cursors, [(dev.clone(), MessageId { ms: 5, seq: 0 })]);
         assert_eq!(new_rooms, std::slice::from_ref(&dev), "the tail must start following dev");
         assert!(!reg.follows(&dev), "dev has no sockets of its own here");

@@ -5,6 +5,15 @@
 //! messages and presence from the registry), incoming frames, the ping
 //! timer, and the session deadline timer. Nothing else touches the socket,
 //! so there is no lock per message.
+//!
+//! Its steps, each in its file: the start (`hello`, presence, the replay,
+//! and the unread counts it follows: [`start`]), the loop here, and what
+//! it does with each frame from the client ([`incoming`]). Every frame it
+//! writes carries its room's label (what its user calls the room), and
+//! none is written once its user may no longer see the room.
+
+mod incoming;
+mod start;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,30 +26,29 @@ use tokio::{
 use tokio_tungstenite::{
     tungstenite::{
         protocol::{frame::coding::CloseCode, CloseFrame},
-        Bytes, Error as WsError, Message as WsMessage, Utf8Bytes,
+        Bytes, Message as WsMessage, Utf8Bytes,
     },
     WebSocketStream,
 };
 use tower_sessions::session::Id;
 
 use super::{
-    deadline::{Deadline, Lookup, Step},
+    deadline::Deadline,
     hub::Hub,
     limits::{Strikes, TokenBucket},
     presence::Presence,
-    registry::{ConnId, Outbound, Registration, Registry, Slot},
-    unread::{Reader, Unread},
+    registry::{ConnId, Epoch, Outbound, Registration, Registry, Revoked, Slot},
 };
 use crate::{
     auth::{
         access::{RoomAccess, Visible},
         Sessions,
     },
-    backend::History,
+    backend::{History, Rooms},
     clock::UnixMillis,
     meters::Meters,
-    model::{clean_body, Appended, MessageId, NewMessage, RoomName, User, MAX_CLIENT_ID_CHARS},
-    protocol::{self as frames, ClientFrame, CloseReason, ErrorCode, ServerFrame},
+    model::{MessageId, RoomName, User},
+    protocol::{self as frames, CloseReason},
 };
 
 /// Queued frames per socket before it counts as not reading. Tokio's channel
@@ -62,26 +70,6 @@ const MAX_INVALID_PER_MINUTE: usize = 20;
 /// Frames refused as `rate_limited` in a row before 1008.
 const MAX_FLOOD: u32 = 10;
 const READ_NOT_STORED: &str = "The read marker was not stored; send it again.";
-
-/// The unread count of `room` for `reader` from the store: the messages
-/// after their read marker up to `cursor` ([`Unread::of_page`]). A room
-/// never marked read counts none: what arrives from now on counts.
-async fn stored_unread(
-    history: &dyn History,
-    reader: &Reader,
-    room: &RoomName,
-    marker: Option<MessageId>,
-    cursor: MessageId,
-) -> Unread {
-    let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
-    match history.after(room, marker, Unread::PAGE).await {
-        Ok(page) => Unread::of_page(reader, &page, cursor),
-        Err(err) => {
-            tracing::warn!(%err, %room, "unread count not read: store unavailable");
-            Unread::default()
-        }
-    }
-}
 
 /// The runtime instant of a wall-clock time (now, if it has passed).
 fn instant_at(at: UnixMillis) -> Instant {
@@ -110,6 +98,8 @@ pub struct SocketDeps {
     /// Which rooms' unread counts a socket follows.
     pub access: RoomAccess,
     pub history: Arc<dyn History>,
+    /// The lists of direct conversations, which a first message enters.
+    pub rooms: Arc<dyn Rooms>,
     pub registry: Arc<Registry>,
     pub hub: Hub,
     pub presence: Presence,
@@ -135,6 +125,8 @@ pub struct SocketContext {
     pub credential: Credential,
     /// The room, as the upgrade was allowed to open it.
     pub room: Visible,
+    /// The registry's epoch, taken before access to the room was checked.
+    pub epoch: Epoch,
     pub after: Option<MessageId>,
     /// Whether the socket follows the user's other rooms' unread counts.
     pub unread: bool,
@@ -174,6 +166,15 @@ struct Socket<S> {
     credential: Credential,
     name: Arc<str>,
     room: RoomName,
+    /// What the user calls the room: the `room` of every frame.
+    label: Arc<str>,
+    /// The other user, in a direct room.
+    other: Option<User>,
+    /// A direct room: this socket recorded its conversation in both
+    /// users' lists already (after its first message).
+    noted: bool,
+    /// Set by the registry once the user may no longer see the room.
+    revoked: Revoked,
     /// The newest message id this socket has sent, or the client had seen
     /// when it joined: nothing at or before it is sent again, which makes
     /// replay and live delivery meet seamlessly.
@@ -215,7 +216,11 @@ where
         session_id: ctx.session_id,
         user: ctx.user,
         name: name.clone(),
-        room: ctx.room.into_room(),
+        label: ctx.room.label().clone(),
+        other: ctx.room.other().cloned(),
+        noted: false,
+        revoked: Revoked::default(),
+        room: ctx.room.room().clone(),
         last_sent: MessageId::ZERO,
         last_seen: now,
         flood: 0,
@@ -253,10 +258,20 @@ where
         user: socket.user.id,
         name: name.clone(),
         room: socket.room.clone(),
+        label: socket.label.clone(),
+        kind: ctx.room.kind(),
         outbox: outbox_tx,
         close: close_tx,
         room_start: start,
+        epoch: ctx.epoch,
     });
+    // Removed from the room between the access check and now: closed
+    // before anything of the room is written.
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(reason) => return socket.close(reason).await,
+    };
+    socket.revoked = joined.revoked.clone();
     let _registered = Registered { deps: deps.clone(), id: joined.id, room: socket.room.clone(), name };
     let _open = deps.meters.socket_opened();
     deps.presence.touched(&socket.room, &socket.name);
@@ -283,95 +298,6 @@ impl<S> Socket<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// `hello`, the room's presence, then every stored message after `after`.
-    async fn greet(&mut self, after: Option<MessageId>) -> Flow {
-        let hello = ServerFrame::Hello {
-            user: &self.user.name,
-            room: &self.room,
-            expires_at: self.deadline.at(),
-            rate: self.deps.limits.announced,
-            read_markers: true,
-        }
-        .to_text();
-        let (online, count) = self.deps.presence.snapshot(&self.room).await;
-        let presence = ServerFrame::Presence { room: &self.room, online: &online, count }.to_text();
-        if let flow @ (Flow::Drop | Flow::Close(_)) = self.write([hello, presence]).await {
-            return flow;
-        }
-        let Some(after) = after else { return Flow::Continue };
-        // Everything after the room's cursor at registration (`last_sent`)
-        // reaches this socket live, so replay covers (after, last_sent].
-        // An `after` beyond it replays nothing.
-        let until = self.last_sent;
-        let mut cursor = after;
-        while cursor < until {
-            let page = match self.deps.history.after(&self.room, cursor, REPLAY_PAGE).await {
-                Ok(page) => page,
-                Err(err) => {
-                    // Closing (rather than going on without the replay) keeps
-                    // the promise of no gap: the client reconnects with the
-                    // same `after` once the store is back.
-                    tracing::warn!(%err, "replay failed: store unavailable");
-                    return Flow::Close(frames::STORE_UNAVAILABLE);
-                }
-            };
-            let full = page.len() == REPLAY_PAGE;
-            let frames: Vec<Utf8Bytes> =
-                page.iter().take_while(|m| m.id <= until).map(|m| frames::message(&self.room, m)).collect();
-            let Some(last) = page.last() else { break };
-            cursor = last.id;
-            drop(page);
-            if let flow @ (Flow::Drop | Flow::Close(_)) = self.write(frames).await {
-                return flow;
-            }
-            if !full {
-                break;
-            }
-        }
-        Flow::Continue
-    }
-
-    /// Starts counting the unread messages of the user's other listed rooms
-    /// ([`RoomAccess::listed`], as the page's sidebar shows them): from
-    /// the store up to each room's cursor, then as messages are delivered
-    /// (the registry counts those). Sends the counts that are not zero. A
-    /// store failure here costs the counts, not the socket.
-    async fn follow_unread(&mut self, id: ConnId, outbox: mpsc::Sender<Outbound>) -> Flow {
-        let (deps, user) = (self.deps.clone(), self.user.id);
-        let found = tokio::try_join!(deps.access.listed(user), deps.history.read_markers(user));
-        let (listed, markers) = match found {
-            Ok(found) => found,
-            Err(err) => {
-                tracing::warn!(%err, "no unread counts for this socket: store unavailable");
-                return Flow::Continue;
-            }
-        };
-        let rooms: Vec<RoomName> =
-            listed.into_iter().map(Visible::into_room).filter(|room| *room != self.room).collect();
-        let starts = futures_util::future::join_all(rooms.iter().map(|r| deps.hub.start_for(r))).await;
-        let rooms: Vec<(RoomName, MessageId)> =
-            rooms.into_iter().zip(starts).filter_map(|(room, start)| Some((room, start.ok()?))).collect();
-        let (cursors, new_rooms) = deps.registry.watch(id, &outbox, &rooms);
-        drop(outbox);
-        // Their groups' tails, not this socket's room's: on a cluster they
-        // may be other groups.
-        deps.hub.follow_new_rooms(&new_rooms).await;
-        let reader = Reader::new(self.name.clone());
-        let counts =
-            futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-                stored_unread(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
-            }))
-            .await;
-        let mut out = Vec::new();
-        for ((room, _), stored) in cursors.iter().zip(counts) {
-            match deps.registry.settle_unread(id, room, stored) {
-                Some(count) if !count.is_zero() => out.push(count.frame(room)),
-                _ => {}
-            }
-        }
-        self.write(out).await
-    }
-
     async fn run(
         &mut self,
         outbox: &mut mpsc::Receiver<Outbound>,
@@ -423,246 +349,6 @@ where
         }
     }
 
-    /// Asks the store whether this is still the user's live session.
-    async fn recheck(&mut self) -> Lookup {
-        let sessions = &self.deps.sessions;
-        let found = match &self.credential {
-            Credential::Cookie => {
-                sessions.lookup(&self.session_id).await.map(|live| live.map(|live| (live.user.id, live.expires_at)))
-            }
-            Credential::Token { sid, .. } => sessions
-                .token_session(sid, self.user.id)
-                .await
-                .map(|live| live.map(|live| (live.user.id, live.expires_at))),
-        };
-        if let Err(err) = &found {
-            tracing::warn!(%err, "session not re-checked: store unavailable");
-        }
-        Lookup::judge(found, self.user.id, UnixMillis::now())
-    }
-
-    async fn on_timer(&mut self) -> Flow {
-        let step = match self.deadline.on_timer(UnixMillis::now()) {
-            Step::Recheck => {
-                let found = self.recheck().await;
-                self.deadline.at_deadline(UnixMillis::now(), found)
-            }
-            step => step,
-        };
-        self.carry_out(step).await
-    }
-
-    async fn on_reauth(&mut self, token: Option<String>) -> Flow {
-        if let Err(flow) = self.rate_limit(None).await {
-            return flow;
-        }
-        self.flood = 0;
-        // A token socket proves itself with a new token of the same user
-        // and session; anything else ends it.
-        let token_expires_at = match &self.credential {
-            Credential::Cookie => None,
-            Credential::Token { sid, .. } => {
-                let claims = token.as_deref().map(|t| self.deps.sessions.verify_token(t));
-                match claims {
-                    Some(Ok(claims)) if claims.sub == self.user.id && claims.sid == *sid => Some(claims.expires_at()),
-                    Some(Err(err)) => {
-                        tracing::info!(%err, user = %self.user.name, "reauth with an invalid token");
-                        return Flow::Close(frames::INVALID_TOKEN);
-                    }
-                    _ => return Flow::Close(frames::INVALID_TOKEN),
-                }
-            }
-        };
-        let found = self.recheck().await;
-        let step = self.deadline.on_reauth(UnixMillis::now(), token_expires_at, found);
-        self.carry_out(step).await
-    }
-
-    /// Does what the deadline decided.
-    async fn carry_out(&mut self, step: Step) -> Flow {
-        match step {
-            Step::Wait | Step::Recheck => Flow::Continue,
-            Step::Warn(expires_at) => self.write([ServerFrame::Reauthenticate { expires_at }.to_text()]).await,
-            Step::Reauthenticated(expires_at) => {
-                self.write([ServerFrame::Reauthenticated { expires_at }.to_text()]).await
-            }
-            Step::RetryLater => {
-                self.error(ErrorCode::Unavailable, "The session could not be checked; try again.", None).await
-            }
-            Step::Expire => Flow::Close(frames::SESSION_EXPIRED),
-            Step::TokenExpired => Flow::Close(frames::TOKEN_EXPIRED),
-            // Unverifiable is not valid: the socket does not outlive the
-            // deadline it knows. 1013 makes the client come back later.
-            Step::StoreUnavailable => Flow::Close(frames::STORE_UNAVAILABLE),
-        }
-    }
-
-    async fn incoming(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Flow {
-        let message = match frame {
-            None => return Flow::Drop,
-            Some(Ok(message)) => message,
-            Some(Err(WsError::Capacity(_))) => return Flow::Close(frames::TOO_BIG),
-            Some(Err(WsError::Protocol(err))) => {
-                tracing::debug!(%err, "WebSocket protocol error");
-                return Flow::Close(frames::PROTOCOL_ERROR);
-            }
-            Some(Err(WsError::Utf8(_))) => return Flow::Close(frames::INVALID_TEXT),
-            Some(Err(err)) => {
-                tracing::debug!(%err, "socket read failed");
-                return Flow::Drop;
-            }
-        };
-        self.last_seen = Instant::now();
-        match message {
-            WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
-                // Boxed: their futures are large and would otherwise be part
-                // of every idle socket's task for its whole life.
-                Ok(ClientFrame::Send { body, client_id }) => Box::pin(self.on_send(body, client_id)).await,
-                Ok(ClientFrame::Reauth { token }) => Box::pin(self.on_reauth(token)).await,
-                Ok(ClientFrame::Read { up_to }) => Box::pin(self.on_read(up_to)).await,
-                Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
-            },
-            WsMessage::Binary(_) => self.refuse("Binary frames are not accepted.", None).await,
-            // Pongs only prove liveness; tungstenite answers pings itself.
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
-            // tungstenite has queued the reply to the peer's close.
-            WsMessage::Close(_) => {
-                let _ = timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
-                Flow::Drop
-            }
-        }
-    }
-
-    /// Answers an invalid frame; too many in a minute end the socket.
-    async fn refuse(&mut self, message: &str, client_id: Option<&str>) -> Flow {
-        if self.invalid.hit(Instant::now().into_std()) {
-            return Flow::Close(frames::POLICY_VIOLATION);
-        }
-        self.error(ErrorCode::Invalid, message, client_id).await
-    }
-
-    async fn error(&mut self, code: ErrorCode, message: &str, client_id: Option<&str>) -> Flow {
-        self.write([ServerFrame::Error { code, message, client_id }.to_text()]).await
-    }
-
-    /// The rate limit for frames that cost a store round trip. `Err` holds
-    /// what to do instead of handling the frame.
-    async fn rate_limit(&mut self, client_id: Option<&str>) -> Result<(), Flow> {
-        if self.bucket.take(Instant::now().into_std()) {
-            return Ok(());
-        }
-        Err(self.too_fast(client_id).await)
-    }
-
-    /// Acknowledges a stored message: an accepted frame, which ends a run
-    /// of refusals (docs/protocol.md §3.6).
-    async fn acknowledge(&mut self, client_id: Option<&str>, id: MessageId) -> Flow {
-        self.flood = 0;
-        self.write([ServerFrame::Ack { client_id, id }.to_text()]).await
-    }
-
-    /// Answers a frame refused for its rate; flooding on ends the socket.
-    /// `flood` counts refusals since the last accepted frame (a `reauth` or
-    /// `read` past the bucket, or a stored `send`).
-    async fn too_fast(&mut self, client_id: Option<&str>) -> Flow {
-        self.flood += 1;
-        if self.flood > MAX_FLOOD {
-            return Flow::Close(frames::POLICY_VIOLATION);
-        }
-        self.error(ErrorCode::RateLimited, "Too many messages; slow down.", client_id).await
-    }
-
-    async fn on_send(&mut self, body: String, client_id: Option<String>) -> Flow {
-        let given = client_id.filter(|c| !c.is_empty());
-        if given.as_deref().is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS) {
-            return self.refuse("client_id is at most 64 characters.", None).await;
-        }
-        let Some(body) = clean_body(&body) else {
-            return self.refuse("A message is 1 to 2000 characters.", given.as_deref()).await;
-        };
-        // Every message gets an id to recognise a resend by: the sender's, or
-        // one assigned here and echoed in the ack or error, so that a resend
-        // after an unconfirmed store is never stored twice.
-        let shown = given.is_some();
-        let client_id = given.unwrap_or_else(|| format!("s-{}", uuid::Uuid::new_v4().simple()));
-        if let Err(flow) = self.rate_limit(Some(&client_id)).await {
-            return flow;
-        }
-        let message = NewMessage {
-            sender: self.user.id,
-            user: self.user.name.clone(),
-            body: body.to_owned(),
-            client_id: Some(client_id.clone()),
-            client_id_shown: shown,
-            sent_at: UnixMillis::now(),
-        };
-        let cid = Some(client_id.as_str());
-        match self.deps.history.append(&self.room, message).await {
-            Ok(Appended::New(stored)) => self.acknowledge(cid, stored.id).await,
-            Ok(Appended::Duplicate(id)) => {
-                tracing::debug!(%id, "resend of a stored message acknowledged again");
-                self.acknowledge(cid, id).await
-            }
-            // Over the user's rate across all their sockets: as flooding.
-            Ok(Appended::Throttled) => self.too_fast(cid).await,
-            Ok(Appended::NewRoomRefused) => {
-                let message = "This room does not exist, and you have opened many new rooms lately. Try later.";
-                self.error(ErrorCode::RateLimited, message, cid).await
-            }
-            Ok(Appended::NotVisible) => {
-                let message = "You may not write in this room.";
-                self.error(ErrorCode::Invalid, message, cid).await
-            }
-            Err(err) => {
-                // A store that did not answer may still have stored it (a
-                // command can run after its caller gave up): say so, and
-                // let the resend, with the same client_id, settle it.
-                tracing::warn!(%err, "message not confirmed by the store");
-                let message = "The store did not confirm the message, so it may or may not be stored. \
-                               Send it again with the same client_id: it will not be stored twice.";
-                self.error(ErrorCode::Unavailable, message, cid).await
-            }
-        }
-    }
-
-    /// Moves the user's read marker in this room. Only ids the room has are
-    /// taken, so a marker never runs ahead of it: those this socket was
-    /// sent (or could have been: up to the room's cursor when it joined),
-    /// and beyond them, what the store has.
-    async fn on_read(&mut self, up_to: String) -> Flow {
-        let Ok(up_to) = up_to.parse::<MessageId>() else {
-            return self.refuse("up_to is a message id.", None).await;
-        };
-        // Costs a store round trip, like a send (the client spends a token too).
-        if let Err(flow) = self.rate_limit(None).await {
-            return flow;
-        }
-        if up_to > self.last_sent {
-            // Not sent here (yet): the client may have it from the page, or
-            // as its own message's ack, before the tail brings it here.
-            match self.deps.history.last_id(&self.room).await {
-                Ok(newest) if up_to <= newest => {}
-                Ok(_) => return self.refuse("up_to is after the newest message of this room.", None).await,
-                Err(err) => {
-                    tracing::warn!(%err, "read marker not checked: store unavailable");
-                    return self.error(ErrorCode::Unavailable, READ_NOT_STORED, None).await;
-                }
-            }
-        }
-        self.flood = 0;
-        match self.deps.history.mark_read(self.user.id, &self.room, up_to).await {
-            Ok(_) => {
-                let registry = &self.deps.registry;
-                registry.send(registry.read(self.user.id, &self.room, up_to)).await;
-                Flow::Continue
-            }
-            Err(err) => {
-                tracing::warn!(%err, "read marker not stored");
-                self.error(ErrorCode::Unavailable, READ_NOT_STORED, None).await
-            }
-        }
-    }
-
     /// Sends one outbox item and whatever else is queued, in one flush.
     async fn forward(&mut self, first: Outbound, outbox: &mut mpsc::Receiver<Outbound>) -> Flow {
         let mut frames = Vec::new();
@@ -685,17 +371,24 @@ where
         self.write(frames).await
     }
 
+    /// Writes frames and flushes them; stops, and closes with 4403, at the
+    /// first frame found after the user's access to the room was revoked
+    /// (a batch already queued included).
     async fn write(&mut self, frames: impl IntoIterator<Item = Utf8Bytes>) -> Flow {
-        let ws = &mut self.ws;
+        let (ws, revoked) = (&mut self.ws, &self.revoked);
         let sent = timeout(WRITE_TIMEOUT, async {
             for frame in frames {
+                if revoked.is_set() {
+                    return Ok(false);
+                }
                 ws.feed(WsMessage::Text(frame)).await?;
             }
-            ws.flush().await
+            ws.flush().await.map(|()| true)
         })
         .await;
         match sent {
-            Ok(Ok(())) => Flow::Continue,
+            Ok(Ok(true)) => Flow::Continue,
+            Ok(Ok(false)) => Flow::Close(frames::ACCESS_REVOKED),
             _ => Flow::Drop,
         }
     }
@@ -725,8 +418,84 @@ mod tests {
     use serde_json::json;
     use tokio::sync::watch;
 
-    use crate::state::testing::{closed, next_of, receive, send, Received, Rig};
-    use crate::{backend::EndReason, clock::UnixMillis, config::Config};
+    use crate::state::testing::{closed, next_of, receive, send, Received, Rig, SignedIn};
+    use crate::{
+        auth::memberships::Change,
+        backend::{AccessChange, EndReason},
+        clock::UnixMillis,
+        config::Config,
+        model::RoomName,
+    };
+
+    fn team() -> RoomName {
+        RoomName::parse("team").unwrap()
+    }
+
+    /// Alice's private room, with bob in it.
+    async fn team_of(rig: &Rig, alice: &SignedIn, bob: &SignedIn) {
+        let rooms = &rig.backend.rooms;
+        rooms.create_private(&team(), &alice.current.user).await.unwrap();
+        rooms.add_member(&team(), alice.current.user.id, &bob.current.user).await.unwrap();
+    }
+
+    /// Bob leaves, as the memberships service does it: the store, then here.
+    async fn bob_leaves(rig: &Rig, bob: &SignedIn) {
+        let bob = bob.current.user.id;
+        rig.backend.rooms.remove_member(&team(), bob, bob).await.unwrap();
+        rig.registry.apply(&Change { room: team(), user: Some(bob), change: AccessChange::Removed });
+    }
+
+    #[tokio::test]
+    async fn a_removal_between_the_access_check_and_the_registration_closes_the_socket_before_hello() {
+        let rig = Rig::new(Config::default());
+        let (alice, bob) = (rig.sign_in("alice").await, rig.sign_in("bob").await);
+        team_of(&rig, &alice, &bob).await;
+        let epoch = rig.registry.epoch();
+        let checked = rig.visible(&bob, "team").await.expect("bob is a member when checked");
+        bob_leaves(&rig, &bob).await;
+        let (mut ws, _task) = rig.open_checked(&bob, checked, epoch, None).await;
+        assert_eq!(receive(&mut ws).await, Received::Close(4403, "access revoked".into()), "nothing before the close");
+        assert_eq!(rig.registry.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_s_open_socket_closes_with_4403_and_a_send_the_store_refuses_does_too() {
+        let rig = Rig::new(Config::default());
+        let (alice, bob) = (rig.sign_in("alice").await, rig.sign_in("bob").await);
+        team_of(&rig, &alice, &bob).await;
+        let (mut bobs, _) = rig.open(&bob, "team", None).await;
+        let (mut alices, _) = rig.open(&alice, "team", None).await;
+        assert_eq!(next_of(&mut bobs, "hello").await["room"], "team");
+        next_of(&mut alices, "hello").await;
+        // Alice removed in the store alone (as if her instance never heard):
+        // the store refuses her message, and the socket closes as the event
+        // would have closed it.
+        rig.backend.rooms.remove_member(&team(), alice.current.user.id, alice.current.user.id).await.unwrap();
+        send(&mut alices, json!({"type": "send", "body": "anyone?"})).await;
+        assert_eq!(closed(&mut alices).await, (4403, "access revoked".into()));
+        bob_leaves(&rig, &bob).await;
+        assert_eq!(closed(&mut bobs).await, (4403, "access revoked".into()));
+    }
+
+    #[tokio::test]
+    async fn a_direct_room_carries_each_sides_name_for_the_other_and_its_first_message_lists_it() {
+        let rig = Rig::new(Config::default());
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(rig.hub.clone().run(stopped));
+        let (alice, bob) = (rig.sign_in("alice").await, rig.sign_in("Bob").await);
+        let (mut alices, _) = rig.open(&alice, "@bob", None).await;
+        let (mut bobs, _) = rig.open(&bob, "@ALICE", None).await;
+        assert_eq!(next_of(&mut alices, "hello").await["room"], "@Bob", "as bob registered");
+        assert_eq!(next_of(&mut bobs, "hello").await["room"], "@alice");
+        assert_eq!(next_of(&mut bobs, "presence").await["room"], "@alice");
+        send(&mut alices, json!({"type": "send", "body": "hi bob"})).await;
+        assert_eq!(next_of(&mut alices, "message").await["room"], "@Bob");
+        assert_eq!(next_of(&mut bobs, "message").await["room"], "@alice");
+        let listed = rig.backend.rooms.direct_rooms(bob.current.user.id, 10).await.unwrap();
+        let room = RoomName::direct(alice.current.user.id, bob.current.user.id);
+        assert_eq!(listed, [(room, "alice".to_owned())]);
+        assert!(rig.visible(&alice, "@alice").await.is_none(), "no conversation with oneself");
+    }
 
     fn config(pairs: &[(&str, &str)]) -> Config {
         Config::from_map(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
