@@ -14,7 +14,7 @@ use super::access::{Access, RoomAccess, RoomRef, Visible};
 use crate::{
     backend::{AccessChange, Added, Created, Event, EventBus, History, Removed, RoomOpened, Rooms, StoreResult},
     clock::UnixMillis,
-    model::{folded_username, Role, RoomKind, RoomName, User, UserId},
+    model::{folded_username, MessageId, Role, RoomKind, RoomName, User, UserId},
 };
 
 /// A membership change, as this instance's sockets must learn of it.
@@ -24,6 +24,19 @@ pub struct Change {
     /// Who was added or removed; `None` when the room was deleted.
     pub user: Option<UserId>,
     pub change: AccessChange,
+    /// What the added user calls the room, when not its name (a direct
+    /// room: `@other`).
+    pub label: Option<String>,
+    /// The first message the added user has not seen, from which their
+    /// unread count starts (a direct conversation's first message).
+    pub since: Option<MessageId>,
+}
+
+impl Change {
+    /// A change with nothing to say beyond who and what.
+    pub fn of(room: RoomName, user: Option<UserId>, change: AccessChange) -> Self {
+        Self { room, user, change, label: None, since: None }
+    }
 }
 
 impl Change {
@@ -33,6 +46,8 @@ impl Change {
             instance: instance.to_owned(),
             user: self.user,
             change: self.change,
+            label: self.label.clone(),
+            since: self.since.map(|id| id.to_string()),
             at: Some(UnixMillis::now()),
         }
     }
@@ -41,9 +56,10 @@ impl Change {
     /// already); with when it was published.
     pub fn from_event(event: &Event, me: &str) -> Option<(Change, Option<UnixMillis>)> {
         match event {
-            Event::Access { room, instance, user, change, at } if instance != me => {
+            Event::Access { room, instance, user, change, label, since, at } if instance != me => {
                 let room = RoomName::from_stored(room)?;
-                Some((Change { room, user: *user, change: *change }, *at))
+                let since = since.as_deref().and_then(|id| id.parse().ok());
+                Some((Change { room, user: *user, change: *change, label: label.clone(), since }, *at))
             }
             _ => None,
         }
@@ -124,8 +140,7 @@ impl Memberships {
             RoomKind::Private => Ok(match self.rooms.create_private(room, owner).await? {
                 Created::Created => {
                     tracing::info!(user = %owner.name, %room, "private room created");
-                    self.announce(Change { room: room.clone(), user: Some(owner.id), change: AccessChange::Added })
-                        .await;
+                    self.announce(Change::of(room.clone(), Some(owner.id), AccessChange::Added)).await;
                     Ok(())
                 }
                 Created::NameTaken => Err(Refused::NameTaken),
@@ -174,7 +189,7 @@ impl Memberships {
         Ok(match self.rooms.add_member(&room, caller.id, &user).await? {
             Added::Added => {
                 tracing::info!(by = %caller.name, user = %user.name, %room, "member added");
-                self.announce(Change { room, user: Some(user.id), change: AccessChange::Added }).await;
+                self.announce(Change::of(room, Some(user.id), AccessChange::Added)).await;
                 Ok(())
             }
             Added::AlreadyMember => Ok(()),
@@ -203,8 +218,8 @@ impl Memberships {
             Removed::Removed { deleted, new_owner } => {
                 tracing::info!(by = %caller.name, user = %user.name, %room, deleted, ?new_owner, "member removed");
                 let change = match deleted {
-                    true => Change { room, user: None, change: AccessChange::Deleted },
-                    false => Change { room, user: Some(user.id), change: AccessChange::Removed },
+                    true => Change::of(room, None, AccessChange::Deleted),
+                    false => Change::of(room, Some(user.id), AccessChange::Removed),
                 };
                 self.announce(change).await;
                 Ok(())
@@ -237,6 +252,19 @@ impl Memberships {
     /// change to its sockets now, then tells every other instance. The
     /// store holds the change already, so if the event is lost the other
     /// instances' sweeps still find it.
+    /// `from` stored the first message (`since`) of their direct
+    /// conversation with `to` that one of their sockets sent: `to`'s sockets
+    /// on every instance hear of it (`room_added`, under `@from`) and count
+    /// it from that message on.
+    pub async fn direct_started(&self, room: &RoomName, from: &User, to: UserId, since: MessageId) {
+        let change = Change {
+            label: Some(format!("@{}", from.name)),
+            since: Some(since),
+            ..Change::of(room.clone(), Some(to), AccessChange::Added)
+        };
+        self.announce(change).await;
+    }
+
     async fn announce(&self, change: Change) {
         self.access.forget(&change.room);
         self.local.applied(&change);
@@ -314,7 +342,7 @@ mod tests {
     }
 
     fn change(user: Option<&User>, change: AccessChange) -> Change {
-        Change { room: team(), user: user.map(|u| u.id), change }
+        Change::of(team(), user.map(|u| u.id), change)
     }
 
     #[tokio::test]

@@ -329,6 +329,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<UserId>,
         change: AccessChange,
+        /// For an `Added` user: what they call the room when it is not its
+        /// name (a direct room: `@` and the other's name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        /// For an `Added` user: the first message they have not seen (a
+        /// direct conversation's first), from which their unread count
+        /// starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
         /// When it was published (metrics: the time to close).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<UnixMillis>,

@@ -113,7 +113,7 @@ impl Lifecycle {
                     (RoomKind::Public | RoomKind::Direct, _) => continue,
                 };
                 let user = (change == AccessChange::Removed).then_some(*user);
-                closed += self.registry.apply(&Change { room: room.clone(), user, change });
+                closed += self.registry.apply(&Change::of(room.clone(), user, change));
             }
         }
         if closed > 0 {
@@ -255,6 +255,8 @@ mod tests {
             instance: "another".into(),
             user: Some(bob_id),
             change: AccessChange::Removed,
+            label: None,
+            since: None,
             at: Some(UnixMillis::now()),
         };
         rig.backend.bus.publish(&event).await.unwrap();

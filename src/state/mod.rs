@@ -143,6 +143,7 @@ pub(crate) fn realtime(
         access: access.clone(),
         history: backend.history.clone(),
         rooms: backend.rooms.clone(),
+        memberships: memberships.clone(),
         registry: registry.clone(),
         hub: hub.clone(),
         presence: presence.clone(),

@@ -2034,7 +2034,7 @@ async fn an_expired_invite_says_so_and_a_spend_just_before_its_expiry_counts(b: 
 
 // ----------------------------------------------------------------- bus --
 
-fn some_events() -> [Event; 5] {
+fn some_events() -> [Event; 6] {
     [
         Event::Logout {
             user_id: UserId::new_v4(),
@@ -2056,6 +2056,8 @@ fn some_events() -> [Event; 5] {
             instance: "i1".into(),
             user: Some(UserId::new_v4()),
             change: AccessChange::Removed,
+            label: None,
+            since: None,
             at: Some(palaver::clock::UnixMillis::now()),
         },
         Event::Access {
@@ -2063,7 +2065,19 @@ fn some_events() -> [Event; 5] {
             instance: "i2".into(),
             user: None,
             change: AccessChange::Deleted,
+            label: None,
+            since: None,
             at: None,
+        },
+        // A direct conversation started: the other hears of it under its label.
+        Event::Access {
+            room: RoomName::direct(UserId::new_v4(), UserId::new_v4()).to_string(),
+            instance: "i2".into(),
+            user: Some(UserId::new_v4()),
+            change: AccessChange::Added,
+            label: Some("@al".into()),
+            since: Some("1732579200123-4".into()),
+            at: Some(palaver::clock::UnixMillis::now()),
         },
     ]
 }

@@ -16,7 +16,7 @@ use tokio::{sync::mpsc::error::TrySendError, time::Instant};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{ConnId, Inner, OutFrame, Registry};
+use super::{ConnId, Inner, OutFrame, Registry, Watch};
 use crate::{
     auth::memberships::{AccessApplied, Change},
     backend::AccessChange,
@@ -31,8 +31,7 @@ impl Registry {
         let inner = &mut *inner;
         match (change.change, change.user) {
             (AccessChange::Added, Some(user)) => {
-                let frame = ServerFrame::RoomAdded { room: change.room.as_str(), visibility: RoomKind::Private };
-                Self::tell(inner, user, &[], frame.to_text());
+                Self::added(inner, user, change);
                 0
             }
             (AccessChange::Added, None) => 0,
@@ -86,10 +85,41 @@ impl Registry {
         closed
     }
 
+    /// `user` may now see the room: each of their sockets (but those in
+    /// it) hears `room_added`, and those that count the user's other rooms
+    /// start counting this one once they have written it.
+    fn added(inner: &mut Inner, user: UserId, change: &Change) {
+        let label: Arc<str> = change.label.as_deref().unwrap_or(change.room.as_str()).into();
+        let visibility = if change.room.is_direct() { RoomKind::Direct } else { RoomKind::Private };
+        let text = ServerFrame::RoomAdded { room: &label, visibility }.to_text();
+        let plain = Arc::new(OutFrame::text(text.clone()));
+        let ids: Vec<ConnId> = inner.by_user.get(&user).into_iter().flatten().copied().collect();
+        let mut slow = Vec::new();
+        for id in ids {
+            let Some(conn) = inner.conns.get(&id).filter(|c| c.room != change.room) else { continue };
+            let frame = match conn.counts_others && !conn.watching.contains(&change.room) {
+                true => Arc::new(OutFrame {
+                    id: None,
+                    text: text.clone(),
+                    watch: Some(Box::new(Watch {
+                        room: change.room.clone(),
+                        label: label.clone(),
+                        since: change.since,
+                    })),
+                }),
+                false => plain.clone(),
+            };
+            if let Err(TrySendError::Full(_)) = conn.outbox.try_send(frame) {
+                slow.push(id);
+            }
+        }
+        Registry::close_ids(inner, &slow, frames::SLOW_CONSUMER);
+    }
+
     /// Queues `frame` on every socket of `user` but `except`. A socket whose
     /// queue is full is closed: it is not reading.
     fn tell(inner: &mut Inner, user: UserId, except: &[ConnId], frame: Utf8Bytes) {
-        let frame = Arc::new(OutFrame { id: None, text: frame });
+        let frame = Arc::new(OutFrame::text(frame));
         let ids: Vec<ConnId> = inner.by_user.get(&user).into_iter().flatten().copied().collect();
         let mut slow = Vec::new();
         for id in ids.into_iter().filter(|id| !except.contains(id)) {
@@ -135,7 +165,7 @@ mod tests {
     }
 
     fn removed(user: UserId) -> Change {
-        Change { room: team(), user: Some(user), change: AccessChange::Removed }
+        Change::of(team(), Some(user), AccessChange::Removed)
     }
 
     #[tokio::test]
@@ -181,13 +211,13 @@ mod tests {
         let mut sockets: Vec<Joined> =
             [(1, al, "al"), (2, bo, "bo")].map(|(s, u, n)| join(s, u, n, private(&reg)).unwrap()).into();
         let mut elsewhere = join_as(&reg, Id(3), bo, "bo", "lobby", 8);
-        let deleted = Change { room: team(), user: None, change: AccessChange::Deleted };
+        let deleted = Change::of(team(), None, AccessChange::Deleted);
         assert_eq!(reg.apply(&deleted), 2);
         for socket in &mut sockets {
             assert_eq!(socket.close.try_recv().unwrap(), frames::ACCESS_REVOKED);
         }
         assert_eq!(frames(&mut elsewhere.outbox), [serde_json::json!({"type": "room_removed", "room": "team"})]);
-        let added = Change { room: team(), user: Some(bo), change: AccessChange::Added };
+        let added = Change::of(team(), Some(bo), AccessChange::Added);
         assert_eq!(reg.apply(&added), 0);
         assert_eq!(
             frames(&mut elsewhere.outbox),
@@ -223,5 +253,31 @@ mod tests {
         assert_eq!(rooms(&mut to_bo.outbox), ["@bo", "@bo"]);
         assert_eq!(rooms(&mut to_al.outbox), ["@al", "@al"]);
         assert!(reg.access_pairs().is_empty(), "a direct room's members never change: nothing to sweep");
+    }
+
+    #[test]
+    fn a_direct_conversation_started_is_added_under_the_senders_name_and_counted_where_others_are() {
+        let reg = Registry::new(CAPS);
+        let (al, bo) = (UserId::new_v4(), UserId::new_v4());
+        let room = RoomName::direct(al, bo);
+        let mut counting = join_as(&reg, Id(1), bo, "bo", "lobby", 8);
+        let mut plain = join_as(&reg, Id(2), bo, "bo", "lobby", 8);
+        let (tx, _) = mpsc::channel(1);
+        reg.watch(counting.id, &tx, &[]);
+        let first = MessageId { ms: 5, seq: 0 };
+        let started = Change {
+            label: Some("@al".into()),
+            since: Some(first),
+            ..Change::of(room.clone(), Some(bo), AccessChange::Added)
+        };
+        reg.apply(&started);
+        let added = serde_json::json!({"type": "room_added", "room": "@al", "visibility": "direct"});
+        let out = counting.outbox.try_recv().unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(out.text.as_str()).unwrap(), added);
+        let watch = out.watch.as_ref().expect("the counting socket is asked to count it");
+        assert_eq!((&watch.room, &*watch.label, watch.since), (&room, "@al", Some(first)));
+        let out = plain.outbox.try_recv().unwrap();
+        assert!(out.watch.is_none(), "a socket that counts nothing only hears of it");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(out.text.as_str()).unwrap(), added);
     }
 }

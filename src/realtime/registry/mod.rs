@@ -62,7 +62,7 @@ use self::{
 pub use self::{
     caps::{Caps, Full, Slot},
     fanout::FanOut,
-    outbox::{ConnId, OutFrame, Outbound, Outbox},
+    outbox::{ConnId, OutFrame, Outbound, Outbox, Watch},
     revocations::Epoch,
 };
 use crate::{
@@ -133,6 +133,9 @@ struct Conn {
     revoked: Revoked,
     /// The other rooms whose unread counts it follows (see [`Registry::watch`]).
     watching: Vec<RoomName>,
+    /// It counts its user's other rooms (it asked to, and [`Registry::watch`]
+    /// ran): a room added to the user is counted too.
+    counts_others: bool,
     /// Taken by whoever closes the socket first.
     close: Option<oneshot::Sender<CloseReason>>,
 }
@@ -294,6 +297,7 @@ impl Registry {
                 outbox: reg.outbox,
                 revoked: revoked.clone(),
                 watching: Vec::new(),
+                counts_others: false,
                 close: Some(reg.close),
             },
         );
@@ -467,7 +471,9 @@ impl Registry {
         let frames = |label: &str| -> Vec<Outbound> {
             fresh
                 .iter()
-                .map(|message| Arc::new(OutFrame { id: Some(message.id), text: frames::message(label, message) }))
+                .map(|message| {
+                    Arc::new(OutFrame { id: Some(message.id), text: frames::message(label, message), watch: None })
+                })
                 .collect()
         };
         match fresh.is_empty() {
@@ -484,7 +490,7 @@ impl Registry {
     pub fn broadcast(&self, room_name: &RoomName, frame: impl Fn(&str) -> Utf8Bytes) -> FanOut {
         let inner = self.lock();
         let Some(room) = inner.rooms.get(room_name) else { return FanOut::empty(room_name) };
-        FanOut::new(room_name, room.members.0.iter(), |label| vec![Arc::new(OutFrame { id: None, text: frame(label) })])
+        FanOut::new(room_name, room.members.0.iter(), |label| vec![Arc::new(OutFrame::text(frame(label)))])
     }
 
     /// Sends a fan-out: queues its frames on its sockets, a step at a time,
@@ -517,6 +523,7 @@ impl Registry {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let Some(conn) = inner.conns.get_mut(&id).filter(|c| c.in_room) else { return (Vec::new(), Vec::new()) };
+        conn.counts_others = true;
         let (user, reader) = (conn.user, Reader::new(conn.name.clone()));
         let mut cursors = Vec::with_capacity(rooms.len());
         let mut new_rooms = Vec::new();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::model::MessageId;
+use crate::model::{MessageId, RoomName};
 
 /// A socket's id in the registry, unique for the life of the instance.
 pub type ConnId = u64;
@@ -19,6 +19,26 @@ pub struct OutFrame {
     /// overlap between replay and live delivery).
     pub id: Option<MessageId>,
     pub text: Utf8Bytes,
+    /// Set on a `room_added` for a socket that counts unread messages:
+    /// after writing the frame, the socket starts counting that room.
+    pub watch: Option<Box<Watch>>,
+}
+
+impl OutFrame {
+    /// A frame that is only text.
+    pub fn text(text: Utf8Bytes) -> Self {
+        Self { id: None, text, watch: None }
+    }
+}
+
+/// A room a socket is to start counting, under the label it gives it, and
+/// the first message it has not seen, if known (else it counts from the
+/// user's read marker, as at its start).
+#[derive(Debug)]
+pub struct Watch {
+    pub room: RoomName,
+    pub label: Arc<str>,
+    pub since: Option<MessageId>,
 }
 
 pub type Outbound = Arc<OutFrame>;

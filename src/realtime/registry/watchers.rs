@@ -32,7 +32,7 @@ struct Watcher {
 
 impl Watcher {
     fn single(&self, id: ConnId) -> Single {
-        let frame: Outbound = Arc::new(OutFrame { id: None, text: self.count.frame(&self.label) });
+        let frame: Outbound = Arc::new(OutFrame::text(self.count.frame(&self.label)));
         (id, self.outbox.clone(), frame)
     }
 }

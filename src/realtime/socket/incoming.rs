@@ -198,7 +198,7 @@ where
         let cid = Some(client_id.as_str());
         match self.deps.history.append(&self.room, message).await {
             Ok(Appended::New(stored)) => {
-                self.note_direct(stored.sent_at).await;
+                self.note_direct(stored.id, stored.sent_at).await;
                 self.acknowledge(cid, stored.id).await
             }
             Ok(Appended::Duplicate(id)) => {
@@ -226,17 +226,20 @@ where
         }
     }
 
-    /// After a message stored in a direct room, records the conversation
-    /// in both users' lists (the sidebar's, and `GET /api/rooms`): once per
-    /// socket, which keeps a conversation's place in the lists close to its
-    /// last message without a write per message. Best effort: a failure
-    /// costs the list entry, not the message.
-    async fn note_direct(&mut self, at: UnixMillis) {
+    /// After a message (`id`) stored in a direct room, records the
+    /// conversation in both users' lists (the sidebar's, and
+    /// `GET /api/rooms`) and tells the other user's sockets of it, so that
+    /// a conversation just started shows and counts on their open pages:
+    /// once per socket, which keeps a conversation's place in the lists
+    /// close to its last message without a write per message. Best effort:
+    /// a failure costs the list entry, not the message.
+    async fn note_direct(&mut self, id: MessageId, at: UnixMillis) {
         let Some(other) = self.other.as_ref().filter(|_| !self.noted) else { return };
         self.noted = true;
         if let Err(err) = self.deps.rooms.note_direct(&self.room, &self.user, other, at).await {
             tracing::warn!(%err, "direct conversation not listed: store unavailable");
         }
+        self.deps.memberships.direct_started(&self.room, &self.user, other.id, id).await;
     }
 
     /// Moves the user's read marker in this room. Only ids the room has are

@@ -37,11 +37,12 @@ use super::{
     hub::Hub,
     limits::{Strikes, TokenBucket},
     presence::Presence,
-    registry::{ConnId, Epoch, Outbound, Registration, Registry, Revoked, Slot},
+    registry::{ConnId, Epoch, Outbound, Outbox, Registration, Registry, Revoked, Slot},
 };
 use crate::{
     auth::{
         access::{RoomAccess, Visible},
+        memberships::Memberships,
         Sessions,
     },
     backend::{History, Rooms},
@@ -100,6 +101,8 @@ pub struct SocketDeps {
     pub history: Arc<dyn History>,
     /// The lists of direct conversations, which a first message enters.
     pub rooms: Arc<dyn Rooms>,
+    /// Tells the other user of a direct conversation this socket starts.
+    pub memberships: Memberships,
     pub registry: Arc<Registry>,
     pub hub: Hub,
     pub presence: Presence,
@@ -175,6 +178,9 @@ struct Socket<S> {
     noted: bool,
     /// Set by the registry once the user may no longer see the room.
     revoked: Revoked,
+    /// Its id and queue, once it counts the user's other rooms: a room
+    /// added later is counted through them too.
+    counting: Option<(ConnId, Outbox)>,
     /// The newest message id this socket has sent, or the client had seen
     /// when it joined: nothing at or before it is sent again, which makes
     /// replay and live delivery meet seamlessly.
@@ -220,6 +226,7 @@ where
         other: ctx.room.other().cloned(),
         noted: false,
         revoked: Revoked::default(),
+        counting: None,
         room: ctx.room.room().clone(),
         last_sent: MessageId::ZERO,
         last_seen: now,
@@ -352,8 +359,12 @@ where
     /// Sends one outbox item and whatever else is queued, in one flush.
     async fn forward(&mut self, first: Outbound, outbox: &mut mpsc::Receiver<Outbound>) -> Flow {
         let mut frames = Vec::new();
+        let mut added = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next {
+            if let Some(watch) = &out.watch {
+                added.push((watch.room.clone(), watch.label.clone(), watch.since));
+            }
             match out.id {
                 Some(id) if id <= self.last_sent => {}
                 Some(id) => {
@@ -368,7 +379,10 @@ where
             }
             next = if frames.len() < WRITE_BATCH { outbox.try_recv().ok() } else { None };
         }
-        self.write(frames).await
+        match self.write(frames).await {
+            Flow::Continue if !added.is_empty() => Box::pin(self.count_added(added)).await,
+            flow => flow,
+        }
     }
 
     /// Writes frames and flushes them; stops, and closes with 4403, at the
@@ -442,7 +456,7 @@ mod tests {
     async fn bob_leaves(rig: &Rig, bob: &SignedIn) {
         let bob = bob.current.user.id;
         rig.backend.rooms.remove_member(&team(), bob, bob).await.unwrap();
-        rig.registry.apply(&Change { room: team(), user: Some(bob), change: AccessChange::Removed });
+        rig.registry.apply(&Change::of(team(), Some(bob), AccessChange::Removed));
     }
 
     #[tokio::test]

@@ -2,12 +2,9 @@
 //! `after`, then the unread counts of the user's other rooms it follows.
 //! Every frame carries the room's label.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::mpsc,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Flow, Socket, REPLAY_PAGE};
@@ -15,7 +12,7 @@ use crate::{
     model::{MessageId, RoomName},
     protocol::{self as frames, ServerFrame},
     realtime::{
-        registry::{ConnId, Outbound},
+        registry::{ConnId, Outbox},
         unread::{Reader, Unread},
     },
 };
@@ -78,7 +75,7 @@ where
     /// the store up to each room's cursor, then as messages are delivered
     /// (the registry counts those). Sends the counts that are not zero. A
     /// store failure here costs the counts, not the socket.
-    pub(super) async fn follow_unread(&mut self, id: ConnId, outbox: mpsc::Sender<Outbound>) -> Flow {
+    pub(super) async fn follow_unread(&mut self, id: ConnId, outbox: Outbox) -> Flow {
         let (deps, user) = (self.deps.clone(), self.user.id);
         let found = tokio::try_join!(deps.access.listed(user), deps.history.read_markers(user));
         let (listed, markers) = match found {
@@ -93,6 +90,38 @@ where
             .filter(|listed| *listed.room() != self.room)
             .map(|listed| (listed.room().clone(), listed.label().clone()))
             .collect();
+        self.counting = Some((id, outbox));
+        self.count(rooms, &markers).await
+    }
+
+    /// Starts counting rooms added to the user since this socket began
+    /// counting (`room_added`, written just now): from the first message
+    /// its user has not seen when that is known (a direct conversation's
+    /// first), else from their read marker, as at the start.
+    pub(super) async fn count_added(&mut self, added: Vec<(RoomName, Arc<str>, Option<MessageId>)>) -> Flow {
+        let mut markers: HashMap<RoomName, MessageId> =
+            added.iter().filter_map(|(room, _, since)| Some((room.clone(), just_before((*since)?)))).collect();
+        if added.iter().any(|(_, _, since)| since.is_none()) {
+            match self.deps.history.read_markers(self.user.id).await {
+                Ok(stored) => {
+                    for (room, marker) in stored {
+                        markers.entry(room).or_insert(marker);
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "an added room counted from now: store unavailable"),
+            }
+        }
+        let rooms = added.into_iter().map(|(room, label, _)| (room, label)).collect();
+        self.count(rooms, &markers).await
+    }
+
+    /// Counts `rooms` (each under its label) on this socket: from the store
+    /// after the user's marker up to each room's cursor, then as messages
+    /// are delivered (the registry counts those). Sends the counts that are
+    /// not zero. A store failure here costs the counts, not the socket.
+    async fn count(&mut self, rooms: Vec<(RoomName, Arc<str>)>, markers: &HashMap<RoomName, MessageId>) -> Flow {
+        let Some((id, outbox)) = self.counting.clone() else { return Flow::Continue };
+        let deps = self.deps.clone();
         let starts = futures_util::future::join_all(rooms.iter().map(|(r, _)| deps.hub.start_for(r))).await;
         let rooms: Vec<(RoomName, Arc<str>, MessageId)> = rooms
             .into_iter()
@@ -100,7 +129,6 @@ where
             .filter_map(|((room, label), start)| Some((room, label, start.ok()?)))
             .collect();
         let (cursors, new_rooms) = deps.registry.watch(id, &outbox, &rooms);
-        drop(outbox);
         // Their groups' tails, not this socket's room's: on a cluster they
         // may be other groups.
         deps.hub.follow_new_rooms(&new_rooms).await;
@@ -119,5 +147,13 @@ where
             }
         }
         self.write(out).await
+    }
+}
+
+/// The marker that counts `first` and everything after it as unread.
+fn just_before(first: MessageId) -> MessageId {
+    match first.seq {
+        0 => MessageId { ms: first.ms.saturating_sub(1), seq: u64::MAX },
+        seq => MessageId { ms: first.ms, seq: seq - 1 },
     }
 }

@@ -173,7 +173,6 @@ async fn the_lobby_says_why_the_page_left_a_room_and_the_sidebar_forms_work_from
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the i18 server"]
 async fn a_private_room_is_made_shared_and_chatted_in_across_two_instances() {
     let j = Journey::start("rooms-private").await;
     let (_redis, a, b) = two_instances().await;
@@ -265,7 +264,6 @@ async fn a_private_room_is_made_shared_and_chatted_in_across_two_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the i18 server"]
 async fn a_removed_members_open_page_leaves_the_room_within_two_seconds_and_says_why() {
     let j = Journey::start("rooms-removed").await;
     let (_redis, a, b) = two_instances().await;
@@ -345,7 +343,6 @@ async fn a_removed_members_open_page_leaves_the_room_within_two_seconds_and_says
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the i18 server"]
 async fn two_browsers_hold_a_direct_conversation_started_from_a_name() {
     let j = Journey::start("rooms-direct").await;
     let (_redis, a, b) = two_instances().await;
@@ -426,7 +423,6 @@ async fn two_browsers_hold_a_direct_conversation_started_from_a_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the i18 server"]
 async fn a_deep_link_to_a_private_room_by_a_non_member_gets_the_404_page() {
     let j = Journey::start("rooms-deep-link").await;
     let redis = RedisServer::start();
