@@ -409,22 +409,17 @@ impl Group<'_> {
 
     async fn start_at(&self, addr: SocketAddr, key: &str) -> TestApp {
         let listen = addr.to_string();
-        let mut vars = self.sandbox.settings();
-        vars.retain(|(k, _)| {
-            !["LISTEN_ADDR", "REDIS_URL", "METRICS_ADDR", "SHUTDOWN_DRAIN_SECS"].contains(&k.as_str())
-        });
+        // The machine's addresses, and no drain: nothing balances here.
         let ours = [
             ("LISTEN_ADDR", listen.as_str()),
             ("PUBLIC_ORIGIN", "https://chat.palaver.test"),
-            ("TOKEN_SIGNING_KEY", key),
+            ("METRICS_ADDR", "127.0.0.1:0"),
             ("SHUTDOWN_DRAIN_SECS", "0"),
+            ("TOKEN_SIGNING_KEY", key),
         ];
-        let vars: Vec<(&str, &str)> = vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .filter(|(k, _)| *k != "PUBLIC_ORIGIN")
-            .chain(ours)
-            .collect();
+        let mut settings = self.sandbox.settings();
+        settings.retain(|(k, _)| k != "REDIS_URL" && !ours.iter().any(|(ours, _)| ours == k));
+        let vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(ours).collect();
         TestApp::spawn_with(Some(self.redis), &vars).await
     }
 
