@@ -12,6 +12,7 @@
 //! and the page source under `target/browser-artifacts/`.
 
 mod harness;
+mod proxy;
 mod rooms;
 mod ux;
 

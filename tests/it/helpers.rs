@@ -207,6 +207,12 @@ impl RedisServer {
         Self::launch(true, false)
     }
 
+    /// A Redis in cluster mode, not yet part of any cluster (for a test
+    /// that joins nodes itself, as an operator does).
+    pub fn start_cluster_node() -> Self {
+        Self::launch(false, true)
+    }
+
     fn launch(persistent: bool, cluster: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer { port: 0, dir, child: None, persistent, bus_port: None };
@@ -583,6 +589,19 @@ impl TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// The value of one series of its `/metrics` (`name{labels}` exactly as
+    /// rendered); `None` when it is absent. Needs `METRICS_ADDR`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let addr = self.metrics_addr.expect("METRICS_ADDR is set");
+        let text = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// How many WebSockets it holds open now.
+    pub async fn sockets_open(&self) -> u64 {
+        self.metric("palaver_sockets_open").await.unwrap_or(0.0) as u64
     }
 }
 

@@ -205,6 +205,12 @@ impl Journey {
     /// A new browser: its own WebDriver session, Chromium process and
     /// profile (so its own cookie jar).
     pub async fn browser(&self, name: &str) -> Outcome<Chrome> {
+        self.browser_with(name, &[]).await
+    }
+
+    /// A new browser started with `switches` beside the usual ones (a host
+    /// mapping, a certificate to accept).
+    pub async fn browser_with(&self, name: &str, switches: &[String]) -> Outcome<Chrome> {
         let profile = self.scratch.path().join(format!("profile-{name}"));
         std::fs::create_dir_all(&profile).ctx("creating a browser profile directory")?;
         let args = [
@@ -221,6 +227,7 @@ impl Journey {
         .iter()
         .map(|s| s.to_string())
         .chain([format!("--user-data-dir={}", profile.display())])
+        .chain(switches.iter().cloned())
         .collect::<Vec<_>>();
         // The performance log carries DevTools' network events, the
         // WebSocket frames among them (see `Chrome::frames_received`).
@@ -606,7 +613,19 @@ impl Chrome {
     /// Fills the username/password form at `path`, submits it and waits for
     /// a connected lobby.
     async fn enter_chat(&self, app: &TestApp, path: &str, submit: &str, username: &str) -> Outcome {
-        self.goto(&app.url(path)).await?;
+        self.enter_chat_at(&app.url(path), submit, username).await
+    }
+
+    /// Registers `username` through the real form at `origin` (a proxy's)
+    /// and waits for the lobby to be connected.
+    pub async fn register_at(&self, origin: &str, username: &str) -> Outcome {
+        self.enter_chat_at(&format!("{origin}/register"), "#register-submit", username).await
+    }
+
+    /// Fills the username/password form at `url`, submits it and waits for
+    /// a connected lobby.
+    async fn enter_chat_at(&self, url: &str, submit: &str, username: &str) -> Outcome {
+        self.goto(url).await?;
         self.fill("#username", username).await?;
         self.fill("#password", PASSWORD).await?;
         self.click(submit).await?;
