@@ -44,10 +44,19 @@ pub fn cap_send_buffer(stream: &TcpStream, bytes: usize) -> io::Result<()> {
     SockRef::from(stream).set_send_buffer_size(bytes)
 }
 
-/// Bytes the socket has queued and the peer has not acknowledged.
+/// Bytes the socket has queued and the peer has not acknowledged, and that
+/// can still reach it: none once the connection is gone (reset by the peer,
+/// or given up on), though the kernel's count of unacknowledged bytes stays
+/// where it was. A client that sends its close frame and closes at once
+/// resets the server's reply, so this is the common case of a closing
+/// WebSocket: watching such sockets held a descriptor and a place for
+/// [`STALL`] each (14,000 at 7,000 handshakes/s).
 #[cfg(target_os = "linux")]
 fn queued(socket: &Socket) -> usize {
     use std::os::fd::AsRawFd;
+    if closed(socket) {
+        return 0;
+    }
     let mut bytes: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into the pointer given; the
     // descriptor is open for as long as `socket` is borrowed.
@@ -57,6 +66,29 @@ fn queued(socket: &Socket) -> usize {
     } else {
         0
     }
+}
+
+/// Whether the connection is over in the kernel (`TCP_CLOSE`, 7 in
+/// `include/net/tcp_states.h`): reset, or timed out.
+#[cfg(target_os = "linux")]
+fn closed(socket: &Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: an all-zero `tcp_info` is a valid value of a plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info` and the new
+    // length into `len`; the descriptor is open while `socket` is borrowed.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    result == 0 && info.tcpi_state == TCP_CLOSE
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -182,6 +214,31 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(5), places.acquire()).await.expect("given back");
         let read = read_to_end(&mut client).await;
         assert_eq!(read.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset), "{sent} bytes were queued");
+    }
+
+    #[tokio::test]
+    async fn a_socket_its_peer_has_reset_is_let_go_at_once() {
+        let (mut server, client) = pair().await;
+        cap_send_buffer(&server, 64 * 1024).unwrap();
+        fill(&mut server).await;
+        // The peer resets, as a client that closes right after its close
+        // frame does to the server's reply.
+        SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        let reset = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Err(err) = server.write(b"x").await {
+                    return err.kind();
+                }
+            }
+        });
+        assert!(matches!(
+            reset.await.expect("the reset arrives"),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ));
+        let places = Arc::new(Semaphore::new(1));
+        let_go(&server, places.clone().try_acquire_owned().unwrap(), Duration::from_secs(60));
+        assert_eq!(places.available_permits(), 1, "nothing to drain, nothing held");
     }
 
     #[test]
