@@ -3,7 +3,14 @@
 //! honest answers to bad input and to a store that does not confirm, and a
 //! shutdown that leaves no ghosts in presence.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -447,4 +454,146 @@ async fn a_graceful_shutdown_removes_its_users_from_presence_everywhere_at_once(
     // Well before the entries' own expiry (PRESENCE_TTL_SECS, 45 s).
     let gone = within_for(Duration::from_secs(3), "bob to leave alice's presence", alices.presence_until(&["alice"]));
     gone.await;
+}
+
+/// A `POST /api/token` for a random 64-character username, written by hand
+/// to be pipelined on a kept-alive connection.
+fn random_token_request(port: u16) -> String {
+    let name = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let body = format!(r#"{{"username":"{name}","password":"not the password"}}"#);
+    format!(
+        "POST /api/token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Reads `n` responses from a kept-alive connection; their statuses.
+async fn read_responses(stream: &mut TcpStream, buffer: &mut Vec<u8>, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while statuses.len() < n {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("a length"));
+            if buffer.len() >= end + 4 + length {
+                statuses.push(head[9..12].parse().expect("a status"));
+                buffer.drain(..end + 4 + length);
+                continue;
+            }
+        }
+        let read = within("responses", stream.read(&mut chunk)).await.expect("read");
+        assert!(read > 0, "the connection closed after {} of {n} responses", statuses.len());
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    statuses
+}
+
+/// Sign-in attempts with random names from one address, `attempts` in all:
+/// `pipelined` at a time on each of `connections` kept-alive connections
+/// opened beforehand (as issue 20's probe sent them). How many got each status.
+async fn token_flood(port: u16, connections: usize, pipelined: usize, attempts: usize) -> BTreeMap<u16, usize> {
+    let left = Arc::new(AtomicUsize::new(attempts));
+    let mut streams = Vec::new();
+    for _ in 0..connections {
+        streams.push(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    let tasks = streams.into_iter().map(|mut stream| {
+        let left = left.clone();
+        async move {
+            let (mut statuses, mut buffer) = (Vec::new(), Vec::new());
+            loop {
+                let taken = left.fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(pipelined))).unwrap();
+                let batch = taken.min(pipelined);
+                if batch == 0 {
+                    return statuses;
+                }
+                let requests: String = (0..batch).map(|_| random_token_request(port)).collect();
+                stream.write_all(requests.as_bytes()).await.expect("write");
+                statuses.extend(read_responses(&mut stream, &mut buffer, batch).await);
+            }
+        }
+    });
+    let mut counts = BTreeMap::new();
+    for status in futures_util::future::join_all(tasks).await.into_iter().flatten() {
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
+
+/// The number of keys in a Redis.
+fn dbsize(redis: &RedisServer) -> u64 {
+    redis.command(&["DBSIZE"]).unwrap().trim().trim_start_matches(':').parse().unwrap()
+}
+
+/// The binary on `redis`, its log collected.
+fn run_binary(redis: &RedisServer, dir: &tempfile::TempDir, extra: &[(&str, &str)]) -> crate::process::Running {
+    let url = redis.url();
+    let mut env = vec![("REDIS_URL", url.as_str()), ("PALAVER_BACKEND", "redis"), ("LISTEN_ADDR", "127.0.0.1:0")];
+    env.extend_from_slice(extra);
+    crate::process::Running::start(dir.path(), &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_refused_past_the_clients_limit_add_no_key_and_one_log_line() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Two failures per name, ten per client.
+    let mut run = run_binary(&redis, &dir, &[("LOGIN_MAX_FAILURES", "2")]);
+    let port = run.port();
+    let keys_before = dbsize(&redis);
+    let statuses = token_flood(port, 4, 10, 400).await;
+    assert_eq!(statuses, BTreeMap::from([(401, 10), (429, 390)]));
+    // The form shares the throttle.
+    for i in 0..20 {
+        let res = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/login"))
+            .form(&[("username", format!("form-{i}").as_str()), ("password", "wrong password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(dbsize(&redis) - keys_before, 11, "the client's counter and the ten names tried within its limit");
+    crate::process::sigterm(&run.child);
+    let lines = run.all_lines();
+    let throttled: Vec<&String> = lines.iter().filter(|l| l.contains("throttled")).collect();
+    assert_eq!(throttled.len(), 1, "the first refusal; the count of the rest when its minute ends: {throttled:?}");
+    assert!(throttled[0].contains("sign-in throttled") && throttled[0].contains("127.0.0.1"), "{}", throttled[0]);
+}
+
+/// Issue 20, item 1, measured: store keys and log lines added per refused
+/// sign-in, with the binary on a real Redis. A probe (its numbers are the
+/// point, and it takes a while), so ignored by default. Run it alone:
+///
+/// ```sh
+/// PROBE_ATTEMPTS=20000 cargo test --test it abuse::probe_ -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load probe: run alone (see its documentation)"]
+async fn probe_what_refused_sign_ins_add_to_the_store_and_the_log() {
+    let attempts: usize = std::env::var("PROBE_ATTEMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = run_binary(&redis, &dir, &[]);
+    let port = run.port();
+    let keys_before = dbsize(&redis);
+    let memory_before = redis.info("memory", "used_memory").unwrap();
+    let started = Instant::now();
+    let statuses = token_flood(port, 32, 20, attempts).await;
+    let took = started.elapsed();
+    let keys_added = dbsize(&redis) - keys_before;
+    let used_memory = redis.info("memory", "used_memory").unwrap();
+    crate::process::sigterm(&run.child);
+    let lines = run.all_lines();
+    let refusals = lines.iter().filter(|l| l.contains("throttled")).count();
+    let refused = statuses.get(&429).copied().unwrap_or(0);
+    eprintln!("{attempts} sign-ins with random names from one address in {took:?}: {statuses:?}");
+    let per_100k = |n: u64| n * 100_000 / refused.max(1) as u64;
+    eprintln!("keys added: {keys_added} ({} per 100k refused)", per_100k(keys_added));
+    eprintln!("Redis used_memory: {} -> {} bytes", memory_before.trim(), used_memory.trim());
+    eprintln!("log lines saying 'throttled': {refusals} ({} per 100k refused)", per_100k(refusals as u64));
 }
