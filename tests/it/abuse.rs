@@ -303,6 +303,42 @@ async fn opening_new_rooms_is_a_quota_and_the_sidebar_lists_my_rooms_only() {
 }
 
 #[tokio::test]
+async fn a_link_from_another_site_opens_no_room_and_spends_no_quota() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("ROOMS_PER_USER_PER_HOUR", "1")]).await;
+    let alice = signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    assert_eq!(bob.get(&app, "/chat/bobs").await.status(), StatusCode::OK);
+    let followed = |path: &str, fetch_site: &str| {
+        let request = alice.http.get(app.url(path)).header("sec-fetch-site", fetch_site);
+        async move { request.header("sec-fetch-mode", "navigate").send().await.unwrap() }
+    };
+    let sidebar = || async { alice.get(&app, "/chat/lobby").await.text().await.unwrap() };
+    let keys = || redis.all_keys().into_iter().collect::<std::collections::BTreeSet<String>>();
+    let keys_before = keys();
+
+    // A room that does not exist: a page that asks, with this site's link to open it.
+    for fetch_site in ["cross-site", "same-site"] {
+        let res = followed("/chat/fresh", fetch_site).await;
+        assert_eq!(res.status(), StatusCode::OK, "{fetch_site}");
+        let html = res.text().await.unwrap();
+        assert!(html.contains(r#"href="/chat/fresh""#) && !html.contains(r#"id="app""#), "{html}");
+    }
+    // A room that exists is shown, but not added to alice's rooms.
+    let shown = followed("/chat/bobs", "cross-site").await;
+    assert_eq!(shown.status(), StatusCode::OK);
+    assert!(shown.text().await.unwrap().contains(r#"id="app""#), "the room's page");
+    assert_eq!(keys(), keys_before, "nothing written: no room, no quota, no list");
+    assert!(!sidebar().await.contains(r#"href="/chat/bobs""#));
+
+    // Her own click opens it, on her quota, which the link left whole.
+    assert_eq!(followed("/chat/fresh", "same-origin").await.status(), StatusCode::OK);
+    assert_eq!(redis.command(&["EXISTS", &room_key("fresh", "active")]).unwrap().trim(), ":1");
+    assert!(sidebar().await.contains(r#"href="/chat/fresh""#));
+    assert_eq!(followed("/chat/second", "none").await.status(), StatusCode::TOO_MANY_REQUESTS, "one an hour");
+}
+
+#[tokio::test]
 async fn a_room_nobody_uses_expires() {
     let redis = RedisServer::start();
     let app = TestApp::spawn_with(Some(&redis), &[("ROOM_TTL_SECS", "1"), ("ROOMS_PER_USER_PER_HOUR", "5")]).await;
