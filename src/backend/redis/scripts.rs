@@ -92,6 +92,7 @@ scripts! {
     invite_create,
     invite_spend,
     invite_give_back,
+    secret_share,
 }
 
 /// The scripts, with their digests computed once.
