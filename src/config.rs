@@ -183,6 +183,11 @@ pub struct SocketsConfig {
     /// A socket silent for this long (no frame, no pong) is dropped
     /// (`WS_IDLE_TIMEOUT_SECS`).
     pub idle_timeout: Duration,
+    /// Messages this instance's sockets may be reading from the store at
+    /// once for what they missed (replays, unread counts): a burst of
+    /// replays waits its turn instead of queueing everyone's commands
+    /// behind megabytes of history (`REPLAY_READ_BUDGET`).
+    pub replay_read_budget: u32,
 }
 
 /// Rooms, their history, and what one user may do with them.
@@ -501,6 +506,9 @@ impl SocketsConfig {
             message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
             ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
             idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
+            // Eight replay pages: about 0.5 MB of the longest messages
+            // (2,000 characters), the store's work of a few milliseconds.
+            replay_read_budget: vars.number("REPLAY_READ_BUDGET", 256, 1..=1_000_000)?,
         })
     }
 
@@ -754,6 +762,8 @@ mod tests {
         ("WS_PING_INTERVAL_SECS", "3601"),
         ("WS_IDLE_TIMEOUT_SECS", "0"),
         ("WS_IDLE_TIMEOUT_SECS", "86401"),
+        ("REPLAY_READ_BUDGET", "0"),
+        ("REPLAY_READ_BUDGET", "1000001"),
         ("PRESENCE_TTL_SECS", "2"),
         ("PRESENCE_TTL_SECS", "86401"),
         ("SHUTDOWN_GRACE_SECS", "3601"),

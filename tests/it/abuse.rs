@@ -633,3 +633,149 @@ async fn probe_what_refused_sign_ins_add_to_the_store_and_the_log() {
     eprintln!("Redis used_memory: {} -> {} bytes", memory_before.trim(), used_memory.trim());
     eprintln!("log lines saying 'throttled': {refusals} ({} per 100k refused)", per_100k(refusals as u64));
 }
+
+/// Fills `room` with `count` messages of 2,000 characters, straight into
+/// its stream (issue 20's lobby: 10,000 of them is 20 MB).
+fn fill_room(redis: &RedisServer, room: &str, count: usize) {
+    let body = "x".repeat(2000);
+    let script = "for i = 1, tonumber(ARGV[1]) do \
+                  redis.call('XADD', KEYS[1], '*', 'user', 'filler', 'body', ARGV[2], 'sent_at', ARGV[3]) end";
+    let (key, count, sent_at) = (room_key(room, "messages"), count.to_string(), now_ms().to_string());
+    let reply = redis.command(&["EVAL", script, "1", &key, &count, &body, &sent_at]).unwrap();
+    assert!(!reply.starts_with('-'), "{reply}");
+}
+
+/// What a bystander saw while others' replays ran.
+#[derive(Debug, Default)]
+struct Bystander {
+    /// `GET /readyz`: how many, how many not 200, the slowest.
+    readyz: (usize, usize, Duration),
+    /// Messages sent: how many, how many not acknowledged, the slowest ack.
+    sends: (usize, usize, Duration),
+    /// The codes of the errors that answered sends.
+    errors: BTreeMap<String, usize>,
+}
+
+/// `sockets` sockets of `replayer`, opened at once, replay `room` from its
+/// start and never read, while `bystander` (in the lobby, on another socket) checks
+/// `/readyz` and sends a message, one after the other, every 50 ms, until
+/// the replays have gone on for `after_opened` past the last socket's
+/// opening. (Rates must allow 20 messages a second.)
+async fn replays_beside_a_bystander(
+    app: &TestApp,
+    replayer: &Browser,
+    room: &str,
+    sockets: usize,
+    bystander: &Browser,
+    after_opened: Duration,
+) -> (Bystander, Vec<Socket>) {
+    let (mut chat, _) = bystander.join(app, "").await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let (done, readyz) = (done.clone(), app.url("/readyz"));
+        tokio::spawn(async move {
+            let mut seen = Bystander::default();
+            let http = reqwest::Client::new();
+            let mut i = 0;
+            let mut round = tokio::time::interval(Duration::from_millis(50));
+            round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !done.load(SeqCst) {
+                round.tick().await;
+                let asked = Instant::now();
+                let ok = http.get(&readyz).send().await.is_ok_and(|r| r.status() == StatusCode::OK);
+                seen.readyz = (seen.readyz.0 + 1, seen.readyz.1 + usize::from(!ok), seen.readyz.2.max(asked.elapsed()));
+                let asked = Instant::now();
+                i += 1;
+                chat.send_json(
+                    json!({"type": "send", "body": format!("still here {i}"), "client_id": format!("b{i}")}),
+                )
+                .await;
+                let answer = chat.next_of_any(&["ack", "error"]).await;
+                let acked = answer["type"] == "ack";
+                if !acked {
+                    *seen.errors.entry(answer["code"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+                }
+                seen.sends = (seen.sends.0 + 1, seen.sends.1 + usize::from(!acked), seen.sends.2.max(asked.elapsed()));
+            }
+            seen
+        })
+    };
+    let query = format!("?room={room}&after=0-0");
+    let opened = futures_util::future::join_all((0..sockets).map(|_| replayer.open_socket(app, &query))).await;
+    let held: Vec<Socket> = opened.into_iter().map(|socket| socket.expect("upgrade")).collect();
+    tokio::time::sleep(after_opened).await;
+    done.store(true, SeqCst);
+    (within("the bystander's last round", watching).await.unwrap(), held)
+}
+
+/// What a bystander saw while `sockets` sockets of another user replayed a
+/// room of `messages` messages of 2,000 characters from its start and never
+/// read, and how many of those replays failed for want of the store. The
+/// instance keeps its defaults but for the caps on sockets and the rates,
+/// lifted for the test's one replaying user and its bystander.
+async fn replay_burst(sockets: usize, messages: usize) -> (Bystander, f64) {
+    let redis = RedisServer::start();
+    let cap = (sockets + 10).to_string();
+    let vars = [
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("MAX_SOCKETS_PER_USER", cap.as_str()),
+        ("MAX_SOCKETS_PER_SESSION", cap.as_str()),
+        ("MAX_CONNECTIONS_PER_ADDRESS", cap.as_str()),
+        ("HISTORY_MAX_LEN", "100000"),
+        ("MESSAGE_RATE_PER_SEC", "100"),
+        ("USER_MESSAGE_RATE_PER_SEC", "100"),
+    ];
+    let app = TestApp::spawn_with(Some(&redis), &vars).await;
+    let alice = signed_up(&app, "alice").await;
+    assert_eq!(alice.get(&app, "/chat/full").await.status(), StatusCode::OK);
+    fill_room(&redis, "full", messages);
+    let bob = signed_up(&app, "bob").await;
+    let (seen, held) = replays_beside_a_bystander(&app, &alice, "full", sockets, &bob, Duration::from_secs(5)).await;
+    let failed = app.metric(r#"palaver_store_errors_total{command="xrange"}"#).await.unwrap_or(0.0);
+    drop(held);
+    (seen, failed)
+}
+
+/// Issue 20, item 2, in small: 300 sockets replaying 6 MB each at once
+/// (about 4,000 pages asked for together) and never reading. Without a
+/// budget for replays' reads, their pages queued the instance's store
+/// connections: replays failed with a store timeout, and the bystander's
+/// `/readyz` and sends waited 2 to 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_that_never_read_leave_a_bystander_its_store() {
+    let (seen, failed) = replay_burst(300, 3000).await;
+    assert_eq!(failed, 0.0, "no replay fails for want of the store ({seen:?})");
+    let (asked, not_ready, slowest) = seen.readyz;
+    assert!(asked >= 5 && not_ready == 0, "/readyz stays 200: {seen:?}");
+    assert!(slowest < Duration::from_secs(1), "/readyz answers within a second: {seen:?}");
+    let (sent, unanswered, slowest) = seen.sends;
+    assert!(sent >= 5 && unanswered == 0, "every send is acknowledged: {seen:?}");
+    assert!(slowest < Duration::from_secs(1), "and within a second: {seen:?}");
+}
+
+/// Issue 20, item 2, measured at any size: a bystander's `/readyz` and
+/// sends while sockets replay a big room and never read, and how many
+/// replays failed for the store. A probe (it pins memory and takes a
+/// while), so ignored by default. Run it alone:
+///
+/// ```sh
+/// PROBE_SOCKETS=1080 PROBE_MESSAGES=10000 cargo test --test it abuse::probe_replays -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a load probe: run alone (see its documentation)"]
+async fn probe_replays_that_never_read_beside_a_bystander() {
+    let var = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (sockets, messages) = (var("PROBE_SOCKETS", 300), var("PROBE_MESSAGES", 10_000));
+    let started = Instant::now();
+    let (seen, failed) = replay_burst(sockets, messages).await;
+    eprintln!(
+        "{sockets} sockets replaying {messages} messages of 2,000 characters, never reading ({:?})",
+        started.elapsed()
+    );
+    eprintln!("replays failed for the store: {failed}");
+    eprintln!("bystander /readyz: {} asked, {} not 200, slowest {:?}", seen.readyz.0, seen.readyz.1, seen.readyz.2);
+    eprintln!(
+        "bystander sends: {} sent, {} not acknowledged {:?}, slowest answer {:?}",
+        seen.sends.0, seen.sends.1, seen.errors, seen.sends.2
+    );
+}
