@@ -506,9 +506,12 @@ impl SocketsConfig {
             message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
             ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
             idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
-            // Eight replay pages: about 0.5 MB of the longest messages
-            // (2,000 characters), the store's work of a few milliseconds.
-            replay_read_budget: vars.number("REPLAY_READ_BUDGET", 256, 1..=1_000_000)?,
+            // Four replay pages, or an unread count and a page: at most
+            // about 0.25 MB of the longest messages (2,000 characters), the
+            // store's work of a millisecond or two, which is all a
+            // bystander's command can find queued before it. Short messages
+            // make the same number of reads cheaper still.
+            replay_read_budget: vars.number("REPLAY_READ_BUDGET", 128, 1..=1_000_000)?,
         })
     }
 

@@ -742,10 +742,10 @@ async fn replays_beside_a_bystander(
 /// read, and how many of those replays failed for want of the store. The
 /// instance keeps its defaults but for the caps on sockets and the rates,
 /// lifted for the test's one replaying user and its bystander.
-async fn replay_burst(sockets: usize, messages: usize) -> (Bystander, f64) {
+async fn replay_burst(sockets: usize, messages: usize, more: &[(&str, &str)]) -> (Bystander, f64) {
     let redis = RedisServer::start();
     let cap = (sockets + 10).to_string();
-    let vars = [
+    let mut vars = vec![
         ("METRICS_ADDR", "127.0.0.1:0"),
         ("MAX_SOCKETS_PER_USER", cap.as_str()),
         ("MAX_SOCKETS_PER_SESSION", cap.as_str()),
@@ -754,6 +754,7 @@ async fn replay_burst(sockets: usize, messages: usize) -> (Bystander, f64) {
         ("MESSAGE_RATE_PER_SEC", "100"),
         ("USER_MESSAGE_RATE_PER_SEC", "100"),
     ];
+    vars.extend_from_slice(more);
     let app = TestApp::spawn_with(Some(&redis), &vars).await;
     let alice = signed_up(&app, "alice").await;
     assert_eq!(alice.get(&app, "/chat/full").await.status(), StatusCode::OK);
@@ -765,21 +766,24 @@ async fn replay_burst(sockets: usize, messages: usize) -> (Bystander, f64) {
     (seen, failed)
 }
 
-/// Issue 20, item 2, in small: 300 sockets replaying 6 MB each at once
-/// (about 4,000 pages asked for together) and never reading. Without a
+/// Issue 20, item 2, in small: 300 sockets replaying a room of 1,000
+/// messages of 2,000 characters at once, and never reading. Without a
 /// budget for replays' reads, their pages queued the instance's store
-/// connections: replays failed with a store timeout, and the bystander's
-/// `/readyz` and sends waited 2 to 4 s.
+/// connections: a bystander's sends were acknowledged after 4.9 to 5.3 s
+/// and its `/readyz` answered after 1.9 to 2.5 s, and some replays failed
+/// with a store timeout. With it, all answered within 0.35 s; the bounds
+/// here are the store's own timeout (2 s, past which a command counts as
+/// failed) and less, with room for a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_that_never_read_leave_a_bystander_its_store() {
-    let (seen, failed) = replay_burst(300, 3000).await;
+    let (seen, failed) = replay_burst(300, 1000, &[]).await;
     assert_eq!(failed, 0.0, "no replay fails for want of the store ({seen:?})");
     let (asked, not_ready, slowest) = seen.readyz;
     assert!(asked >= 5 && not_ready == 0, "/readyz stays 200: {seen:?}");
-    assert!(slowest < Duration::from_secs(1), "/readyz answers within a second: {seen:?}");
+    assert!(slowest < Duration::from_millis(1500), "/readyz answers within 1.5 s: {seen:?}");
     let (sent, unanswered, slowest) = seen.sends;
     assert!(sent >= 5 && unanswered == 0, "every send is acknowledged: {seen:?}");
-    assert!(slowest < Duration::from_secs(1), "and within a second: {seen:?}");
+    assert!(slowest < Duration::from_secs(2), "within the store's timeout: {seen:?}");
 }
 
 /// Issue 20, item 2, measured at any size: a bystander's `/readyz` and
@@ -790,13 +794,17 @@ async fn replays_that_never_read_leave_a_bystander_its_store() {
 /// ```sh
 /// PROBE_SOCKETS=1080 PROBE_MESSAGES=10000 cargo test --test it abuse::probe_replays -- --ignored --nocapture
 /// ```
+///
+/// (`PROBE_READ_BUDGET` sets `REPLAY_READ_BUDGET`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a load probe: run alone (see its documentation)"]
 async fn probe_replays_that_never_read_beside_a_bystander() {
     let var = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let (sockets, messages) = (var("PROBE_SOCKETS", 300), var("PROBE_MESSAGES", 10_000));
+    let budget = std::env::var("PROBE_READ_BUDGET").ok();
+    let more: Vec<(&str, &str)> = budget.iter().map(|budget| ("REPLAY_READ_BUDGET", budget.as_str())).collect();
     let started = Instant::now();
-    let (seen, failed) = replay_burst(sockets, messages).await;
+    let (seen, failed) = replay_burst(sockets, messages, &more).await;
     eprintln!(
         "{sockets} sockets replaying {messages} messages of 2,000 characters, never reading ({:?})",
         started.elapsed()
