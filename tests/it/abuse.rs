@@ -795,14 +795,14 @@ async fn replays_that_never_read_leave_a_bystander_its_store() {
 /// PROBE_SOCKETS=1080 PROBE_MESSAGES=10000 cargo test --test it abuse::probe_replays -- --ignored --nocapture
 /// ```
 ///
-/// (`PROBE_READ_BUDGET` sets `REPLAY_READ_BUDGET`.)
+/// (`PROBE_READ_BUDGET` sets `REPLAY_READ_BUDGET_BYTES`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a load probe: run alone (see its documentation)"]
 async fn probe_replays_that_never_read_beside_a_bystander() {
     let var = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let (sockets, messages) = (var("PROBE_SOCKETS", 300), var("PROBE_MESSAGES", 10_000));
     let budget = std::env::var("PROBE_READ_BUDGET").ok();
-    let more: Vec<(&str, &str)> = budget.iter().map(|budget| ("REPLAY_READ_BUDGET", budget.as_str())).collect();
+    let more: Vec<(&str, &str)> = budget.iter().map(|budget| ("REPLAY_READ_BUDGET_BYTES", budget.as_str())).collect();
     let started = Instant::now();
     let (seen, failed) = replay_burst(sockets, messages, &more).await;
     eprintln!(

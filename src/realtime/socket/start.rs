@@ -43,8 +43,7 @@ where
         let until = self.last_sent;
         let mut cursor = after;
         while cursor < until {
-            let read = self.deps.history.after(&self.room, cursor, REPLAY_PAGE);
-            let page = match self.deps.reads.read(REPLAY_PAGE, read).await {
+            let page = match self.deps.reads.after(&*self.deps.history, &self.room, cursor, REPLAY_PAGE).await {
                 Ok(page) => page,
                 Err(err) => {
                     // Closing (rather than going on without the replay) keeps
