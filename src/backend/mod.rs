@@ -440,6 +440,19 @@ pub trait History: Send + Sync {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
+    /// [`History::after`] as an unread count reads it: a body that cannot
+    /// mention `reader` (their name in lowercase) may come back empty, so
+    /// that counting a room of long messages does not fetch them whole.
+    async fn unread_after(
+        &self,
+        room: &RoomName,
+        after: MessageId,
+        limit: usize,
+        reader: &str,
+    ) -> StoreResult<Vec<Message>> {
+        let _ = reader;
+        self.after(room, after, limit).await
+    }
     /// The last `limit` messages, oldest first.
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
     /// The last `limit` messages strictly before `before`, oldest first:

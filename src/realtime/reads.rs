@@ -75,6 +75,21 @@ impl ReadBudget {
         Ok(page)
     }
 
+    /// [`History::unread_after`], charged as [`ReadBudget::after`] would
+    /// be: its bodies are those that may mention the reader, and a room may
+    /// hold nothing else.
+    pub async fn unread_after(
+        &self,
+        history: &dyn History,
+        room: &RoomName,
+        after: MessageId,
+        limit: usize,
+        reader: &str,
+    ) -> StoreResult<Vec<Message>> {
+        let _taken = self.take(limit).await;
+        history.unread_after(room, after, limit, reader).await
+    }
+
     async fn take(&self, messages: usize) -> tokio::sync::SemaphorePermit<'_> {
         let per_message = u64::from(self.per_message.load(Ordering::Relaxed));
         let cost = (messages.max(1) as u64).saturating_mul(per_message).min(u64::from(self.size)) as u32;

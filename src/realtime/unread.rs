@@ -94,7 +94,7 @@ impl Unread {
         cursor: MessageId,
     ) -> Unread {
         let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
-        match reads.after(history, room, marker, Unread::PAGE).await {
+        match reads.unread_after(history, room, marker, Unread::PAGE, &reader.folded).await {
             Ok(page) => Unread::of_page(reader, &page, cursor),
             Err(err) => {
                 tracing::warn!(%err, %room, "unread count not read: store unavailable");

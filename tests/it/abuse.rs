@@ -816,3 +816,49 @@ async fn probe_replays_that_never_read_beside_a_bystander() {
         seen.sends.0, seen.sends.1, seen.errors, seen.sends.2
     );
 }
+
+/// Issue 20, item 2's other half: a socket asking for unread counts reads
+/// the store's page of each backlogged room (up to the badge's 100), and
+/// whole, those pages were 6 MB for a user with 30 rooms of long messages
+/// on every reconnect. Only the ids, senders and bodies that may mention the
+/// reader leave the store now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_thirty_backlogged_rooms_reads_little_of_their_long_messages() {
+    let redis = RedisServer::start();
+    let vars =
+        [("ROOMS_PER_USER_PER_HOUR", "100"), ("USER_MESSAGE_RATE_PER_SEC", "1000"), ("USER_MESSAGE_BURST", "1000")];
+    let app = TestApp::spawn_with(Some(&redis), &vars).await;
+    let alice = signed_up(&app, "alice").await;
+    for i in 0..30 {
+        let room = format!("backlog{i}");
+        assert_eq!(alice.get(&app, &format!("/chat/{room}")).await.status(), StatusCode::OK);
+        let (mut socket, _) = alice.join(&app, &format!("?room={room}")).await;
+        let read = socket.say("read to here", "a").await["id"].as_str().unwrap().to_owned();
+        socket.send_json(json!({"type": "read", "up_to": read})).await;
+        // Answered in order: once the bad one is refused, the marker is stored.
+        socket.send_json(json!({"type": "read", "up_to": "not an id"})).await;
+        assert_eq!(socket.next_of("error").await["code"], "invalid");
+        if i == 29 {
+            // Its first five mention her: those bodies are read, and counted.
+            let script = "for i = 1, 5 do \
+                          redis.call('XADD', KEYS[1], '*', 'user', 'filler', 'body', ARGV[1], 'sent_at', ARGV[2]) end";
+            let mention = format!("@Alice {}", "x".repeat(1990));
+            let (key, sent_at) = (room_key(&room, "messages"), now_ms().to_string());
+            redis.command(&["EVAL", script, "1", &key, &mention, &sent_at]).unwrap();
+        }
+        fill_room(&redis, &room, 100);
+    }
+    let sent_before = redis.info("stats", "total_net_output_bytes").unwrap().trim().parse::<u64>().unwrap();
+    let (mut lobby, _) = alice.join(&app, "?unread=1").await;
+    let mut counts = BTreeMap::new();
+    while counts.len() < 30 {
+        let count = lobby.next_of("unread").await;
+        counts.insert(count["room"].as_str().unwrap().to_owned(), (count["unread"].clone(), count["mentions"].clone()));
+    }
+    let sent = redis.info("stats", "total_net_output_bytes").unwrap().trim().parse::<u64>().unwrap() - sent_before;
+    assert!(counts.values().all(|(unread, _)| *unread == 100), "{counts:?}");
+    assert_eq!(counts["backlog29"].1, 5, "the mentions are counted");
+    assert_eq!(counts.values().filter(|(_, mentions)| *mentions != 0).count(), 1, "{counts:?}");
+    eprintln!("the store sent {sent} bytes for 30 rooms' counts");
+    assert!(sent < 1_000_000, "{sent} bytes for 30 rooms of 100 messages of 2,000 characters");
+}

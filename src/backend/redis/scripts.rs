@@ -93,6 +93,7 @@ scripts! {
     invite_spend,
     invite_give_back,
     secret_share,
+    unread_page,
 }
 
 /// The scripts, with their digests computed once.
