@@ -183,6 +183,12 @@ pub struct SocketsConfig {
     /// A socket silent for this long (no frame, no pong) is dropped
     /// (`WS_IDLE_TIMEOUT_SECS`).
     pub idle_timeout: Duration,
+    /// Bytes this instance's sockets may be reading from the store at once
+    /// for what they missed (replays, unread counts), as estimated before
+    /// each read: a burst of replays waits its turn instead of queueing
+    /// everyone's commands behind megabytes of history
+    /// (`REPLAY_READ_BUDGET_BYTES`).
+    pub replay_read_budget: u32,
 }
 
 /// Rooms, their history, and what one user may do with them.
@@ -501,6 +507,11 @@ impl SocketsConfig {
             message_burst: vars.number("MESSAGE_BURST", 20, 1..=100_000)?,
             ping_interval: vars.secs("WS_PING_INTERVAL_SECS", 20, 1..=HOUR)?,
             idle_timeout: vars.secs("WS_IDLE_TIMEOUT_SECS", 60, 1..=DAY)?,
+            // Four replay pages of the longest messages (2,000 characters),
+            // or dozens of short ones: the store's work of a millisecond or
+            // two, which is all a bystander's command can find queued
+            // before it.
+            replay_read_budget: vars.number("REPLAY_READ_BUDGET_BYTES", 262_144, 1..=1 << 30)?,
         })
     }
 
@@ -754,6 +765,8 @@ mod tests {
         ("WS_PING_INTERVAL_SECS", "3601"),
         ("WS_IDLE_TIMEOUT_SECS", "0"),
         ("WS_IDLE_TIMEOUT_SECS", "86401"),
+        ("REPLAY_READ_BUDGET_BYTES", "0"),
+        ("REPLAY_READ_BUDGET_BYTES", "1073741825"),
         ("PRESENCE_TTL_SECS", "2"),
         ("PRESENCE_TTL_SECS", "86401"),
         ("SHUTDOWN_GRACE_SECS", "3601"),

@@ -137,6 +137,15 @@ pub(crate) fn normalize_origin(origin: &str) -> Option<String> {
     Some(format!("{scheme}://{host}"))
 }
 
+/// Whether the browser says the request comes from another site's page
+/// (`Sec-Fetch-Site: cross-site`, or `same-site`: another origin of the
+/// same registrable domain). A navigation the user started (`none`: typed,
+/// a bookmark), one from this origin's pages, and a request from no
+/// browser (no header) are not.
+pub(crate) fn from_another_site(sec_fetch_site: Option<&str>) -> bool {
+    sec_fetch_site.is_some_and(|v| v.eq_ignore_ascii_case("cross-site") || v.eq_ignore_ascii_case("same-site"))
+}
+
 /// A request from another site, refused (403) on every unsafe method and on
 /// the WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     auth::{
         password,
-        tokens::{KeyError, TokenKeys},
+        tokens::{KeyError, KeyKeeper, TokenKeys},
     },
     backend::{Backend, BackendKind, ConnectError, Health},
     config::{Config, ServerConfig},
@@ -49,6 +49,8 @@ pub struct Application {
     tls: Option<TlsAcceptor>,
     /// `METRICS_ADDR`'s listener and what it serves.
     metrics: Option<(TcpListener, Meters)>,
+    /// Keeps the shared token keys the store's.
+    keeper: KeyKeeper,
 }
 
 impl Application {
@@ -81,17 +83,18 @@ impl Application {
             config.tokens.access_ttl,
         )
         .await?;
-        let identity = Identity {
-            instance_id,
-            public_origin: public_origin.clone(),
-            origins,
-            tls: tls.is_some(),
-            keys: Arc::new(keys),
+        let keys = Arc::new(keys);
+        let keeper = KeyKeeper {
+            keys: keys.clone(),
+            store: backend.tokens.clone(),
+            refresh_grace: config.tokens.refresh_reuse_grace,
         };
+        let identity =
+            Identity { instance_id, public_origin: public_origin.clone(), origins, tls: tls.is_some(), keys };
         let connection_cap = server::connection_cap(config.connections.max_open);
         config.sockets.max_connections = server::websocket_cap(config.sockets.max_connections, connection_cap);
         let assembly = state::assemble(&config, backend, identity, meters);
-        Ok(Self { listener, connection_cap, addr, public_origin, config, assembly, tls, metrics })
+        Ok(Self { listener, connection_cap, addr, public_origin, config, assembly, tls, metrics, keeper })
     }
 
     /// The address actually bound.
@@ -128,9 +131,9 @@ impl Application {
     /// requests finish, and closes the store connections.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         self.announce();
-        let Self { listener, connection_cap, config, assembly, tls, metrics, .. } = self;
+        let Self { listener, connection_cap, config, assembly, tls, metrics, keeper, .. } = self;
         let Assembly { handles, tasks, stack } = assembly;
-        let running = Running::start(tasks, metrics, handles.readiness.clone(), handles.health.clone())?;
+        let running = Running::start(tasks, keeper, metrics, handles.readiness.clone(), handles.health.clone())?;
         let accepting = running.accept(listener, tls, stack, &config, connection_cap);
         shutdown.await;
         running.shut_down(accepting, &config.server).await
@@ -170,7 +173,7 @@ struct Running {
     stop_presence: watch::Sender<bool>,
     presence: JoinHandle<()>,
     /// Stopped last; they saw `stop` already.
-    background: [JoinHandle<()>; 3],
+    background: [JoinHandle<()>; 4],
     registry: Arc<Registry>,
     readiness: Arc<Readiness>,
     health: Arc<dyn Health>,
@@ -178,9 +181,11 @@ struct Running {
 
 impl Running {
     /// Starts the fan-out hub, the session lifecycle, presence, the memory
-    /// trimmer and, when configured, the metrics listener.
+    /// trimmer, the token keys' keeper and, when configured, the metrics
+    /// listener.
     fn start(
         tasks: Tasks,
+        keeper: KeyKeeper,
         metrics: Option<(TcpListener, Meters)>,
         readiness: Arc<Readiness>,
         health: Arc<dyn Health>,
@@ -192,6 +197,7 @@ impl Running {
             tokio::spawn(hub.run(stopped.clone())),
             tokio::spawn(lifecycle.run(stopped.clone())),
             tokio::spawn(release_memory_after_departures(registry.clone())),
+            tokio::spawn(keeper.run(stopped.clone())),
         ];
         let presence = tokio::spawn(presence.run(presence_stopped));
         if let Some((listener, meters)) = metrics {

@@ -319,18 +319,17 @@ impl Sessions {
                     let Some(expires_at) = self.policy.expiry(found.record.signed_in_at, now) else {
                         return Ok(Err(RefreshError::Invalid));
                     };
-                    let next = secret.successor(self.keys.refresh_key());
+                    let next = self.keys.successor(&secret);
                     let record = TokenRecord { refresh: refresh::rotated(state, &next, now), ..found.record.clone() };
                     if self.tokens.update_token_session(sid, &state.current, &record, expires_at).await? {
                         return Ok(Ok(self.pair(&record, &next, expires_at, now)));
                     }
                 }
                 Decision::Replay => {
-                    let next = secret.successor(self.keys.refresh_key());
                     // The successor it got is still the current token: the
                     // same answer again. If the chain moved on since, two
                     // holders are using it.
-                    if next.hash() == state.current {
+                    if let Some(next) = self.keys.replayed_successor(&secret, &state.current) {
                         return Ok(Ok(self.pair(&found.record, &next, found.expires_at, now)));
                     }
                     return self.reused(&found.record, found.id).await;

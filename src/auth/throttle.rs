@@ -7,33 +7,28 @@
 //! same count: a thousand concurrent guesses against a limit of ten.
 //! Clients are counted per address, IPv6 per /64 (one host gets a whole /64
 //! and can pick any address in it).
+//!
+//! A refused attempt must cost its sender, not the store or the log: the
+//! client's count comes first, and an attempt refused on it touches no
+//! per-name counter, so a flood of made-up names from one client adds no
+//! key once the client is past its limit (only the increment of its own
+//! counter); its refusals are logged summarised ([`RefusalLog`]).
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
     backend::{Counters, StoreResult},
     net::address_key,
+    telemetry::RefusalLog,
 };
 
 /// How many times the per-pair limit one address may fail in all.
 const ADDRESS_FACTOR: u64 = 5;
 
-/// Counts one attempt under each `(key, max)` and says whether any limit is
-/// passed: `Err(retry_after)` then, the time left in the longest window.
-async fn count(
-    counters: &dyn Counters,
-    limits: &[(String, u64)],
-    window: Duration,
-) -> StoreResult<Result<(), Duration>> {
-    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
-    let counts = counters.incr(&keys, window).await?;
-    let over = limits
-        .iter()
-        .zip(counts)
-        .filter(|((_, max), (n, _))| n > max)
-        .map(|(_, (_, left))| left.max(Duration::from_secs(1)))
-        .max();
-    Ok(over.map_or(Ok(()), Err))
+/// The time left in the longest window of `counts` whose value is past
+/// `max`: when the attempt they counted may be made again.
+fn passed(counts: &[(u64, Duration)], max: u64) -> Option<Duration> {
+    counts.iter().filter(|(n, _)| *n > max).map(|(_, left)| (*left).max(Duration::from_secs(1))).max()
 }
 
 /// Failed logins, per (username, client) and per client.
@@ -42,6 +37,7 @@ pub struct LoginThrottle {
     counters: Arc<dyn Counters>,
     max_failures: u64,
     window: Duration,
+    refusals: RefusalLog,
 }
 
 /// A login attempt that was counted and may go on to the password check.
@@ -53,7 +49,7 @@ pub struct Attempt {
 
 impl LoginThrottle {
     pub fn new(counters: Arc<dyn Counters>, max_failures: u32, window: Duration) -> Self {
-        Self { counters, max_failures: u64::from(max_failures), window }
+        Self { counters, max_failures: u64::from(max_failures), window, refusals: RefusalLog::new("sign-in throttled") }
     }
 
     fn keys(username: &str, addr: IpAddr) -> Attempt {
@@ -65,11 +61,36 @@ impl LoginThrottle {
 
     /// Counts an attempt. `Ok` to verify the password; `Err(retry_after)`
     /// when this pair or this client has used up its attempts.
+    ///
+    /// The client is counted first. Past its limit, the pair's counter is
+    /// only read (for the answer's `Retry-After`, the longer of the two
+    /// windows, as if it had been counted too): nothing is written for the
+    /// name. Within it, the pair is counted.
     pub async fn attempt(&self, username: &str, addr: IpAddr) -> StoreResult<Result<Attempt, Duration>> {
         let attempt = Self::keys(username, addr);
-        let limits =
-            [(attempt.pair.clone(), self.max_failures), (attempt.address.clone(), self.max_failures * ADDRESS_FACTOR)];
-        Ok(count(&*self.counters, &limits, self.window).await?.map(|()| attempt))
+        let counters = &*self.counters;
+        let (client, pair) = tokio::try_join!(
+            counters.incr(std::slice::from_ref(&attempt.address), self.window),
+            counters.get(std::slice::from_ref(&attempt.pair)),
+        )?;
+        let refused = match passed(&client, self.max_failures * ADDRESS_FACTOR) {
+            Some(left) => {
+                // The pair's count as this attempt would have made it.
+                let (failures, pair_left) = pair[0];
+                Some(passed(&[(failures + 1, pair_left)], self.max_failures).map_or(left, |l| l.max(left)))
+            }
+            None => {
+                let counted = counters.incr(std::slice::from_ref(&attempt.pair), self.window).await?;
+                passed(&counted, self.max_failures)
+            }
+        };
+        match refused {
+            Some(retry_after) => {
+                self.refusals.note(&address_key(addr));
+                Ok(Err(retry_after))
+            }
+            None => Ok(Ok(attempt)),
+        }
     }
 
     /// The password was right: the pair's failures are cleared, and the
@@ -86,16 +107,25 @@ pub struct RegisterThrottle {
     counters: Arc<dyn Counters>,
     max: u64,
     window: Duration,
+    refusals: RefusalLog,
 }
 
 impl RegisterThrottle {
     pub fn new(counters: Arc<dyn Counters>, max: u32, window: Duration) -> Self {
-        Self { counters, max: u64::from(max), window }
+        Self { counters, max: u64::from(max), window, refusals: RefusalLog::new("registration throttled") }
     }
 
     /// Counts an attempt; `Err(retry_after)` past the limit.
     pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<(), Duration>> {
-        count(&*self.counters, &[(format!("register:addr:{}", address_key(addr)), self.max)], self.window).await
+        let client = address_key(addr);
+        let counts = self.counters.incr(&[format!("register:addr:{client}")], self.window).await?;
+        match passed(&counts, self.max) {
+            Some(retry_after) => {
+                self.refusals.note(&client);
+                Ok(Err(retry_after))
+            }
+            None => Ok(Ok(())),
+        }
     }
 }
 
@@ -132,6 +162,29 @@ mod tests {
             assert!(t.attempt(&name, ip("10.0.0.3")).await.unwrap().is_ok(), "attempt {i}");
         }
         assert!(t.attempt("someone-new", ip("10.0.0.3")).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn past_its_limit_a_client_is_refused_without_counting_the_names_it_tries() {
+        let memory = counters();
+        let t = LoginThrottle::new(memory.clone(), 2, Duration::from_secs(60));
+        for i in 0..10 {
+            assert!(t.attempt(&format!("user{i}"), ip("10.0.0.6")).await.unwrap().is_ok(), "attempt {i}");
+        }
+        let pairs: Vec<String> =
+            (0..100).map(|i| LoginThrottle::keys(&format!("user{i}"), ip("10.0.0.6")).pair).collect();
+        for i in 10..100 {
+            assert!(t.attempt(&format!("user{i}"), ip("10.0.0.6")).await.unwrap().is_err(), "attempt {i}");
+        }
+        let counted = memory.get(&pairs).await.unwrap();
+        assert!(counted[..10].iter().all(|(n, _)| *n == 1), "{counted:?}");
+        assert!(counted[10..].iter().all(|(n, _)| *n == 0), "a refused name is not counted: {counted:?}");
+        // A name past its own limit still tells the longer wait.
+        let t = LoginThrottle::new(counters(), 2, Duration::from_secs(60));
+        for _ in 0..2 {
+            t.attempt("eve", ip("10.0.0.7")).await.unwrap().unwrap();
+        }
+        assert!(t.attempt("eve", ip("10.0.0.7")).await.unwrap().unwrap_err() > Duration::from_secs(58));
     }
 
     #[tokio::test]

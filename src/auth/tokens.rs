@@ -16,29 +16,42 @@
 //! token is refreshed, and an Ed25519 verification costs more than the rest
 //! of an upgrade. Tokens that verified are remembered (by their SHA-256,
 //! with their claims, until they expire; at most [`VERIFIED_CACHE`]), so
-//! the signature of one token is checked once per instance. The keys are
-//! fixed for the life of the process, so nothing can make a remembered
-//! token wrong before its `exp`.
+//! the signature of one token is checked once per instance. A key is only
+//! ever added, or dropped once every token it signed has expired, so
+//! nothing can make a remembered token wrong before its `exp`.
+//!
+//! Without `TOKEN_SIGNING_KEY` the signing key is generated and shared
+//! through the store, as the refresh-token key always is. A store may lose
+//! them (restarted empty) while instances run, and an instance started
+//! afterwards would generate others: every instance holds its keys against
+//! the store's every [`KEY_SYNC_INTERVAL`] ([`KeyKeeper`]), writes its own
+//! back when they are gone (the first to write wins) and otherwise adopts
+//! the store's, so the group converges on one key; a key replaced stays
+//! accepted, on every instance, until what it signed or derived expires.
 
 use std::{
-    collections::HashMap,
+    collections::{hash_map::Entry, HashMap},
     fmt,
     path::Path,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::{
-    digest,
+    digest, hmac,
     rand::SystemRandom,
     signature::{Ed25519KeyPair, KeyPair},
 };
 use rustls::pki_types::{pem::PemObject, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::watch;
+
+use super::refresh::Secret;
 use crate::{
+    backend::{Candidate, SharedSecret, StoreResult, TokenStore},
     clock::UnixMillis,
     model::{User, UserId},
 };
@@ -127,25 +140,79 @@ fn digest_of(token: &str) -> Digest {
     out
 }
 
+/// The names the generated signing key and the refresh-token key are
+/// shared under in the store.
+const SIGNING_SECRET: &str = "token-signing-key";
+const REFRESH_SECRET: &str = "refresh-key";
+
+/// How often an instance holds its shared keys against the store's
+/// ([`TokenKeys::share`]): after the store has lost them, instances may
+/// sign and derive with different keys for about this long.
+pub(crate) const KEY_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The signing key and every key tokens are verified with.
 pub(crate) struct TokenKeys {
-    signing: EncodingKey,
-    kid: String,
-    verifying: HashMap<String, DecodingKey>,
+    ring: RwLock<KeyRing>,
+    /// Whether the signing key is the generated one shared through the
+    /// store (no `TOKEN_SIGNING_KEY`): then the store's is followed.
+    shared_signing: bool,
     validation: Validation,
     issuer: String,
     ttl: Duration,
-    /// Derives a refresh token's successor (see `refresh`).
-    refresh_key: ring::hmac::Key,
     /// Tokens that verified, by digest (see the module's documentation).
     verified: Mutex<HashMap<Digest, Claims>>,
     /// At most this many ([`VERIFIED_CACHE`]).
     verified_cap: usize,
 }
 
+/// The keys in force. Replaced only as the store says ([`TokenKeys::share`]),
+/// and a key replaced stays accepted until what it signed or derived has
+/// expired.
+struct KeyRing {
+    signing: Signing,
+    /// By `kid`: the signing key's and `TOKEN_PREVIOUS_KEYS` for good
+    /// (`None`); keys replaced while instances ran until the last token they
+    /// signed expires.
+    verifying: HashMap<String, (DecodingKey, Option<UnixMillis>)>,
+    /// Derives a refresh token's successor (see `refresh`).
+    refresh: RefreshKey,
+    /// Refresh keys replaced lately, until the reuse grace of the last
+    /// successor they derived is over.
+    refresh_retired: Vec<(RefreshKey, UnixMillis)>,
+}
+
+/// The key tokens are signed with.
+struct Signing {
+    key: EncodingKey,
+    kid: String,
+    pkcs8: Vec<u8>,
+    /// The raw public key.
+    public: Vec<u8>,
+}
+
+impl Signing {
+    fn new(pkcs8: &[u8]) -> Result<Self, String> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8).map_err(|err| err.to_string())?;
+        let public = pair.public_key().as_ref().to_vec();
+        Ok(Self { key: EncodingKey::from_ed_der(pkcs8), kid: key_id(&public), pkcs8: pkcs8.to_vec(), public })
+    }
+}
+
+#[derive(Clone)]
+struct RefreshKey {
+    secret: Vec<u8>,
+    key: hmac::Key,
+}
+
+impl RefreshKey {
+    fn new(secret: &[u8]) -> Self {
+        Self { secret: secret.to_vec(), key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
+    }
+}
+
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenKeys").field("kid", &self.kid).field("signing", &"[redacted]").finish_non_exhaustive()
+        f.debug_struct("TokenKeys").field("kid", &self.kid()).field("signing", &"[redacted]").finish_non_exhaustive()
     }
 }
 
@@ -198,43 +265,45 @@ impl TokenKeys {
     pub(crate) async fn load(
         signing: Option<&Path>,
         previous: &[std::path::PathBuf],
-        store: &dyn crate::backend::TokenStore,
+        store: &dyn TokenStore,
         issuer: &str,
         issuers: &[&str],
         ttl: Duration,
     ) -> Result<TokenKeys, KeyError> {
-        let pkcs8 = match signing {
-            Some(path) => read_signing_key(path)?,
+        let now = UnixMillis::now();
+        let configured = signing.map(read_signing_key).transpose()?;
+        let generated = configured.is_none().then(generate_signing_key);
+        // Shared by every instance whatever their signing keys (a rolling
+        // rotation): a replayed refresh token gets the same successor on any.
+        let mut refresh = [0u8; 32];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut refresh).expect("the system has randomness");
+        let mut candidates = vec![Candidate { name: REFRESH_SECRET, value: &refresh, retire: None }];
+        candidates.extend(generated.as_deref().map(|value| Candidate { name: SIGNING_SECRET, value, retire: None }));
+        let mut shared = store.share_secrets(&candidates, now).await.map_err(|err| KeyError::Read {
+            name: "the shared keys",
+            path: "(the store)".into(),
+            reason: err.to_string(),
+        })?;
+        let (refresh, generated) = (shared.remove(0), shared.pop());
+        let pkcs8 = match configured {
+            Some(pkcs8) => pkcs8,
             None => {
-                let key = store.shared_secret("token-signing-key", &generate_signing_key()).await.map_err(|err| {
-                    KeyError::Read {
-                        name: "the shared signing key",
-                        path: "(the store)".into(),
-                        reason: err.to_string(),
-                    }
-                })?;
                 tracing::warn!(
                     "TOKEN_SIGNING_KEY is not set: access tokens are signed with a GENERATED key, shared by every \
                      instance through the store. Fine for trying palaver; in production set TOKEN_SIGNING_KEY to a \
                      PEM file (openssl genpkey -algorithm ed25519) so tokens survive a store that loses its data."
                 );
-                key
+                generated.as_ref().expect("one answer per candidate").current.clone()
             }
         };
         let previous = previous.iter().map(|path| read_public_key(path)).collect::<Result<Vec<_>, _>>()?;
-        // Shared by every instance whatever their signing keys (a rolling
-        // rotation): a replayed refresh token gets the same successor on any.
-        let mut candidate = [0u8; 32];
-        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut candidate).expect("the system has randomness");
-        let refresh_secret = store.shared_secret("refresh-key", &candidate).await.map_err(|err| KeyError::Read {
-            name: "the shared refresh-token key",
-            path: "(the store)".into(),
-            reason: err.to_string(),
-        })?;
         let path = signing.map(|p| p.display().to_string()).unwrap_or_else(|| "(generated)".into());
-        let keys = TokenKeys::new(&pkcs8, &previous, issuer, issuers, ttl, &refresh_secret)
+        let mut keys = TokenKeys::new(&pkcs8, &previous, issuer, issuers, ttl, &refresh.current)
             .map_err(|reason| KeyError::NotEd25519 { name: "TOKEN_SIGNING_KEY", path, reason })?;
-        tracing::info!(kid = keys.kid(), previous = previous.len(), "access tokens signed with key {}", keys.kid());
+        keys.shared_signing = generated.is_some();
+        keys.follow(refresh, generated, now, now);
+        let kid = keys.kid();
+        tracing::info!(kid, previous = previous.len(), "access tokens signed with key {kid}");
         Ok(keys)
     }
 
@@ -252,13 +321,11 @@ impl TokenKeys {
         ttl: Duration,
         refresh_secret: &[u8],
     ) -> Result<Self, String> {
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(signing_pkcs8).map_err(|err| err.to_string())?;
-        let public = pair.public_key().as_ref();
-        let kid = key_id(public);
+        let signing = Signing::new(signing_pkcs8)?;
         let mut verifying = HashMap::new();
-        verifying.insert(kid.clone(), DecodingKey::from_ed_der(public));
+        verifying.insert(signing.kid.clone(), (DecodingKey::from_ed_der(&signing.public), None));
         for key in previous {
-            verifying.insert(key_id(key), DecodingKey::from_ed_der(key));
+            verifying.insert(key_id(key), (DecodingKey::from_ed_der(key), None));
         }
         let mut validation = Validation::new(Algorithm::EdDSA);
         let mut accepted: Vec<&str> = issuers.to_vec();
@@ -268,26 +335,152 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Instances share one clock source in practice (NTP); no grace.
         validation.leeway = 0;
+        let ring =
+            KeyRing { signing, verifying, refresh: RefreshKey::new(refresh_secret), refresh_retired: Vec::new() };
         Ok(Self {
-            signing: EncodingKey::from_ed_der(signing_pkcs8),
-            kid,
-            verifying,
+            ring: RwLock::new(ring),
+            shared_signing: false,
             validation,
             issuer: issuer.to_owned(),
             ttl,
-            refresh_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, refresh_secret),
             verified: Mutex::default(),
             verified_cap: VERIFIED_CACHE,
         })
     }
 
-    /// The id of the key tokens are signed with now.
-    pub(crate) fn kid(&self) -> &str {
-        &self.kid
+    fn ring(&self) -> RwLockReadGuard<'_, KeyRing> {
+        self.ring.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn refresh_key(&self) -> &ring::hmac::Key {
-        &self.refresh_key
+    fn ring_mut(&self) -> RwLockWriteGuard<'_, KeyRing> {
+        self.ring.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The id of the key tokens are signed with now.
+    pub(crate) fn kid(&self) -> String {
+        self.ring().signing.kid.clone()
+    }
+
+    /// The successor of a refresh token's secret, derived with the refresh
+    /// key in force.
+    pub(super) fn successor(&self, secret: &Secret) -> Secret {
+        secret.successor(&self.ring().refresh.key)
+    }
+
+    /// The successor a spent refresh token was rotated for, if it is the
+    /// session's `current` one (its hash): derived with the refresh key in
+    /// force, or with one replaced lately (the instance that rotated it may
+    /// have held another while the store had lost the shared one).
+    pub(super) fn replayed_successor(&self, spent: &Secret, current: &str) -> Option<Secret> {
+        let ring = self.ring();
+        std::iter::once(&ring.refresh)
+            .chain(ring.refresh_retired.iter().map(|(key, _)| key))
+            .map(|key| spent.successor(&key.key))
+            .find(|next| next.hash() == current)
+    }
+
+    /// Holds this instance's shared keys against the store's, at `now`
+    /// (every [`KEY_SYNC_INTERVAL`], see [`KeyKeeper`]). When the store has
+    /// lost them (restarted empty), this instance's are written back, unless
+    /// another instance's got there first: then that one is adopted, and
+    /// this instance's stays accepted (here and, through the store, on
+    /// every instance) until what it signed expires, or for `refresh_grace`
+    /// for a refresh key. The configured `TOKEN_SIGNING_KEY` is never
+    /// replaced.
+    pub(crate) async fn share(
+        &self,
+        store: &dyn TokenStore,
+        refresh_grace: Duration,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        let (refresh, signing) = {
+            let ring = self.ring();
+            (
+                ring.refresh.secret.clone(),
+                self.shared_signing.then(|| (ring.signing.pkcs8.clone(), ring.signing.public.clone())),
+            )
+        };
+        let until = now + refresh_grace;
+        // One round trip: an instance sees another's keys retired together.
+        let mut candidates = vec![Candidate { name: REFRESH_SECRET, value: &refresh, retire: Some((&refresh, until)) }];
+        candidates.extend(signing.as_ref().map(|(pkcs8, public)| Candidate {
+            name: SIGNING_SECRET,
+            value: pkcs8,
+            retire: Some((public, now + self.ttl)),
+        }));
+        let mut shared = store.share_secrets(&candidates, now).await?;
+        let (refresh, signing) = (shared.remove(0), shared.pop());
+        self.follow(refresh, signing, until, now);
+        Ok(())
+    }
+
+    /// Takes what the store holds: its refresh key (one replaced here is
+    /// kept until `refresh_until`) and, when shared, its signing key.
+    fn follow(&self, refresh: SharedSecret, signing: Option<SharedSecret>, refresh_until: UnixMillis, now: UnixMillis) {
+        if let Some(signing) = signing {
+            self.follow_signing(signing, now);
+        }
+        self.follow_refresh(refresh, refresh_until, now);
+    }
+
+    /// Signs with the store's generated key, and accepts the keys it keeps
+    /// as retired; a key replaced here is accepted as long as the tokens
+    /// it signed until `now` live.
+    fn follow_signing(&self, shared: SharedSecret, now: UnixMillis) {
+        let mut ring = self.ring_mut();
+        if shared.current != ring.signing.pkcs8 {
+            match Signing::new(&shared.current) {
+                Ok(next) => {
+                    let replaced = std::mem::replace(&mut ring.signing, next);
+                    if let Some((_, until)) = ring.verifying.get_mut(&replaced.kid) {
+                        *until = Some(now + self.ttl);
+                    }
+                    let (kid, public) = (ring.signing.kid.clone(), DecodingKey::from_ed_der(&ring.signing.public));
+                    ring.verifying.insert(kid, (public, None));
+                    tracing::warn!(
+                        kid = ring.signing.kid,
+                        replaced = replaced.kid,
+                        "the store holds another generated signing key (it lost the shared one, and another instance \
+                         wrote its own back first): tokens are signed with it from now on; those signed with the \
+                         replaced key are accepted until they expire"
+                    );
+                }
+                Err(reason) => tracing::error!(%reason, "the store's generated signing key is not an Ed25519 key"),
+            }
+        }
+        for (public, until) in shared.retired.iter().filter(|(public, _)| public.len() == 32) {
+            match ring.verifying.entry(key_id(public)) {
+                Entry::Occupied(mut known) => {
+                    if let (_, Some(at)) = known.get_mut() {
+                        *at = (*at).max(*until);
+                    }
+                }
+                Entry::Vacant(new) => {
+                    new.insert((DecodingKey::from_ed_der(public), Some(*until)));
+                }
+            }
+        }
+        ring.verifying.retain(|_, (_, until)| until.is_none_or(|until| until > now));
+    }
+
+    /// Derives with the store's refresh key, and keeps the retired ones it
+    /// holds; a key replaced here is kept until `until`.
+    fn follow_refresh(&self, shared: SharedSecret, until: UnixMillis, now: UnixMillis) {
+        let mut ring = self.ring_mut();
+        if shared.current != ring.refresh.secret {
+            let replaced = std::mem::replace(&mut ring.refresh, RefreshKey::new(&shared.current));
+            ring.refresh_retired.push((replaced, until));
+            tracing::warn!(
+                "the store holds another refresh-token key (it lost the shared one): derived with it from now on"
+            );
+        }
+        for (secret, until) in shared.retired.iter().filter(|(secret, _)| *secret != shared.current) {
+            match ring.refresh_retired.iter_mut().find(|(key, _)| key.secret == *secret) {
+                Some((_, at)) => *at = (*at).max(*until),
+                None => ring.refresh_retired.push((RefreshKey::new(secret), *until)),
+            }
+        }
+        ring.refresh_retired.retain(|(_, until)| *until > now);
     }
 
     /// A new access token for `user` in session `sid`; and when it expires.
@@ -304,10 +497,11 @@ impl TokenKeys {
             exp,
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
+        let ring = self.ring();
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(TOKEN_TYPE.into());
-        header.kid = Some(self.kid.clone());
-        let token = encode(&header, &claims, &self.signing).expect("signing with a valid Ed25519 key cannot fail");
+        header.kid = Some(ring.signing.kid.clone());
+        let token = encode(&header, &claims, &ring.signing.key).expect("signing with a valid Ed25519 key cannot fail");
         (token, UnixMillis::from_secs(exp))
     }
 
@@ -356,9 +550,11 @@ impl TokenKeys {
         if let Some(crit) = &header.crit {
             return Err(TokenError::Invalid(format!("critical header parameters {crit:?}")));
         }
-        let key = header.kid.as_deref().and_then(|kid| self.verifying.get(kid)).ok_or(TokenError::UnknownKey)?;
+        let ring = self.ring();
+        let (key, _) = header.kid.as_deref().and_then(|kid| ring.verifying.get(kid)).ok_or(TokenError::UnknownKey)?;
         let Payload { claims, nbf } =
             decode::<Payload>(token, key, &self.validation).map_err(|err| TokenError::Invalid(err.to_string()))?.claims;
+        drop(ring);
         if nbf.is_some_and(|nbf| nbf > now + CLOCK_LEEWAY) {
             return Err(TokenError::Invalid("ImmatureSignature (nbf)".into()));
         }
@@ -366,6 +562,32 @@ impl TokenKeys {
             return Err(TokenError::Invalid("issued in the future (iat)".into()));
         }
         Ok(claims)
+    }
+}
+
+/// Holds an instance's shared keys against the store's, every
+/// [`KEY_SYNC_INTERVAL`] until `stop` ([`TokenKeys::share`]).
+pub(crate) struct KeyKeeper {
+    pub keys: Arc<TokenKeys>,
+    pub store: Arc<dyn TokenStore>,
+    /// `REFRESH_REUSE_GRACE_SECS`: how long a replaced refresh key derives.
+    pub refresh_grace: Duration,
+}
+
+impl KeyKeeper {
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(KEY_SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset(); // loaded just now
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(err) = self.keys.share(&*self.store, self.refresh_grace, UnixMillis::now()).await {
+                tracing::debug!(%err, "shared keys not checked: store unavailable");
+            }
+        }
     }
 }
 
@@ -418,7 +640,7 @@ pub(crate) mod tests {
         assert_eq!(claims.expires_at(), exp);
         assert_eq!(exp, now.floor_secs() + Duration::from_secs(300));
         let header = decode_header(&token).unwrap();
-        assert_eq!((header.typ.as_deref(), header.kid.as_deref()), (Some("at+jwt"), Some(keys.kid())));
+        assert_eq!((header.typ.as_deref(), header.kid.as_deref()), (Some("at+jwt"), Some(keys.kid().as_str())));
     }
 
     #[test]
@@ -450,10 +672,10 @@ pub(crate) mod tests {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
         assert!(keys.verify(&format!("{none_header}.{body}.")).is_err(), "alg none");
         // HS256 keyed with the public key (the classic confusion).
-        let public = keys.verifying[keys.kid()].try_get_as_bytes().unwrap().to_vec();
+        let public = keys.ring().verifying[&keys.kid()].0.try_get_as_bytes().unwrap().to_vec();
         let mut hs = Header::new(Algorithm::HS256);
         hs.typ = Some(TOKEN_TYPE.into());
-        hs.kid = Some(keys.kid().into());
+        hs.kid = Some(keys.kid());
         let confused = forge(hs, &claims, &EncodingKey::from_secret(&public));
         assert!(keys.verify(&confused).is_err(), "HS256 with the public key");
     }
@@ -463,14 +685,15 @@ pub(crate) mod tests {
         let keys = keys();
         let user = alice();
         let exp = UnixMillis::now().as_secs() + 300;
-        let signing = &keys.signing;
+        let signing = &keys.ring().signing.key.clone();
         let header = |typ: Option<&str>, kid: Option<&str>| {
             let mut h = Header::new(Algorithm::EdDSA);
             h.typ = typ.map(Into::into);
             h.kid = kid.map(Into::into);
             h
         };
-        let kid = Some(keys.kid());
+        let kid = keys.kid();
+        let kid = Some(kid.as_str());
         let good = forge(header(Some(TOKEN_TYPE), kid), &claims_json(&keys, &user, exp), signing);
         assert!(keys.verify(&good).is_ok(), "the forge itself makes valid tokens");
         assert_eq!(
@@ -505,8 +728,8 @@ pub(crate) mod tests {
         sibling["iss"] = "https://b.example.com".into();
         let mut h = Header::new(Algorithm::EdDSA);
         h.typ = Some(TOKEN_TYPE.into());
-        h.kid = Some(group.kid().into());
-        assert!(group.verify(&forge(h, &sibling, &group.signing)).is_ok(), "a sibling's iss");
+        h.kid = Some(group.kid());
+        assert!(group.verify(&forge(h, &sibling, &group.ring().signing.key.clone())).is_ok(), "a sibling's iss");
         let expired = claims_json(&keys, &user, UnixMillis::now().as_secs() - 1);
         assert!(keys.verify(&forge(header(Some(TOKEN_TYPE), kid), &expired, signing)).is_err(), "expired");
         for claim in ["sid", "name", "iat", "jti", "sub", "exp", "iss", "aud"] {
@@ -524,11 +747,11 @@ pub(crate) mod tests {
         let header = || {
             let mut h = Header::new(Algorithm::EdDSA);
             h.typ = Some(TOKEN_TYPE.into());
-            h.kid = Some(keys.kid().into());
+            h.kid = Some(keys.kid());
             h
         };
         let verify = |header: Header, claims: &serde_json::Value| {
-            keys.verify_at(&forge(header, claims, &keys.signing), now).map(|c| c.jti)
+            keys.verify_at(&forge(header, claims, &keys.ring().signing.key.clone()), now).map(|c| c.jti)
         };
         let claims = claims_json(&keys, &user, now + 300);
         assert!(verify(header(), &claims).is_ok(), "the same token without them verifies");
@@ -597,6 +820,69 @@ pub(crate) mod tests {
             keys.verify(&token).unwrap();
             assert!((1..=4).contains(&keys.remembered().len()));
         }
+    }
+
+    /// The keys of an instance that generated its own and shared them
+    /// through a store which has since lost them.
+    fn shared_keys(refresh_secret: &[u8]) -> TokenKeys {
+        let keys = TokenKeys::new(&generate_signing_key(), &[], ISSUER, &[], Duration::from_secs(300), refresh_secret)
+            .unwrap();
+        TokenKeys { shared_signing: true, ..keys }
+    }
+
+    #[tokio::test]
+    async fn after_the_store_lost_the_shared_keys_every_instance_converges_on_the_first_written_back() {
+        use crate::{auth::refresh::Secret, backend::memory::MemoryBackend, config::Config};
+        let store = MemoryBackend::new(&Config::default().chat);
+        let grace = Duration::from_secs(10);
+        // `a` ran before the store lost everything; `c` started after, on the
+        // empty store, and wrote its own keys first.
+        let a = shared_keys(b"a's refresh key");
+        let c = TokenKeys::load(None, &[], &store, ISSUER, &[], Duration::from_secs(300)).await.unwrap();
+        let now = UnixMillis::now();
+        let (from_a, _) = a.issue(&alice(), "s1", now);
+        let (from_c, _) = c.issue(&alice(), "s2", now);
+        assert_eq!(c.verify(&from_a), Err(TokenError::UnknownKey), "split, as the store left them");
+        // A refresh rotated on `a` with its own refresh key.
+        let spent = Secret::random();
+        let rotated = a.successor(&spent);
+
+        a.share(&store, grace, now).await.unwrap();
+        c.share(&store, grace, now).await.unwrap();
+        assert_eq!(a.kid(), c.kid(), "`a` signs with the key written back first");
+        for (token, what) in [(&from_a, "a's, signed before"), (&from_c, "c's")] {
+            assert!(a.verify(token).is_ok() && c.verify(token).is_ok(), "{what} accepted by both");
+        }
+        let (from_a_now, _) = a.issue(&alice(), "s3", now);
+        assert!(c.verify(&from_a_now).is_ok());
+        // The rotation `a` made is replayed with the same successor on either.
+        for keys in [&a, &c] {
+            assert_eq!(keys.replayed_successor(&spent, &rotated.hash()), Some(rotated.clone()));
+            assert_eq!(keys.successor(&spent), c.successor(&spent), "one refresh key from now on");
+        }
+
+        // Once what they signed has expired, replaced keys go.
+        let later = now + Duration::from_secs(301);
+        c.share(&store, grace, later).await.unwrap();
+        // (What `c` remembers of the token would expire with it at `later`.)
+        c.remembered().clear();
+        assert_eq!(c.verify(&from_a), Err(TokenError::UnknownKey));
+        assert_eq!(c.replayed_successor(&spent, &rotated.hash()), None);
+        assert!(c.verify(&from_c).is_ok(), "its own key stays");
+    }
+
+    #[tokio::test]
+    async fn a_configured_signing_key_is_never_replaced_but_the_refresh_key_is_shared() {
+        use crate::{backend::memory::MemoryBackend, config::Config};
+        let store = MemoryBackend::new(&Config::default().chat);
+        let first = shared_keys(b"the first refresh key");
+        first.share(&store, Duration::from_secs(10), UnixMillis::now()).await.unwrap();
+        let configured = keys();
+        let kid = configured.kid();
+        configured.share(&store, Duration::from_secs(10), UnixMillis::now()).await.unwrap();
+        assert_eq!(configured.kid(), kid);
+        let spent = crate::auth::refresh::Secret::random();
+        assert_eq!(configured.successor(&spent), first.successor(&spent));
     }
 
     #[test]

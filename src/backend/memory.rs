@@ -22,9 +22,9 @@ use tower_sessions::{
 };
 
 use super::{
-    rules, Added, Counters, Created, Devices, Event, EventBus, Health, History, Invites, ListedSession, Member, Notice,
-    PresenceStore, Removed, RoomOpened, RoomState, Rooms, SecurityLog, SessionIndex, Spend, StoreError, StoreResult,
-    StoredTokenSession, StoredUser, TokenStore, UserStore,
+    rules, Added, Candidate, Counters, Created, Devices, Event, EventBus, Health, History, Invites, ListedSession,
+    Member, Notice, PresenceStore, Removed, RoomOpened, RoomState, Rooms, SecurityLog, SessionIndex, SharedSecret,
+    Spend, StoreError, StoreResult, StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
     clock::UnixMillis,
@@ -124,7 +124,8 @@ pub struct MemoryBackend {
     tokens: Mutex<HashMap<Id, (TokenRecord, UnixMillis)>>,
     sids: Mutex<HashMap<String, (Id, UnixMillis)>>,
     tickets: Mutex<HashMap<String, (String, Instant)>>,
-    secrets: Mutex<HashMap<String, Vec<u8>>>,
+    /// name -> the current value, and the retired ones with their time.
+    secrets: Mutex<HashMap<String, SharedSecret>>,
     session_creates: AtomicU64,
     index: Mutex<HashMap<UserId, HashMap<Id, UnixMillis>>>,
     /// user -> what their sessions say of themselves. Locked after `index`
@@ -689,8 +690,22 @@ impl TokenStore for MemoryBackend {
         Ok(lock(&self.tickets).remove(ticket_hash).filter(|(_, until)| *until > now).map(|(sid, _)| sid))
     }
 
-    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        Ok(lock(&self.secrets).entry(name.to_owned()).or_insert_with(|| candidate.to_vec()).clone())
+    async fn share_secrets(&self, candidates: &[Candidate<'_>], now: UnixMillis) -> StoreResult<Vec<SharedSecret>> {
+        let mut secrets = lock(&self.secrets);
+        let share = |candidate: &Candidate<'_>| {
+            let secret = secrets
+                .entry(candidate.name.to_owned())
+                .or_insert_with(|| SharedSecret { current: candidate.value.to_vec(), retired: Vec::new() });
+            if let Some((kept, until)) = candidate.retire.filter(|_| secret.current != candidate.value) {
+                match secret.retired.iter_mut().find(|(value, _)| value == kept) {
+                    Some((_, at)) => *at = (*at).max(until),
+                    None => secret.retired.push((kept.to_vec(), until)),
+                }
+            }
+            secret.retired.retain(|(_, until)| *until > now);
+            secret.clone()
+        };
+        Ok(candidates.iter().map(share).collect())
     }
 }
 

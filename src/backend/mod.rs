@@ -273,10 +273,33 @@ pub trait TokenStore: Send + Sync {
     async fn put_ticket(&self, ticket_hash: &str, value: &str, ttl: Duration) -> StoreResult<()>;
     /// Takes a ticket: what it grants, once.
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>>;
-    /// A secret every instance must share (a generated signing key, the
-    /// refresh-token key): the first instance's `candidate`, kept in the
-    /// store under `name`.
-    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Secrets every instance must share (a generated signing key, the
+    /// refresh-token key), in one round trip: each one's value in the
+    /// store ([`Candidate`]), and what it keeps of values retired from it.
+    async fn share_secrets(&self, candidates: &[Candidate<'_>], now: UnixMillis) -> StoreResult<Vec<SharedSecret>>;
+}
+
+/// What an instance holds of a shared secret ([`TokenStore::share_secrets`]).
+///
+/// The store keeps `value` under `name` when it holds none (the first
+/// instance's; or, after the store lost it, the first to write one back:
+/// one atomic step, so every instance adopts the same). With `retire`,
+/// `value` is one this instance has used: if another is current, what
+/// others must still accept of it (`retire.0`, e.g. its public key) is
+/// kept beside the secret until `retire.1` (the latest of those asked).
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+    pub retire: Option<(&'a [u8], UnixMillis)>,
+}
+
+/// A shared secret as the store holds it ([`TokenStore::share_secrets`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSecret {
+    pub current: Vec<u8>,
+    /// Values retired from it whose time is not past, and until when.
+    pub retired: Vec<(Vec<u8>, UnixMillis)>,
 }
 
 /// Fixed-window counters, for throttling.
@@ -417,6 +440,19 @@ pub trait History: Send + Sync {
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
+    /// [`History::after`] as an unread count reads it: a body that cannot
+    /// mention `reader` (their name in lowercase) may come back empty, so
+    /// that counting a room of long messages does not fetch them whole.
+    async fn unread_after(
+        &self,
+        room: &RoomName,
+        after: MessageId,
+        limit: usize,
+        reader: &str,
+    ) -> StoreResult<Vec<Message>> {
+        let _ = reader;
+        self.after(room, after, limit).await
+    }
     /// The last `limit` messages, oldest first.
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>>;
     /// The last `limit` messages strictly before `before`, oldest first:

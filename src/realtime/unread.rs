@@ -17,6 +17,7 @@ use crate::{
     backend::History,
     model::{mentions, Message, MessageId, RoomName},
     protocol::{self as frames, UNREAD_CAP},
+    realtime::reads::ReadBudget,
 };
 
 /// Who the count is for: their own messages are not unread to them, and a
@@ -80,18 +81,20 @@ impl Unread {
     }
 
     /// The count of `room` for `reader` from the store: the messages after
-    /// their read marker up to `cursor` ([`Unread::of_page`]). A room never
-    /// marked read counts none: what arrives from now on counts. A store
-    /// failure counts none too (a count is not worth a refusal).
+    /// their read marker up to `cursor` ([`Unread::of_page`]), read within
+    /// the instance's budget. A room never marked read counts none: what
+    /// arrives from now on counts. A store failure counts none too (a count
+    /// is not worth a refusal).
     pub async fn stored(
         history: &dyn History,
+        reads: &ReadBudget,
         reader: &Reader,
         room: &RoomName,
         marker: Option<MessageId>,
         cursor: MessageId,
     ) -> Unread {
         let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
-        match history.after(room, marker, Unread::PAGE).await {
+        match reads.unread_after(history, room, marker, Unread::PAGE, &reader.folded).await {
             Ok(page) => Unread::of_page(reader, &page, cursor),
             Err(err) => {
                 tracing::warn!(%err, %room, "unread count not read: store unavailable");

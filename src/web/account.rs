@@ -144,10 +144,7 @@ async fn handle_login(
             let form = state.with_error("Wrong username or password.", Some(Field::Password));
             page(StatusCode::UNAUTHORIZED, &LoginPage { form })
         }
-        Verdict::Throttled(retry_after) => {
-            tracing::warn!(ip = %addr.0, "login throttled");
-            too_many_attempts(LoginPage { form: state }, retry_after)
-        }
+        Verdict::Throttled(retry_after) => too_many_attempts(LoginPage { form: state }, retry_after),
         Verdict::Busy(retry_after) => {
             let form = state.with_error("Too many sign-ins at once. Try again in a moment.", Some(Field::Password));
             let mut res = page(StatusCode::SERVICE_UNAVAILABLE, &LoginPage { form })?;
@@ -209,7 +206,6 @@ async fn handle_register(
     }
     // Every attempt that would cost a hash counts, taken or not.
     if let Err(retry_after) = accounts.registrations.attempt(addr.0).await? {
-        tracing::warn!(ip = %addr.0, "registration throttled");
         return too_many_attempts(RegisterPage { form: FormState::new(username, next.as_deref()) }, retry_after);
     }
     const TAKEN: &str = "That username is taken. Choose another one.";

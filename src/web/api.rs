@@ -140,10 +140,7 @@ async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, 
             Ok(secret(json!(pair)))
         }
         Verdict::Refused => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
-        Verdict::Throttled(retry_after) => {
-            tracing::warn!(ip = %addr.0, "token sign-in throttled");
-            Ok(too_many(retry_after))
-        }
+        Verdict::Throttled(retry_after) => Ok(too_many(retry_after)),
         Verdict::Busy(retry_after) => {
             let mut res =
                 error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Too many sign-ins at once; try again.");

@@ -20,6 +20,7 @@ use crate::{
     clock::UnixMillis,
     error::Error,
     model::{Message, Role, RoomKind},
+    net::from_another_site,
 };
 
 /// Messages rendered on a room's page.
@@ -152,6 +153,14 @@ pub struct ErrorPage {
     pub status: u16,
     pub title: String,
     pub message: String,
+}
+
+/// A public room that does not exist, reached by another site's link: a
+/// link on this site opens it.
+#[derive(Template)]
+#[template(path = "open_room.html")]
+pub struct OpenRoomPage {
+    pub room: String,
 }
 
 #[derive(Template)]
@@ -290,17 +299,25 @@ pub struct RoomPages {
 
 /// GET /chat/{room}
 pub fn chat_room(rooms: RoomPages) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    param("room").and(session(rooms.sessions.clone())).and(with(rooms)).and_then(
-        |room: String, session: AuthSession, rooms: RoomPages| async move {
-            render_room(room, session, &rooms).await.map_err(Rejection::from)
+    let fetch_site = warp::header::optional::<String>("sec-fetch-site");
+    param("room").and(session(rooms.sessions.clone())).and(fetch_site).and(with(rooms)).and_then(
+        |room: String, session: AuthSession, fetch_site: Option<String>, rooms: RoomPages| async move {
+            let elsewhere = from_another_site(fetch_site.as_deref());
+            render_room(room, session, elsewhere, &rooms).await.map_err(Rejection::from)
         },
     )
 }
 
 /// GET /chat/{room}: `{room}` is a room's name, or `@username` (`%40`
 /// too) for the direct conversation with that user. A name that is no
-/// room, and a room the user may not see, get the same 404 page.
-async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> Result<Response, Error> {
+/// room, and a room the user may not see, get the same 404 page. Reached
+/// from another site's page (`elsewhere`), it writes nothing.
+async fn render_room(
+    room: String,
+    session: AuthSession,
+    elsewhere: bool,
+    pages: &RoomPages,
+) -> Result<Response, Error> {
     let wanted = RoomRef::parse(&room);
     let Some(current) = session.current().await? else {
         // Back to this room after signing in (a name that is not one is not carried).
@@ -315,7 +332,13 @@ async fn render_room(room: String, session: AuthSession, pages: &RoomPages) -> R
     // it lives: opening one counts against the user's quota. Private and
     // direct rooms are not opened: they exist (or come with their first
     // message) without it, and cost no quota.
-    if visible.kind() == RoomKind::Public {
+    if visible.kind() == RoomKind::Public && elsewhere {
+        // Another site's link must not spend the user's quota nor fill their
+        // list: a room that exists is shown as it is, else the user is asked.
+        if !room.is_lobby() && !history.room_exists(room).await? {
+            return page(StatusCode::OK, &OpenRoomPage { room: visible.label().to_string() });
+        }
+    } else if visible.kind() == RoomKind::Public {
         match history.open_room(room, current.user.id).await? {
             RoomOpened::Open => {}
             // The name became a private room's since the check.

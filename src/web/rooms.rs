@@ -29,7 +29,10 @@ use crate::{
     backend::History,
     error::{Error, NO_SUCH_ROOM},
     model::{MessageId, Role, RoomKind, RoomName, User},
-    realtime::unread::{Reader, Unread},
+    realtime::{
+        reads::ReadBudget,
+        unread::{Reader, Unread},
+    },
 };
 
 /// What the room routes use.
@@ -40,6 +43,8 @@ pub struct RoomsApi {
     pub access: RoomAccess,
     /// Read markers and messages, for the unread counts of `GET /api/rooms`.
     pub history: Arc<dyn History>,
+    /// The sockets' budget of such reads, which these counts share.
+    pub reads: ReadBudget,
 }
 
 /// The answer to each refusal (docs/protocol.md §6 lists the codes).
@@ -149,7 +154,7 @@ async fn list_rooms(user: User, api: &RoomsApi) -> Result<Response, Error> {
     let newest = MessageId { ms: u64::MAX, seq: u64::MAX };
     let counts = futures_util::future::join_all(listed.iter().map(|visible| {
         let marker = markers.get(visible.room()).copied();
-        Unread::stored(&*api.history, &reader, visible.room(), marker, newest)
+        Unread::stored(&*api.history, &api.reads, &reader, visible.room(), marker, newest)
     }))
     .await;
     let rooms: Vec<RoomView> = listed

@@ -14,14 +14,14 @@ use crate::helpers::*;
 const BINARY: &str = env!("CARGO_BIN_EXE_palaver");
 
 /// A running binary whose log lines are collected.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
-    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
+    pub(crate) fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Running {
         Self::spawn(Self::command(dir, env))
     }
 
@@ -53,7 +53,7 @@ impl Running {
     }
 
     /// Waits for a log line containing `needle` and returns it.
-    fn wait_for_line(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
@@ -68,7 +68,7 @@ impl Running {
     }
 
     /// The bound port, from the "listening on" line.
-    fn port(&mut self) -> u16 {
+    pub(crate) fn port(&mut self) -> u16 {
         let line = self.wait_for_line("listening on ");
         let addr = line.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap();
         addr.rsplit(':').next().unwrap().parse().unwrap()
@@ -79,7 +79,7 @@ impl Running {
     }
 
     /// Every line the binary wrote, once it has exited.
-    fn all_lines(&mut self) -> Vec<String> {
+    pub(crate) fn all_lines(&mut self) -> Vec<String> {
         self.wait_exit();
         // The readers end at end of file, and with them the channel.
         while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
@@ -96,7 +96,7 @@ impl Drop for Running {
     }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }

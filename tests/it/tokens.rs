@@ -463,3 +463,86 @@ async fn with_no_key_configured_instances_share_a_generated_one(redis: &dyn Test
         .expect("b verifies a's token");
     socket.next_of("hello").await;
 }
+
+/// An instance of a group reached at `ports` (one each, on loopback): it
+/// listens on the `i`th and accepts the others' origins.
+async fn spawn_member(redis: &RedisServer, ports: &[u16], i: usize, extra: &[(&str, &str)]) -> TestApp {
+    let listen = format!("127.0.0.1:{}", ports[i]);
+    let others: Vec<String> =
+        ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, port)| format!("http://127.0.0.1:{port}")).collect();
+    let others = others.join(",");
+    let mut vars = vec![("LISTEN_ADDR", listen.as_str()), ("ALLOWED_ORIGINS", others.as_str())];
+    vars.extend_from_slice(extra);
+    TestApp::spawn_with(Some(redis), &vars).await
+}
+
+/// Whether `app` takes `access_token` (it gives a ticket for it).
+async fn accepts(app: &TestApp, access_token: &Value) -> bool {
+    let res = api_post(app, "/api/ws-ticket", json!({}), Some(access_token.as_str().unwrap())).await;
+    match res.status() {
+        StatusCode::OK => true,
+        StatusCode::UNAUTHORIZED => false,
+        other => panic!("ws-ticket: {other}"),
+    }
+}
+
+/// Issue 20, item 5. Without `TOKEN_SIGNING_KEY`, the store loses its data
+/// (`FLUSHALL`) while two instances run, and a third starts on the empty
+/// store (generating keys of its own). Within a bound, every instance
+/// accepts every instance's tokens (those signed before they agreed too),
+/// and a refresh made on one and retried on another within the grace gets
+/// the same successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_store_forgets_the_generated_keys_every_instance_converges_on_one() {
+    let redis = RedisServer::start();
+    let grace = [("REFRESH_REUSE_GRACE_SECS", "60")];
+    let ports = [free_port(), free_port(), free_port()];
+    let a = spawn_member(&redis, &ports, 0, &grace).await;
+    let b = spawn_member(&redis, &ports, 1, &grace).await;
+    assert!(redis.command(&["FLUSHALL"]).unwrap().starts_with("+OK"));
+    // On the empty store `c` writes its keys first, unless `a` or `b` got
+    // theirs back before it started: either way one must win.
+    let c = spawn_member(&redis, &ports, 2, &grace).await;
+    let apps = [&a, &b, &c];
+    // Right away: alice (gone with the store) signs up again and signs in
+    // on each, and refreshes on `a`.
+    signed_up(&a, "alice").await;
+    let mut pairs = Vec::new();
+    for app in apps {
+        pairs.push(token_pair(app, "alice").await);
+    }
+    let refresh = |app: &TestApp, token: &Value| {
+        let (url, body) = (app.url("/api/token/refresh"), json!({"refresh_token": token}));
+        async move { reqwest::Client::new().post(url).json(&body).send().await.unwrap() }
+    };
+    let rotated: Value = refresh(&a, &pairs[0]["refresh_token"]).await.json().await.unwrap();
+    let mut tokens: Vec<Value> = pairs.iter().map(|pair| pair["access_token"].clone()).collect();
+    tokens.push(rotated["access_token"].clone());
+
+    let tokens = &tokens;
+    eventually("every instance to accept every instance's tokens", || async move {
+        for app in apps {
+            for token in tokens {
+                if !accepts(app, token).await {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    // One key from now on: a token from any is accepted by all at once.
+    for app in apps {
+        let fresh = token_pair(app, "alice").await;
+        for other in apps {
+            assert!(accepts(other, &fresh["access_token"]).await);
+        }
+    }
+    // The refresh made on `a`, retried on the others within the grace.
+    for app in [&c, &b] {
+        let again = refresh(app, &pairs[0]["refresh_token"]).await;
+        assert_eq!(again.status(), StatusCode::OK, "a retry, not a reuse");
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again["refresh_token"], rotated["refresh_token"], "the same successor");
+    }
+}

@@ -7,6 +7,11 @@
 //!   (`REDIS_WAIT_REPLICAS`): `WAIT` counts the writes of the connection it
 //!   is sent on, and it blocks that connection while replicas catch up, so
 //!   it gets connections of its own that requests never queue behind.
+//! - One connection of its own for the health checks (`/healthz`,
+//!   `/readyz`): their `PING` must say whether the store answers, not
+//!   wait behind this instance's own queue of commands on the pool (which
+//!   a burst of replays can make seconds long), and a readiness check that
+//!   times out takes a healthy instance out of rotation.
 //! - One client per room group for `XREAD BLOCK` (a blocking command must
 //!   never sit on a pooled connection other commands wait behind), made
 //!   when this instance first follows a room of that group: one on a single
@@ -134,6 +139,8 @@ pub(super) struct Connections {
     pub(super) fast: WithOptions<Pool>,
     /// The durable step of appends, and its `WAIT`.
     appends: Pool,
+    /// The health checks' `PING`, with the request options.
+    pub(super) health: WithOptions<Client>,
     /// Makes tail clients and the subscriber (same server, same policies).
     builder: Builder,
     /// One per tail group: one on a single Redis, [`ROOM_GROUPS`] on a cluster.
@@ -172,8 +179,10 @@ impl Connections {
 
         let pool = builder.build_pool(POOL_SIZE).map_err(bad_url)?;
         let appends = builder.build_pool(APPEND_POOL_SIZE).map_err(bad_url)?;
+        let health = builder.build().map_err(bad_url)?;
         pool.init().await.map_err(unreachable)?;
         appends.init().await.map_err(unreachable)?;
+        health.init().await.map_err(unreachable)?;
 
         let groups = if cluster { ROOM_GROUPS } else { 1 };
         let tails = (0..groups)
@@ -193,6 +202,7 @@ impl Connections {
             fast: pool.with_options(&request_options()),
             pool,
             appends,
+            health: health.with_options(&request_options()),
             builder,
             tails,
             durability,
@@ -362,10 +372,10 @@ impl Connections {
         Ok(client.clone())
     }
 
-    /// Closes the tail connections and both pools.
+    /// Closes the tail connections, the health checks' and both pools.
     pub(super) async fn quit(&self) {
         let tails =
             futures_util::future::join_all(self.tails.iter().filter_map(|tail| tail.client.get()).map(|c| c.quit()));
-        let _ = tokio::join!(tails, self.appends.quit(), self.pool.quit());
+        let _ = tokio::join!(tails, self.appends.quit(), self.pool.quit(), self.health.quit());
     }
 }

@@ -9,7 +9,7 @@ use crate::backend::{Health, StoreResult};
 #[async_trait]
 impl Health for RedisBackend {
     async fn ping(&self) -> StoreResult<()> {
-        let _: String = self.conn.timed("ping", self.conn.fast.ping(None)).await?;
+        let _: String = self.conn.timed("ping", self.conn.health.ping(None)).await?;
         Ok(())
     }
 

@@ -161,6 +161,22 @@ impl History for RedisBackend {
         self.range(room, format!("({after}"), "+", limit, false).await
     }
 
+    /// In one script (unread_page.lua): the bodies that do not hold
+    /// `@reader` in any ASCII case (every mention of the reader does) stay
+    /// in the store.
+    async fn unread_after(
+        &self,
+        room: &RoomName,
+        after: MessageId,
+        limit: usize,
+        reader: &str,
+    ) -> StoreResult<Vec<Message>> {
+        let args: Vec<Value> = vec![format!("({after}").into(), (limit as i64).into(), format!("@{reader}").into()];
+        let entries: Vec<(String, HashMap<String, String>)> =
+            self.conn.run(&SCRIPTS.unread_page, vec![keys::messages(room)], args).await?;
+        entries.into_iter().map(|(id, fields)| Self::parse_entry(&id, fields)).collect()
+    }
+
     async fn recent(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
         let mut messages = self.range(room, "-".into(), "+", limit, true).await?;
         messages.reverse();

@@ -151,6 +151,12 @@ pub fn wake(group: usize, instance: &str) -> String {
 pub fn secret(name: &str) -> String {
     format!("palaver:{name}")
 }
+/// The values retired from a [`secret`]: tagged by the secret's whole key,
+/// so that it lands in the secret's slot (a key without a tag hashes as a
+/// whole) and one script reads both.
+pub fn secret_retired(name: &str) -> String {
+    format!("{{{}}}:retired", secret(name))
+}
 pub fn sid(sid: &str) -> String {
     format!("palaver:sid:{sid}")
 }
@@ -173,6 +179,14 @@ mod tests {
         for group in 0..ROOM_GROUPS {
             let slot = usize::from(fred::util::redis_keyslot(group_tag(group).as_bytes()));
             assert_eq!(slot / span, group, "{} is in slot {slot}", group_tag(group));
+        }
+    }
+
+    #[test]
+    fn a_shared_secrets_retired_values_are_in_its_slot() {
+        for name in ["token-signing-key", "refresh-key"] {
+            let (secret, retired) = (secret(name), secret_retired(name));
+            assert_eq!(fred::util::redis_keyslot(secret.as_bytes()), fred::util::redis_keyslot(retired.as_bytes()));
         }
     }
 

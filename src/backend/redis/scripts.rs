@@ -92,6 +92,8 @@ scripts! {
     invite_create,
     invite_spend,
     invite_give_back,
+    secret_share,
+    unread_page,
 }
 
 /// The scripts, with their digests computed once.

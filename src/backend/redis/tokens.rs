@@ -7,9 +7,16 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use tower_sessions::session::Id;
 
-use super::{connection::millis, keys, scripts::SCRIPTS, RedisBackend};
+use base64::{engine::general_purpose::STANDARD, Engine};
+
+use super::{
+    connection::{millis, Call},
+    keys,
+    scripts::SCRIPTS,
+    RedisBackend,
+};
 use crate::{
-    backend::{StoreError, StoreResult, StoredTokenSession, TokenStore},
+    backend::{Candidate, SharedSecret, StoreError, StoreResult, StoredTokenSession, TokenStore},
     clock::UnixMillis,
     model::TokenRecord,
 };
@@ -25,6 +32,25 @@ fn token_session(id: &str, record: &str, expires_at: i64) -> StoreResult<StoredT
         record: serde_json::from_str(record).map_err(|_| corrupt("record"))?,
         expires_at: UnixMillis::from_millis(expires_at),
     })
+}
+
+/// A shared secret from `secret_share`'s reply: the current value, then
+/// each retired value and its time, base64.
+fn shared_secret(name: &str, reply: Value) -> StoreResult<SharedSecret> {
+    let corrupt = || StoreError::Corrupt(format!("the shared secret {name}"));
+    let reply: Vec<String> = reply.convert()?;
+    let (current, retired) = reply.split_first().ok_or_else(corrupt)?;
+    let retired = retired
+        .chunks(2)
+        .map(|pair| match pair {
+            [value, until] => {
+                Some((STANDARD.decode(value).ok()?, UnixMillis::from_millis(until.parse::<f64>().ok()? as i64)))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(corrupt)?;
+    Ok(SharedSecret { current: STANDARD.decode(current).map_err(|_| corrupt())?, retired })
 }
 
 impl RedisBackend {
@@ -93,13 +119,24 @@ impl TokenStore for RedisBackend {
         self.conn.timed("getdel", self.conn.fast.getdel(keys::ticket(ticket_hash))).await
     }
 
-    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Vec<u8>> {
-        use base64::{engine::general_purpose::STANDARD, Engine};
-        let key = keys::secret(name);
-        let encoded = STANDARD.encode(candidate);
-        let _: Option<String> =
-            self.conn.timed("set", self.conn.fast.set(&key, encoded, None, Some(SetOptions::NX), false)).await?;
-        let stored: String = self.conn.timed("get", self.conn.fast.get(&key)).await?;
-        STANDARD.decode(stored).map_err(|_| StoreError::Corrupt(format!("the shared secret {name}")))
+    /// One script call per secret (a secret and its retired values share
+    /// a slot), all in one pipeline.
+    async fn share_secrets(&self, candidates: &[Candidate<'_>], now: UnixMillis) -> StoreResult<Vec<SharedSecret>> {
+        let calls: Vec<Call> = candidates
+            .iter()
+            .map(|candidate| {
+                let (kept, until) = candidate
+                    .retire
+                    .map_or((String::new(), 0), |(kept, until)| (STANDARD.encode(kept), until.as_millis()));
+                let args = vec![STANDARD.encode(candidate.value).into(), kept.into(), until.into(), millis(now)];
+                Call::new(
+                    &SCRIPTS.secret_share,
+                    vec![keys::secret(candidate.name), keys::secret_retired(candidate.name)],
+                    args,
+                )
+            })
+            .collect();
+        let replies = self.conn.run_all(&calls).await?;
+        candidates.iter().zip(replies).map(|(candidate, reply)| shared_secret(candidate.name, reply)).collect()
     }
 }

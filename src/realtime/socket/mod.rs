@@ -37,6 +37,7 @@ use super::{
     hub::Hub,
     limits::{Strikes, TokenBucket},
     presence::Presence,
+    reads::ReadBudget,
     registry::{ConnId, Epoch, Outbound, Outbox, Registration, Registry, Revoked, Slot},
 };
 use crate::{
@@ -99,6 +100,8 @@ pub struct SocketDeps {
     /// Which rooms' unread counts a socket follows.
     pub access: RoomAccess,
     pub history: Arc<dyn History>,
+    /// What replays and unread counts may read of `history` at once.
+    pub reads: ReadBudget,
     /// The lists of direct conversations, which a first message enters.
     pub rooms: Arc<dyn Rooms>,
     /// Tells the other user of a direct conversation this socket starts.

@@ -43,7 +43,7 @@ where
         let until = self.last_sent;
         let mut cursor = after;
         while cursor < until {
-            let page = match self.deps.history.after(&self.room, cursor, REPLAY_PAGE).await {
+            let page = match self.deps.reads.after(&*self.deps.history, &self.room, cursor, REPLAY_PAGE).await {
                 Ok(page) => page,
                 Err(err) => {
                     // Closing (rather than going on without the replay) keeps
@@ -133,11 +133,10 @@ where
         // may be other groups.
         deps.hub.follow_new_rooms(&new_rooms).await;
         let reader = Reader::new(self.name.clone());
-        let counts =
-            futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-                Unread::stored(&*deps.history, &reader, room, markers.get(room).copied(), *cursor)
-            }))
-            .await;
+        let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
+            Unread::stored(&*deps.history, &deps.reads, &reader, room, markers.get(room).copied(), *cursor)
+        }))
+        .await;
         let mut out = Vec::new();
         for ((room, _), stored) in cursors.iter().zip(counts) {
             let label = rooms.iter().find(|(r, ..)| r == room).map_or(room.as_str(), |(_, label, _)| label);
