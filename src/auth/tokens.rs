@@ -7,7 +7,7 @@
 //! signature is looked at), `typ` must be `at+jwt`, `iss` this service,
 //! `aud` `palaver`, and every claim palaver reads is required. What palaver
 //! never issues is held to its standard all the same: a `crit` header names
-//! extensions palaver does not understand (refused, RFC 7515 §4.1.6), and a
+//! extensions palaver does not understand (refused, RFC 7515 §4.1.11), and a
 //! token whose `nbf` or `iat` lies ahead of the clock is not valid yet (RFC
 //! 7519 §4.1.5; [`CLOCK_LEEWAY`] allowed for skew). It needs no store:
 //! whether the session still lives is checked separately (one read).
@@ -546,7 +546,7 @@ impl TokenKeys {
             return Err(TokenError::WrongType);
         }
         // palaver understands no JWS extension, so any critical one is
-        // not understood (and `crit` may not be empty, RFC 7515 §4.1.6).
+        // not understood (and `crit` may not be empty, RFC 7515 §4.1.11).
         if let Some(crit) = &header.crit {
             return Err(TokenError::Invalid(format!("critical header parameters {crit:?}")));
         }
