@@ -787,3 +787,31 @@ async fn times_are_shown_in_the_users_time_zone() {
     cli.end_input();
     assert_eq!(cli.finish().await.code, 0);
 }
+
+#[tokio::test]
+async fn at_a_terminal_a_message_arriving_leaves_the_line_being_typed_whole() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut term = home.terminal(&["chat", "lobby"], &[]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    term.shows("connected to lobby as alice").await;
+    term.type_text("hel");
+    term.shows("hel").await;
+    socket.send(message("5-0", "bob", "hi there")).await;
+    let redrawn = term
+        .until("the line being typed, again below the message", |s| {
+            s.rsplit_once("bob: hi there").is_some_and(|(_, after)| after.contains("hel"))
+        })
+        .await;
+    assert!(!redrawn.contains("hel22:13:20"), "the message split the line: {redrawn:?}");
+    term.type_text("lo\r");
+    let sent = socket.recv().await.unwrap();
+    assert_eq!(sent["body"], "hello", "the line as typed, whole");
+    socket.send(json!({"type":"ack","client_id":sent["client_id"],"id":"6-0"})).await;
+
+    // Ctrl-D ends the input; the terminal is given back as it was.
+    term.type_text("\u{4}");
+    assert_eq!(socket.closed_with().await, Some(1000));
+    assert_eq!(term.exit_code().await, 0, "{:?}", term.shown());
+    assert!(term.echoes(), "echo is back on");
+}
