@@ -815,3 +815,29 @@ async fn at_a_terminal_a_message_arriving_leaves_the_line_being_typed_whole() {
     assert_eq!(term.exit_code().await, 0, "{:?}", term.shown());
     assert!(term.echoes(), "echo is back on");
 }
+
+#[tokio::test]
+async fn a_message_of_several_lines_is_shown_as_lines_and_a_trailing_backslash_types_one() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut term = home.terminal(&["chat", "lobby"], &[]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    term.shows("connected to lobby as alice").await;
+    socket.send(message("5-0", "bob", "two\nlines")).await;
+    term.shows("22:13:20 bob: two\r\n         lines\r\n").await;
+
+    term.type_text("first\\\r");
+    term.shows("… ").await;
+    term.type_text("second\r");
+    let sent = socket.recv().await.unwrap();
+    assert_eq!(sent["body"], "first\nsecond", "one message of two lines");
+
+    // From a pipe, every line is a message, and what arrives is lines on stdout.
+    let (mut cli, mut socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
+    socket.send(message("7-0", "bob", "three\nmore\nlines")).await;
+    assert_eq!(cli.out_line().await, "22:13:20 bob: three");
+    assert_eq!(cli.out_line().await, "         more");
+    assert_eq!(cli.out_line().await, "         lines");
+    cli.type_line("ends in \\");
+    assert_eq!(socket.recv().await.unwrap()["body"], "ends in \\");
+}

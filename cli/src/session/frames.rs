@@ -155,13 +155,24 @@ pub fn clock(unix_ms: i64, zone: &TimeZone) -> String {
     }
 }
 
-/// `HH:MM:SS user: body` in the user's time zone.
+/// `HH:MM:SS user: body` in the user's time zone; a body of several lines
+/// goes on below, each line indented under the sender.
 pub fn message_line(sent_at: i64, user: &str, body: &str) -> String {
     message_line_in(local_zone(), sent_at, user, body)
 }
 
+/// As wide as `HH:MM:SS `: the body's later lines start under the sender.
+const INDENT: &str = "         ";
+
 fn message_line_in(zone: &TimeZone, sent_at: i64, user: &str, body: &str) -> String {
-    format!("{} {}: {}", clock(sent_at, zone), printable(user), printable(body))
+    let mut lines = body.split('\n').map(|line| printable(line.strip_suffix('\r').unwrap_or(line)));
+    let mut out = format!("{} {}: {}", clock(sent_at, zone), printable(user), lines.next().unwrap_or_default());
+    for line in lines {
+        out.push('\n');
+        out.push_str(INDENT);
+        out.push_str(&line);
+    }
+    out
 }
 
 pub fn presence_line(room: &str, online: &[String], count: Option<u64>) -> String {
@@ -299,9 +310,19 @@ mod tests {
         assert_eq!(clock(1_700_000_000_000, &paris), "23:13:20", "November: UTC+1");
         assert_eq!(clock(1_690_000_000_000, &paris), "06:26:40", "July: UTC+2");
         assert_eq!(
-            message_line_in(&utc, 0, "bob", "two\nlines\r\u{1b}[2Jgone\u{202e}"),
-            "00:00:00 bob: two\\nlines\\u{d}\\u{1b}[2Jgone\\u{202e}"
+            message_line_in(&utc, 0, "bob", "tab\tthere\r\u{1b}[2Jgone\u{202e}"),
+            "00:00:00 bob: tab\\tthere\\u{d}\\u{1b}[2Jgone\\u{202e}"
         );
+    }
+
+    #[test]
+    fn a_message_of_several_lines_is_shown_as_lines_under_its_sender() {
+        let utc = TimeZone::UTC;
+        assert_eq!(
+            message_line_in(&utc, 0, "bob", "Traceback:\n  at main\r\n\n\u{1b}[2Jdone"),
+            "00:00:00 bob: Traceback:\n           at main\n         \n         \\u{1b}[2Jdone"
+        );
+        assert_eq!(message_line_in(&utc, 0, "bob\nx", "hi"), "00:00:00 bob\\nx: hi", "a name stays one line");
     }
 
     #[test]
