@@ -92,7 +92,10 @@ async fn run(args: args::Args) -> i32 {
             login(Api::new(server), &path, &username, saved).await
         }
         Command::Chat { room } => match signed_in(args.server.as_deref(), path) {
-            Ok(tokens) => session::run(session::Chat { tokens, room }).await,
+            Ok(tokens) => {
+                let last = args.last.unwrap_or(args::DEFAULT_LAST);
+                session::run(session::Chat { tokens, room, last }).await
+            }
             Err(code) => code,
         },
         Command::Room(command) => match signed_in(args.server.as_deref(), path) {

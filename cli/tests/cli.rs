@@ -701,8 +701,8 @@ async fn the_room_commands_usage_errors_exit_64_before_any_request() {
     assert_eq!(server.state().requests, ["POST /api/token"], "nothing but the login");
     let out = home.cli(&["--help"]).finish().await;
     for usage in [
-        "palaver-cli [--server URL] chat @USER",
-        "palaver-cli [--server URL] dm USER",
+        "palaver-cli [--server URL] chat @USER [--last N]",
+        "palaver-cli [--server URL] dm USER [--last N]",
         "palaver-cli [--server URL] rooms",
         "palaver-cli [--server URL] create ROOM [--public]",
         "palaver-cli [--server URL] members ROOM",
@@ -840,4 +840,32 @@ async fn a_message_of_several_lines_is_shown_as_lines_and_a_trailing_backslash_t
     assert_eq!(cli.out_line().await, "         lines");
     cli.type_line("ends in \\");
     assert_eq!(socket.recv().await.unwrap()["body"], "ends in \\");
+}
+
+#[tokio::test]
+async fn joining_shows_the_last_messages_first_and_goes_live_after_the_newest_of_them() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    server.state().history = (1..=3)
+        .map(|n| json!({"id":format!("{n}-0"),"user":"bob","body":format!("earlier {n}"),"sent_at":1_700_000_000_000u64}))
+        .collect();
+    let mut cli = home.cli(&["chat", "lobby", "--last", "2"]);
+    let mut socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby&after=3-0", "live from after the newest shown");
+    assert!(server.state().requests.iter().any(|r| r == "GET /chat/lobby/history?limit=2"));
+    assert_eq!(cli.out_line().await, "22:13:20 bob: earlier 2");
+    assert_eq!(cli.out_line().await, "22:13:20 bob: earlier 3");
+    socket.hello("alice", "lobby").await;
+    // A replay that overlaps what was shown is not shown twice.
+    socket.send(message("3-0", "bob", "earlier 3")).await;
+    socket.send(message("4-0", "bob", "live")).await;
+    assert_eq!(cli.out_line().await, "22:13:20 bob: live");
+
+    // --last 0: nothing earlier, and no request for it.
+    let asked = server.state().requests.len();
+    let mut quiet = home.cli(&["chat", "lobby", "--last", "0"]);
+    let socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby");
+    assert!(!server.state().requests[asked..].iter().any(|r| r.contains("/history")));
+    quiet.end_input();
+    cli.end_input();
 }

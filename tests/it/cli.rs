@@ -218,3 +218,29 @@ async fn a_long_pipe_goes_at_the_servers_pace_and_is_stored_whole_and_in_order()
     let stored: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap()).collect();
     assert_eq!(stored, lines, "every line, once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_shows_the_rooms_last_twenty_messages_then_live_ones_without_repeats() {
+    let redis = RedisServer::start();
+    // A burst that takes bob's 25 at once (the user's own is 40).
+    let app = TestApp::spawn_with(Some(&redis), &[("MESSAGE_BURST", "30")]).await;
+    signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    let (mut bobs, _) = bob.join(&app, "").await;
+    for n in 1..=25 {
+        bobs.say(&format!("earlier {n:02}"), &format!("e{n}")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    assert!(Cli::run(&app.origin, &credentials, &["login", "alice"]).0.success());
+
+    let mut cli = Cli::start(&app.origin, &credentials, &["chat", "lobby"]);
+    for n in 6..=25 {
+        let line = cli.stdout_line("an earlier message", |_| true);
+        assert!(line.ends_with(&format!("bob: earlier {n:02}")), "the last 20, oldest first: {line}");
+    }
+    cli.stderr_count("connected to lobby as alice", 1, DEADLINE);
+    bobs.say("live now", "l1").await;
+    let next = cli.stdout_line("the live message", |_| true);
+    assert!(next.ends_with("bob: live now"), "nothing shown twice: {next}");
+}

@@ -73,6 +73,8 @@ const OUTBOX_MAX: usize = 256;
 pub struct Chat {
     pub tokens: Tokens,
     pub room: String,
+    /// How many of the room's last messages to show before going live.
+    pub last: u32,
 }
 
 /// Runs `chat` to its end; the process's exit code.
@@ -90,6 +92,7 @@ pub async fn run(chat: Chat) -> i32 {
     let mut session = Session {
         tokens: chat.tokens,
         room: chat.room,
+        earlier: Some(chat.last).filter(|&n| n > 0),
         been_in: false,
         lines,
         stdin_open: true,
@@ -131,6 +134,9 @@ enum Refusal {
 struct Session {
     tokens: Tokens,
     room: String,
+    /// How many earlier messages to show before the first socket, until
+    /// they are.
+    earlier: Option<u32>,
     /// Whether the server has let this user into the room (said `hello`) in
     /// this run: a refusal after that means they were removed.
     been_in: bool,
@@ -184,6 +190,11 @@ impl Session {
                     }
                 }
             }
+            if let Some(last) = self.earlier.take() {
+                if let Some(code) = self.show_earlier(last).await {
+                    return code;
+                }
+            }
             // Ctrl-C is heard while the upgrade is on its way (up to CONNECT_TIMEOUT).
             let mut interrupted = self.interrupted.clone();
             let connected = tokio::select! {
@@ -220,6 +231,31 @@ impl Session {
                 return code;
             }
         }
+    }
+
+    /// The room's last `last` messages, shown before going live with the
+    /// token just checked: the socket then asks for what came after the
+    /// newest of them (`after=`), so none is shown twice and none is
+    /// missed. `Some(code)` to stop.
+    async fn show_earlier(&mut self, last: u32) -> Option<i32> {
+        let asked = self.tokens.api().history(self.tokens.access_token(), &self.room, last).await;
+        match asked {
+            Ok(messages) => {
+                for m in messages {
+                    if self.seen.admit(&m.id, &m.user, None)
+                        && print_line(&message_line(m.sent_at, &m.user, &m.body)).is_err()
+                    {
+                        return Some(exit::ERROR);
+                    }
+                }
+            }
+            // A public room not made yet (the upgrade makes it), or one this
+            // user may not see (the upgrade says so, and exits).
+            Err(e) if e.status() == Some(404) => {}
+            // The socket is what counts: it refreshes, or signs out, itself.
+            Err(e) => note(&format!("no earlier messages: {e}")),
+        }
+        None
     }
 
     /// stdin has ended and every line it gave is acknowledged.

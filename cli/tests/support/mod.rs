@@ -64,6 +64,9 @@ pub struct State {
     pub refuse_tokens: bool,
     /// The next this many upgrades are answered 503.
     pub unavailable: u32,
+    /// What `GET /chat/{room}/history` answers with, for any room: the
+    /// stored messages, oldest first.
+    pub history: Vec<Value>,
 }
 
 /// A room as the stand-in keeps it.
@@ -354,6 +357,15 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             (_, p) if p == "/api/rooms" || p.starts_with("/api/rooms/") => {
                 if st.accepts(bearer.as_deref()) {
                     rooms_api(&mut st, method, &p["/api/rooms".len()..], &body)
+                } else {
+                    (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
+                }
+            }
+            ("GET", p) if p.starts_with("/chat/") && p.contains("/history") => {
+                if st.accepts(bearer.as_deref()) {
+                    let limit: usize = p.split_once("limit=").and_then(|(_, n)| n.parse().ok()).unwrap_or(50);
+                    let from = st.history.len().saturating_sub(limit);
+                    (200, "", json!({"messages": st.history[from..], "start": from == 0}).to_string())
                 } else {
                     (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
                 }
