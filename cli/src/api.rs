@@ -1,5 +1,6 @@
 //! The server's HTTP API: the token routes (docs/protocol.md §5: sign in,
-//! refresh, log out) and the room routes (rooms, members, SPEC §6). Tokens
+//! refresh, log out), the room routes (rooms, members, SPEC §6) and a
+//! room's history (§2). Tokens
 //! travel only in request bodies and the `Authorization` header, and no
 //! error built here ever contains one.
 
@@ -137,6 +138,20 @@ pub struct Room {
 #[derive(Deserialize)]
 struct Rooms {
     rooms: Vec<Room>,
+}
+
+/// One message of `GET /chat/{room}/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Stored {
+    pub id: String,
+    pub user: String,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+#[derive(Deserialize)]
+struct History {
+    messages: Vec<Stored>,
 }
 
 /// One member of `GET /api/rooms/{name}/members`.
@@ -280,6 +295,14 @@ impl Api {
         let body = serde_json::json!({ "name": name, "visibility": visibility });
         let req = self.http.post(self.server.endpoint("/api/rooms")).bearer_auth(access_token).json(&body);
         json_body(self.send(req).await?).await
+    }
+
+    /// `GET /chat/{room}/history?limit=N`: the room's last `limit` messages,
+    /// oldest first.
+    pub async fn history(&self, access_token: &str, room: &str, limit: u32) -> Result<Vec<Stored>, ApiError> {
+        let url = self.server.endpoint(&format!("/chat/{}/history?limit={limit}", segment(room)));
+        let resp = self.send(self.http.get(url).bearer_auth(access_token)).await?;
+        Ok(json_body::<History>(resp).await?.messages)
     }
 
     /// `GET /api/rooms/{room}/members`.

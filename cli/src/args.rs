@@ -11,9 +11,9 @@ palaver-cli: the command-line client of a palaver chat server
 
 USAGE:
     palaver-cli [--server URL] login USERNAME
-    palaver-cli [--server URL] chat ROOM
-    palaver-cli [--server URL] chat @USER
-    palaver-cli [--server URL] dm USER
+    palaver-cli [--server URL] chat ROOM [--last N]
+    palaver-cli [--server URL] chat @USER [--last N]
+    palaver-cli [--server URL] dm USER [--last N]
     palaver-cli [--server URL] rooms
     palaver-cli [--server URL] create ROOM [--public]
     palaver-cli [--server URL] members ROOM
@@ -26,10 +26,14 @@ USAGE:
 COMMANDS:
     login USERNAME     Sign in and keep the credentials. The password is read
                        from PALAVER_PASSWORD if set, else one line of stdin.
-    chat ROOM          Join ROOM (1-32 of a-z 0-9 -). Messages go to stdout as
-                       `HH:MM:SS user: body` (UTC); every stdin line is sent,
-                       in order. Presence and notes go to stderr. Reconnects
-                       by itself; stdin's end sends what is left, then exits.
+    chat ROOM          Join ROOM (1-32 of a-z 0-9 -), after showing its last
+                       messages (--last N, default 20). Messages go to stdout
+                       as `HH:MM:SS user: body` (local time; more lines of a
+                       body indented below); every stdin line is sent, in
+                       order, at the server's pace. At a terminal a line
+                       ending in \\ goes on on the next (one message).
+                       Presence and notes go to stderr. Reconnects by itself;
+                       stdin's end sends what is left, then exits.
                        Removed from the room meanwhile: says so, exits 5.
     chat @USER         The direct conversation with USER, as `chat ROOM`.
     dm USER            The same as `chat @USER`.
@@ -52,6 +56,8 @@ OPTIONS:
                      else the server of the saved credentials, else
                      http://127.0.0.1:8080
     --public         With create: a public room
+    --last N         With chat: show the room's last N messages first
+                     (0 to 100; default 20, 0 for none)
     -h, --help       Print this help
     -V, --version    Print the version
 
@@ -99,8 +105,16 @@ pub enum RoomCommand {
 pub struct Args {
     /// `--server`, as given.
     pub server: Option<String>,
+    /// `--last`, as given: how many earlier messages `chat` shows.
+    pub last: Option<u32>,
     pub command: Command,
 }
+
+/// How many earlier messages `chat` shows without `--last`.
+pub const DEFAULT_LAST: u32 = 20;
+/// The most `--last` takes: one page of the server's history at its default
+/// `HISTORY_PAGE_MAX`.
+pub const MAX_LAST: u32 = 100;
 
 /// A command line that makes no sense; the text says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +134,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 /// `--` ends them (for a username that starts with `-`).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError> {
     let mut server = None;
+    let mut last = None;
     let mut public = false;
     let mut words = Vec::new();
     let mut args = args.into_iter();
@@ -131,16 +146,18 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
         }
         match arg.as_str() {
             "--" => options_done = true,
-            "-h" | "--help" => return Ok(Args { server, command: Command::Help }),
-            "-V" | "--version" => return Ok(Args { server, command: Command::Version }),
+            "-h" | "--help" => return Ok(Args { server, last, command: Command::Help }),
+            "-V" | "--version" => return Ok(Args { server, last, command: Command::Version }),
             "--public" => public = true,
             "--server" => {
                 let url = args.next().ok_or_else(|| usage("--server needs a URL"))?;
                 server = Some(url);
             }
-            _ => match arg.strip_prefix("--server=") {
-                Some(url) => server = Some(url.to_owned()),
-                None => return Err(usage(format!("unknown option {arg}"))),
+            "--last" => last = Some(count(args.next())?),
+            _ => match (arg.strip_prefix("--server="), arg.strip_prefix("--last=")) {
+                (Some(url), _) => server = Some(url.to_owned()),
+                (_, Some(n)) => last = Some(count(Some(n.to_owned()))?),
+                _ => return Err(usage(format!("unknown option {arg}"))),
             },
         }
     }
@@ -189,7 +206,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
     if public && !matches!(command, Command::Room(RoomCommand::Create { .. })) {
         return Err(usage("--public goes with create only"));
     }
-    Ok(Args { server, command })
+    if last.is_some() && !matches!(command, Command::Chat { .. }) {
+        return Err(usage("--last goes with chat only"));
+    }
+    Ok(Args { server, last, command })
+}
+
+/// `--last`'s N.
+fn count(word: Option<String>) -> Result<u32, UsageError> {
+    let word = word.ok_or_else(|| usage("--last needs a number"))?;
+    word.parse()
+        .ok()
+        .filter(|n| *n <= MAX_LAST)
+        .ok_or_else(|| usage(format!("--last takes a number from 0 to {MAX_LAST}, not {word:?}")))
 }
 
 fn not_a_room_name(room: &str) -> UsageError {
@@ -332,6 +361,24 @@ mod tests {
             assert_eq!(a.command, Command::Chat { room: "r".into() });
         }
         assert_eq!(p(&["logout"]).unwrap().server, None);
+    }
+
+    #[test]
+    fn last_says_how_many_earlier_messages_chat_shows() {
+        assert_eq!(p(&["chat", "lobby"]).unwrap().last, None);
+        assert_eq!(p(&["chat", "lobby", "--last", "5"]).unwrap().last, Some(5));
+        assert_eq!(p(&["--last=0", "dm", "bob"]).unwrap().last, Some(0));
+        assert_eq!(p(&["chat", "lobby", "--last", "100"]).unwrap().last, Some(100));
+        for (args, says) in [
+            (&["chat", "lobby", "--last"][..], "needs a number"),
+            (&["chat", "lobby", "--last", "101"], "from 0 to 100"),
+            (&["chat", "lobby", "--last=-1"], "from 0 to 100"),
+            (&["chat", "lobby", "--last", "all"], "from 0 to 100"),
+            (&["rooms", "--last", "3"], "--last goes with chat only"),
+        ] {
+            let err = p(args).unwrap_err();
+            assert!(err.0.contains(says), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! either), readable by its owner only.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, Write},
@@ -38,6 +39,10 @@ pub struct Credentials {
     /// Unix ms, the session's own expiry as the server last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_expires_at: Option<u64>,
+    /// The server each user last logged in to with this file, so that
+    /// `login USER` goes back there, and a password goes nowhere else.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Credentials {
@@ -49,6 +54,7 @@ impl fmt::Debug for Credentials {
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_token", &"[redacted]")
             .field("session_expires_at", &self.session_expires_at)
+            .field("servers", &self.servers)
             .finish()
     }
 }
@@ -66,9 +72,26 @@ impl Credentials {
             access_expires_at: 0,
             refresh_token: String::new(),
             session_expires_at: None,
+            servers: BTreeMap::from([(username.to_owned(), server.to_owned())]),
         };
         creds.rotate(pair, asked_at);
         creds
+    }
+
+    /// The server `username` last logged in to with this file, else the one
+    /// these credentials are for (the last one used).
+    pub fn server_of(&self, username: &str) -> &str {
+        self.servers.get(username).unwrap_or(&self.server)
+    }
+
+    /// Keeps what `earlier` (the file this login replaces) knew of the
+    /// servers of other users.
+    pub fn remember(&mut self, earlier: Option<Credentials>) {
+        if let Some(earlier) = earlier {
+            for (user, server) in earlier.servers {
+                self.servers.entry(user).or_insert(server);
+            }
+        }
     }
 
     /// Takes a refreshed pair asked for at `asked_at` (unix ms).
@@ -301,6 +324,21 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(delete(&path).unwrap());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn each_user_goes_back_to_the_server_they_last_logged_in_to() {
+        let alice = creds();
+        assert_eq!(alice.server_of("alice"), "http://127.0.0.1:8080");
+        let mut bob = Credentials::new("https://chat.example", "bob", pair("AT-b", "RT-b", 300), 1_000);
+        bob.remember(Some(alice));
+        assert_eq!(bob.server_of("bob"), "https://chat.example");
+        assert_eq!(bob.server_of("alice"), "http://127.0.0.1:8080");
+        assert_eq!(bob.server_of("carol"), "https://chat.example", "a stranger: the last one used");
+        let mut again = Credentials::new("https://other.example", "bob", pair("AT-c", "RT-c", 300), 1_000);
+        again.remember(Some(bob));
+        assert_eq!(again.server_of("bob"), "https://other.example", "the newest login wins");
+        assert_eq!(again.server_of("alice"), "http://127.0.0.1:8080");
     }
 
     #[test]

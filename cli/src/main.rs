@@ -82,14 +82,20 @@ async fn run(args: args::Args) -> i32 {
     };
     match args.command {
         Command::Login { username } => {
-            let server = match server(args.server.as_deref(), None) {
+            // A damaged file is replaced by this login.
+            let saved = credentials::load(&path).ok().flatten();
+            let remembered = saved.as_ref().map(|c| c.server_of(&username));
+            let server = match login_server(args.server.as_deref(), remembered) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            login(Api::new(server), &path, &username).await
+            login(Api::new(server), &path, &username, saved).await
         }
         Command::Chat { room } => match signed_in(args.server.as_deref(), path) {
-            Ok(tokens) => session::run(session::Chat { tokens, room }).await,
+            Ok(tokens) => {
+                let last = args.last.unwrap_or(args::DEFAULT_LAST);
+                session::run(session::Chat { tokens, room, last }).await
+            }
             Err(code) => code,
         },
         Command::Room(command) => match signed_in(args.server.as_deref(), path) {
@@ -157,24 +163,44 @@ fn server(flag: Option<&str>, creds: Option<&Credentials>) -> Result<Server, i32
             return Err(exit::ERROR);
         }
     }
+    warn_if_plain(&server);
+    Ok(server)
+}
+
+/// The server a password goes to: `--server`, else `PALAVER_SERVER`, else the
+/// one this user last logged in to with this credentials file (or the last
+/// one used), else the default. Never one the user did not name or save.
+fn login_server(flag: Option<&str>, remembered: Option<&str>) -> Result<Server, i32> {
+    let env = var("PALAVER_SERVER");
+    let (server, _) = args::resolve_server(flag, env.as_deref(), remembered).map_err(|e| {
+        eprintln!("palaver-cli: {e}");
+        exit::USAGE
+    })?;
+    warn_if_plain(&server);
+    Ok(server)
+}
+
+fn warn_if_plain(server: &Server) {
     if server.is_plain_remote() {
         eprintln!(
             "warning: {} is plain HTTP to another machine: passwords and tokens cross the network unencrypted",
             server.base()
         );
     }
-    Ok(server)
 }
 
-/// `PALAVER_PASSWORD`, else one line of stdin (prompted for on a terminal).
+/// `PALAVER_PASSWORD`, else one line of stdin: typed without echo on a
+/// terminal, read as it comes from a pipe.
 fn read_password() -> Result<String, String> {
     if let Some(password) = var("PALAVER_PASSWORD") {
         return Ok(password);
     }
     let stdin = io::stdin();
     if stdin.is_terminal() {
+        // From the terminal itself, with echo off while it is typed.
         eprint!("Password: ");
         let _ = io::stderr().flush();
+        return rpassword::read_password().map_err(|e| format!("cannot read the password from the terminal: {e}"));
     }
     let mut line = String::new();
     match stdin.lock().read_line(&mut line) {
@@ -191,7 +217,7 @@ fn read_password() -> Result<String, String> {
     Ok(line)
 }
 
-async fn login(api: Api, path: &Path, username: &str) -> i32 {
+async fn login(api: Api, path: &Path, username: &str, earlier: Option<Credentials>) -> i32 {
     let password = match read_password() {
         Ok(p) => p,
         Err(e) => return fail(&e),
@@ -208,7 +234,8 @@ async fn login(api: Api, path: &Path, username: &str) -> i32 {
             };
         }
     };
-    let creds = Credentials::new(api.server().base(), username, pair, asked);
+    let mut creds = Credentials::new(api.server().base(), username, pair, asked);
+    creds.remember(earlier);
     if let Err(e) = credentials::save(path, &creds) {
         // A session nobody holds the tokens of: end it rather than leave it.
         let _ = api.logout(&creds.access_token).await;

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     api::{Api, ApiError},
+    args::DEFAULT_SERVER,
     credentials::{self, now_ms, Credentials, Refreshed},
     exit,
     terminal::printable,
@@ -128,8 +129,19 @@ impl Tokens {
     /// Says the session is over and how to start another; the exit status.
     pub fn signed_out(&self, why: &str) -> i32 {
         eprintln!("signed out: {why}");
-        eprintln!("(log in again with: palaver-cli login {})", self.creds.username);
+        eprintln!("(log in again with: {})", login_command(&self.creds.server, &self.creds.username));
         exit::SIGNED_OUT
+    }
+}
+
+/// The command that logs `username` in to `server` again: `--server` is
+/// named unless it is the default, so the line works as it is, wherever
+/// `PALAVER_SERVER` points.
+pub fn login_command(server: &str, username: &str) -> String {
+    if server == DEFAULT_SERVER {
+        format!("palaver-cli login {username}")
+    } else {
+        format!("palaver-cli --server {server} login {username}")
     }
 }
 
@@ -160,5 +172,14 @@ mod tests {
         assert_eq!(said(status(401, Some("x"), Some("logged\nout"))).as_deref(), Some("logged\\nout"));
         assert!(matches!(Failed::refresh(status(429, None, None)), Failed::Refresh(_)));
         assert!(matches!(Failed::refresh(ApiError::Transport("refused".into())), Failed::Refresh(_)));
+    }
+
+    #[test]
+    fn the_login_hint_names_the_server_unless_it_is_the_default() {
+        assert_eq!(login_command("http://127.0.0.1:8080", "alice"), "palaver-cli login alice");
+        assert_eq!(
+            login_command("https://chat.example", "alice"),
+            "palaver-cli --server https://chat.example login alice"
+        );
     }
 }

@@ -46,6 +46,61 @@ async fn login_reads_the_password_from_stdin_without_a_terminal() {
 }
 
 #[tokio::test]
+async fn login_at_a_terminal_reads_the_password_without_echoing_it() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let mut term = home.terminal(&["login", "alice"], &[]);
+    term.shows("Password: ").await;
+    term.echo_off().await;
+    term.type_text("right password\n");
+    let shown = term.shows("Signed in as alice").await;
+    assert_eq!(term.exit_code().await, 0, "{shown:?}");
+    assert!(!term.shown().contains("right password"), "the password was shown: {:?}", term.shown());
+    assert!(term.echoes(), "echo is back on after the password");
+    assert_eq!(home.saved()["username"], "alice");
+}
+
+#[tokio::test]
+async fn login_goes_back_to_the_server_the_user_last_logged_in_to_and_nowhere_else() {
+    let (a, b) = (StandIn::start(300).await, StandIn::start(300).await);
+    // No PALAVER_SERVER: only --server and the credentials file say where.
+    let logins = |s: &StandIn| s.state().requests.iter().filter(|r| *r == "POST /api/token").count();
+    let home = Home::new("");
+    let password = [("PALAVER_PASSWORD", "right password")];
+    let out = home.cli_with(&["--server", &a.url, "login", "alice"], &password).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = home.cli_with(&["--server", &b.url, "login", "bob"], &password).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(home.saved()["server"], b.url);
+    let (on_a, on_b) = (logins(&a), logins(&b));
+
+    // alice logs in again as she is told to: to a, where she logged in.
+    let out = home.cli_with(&["login", "alice"], &password).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(home.saved()["server"], a.url);
+    assert_eq!((logins(&a), logins(&b)), (on_a + 1, on_b));
+
+    // Her session on a ends; the hint names a, and works as it is.
+    a.state().refuse_tokens = true;
+    a.state().end_session();
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let hint = cli.err_until("log in again with").await;
+    let command = format!("palaver-cli --server {} login alice", a.url);
+    assert!(hint.contains(&command), "{hint}");
+    assert_eq!(cli.finish().await.code, 4);
+    let words: Vec<&str> = command.split(' ').skip(1).collect();
+    let out = home.cli_with(&words, &password).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!((logins(&a), logins(&b)), (on_a + 2, on_b));
+
+    // bob, who logged in to b, still goes to b.
+    let out = home.cli_with(&["login", "bob"], &password).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(home.saved()["server"], b.url);
+    assert_eq!(logins(&b), on_b + 1);
+}
+
+#[tokio::test]
 async fn login_failures_exit_2_for_bad_credentials_3_when_throttled_1_when_nobody_answers() {
     let server = StandIn::start(300).await;
     let home = Home::new(&server.url);
@@ -497,7 +552,7 @@ async fn a_room_request_with_a_refused_token_is_refreshed_once_and_an_ended_sess
     let out = home.cli(&["invite", "deploys", "carol"]).finish().await;
     assert_eq!(out.code, 4, "{out:?}");
     assert!(out.err.iter().any(|l| l == "signed out: the session has ended"), "{out:?}");
-    assert!(out.err_has("palaver-cli login alice"), "{out:?}");
+    assert!(out.err_has(&format!("palaver-cli --server {} login alice", server.url)), "{out:?}");
     assert!(!server.state().rooms["deploys"].has("carol"));
     assert!(home.credentials().exists(), "nothing is deleted");
 }
@@ -646,8 +701,8 @@ async fn the_room_commands_usage_errors_exit_64_before_any_request() {
     assert_eq!(server.state().requests, ["POST /api/token"], "nothing but the login");
     let out = home.cli(&["--help"]).finish().await;
     for usage in [
-        "palaver-cli [--server URL] chat @USER",
-        "palaver-cli [--server URL] dm USER",
+        "palaver-cli [--server URL] chat @USER [--last N]",
+        "palaver-cli [--server URL] dm USER [--last N]",
         "palaver-cli [--server URL] rooms",
         "palaver-cli [--server URL] create ROOM [--public]",
         "palaver-cli [--server URL] members ROOM",
@@ -670,4 +725,147 @@ async fn a_room_command_with_nobody_answering_says_so_and_exits_1() {
     let out = home.cli(&["rooms"]).finish().await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.err_has("cannot list the rooms: no answer from the server"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_told_once_and_its_return_once_not_every_attempt() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let (mut cli, socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
+    server.state().unavailable = 2;
+    socket.close(1012, "service restart").await;
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    cli.err_until("reconnected after").await;
+    cli.end_input();
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lost: Vec<_> = out.err.iter().filter(|l| l.contains("connection lost")).collect();
+    assert_eq!(lost, ["connection lost (closed with 1012 (service restart)), reconnecting…"], "{out:?}");
+    assert!(out.err_has("2 attempts failed"), "{out:?}");
+    assert!(!out.err_has("reconnecting in") && !out.err_has("cannot connect"), "one line per outage: {out:?}");
+}
+
+#[tokio::test]
+async fn piped_lines_go_at_the_hellos_pace_after_its_burst_and_all_are_acknowledged() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut cli = home.cli(&["chat", "lobby"]);
+    let mut socket = server.socket().await;
+    socket
+        .send(json!({"type":"hello","user":"alice","room":"lobby","expires_at":4_000_000_000_000u64,
+                     "rate":{"per_sec":10.0,"burst":3}}))
+        .await;
+    cli.err_until("connected to lobby as alice").await;
+    for n in 0..8 {
+        cli.type_line(&format!("line {n}"));
+    }
+    cli.end_input();
+    let mut arrived = Vec::new();
+    for n in 0..8 {
+        let send = socket.recv().await.unwrap();
+        arrived.push(std::time::Instant::now());
+        assert_eq!(send["body"], format!("line {n}"), "in order");
+        socket.send(json!({"type":"ack","client_id":send["client_id"],"id":format!("{}-0", 10 + n)})).await;
+    }
+    // Three at once (the burst), then one every 100 ms: five steps take at
+    // least 400 ms whatever the timing of the first.
+    let paced = arrived[7] - arrived[2];
+    assert!(paced >= Duration::from_millis(400), "not paced: the last five took {paced:?}");
+    assert_eq!(socket.closed_with().await, Some(1000));
+    let out = cli.finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[tokio::test]
+async fn times_are_shown_in_the_users_time_zone() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    // India: UTC+5:30 all year, written as POSIX TZ says.
+    let mut cli = home.cli_with(&["chat", "lobby"], &[("TZ", "IST-5:30")]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    socket.send(message("5-0", "bob", "chai?")).await;
+    assert_eq!(cli.out_line().await, "03:43:20 bob: chai?", "22:13:20 UTC");
+    cli.end_input();
+    assert_eq!(cli.finish().await.code, 0);
+}
+
+#[tokio::test]
+async fn at_a_terminal_a_message_arriving_leaves_the_line_being_typed_whole() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut term = home.terminal(&["chat", "lobby"], &[]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    term.shows("connected to lobby as alice").await;
+    term.type_text("hel");
+    term.shows("hel").await;
+    socket.send(message("5-0", "bob", "hi there")).await;
+    let redrawn = term
+        .until("the line being typed, again below the message", |s| {
+            s.rsplit_once("bob: hi there").is_some_and(|(_, after)| after.contains("hel"))
+        })
+        .await;
+    assert!(!redrawn.contains("hel22:13:20"), "the message split the line: {redrawn:?}");
+    term.type_text("lo\r");
+    let sent = socket.recv().await.unwrap();
+    assert_eq!(sent["body"], "hello", "the line as typed, whole");
+    socket.send(json!({"type":"ack","client_id":sent["client_id"],"id":"6-0"})).await;
+
+    // Ctrl-D ends the input; the terminal is given back as it was.
+    term.type_text("\u{4}");
+    assert_eq!(socket.closed_with().await, Some(1000));
+    assert_eq!(term.exit_code().await, 0, "{:?}", term.shown());
+    assert!(term.echoes(), "echo is back on");
+}
+
+#[tokio::test]
+async fn a_message_of_several_lines_is_shown_as_lines_and_a_trailing_backslash_types_one() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    let mut term = home.terminal(&["chat", "lobby"], &[]);
+    let mut socket = server.socket().await;
+    socket.hello("alice", "lobby").await;
+    term.shows("connected to lobby as alice").await;
+    socket.send(message("5-0", "bob", "two\nlines")).await;
+    term.shows("22:13:20 bob: two\r\n         lines\r\n").await;
+
+    term.type_text("first\\\r");
+    term.shows("… ").await;
+    term.type_text("second\r");
+    let sent = socket.recv().await.unwrap();
+    assert_eq!(sent["body"], "first\nsecond", "one message of two lines");
+
+    // From a pipe, every line is a message, and what arrives is lines on stdout.
+    let (mut cli, mut socket) = server.chat(&home, &["chat", "lobby"], "lobby").await;
+    socket.send(message("7-0", "bob", "three\nmore\nlines")).await;
+    assert_eq!(cli.out_line().await, "22:13:20 bob: three");
+    assert_eq!(cli.out_line().await, "         more");
+    assert_eq!(cli.out_line().await, "         lines");
+    cli.type_line("ends in \\");
+    assert_eq!(socket.recv().await.unwrap()["body"], "ends in \\");
+}
+
+#[tokio::test]
+async fn joining_shows_the_last_messages_first_and_goes_live_after_the_newest_of_them() {
+    let (mut server, home) = StandIn::signed_in(300).await;
+    server.state().history = (1..=3)
+        .map(|n| json!({"id":format!("{n}-0"),"user":"bob","body":format!("earlier {n}"),"sent_at":1_700_000_000_000u64}))
+        .collect();
+    let mut cli = home.cli(&["chat", "lobby", "--last", "2"]);
+    let mut socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby&after=3-0", "live from after the newest shown");
+    assert!(server.state().requests.iter().any(|r| r == "GET /chat/lobby/history?limit=2"));
+    assert_eq!(cli.out_line().await, "22:13:20 bob: earlier 2");
+    assert_eq!(cli.out_line().await, "22:13:20 bob: earlier 3");
+    socket.hello("alice", "lobby").await;
+    // A replay that overlaps what was shown is not shown twice.
+    socket.send(message("3-0", "bob", "earlier 3")).await;
+    socket.send(message("4-0", "bob", "live")).await;
+    assert_eq!(cli.out_line().await, "22:13:20 bob: live");
+
+    // --last 0: nothing earlier, and no request for it.
+    let asked = server.state().requests.len();
+    let mut quiet = home.cli(&["chat", "lobby", "--last", "0"]);
+    let socket = server.socket().await;
+    assert_eq!(socket.query, "room=lobby");
+    assert!(!server.state().requests[asked..].iter().any(|r| r.contains("/history")));
+    quiet.end_input();
+    cli.end_input();
 }

@@ -6,7 +6,8 @@
 //! that the user may not see, is the same 404) and so never counts against
 //! the new-room quota. `{room}` is a room's name or `@username`. Like the page, it
 //! needs a signed-in session (401 otherwise, as JSON, so the script can send
-//! the reader to sign in) and slides it.
+//! the reader to sign in) and slides it; or an access token
+//! (`Authorization: Bearer`, what palaver-cli sends), which slides nothing.
 
 use std::sync::Arc;
 
@@ -21,12 +22,12 @@ use crate::{
     auth::{
         access::{RoomAccess, RoomRef},
         session::AuthSession,
-        Sessions,
+        tokens, Sessions,
     },
     backend::History,
     clock::UnixMillis,
     error::Error,
-    model::{Message, MessageId, RoomKind},
+    model::{Message, MessageId, RoomKind, User},
 };
 
 /// Messages per page when the request names no `limit` (what the page's
@@ -75,15 +76,34 @@ pub fn route(rooms: RoomHistory) -> impl Filter<Extract = (Response,), Error = R
     // The query is read as text and parsed after the session check: a
     // signed-out request is a 401 whatever its query says.
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    param("room").and(session(rooms.sessions.clone())).and(raw_query).and(with(rooms)).and_then(
-        |room: String, session: AuthSession, query: String, rooms: RoomHistory| async move {
-            page(room, session, &query, &rooms).await.map_err(Rejection::from)
-        },
-    )
+    param("room")
+        .and(warp::header::optional::<String>(header::AUTHORIZATION.as_str()))
+        .and(session(rooms.sessions.clone()))
+        .and(raw_query)
+        .and(with(rooms))
+        .and_then(
+            |room: String, authorization: Option<String>, session: AuthSession, query: String, rooms: RoomHistory| async move {
+                let user = reader(authorization, session, &rooms.sessions).await.map_err(Rejection::from)?;
+                page(room, user, &query, &rooms).await.map_err(Rejection::from)
+            },
+        )
 }
 
-async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHistory) -> Result<Response, Error> {
-    let Some(current) = session.current().await? else { return Err(Error::Unauthorized) };
+/// Who reads: the bearer of an access token (palaver-cli shows the last
+/// messages before going live), else the session cookie's user. A token
+/// is sent by no browser on its own, so it needs no origin check; a cookie
+/// reads only what the same-origin policy lets its own page read.
+async fn reader(authorization: Option<String>, session: AuthSession, sessions: &Sessions) -> Result<User, Error> {
+    match authorization {
+        Some(value) => {
+            let token = tokens::bearer(&value).ok_or(Error::InvalidToken)?;
+            Ok(sessions.authenticate_token(token).await?.map_err(|_| Error::InvalidToken)?.user)
+        }
+        None => Ok(session.current().await?.ok_or(Error::Unauthorized)?.user),
+    }
+}
+
+async fn page(room: String, user: User, query: &str, rooms: &RoomHistory) -> Result<Response, Error> {
     let room = RoomRef::parse(&room).ok_or(Error::NoSuchRoom)?;
     let query: Query = serde_urlencoded::from_str(query).map_err(|_| Error::BadRequest("That query is malformed."))?;
     let before = match query.before.as_deref().filter(|b| !b.is_empty()) {
@@ -101,7 +121,7 @@ async fn page(room: String, session: AuthSession, query: &str, rooms: &RoomHisto
             .filter(|n| (1..=rooms.max_page).contains(n))
             .ok_or(Error::BadRequest("limit must be a whole number from 1 to the page size (HISTORY_PAGE_MAX)."))?,
     };
-    let visible = rooms.access.check(current.user.id, &room).await?.visible().ok_or(Error::NoSuchRoom)?;
+    let visible = rooms.access.check(user.id, &room).await?.visible().ok_or(Error::NoSuchRoom)?;
     let room = visible.room();
     let history = &*rooms.history;
     // A private room exists while the rule says it may be seen; a direct

@@ -191,3 +191,56 @@ async fn logging_out_everywhere_in_a_browser_signs_the_cli_out_on_another_instan
     assert_eq!(status.code(), Some(4), "signed out");
     cli.stderr_count("signed out: logged out", 1, DEADLINE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_pipe_goes_at_the_servers_pace_and_is_stored_whole_and_in_order() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("MESSAGE_RATE_PER_SEC", "20"), ("MESSAGE_BURST", "5")]).await;
+    signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    assert!(Cli::run(&app.origin, &credentials, &["login", "alice"]).0.success());
+
+    // Twelve times the burst, all in the pipe before the socket opens.
+    let lines: Vec<String> = (0..60).map(|n| format!("line {n:02}")).collect();
+    let mut cli = Cli::start(&app.origin, &credentials, &["chat", "lobby"]);
+    for line in &lines {
+        cli.type_line(line);
+    }
+    cli.stdin.take();
+    let status = cli.wait();
+    let said = cli.stderr_so_far();
+    assert!(status.success(), "{status:?}: {said:?}");
+    assert!(!said.iter().any(|l| l.contains("rate_limited")), "sent faster than the server takes: {said:?}");
+
+    let page: serde_json::Value = bob.get(&app, "/chat/lobby/history?limit=100").await.json().await.unwrap();
+    let stored: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(stored, lines, "every line, once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_shows_the_rooms_last_twenty_messages_then_live_ones_without_repeats() {
+    let redis = RedisServer::start();
+    // A burst that takes bob's 25 at once (the user's own is 40).
+    let app = TestApp::spawn_with(Some(&redis), &[("MESSAGE_BURST", "30")]).await;
+    signed_up(&app, "alice").await;
+    let bob = signed_up(&app, "bob").await;
+    let (mut bobs, _) = bob.join(&app, "").await;
+    for n in 1..=25 {
+        bobs.say(&format!("earlier {n:02}"), &format!("e{n}")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    assert!(Cli::run(&app.origin, &credentials, &["login", "alice"]).0.success());
+
+    let mut cli = Cli::start(&app.origin, &credentials, &["chat", "lobby"]);
+    for n in 6..=25 {
+        let line = cli.stdout_line("an earlier message", |_| true);
+        assert!(line.ends_with(&format!("bob: earlier {n:02}")), "the last 20, oldest first: {line}");
+    }
+    cli.stderr_count("connected to lobby as alice", 1, DEADLINE);
+    bobs.say("live now", "l1").await;
+    let next = cli.stdout_line("the live message", |_| true);
+    assert!(next.ends_with("bob: live now"), "nothing shown twice: {next}");
+}

@@ -2,21 +2,30 @@
 //! what has been shown (by message id), and how a message and presence are
 //! shown.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::OnceLock,
+};
+
+use jiff::{tz::TimeZone, Timestamp};
 
 use palaver_wire::MessageId;
 use serde::{Deserialize, Serialize};
 
+use super::pace::Rate;
 use crate::terminal::printable;
 
 /// A frame from the server. Unknown types are tolerated (a newer server may
 /// add some); fields this client does not need are optional.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Hello {
         user: String,
         room: String,
+        /// The pace to send at; a server without one is not paced.
+        #[serde(default)]
+        rate: Option<Rate>,
     },
     Presence {
         room: String,
@@ -132,15 +141,38 @@ impl Seen {
     }
 }
 
-/// `HH:MM:SS` of a unix-ms time, in UTC.
-pub fn clock_utc(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000).rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+/// The user's time zone (`TZ`, else the system's), read once.
+fn local_zone() -> &'static TimeZone {
+    static ZONE: OnceLock<TimeZone> = OnceLock::new();
+    ZONE.get_or_init(|| TimeZone::try_system().unwrap_or(TimeZone::UTC))
 }
 
-/// `HH:MM:SS user: body`, one line.
+/// `HH:MM:SS` of a unix-ms time in `zone`.
+pub fn clock(unix_ms: i64, zone: &TimeZone) -> String {
+    match Timestamp::from_millisecond(unix_ms) {
+        Ok(t) => zone.to_datetime(t).strftime("%H:%M:%S").to_string(),
+        Err(_) => "--:--:--".to_owned(),
+    }
+}
+
+/// `HH:MM:SS user: body` in the user's time zone; a body of several lines
+/// goes on below, each line indented under the sender.
 pub fn message_line(sent_at: i64, user: &str, body: &str) -> String {
-    format!("{} {}: {}", clock_utc(sent_at), printable(user), printable(body))
+    message_line_in(local_zone(), sent_at, user, body)
+}
+
+/// As wide as `HH:MM:SS `: the body's later lines start under the sender.
+const INDENT: &str = "         ";
+
+fn message_line_in(zone: &TimeZone, sent_at: i64, user: &str, body: &str) -> String {
+    let mut lines = body.split('\n').map(|line| printable(line.strip_suffix('\r').unwrap_or(line)));
+    let mut out = format!("{} {}: {}", clock(sent_at, zone), printable(user), lines.next().unwrap_or_default());
+    for line in lines {
+        out.push('\n');
+        out.push_str(INDENT);
+        out.push_str(&line);
+    }
+    out
 }
 
 pub fn presence_line(room: &str, online: &[String], count: Option<u64>) -> String {
@@ -208,7 +240,11 @@ mod tests {
         let f = |s: &str| serde_json::from_str::<ServerFrame>(s).unwrap();
         assert_eq!(
             f(r#"{"type":"hello","user":"alice","room":"lobby","expires_at":5}"#),
-            ServerFrame::Hello { user: "alice".into(), room: "lobby".into() }
+            ServerFrame::Hello { user: "alice".into(), room: "lobby".into(), rate: None }
+        );
+        assert_eq!(
+            f(r#"{"type":"hello","user":"a","room":"r","rate":{"per_sec":10.0,"burst":20},"read_markers":true}"#),
+            ServerFrame::Hello { user: "a".into(), room: "r".into(), rate: Some(Rate { per_sec: 10.0, burst: 20 }) }
         );
         assert_eq!(
             f(r#"{"type":"message","room":"r","id":"7-1","user":"bob","body":"hi","sent_at":9}"#),
@@ -260,15 +296,33 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_one_line_in_utc_with_nothing_a_terminal_would_obey() {
+    fn messages_are_in_the_users_time_zone_with_nothing_a_terminal_would_obey() {
+        let utc = TimeZone::UTC;
         // 2023-11-14 22:13:20.500 UTC
-        assert_eq!(message_line(1_700_000_000_500, "alice", "hello"), "22:13:20 alice: hello");
-        assert_eq!(clock_utc(0), "00:00:00");
-        assert_eq!(clock_utc(-1), "23:59:59");
+        assert_eq!(message_line_in(&utc, 1_700_000_000_500, "alice", "hello"), "22:13:20 alice: hello");
+        assert_eq!(clock(0, &utc), "00:00:00");
+        assert_eq!(clock(-1, &utc), "23:59:59");
+        assert_eq!(clock(i64::MAX, &utc), "--:--:--", "beyond any calendar");
+        let kolkata = TimeZone::posix("IST-5:30").unwrap();
+        assert_eq!(clock(1_700_000_000_500, &kolkata), "03:43:20");
+        // Central Europe, summer time from the last Sunday of March.
+        let paris = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        assert_eq!(clock(1_700_000_000_000, &paris), "23:13:20", "November: UTC+1");
+        assert_eq!(clock(1_690_000_000_000, &paris), "06:26:40", "July: UTC+2");
         assert_eq!(
-            message_line(0, "bob", "two\nlines\r\u{1b}[2Jgone\u{202e}"),
-            "00:00:00 bob: two\\nlines\\u{d}\\u{1b}[2Jgone\\u{202e}"
+            message_line_in(&utc, 0, "bob", "tab\tthere\r\u{1b}[2Jgone\u{202e}"),
+            "00:00:00 bob: tab\\tthere\\u{d}\\u{1b}[2Jgone\\u{202e}"
         );
+    }
+
+    #[test]
+    fn a_message_of_several_lines_is_shown_as_lines_under_its_sender() {
+        let utc = TimeZone::UTC;
+        assert_eq!(
+            message_line_in(&utc, 0, "bob", "Traceback:\n  at main\r\n\n\u{1b}[2Jdone"),
+            "00:00:00 bob: Traceback:\n           at main\n         \n         \\u{1b}[2Jdone"
+        );
+        assert_eq!(message_line_in(&utc, 0, "bob\nx", "hi"), "00:00:00 bob\\nx: hi", "a name stays one line");
     }
 
     #[test]

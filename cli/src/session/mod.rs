@@ -9,13 +9,12 @@
 //! (whether and when to come back). The async code here only carries them out.
 
 pub mod frames;
+pub mod input;
 pub mod outbox;
+pub mod pace;
 pub mod reconnect;
 
-use std::{
-    io::{self, BufRead, Write},
-    time::Duration,
-};
+use std::{io, time::Duration};
 
 use futures_util::{
     stream::{SplitSink, SplitStream},
@@ -48,11 +47,14 @@ use crate::{
 };
 use frames::{message_line, presence_diff_line, presence_line, ClientFrame, Seen, ServerFrame};
 use outbox::{Outbox, Refused, Verdict};
-use reconnect::{after_close, jitter, AfterClose, Backoff};
+use pace::Pace;
+use reconnect::{after_close, jitter, AfterClose, Backoff, Outage};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// After stdin ends, how long to wait for the lines still unacknowledged.
+/// After stdin ends, how long to wait for the next acknowledgement while
+/// lines are still unacknowledged: the clock starts again at every one, so a
+/// long pipe sent at the server's pace is not cut short.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// The upgrade must be answered within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,12 +73,14 @@ const OUTBOX_MAX: usize = 256;
 pub struct Chat {
     pub tokens: Tokens,
     pub room: String,
+    /// How many of the room's last messages to show before going live.
+    pub last: u32,
 }
 
 /// Runs `chat` to its end; the process's exit code.
 pub async fn run(chat: Chat) -> i32 {
     let (line_tx, lines) = mpsc::channel(64);
-    read_stdin(line_tx);
+    input::start(line_tx, format!("{}> ", chat.room));
     let (interrupt_tx, interrupted) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -88,6 +92,7 @@ pub async fn run(chat: Chat) -> i32 {
     let mut session = Session {
         tokens: chat.tokens,
         room: chat.room,
+        earlier: Some(chat.last).filter(|&n| n > 0),
         been_in: false,
         lines,
         stdin_open: true,
@@ -96,37 +101,14 @@ pub async fn run(chat: Chat) -> i32 {
         outbox: Outbox::default(),
         seen: Seen::default(),
         backoff: Backoff::new(),
+        outage: Outage::default(),
+        pace: None,
         refreshing: None,
     };
     let code = session.run().await;
     session.settle_refresh().await;
+    input::finish();
     code
-}
-
-/// stdin's lines, read on a thread of their own (a blocking read cannot be
-/// cancelled, and must not hold the runtime up at exit). The channel closes
-/// at end of input; the bounded channel is the back-pressure.
-fn read_stdin(tx: mpsc::Sender<String>) {
-    std::thread::spawn(move || {
-        let mut stdin = io::stdin().lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match stdin.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if buf.last() == Some(&b'\n') {
-                buf.pop();
-            }
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-            if tx.blocking_send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// How one socket ended.
@@ -152,6 +134,9 @@ enum Refusal {
 struct Session {
     tokens: Tokens,
     room: String,
+    /// How many earlier messages to show before the first socket, until
+    /// they are.
+    earlier: Option<u32>,
     /// Whether the server has let this user into the room (said `hello`) in
     /// this run: a refusal after that means they were removed.
     been_in: bool,
@@ -163,6 +148,9 @@ struct Session {
     outbox: Outbox,
     seen: Seen,
     backoff: Backoff,
+    outage: Outage,
+    /// The pace of the socket's `hello`, when it gave one.
+    pace: Option<Pace>,
     /// A refresh on its way. A task, not a future of this loop: once the
     /// server has answered, the old refresh token is spent, so the new one
     /// must reach the file even if the socket goes away meanwhile.
@@ -189,7 +177,7 @@ impl Session {
                     Ok(()) => fresh = true,
                     Err(e) if e.status() == Some(401) => return self.tokens.signed_out(&refused_refresh(&e)),
                     Err(e) if e.is_transient() => {
-                        note(&format!("could not refresh the token: {e}"));
+                        self.lost(&format!("could not refresh the token: {e}"));
                         let pause = self.backoff.next_wait(jitter());
                         match self.wait(pause).await {
                             Some(code) => return code,
@@ -200,6 +188,11 @@ impl Session {
                         note(&format!("could not refresh the token: {e}"));
                         return exit::ERROR;
                     }
+                }
+            }
+            if let Some(last) = self.earlier.take() {
+                if let Some(code) = self.show_earlier(last).await {
+                    return code;
                 }
             }
             // Ctrl-C is heard while the upgrade is on its way (up to CONNECT_TIMEOUT).
@@ -216,7 +209,7 @@ impl Session {
                         End::Exit(code) => return code,
                         End::Lost(why) => {
                             self.backoff.connection_ended(started.elapsed());
-                            note(&format!("disconnected: {why}"));
+                            self.lost(&why);
                         }
                     }
                 }
@@ -231,14 +224,38 @@ impl Session {
                     note(&format!("cannot connect: {why}"));
                     return exit::ERROR;
                 }
-                Err(Refusal::Transient(why)) => note(&format!("cannot connect: {why}")),
+                Err(Refusal::Transient(why)) => self.lost(&format!("cannot connect: {why}")),
             }
             let wait = self.backoff.next_wait(jitter());
-            note(&format!("reconnecting in {:.1} s", wait.as_secs_f64()));
             if let Some(code) = self.wait(wait).await {
                 return code;
             }
         }
+    }
+
+    /// The room's last `last` messages, shown before going live with the
+    /// token just checked: the socket then asks for what came after the
+    /// newest of them (`after=`), so none is shown twice and none is
+    /// missed. `Some(code)` to stop.
+    async fn show_earlier(&mut self, last: u32) -> Option<i32> {
+        let asked = self.tokens.api().history(self.tokens.access_token(), &self.room, last).await;
+        match asked {
+            Ok(messages) => {
+                for m in messages {
+                    if self.seen.admit(&m.id, &m.user, None)
+                        && print_line(&message_line(m.sent_at, &m.user, &m.body)).is_err()
+                    {
+                        return Some(exit::ERROR);
+                    }
+                }
+            }
+            // A public room not made yet (the upgrade makes it), or one this
+            // user may not see (the upgrade says so, and exits).
+            Err(e) if e.status() == Some(404) => {}
+            // The socket is what counts: it refreshes, or signs out, itself.
+            Err(e) => note(&format!("no earlier messages: {e}")),
+        }
+        None
     }
 
     /// stdin has ended and every line it gave is acknowledged.
@@ -276,9 +293,15 @@ impl Session {
                 close(&mut sink, &mut stream).await;
                 return End::Exit(exit::OK);
             }
-            // The server takes sends only once it has said hello.
-            if greeted {
-                if let Some(line) = self.outbox.next_to_send(Instant::now().into_std()) {
+            // The server takes sends only once it has said hello, and at
+            // the pace it gave there.
+            let now = Instant::now();
+            let paced = self.pace.as_ref().map(|p| p.ready_at(now.into_std())).filter(|&at| at > now.into_std());
+            if greeted && paced.is_none() {
+                if let Some(line) = self.outbox.next_to_send(now.into_std()) {
+                    if let Some(pace) = &mut self.pace {
+                        pace.take(now.into_std());
+                    }
                     let frame = ClientFrame::Send { body: &line.body, client_id: &line.client_id }.to_json();
                     if let Err(e) = sink.send(Message::text(frame)).await {
                         break End::Lost(format!("sending failed: {e}"));
@@ -286,7 +309,10 @@ impl Session {
                 }
             }
             let never = Instant::now() + Duration::from_secs(86_400);
-            let outbox_wakeup = self.outbox.next_wakeup().map(Instant::from_std);
+            let outbox_wakeup = match paced {
+                Some(at) if greeted && !self.outbox.is_empty() => Some(Instant::from_std(at)),
+                _ => self.outbox.next_wakeup().map(Instant::from_std),
+            };
             tokio::select! {
                 _ = self.interrupted.changed() => {
                     close(&mut sink, &mut stream).await;
@@ -302,8 +328,9 @@ impl Session {
                     match frame {
                         Message::Text(text) => match self.on_frame(text.as_str()) {
                             Step::Go => {}
-                            Step::Greeted => {
+                            Step::Greeted(rate) => {
                                 greeted = true;
+                                self.pace = rate.map(|rate| Pace::new(rate, Instant::now().into_std()));
                             }
                             Step::Reauthenticate => self.start_refresh(),
                             Step::Stop(code) => {
@@ -390,10 +417,13 @@ impl Session {
             }
         };
         match frame {
-            ServerFrame::Hello { user, room } => {
+            ServerFrame::Hello { user, room, rate } => {
                 self.been_in = true;
                 note(&format!("connected to {} as {}", printable(&room), printable(&user)));
-                return Step::Greeted;
+                if let Some(back) = self.outage.greeted(Instant::now().into_std()) {
+                    note(&back);
+                }
+                return Step::Greeted(rate);
             }
             ServerFrame::Presence { room, online, count } => note(&presence_line(&room, &online, count)),
             ServerFrame::PresenceDiff { room, joined, left, count } => {
@@ -408,7 +438,9 @@ impl Session {
                 }
             }
             ServerFrame::Ack { client_id: Some(client_id), .. } => {
-                self.outbox.on_ack(&client_id);
+                if self.outbox.on_ack(&client_id).is_some() && self.drain_deadline.is_some() {
+                    self.drain_deadline = Some(Instant::now() + DRAIN_WAIT);
+                }
             }
             ServerFrame::Ack { client_id: None, .. } => {}
             ServerFrame::Reauthenticate {} => return Step::Reauthenticate,
@@ -468,6 +500,13 @@ impl Session {
         }
     }
 
+    /// The connection is gone or cannot be made: said once until it is back.
+    fn lost(&mut self, why: &str) {
+        if let Some(line) = self.outage.failed(why, Instant::now().into_std()) {
+            note(&line);
+        }
+    }
+
     /// The server will not let this user into the room: if it did before,
     /// they were removed while away. Never retried.
     fn no_access(&self, why: &str) -> i32 {
@@ -481,7 +520,7 @@ impl Session {
 
     fn give_up(&self) -> i32 {
         note(&format!(
-            "gave up: {} line(s) not confirmed by the server within {} s",
+            "gave up: {} line(s) not confirmed by the server, none for {} s",
             self.outbox.len(),
             DRAIN_WAIT.as_secs()
         ));
@@ -530,7 +569,8 @@ impl Session {
 /// What a frame asks of the loop.
 enum Step {
     Go,
-    Greeted,
+    /// A `hello`, with the pace it asks for.
+    Greeted(Option<pace::Rate>),
     Reauthenticate,
     Stop(i32),
 }
@@ -553,12 +593,10 @@ async fn close(sink: &mut SplitSink<Socket, Message>, stream: &mut SplitStream<S
 
 /// A message line on stdout, flushed at once (tests and pipes read it live).
 fn print_line(line: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()
+    input::show(line)
 }
 
 /// Presence and everything else about the connection goes to stderr.
 fn note(text: &str) {
-    eprintln!("{text}");
+    input::note(text)
 }

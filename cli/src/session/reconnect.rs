@@ -1,6 +1,6 @@
 //! When a socket ends: whether to come back, and how long to wait first.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a close (or a lost connection) means for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,41 @@ impl Default for Backoff {
     }
 }
 
+/// What the user is told about the connection: once when it is lost (or
+/// cannot be made), once when it is back, never at every attempt between.
+#[derive(Debug, Default)]
+pub struct Outage {
+    /// When the connection was lost, while it is.
+    since: Option<Instant>,
+    /// Attempts that failed since.
+    attempts: u32,
+}
+
+impl Outage {
+    /// A connection ended, or an attempt to make one failed: the line to
+    /// print, the first time only.
+    pub fn failed(&mut self, why: &str, now: Instant) -> Option<String> {
+        if self.since.is_some() {
+            self.attempts += 1;
+            return None;
+        }
+        self.since = Some(now);
+        self.attempts = 0;
+        Some(format!("connection lost ({why}), reconnecting…"))
+    }
+
+    /// The server greeted a new socket: how long it was away, if it was.
+    pub fn greeted(&mut self, now: Instant) -> Option<String> {
+        let since = self.since.take()?;
+        let tries = match self.attempts {
+            0 => String::new(),
+            1 => ", 1 attempt failed".to_owned(),
+            n => format!(", {n} attempts failed"),
+        };
+        Some(format!("reconnected after {:.1} s{tries}; what was missed follows", (now - since).as_secs_f64()))
+    }
+}
+
 /// A number uniform in [0, 1), from the operating system's randomness (by
 /// way of a v4 uuid: no generator of our own to seed).
 pub fn jitter() -> f64 {
@@ -126,6 +161,26 @@ mod tests {
         assert_eq!(b.next_wait(1.0), MS(8000), "a greet-and-close keeps climbing");
         b.connection_ended(Backoff::STABLE);
         assert_eq!(b.next_wait(1.0), MS(500));
+    }
+
+    #[test]
+    fn an_outage_is_told_once_when_it_starts_and_once_when_it_ends() {
+        let t = Instant::now();
+        let mut o = Outage::default();
+        assert_eq!(o.greeted(t), None, "the first hello ends no outage");
+        assert_eq!(
+            o.failed("closed with 1012", t).as_deref(),
+            Some("connection lost (closed with 1012), reconnecting…")
+        );
+        assert_eq!(o.failed("connection refused", t + MS(500)), None);
+        assert_eq!(o.failed("connection refused", t + MS(1500)), None);
+        assert_eq!(
+            o.greeted(t + MS(2500)).as_deref(),
+            Some("reconnected after 2.5 s, 2 attempts failed; what was missed follows")
+        );
+        assert_eq!(o.greeted(t + MS(3000)), None);
+        assert!(o.failed("closed with 1001", t + MS(4000)).is_some(), "the next outage is told again");
+        assert_eq!(o.greeted(t + MS(4200)).as_deref(), Some("reconnected after 0.2 s; what was missed follows"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     io::{BufRead, BufReader, Write},
@@ -60,6 +62,11 @@ pub struct State {
     pub room_quota_spent: bool,
     /// Every access token is refused (refreshes still work).
     pub refuse_tokens: bool,
+    /// The next this many upgrades are answered 503.
+    pub unavailable: u32,
+    /// What `GET /chat/{room}/history` answers with, for any room: the
+    /// stored messages, oldest first.
+    pub history: Vec<Value>,
 }
 
 /// A room as the stand-in keeps it.
@@ -267,7 +274,10 @@ async fn upgrade(stream: TcpStream, state: Arc<Mutex<State>>, sockets: mpsc::Unb
             *refusal.status_mut() = status;
             Err(refusal)
         };
-        if !st.accepts(bearer.as_deref()) {
+        if st.unavailable > 0 {
+            st.unavailable -= 1;
+            refuse(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"unavailable","message":"store unavailable"}"#)
+        } else if !st.accepts(bearer.as_deref()) {
             refuse(StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized","message":"sign in again"}"#)
         } else if st.forbidden.contains(&room) {
             refuse(StatusCode::FORBIDDEN, r#"{"error":"forbidden","message":"No such room, or you are not a member."}"#)
@@ -347,6 +357,15 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             (_, p) if p == "/api/rooms" || p.starts_with("/api/rooms/") => {
                 if st.accepts(bearer.as_deref()) {
                     rooms_api(&mut st, method, &p["/api/rooms".len()..], &body)
+                } else {
+                    (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
+                }
+            }
+            ("GET", p) if p.starts_with("/chat/") && p.contains("/history") => {
+                if st.accepts(bearer.as_deref()) {
+                    let limit: usize = p.split_once("limit=").and_then(|(_, n)| n.parse().ok()).unwrap_or(50);
+                    let from = st.history.len().saturating_sub(limit);
+                    (200, "", json!({"messages": st.history[from..], "start": from == 0}).to_string())
                 } else {
                     (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
                 }
@@ -481,17 +500,31 @@ impl Home {
 
     pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Cli {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_palaver-cli"));
-        cmd.args(args)
-            .env_clear()
-            .env("PALAVER_SERVER", &self.server)
-            .env("PALAVER_CREDENTIALS", self.credentials())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        // Times print in UTC unless a test sets TZ.
+        cmd.args(args).env_clear().env("TZ", "UTC").env("PALAVER_CREDENTIALS", self.credentials());
+        // A home made with no server leaves PALAVER_SERVER unset.
+        if !self.server.is_empty() {
+            cmd.env("PALAVER_SERVER", &self.server);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         Cli::spawn(cmd)
+    }
+
+    /// `palaver-cli ARGS` from `home` on a terminal of its own (a TERM that
+    /// line editors know; times in UTC unless `env` sets TZ).
+    pub fn terminal(&self, args: &[&str], env: &[(&str, &str)]) -> pty::Terminal {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palaver-cli"));
+        cmd.args(args).env_clear().env("TERM", "xterm").env("TZ", "UTC").env("PALAVER_CREDENTIALS", self.credentials());
+        if !self.server.is_empty() {
+            cmd.env("PALAVER_SERVER", &self.server);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        pty::Terminal::spawn(cmd)
     }
 
     /// `login alice` with the right password.
