@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tower_sessions::Session;
 use warp::{
-    http::{header, HeaderMap, Method},
+    http::{header, HeaderMap, HeaderValue, Method},
     Filter, Rejection,
 };
 
@@ -55,22 +55,7 @@ pub fn caller(callers: Callers) -> impl Filter<Extract = (User,), Error = Reject
 impl Callers {
     async fn prove(&self, method: &Method, headers: &HeaderMap, session: Option<Session>) -> Result<User, Error> {
         if let Some(authorization) = headers.get(header::AUTHORIZATION) {
-            let token = authorization.to_str().ok().and_then(tokens::bearer).ok_or(Error::InvalidToken)?;
-            return match self.sessions.authenticate_token(token).await {
-                Ok(Ok(current)) => {
-                    self.meters.token_check("valid");
-                    Ok(current.user)
-                }
-                Ok(Err(err)) => {
-                    self.meters.token_check("invalid");
-                    tracing::debug!(%err, "access token refused");
-                    Err(Error::InvalidToken)
-                }
-                Err(err) => {
-                    self.meters.token_check("unavailable");
-                    Err(err.into())
-                }
-            };
+            return self.bearer(authorization).await;
         }
         let session = session.filter(|_| has_session_cookie(headers)).ok_or(Error::Unauthorized)?;
         if !self.sent_by_this_site(method, headers) {
@@ -79,6 +64,28 @@ impl Callers {
         }
         let current = self.sessions.refresh(&self.sessions.cookie(session)).await?;
         current.map(|current| current.user).ok_or(Error::Unauthorized)
+    }
+
+    /// The user of an `Authorization: Bearer <access token>` header: 401
+    /// `invalid_token` for anything else, 503 when the store does not
+    /// answer. Every route that takes a token asks here.
+    pub async fn bearer(&self, authorization: &HeaderValue) -> Result<User, Error> {
+        let token = authorization.to_str().ok().and_then(tokens::bearer).ok_or(Error::InvalidToken)?;
+        match self.sessions.authenticate_token(token).await {
+            Ok(Ok(current)) => {
+                self.meters.token_check("valid");
+                Ok(current.user)
+            }
+            Ok(Err(err)) => {
+                self.meters.token_check("invalid");
+                tracing::debug!(%err, "access token refused");
+                Err(Error::InvalidToken)
+            }
+            Err(err) => {
+                self.meters.token_check("unavailable");
+                Err(err.into())
+            }
+        }
     }
 
     /// An allowed `Origin`, or a GET that the browser says is same-origin.

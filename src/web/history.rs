@@ -17,12 +17,15 @@ use warp::{
     Filter, Rejection, Reply,
 };
 
-use super::filters::{param, session, with};
+use super::{
+    caller::Callers,
+    filters::{param, session, with},
+};
 use crate::{
     auth::{
         access::{RoomAccess, RoomRef},
         session::AuthSession,
-        tokens, Sessions,
+        Sessions,
     },
     backend::History,
     clock::UnixMillis,
@@ -38,6 +41,8 @@ pub const DEFAULT_PAGE: usize = 50;
 #[derive(Clone)]
 pub struct RoomHistory {
     pub sessions: Sessions,
+    /// Proves an access token, as for every route that takes one.
+    pub callers: Callers,
     pub access: RoomAccess,
     pub history: Arc<dyn History>,
     /// The largest `limit` answered (`HISTORY_PAGE_MAX`).
@@ -77,28 +82,30 @@ pub fn route(rooms: RoomHistory) -> impl Filter<Extract = (Response,), Error = R
     // signed-out request is a 401 whatever its query says.
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     param("room")
-        .and(warp::header::optional::<String>(header::AUTHORIZATION.as_str()))
+        .and(warp::header::value(header::AUTHORIZATION.as_str()).map(Some).or(warp::any().map(|| None)).unify())
         .and(session(rooms.sessions.clone()))
         .and(raw_query)
         .and(with(rooms))
         .and_then(
-            |room: String, authorization: Option<String>, session: AuthSession, query: String, rooms: RoomHistory| async move {
-                let user = reader(authorization, session, &rooms.sessions).await.map_err(Rejection::from)?;
+            |room: String,
+             authorization: Option<HeaderValue>,
+             session: AuthSession,
+             query: String,
+             rooms: RoomHistory| async move {
+                let user = reader(authorization, session, &rooms.callers).await.map_err(Rejection::from)?;
                 page(room, user, &query, &rooms).await.map_err(Rejection::from)
             },
         )
 }
 
 /// Who reads: the bearer of an access token (palaver-cli shows the last
-/// messages before going live), else the session cookie's user. A token
-/// is sent by no browser on its own, so it needs no origin check; a cookie
-/// reads only what the same-origin policy lets its own page read.
-async fn reader(authorization: Option<String>, session: AuthSession, sessions: &Sessions) -> Result<User, Error> {
+/// messages before going live), proven where every route proves one
+/// ([`Callers::bearer`]), else the session cookie's user. A token is sent by
+/// no browser on its own, so it needs no origin check; a cookie reads only
+/// what the same-origin policy lets its own page read.
+async fn reader(authorization: Option<HeaderValue>, session: AuthSession, callers: &Callers) -> Result<User, Error> {
     match authorization {
-        Some(value) => {
-            let token = tokens::bearer(&value).ok_or(Error::InvalidToken)?;
-            Ok(sessions.authenticate_token(token).await?.map_err(|_| Error::InvalidToken)?.user)
-        }
+        Some(value) => callers.bearer(&value).await,
         None => Ok(session.current().await?.ok_or(Error::Unauthorized)?.user),
     }
 }
