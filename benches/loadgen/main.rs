@@ -86,6 +86,7 @@
 //! `args` (the command line).
 
 mod args;
+mod chaos;
 mod chat;
 mod handshakes;
 mod http;
@@ -99,6 +100,7 @@ mod sockets;
 mod stats;
 
 use crate::{
+    chaos::chaos,
     chat::chat,
     handshakes::handshakes,
     idle::{idle, idle_client},
@@ -118,6 +120,7 @@ async fn main() {
         "login" => logins(&args).await,
         "replay" => replay(&args).await,
         "handshakes" => handshakes(&args).await,
+        "chaos" => chaos(&args).await,
         "idle-client" => idle_client(&args).await,
         "idle" | "chat" | "logout" | "revoke" | "presence-storm" | "login-storm" => {
             for kind in servers(&args) {
