@@ -71,8 +71,12 @@ pub(crate) async fn chaos(args: &[String]) {
     let users: usize = arg(args, "--users", 12);
     let clients: usize = arg(args, "--clients", 30);
     let settle: u64 = arg(args, "--settle", 20);
+    let warm_up: u64 = arg(args, "--warm-up", 30);
     let reproduce = format!(
-        "cargo bench --bench loadgen -- chaos --store {} --minutes {minutes} --seed {seed} --users {users} --clients {clients}",
+        "cargo {} --bench loadgen -- chaos --store {} --minutes {minutes} --seed {seed} --users {users} --clients {clients} \
+         --warm-up {warm_up} --settle {settle}",
+        // scripts/test runs it in the test profile, against the test build.
+        if cfg!(debug_assertions) { "test" } else { "bench" },
         store.name()
     );
     println!("chaos: seed {seed} ({reproduce})");
@@ -105,7 +109,7 @@ pub(crate) async fn chaos(args: &[String]) {
 
     // Users, and the private rooms with their first members.
     let usernames: Vec<String> = (0..users).map(|i| format!("chaos{i}")).collect();
-    let cookies = register_many(crate::servers::Kind::Palaver, ports[0], "chaos", users).await;
+    register_many(crate::servers::Kind::Palaver, ports[0], "chaos", users).await;
     let mut journal = Journal::default();
     let mut members: HashMap<String, HashSet<String>> = HashMap::new();
     let mut setup = Rng::fork(seed, u64::MAX);
@@ -130,22 +134,8 @@ pub(crate) async fn chaos(args: &[String]) {
         private_rooms.push((room, owner));
     }
     let journal = Arc::new(Mutex::new(journal));
-
-    // Before the load, once every instance has signed someone in and
-    // followed every room of the run (a room group's tail keeps its
-    // connection once made: a cost paid once, not a leak), and settled:
-    // each instance's memory and open files.
     let rooms: Vec<String> =
         PUBLIC_ROOMS.iter().map(|r| r.to_string()).chain(private_rooms.iter().map(|(r, _)| r.clone())).collect();
-    warm_up(&ports, &rooms, &cookies).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = footprints(&stage).await;
-    if std::env::var_os("CHAOS_SMAPS").is_some() {
-        let pids: Vec<u32> = stage.lock().unwrap().instances.iter().filter_map(|i| i.pid()).collect();
-        for pid in pids {
-            smaps(pid, "before");
-        }
-    }
     let world = Arc::new(World::new(
         ports.clone(),
         journal.clone(),
@@ -155,44 +145,21 @@ pub(crate) async fn chaos(args: &[String]) {
         usernames.clone(),
         REFRESH_REUSE_GRACE_SECS * 1000,
     ));
-    let length = (minutes * 60_000.0) as Ms;
-    let started = now();
     let stop_watching = Arc::new(AtomicBool::new(false));
     let monitor = tokio::spawn(faults::watch_readiness(ports.clone(), journal.clone(), stop_watching.clone()));
     let peaks = tokio::spawn(peak_footprints(stage.clone(), stop_watching.clone()));
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let user = usernames[c % users].clone();
-        // The first client of each user holds a cookie, the second tokens,
-        // and so on; one client in seven ignores `reauthenticate`.
-        let credential = if (c / users) % 2 == 0 { Credential::Cookie } else { Credential::Token };
-        let client = Client::new(c, user, credential, c % 7 == 3, Rng::fork(seed, c as u64), world.clone());
-        tasks.push(tokio::spawn(client.run()));
-    }
-    let auditor =
-        tokio::spawn(audit::audit(world.clone(), Rng::fork(seed, u64::MAX - 1), SESSION_MAX_LIFETIME_SECS * 1000));
-    // Faults from 10 s in until 15 s before the end.
-    let injector = tokio::spawn(faults::inject(
-        stage.clone(),
-        journal.clone(),
-        Rng::fork(seed, u64::MAX - 2),
-        started + 10_000,
-        started + length.saturating_sub(15_000),
-    ));
-    tokio::time::sleep(Duration::from_millis((started + length).saturating_sub(now()))).await;
-    injector.await.unwrap();
+    let round = Round { world: world.clone(), stage: stage.clone(), seed, users, clients };
 
-    // The load stops: nothing new; what was sent goes again until acked;
-    // then every credential of an ended session is tried once more.
-    world.set_phase(Phase::Drain);
-    auditor.await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let retried = audit::audit_all(&world, &mut Rng::fork(seed, u64::MAX - 3), SESSION_MAX_LIFETIME_SECS * 1000).await;
-    let load_end = now();
-    world.set_phase(Phase::Close);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    // The warm-up: a round of the same workload and faults, checked like
+    // the rest, after which each instance's memory and open files are the
+    // baseline. What an instance grows to once and keeps (allocator arenas
+    // sized by the load, the connections of each room group's tail, the
+    // pools remade after a fault) is a cost paid once, not a leak; what
+    // grows with the length of the run is.
+    round.run(0, warm_up * 1000).await;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let before = footprints(&stage).await;
+    let (load_end, retried) = round.run(1, (minutes * 60_000.0) as Ms).await;
     stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
     monitor.await.unwrap();
     let peaks = peaks.await.unwrap();
@@ -204,12 +171,6 @@ pub(crate) async fn chaos(args: &[String]) {
     // After the settle time: memory, open files, readiness.
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let after = footprints(&stage).await;
-    if std::env::var_os("CHAOS_SMAPS").is_some() {
-        let pids: Vec<u32> = stage.lock().unwrap().instances.iter().filter_map(|i| i.pid()).collect();
-        for pid in pids {
-            smaps(pid, "after");
-        }
-    }
     let mut ready = Vec::new();
     for &port in &ports {
         ready.push(matches!(web::request(port, "GET", "/readyz", &[], "").await, Ok(r) if r.status == 200));
@@ -234,8 +195,8 @@ pub(crate) async fn chaos(args: &[String]) {
                 rule: "no leak",
                 at: now(),
                 text: format!(
-                    "instance {i} after the load and {settle} s: {} KiB resident, {files_after} open files; before it: \
-                     {rss_before} KiB, {files_before} (more than {:.0} % above)",
+                    "instance {i} {settle} s after the load: {} KiB resident, {files_after} open files; {settle} s \
+                     after the warm-up: {rss_before} KiB, {files_before} (more than {:.0} % above)",
                     rss_after,
                     LEAK_TOLERANCE * 100.0
                 ),
@@ -261,8 +222,8 @@ pub(crate) async fn chaos(args: &[String]) {
     let added = journal.memberships.iter().filter(|m| m.added && m.sent > 0 && m.answered.is_some()).count();
     let removed = journal.memberships.iter().filter(|m| !m.added && m.answered.is_some()).count();
     println!(
-        "chaos ({}, seed {seed}, {minutes} min): 3 release instances on {}, {users} users, {clients} clients \
-         ({} cookie, {} token), {} public and {PRIVATE_ROOMS} private rooms",
+        "chaos ({}, seed {seed}, {warm_up} s of warm-up then {minutes} min): 3 instances on {}, {users} users, \
+         {clients} clients a round ({} cookie, {} token), {} public and {PRIVATE_ROOMS} private rooms",
         store.name(),
         store.describe(),
         (0..clients).filter(|c| (c / users) % 2 == 0).count(),
@@ -315,17 +276,17 @@ pub(crate) async fn chaos(args: &[String]) {
         let mib = |f: &Option<(u64, usize)>| f.map_or("-".into(), |(rss, _)| format!("{:.1} MiB", rss as f64 / 1024.0));
         let files = |f: &Option<(u64, usize)>| f.map_or("-".into(), |(_, n)| n.to_string());
         println!(
-            "  instance {i}: resident {} before, {} at the peak, {} {settle} s after the load; open files {} before, \
-             {} after; /readyz {}",
+            "  instance {i}: resident {} {settle} s after the warm-up, {} at the peak, {} {settle} s after the load; \
+             open files {}, {}, {}; /readyz {}",
             mib(b),
             mib(p),
             mib(a),
             files(b),
+            files(p),
             files(a),
             if ready[i] { "200" } else { "NOT 200" }
         );
     }
-    let logs = stage.lock().unwrap().dir.clone();
     drop(journal);
     match verdict.violations.first() {
         None => println!("  violations: 0 (every promise held)"),
@@ -342,29 +303,8 @@ pub(crate) async fn chaos(args: &[String]) {
             println!("seed {seed} reproduces the run's choices: {reproduce}");
             let kept = dir.keep();
             println!("the instances' logs are kept in {}", kept.display());
-            let _ = logs;
             drop(stage);
             std::process::exit(1);
-        }
-    }
-}
-
-/// On every instance: a sign-in, and a socket into every room (the
-/// private rooms as their owners, the first users), closed after `hello`.
-async fn warm_up(ports: &[u16], rooms: &[String], cookies: &[String]) {
-    for &port in ports {
-        let response = crate::http::post_form_as(
-            port,
-            "/login",
-            &format!("username=chaos0&password={}", crate::http::PASSWORD),
-            None,
-        );
-        assert!(response.starts_with("HTTP/1.1 303"), "warm-up sign-in: {}", crate::http::status_line(&response));
-        for (k, room) in rooms.iter().enumerate() {
-            let owner = k.saturating_sub(PUBLIC_ROOMS.len());
-            let mut ws = crate::sockets::open(port, &cookies[owner], &format!("?room={room}")).await;
-            crate::sockets::next_json(&mut ws).await.expect("hello");
-            let _ = futures_util::SinkExt::close(&mut ws).await;
         }
     }
 }
@@ -414,33 +354,61 @@ fn history(node: u16, room: &str) -> Vec<Entry> {
         .collect()
 }
 
-fn smaps(pid: u32, when: &str) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let mut by: BTreeMap<String, u64> = BTreeMap::new();
-    let mut name = String::new();
-    let mut count: BTreeMap<String, u64> = BTreeMap::new();
-    for line in text.lines() {
-        if line.contains('-') && !line.contains(':')
-            || line
-                .split_whitespace()
-                .next()
-                .is_some_and(|f| f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-        {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            name = fields.get(5).map(|s| s.to_string()).unwrap_or_else(|| "[anon]".into());
-            if name.contains("palaver") {
-                name = "binary".into();
-            }
-            *count.entry(name.clone()).or_default() += 1;
-        } else if let Some(v) = line.strip_prefix("Rss:") {
-            *by.entry(name.clone()).or_default() += v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0);
+/// One round of the workload: `clients` clients (numbered from `round *
+/// clients`, so that their `client_id`s and random streams are their own),
+/// the auditor, and faults from 5 s in until 10 s before its end (none if
+/// that leaves no time); then the drain, the final audit and the close.
+/// Returns when the load stopped, and how many ended sessions' credentials
+/// were tried at the end.
+struct Round {
+    world: Arc<World>,
+    stage: SharedStage,
+    seed: u64,
+    users: usize,
+    clients: usize,
+}
+
+impl Round {
+    async fn run(&self, round: u64, length: Ms) -> (Ms, usize) {
+        let (seed, users) = (self.seed, self.users);
+        let streams = u64::MAX - 10 * round;
+        self.world.set_phase(Phase::Run);
+        let started = now();
+        let mut tasks = Vec::new();
+        for c in 0..self.clients {
+            let id = round as usize * self.clients + c;
+            let user = self.world.users[c % users].clone();
+            // The first client of each user holds a cookie, the second
+            // tokens, and so on; one client in seven ignores
+            // `reauthenticate`.
+            let credential = if (c / users) % 2 == 0 { Credential::Cookie } else { Credential::Token };
+            let client = Client::new(id, user, credential, c % 7 == 3, Rng::fork(seed, id as u64), self.world.clone());
+            tasks.push(tokio::spawn(client.run()));
         }
+        let max = SESSION_MAX_LIFETIME_SECS * 1000;
+        let auditor = tokio::spawn(audit::audit(self.world.clone(), Rng::fork(seed, streams - 1), max));
+        let injector = tokio::spawn(faults::inject(
+            self.stage.clone(),
+            self.world.journal.clone(),
+            Rng::fork(seed, streams - 2),
+            started + 5_000,
+            started + length.saturating_sub(10_000),
+        ));
+        tokio::time::sleep(Duration::from_millis((started + length).saturating_sub(now()))).await;
+        injector.await.unwrap();
+
+        // The load stops: nothing new; what was sent goes again until
+        // acked; then every credential of an ended session is tried once
+        // more.
+        self.world.set_phase(Phase::Drain);
+        auditor.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let retried = audit::audit_all(&self.world, &mut Rng::fork(seed, streams - 3), max).await;
+        let load_end = now();
+        self.world.set_phase(Phase::Close);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (load_end, retried)
     }
-    println!(
-        "smaps {when} {pid}: {:?} regions {:?}",
-        by.iter().filter(|(_, v)| **v > 100).collect::<Vec<_>>(),
-        count.get("[anon]")
-    );
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
-    println!("threads {when} {pid}: {threads}");
 }

@@ -99,7 +99,6 @@ pub(crate) struct Stage {
     pub(crate) redis_url: String,
     pub(crate) instances: Vec<Instance>,
     env: Vec<(String, String)>,
-    pub(crate) dir: PathBuf,
 }
 
 impl Stage {
@@ -128,7 +127,7 @@ impl Stage {
                 log: dir.join(format!("instance-{i}.log")),
             })
             .collect();
-        let mut stage = Stage { kind, nodes, redis_url, instances, env, dir: dir.to_owned() };
+        let mut stage = Stage { kind, nodes, redis_url, instances, env };
         for i in 0..count {
             stage.start_instance(i);
         }
