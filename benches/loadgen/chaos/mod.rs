@@ -155,8 +155,11 @@ pub(crate) async fn chaos(args: &[String]) {
     // baseline. What an instance grows to once and keeps (allocator arenas
     // sized by the load, the connections of each room group's tail, the
     // pools remade after a fault) is a cost paid once, not a leak; what
-    // grows with the length of the run is.
+    // grows with the length of the run is. An instance restarted late in
+    // the warm-up has not followed every room since (each room group's
+    // tail keeps its connection once made), so each then follows them all.
     round.run(0, warm_up * 1000).await;
+    follow_every_room(&ports, &rooms, &private_rooms).await;
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let before = footprints(&stage).await;
     let (load_end, retried) = round.run(1, (minutes * 60_000.0) as Ms).await;
@@ -309,6 +312,28 @@ pub(crate) async fn chaos(args: &[String]) {
     }
 }
 
+/// On every instance, a socket into every room (the private rooms as
+/// their owners, who stay members), closed after `hello`.
+async fn follow_every_room(ports: &[u16], rooms: &[String], private_rooms: &[(String, String)]) {
+    let owner = |room: &String| private_rooms.iter().find(|(r, _)| r == room).map_or("chaos0", |(_, o)| o.as_str());
+    for &port in ports {
+        for room in rooms {
+            let body = format!("username={}&password={}", owner(room), crate::http::PASSWORD);
+            let headers = ["Content-Type: application/x-www-form-urlencoded".to_owned()];
+            let signed_in = web::request(port, "POST", "/login", &headers, &body).await;
+            let cookie = match signed_in {
+                Ok(r) if r.status == 303 => r.cookie().expect("a session cookie"),
+                other => panic!("signing in on port {port} after the warm-up: {other:?}"),
+            };
+            let mut ws = web::upgrade(port, &format!("?room={room}"), &format!("Cookie: {cookie}"))
+                .await
+                .unwrap_or_else(|refused| panic!("a socket into {room} on port {port} after the warm-up: {refused:?}"));
+            crate::sockets::next_json(&mut ws).await.expect("hello");
+            let _ = futures_util::SinkExt::close(&mut ws).await;
+        }
+    }
+}
+
 /// Every instance's (resident KiB, open files), `None` for one not running.
 async fn footprints(stage: &SharedStage) -> Vec<Option<(u64, usize)>> {
     let stage = stage.clone();
@@ -356,7 +381,7 @@ fn history(node: u16, room: &str) -> Vec<Entry> {
 
 /// One round of the workload: `clients` clients (numbered from `round *
 /// clients`, so that their `client_id`s and random streams are their own),
-/// the auditor, and faults from 5 s in until 10 s before its end (none if
+/// the auditor, and faults from 5 s in until 15 s before its end (none if
 /// that leaves no time); then the drain, the final audit and the close.
 /// Returns when the load stopped, and how many ended sessions' credentials
 /// were tried at the end.
@@ -392,7 +417,7 @@ impl Round {
             self.world.journal.clone(),
             Rng::fork(seed, streams - 2),
             started + 5_000,
-            started + length.saturating_sub(10_000),
+            started + length.saturating_sub(15_000),
         ));
         tokio::time::sleep(Duration::from_millis((started + length).saturating_sub(now()))).await;
         injector.await.unwrap();

@@ -17,6 +17,7 @@ use tokio_tungstenite::{
 /// How long a request or an upgrade may take before the client gives up.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
+#[derive(Debug)]
 pub(crate) struct Response {
     pub(crate) status: u16,
     headers: Vec<(String, String)>,
