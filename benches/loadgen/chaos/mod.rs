@@ -219,7 +219,10 @@ pub(crate) async fn chaos(args: &[String]) {
     for f in &journal.faults {
         *faults.entry(f.kind).or_default() += 1;
     }
-    let list = |m: &BTreeMap<String, usize>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+    let list = |m: &BTreeMap<String, usize>| match m.is_empty() {
+        true => "none".to_owned(),
+        false => m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+    };
     let kinds = |m: &BTreeMap<&str, usize>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
     let tokens = journal.sessions.iter().filter(|s| s.credential == Credential::Token).count();
     let added = journal.memberships.iter().filter(|m| m.added && m.sent > 0 && m.answered.is_some()).count();
