@@ -57,8 +57,8 @@ pub(crate) async fn inject(stage: SharedStage, journal: Shared, mut rng: Rng, st
                     let i = free[(seed % free.len() as u64) as usize];
                     out.instances.push(i);
                     Some(match choice {
-                        0 => tokio::spawn(kill_instance(stage, journal, out2, i, Rng::new(seed))),
-                        _ => tokio::spawn(stop_instance(stage, journal, out2, i, Rng::new(seed))),
+                        0 => tokio::spawn(instance_out(stage, journal, out2, i, "kill-instance", Rng::new(seed))),
+                        _ => tokio::spawn(instance_out(stage, journal, out2, i, "stop-instance", Rng::new(seed))),
                     })
                 }
                 2 if !out.store => {
@@ -116,34 +116,33 @@ async fn with_stage<T: Send + 'static>(stage: &SharedStage, work: impl FnOnce(&m
     tokio::task::spawn_blocking(move || work(&mut stage.lock().unwrap())).await.unwrap()
 }
 
-async fn kill_instance(stage: SharedStage, journal: Shared, out: Arc<Mutex<Out>>, i: usize, mut rng: Rng) {
-    let start = now();
-    with_stage(&stage, move |s| s.kill_instance(i)).await;
-    tokio::time::sleep(Duration::from_millis(rng.between(500, 4_000))).await;
-    with_stage(&stage, move |s| s.start_instance(i)).await;
-    let undone = now();
-    let recovered = all_ready(&stage).await;
-    out.lock().unwrap().instances.retain(|&x| x != i);
-    let target = format!("instance {i}");
-    record(
-        &journal,
-        FaultLog { kind: "kill-instance", target, instance: Some(i), start, undone, recovered, loses_events: false },
-    );
-}
+/// A change to one instance of the stage.
+type Step = fn(&mut Stage, usize);
 
-async fn stop_instance(stage: SharedStage, journal: Shared, out: Arc<Mutex<Out>>, i: usize, mut rng: Rng) {
+/// Takes instance `i` out (`kill-instance`: SIGKILL; `stop-instance`:
+/// SIGSTOP) for a while drawn from `away` (ms), then back (started again,
+/// or continued).
+async fn instance_out(
+    stage: SharedStage,
+    journal: Shared,
+    out: Arc<Mutex<Out>>,
+    i: usize,
+    kind: &'static str,
+    mut rng: Rng,
+) {
+    let ((lo, hi), take, give): (_, Step, Step) = match kind {
+        "kill-instance" => ((500, 4_000), Stage::kill_instance, Stage::start_instance),
+        _ => ((1_000, 5_000), Stage::stop_instance, Stage::continue_instance),
+    };
     let start = now();
-    with_stage(&stage, move |s| s.stop_instance(i)).await;
-    tokio::time::sleep(Duration::from_millis(rng.between(1_000, 5_000))).await;
-    with_stage(&stage, move |s| s.continue_instance(i)).await;
+    with_stage(&stage, move |s| take(s, i)).await;
+    tokio::time::sleep(Duration::from_millis(rng.between(lo, hi))).await;
+    with_stage(&stage, move |s| give(s, i)).await;
     let undone = now();
     let recovered = all_ready(&stage).await;
     out.lock().unwrap().instances.retain(|&x| x != i);
     let target = format!("instance {i}");
-    record(
-        &journal,
-        FaultLog { kind: "stop-instance", target, instance: Some(i), start, undone, recovered, loses_events: false },
-    );
+    record(&journal, FaultLog { kind, target, instance: Some(i), start, undone, recovered, loses_events: false });
 }
 
 /// SIGKILLs a master; once its replica has taken its slots, waits a few
