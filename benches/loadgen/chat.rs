@@ -227,7 +227,7 @@ pub(crate) async fn chat(kind: Kind, args: &[String]) {
     }
     let (_redis, redis_port) = start_redis(dir.path());
     let (_cluster, servers) = if cluster {
-        let (nodes, url) = start_redis_cluster(dir.path());
+        let (nodes, url) = start_redis_cluster(dir.path(), None);
         let servers: Vec<_> = (0..instances).map(|_| start_palaver_on(&url, &extra)).collect();
         (nodes, servers)
     } else {

@@ -78,14 +78,30 @@
 //! reports the delivery p99 of both periods and their ratio, and checks
 //! that nothing was lost.
 //!
+//! `chaos` (palaver): three instances on a six-node Redis Cluster (`--store
+//! cluster`) or on one Redis with an append-only file (`--store single`),
+//! `--clients` clients of `--users` users (cookie and token, chatting in
+//! public and private rooms, signing in and out, refreshing, adding and
+//! removing members, reconnecting with `after`) and faults drawn from
+//! `--seed` (instances killed and stopped, Redis masters killed, subscribers
+//! cut, the single Redis restarted): a `--warm-up` round (s), the baseline
+//! memory and open files, then `--minutes` of the same. A checker reads the
+//! clients' records and the rooms' histories and fails the run with the
+//! first broken promise and the command that reproduces the run's choices;
+//! the summary has the faults by kind, the messages checked, and each
+//! instance's memory and open files after the warm-up, at the peak and
+//! `--settle` s after the load. `scripts/test` runs two minutes of it in the
+//! test profile.
+//!
 //! Layout: one module per scenario family (`idle`, `login`, `replay`,
-//! `handshakes`, `chat`, `revocation`, `presence`) over a shared harness:
+//! `handshakes`, `chat`, `revocation`, `presence`, `chaos`) over a shared harness:
 //! `servers` (the processes: Redis, palaver, the peers), `http` (raw HTTP:
 //! registering, signing in, tokens, the room API), `sockets` (opening,
 //! reading and holding WebSockets), `stats` (clocks, percentiles) and
 //! `args` (the command line).
 
 mod args;
+mod chaos;
 mod chat;
 mod handshakes;
 mod http;
@@ -99,6 +115,7 @@ mod sockets;
 mod stats;
 
 use crate::{
+    chaos::chaos,
     chat::chat,
     handshakes::handshakes,
     idle::{idle, idle_client},
@@ -118,6 +135,7 @@ async fn main() {
         "login" => logins(&args).await,
         "replay" => replay(&args).await,
         "handshakes" => handshakes(&args).await,
+        "chaos" => chaos(&args).await,
         "idle-client" => idle_client(&args).await,
         "idle" | "chat" | "logout" | "revoke" | "presence-storm" | "login-storm" => {
             for kind in servers(&args) {
@@ -132,10 +150,12 @@ async fn main() {
             }
         }
         _ => eprintln!(
-            "usage: cargo bench --bench loadgen -- idle|chat|login|replay|handshakes|logout|revoke|presence-storm|login-storm \
+            "usage: cargo bench --bench loadgen -- \
+             idle|chat|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
              [--count N] [--messages N] [--body N] [--concurrency N] [--room-kind public,private] [--same-room] \
-             [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N]\n\
+             [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N] \
+             [--store cluster|single] [--seed S] [--minutes M] [--warm-up S] [--settle S]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }

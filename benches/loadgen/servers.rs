@@ -48,7 +48,7 @@ pub(crate) fn servers(args: &[String]) -> Vec<Kind> {
     arg(args, "--server", "palaver".to_string()).split(',').map(Kind::parse).collect()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -79,7 +79,7 @@ impl Drop for Process {
     }
 }
 
-fn wait_for_port(port: u16, what: &str) {
+pub(crate) fn wait_for_port(port: u16, what: &str) {
     let start = Instant::now();
     while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(start.elapsed() < Duration::from_secs(20), "{what} did not start");
@@ -100,28 +100,80 @@ pub(crate) fn start_redis(dir: &Path) -> (Process, u16) {
     (Process(child), port)
 }
 
-/// A Redis Cluster of six `redis-server`s (three masters, one replica
-/// each), joined with `redis-cli --cluster create`; the processes and the
-/// `redis-cluster://` URL naming them.
-pub(crate) fn start_redis_cluster(dir: &Path) -> (Vec<Process>, String) {
-    let mut nodes = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..6 {
-        let (port, bus) = (free_port(), free_port());
-        let node_dir = dir.join(format!("node-{i}"));
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-            .arg("--dir")
-            .arg(&node_dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        wait_for_port(port, "redis-server");
-        nodes.push(Process(child));
-        addrs.push(format!("127.0.0.1:{port}"));
+/// One `redis-server` that can be killed and started again on its port and
+/// directory: alone (with or without an append-only file) or as a node of
+/// a cluster (which it rejoins from its `nodes.conf`).
+pub(crate) struct RedisNode {
+    pub(crate) port: u16,
+    dir: PathBuf,
+    /// `Some(appendfsync)`: persistence in an append-only file.
+    aof: Option<&'static str>,
+    /// Cluster mode: the bus port and `cluster-node-timeout` (ms; `None`:
+    /// Redis's default).
+    cluster: Option<(u16, Option<u32>)>,
+    process: Option<Process>,
+}
+
+impl RedisNode {
+    /// A node of a cluster to be, in `dir`.
+    pub(crate) fn cluster_node(dir: &Path, node_timeout_ms: Option<u32>) -> RedisNode {
+        let mut node = RedisNode { port: free_port(), dir: dir.to_owned(), aof: None, cluster: None, process: None };
+        node.cluster = Some((free_port(), node_timeout_ms));
+        node.start();
+        node
     }
+
+    /// One Redis that keeps what it acknowledged in an append-only file,
+    /// fsynced as `appendfsync` says.
+    pub(crate) fn with_aof(dir: &Path, appendfsync: &'static str) -> RedisNode {
+        let mut node =
+            RedisNode { port: free_port(), dir: dir.to_owned(), aof: Some(appendfsync), cluster: None, process: None };
+        node.start();
+        node
+    }
+
+    /// Starts it (again): same port, same directory.
+    pub(crate) fn start(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]).arg("--dir").arg(&self.dir);
+        match self.aof {
+            Some(fsync) => cmd.args(["--appendonly", "yes", "--appendfsync", fsync]),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        if let Some((bus, timeout)) = self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()]);
+            if let Some(ms) = timeout {
+                cmd.args(["--cluster-node-timeout", &ms.to_string()]);
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).spawn().expect("redis-server (apt-get install redis-server)");
+        self.process = Some(Process(child));
+        wait_for_port(self.port, "redis-server");
+    }
+
+    /// SIGKILL: nothing saved or handed over on the way out.
+    pub(crate) fn kill(&mut self) {
+        self.process = None;
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A Redis Cluster of six `redis-server`s (three masters, one replica
+/// each), joined with `redis-cli --cluster create`; the nodes and the
+/// `redis-cluster://` URL naming them. `node_timeout_ms`: how soon a
+/// silent master is failed over (`None`: Redis's default, 15 s).
+pub(crate) fn start_redis_cluster(dir: &Path, node_timeout_ms: Option<u32>) -> (Vec<RedisNode>, String) {
+    let nodes: Vec<RedisNode> =
+        (0..6).map(|i| RedisNode::cluster_node(&dir.join(format!("node-{i}")), node_timeout_ms)).collect();
+    let addrs: Vec<String> = nodes.iter().map(RedisNode::addr).collect();
     let created = Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(&addrs)
@@ -130,20 +182,8 @@ pub(crate) fn start_redis_cluster(dir: &Path) -> (Vec<Process>, String) {
         .output()
         .expect("redis-cli (apt-get install redis-tools)");
     assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
-    // Every node agrees the cluster is up, and every replica is in sync
-    // (acks wait for one).
     let start = Instant::now();
-    let cli = |addr: &str, args: &[&str]| {
-        let (host, port) = addr.split_once(':').unwrap();
-        let out = Command::new("redis-cli").args(["-h", host, "-p", port]).args(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    while !addrs.iter().all(|a| {
-        cli(a, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && {
-            let replication = cli(a, &["INFO", "replication"]);
-            replication.contains("role:master") || replication.contains("master_link_status:up")
-        }
-    }) {
+    while !cluster_healthy(&nodes) {
         assert!(start.elapsed() < Duration::from_secs(30), "the cluster did not become healthy");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -155,12 +195,34 @@ pub(crate) fn start_redis_cluster(dir: &Path) -> (Vec<Process>, String) {
     (nodes, url)
 }
 
+/// Every running node agrees the cluster is up, and every running replica
+/// is in sync (acks wait for one).
+pub(crate) fn cluster_healthy(nodes: &[RedisNode]) -> bool {
+    let cli = |addr: &str, args: &[&str]| {
+        let (host, port) = addr.split_once(':').unwrap();
+        let out = Command::new("redis-cli").args(["-h", host, "-p", port]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    nodes.iter().filter(|n| n.running()).all(|n| {
+        cli(&n.addr(), &["CLUSTER", "INFO"]).contains("cluster_state:ok") && {
+            let replication = cli(&n.addr(), &["INFO", "replication"]);
+            replication.contains("role:master") || replication.contains("master_link_status:up")
+        }
+    })
+}
+
 pub(crate) fn start_palaver(redis_port: u16, extra: &[(&str, &str)]) -> (Process, u16) {
     start_palaver_on(&format!("redis://127.0.0.1:{redis_port}"), extra)
 }
 
 pub(crate) fn start_palaver_on(redis_url: &str, extra: &[(&str, &str)]) -> (Process, u16) {
     let port = free_port();
+    (start_palaver_at(redis_url, port, extra, Stdio::inherit()), port)
+}
+
+/// A release instance on `port` (which may have been another's, killed:
+/// it binds with `SO_REUSEADDR`); its log goes to `log`.
+pub(crate) fn start_palaver_at(redis_url: &str, port: u16, extra: &[(&str, &str)], log: Stdio) -> Process {
     let mut cmd = Command::new(BINARY);
     cmd.env("REDIS_URL", redis_url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -176,9 +238,9 @@ pub(crate) fn start_palaver_on(redis_url: &str, extra: &[(&str, &str)]) -> (Proc
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.stdout(Stdio::null()).spawn().expect("palaver binary");
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("palaver binary");
     wait_for_port(port, "palaver");
-    (Process(child), port)
+    Process(child)
 }
 
 /// The Node peer's directory; its dependencies are installed from the

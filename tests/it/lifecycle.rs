@@ -117,8 +117,19 @@ async fn a_logout_missed_during_a_reconnect_is_caught_by_the_resync_sweep() {
     // published while this instance's subscriber was away)...
     let id = alice.session_id(&app).unwrap();
     assert!(redis.command(&["DEL", &id]).unwrap().starts_with(":1"));
-    // ...and the reconnect after a Redis restart triggers the sweep.
+    // ...and the reconnect after a Redis restart triggers the sweep. Two
+    // waits, each with its own deadline, so that a slow run says which
+    // step was slow: the subscriber's reconnect (fred's backoff, at most
+    // 2 s between attempts) and resubscribe, which /readyz reports; then
+    // the sweep it starts (retried at most 2 s apart while the command
+    // pool reconnects) closing the socket.
     redis.restart();
+    let probe = Browser::new();
+    eventually("the subscriber to reconnect and resubscribe (/readyz 200)", || {
+        let (probe, app) = (&probe, &app);
+        async move { probe.get(app, "/readyz").await.status() == StatusCode::OK }
+    })
+    .await;
     let closed = within("the resync sweep to close the socket", socket.closed()).await;
     assert_eq!(closed, (4401, "session revoked".to_string()));
 }
