@@ -221,7 +221,10 @@ async fn reauth_after_refresh_moves_the_deadline_and_keeps_the_socket(redis: &dy
 }
 
 async fn activity_over_http_elsewhere_keeps_the_socket_without_a_close(redis: &dyn TestRedis) {
-    let app = TestApp::spawn_with(Some(redis), &[("SESSION_TTL_SECS", "3"), ("REAUTH_WARNING_SECS", "1")]).await;
+    // The session lives 6 s past each request: long enough that one slow
+    // request on a loaded cluster (a 3 s lifetime once saw a 303) does not
+    // let it lapse between two, short enough to pass its first deadline.
+    let app = TestApp::spawn_with(Some(redis), &[("SESSION_TTL_SECS", "6"), ("REAUTH_WARNING_SECS", "1")]).await;
     let alice = signed_up(&app, "alice").await;
     let (mut socket, hello) = alice.join(&app, "").await;
     let first_deadline = hello["expires_at"].as_i64().unwrap();
