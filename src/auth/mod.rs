@@ -5,6 +5,7 @@
 //! which room.
 
 pub(crate) mod access;
+pub(crate) mod devices;
 pub(crate) mod login;
 pub(crate) mod memberships;
 pub mod password;

@@ -16,15 +16,21 @@ use serde::Serialize;
 use tower_sessions::{session::Id, Session, SessionStore};
 
 use super::{
+    devices::{Device, SessionView, ACTIVITY_GRANULARITY},
     refresh::{self, Decision, Secret},
-    session::{live, AuthSession, Current, LiveSession, SessionPolicy},
+    session::{live, AuthSession, Current, LiveSession, SessionPolicies, SessionPolicy},
     tokens::{Claims, TokenError, TokenKeys},
 };
 use crate::{
-    backend::{EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore},
+    backend::{
+        Devices, EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore,
+    },
     clock::UnixMillis,
-    model::{TokenRecord, User, UserId},
+    model::{SessionKind, TokenRecord, User, UserId},
 };
+
+/// The most sessions of one user listed (the newest).
+pub const SESSIONS_LISTED: usize = 100;
 
 /// How long a WebSocket ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -122,11 +128,13 @@ pub struct Sessions {
     index: Arc<dyn SessionIndex>,
     bus: Arc<dyn EventBus>,
     local: Arc<dyn SessionsEnded>,
-    policy: SessionPolicy,
+    /// Cookie sessions' lifetimes; token sessions follow the usual ones.
+    policies: SessionPolicies,
     tokens: Arc<dyn TokenStore>,
     keys: Arc<TokenKeys>,
     /// `REFRESH_REUSE_GRACE_SECS`.
     refresh_grace: Duration,
+    devices: Arc<dyn Devices>,
 }
 
 /// What the session lifecycle is made of.
@@ -135,34 +143,48 @@ pub struct SessionsParts {
     pub index: Arc<dyn SessionIndex>,
     pub bus: Arc<dyn EventBus>,
     pub local: Arc<dyn SessionsEnded>,
-    pub policy: SessionPolicy,
+    pub policies: SessionPolicies,
     pub tokens: Arc<dyn TokenStore>,
     pub keys: Arc<TokenKeys>,
     pub refresh_grace: Duration,
+    pub devices: Arc<dyn Devices>,
 }
 
 impl Sessions {
     pub fn new(parts: SessionsParts) -> Self {
-        let SessionsParts { store, index, bus, local, policy, tokens, keys, refresh_grace } = parts;
-        Self { store, index, bus, local, policy, tokens, keys, refresh_grace }
+        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices } = parts;
+        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices }
+    }
+
+    /// The lifetimes of token sessions.
+    fn token_policy(&self) -> SessionPolicy {
+        self.policies.normal
     }
 
     /// The typed view of a request's cookie session.
     pub fn cookie(&self, session: Session) -> AuthSession {
-        AuthSession::new(session, self.policy)
+        AuthSession::new(session, self.policies, self.devices.clone())
     }
 
-    /// Signs `user` in under a new session id and indexes it under the user.
-    /// A session the browser was signed in with before ends, sockets included.
-    pub async fn sign_in(&self, session: &AuthSession, user: User) -> StoreResult<Current> {
+    /// Signs `user` in under a new session id, indexes it under the user
+    /// and describes it (`device`; `long`: "keep me signed in"). A session
+    /// the browser was signed in with before ends, sockets included.
+    pub async fn sign_in(
+        &self,
+        session: &AuthSession,
+        user: User,
+        device: &Device,
+        long: bool,
+    ) -> StoreResult<Current> {
         let previous = session.current().await?;
-        let current = session.start(user).await?;
-        let end_by = self.policy.end_by(UnixMillis::now());
-        if let Err(err) = self.index.add(current.user.id, current.session_id, end_by).await {
+        let current = session.start(user, long).await?;
+        if let Err(err) = self.index.add(current.user.id, current.session_id, current.end_by).await {
             // A session "log out everywhere" cannot find must not exist.
             let _ = session.end().await;
             return Err(err);
         }
+        let descriptor = device.describe(SessionKind::Browser, UnixMillis::now(), long, None);
+        self.describe(current.user.id, current.session_id, &descriptor, current.end_by).await;
         if let Some(previous) = previous {
             // `start` deleted it from the store already; its sockets go now.
             self.unindex(previous.user.id, previous.session_id).await;
@@ -227,6 +249,46 @@ impl Sessions {
         Ok(())
     }
 
+    /// Ends `user`'s session whose public id is `public` (their listing
+    /// from session `current` finds it), its sockets everywhere with 4401
+    /// `session revoked`. `None` when no live session of theirs has that id.
+    pub async fn end_listed(&self, user: UserId, public: &str, current: Id) -> StoreResult<Option<SessionView>> {
+        let listed = self.list(user, current).await?;
+        let Some(found) = listed.into_iter().find(|s| s.id == public) else { return Ok(None) };
+        self.end(user, found.store_id, EndReason::Revoked).await?;
+        tracing::info!(%user, "a session ended by its user");
+        Ok(Some(found))
+    }
+
+    /// Ends every session of `user` but `keep` (revoked: their sockets
+    /// close with 4401 `session revoked`), and returns them. `keep` stays
+    /// indexed throughout, so a "log out everywhere" meanwhile still finds
+    /// it.
+    pub async fn end_others(&self, user: UserId, keep: Id) -> StoreResult<Vec<SessionView>> {
+        let mut ended: Vec<SessionView> = Vec::new();
+        loop {
+            let listed = self.list(user, keep).await?;
+            let full = listed.len() >= SESSIONS_LISTED;
+            let others: Vec<SessionView> = listed.into_iter().filter(|s| !s.current).collect();
+            if others.is_empty() {
+                break;
+            }
+            for other in &others {
+                self.store.delete(&other.store_id).await.map_err(StoreError::from)?;
+                self.unindex(user, other.store_id).await;
+            }
+            ended.extend(others);
+            if !full {
+                break;
+            }
+        }
+        if !ended.is_empty() {
+            let sessions = ended.iter().map(|s| s.store_id).collect();
+            self.announce(Ended { user, sessions, everywhere: false, reason: EndReason::Revoked }).await;
+        }
+        Ok(ended)
+    }
+
     /// Removes every indexed session of `user` from the store but `keep`.
     async fn delete_all(&self, user: UserId, keep: Option<Id>) -> StoreResult<Vec<Id>> {
         let mut ended = Vec::new();
@@ -244,6 +306,32 @@ impl Sessions {
             // Harmless: the entry points at a deleted session and ages out.
             tracing::warn!(%err, "session index entry not removed");
         }
+        if let Err(err) = self.devices.remove(user, session).await {
+            // Harmless too: a descriptor of a session no longer indexed is
+            // dropped when next found.
+            tracing::warn!(%err, "session descriptor not removed");
+        }
+    }
+
+    /// Describes a session just indexed. Best effort: a session without a
+    /// descriptor is still listed (as "Unknown") and ends like any other.
+    async fn describe(
+        &self,
+        user: UserId,
+        session: Id,
+        descriptor: &crate::model::SessionDescriptor,
+        end_by: UnixMillis,
+    ) {
+        if let Err(err) = self.devices.put(user, session, descriptor, end_by).await {
+            tracing::warn!(%err, "session descriptor not written");
+        }
+    }
+
+    /// Every live session of `user` (the newest [`SESSIONS_LISTED`]), as
+    /// seen from session `current`.
+    pub async fn list(&self, user: UserId, current: Id) -> StoreResult<Vec<SessionView>> {
+        let listed = self.devices.list(user, SESSIONS_LISTED).await?;
+        Ok(listed.into_iter().map(|listed| SessionView::new(listed, current)).collect())
     }
 
     /// Closes the local sockets of ended sessions now and tells every other
@@ -265,22 +353,26 @@ impl Sessions {
         }
     }
 
-    /// Starts a token session for `user` (who just proved their password):
-    /// indexed like a cookie session, so every way a session ends ends it.
-    pub async fn sign_in_token(&self, user: User) -> StoreResult<TokenPair> {
+    /// Starts a token session for `user` (who just proved their password)
+    /// from `device`: indexed like a cookie session, so every way a session
+    /// ends ends it.
+    pub async fn sign_in_token(&self, user: User, device: &Device) -> StoreResult<TokenPair> {
         let now = UnixMillis::now();
         let id = Id::default();
         let sid = random_text(16);
         let first = Secret::random();
         let record = TokenRecord { user, sid, signed_in_at: now, refresh: refresh::first_state(&first, now) };
-        let expires_at = self.policy.expiry(now, now).expect("a new session is within its lifetime");
-        let end_by = self.policy.end_by(now);
+        let policy = self.token_policy();
+        let expires_at = policy.expiry(now, now).expect("a new session is within its lifetime");
+        let end_by = policy.end_by(now);
         self.tokens.create_token_session(id, &record, expires_at, end_by).await?;
         if let Err(err) = self.index.add(record.user.id, id, end_by).await {
             // A session "log out everywhere" cannot find must not exist.
             let _ = self.store.delete(&id).await;
             return Err(err);
         }
+        let descriptor = device.describe(SessionKind::Token, now, false, Some(record.sid.clone()));
+        self.describe(record.user.id, id, &descriptor, end_by).await;
         tracing::info!(user = %record.user.name, "token session started");
         Ok(self.pair(&record, &first, expires_at, now))
     }
@@ -316,12 +408,16 @@ impl Sessions {
             let state = &found.record.refresh;
             match refresh::decide(state, &secret, now, self.refresh_grace) {
                 Decision::Rotate => {
-                    let Some(expires_at) = self.policy.expiry(found.record.signed_in_at, now) else {
+                    let Some(expires_at) = self.token_policy().expiry(found.record.signed_in_at, now) else {
                         return Ok(Err(RefreshError::Invalid));
                     };
                     let next = secret.successor(self.keys.refresh_key());
                     let record = TokenRecord { refresh: refresh::rotated(state, &next, now), ..found.record.clone() };
                     if self.tokens.update_token_session(sid, &state.current, &record, expires_at).await? {
+                        let user = record.user.id;
+                        if let Err(err) = self.devices.touch(user, found.id, now, ACTIVITY_GRANULARITY).await {
+                            tracing::warn!(%err, "session activity not recorded");
+                        }
                         return Ok(Ok(self.pair(&record, &next, expires_at, now)));
                     }
                 }

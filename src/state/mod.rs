@@ -15,7 +15,7 @@ use crate::{
         access::RoomAccess,
         login::PasswordCheck,
         memberships::{Memberships, MembershipsParts},
-        session::{SessionPolicy, SESSION_COOKIE},
+        session::{SessionPolicies, SessionPolicy, SESSION_COOKIE},
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
         tokens::TokenKeys,
@@ -35,8 +35,8 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, api::Api, assets::Assets, caller::Callers, history::RoomHistory, pages::RoomPages,
-        rooms::RoomsApi, router::Router, Handles,
+        self, account::Accounts, account_api::AccountApi, api::Api, assets::Assets, caller::Callers,
+        history::RoomHistory, pages::RoomPages, rooms::RoomsApi, router::Router, Handles,
     },
 };
 
@@ -116,10 +116,11 @@ pub(crate) fn realtime(
         index: backend.session_index.clone(),
         bus: backend.bus.clone(),
         local: registry.clone(),
-        policy: SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime },
+        policies: session_policies(config),
         tokens: backend.tokens.clone(),
         keys,
         refresh_grace: config.tokens.refresh_reuse_grace,
+        devices: backend.devices.clone(),
     });
     let memberships = Memberships::new(MembershipsParts {
         rooms: backend.rooms.clone(),
@@ -172,6 +173,12 @@ pub(crate) fn realtime(
     Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
 }
 
+/// The lifetimes of sessions.
+fn session_policies(config: &Config) -> SessionPolicies {
+    let normal = SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime };
+    SessionPolicies { normal, long: normal }
+}
+
 /// What the route table is wired from.
 fn handles(
     config: &Config,
@@ -189,6 +196,7 @@ fn handles(
         LoginThrottle::new(backend.counters.clone(), config.throttle.login_max_failures, config.throttle.login_window),
         meters.hash_wait(),
     );
+    let callers = Callers { sessions: sessions.clone(), origins: origins.clone(), meters: meters.clone() };
     Handles {
         upgrader: Arc::new(Upgrader {
             origins: origins.clone(),
@@ -218,11 +226,12 @@ fn handles(
             max_page: config.chat.history_page_max,
         },
         rooms_api: RoomsApi {
-            callers: Callers { sessions: sessions.clone(), origins: origins.clone(), meters },
+            callers: callers.clone(),
             memberships: realtime.memberships.clone(),
             access,
             history: backend.history.clone(),
         },
+        account_api: AccountApi { callers, sessions: sessions.clone() },
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),

@@ -13,11 +13,12 @@ use warp::{
 };
 
 use super::{
-    filters::{body_of_type, client_addr, session, with},
+    filters::{body_of_type, client_addr, session, user_agent, with},
     pages::{page, see_other, sign_in_reason, Field, FormPage, FormState, LoginPage, RegisterPage},
 };
 use crate::{
     auth::{
+        devices::Device,
         login::{PasswordCheck, Verdict},
         password::Password,
         session::AuthSession,
@@ -110,24 +111,41 @@ pub fn login_form(sessions: Sessions) -> impl Filter<Extract = (Response,), Erro
     })
 }
 
+/// Who asks: the browser's session, its address and what it calls itself.
+struct Visitor {
+    session: AuthSession,
+    addr: ClientAddr,
+    user_agent: Option<String>,
+}
+
+impl Visitor {
+    fn device(&self) -> Device {
+        Device::browser(self.user_agent.as_deref(), self.addr.0.to_canonical().to_string())
+    }
+}
+
+fn visitor(sessions: Sessions) -> impl Filter<Extract = (Visitor,), Error = Rejection> + Clone {
+    session(sessions).and(client_addr()).and(user_agent()).map(|session, addr, user_agent| Visitor {
+        session,
+        addr,
+        user_agent,
+    })
+}
+
 /// POST /login
 pub fn login(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
-        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
+    credentials().and(visitor(accounts.sessions.clone())).and(with(accounts)).and_then(
+        |form: Credentials, visitor: Visitor, accounts: Accounts| async move {
             let meters = accounts.meters.clone();
-            let answer = handle_login(form, session, addr, accounts).await;
+            let answer = handle_login(form, visitor, accounts).await;
             meters.login("form", answer.as_ref().map_or("unavailable", |res| outcome_of(res.status())));
             answer.map_err(Rejection::from)
         },
     )
 }
 
-async fn handle_login(
-    form: Credentials,
-    session: AuthSession,
-    addr: ClientAddr,
-    accounts: Accounts,
-) -> Result<Response, Error> {
+async fn handle_login(form: Credentials, visitor: Visitor, accounts: Accounts) -> Result<Response, Error> {
+    let addr = &visitor.addr;
     let (Some(username), Some(password)) = (form.username, form.password) else {
         let form = FormState::new(String::new(), form.next.as_deref())
             .with_error("Enter your username and password.", Some(Field::Username));
@@ -136,7 +154,7 @@ async fn handle_login(
     let state = FormState::new(username.trim().to_owned(), form.next.as_deref());
     match accounts.passwords.check(&username, password, addr.0).await? {
         Verdict::Verified(user) => {
-            accounts.sessions.sign_in(&session, user).await?;
+            accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), false).await?;
             Ok(after_sign_in(&state))
         }
         Verdict::Refused => {
@@ -176,19 +194,15 @@ pub fn register_form() -> impl Filter<Extract = (Response,), Error = Rejection> 
 
 /// POST /register
 pub fn register(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
-        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
-            handle_register(form, session, addr, accounts).await.map_err(Rejection::from)
+    credentials().and(visitor(accounts.sessions.clone())).and(with(accounts)).and_then(
+        |form: Credentials, visitor: Visitor, accounts: Accounts| async move {
+            handle_register(form, visitor, accounts).await.map_err(Rejection::from)
         },
     )
 }
 
-async fn handle_register(
-    form: Credentials,
-    session: AuthSession,
-    addr: ClientAddr,
-    accounts: Accounts,
-) -> Result<Response, Error> {
+async fn handle_register(form: Credentials, visitor: Visitor, accounts: Accounts) -> Result<Response, Error> {
+    let addr = &visitor.addr;
     let next = form.next;
     let refuse = |status, error: &str, field, username: String| {
         let form = FormState::new(username, next.as_deref()).with_error(error, Some(field));
@@ -223,7 +237,7 @@ async fn handle_register(
         return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, user.name);
     }
     tracing::info!(user = %user.name, "registered");
-    accounts.sessions.sign_in(&session, user).await?;
+    accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), false).await?;
     Ok(after_sign_in(&FormState::new(String::new(), next.as_deref())))
 }
 

@@ -2,6 +2,7 @@
 //! headers, and the one place rejections become responses.
 
 pub mod account;
+pub mod account_api;
 pub mod api;
 pub mod assets;
 pub mod caller;
@@ -42,6 +43,7 @@ pub struct Handles {
     pub rooms: RoomPages,
     pub room_history: self::history::RoomHistory,
     pub rooms_api: self::rooms::RoomsApi,
+    pub account_api: self::account_api::AccountApi,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
@@ -90,6 +92,9 @@ pub fn routes(state: &Handles) -> Router {
         .put("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), true)))
         .delete("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), false)))
         .post("/api/direct", json_api(self::rooms::direct(state.rooms_api.clone())))
+        .get("/api/sessions", json_api(self::account_api::list(state.account_api.clone())))
+        .delete("/api/sessions/{id}", json_api(self::account_api::end(state.account_api.clone())))
+        .post("/api/sessions/end-others", json_api(self::account_api::end_others(state.account_api.clone())))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/chat/{room}/history", json_api(self::history::route(state.room_history.clone())))

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod abuse;
+mod account;
 mod auth;
 mod browser;
 mod chat;

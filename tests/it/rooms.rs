@@ -75,6 +75,10 @@ fn classify(method: &Method, pattern: &str) -> Option<&'static [Reveals]> {
         ("PUT" | "DELETE", "/api/rooms/{name}/members/{username}") => &[ByParam],
         ("GET", "/api/rooms") => &[Lists],
         ("GET", "/" | "/login" | "/register" | "/chat" | "/healthz" | "/readyz" | "/static/{file}") => &[Nothing],
+        // A user's own sessions, password and security log: no room.
+        ("GET", "/api/sessions") | ("DELETE", "/api/sessions/{id}") | ("POST", "/api/sessions/end-others") => {
+            &[Nothing]
+        }
         (
             "POST",
             "/login"
