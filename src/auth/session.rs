@@ -226,6 +226,19 @@ impl AuthSession {
         Ok(Current { user, session_id, expires_at, end_by: policy.end_by(signed_in_at) })
     }
 
+    /// Moves the signed-in session to a new id, all else kept (its
+    /// lifetimes count from its sign-in still): the old id is deleted from
+    /// the store, and the browser gets the new one. The old id, and the
+    /// session as it is now; `None` when not signed in.
+    pub(super) async fn cycle(&self) -> StoreResult<Option<(Id, Current)>> {
+        let Some(current) = self.current().await? else { return Ok(None) };
+        self.session.set_expiry(Some(expiry_at(current.expires_at)));
+        self.session.cycle_id().await.map_err(store_error)?;
+        self.session.save().await.map_err(store_error)?;
+        let session_id = self.session.id().ok_or_else(|| StoreError::Corrupt("saved session has no id".into()))?;
+        Ok(Some((current.session_id, Current { session_id, ..current })))
+    }
+
     /// Deletes the session from the store; the layer clears the cookie.
     pub(super) async fn end(&self) -> StoreResult<()> {
         self.session.flush().await.map_err(store_error)

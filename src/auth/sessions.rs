@@ -8,7 +8,7 @@
 //! sockets re-read sessions through [`Sessions::lookup`] and the sweep
 //! checks them through [`Sessions::exist`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ring::rand::SecureRandom;
@@ -17,6 +17,7 @@ use tower_sessions::{session::Id, Session, SessionStore};
 
 use super::{
     devices::{Device, SessionView, ACTIVITY_GRANULARITY},
+    journal::Journal,
     refresh::{self, Decision, Secret},
     session::{live, AuthSession, Current, LiveSession, SessionPolicies, SessionPolicy},
     tokens::{Claims, TokenError, TokenKeys},
@@ -26,7 +27,7 @@ use crate::{
         Devices, EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore,
     },
     clock::UnixMillis,
-    model::{SessionKind, TokenRecord, User, UserId},
+    model::{EndedBy, SecurityEventKind, SessionDescriptor, SessionKind, TokenRecord, User, UserId},
 };
 
 /// The most sessions of one user listed (the newest).
@@ -135,6 +136,7 @@ pub struct Sessions {
     /// `REFRESH_REUSE_GRACE_SECS`.
     refresh_grace: Duration,
     devices: Arc<dyn Devices>,
+    journal: Journal,
 }
 
 /// What the session lifecycle is made of.
@@ -148,12 +150,13 @@ pub struct SessionsParts {
     pub keys: Arc<TokenKeys>,
     pub refresh_grace: Duration,
     pub devices: Arc<dyn Devices>,
+    pub journal: Journal,
 }
 
 impl Sessions {
     pub fn new(parts: SessionsParts) -> Self {
-        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices } = parts;
-        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices }
+        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal } = parts;
+        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal }
     }
 
     /// The lifetimes of token sessions.
@@ -185,6 +188,7 @@ impl Sessions {
         }
         let descriptor = device.describe(SessionKind::Browser, UnixMillis::now(), long, None);
         self.describe(current.user.id, current.session_id, &descriptor, current.end_by).await;
+        self.signed_in(current.user.id, device).await;
         if let Some(previous) = previous {
             // `start` deleted it from the store already; its sockets go now.
             self.unindex(previous.user.id, previous.session_id).await;
@@ -224,21 +228,53 @@ impl Sessions {
     /// Ends every session of this request's user. `None` when signed out.
     pub async fn sign_out_everywhere(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
         let Some(current) = session.current().await? else { return Ok(None) };
-        let mut ended = self.delete_all(current.user.id, Some(current.session_id)).await?;
+        let user = current.user.id;
+        let described = self.described(user).await;
+        let mut ended = self.delete_all(user, Some(current.session_id)).await?;
         session.end().await?;
         ended.push(current.session_id);
         tracing::info!(user = %current.user.name, sessions = ended.len(), "logged out everywhere");
-        self.announce(Ended { user: current.user.id, sessions: ended, everywhere: true, reason: EndReason::LoggedOut })
-            .await;
+        self.record_ended(user, &ended, &described, EndedBy::LogoutEverywhere).await;
+        self.announce(Ended { user, sessions: ended, everywhere: true, reason: EndReason::LoggedOut }).await;
         Ok(Some(current))
     }
 
-    /// Ends every session of `user`, whoever asks (a token client, an admin).
-    pub async fn end_all(&self, user: UserId, reason: EndReason) -> StoreResult<usize> {
+    /// Ends every session of `user`, whoever asks (a token client, an
+    /// operator: `by`).
+    pub async fn end_all(&self, user: UserId, reason: EndReason, by: EndedBy) -> StoreResult<usize> {
+        let described = self.described(user).await;
         let ended = self.delete_all(user, None).await?;
         let count = ended.len();
+        self.record_ended(user, &ended, &described, by).await;
         self.announce(Ended { user, sessions: ended, everywhere: true, reason }).await;
         Ok(count)
+    }
+
+    /// What `user`'s sessions say of themselves, by store id (for the
+    /// events of ending them; best effort).
+    async fn described(&self, user: UserId) -> HashMap<Id, SessionDescriptor> {
+        match self.devices.list(user, SESSIONS_LISTED).await {
+            Ok(listed) => listed.into_iter().filter_map(|l| Some((l.id, l.descriptor?))).collect(),
+            Err(err) => {
+                tracing::warn!(%err, "sessions not described before ending them");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// A `session_ended` entry for each of `ended`.
+    async fn record_ended(&self, user: UserId, ended: &[Id], described: &HashMap<Id, SessionDescriptor>, by: EndedBy) {
+        for id in ended {
+            let (client, address) =
+                described.get(id).map(|d| (d.client.clone(), d.address.clone())).unwrap_or_default();
+            self.journal.record(user, SecurityEventKind::SessionEnded { by, client, address }).await;
+        }
+    }
+
+    /// A `signed_in` entry.
+    async fn signed_in(&self, user: UserId, device: &Device) {
+        let Device { client, address } = device.clone();
+        self.journal.record(user, SecurityEventKind::SignedIn { client, address }).await;
     }
 
     /// Ends one session by id, whoever asks.
@@ -257,6 +293,8 @@ impl Sessions {
         let Some(found) = listed.into_iter().find(|s| s.id == public) else { return Ok(None) };
         self.end(user, found.store_id, EndReason::Revoked).await?;
         tracing::info!(%user, "a session ended by its user");
+        let (client, address) = (found.client.clone(), found.address.clone());
+        self.journal.record(user, SecurityEventKind::SessionEnded { by: EndedBy::You, client, address }).await;
         Ok(Some(found))
     }
 
@@ -264,7 +302,7 @@ impl Sessions {
     /// close with 4401 `session revoked`), and returns them. `keep` stays
     /// indexed throughout, so a "log out everywhere" meanwhile still finds
     /// it.
-    pub async fn end_others(&self, user: UserId, keep: Id) -> StoreResult<Vec<SessionView>> {
+    pub async fn end_others(&self, user: UserId, keep: Id, by: EndedBy) -> StoreResult<Vec<SessionView>> {
         let mut ended: Vec<SessionView> = Vec::new();
         loop {
             let listed = self.list(user, keep).await?;
@@ -276,6 +314,8 @@ impl Sessions {
             for other in &others {
                 self.store.delete(&other.store_id).await.map_err(StoreError::from)?;
                 self.unindex(user, other.store_id).await;
+                let (client, address) = (other.client.clone(), other.address.clone());
+                self.journal.record(user, SecurityEventKind::SessionEnded { by, client, address }).await;
             }
             ended.extend(others);
             if !full {
@@ -287,6 +327,27 @@ impl Sessions {
             self.announce(Ended { user, sessions, everywhere: false, reason: EndReason::Revoked }).await;
         }
         Ok(ended)
+    }
+
+    /// Gives this cookie session a new id, all else kept (a password
+    /// change): indexed and described under the new id before the old
+    /// one's entries go. `None` when not signed in.
+    pub async fn cycle(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
+        let Some((old, current)) = session.cycle().await? else { return Ok(None) };
+        let user = current.user.id;
+        if let Err(err) = self.index.add(user, current.session_id, current.end_by).await {
+            // A session "log out everywhere" cannot find must not exist.
+            let _ = session.end().await;
+            self.unindex(user, old).await;
+            return Err(err);
+        }
+        if let Err(err) = self.devices.moved(user, old, current.session_id).await {
+            tracing::warn!(%err, "session descriptor not moved");
+        }
+        if let Err(err) = self.index.remove(user, old).await {
+            tracing::warn!(%err, "session index entry not removed");
+        }
+        Ok(Some(current))
     }
 
     /// Removes every indexed session of `user` from the store but `keep`.
@@ -373,6 +434,7 @@ impl Sessions {
         }
         let descriptor = device.describe(SessionKind::Token, now, false, Some(record.sid.clone()));
         self.describe(record.user.id, id, &descriptor, end_by).await;
+        self.signed_in(record.user.id, device).await;
         tracing::info!(user = %record.user.name, "token session started");
         Ok(self.pair(&record, &first, expires_at, now))
     }
@@ -396,7 +458,9 @@ impl Sessions {
 
     /// Spends a refresh token for a new pair, sliding the session (see
     /// `refresh` for the rules of rotation and reuse).
-    pub async fn refresh_token(&self, presented: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
+    /// `address`: where it was presented from (said when a spent token
+    /// comes back).
+    pub async fn refresh_token(&self, presented: &str, address: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
         let Some((sid, secret)) = refresh::parse(presented) else { return Ok(Err(RefreshError::Invalid)) };
         // A concurrent refresh may rotate between our read and our write;
         // then the decision is made again on what it left.
@@ -429,18 +493,24 @@ impl Sessions {
                     if next.hash() == state.current {
                         return Ok(Ok(self.pair(&found.record, &next, found.expires_at, now)));
                     }
-                    return self.reused(&found.record, found.id).await;
+                    return self.reused(&found.record, found.id, address).await;
                 }
-                Decision::Reuse => return self.reused(&found.record, found.id).await,
+                Decision::Reuse => return self.reused(&found.record, found.id, address).await,
                 Decision::Unknown => return Ok(Err(RefreshError::Invalid)),
             }
         }
         Ok(Err(RefreshError::Invalid))
     }
 
-    async fn reused(&self, record: &TokenRecord, id: Id) -> StoreResult<Result<TokenPair, RefreshError>> {
+    async fn reused(&self, record: &TokenRecord, id: Id, from: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
         tracing::warn!(user = %record.user.name, "a spent refresh token was used again; ending its session");
-        self.end(record.user.id, id, EndReason::Revoked).await?;
+        let user = record.user.id;
+        let described = self.described(user).await;
+        let (client, address) = described.get(&id).map(|d| (d.client.clone(), d.address.clone())).unwrap_or_default();
+        self.end(user, id, EndReason::Revoked).await?;
+        let detected = SecurityEventKind::RefreshReuseDetected { client: client.clone(), address: from.to_owned() };
+        self.journal.record(user, detected).await;
+        self.journal.record(user, SecurityEventKind::SessionEnded { by: EndedBy::RefreshReuse, client, address }).await;
         Ok(Err(RefreshError::Reused))
     }
 

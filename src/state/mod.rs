@@ -13,8 +13,10 @@ use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 use crate::{
     auth::{
         access::RoomAccess,
+        journal::Journal,
         login::PasswordCheck,
         memberships::{Memberships, MembershipsParts},
+        password_change::PasswordChange,
         session::{SessionPolicies, SessionPolicy, SESSION_COOKIE},
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
@@ -121,6 +123,7 @@ pub(crate) fn realtime(
         keys,
         refresh_grace: config.tokens.refresh_reuse_grace,
         devices: backend.devices.clone(),
+        journal: journal(config, backend),
     });
     let memberships = Memberships::new(MembershipsParts {
         rooms: backend.rooms.clone(),
@@ -173,6 +176,11 @@ pub(crate) fn realtime(
     Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
 }
 
+/// The security log, failed sign-ins counted in bursts of the login window.
+fn journal(config: &Config, backend: &Backend) -> Journal {
+    Journal::new(backend.security_log.clone(), config.throttle.login_window)
+}
+
 /// The lifetimes of sessions.
 fn session_policies(config: &Config) -> SessionPolicies {
     let normal = SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime };
@@ -195,8 +203,15 @@ fn handles(
         backend.users.clone(),
         LoginThrottle::new(backend.counters.clone(), config.throttle.login_max_failures, config.throttle.login_window),
         meters.hash_wait(),
+        journal(config, backend),
     );
     let callers = Callers { sessions: sessions.clone(), origins: origins.clone(), meters: meters.clone() };
+    let change = PasswordChange {
+        passwords: passwords.clone(),
+        users: backend.users.clone(),
+        sessions: sessions.clone(),
+        journal: journal(config, backend),
+    };
     Handles {
         upgrader: Arc::new(Upgrader {
             origins: origins.clone(),
@@ -210,7 +225,7 @@ fn handles(
         accounts: Accounts {
             users: backend.users.clone(),
             sessions: sessions.clone(),
-            passwords,
+            passwords: passwords.clone(),
             registrations: RegisterThrottle::new(
                 backend.counters.clone(),
                 config.throttle.register_max_per_address,
@@ -231,7 +246,7 @@ fn handles(
             access,
             history: backend.history.clone(),
         },
-        account_api: AccountApi { callers, sessions: sessions.clone() },
+        account_api: AccountApi { callers, sessions: sessions.clone(), change, journal: journal(config, backend) },
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),

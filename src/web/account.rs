@@ -175,6 +175,15 @@ async fn handle_login(form: Credentials, visitor: Visitor, accounts: Accounts) -
     }
 }
 
+/// A page with the form again, a 503 and when to retry: the password
+/// threads are too busy.
+fn busy_page(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
+    form.set_error("Too many requests at once. Try again in a moment.".to_owned());
+    let mut res = page(StatusCode::SERVICE_UNAVAILABLE, &form)?;
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    Ok(res)
+}
+
 /// A page with the form again, a 429 and when to retry.
 fn too_many_attempts(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
     let minutes = retry_after.as_secs().div_ceil(60);
@@ -220,6 +229,18 @@ async fn handle_register(form: Credentials, visitor: Visitor, accounts: Accounts
     if let Err(why) = validate_new_account(&username, password.expose()) {
         let field = if valid_username(&username) { Field::Password } else { Field::Username };
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, why, field, username);
+    }
+    match accounts.passwords.strength(&password, &username, addr.0).await {
+        Ok(Ok(())) => {}
+        Ok(Err(weak)) => {
+            let mut form = FormState::new(username, next.as_deref())
+                .with_error("Choose a password that is harder to guess.", Some(Field::Password));
+            form.advice = Some(weak.advice);
+            return page(StatusCode::UNPROCESSABLE_ENTITY, &RegisterPage { form });
+        }
+        Err(busy) => {
+            return busy_page(RegisterPage { form: FormState::new(username, next.as_deref()) }, busy.retry_after)
+        }
     }
     // Every attempt that would cost a hash counts, taken or not.
     if let Err(retry_after) = accounts.registrations.attempt(addr.0).await? {

@@ -30,6 +30,7 @@ use crate::{
     },
     backend::{EndReason, StoreError},
     meters::{outcome_of, Meters},
+    model::EndedBy,
     net::ClientAddr,
 };
 
@@ -176,24 +177,27 @@ struct Refresh {
 
 /// POST /api/token/refresh
 pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    json_body::<Refresh>().and(with(api)).then(|refresh: Result<Refresh, _>, api: Api| async move {
-        let refresh = match refresh {
-            Ok(refresh) => refresh,
-            Err(err) => return unreadable(err),
-        };
-        match api.sessions.refresh_token(&refresh.refresh_token).await {
-            Ok(Ok(pair)) => secret(json!(pair)),
-            Ok(Err(RefreshError::Invalid)) => {
-                error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
+    json_body::<Refresh>().and(client_addr()).and(with(api)).then(
+        |refresh: Result<Refresh, _>, addr: ClientAddr, api: Api| async move {
+            let refresh = match refresh {
+                Ok(refresh) => refresh,
+                Err(err) => return unreadable(err),
+            };
+            let from = addr.0.to_canonical().to_string();
+            match api.sessions.refresh_token(&refresh.refresh_token, &from).await {
+                Ok(Ok(pair)) => secret(json!(pair)),
+                Ok(Err(RefreshError::Invalid)) => {
+                    error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
+                }
+                Ok(Err(RefreshError::Reused)) => error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_grant",
+                    "That refresh token was already used, so its session was ended; sign in again.",
+                ),
+                Err(err) => unavailable(err),
             }
-            Ok(Err(RefreshError::Reused)) => error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_grant",
-                "That refresh token was already used, so its session was ended; sign in again.",
-            ),
-            Err(err) => unavailable(err),
-        }
-    })
+        },
+    )
 }
 
 /// POST /api/ws-ticket
@@ -219,7 +223,7 @@ pub fn logout(api: Api, everywhere: bool) -> impl Filter<Extract = (Response,), 
             Err(res) => return res,
         };
         let ended = if everywhere {
-            api.sessions.end_all(current.user.id, EndReason::LoggedOut).await.map(drop)
+            api.sessions.end_all(current.user.id, EndReason::LoggedOut, EndedBy::LogoutEverywhere).await.map(drop)
         } else {
             api.sessions.end(current.user.id, current.session_id, EndReason::LoggedOut).await
         };

@@ -23,7 +23,10 @@ use warp::{
 
 use super::filters::with;
 use crate::{
-    auth::{session::SESSION_COOKIE, tokens, Sessions},
+    auth::{
+        session::{AuthSession, SESSION_COOKIE},
+        tokens, Sessions,
+    },
     error::Error,
     meters::Meters,
     model::User,
@@ -44,6 +47,9 @@ pub struct Caller {
     pub user: User,
     /// The store id of the session the request came with.
     pub session_id: Id,
+    /// The cookie session, when that was the credential (`None`: a Bearer
+    /// token's session).
+    pub cookie: Option<AuthSession>,
 }
 
 /// The signed-in user a request acts for, or its refusal: 401 (no
@@ -72,7 +78,7 @@ impl Callers {
             return match self.sessions.authenticate_token(token).await {
                 Ok(Ok(current)) => {
                     self.meters.token_check("valid");
-                    Ok(Caller { user: current.user, session_id: current.session_id })
+                    Ok(Caller { user: current.user, session_id: current.session_id, cookie: None })
                 }
                 Ok(Err(err)) => {
                     self.meters.token_check("invalid");
@@ -92,7 +98,7 @@ impl Callers {
         }
         let cookie = self.sessions.cookie(session);
         let current = self.sessions.refresh(&cookie).await?.ok_or(Error::Unauthorized)?;
-        Ok(Caller { user: current.user, session_id: current.session_id })
+        Ok(Caller { user: current.user, session_id: current.session_id, cookie: Some(cookie) })
     }
 
     /// An allowed `Origin`, or a GET that the browser says is same-origin.

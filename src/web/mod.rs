@@ -95,6 +95,8 @@ pub fn routes(state: &Handles) -> Router {
         .get("/api/sessions", json_api(self::account_api::list(state.account_api.clone())))
         .delete("/api/sessions/{id}", json_api(self::account_api::end(state.account_api.clone())))
         .post("/api/sessions/end-others", json_api(self::account_api::end_others(state.account_api.clone())))
+        .post("/api/password", json_api(self::account_api::password(state.account_api.clone())))
+        .get("/api/security-events", json_api(self::account_api::security_events(state.account_api.clone())))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/chat/{room}/history", json_api(self::history::route(state.room_history.clone())))

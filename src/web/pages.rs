@@ -43,6 +43,9 @@ pub struct FormState {
     pub next: String,
     /// Why the visitor was sent here (`/login?reason=`), as a sentence.
     pub notice: Option<&'static str>,
+    /// The strength estimator's advice on a refused password, shown
+    /// beside the field.
+    pub advice: Option<String>,
 }
 
 impl FormState {

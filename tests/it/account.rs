@@ -1,7 +1,8 @@
 //! Sessions and devices (docs/protocol.md §7): every sign-in describes its
 //! session, a user lists and ends their own sessions (and nobody else's),
 //! and an ended session's sockets close on every instance with 4401
-//! `session revoked` while the user's other sessions go on.
+//! `session revoked` while the user's other sessions go on; a password
+//! change ends every other session, and the security log tells it all.
 
 use std::time::Duration;
 
@@ -13,7 +14,11 @@ use crate::{helpers::*, rooms::api};
 
 on_both! {
     ending_one_session_closes_its_sockets_everywhere_and_leaves_the_others,
+    a_password_change_ends_every_other_session_everywhere_and_moves_this_one,
 }
+
+/// A password that passes the strength estimate.
+pub const NEW_PASSWORD: &str = "a fresh new passphrase";
 
 pub const CHROME: &str =
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
@@ -229,4 +234,160 @@ async fn ending_the_other_sessions_leaves_only_this_one() {
     assert_eq!(left[0]["current"], true);
     assert_eq!(refresh_token(&app, &pair).await, StatusCode::UNAUTHORIZED);
     laptop_socket.say("alone now", "e1").await;
+}
+
+async fn a_password_change_ends_every_other_session_everywhere_and_moves_this_one(redis: &dyn TestRedis) {
+    let (a, b) = TestApp::spawn_group(redis, &[]).await;
+    let laptop = chrome(&a, "alice", true).await;
+    let cafe = chrome(&b, "alice", false).await;
+    let pair = token(&a, "alice", json!({"client": "bot"}), None).await;
+    let (mut cafe_socket, _) = cafe.join(&b, "").await;
+    let mut bot_socket = token_socket(&b, access(&pair)).await;
+    let before = laptop.session_id(&a).unwrap();
+
+    let body = json!({"current": PASSWORD, "new": NEW_PASSWORD});
+    let (status, _) = api(&laptop, &a, Method::POST, "/api/password", Some(body)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for socket in [&mut cafe_socket, &mut bot_socket] {
+        let closed = within_for(Duration::from_secs(3), "another session's socket to close", socket.closed()).await;
+        assert_eq!(closed, (4401, "session revoked".to_string()));
+    }
+    assert_eq!(cafe.refresh(&b).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(refresh_token(&a, &pair).await, StatusCode::UNAUTHORIZED);
+    // This session lives on under a new id: the old cookie is worth nothing.
+    let after = laptop.session_id(&a).unwrap();
+    assert_ne!(after, before, "a new cookie");
+    let left = sessions(&laptop, &a).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((left[0]["current"].clone(), left[0]["client"].clone()), (json!(true), json!("Chrome on Linux")));
+    let stale = Browser::new();
+    stale.set_session_id(&a, &before);
+    assert_eq!(stale.refresh(&a).await.status(), StatusCode::UNAUTHORIZED);
+    // The old password signs nobody in; the new one does.
+    assert_eq!(Browser::new().login(&b, "alice", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_redirect(&Browser::new().login(&b, "alice", NEW_PASSWORD).await, "/chat");
+    // And the log says so.
+    let (_, body) = api(&laptop, &a, Method::GET, "/api/security-events", None).await;
+    let kinds: Vec<String> =
+        body["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().into()).collect();
+    assert_eq!(
+        kinds[..5],
+        ["signed_in", "sign_in_failed", "password_changed", "session_ended", "session_ended"],
+        "{body}"
+    );
+    let ended: Vec<&Value> =
+        body["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "session_ended").collect();
+    assert!(ended.iter().all(|e| e["by"] == "password_change"), "{body}");
+}
+
+#[tokio::test]
+async fn a_token_session_that_changes_the_password_stays_and_the_browsers_go() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    let browser = chrome(&app, "alice", true).await;
+    let pair = token(&app, "alice", json!({"client": "cli"}), None).await;
+    let body = json!({"current": PASSWORD, "new": NEW_PASSWORD});
+    let (status, _) = bearer(&app, Method::POST, "/api/password", access(&pair), Some(body)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(browser.refresh(&app).await.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = bearer(&app, Method::GET, "/api/sessions", access(&pair), None).await;
+    assert_eq!(status, StatusCode::OK, "the token still works");
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(refresh_token(&app, &pair).await, StatusCode::OK, "and so does its refresh token");
+}
+
+#[tokio::test]
+async fn a_wrong_current_password_is_401_and_counts_against_the_login_throttle() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("LOGIN_MAX_FAILURES", "2")]).await;
+    let alice = chrome(&app, "alice", true).await;
+    let wrong = || json!({"current": "not my password", "new": NEW_PASSWORD});
+    for _ in 0..2 {
+        let (status, body) = api(&alice, &app, Method::POST, "/api/password", Some(wrong())).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_credentials")));
+    }
+    let (status, body) = api(&alice, &app, Method::POST, "/api/password", Some(wrong())).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("too_many_attempts")));
+    // The sign-in form counts on the same throttle.
+    assert_eq!(Browser::new().login(&app, "alice", PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(alice.refresh(&app).await.status(), StatusCode::OK, "nothing else changed");
+}
+
+#[tokio::test]
+async fn a_guessable_password_is_refused_with_the_estimators_advice() {
+    let app = TestApp::spawn_memory().await;
+    let alice = chrome(&app, "alice", true).await;
+    for (new, error) in [("password", "weak_password"), ("short", "invalid_password"), ("        ", "weak_password")] {
+        let body = json!({"current": PASSWORD, "new": new});
+        let (status, body) = api(&alice, &app, Method::POST, "/api/password", Some(body)).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(error)), "{new:?}");
+    }
+    let body = json!({"current": PASSWORD, "new": "password"});
+    let (_, body) = api(&alice, &app, Method::POST, "/api/password", Some(body)).await;
+    assert!(body["message"].as_str().unwrap().contains("top-10 common password"), "{body}");
+    // The same rule at registration, the advice beside the field.
+    let res = Browser::new().register(&app, "bob", "password").await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"id="password-advice""#) && html.contains("top-10 common password"), "{html}");
+    assert!(html.contains(r#"aria-describedby="form-error password-advice password-hint""#), "{html}");
+    let res = Browser::new().register(&app, "bob", "        ").await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "eight spaces are no password");
+    assert_eq!(Browser::new().login(&app, "bob", "password").await.status(), StatusCode::UNAUTHORIZED, "no bob");
+}
+
+#[tokio::test]
+async fn the_security_log_tells_what_happened_newest_first() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("REFRESH_REUSE_GRACE_SECS", "1")]).await;
+    let laptop = chrome(&app, "alice", true).await;
+    for _ in 0..3 {
+        assert_eq!(Browser::new().login(&app, "alice", "a wrong guess").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let phone = chrome(&app, "alice", false).await;
+    let phone_id = sessions(&phone, &app).await.into_iter().find(|s| s["current"] == true).unwrap()["id"].clone();
+    let path = format!("/api/sessions/{}", phone_id.as_str().unwrap());
+    assert_eq!(api(&laptop, &app, Method::DELETE, &path, None).await.0, StatusCode::NO_CONTENT);
+    // A spent refresh token presented again after the grace.
+    let pair = token(&app, "alice", json!({"client": "bot"}), None).await;
+    assert_eq!(refresh_token(&app, &pair).await, StatusCode::OK);
+    let reused = poll(DEADLINE, || {
+        let (app, pair) = (&app, &pair);
+        async move { (refresh_token(app, pair).await == StatusCode::UNAUTHORIZED).then_some(()) }
+    })
+    .await;
+    assert!(reused.is_some(), "the spent token is refused after the grace");
+
+    let (status, body) = api(&laptop, &app, Method::GET, "/api/security-events", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = body["events"].as_array().unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let by = e["by"].as_str().map(|by| format!(" by {by}")).unwrap_or_default();
+            format!("{}{by} {}", e["kind"].as_str().unwrap(), e["client"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "session_ended by refresh_reuse bot",
+            "refresh_reuse_detected bot",
+            "signed_in bot",
+            "session_ended by you Chrome on Linux",
+            "signed_in Chrome on Linux",
+            "sign_in_failed ",
+            "signed_in Chrome on Linux",
+        ],
+        "{body}"
+    );
+    let failed = &events[5];
+    assert_eq!((failed["count"].clone(), failed["address"].clone()), (json!(3), json!("127.0.0.1")), "one burst");
+    let ats: Vec<i64> = events.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(ats.windows(2).all(|w| w[0] >= w[1]), "newest first: {ats:?}");
+    assert_eq!(events[1]["address"], "127.0.0.1", "where the spent token came from");
+    // Nobody else's log.
+    let bob = chrome(&app, "bob", true).await;
+    let (_, body) = api(&bob, &app, Method::GET, "/api/security-events", None).await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 1, "{body}");
 }

@@ -76,9 +76,9 @@ fn classify(method: &Method, pattern: &str) -> Option<&'static [Reveals]> {
         ("GET", "/api/rooms") => &[Lists],
         ("GET", "/" | "/login" | "/register" | "/chat" | "/healthz" | "/readyz" | "/static/{file}") => &[Nothing],
         // A user's own sessions, password and security log: no room.
-        ("GET", "/api/sessions") | ("DELETE", "/api/sessions/{id}") | ("POST", "/api/sessions/end-others") => {
-            &[Nothing]
-        }
+        ("GET", "/api/sessions" | "/api/security-events")
+        | ("DELETE", "/api/sessions/{id}")
+        | ("POST", "/api/sessions/end-others" | "/api/password") => &[Nothing],
         (
             "POST",
             "/login"
