@@ -37,8 +37,8 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, account_api::AccountApi, api::Api, assets::Assets, caller::Callers,
-        history::RoomHistory, pages::RoomPages, rooms::RoomsApi, router::Router, Handles,
+        self, account::Accounts, account_api::AccountApi, account_page::AccountPages, api::Api, assets::Assets,
+        caller::Callers, history::RoomHistory, pages::RoomPages, rooms::RoomsApi, router::Router, Handles,
     },
 };
 
@@ -246,7 +246,13 @@ fn handles(
             access,
             history: backend.history.clone(),
         },
-        account_api: AccountApi { callers, sessions: sessions.clone(), change, journal: journal(config, backend) },
+        account_api: AccountApi {
+            callers,
+            sessions: sessions.clone(),
+            change: change.clone(),
+            journal: journal(config, backend),
+        },
+        account_pages: AccountPages { sessions: sessions.clone(), change, journal: journal(config, backend) },
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),

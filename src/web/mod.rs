@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod account_api;
+pub mod account_page;
 pub mod api;
 pub mod assets;
 pub mod caller;
@@ -44,6 +45,7 @@ pub struct Handles {
     pub room_history: self::history::RoomHistory,
     pub rooms_api: self::rooms::RoomsApi,
     pub account_api: self::account_api::AccountApi,
+    pub account_pages: self::account_page::AccountPages,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
@@ -81,6 +83,10 @@ pub fn routes(state: &Handles) -> Router {
         .post("/logout", web(account::logout(sessions.clone())))
         .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
         .post("/session/refresh", web(account::refresh(sessions.clone())))
+        .get("/account", web(self::account_page::show(state.account_pages.clone())))
+        .post("/account/sessions/{id}/end", web(self::account_page::end(state.account_pages.clone())))
+        .post("/account/sessions/end-others", web(self::account_page::end_others(state.account_pages.clone())))
+        .post("/account/password", web(self::account_page::password(state.account_pages.clone())))
         .post("/api/token", json_api(self::api::token(state.api.clone())))
         .post("/api/token/refresh", json_api(self::api::refresh(state.api.clone())))
         .post("/api/ws-ticket", json_api(self::api::ticket(state.api.clone())))

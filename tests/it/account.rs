@@ -391,3 +391,71 @@ async fn the_security_log_tells_what_happened_newest_first() {
     let (_, body) = api(&bob, &app, Method::GET, "/api/security-events", None).await;
     assert_eq!(body["events"].as_array().unwrap().len(), 1, "{body}");
 }
+
+/// A form posted from the account page (its origin).
+async fn page_form(who: &Browser, app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    who.http.post(app.url(path)).header("origin", &app.origin).form(form).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_account_page_lists_the_sessions_and_ends_them() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    assert_redirect(&Browser::new().get(&app, "/account").await, "/login?next=%2Faccount");
+    let laptop = chrome(&app, "alice", true).await;
+    let phone = chrome(&app, "alice", false).await;
+    token(&app, "alice", json!({"client": "deploy bot"}), None).await;
+    let chat = laptop.get(&app, "/chat/lobby").await.text().await.unwrap();
+    assert!(chat.contains(r#"href="/account""#), "the sidebar leads to the account page");
+
+    let res = laptop.get(&app, "/account").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let html = res.text().await.unwrap();
+    for needed in ["deploy bot", "Chrome on Linux", "This session", "End all other sessions", "Change your password"] {
+        assert!(html.contains(needed), "the page shows {needed:?}");
+    }
+    assert_eq!(html.matches(r#"class="session-end""#).count(), 2, "an End form for each other session");
+    assert!(html.contains("Signed in: Chrome on Linux (127.0.0.1)."), "the log, in words");
+
+    // End the phone's session from its form: back to the page, the phone is out.
+    let phone_id = sessions(&phone, &app).await.into_iter().find(|s| s["current"] == true).unwrap()["id"].clone();
+    let path = format!("/account/sessions/{}/end", phone_id.as_str().unwrap());
+    assert_redirect(&page_form(&laptop, &app, &path, &[]).await, "/account?done=ended");
+    assert_eq!(phone.refresh(&app).await.status(), StatusCode::UNAUTHORIZED);
+    let html = laptop.get(&app, "/account?done=ended").await.text().await.unwrap();
+    assert!(html.contains("That session has ended."), "{html}");
+    assert!(html.contains("You ended the session of Chrome on Linux (127.0.0.1)."));
+    assert_eq!(page_form(&laptop, &app, &path, &[]).await.status(), StatusCode::NOT_FOUND, "gone now");
+    // From another site: refused before anything happens.
+    let res = laptop.http.post(app.url("/account/sessions/end-others")).header("origin", "https://evil.example").send();
+    assert_eq!(res.await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(sessions(&laptop, &app).await.len(), 2);
+    assert_redirect(&page_form(&laptop, &app, "/account/sessions/end-others", &[]).await, "/account?done=others");
+    assert_eq!(sessions(&laptop, &app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_account_pages_password_form_says_what_is_wrong_and_changes_it() {
+    let app = TestApp::spawn_memory().await;
+    let alice = chrome(&app, "alice", true).await;
+    let other = chrome(&app, "alice", false).await;
+    let res = page_form(&alice, &app, "/account/password", &[("current", "nope nope"), ("new", NEW_PASSWORD)]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"id="password-error""#) && html.contains(r#"id="current" name="current""#), "{html}");
+    let res = page_form(&alice, &app, "/account/password", &[("current", PASSWORD), ("new", "password1")]).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"id="new-advice""#), "the advice beside the field: {html}");
+    assert!(html.contains(r#"aria-describedby="password-error new-advice new-hint""#), "{html}");
+    assert_eq!(other.refresh(&app).await.status(), StatusCode::OK, "nothing changed yet");
+
+    let before = alice.session_id(&app).unwrap();
+    let res = page_form(&alice, &app, "/account/password", &[("current", PASSWORD), ("new", NEW_PASSWORD)]).await;
+    assert_redirect(&res, "/account?done=password");
+    assert_ne!(alice.session_id(&app).unwrap(), before, "a new cookie");
+    assert_eq!(other.refresh(&app).await.status(), StatusCode::UNAUTHORIZED);
+    let html = alice.get(&app, "/account?done=password").await.text().await.unwrap();
+    assert!(html.contains("Your password was changed."), "{html}");
+}

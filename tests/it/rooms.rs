@@ -79,6 +79,8 @@ fn classify(method: &Method, pattern: &str) -> Option<&'static [Reveals]> {
         ("GET", "/api/sessions" | "/api/security-events")
         | ("DELETE", "/api/sessions/{id}")
         | ("POST", "/api/sessions/end-others" | "/api/password") => &[Nothing],
+        ("GET", "/account")
+        | ("POST", "/account/sessions/{id}/end" | "/account/sessions/end-others" | "/account/password") => &[Nothing],
         (
             "POST",
             "/login"
