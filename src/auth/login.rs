@@ -26,6 +26,9 @@ use crate::{
 pub enum Verdict {
     /// The password is right (and the attempt was forgiven).
     Verified(User),
+    /// The password is right, but an operator disabled the account. Said
+    /// only once the password is verified, so it tells a guesser nothing.
+    Disabled,
     /// Wrong username or password; which one is never said.
     Refused,
     /// This name from this client, or this client, used up its attempts:
@@ -87,7 +90,7 @@ impl PasswordCheck {
         match stored {
             Some(stored) if verified => {
                 self.throttle.succeeded(attempt).await?;
-                Ok(Verdict::Verified(stored.user))
+                Ok(if stored.disabled { Verdict::Disabled } else { Verdict::Verified(stored.user) })
             }
             Some(stored) => {
                 self.journal.sign_in_failed(stored.user.id, &addr.to_canonical().to_string()).await;

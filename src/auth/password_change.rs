@@ -74,7 +74,7 @@ impl PasswordChange {
         }
         match self.passwords.check(&user.name, current, asker.addr).await? {
             Verdict::Verified(found) if found.id == user.id => {}
-            Verdict::Verified(_) | Verdict::Refused => return Ok(Changed::WrongPassword),
+            Verdict::Verified(_) | Verdict::Refused | Verdict::Disabled => return Ok(Changed::WrongPassword),
             Verdict::Throttled(retry_after) => return Ok(Changed::Throttled(retry_after)),
             Verdict::Busy(retry_after) => return Ok(Changed::Busy(retry_after)),
         }

@@ -25,6 +25,7 @@ use super::{
 use crate::{
     backend::{
         Devices, EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore,
+        UserStore,
     },
     clock::UnixMillis,
     model::{EndedBy, SecurityEventKind, SessionDescriptor, SessionKind, TokenRecord, User, UserId},
@@ -137,6 +138,8 @@ pub struct Sessions {
     refresh_grace: Duration,
     devices: Arc<dyn Devices>,
     journal: Journal,
+    /// Read at each refresh: a disabled account's token is not refreshed.
+    users: Arc<dyn UserStore>,
 }
 
 /// What the session lifecycle is made of.
@@ -151,12 +154,14 @@ pub struct SessionsParts {
     pub refresh_grace: Duration,
     pub devices: Arc<dyn Devices>,
     pub journal: Journal,
+    pub users: Arc<dyn UserStore>,
 }
 
 impl Sessions {
     pub fn new(parts: SessionsParts) -> Self {
-        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal } = parts;
-        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal }
+        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal, users } =
+            parts;
+        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal, users }
     }
 
     /// The lifetimes of token sessions.
@@ -475,6 +480,9 @@ impl Sessions {
                     let Some(expires_at) = self.token_policy().expiry(found.record.signed_in_at, now) else {
                         return Ok(Err(RefreshError::Invalid));
                     };
+                    if !self.may_sign_in(&found.record.user).await? {
+                        return Ok(Err(RefreshError::Invalid));
+                    }
                     let next = secret.successor(self.keys.refresh_key());
                     let record = TokenRecord { refresh: refresh::rotated(state, &next, now), ..found.record.clone() };
                     if self.tokens.update_token_session(sid, &state.current, &record, expires_at).await? {
@@ -500,6 +508,12 @@ impl Sessions {
             }
         }
         Ok(Err(RefreshError::Invalid))
+    }
+
+    /// Whether `user`'s account exists still and is not disabled.
+    async fn may_sign_in(&self, user: &User) -> StoreResult<bool> {
+        let stored = self.users.find(&user.name).await?;
+        Ok(stored.is_some_and(|stored| stored.user.id == user.id && !stored.disabled))
     }
 
     async fn reused(&self, record: &TokenRecord, id: Id, from: &str) -> StoreResult<Result<TokenPair, RefreshError>> {

@@ -21,7 +21,7 @@ use crate::{
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
         tokens::TokenKeys,
-        Sessions,
+        Sessions, SessionsEnded,
     },
     backend::{Backend, SharedSessionStore},
     config::Config,
@@ -124,6 +124,7 @@ pub(crate) fn realtime(
         refresh_grace: config.tokens.refresh_reuse_grace,
         devices: backend.devices.clone(),
         journal: journal(config, backend),
+        users: backend.users.clone(),
     });
     let memberships = Memberships::new(MembershipsParts {
         rooms: backend.rooms.clone(),
@@ -174,6 +175,43 @@ pub(crate) fn realtime(
         meters: meters.clone(),
     };
     Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
+}
+
+/// What an operator's command ends sessions with (`palaver admin`): the
+/// session lifecycle on the shared store, with no sockets of its own to
+/// close (every instance hears of the ending on the bus) and a signing key
+/// of its own it never uses (it issues no token).
+pub(crate) fn operator_sessions(config: &Config, backend: &Backend) -> Sessions {
+    struct NoSockets;
+    impl SessionsEnded for NoSockets {
+        fn ended(&self, _: &crate::auth::Ended) -> usize {
+            0
+        }
+    }
+    let mut refresh_key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut refresh_key).expect("randomness");
+    let keys = TokenKeys::new(
+        &crate::auth::tokens::generate_signing_key(),
+        &[],
+        "palaver-admin",
+        &[],
+        config.tokens.access_ttl,
+        &refresh_key,
+    )
+    .expect("a fresh key is valid");
+    Sessions::new(SessionsParts {
+        store: backend.sessions.clone(),
+        index: backend.session_index.clone(),
+        bus: backend.bus.clone(),
+        local: Arc::new(NoSockets),
+        policies: session_policies(config),
+        tokens: backend.tokens.clone(),
+        keys: Arc::new(keys),
+        refresh_grace: config.tokens.refresh_reuse_grace,
+        devices: backend.devices.clone(),
+        journal: journal(config, backend),
+        users: backend.users.clone(),
+    })
 }
 
 /// The security log, failed sign-ins counted in bursts of the login window.

@@ -157,6 +157,11 @@ async fn handle_login(form: Credentials, visitor: Visitor, accounts: Accounts) -
             accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), false).await?;
             Ok(after_sign_in(&state))
         }
+        Verdict::Disabled => {
+            tracing::info!(user = %state.username, "sign-in to a disabled account refused");
+            let form = state.with_error("This account is disabled.", None);
+            page(StatusCode::UNAUTHORIZED, &LoginPage { form })
+        }
         Verdict::Refused => {
             // The password is the field to type again (which one was wrong is never said).
             let form = state.with_error("Wrong username or password.", Some(Field::Password));

@@ -157,6 +157,7 @@ async fn sign_in(login: Login, addr: ClientAddr, device: Device, api: &Api) -> R
             Ok(secret(json!(pair)))
         }
         Verdict::Refused => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
+        Verdict::Disabled => Ok(error(StatusCode::UNAUTHORIZED, "account_disabled", "This account is disabled.")),
         Verdict::Throttled(retry_after) => {
             tracing::warn!(ip = %addr.0, "token sign-in throttled");
             Ok(too_many(retry_after))
