@@ -1,5 +1,5 @@
 //! `palaver admin …` (docs/protocol.md §7): an operator's hand on an
-//! account, from the same binary and configuration as the server (`.env`,
+//! account, and invite links for sign-up, from the same binary and configuration as the server (`.env`,
 //! `REDIS_URL`), acting on the shared store and telling every instance
 //! through the event bus, as the server itself does.
 //!
@@ -12,7 +12,7 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Subcommand;
 
 use crate::{
-    auth::Sessions,
+    auth::{invites, Sessions},
     backend::{Backend, BackendKind, EndReason, StoreError},
     config::Config,
     meters::Meters,
@@ -31,6 +31,15 @@ pub enum AdminCommand {
     /// End every session of USERNAME on every instance (they may sign in
     /// again).
     EndSessions { username: String },
+    /// Make an invite link for sign-up (REGISTRATION=invite); prints it.
+    Invite {
+        /// How many sign-ups it admits.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
+        /// How many days it lasts.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+        days: u32,
+    },
 }
 
 /// Why a command did not do what it was asked.
@@ -62,7 +71,7 @@ impl From<StoreError> for Failure {
 pub async fn run(config: &Config, command: AdminCommand) -> ExitCode {
     let result = match connect(config).await {
         Ok((backend, sessions)) => {
-            let done = execute(&backend, &sessions, command).await;
+            let done = execute(config, &backend, &sessions, command).await;
             backend.health.close().await;
             done
         }
@@ -95,7 +104,12 @@ async fn connect(config: &Config) -> Result<(Backend, Sessions), Failure> {
     Ok((backend, sessions))
 }
 
-async fn execute(backend: &Backend, sessions: &Sessions, command: AdminCommand) -> Result<String, Failure> {
+async fn execute(
+    config: &Config,
+    backend: &Backend,
+    sessions: &Sessions,
+    command: AdminCommand,
+) -> Result<String, Failure> {
     let users = Arc::clone(&backend.users);
     match command {
         AdminCommand::Disable { username } => {
@@ -111,6 +125,16 @@ async fn execute(backend: &Backend, sessions: &Sessions, command: AdminCommand) 
             let user = users.find(&username).await?.ok_or(Failure::NoSuchUser(username))?.user;
             let ended = sessions.end_all(user.id, EndReason::Revoked, EndedBy::Operator).await?;
             Ok(format!("ended {} of {}", sessions_said(ended), user.name))
+        }
+        AdminCommand::Invite { uses, days } => {
+            let code = state::invite_codes(config, backend).make(uses, days, None).await?;
+            let origin = config.server.resolve_origin(config.server.listen_addr);
+            Ok(format!(
+                "made an invite for {uses} sign-up{} within {days} day{}: {}",
+                if uses == 1 { "" } else { "s" },
+                if days == 1 { "" } else { "s" },
+                invites::link(&origin, &code)
+            ))
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod access;
 pub(crate) mod devices;
+pub(crate) mod invites;
 pub(crate) mod journal;
 pub(crate) mod login;
 pub(crate) mod memberships;

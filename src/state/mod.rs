@@ -13,6 +13,7 @@ use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 use crate::{
     auth::{
         access::RoomAccess,
+        invites::InviteCodes,
         journal::Journal,
         login::PasswordCheck,
         memberships::{Memberships, MembershipsParts},
@@ -24,7 +25,7 @@ use crate::{
         Sessions, SessionsEnded,
     },
     backend::{Backend, SharedSessionStore},
-    config::Config,
+    config::{Config, Registration},
     meters::Meters,
     net::{OriginPolicy, TrustedProxies},
     protocol::Rate,
@@ -37,8 +38,19 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, account_api::AccountApi, account_page::AccountPages, api::Api, assets::Assets,
-        caller::Callers, history::RoomHistory, pages::RoomPages, rooms::RoomsApi, router::Router, Handles,
+        self,
+        account::Accounts,
+        account_api::AccountApi,
+        account_page::{AccountPages, InviteLinks},
+        api::Api,
+        assets::Assets,
+        caller::Callers,
+        history::RoomHistory,
+        pages::RoomPages,
+        rooms::RoomsApi,
+        router::Router,
+        signup::Signup,
+        Handles,
     },
 };
 
@@ -79,7 +91,8 @@ pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: M
     let Identity { instance_id, public_origin, origins, tls, keys } = identity;
     let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
     let realtime = realtime(config, &backend, &access, instance_id, keys, &meters);
-    let handles = handles(config, &backend, &realtime, access, Arc::new(origins), tls, meters);
+    let site = Site { public_origin: public_origin.clone(), origins: Arc::new(origins), tls };
+    let handles = handles(config, &backend, &realtime, access, site, meters);
     let stack = Stack::new(config, &public_origin, backend.sessions, web::routes(&handles));
     let Realtime { registry, hub, lifecycle, presence_task, .. } = realtime;
     Assembly { handles, tasks: Tasks { hub, lifecycle, presence: presence_task, registry }, stack }
@@ -214,6 +227,11 @@ pub(crate) fn operator_sessions(config: &Config, backend: &Backend) -> Sessions 
     })
 }
 
+/// Invite codes, a user's counted per day.
+pub(crate) fn invite_codes(config: &Config, backend: &Backend) -> InviteCodes {
+    InviteCodes::new(backend.invites.clone(), backend.counters.clone(), config.signup.invites_per_user_per_day)
+}
+
 /// The security log, failed sign-ins counted in bursts of the login window.
 fn journal(config: &Config, backend: &Backend) -> Journal {
     Journal::new(backend.security_log.clone(), config.throttle.login_window)
@@ -225,16 +243,24 @@ fn session_policies(config: &Config) -> SessionPolicies {
     SessionPolicies { normal, long: normal }
 }
 
+/// How browsers reach this instance.
+struct Site {
+    /// Where links given out point (invites).
+    public_origin: String,
+    origins: Arc<OriginPolicy>,
+    tls: bool,
+}
+
 /// What the route table is wired from.
 fn handles(
     config: &Config,
     backend: &Backend,
     realtime: &Realtime,
     access: RoomAccess,
-    origins: Arc<OriginPolicy>,
-    tls: bool,
+    site: Site,
     meters: Meters,
 ) -> Handles {
+    let Site { public_origin, origins, tls } = site;
     let sessions = &realtime.sessions;
     // One throttle for the form and the API: a guess counts the same wherever it is made.
     let passwords = PasswordCheck::new(
@@ -243,6 +269,18 @@ fn handles(
         meters.hash_wait(),
         journal(config, backend),
     );
+    let accounts = Accounts {
+        users: backend.users.clone(),
+        sessions: sessions.clone(),
+        passwords: passwords.clone(),
+        registrations: RegisterThrottle::new(
+            backend.counters.clone(),
+            config.throttle.register_max_per_address,
+            config.throttle.register_max_successes_per_address,
+            config.throttle.register_window,
+        ),
+        meters: meters.clone(),
+    };
     let callers = Callers { sessions: sessions.clone(), origins: origins.clone(), meters: meters.clone() };
     let change = PasswordChange {
         passwords: passwords.clone(),
@@ -260,17 +298,8 @@ fn handles(
             meters: meters.clone(),
         }),
         api: Api { sessions: sessions.clone(), passwords: passwords.clone(), meters: meters.clone() },
-        accounts: Accounts {
-            users: backend.users.clone(),
-            sessions: sessions.clone(),
-            passwords: passwords.clone(),
-            registrations: RegisterThrottle::new(
-                backend.counters.clone(),
-                config.throttle.register_max_per_address,
-                config.throttle.register_window,
-            ),
-            meters: meters.clone(),
-        },
+        accounts: accounts.clone(),
+        signup: Signup { accounts, registration: config.signup.registration, invites: invite_codes(config, backend) },
         rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
@@ -290,7 +319,13 @@ fn handles(
             change: change.clone(),
             journal: journal(config, backend),
         },
-        account_pages: AccountPages { sessions: sessions.clone(), change, journal: journal(config, backend) },
+        account_pages: AccountPages {
+            sessions: sessions.clone(),
+            change,
+            journal: journal(config, backend),
+            invites: (config.signup.registration == Registration::Invite && config.signup.invites_by_users)
+                .then(|| InviteLinks { codes: invite_codes(config, backend), origin: public_origin }),
+        },
         health: backend.health.clone(),
         backend_kind: backend.kind,
         assets: Arc::new(Assets::default()),

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     auth::{
         devices::{Device, SessionView},
+        invites::{self, InviteCodes, USER_INVITE_DAYS},
         journal::Journal,
         password::Password,
         password_change::{Asker, Changed, PasswordChange},
@@ -47,6 +48,15 @@ pub struct AccountPages {
     pub sessions: Sessions,
     pub change: PasswordChange,
     pub journal: Journal,
+    /// Present when sign-up takes an invite and users may make them.
+    pub invites: Option<InviteLinks>,
+}
+
+/// Invite links users make: the codes, and the origin the links point to.
+#[derive(Clone)]
+pub struct InviteLinks {
+    pub codes: InviteCodes,
+    pub origin: String,
 }
 
 #[derive(Template)]
@@ -230,7 +240,7 @@ impl AccountPages {
 
     /// The invite section as it is before anything is made.
     pub fn invites(&self) -> InvitesView {
-        InvitesView::default()
+        InvitesView { enabled: self.invites.is_some(), days: USER_INVITE_DAYS, made: None, error: None }
     }
 }
 
@@ -385,6 +395,40 @@ pub fn password(pages: AccountPages) -> impl Filter<Extract = (Response,), Error
             Ok(res)
         },
     )
+}
+
+/// POST /account/invites: a one-use link, shown once; a few a day.
+pub fn make_invite(pages: AccountPages) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(pages.sessions.clone()).and(with(pages)).and_then(|session: AuthSession, pages: AccountPages| async move {
+        let current = match signed_in(&session).await? {
+            Ok(current) => current,
+            Err(res) => return Ok::<_, Rejection>(res),
+        };
+        let Some(links) = &pages.invites else {
+            return Ok(error_page(StatusCode::NOT_FOUND, "Invites are not made here."));
+        };
+        let made = links.codes.make_for(current.user.id).await.map_err(Error::from)?;
+        let mut view = pages.invites();
+        let (status, retry) = match made {
+            Ok(code) => {
+                view.made = Some(invites::link(&links.origin, &code));
+                (StatusCode::OK, None)
+            }
+            Err(after) => {
+                let hours = after.as_secs().div_ceil(3600);
+                view.error = Some(format!(
+                    "You have made as many invites as you may today. Try again in {hours} hour{}.",
+                    if hours == 1 { "" } else { "s" }
+                ));
+                (StatusCode::TOO_MANY_REQUESTS, Some(after))
+            }
+        };
+        let mut res = pages.render(&current, status, None, PasswordForm::default(), view).await?;
+        if let Some(after) = retry {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+        }
+        Ok(res)
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod history;
 pub mod pages;
 pub mod rooms;
 pub mod router;
+pub mod signup;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -40,6 +41,7 @@ pub struct Handles {
     pub tls: bool,
     pub sessions: Sessions,
     pub accounts: Accounts,
+    pub signup: self::signup::Signup,
     pub api: self::api::Api,
     pub rooms: RoomPages,
     pub room_history: self::history::RoomHistory,
@@ -78,8 +80,8 @@ pub fn routes(state: &Handles) -> Router {
         .get("/", web(pages::index(sessions.clone())))
         .get("/login", web(account::login_form(sessions.clone())))
         .post("/login", web(account::login(state.accounts.clone())))
-        .get("/register", web(account::register_form()))
-        .post("/register", web(account::register(state.accounts.clone())))
+        .get("/register", web(self::signup::register_form(state.signup.clone())))
+        .post("/register", web(self::signup::register(state.signup.clone())))
         .post("/logout", web(account::logout(sessions.clone())))
         .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
         .post("/session/refresh", web(account::refresh(sessions.clone())))
@@ -87,6 +89,7 @@ pub fn routes(state: &Handles) -> Router {
         .post("/account/sessions/{id}/end", web(self::account_page::end(state.account_pages.clone())))
         .post("/account/sessions/end-others", web(self::account_page::end_others(state.account_pages.clone())))
         .post("/account/password", web(self::account_page::password(state.account_pages.clone())))
+        .post("/account/invites", web(self::account_page::make_invite(state.account_pages.clone())))
         .post("/api/token", json_api(self::api::token(state.api.clone())))
         .post("/api/token/refresh", json_api(self::api::refresh(state.api.clone())))
         .post("/api/ws-ticket", json_api(self::api::ticket(state.api.clone())))

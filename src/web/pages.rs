@@ -96,6 +96,10 @@ pub struct LoginPage {
 #[template(path = "register.html")]
 pub struct RegisterPage {
     pub form: FormState,
+    /// The invite code the sign-up carries (a hidden field), or empty.
+    pub invite: String,
+    /// Signing up takes an invite (`REGISTRATION=invite`).
+    pub invite_only: bool,
 }
 
 /// A page with a form that can show one error.

@@ -30,6 +30,7 @@ mod proxy;
 mod revocation;
 mod rooms;
 mod routes;
+mod signup;
 mod tls;
 mod tokens;
 mod upgrade;

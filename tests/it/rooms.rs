@@ -80,7 +80,10 @@ fn classify(method: &Method, pattern: &str) -> Option<&'static [Reveals]> {
         | ("DELETE", "/api/sessions/{id}")
         | ("POST", "/api/sessions/end-others" | "/api/password") => &[Nothing],
         ("GET", "/account")
-        | ("POST", "/account/sessions/{id}/end" | "/account/sessions/end-others" | "/account/password") => &[Nothing],
+        | (
+            "POST",
+            "/account/sessions/{id}/end" | "/account/sessions/end-others" | "/account/password" | "/account/invites",
+        ) => &[Nothing],
         (
             "POST",
             "/login"
