@@ -103,6 +103,11 @@ pub struct SessionsConfig {
     pub ttl: Duration,
     /// Absolute lifetime, counted from sign-in (`SESSION_MAX_LIFETIME_SECS`).
     pub max_lifetime: Duration,
+    /// A "keep me signed in" session's idle lifetime (`LONG_SESSION_TTL_SECS`).
+    pub long_ttl: Duration,
+    /// A "keep me signed in" session's absolute lifetime
+    /// (`LONG_SESSION_MAX_LIFETIME_SECS`).
+    pub long_max_lifetime: Duration,
     /// How long before a socket's deadline it is asked to reauthenticate
     /// (`REAUTH_WARNING_SECS`); it depends on the token lifetime too, so
     /// [`Config::from_lookup`] decides it once every section is read.
@@ -463,6 +468,8 @@ impl SessionsConfig {
             // such sum far from overflow.
             ttl: vars.secs("SESSION_TTL_SECS", 1800, 1..=YEAR)?,
             max_lifetime: vars.secs("SESSION_MAX_LIFETIME_SECS", 43200, 1..=YEAR)?,
+            long_ttl: vars.secs("LONG_SESSION_TTL_SECS", 30 * DAY, 1..=YEAR)?,
+            long_max_lifetime: vars.secs("LONG_SESSION_MAX_LIFETIME_SECS", 90 * DAY, 1..=YEAR)?,
             // Decided in `Config::from_lookup`, from the credential lifetimes.
             reauth_warning: Duration::ZERO,
             // Also how long a revoked session's socket may outlive it (§4).

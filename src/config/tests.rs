@@ -15,6 +15,8 @@ fn defaults_match_the_spec() {
     assert_eq!(c.store.backend, BackendChoice::Auto);
     assert_eq!(c.sessions.ttl, Duration::from_secs(1800));
     assert_eq!(c.sessions.max_lifetime, Duration::from_secs(43200));
+    assert_eq!(c.sessions.long_ttl, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.sessions.long_max_lifetime, Duration::from_secs(90 * 24 * 3600));
     assert_eq!(c.sessions.reauth_warning, Duration::from_secs(60));
     assert_eq!(c.sessions.revalidate_interval, Duration::from_secs(30));
     assert_eq!(c.throttle.login_max_failures, 10);
@@ -75,6 +77,10 @@ const OUT_OF_RANGE: &[(&str, &str)] = &[
     ("SESSION_TTL_SECS", "-1"),
     ("SESSION_MAX_LIFETIME_SECS", "0"),
     ("SESSION_MAX_LIFETIME_SECS", "31536001"),
+    ("LONG_SESSION_TTL_SECS", "0"),
+    ("LONG_SESSION_TTL_SECS", "31536001"),
+    ("LONG_SESSION_MAX_LIFETIME_SECS", "0"),
+    ("LONG_SESSION_MAX_LIFETIME_SECS", "31536001"),
     ("REAUTH_WARNING_SECS", "0"),
     ("REAUTH_WARNING_SECS", "31536001"),
     ("REVALIDATE_INTERVAL_SECS", "0"),

@@ -240,7 +240,8 @@ fn journal(config: &Config, backend: &Backend) -> Journal {
 /// The lifetimes of sessions.
 fn session_policies(config: &Config) -> SessionPolicies {
     let normal = SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime };
-    SessionPolicies { normal, long: normal }
+    let long = SessionPolicy { ttl: config.sessions.long_ttl, max_lifetime: config.sessions.long_max_lifetime };
+    SessionPolicies { normal, long }
 }
 
 /// How browsers reach this instance.

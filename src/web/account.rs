@@ -46,13 +46,14 @@ pub struct Accounts {
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
 /// `next` is where to go once signed in (checked by `safe_next` before use);
-/// `invite` is the sign-up's invite code.
+/// `invite` is the sign-up's invite code; `remember`, "keep me signed in".
 #[derive(Debug)]
 pub struct Credentials {
     pub username: Option<String>,
     pub password: Option<Password>,
     pub next: Option<String>,
     pub invite: Option<String>,
+    pub remember: bool,
 }
 
 /// Where a successful sign-in goes: `next` when it is a path on this site,
@@ -97,6 +98,8 @@ pub(super) fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rej
             password: fields.remove("password").map(Password::new),
             next: fields.remove("next"),
             invite: fields.remove("invite").map(|code| code.trim().to_owned()).filter(|code| !code.is_empty()),
+            // A checkbox sends its value ("on") when ticked and nothing when not.
+            remember: fields.remove("remember").is_some_and(|v| matches!(v.as_str(), "on" | "true" | "1")),
         }
     })
 }
@@ -155,10 +158,11 @@ async fn handle_login(form: Credentials, visitor: Visitor, accounts: Accounts) -
             .with_error("Enter your username and password.", Some(Field::Username));
         return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { form });
     };
-    let state = FormState::new(username.trim().to_owned(), form.next.as_deref());
+    let mut state = FormState::new(username.trim().to_owned(), form.next.as_deref());
+    state.remember = form.remember;
     match accounts.passwords.check(&username, password, addr.0).await? {
         Verdict::Verified(user) => {
-            accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), false).await?;
+            accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), form.remember).await?;
             Ok(after_sign_in(&state))
         }
         Verdict::Disabled => {

@@ -46,6 +46,8 @@ pub struct FormState {
     /// The strength estimator's advice on a refused password, shown
     /// beside the field.
     pub advice: Option<String>,
+    /// "Keep me signed in" stays ticked when the form comes back.
+    pub remember: bool,
 }
 
 impl FormState {

@@ -459,3 +459,59 @@ async fn the_account_pages_password_form_says_what_is_wrong_and_changes_it() {
     let html = alice.get(&app, "/account?done=password").await.text().await.unwrap();
     assert!(html.contains("Your password was changed."), "{html}");
 }
+
+/// Signs `username` in with "keep me signed in" ticked (or not).
+async fn signed_in(app: &TestApp, username: &str, remember: bool) -> Browser {
+    let browser = Browser::new();
+    let mut form = vec![("username", username), ("password", PASSWORD)];
+    if remember {
+        form.push(("remember", "on"));
+    }
+    assert_redirect(&browser.post_form(app, "/login", &form).await, "/chat");
+    browser
+}
+
+/// How far from now the session's expiry is, as `POST /session/refresh` says.
+async fn expires_in(who: &Browser, app: &TestApp) -> Duration {
+    let res = who.refresh(app).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let at = res.json::<Value>().await.unwrap()["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    Duration::from_millis(at.saturating_sub(now))
+}
+
+#[tokio::test]
+async fn keep_me_signed_in_gives_the_session_the_long_lifetimes_and_the_page_says_so() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    signed_up(&app, "alice").await;
+    let page = Browser::new().get(&app, "/login").await.text().await.unwrap();
+    assert!(page.contains(r#"name="remember" type="checkbox""#), "{page}");
+
+    let kept = signed_in(&app, "alice", true).await;
+    let day = Duration::from_secs(24 * 3600);
+    let left = expires_in(&kept, &app).await;
+    assert!(left > 29 * day && left <= 30 * day, "{left:?}");
+    let short = signed_in(&app, "alice", false).await;
+    let left = expires_in(&short, &app).await;
+    assert!(left > Duration::from_secs(1700) && left <= Duration::from_secs(1800), "{left:?}");
+
+    let page = kept.get(&app, "/account").await.text().await.unwrap();
+    let this = page.split(r#"id="this-session""#).nth(1).expect("this session marked");
+    assert!(this.split("</li>").next().unwrap().contains("Kept signed in"), "{page}");
+}
+
+#[tokio::test]
+async fn a_kept_session_outlives_the_idle_time_of_the_others() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_with(Some(&redis), &[("SESSION_TTL_SECS", "2")]).await;
+    signed_up(&app, "alice").await;
+    let kept = signed_in(&app, "alice", true).await;
+    let short = signed_in(&app, "alice", false).await;
+    // Away for longer than the ordinary idle time: what is measured here
+    // is the store's expiry itself.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(kept.get(&app, "/chat/lobby").await.status(), StatusCode::OK);
+    assert_redirect(&short.get(&app, "/chat/lobby").await, "/login?next=%2Fchat%2Flobby");
+    assert_eq!(short.refresh(&app).await.status(), StatusCode::UNAUTHORIZED);
+}
