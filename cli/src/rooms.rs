@@ -101,7 +101,7 @@ fn describe(room: &Room) -> String {
 
 /// Rows as lines, every column but the last padded to its widest cell and
 /// two spaces apart; empty cells at a line's end leave no spaces behind.
-fn columns(rows: &[Vec<String>]) -> Vec<String> {
+pub fn columns(rows: &[Vec<String>]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
@@ -140,7 +140,7 @@ pub fn refusal(command: &RoomCommand, e: &ApiError) -> (String, i32) {
     (line, code)
 }
 
-fn throttled_or(e: &ApiError, code: i32) -> i32 {
+pub fn throttled_or(e: &ApiError, code: i32) -> i32 {
     if e.status() == Some(429) {
         exit::THROTTLED
     } else {
@@ -149,7 +149,7 @@ fn throttled_or(e: &ApiError, code: i32) -> i32 {
 }
 
 /// The lines on stdout; an empty list prints nothing.
-fn print_lines(lines: &[String]) -> i32 {
+pub fn print_lines(lines: &[String]) -> i32 {
     let mut out = io::stdout().lock();
     let written = lines.iter().try_for_each(|l| writeln!(out, "{l}")).and_then(|()| out.flush());
     match written {
