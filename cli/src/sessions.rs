@@ -36,7 +36,8 @@ pub async fn run(tokens: &mut Tokens, command: SessionsCommand) -> i32 {
     }
 }
 
-/// `sessions`' lines, in the server's order (newest first), in columns:
+/// `sessions`' lines, in the server's order (the one that expires last
+/// first), in columns:
 /// the id, the kind, the client, the address, when it was last active,
 /// and `(this one)` for the session of this client.
 pub fn session_lines(sessions: &[SessionInfo]) -> Vec<String> {
