@@ -39,6 +39,17 @@ pub async fn run(tokens: &mut Tokens, command: RoomCommand) -> i32 {
             left.map(|()| vec![format!("Left {room}")])
         }
     };
+    finish(tokens, done, |e| refusal(&command, e))
+}
+
+/// What one request's command ends with: its lines printed, or why it could
+/// not be done (`refused`: the line and exit status of a refused request);
+/// the exit status.
+pub fn finish(
+    tokens: &Tokens,
+    done: Result<Vec<String>, Failed>,
+    refused: impl FnOnce(&ApiError) -> (String, i32),
+) -> i32 {
     match done {
         Ok(lines) => print_lines(&lines),
         Err(Failed::SignedOut(why)) => tokens.signed_out(&why),
@@ -47,7 +58,7 @@ pub async fn run(tokens: &mut Tokens, command: RoomCommand) -> i32 {
             throttled_or(&e, exit::ERROR)
         }
         Err(Failed::Request(e)) => {
-            let (line, code) = refusal(&command, &e);
+            let (line, code) = refused(&e);
             eprintln!("{line}");
             code
         }
@@ -149,7 +160,7 @@ pub fn throttled_or(e: &ApiError, code: i32) -> i32 {
 }
 
 /// The lines on stdout; an empty list prints nothing.
-pub fn print_lines(lines: &[String]) -> i32 {
+fn print_lines(lines: &[String]) -> i32 {
     let mut out = io::stdout().lock();
     let written = lines.iter().try_for_each(|l| writeln!(out, "{l}")).and_then(|()| out.flush());
     match written {

@@ -6,9 +6,9 @@ use crate::{
     api::{ApiError, SessionInfo},
     args::SessionsCommand,
     exit,
-    rooms::{columns, print_lines, throttled_or},
+    rooms::{columns, finish, throttled_or},
     terminal::printable,
-    tokens::{Failed, Tokens},
+    tokens::Tokens,
 };
 
 /// Runs one session command; the exit status.
@@ -22,24 +22,12 @@ pub async fn run(tokens: &mut Tokens, command: SessionsCommand) -> i32 {
             ended.map(|()| vec![format!("Ended session {id}")])
         }
     };
-    match done {
-        Ok(lines) => print_lines(&lines),
-        Err(Failed::SignedOut(why)) => tokens.signed_out(&why),
-        Err(Failed::Refresh(e)) => {
-            eprintln!("cannot refresh the token: {}", printable(&e.to_string()));
-            throttled_or(&e, exit::ERROR)
-        }
-        Err(Failed::Request(e)) => {
-            eprintln!("{}", refusal(&command, &e));
-            throttled_or(&e, exit::ERROR)
-        }
-    }
+    finish(tokens, done, |e| (refusal(&command, e), throttled_or(e, exit::ERROR)))
 }
 
 /// `sessions`' lines, in the server's order (the one that expires last
-/// first), in columns:
-/// the id, the kind, the client, the address, when it was last active,
-/// and `(this one)` for the session of this client.
+/// first), in columns: the id, the kind, the client, the address, when it
+/// was last active, and `(this one)` for the session of this client.
 pub fn session_lines(sessions: &[SessionInfo]) -> Vec<String> {
     let rows: Vec<Vec<String>> = sessions
         .iter()

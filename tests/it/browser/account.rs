@@ -39,15 +39,22 @@ async fn account_page(chrome: &Chrome) -> Outcome<Vec<String>> {
     serde_json::from_value(listed).ctx("reading the sessions listed")
 }
 
+/// Alice registered in one browser on `a` and signed in in another on `b`,
+/// each in the lobby.
+async fn alice_twice(j: &Journey, a: &TestApp, b: &TestApp) -> Outcome<(Chrome, Chrome)> {
+    let laptop = j.browser("laptop").await?;
+    let phone = j.browser("phone").await?;
+    laptop.register(a, "alice").await?;
+    phone.login(b, "alice").await?;
+    Ok((laptop, phone))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_the_other_browsers_session_sends_it_to_the_sign_in_page_saying_so() {
     let j = Journey::start("account-end").await;
     let (_redis, a, b) = two_instances().await;
     j.run(async {
-        let laptop = j.browser("laptop").await?;
-        let phone = j.browser("phone").await?;
-        laptop.register(&a, "alice").await?;
-        phone.login(&b, "alice").await?;
+        let (laptop, phone) = alice_twice(&j, &a, &b).await?;
 
         let listed = account_page(&laptop).await?;
         ensure!(listed.len() == 2, "the account page lists {listed:?}");
@@ -82,10 +89,7 @@ async fn a_password_change_in_one_browser_sends_the_other_to_the_sign_in_page() 
     let j = Journey::start("account-password").await;
     let (_redis, a, b) = two_instances().await;
     j.run(async {
-        let laptop = j.browser("laptop").await?;
-        let phone = j.browser("phone").await?;
-        laptop.register(&a, "alice").await?;
-        phone.login(&b, "alice").await?;
+        let (laptop, phone) = alice_twice(&j, &a, &b).await?;
         account_page(&laptop).await?;
 
         // A guessable one first: refused with the estimator's advice beside the field.
