@@ -28,9 +28,12 @@
 //!   task gets it.
 //! - [`startup`]: `Application::build` / `run_until_stopped`, the order of
 //!   start and shutdown.
+//! - [`admin`]: `palaver admin …`, an operator's commands on the shared
+//!   store.
 
 // Public: what the binary, the integration tests and the benches use. The
 // rest is the crate's own, so the compiler reports what nothing uses.
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod clock;

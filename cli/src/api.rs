@@ -154,6 +154,32 @@ struct History {
     messages: Vec<Stored>,
 }
 
+/// One session of `GET /api/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionInfo {
+    /// Its public id (a token session's `sid`).
+    pub id: String,
+    /// `browser` or `token`.
+    pub kind: String,
+    /// Unix milliseconds, when known.
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    #[serde(default)]
+    pub last_active_at: Option<i64>,
+    #[serde(default)]
+    pub client: String,
+    #[serde(default)]
+    pub address: String,
+    /// The session this request came with.
+    #[serde(default)]
+    pub current: bool,
+}
+
+#[derive(Deserialize)]
+struct Sessions {
+    sessions: Vec<SessionInfo>,
+}
+
 /// One member of `GET /api/rooms/{name}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Member {
@@ -237,6 +263,9 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// What this client calls itself: `palaver-cli/<version>`.
+pub const CLIENT: &str = concat!("palaver-cli/", env!("CARGO_PKG_VERSION"));
+
 /// A client of one server's API.
 #[derive(Clone)]
 pub struct Api {
@@ -252,7 +281,7 @@ impl Api {
             // A redirect would carry a password or a refresh token somewhere
             // else; the token API never redirects.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("palaver-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(CLIENT)
             .build()
             .expect("a TLS backend is compiled in");
         Api { http, server }
@@ -262,9 +291,10 @@ impl Api {
         &self.server
     }
 
-    /// `POST /api/token`.
+    /// `POST /api/token`, naming this client (the account page lists the
+    /// session as it).
     pub async fn sign_in(&self, username: &str, password: &str) -> Result<TokenPair, ApiError> {
-        let body = serde_json::json!({ "username": username, "password": password });
+        let body = serde_json::json!({ "username": username, "password": password, "client": CLIENT });
         let resp = self.send(self.http.post(self.server.endpoint("/api/token")).json(&body)).await?;
         token_pair(resp).await
     }
@@ -324,6 +354,20 @@ impl Api {
     /// (the user's own name) leaves.
     pub async fn remove_member(&self, access_token: &str, room: &str, user: &str) -> Result<(), ApiError> {
         let url = self.server.endpoint(&format!("/api/rooms/{}/members/{}", segment(room), segment(user)));
+        let resp = self.send(self.http.delete(url).bearer_auth(access_token)).await?;
+        let _ = resp.bytes().await;
+        Ok(())
+    }
+
+    /// `GET /api/sessions`: every session of the user.
+    pub async fn sessions(&self, access_token: &str) -> Result<Vec<SessionInfo>, ApiError> {
+        let resp = self.send(self.http.get(self.server.endpoint("/api/sessions")).bearer_auth(access_token)).await?;
+        Ok(json_body::<Sessions>(resp).await?.sessions)
+    }
+
+    /// `DELETE /api/sessions/{id}`: ends one session of the user.
+    pub async fn end_session(&self, access_token: &str, id: &str) -> Result<(), ApiError> {
+        let url = self.server.endpoint(&format!("/api/sessions/{}", segment(id)));
         let resp = self.send(self.http.delete(url).bearer_auth(access_token)).await?;
         let _ = resp.bytes().await;
         Ok(())

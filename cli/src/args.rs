@@ -20,6 +20,8 @@ USAGE:
     palaver-cli [--server URL] invite ROOM USER
     palaver-cli [--server URL] remove ROOM USER
     palaver-cli [--server URL] leave ROOM
+    palaver-cli [--server URL] sessions
+    palaver-cli [--server URL] sessions end ID
     palaver-cli [--server URL] logout
     palaver-cli --help | --version
 
@@ -49,6 +51,10 @@ COMMANDS:
     leave ROOM         Leave ROOM. The owner's role passes to the longest-
                        standing member; the last to leave deletes the room
                        and its history.
+    sessions           Every session of yours, one a line: its id, kind
+                       (browser or token), client, address, when it was
+                       last active (UTC); this one marked `(this one)`.
+    sessions end ID    End the session ID everywhere (its open chats close).
     logout             End this session on the server and delete the credentials.
 
 OPTIONS:
@@ -84,6 +90,7 @@ pub enum Command {
         room: String,
     },
     Room(RoomCommand),
+    Sessions(SessionsCommand),
     Logout,
     Help,
     Version,
@@ -99,6 +106,13 @@ pub enum RoomCommand {
     Invite { room: String, user: String },
     Remove { room: String, user: String },
     Leave { room: String },
+}
+
+/// `sessions` and `sessions end ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionsCommand {
+    List,
+    End { id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +211,19 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Args, UsageError
             Command::Room(RoomCommand::Remove { room, user })
         }
         "leave" => Command::Room(RoomCommand::Leave { room: target(next("leave needs a ROOM")?)? }),
+        "sessions" => match words.next().as_deref() {
+            None => Command::Sessions(SessionsCommand::List),
+            Some("end") => {
+                let id = words.next().ok_or_else(|| usage("sessions end needs an ID (see `palaver-cli sessions`)"))?;
+                if !valid_session_id(&id) {
+                    return Err(usage(format!("{id:?} is not a session id (see `palaver-cli sessions`)")));
+                }
+                Command::Sessions(SessionsCommand::End { id })
+            }
+            Some(other) => {
+                return Err(usage(format!("unknown sessions command {other:?}: sessions, or sessions end ID")))
+            }
+        },
         "logout" => Command::Logout,
         other => return Err(usage(format!("unknown command {other:?} (see --help)"))),
     };
@@ -258,6 +285,12 @@ pub fn valid_username(name: &str) -> bool {
 /// a typo is a usage error, not a refused upgrade after a token refresh.
 pub fn valid_room(room: &str) -> bool {
     (1..=32).contains(&room.len()) && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// What a session id the server lists looks like: base64url, so one needs
+/// no escaping in a path.
+fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// Where the server comes from, strongest first.
@@ -378,6 +411,21 @@ mod tests {
         ] {
             let err = p(args).unwrap_err();
             assert!(err.0.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sessions_lists_and_sessions_end_takes_one_id() {
+        assert_eq!(cmd(&["sessions"]), Command::Sessions(SessionsCommand::List));
+        assert_eq!(cmd(&["sessions", "end", "Ab-_9"]), Command::Sessions(SessionsCommand::End { id: "Ab-_9".into() }));
+        for (args, says) in [
+            (&["sessions", "end"][..], "needs an ID"),
+            (&["sessions", "end", "a/b"], "not a session id"),
+            (&["sessions", "list"], "unknown sessions command"),
+            (&["sessions", "end", "a", "b"], "unexpected argument"),
+        ] {
+            let err = p(args).unwrap_err().0;
+            assert!(err.contains(says), "{args:?}: {err}");
         }
     }
 

@@ -1,13 +1,14 @@
 //! palaver-cli: sign in to a palaver server with a token, chat in a room or
 //! a direct conversation from a terminal or a pipe, list and manage rooms
-//! and their members, sign out.
+//! and their members, list and end the user's sessions, sign out.
 //!
 //! - `args`: the command line, and which server to use
 //! - `credentials`: the credentials file (0600, replaced atomically) and token rotation
 //! - `tokens`: the tokens one command runs with: refreshed when due or refused, saved at once
-//! - `api`: the HTTP API (`/api/token`, `/api/token/refresh`, `/api/logout`, `/api/rooms`)
+//! - `api`: the HTTP API (`/api/token`, `/api/token/refresh`, `/api/logout`, `/api/rooms`, `/api/sessions`)
 //! - `session`: `chat`, the WebSocket loop, and the pure types that decide it
 //! - `rooms`: `rooms`, `create`, `members`, `invite`, `remove`, `leave`
+//! - `sessions`: `sessions`, `sessions end ID`
 //! - `exit`: the exit statuses
 //! - `json`: JSON errors that never quote what they read (it may be a token)
 //! - `terminal`: text from others made safe to print
@@ -19,6 +20,7 @@ mod exit;
 mod json;
 mod rooms;
 mod session;
+mod sessions;
 mod terminal;
 mod tokens;
 
@@ -100,6 +102,10 @@ async fn run(args: args::Args) -> i32 {
         },
         Command::Room(command) => match signed_in(args.server.as_deref(), path) {
             Ok(mut tokens) => rooms::run(&mut tokens, command).await,
+            Err(code) => code,
+        },
+        Command::Sessions(command) => match signed_in(args.server.as_deref(), path) {
+            Ok(mut tokens) => sessions::run(&mut tokens, command).await,
             Err(code) => code,
         },
         Command::Logout => {

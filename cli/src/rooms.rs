@@ -39,6 +39,17 @@ pub async fn run(tokens: &mut Tokens, command: RoomCommand) -> i32 {
             left.map(|()| vec![format!("Left {room}")])
         }
     };
+    finish(tokens, done, |e| refusal(&command, e))
+}
+
+/// What one request's command ends with: its lines printed, or why it could
+/// not be done (`refused`: the line and exit status of a refused request);
+/// the exit status.
+pub fn finish(
+    tokens: &Tokens,
+    done: Result<Vec<String>, Failed>,
+    refused: impl FnOnce(&ApiError) -> (String, i32),
+) -> i32 {
     match done {
         Ok(lines) => print_lines(&lines),
         Err(Failed::SignedOut(why)) => tokens.signed_out(&why),
@@ -47,7 +58,7 @@ pub async fn run(tokens: &mut Tokens, command: RoomCommand) -> i32 {
             throttled_or(&e, exit::ERROR)
         }
         Err(Failed::Request(e)) => {
-            let (line, code) = refusal(&command, &e);
+            let (line, code) = refused(&e);
             eprintln!("{line}");
             code
         }
@@ -101,7 +112,7 @@ fn describe(room: &Room) -> String {
 
 /// Rows as lines, every column but the last padded to its widest cell and
 /// two spaces apart; empty cells at a line's end leave no spaces behind.
-fn columns(rows: &[Vec<String>]) -> Vec<String> {
+pub fn columns(rows: &[Vec<String>]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
@@ -140,7 +151,7 @@ pub fn refusal(command: &RoomCommand, e: &ApiError) -> (String, i32) {
     (line, code)
 }
 
-fn throttled_or(e: &ApiError, code: i32) -> i32 {
+pub fn throttled_or(e: &ApiError, code: i32) -> i32 {
     if e.status() == Some(429) {
         exit::THROTTLED
     } else {

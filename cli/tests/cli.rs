@@ -35,6 +35,49 @@ async fn login_saves_private_credentials_and_says_who_signed_in() {
 }
 
 #[tokio::test]
+async fn login_names_the_client_so_the_account_page_can() {
+    let server = StandIn::start(300).await;
+    let home = Home::new(&server.url);
+    let out = home.cli_with(&["login", "alice"], &[("PALAVER_PASSWORD", "right password")]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let client = format!("palaver-cli/{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(server.state().clients, [json!(client)]);
+}
+
+#[tokio::test]
+async fn sessions_lists_one_a_line_with_this_one_marked_and_sessions_end_ends_one() {
+    let (server, home) = StandIn::signed_in(300).await;
+    server.state().sessions = vec![
+        json!({"id":"tokA","kind":"token","created_at":1_700_000_000_000u64,"last_active_at":1_700_000_060_000u64,
+               "client":"palaver-cli/0.3.0","address":"127.0.0.1","current":true}),
+        json!({"id":"brB","kind":"browser","created_at":1_700_000_000_000u64,"last_active_at":null,
+               "client":"Chrome on Linux","address":"192.0.2.7","current":false}),
+    ];
+    let out = home.cli(&["sessions"]).finish().await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.out,
+        [
+            "tokA  token    palaver-cli/0.3.0  127.0.0.1  active 2023-11-14 22:14 UTC  (this one)",
+            "brB   browser  Chrome on Linux    192.0.2.7  active 2023-11-14 22:13 UTC",
+        ]
+    );
+    let out = home.cli(&["sessions", "end", "brB"]).finish().await;
+    assert_eq!((out.code, out.out.as_slice()), (0, &["Ended session brB".to_string()][..]), "{out:?}");
+    assert!(server.state().requests.contains(&"DELETE /api/sessions/brB".to_string()));
+    assert_eq!(server.state().sessions.len(), 1);
+
+    let out = home.cli(&["sessions", "end", "brB"]).finish().await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.err_has("cannot end session brB") && out.err_has("You have no session with that id."), "{out:?}");
+    let out = home.cli(&["sessions", "end", "a/b"]).finish().await;
+    assert_eq!(out.code, 64, "{out:?}");
+    server.state().end_session();
+    server.state().refuse_tokens = true;
+    assert_eq!(home.cli(&["sessions"]).finish().await.code, 4, "signed out");
+}
+
+#[tokio::test]
 async fn login_reads_the_password_from_stdin_without_a_terminal() {
     let server = StandIn::start(300).await;
     let home = Home::new(&server.url);

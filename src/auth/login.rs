@@ -11,7 +11,9 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use metrics::Histogram;
 
 use super::{
-    password::{Hasher, Password},
+    journal::Journal,
+    password::{Busy, Hasher, Password},
+    strength::{self, Weak},
     throttle::LoginThrottle,
 };
 use crate::{
@@ -24,6 +26,9 @@ use crate::{
 pub enum Verdict {
     /// The password is right (and the attempt was forgiven).
     Verified(User),
+    /// The password is right, but an operator disabled the account. Said
+    /// only once the password is verified, so it tells a guesser nothing.
+    Disabled,
     /// Wrong username or password; which one is never said.
     Refused,
     /// This name from this client, or this client, used up its attempts:
@@ -35,23 +40,34 @@ pub enum Verdict {
 }
 
 /// What a password check reads: the accounts, the throttle, the instance's
-/// password hashing, and where the wait for a hashing thread is recorded.
+/// password hashing, where the wait for a hashing thread is recorded, and
+/// the security log a wrong password for an account is written to.
 #[derive(Clone)]
 pub struct PasswordCheck {
     users: Arc<dyn UserStore>,
     throttle: LoginThrottle,
     hasher: Hasher,
     hash_wait: Histogram,
+    journal: Journal,
 }
 
 impl PasswordCheck {
-    pub fn new(users: Arc<dyn UserStore>, throttle: LoginThrottle, hash_wait: Histogram) -> Self {
-        Self { users, throttle, hasher: Hasher::new(), hash_wait }
+    pub fn new(users: Arc<dyn UserStore>, throttle: LoginThrottle, hash_wait: Histogram, journal: Journal) -> Self {
+        Self { users, throttle, hasher: Hasher::new(), hash_wait, journal }
     }
 
     /// Hashes a new password on this instance's hashing threads.
     pub async fn hash(&self, password: Password) -> String {
         self.hasher.hash(password, &self.hash_wait).await
+    }
+
+    /// Whether `password` is worth having for the account `username`
+    /// (see [`strength`]), estimated on the hashing threads for the client
+    /// at `addr`; `Err` when they are too busy to.
+    pub async fn strength(&self, password: &Password, username: &str, addr: IpAddr) -> Result<Result<(), Weak>, Busy> {
+        let (password, username) = (password.clone(), username.to_owned());
+        let judge = move || strength::judge(password.expose(), &username);
+        self.hasher.for_client(addr, judge, &self.hash_wait).await
     }
 
     /// Checks `password` for `username` (as typed: surrounding blanks do
@@ -74,9 +90,13 @@ impl PasswordCheck {
         match stored {
             Some(stored) if verified => {
                 self.throttle.succeeded(attempt).await?;
-                Ok(Verdict::Verified(stored.user))
+                Ok(if stored.disabled { Verdict::Disabled } else { Verdict::Verified(stored.user) })
             }
-            _ => Ok(Verdict::Refused),
+            Some(stored) => {
+                self.journal.sign_in_failed(stored.user.id, &addr.to_canonical().to_string()).await;
+                Ok(Verdict::Refused)
+            }
+            None => Ok(Verdict::Refused),
         }
     }
 }
@@ -84,13 +104,18 @@ impl PasswordCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{backend::memory::MemoryBackend, config::Config, model::UserId};
+    use crate::{
+        backend::{memory::MemoryBackend, SecurityLog},
+        config::Config,
+        model::UserId,
+    };
 
     #[tokio::test]
     async fn the_right_password_is_verified_and_forgiven_and_anything_else_is_refused_until_throttled() {
         let memory = Arc::new(MemoryBackend::new(&Config::default().chat));
         let throttle = LoginThrottle::new(memory.clone(), 2, Duration::from_secs(60));
-        let check = PasswordCheck::new(memory.clone(), throttle, Histogram::noop());
+        let journal = Journal::new(memory.clone(), Duration::from_secs(60));
+        let check = PasswordCheck::new(memory.clone(), throttle, Histogram::noop(), journal);
         let alice = User { id: UserId::new_v4(), name: "alice".into() };
         let hash = check.hash(Password::new("correct horse".into())).await;
         assert!(memory.create(&alice, &hash).await.unwrap());
@@ -109,5 +134,9 @@ mod tests {
         assert!(matches!(attempt("alice", "correct horse").await, Verdict::Throttled(_)), "nothing verified");
         assert!(matches!(attempt("nobody", "correct horse").await, Verdict::Refused), "unknown: refused alike");
         assert!(matches!(attempt("no one", "correct horse").await, Verdict::Refused), "impossible: refused alike");
+        // The wrong passwords for alice are in her log, one burst from one address.
+        let log = memory.recent(alice.id, 50).await.unwrap();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(matches!(log[0].what, crate::model::SecurityEventKind::SignInFailed { count: 3, .. }), "{log:?}");
     }
 }

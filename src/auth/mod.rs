@@ -5,12 +5,17 @@
 //! which room.
 
 pub(crate) mod access;
+pub(crate) mod devices;
+pub(crate) mod invites;
+pub(crate) mod journal;
 pub(crate) mod login;
 pub(crate) mod memberships;
 pub mod password;
+pub(crate) mod password_change;
 pub(crate) mod refresh;
 pub mod session;
 pub(crate) mod sessions;
+pub(crate) mod strength;
 pub(crate) mod throttle;
 pub mod tokens;
 
@@ -23,6 +28,12 @@ pub(crate) fn validate_new_account(username: &str, password: &str) -> Result<(),
     if !valid_username(username) {
         return Err("Usernames are 3 to 32 characters: letters, digits, and _ . -");
     }
+    validate_new_password(password)
+}
+
+/// Why a new password is refused by its length (docs/protocol.md §2); its
+/// strength is [`strength`]'s to judge.
+pub(crate) fn validate_new_password(password: &str) -> Result<(), &'static str> {
     let chars = password.chars().count();
     if !(8..=256).contains(&chars) {
         return Err("Passwords are 8 to 256 characters.");

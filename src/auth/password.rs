@@ -504,6 +504,17 @@ impl Hasher {
         self.run(Asker::Client(address_key(client)), check, waited).await
     }
 
+    /// Runs other CPU work a client can ask for without an account (a new
+    /// password's strength estimate), rationed like its password checks.
+    pub(crate) async fn for_client<T: Send + 'static>(
+        &self,
+        client: IpAddr,
+        work: impl FnOnce() -> T + Send + 'static,
+        waited: &Histogram,
+    ) -> Result<T, Busy> {
+        self.run(Asker::Client(address_key(client)), work, waited).await
+    }
+
     /// Hashes a new password into a PHC string (waits its turn, never refused).
     pub async fn hash(&self, password: Password, waited: &Histogram) -> String {
         self.run(Asker::Anyone, move || hash_blocking(&password), waited).await.expect("work for anyone is not refused")

@@ -12,8 +12,17 @@
 //! twentieth of the TTL, at least a second), so that a burst of requests or
 //! a storm of reconnecting sockets costs one read each, not a read and a
 //! write. The idle expiry is thus between 95 % and 100 % of the TTL.
+//!
+//! A session signed in with "keep me signed in" follows the long
+//! lifetimes (`LONG_SESSION_TTL_SECS`, `LONG_SESSION_MAX_LIFETIME_SECS`):
+//! which policy applies is recorded in the session itself. And a request
+//! tells the session's descriptor it was used ([`Devices::touch`]) when the
+//! last such word is older than [`ACTIVITY_GRANULARITY`]; the time of it is
+//! kept in the session, so that the record and the descriptor are both
+//! written at most once per granularity, and a request in between costs no
+//! write at all.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tower_sessions::{
@@ -21,8 +30,9 @@ use tower_sessions::{
     Session,
 };
 
+use super::devices::ACTIVITY_GRANULARITY;
 use crate::{
-    backend::{StoreError, StoreResult},
+    backend::{Devices, StoreError, StoreResult},
     clock::UnixMillis,
     model::User,
 };
@@ -42,9 +52,21 @@ struct SignedIn {
     /// The expiry last written (the store's own), to slide only in steps.
     #[serde(default)]
     expires_at: Option<UnixMillis>,
+    /// "Keep me signed in": the long lifetimes apply.
+    #[serde(default)]
+    long: bool,
+    /// When the descriptor last heard the session was used.
+    #[serde(default)]
+    active_at: Option<UnixMillis>,
 }
 
-/// The session lifetimes from the configuration.
+/// Whether a session last said to be active at `active_at` says so again
+/// at `now` (never said yet: yes).
+fn activity_due(active_at: Option<UnixMillis>, now: UnixMillis) -> bool {
+    active_at.is_none_or(|at| now >= at + ACTIVITY_GRANULARITY)
+}
+
+/// A session's lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionPolicy {
     pub ttl: Duration,
@@ -77,6 +99,24 @@ impl SessionPolicy {
     }
 }
 
+/// The lifetimes of cookie sessions from the configuration: the usual
+/// ones, and those of "keep me signed in".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionPolicies {
+    pub normal: SessionPolicy,
+    pub long: SessionPolicy,
+}
+
+impl SessionPolicies {
+    pub(crate) fn of(&self, long: bool) -> SessionPolicy {
+        if long {
+            self.long
+        } else {
+            self.normal
+        }
+    }
+}
+
 /// The signed-in user of a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Current {
@@ -84,6 +124,8 @@ pub(crate) struct Current {
     pub session_id: Id,
     /// When the session now expires.
     pub expires_at: UnixMillis,
+    /// The latest it can live (its absolute lifetime).
+    pub end_by: UnixMillis,
 }
 
 /// A live session as a socket re-reads it from the store.
@@ -97,7 +139,9 @@ pub(crate) struct LiveSession {
 #[derive(Clone)]
 pub(crate) struct AuthSession {
     session: Session,
-    policy: SessionPolicy,
+    policies: SessionPolicies,
+    /// Told when the session is used, at most once per granularity.
+    devices: Arc<dyn Devices>,
 }
 
 pub(super) fn store_error(err: SessionError) -> StoreError {
@@ -112,8 +156,8 @@ fn expiry_at(at: UnixMillis) -> Expiry {
 }
 
 impl AuthSession {
-    pub(crate) fn new(session: Session, policy: SessionPolicy) -> Self {
-        Self { session, policy }
+    pub(crate) fn new(session: Session, policies: SessionPolicies, devices: Arc<dyn Devices>) -> Self {
+        Self { session, policies, devices }
     }
 
     /// Whether the request carried a session cookie at all (no store access).
@@ -131,38 +175,68 @@ impl AuthSession {
             return Ok(None);
         };
         let Some(session_id) = self.session.id() else { return Ok(None) };
-        let Some(next) = self.policy.expiry(signed.signed_in_at, UnixMillis::now()) else {
+        let policy = self.policies.of(signed.long);
+        let now = UnixMillis::now();
+        let Some(next) = policy.expiry(signed.signed_in_at, now) else {
             self.session.flush().await.map_err(store_error)?;
             return Ok(None);
         };
+        let slide = policy.should_slide(signed.expires_at, next);
+        let active = activity_due(signed.active_at, now);
         let expires_at = match signed.expires_at {
-            Some(written) if !self.policy.should_slide(Some(written), next) => written,
-            _ => {
-                // Marks the session modified: the session layer saves it (and
-                // so slides it) after the handler answers.
-                self.session.set_expiry(Some(expiry_at(next)));
-                let slid = SignedIn { expires_at: Some(next), ..signed.clone() };
-                self.session.insert(SIGNED_IN, slid).await.map_err(store_error)?;
-                next
-            }
+            Some(written) if !slide => written,
+            _ => next,
         };
-        Ok(Some(Current { user: signed.user, session_id, expires_at }))
+        if slide || active {
+            // Marks the session modified: the session layer saves it (and
+            // so slides it) after the handler answers.
+            self.session.set_expiry(Some(expiry_at(expires_at)));
+            let active_at = if active { Some(now) } else { signed.active_at };
+            let written = SignedIn { expires_at: Some(expires_at), active_at, ..signed.clone() };
+            self.session.insert(SIGNED_IN, written).await.map_err(store_error)?;
+        }
+        if active {
+            if let Err(err) = self.devices.touch(signed.user.id, session_id, now, ACTIVITY_GRANULARITY).await {
+                tracing::warn!(%err, "session activity not recorded");
+            }
+        }
+        Ok(Some(Current { user: signed.user, session_id, expires_at, end_by: policy.end_by(signed.signed_in_at) }))
     }
 
     /// Records `user` under a new session id: whatever id the browser held
     /// before is deleted from the store (session fixation). Saved at once,
-    /// to learn the new id.
-    pub(super) async fn start(&self, user: User) -> StoreResult<Current> {
+    /// to learn the new id. `long`: "keep me signed in".
+    pub(super) async fn start(&self, user: User, long: bool) -> StoreResult<Current> {
         self.session.clear().await;
         self.session.cycle_id().await.map_err(store_error)?;
+        let policy = self.policies.of(long);
         let signed_in_at = UnixMillis::now();
-        let expires_at = self.policy.expiry(signed_in_at, signed_in_at).expect("a new session is within its lifetime");
+        let expires_at = policy.expiry(signed_in_at, signed_in_at).expect("a new session is within its lifetime");
         self.session.set_expiry(Some(expiry_at(expires_at)));
-        let signed = SignedIn { user: user.clone(), signed_in_at, expires_at: Some(expires_at) };
+        let signed = SignedIn {
+            user: user.clone(),
+            signed_in_at,
+            expires_at: Some(expires_at),
+            long,
+            active_at: Some(signed_in_at),
+        };
         self.session.insert(SIGNED_IN, signed).await.map_err(store_error)?;
         self.session.save().await.map_err(store_error)?;
         let session_id = self.session.id().ok_or_else(|| StoreError::Corrupt("saved session has no id".into()))?;
-        Ok(Current { user, session_id, expires_at })
+        Ok(Current { user, session_id, expires_at, end_by: policy.end_by(signed_in_at) })
+    }
+
+    /// Moves the signed-in session to a new id, all else kept (its
+    /// lifetimes count from its sign-in still): the old id is deleted from
+    /// the store, and the browser gets the new one. The old id, and the
+    /// session as it is now; `None` when not signed in.
+    pub(super) async fn cycle(&self) -> StoreResult<Option<(Id, Current)>> {
+        let Some(current) = self.current().await? else { return Ok(None) };
+        self.session.set_expiry(Some(expiry_at(current.expires_at)));
+        self.session.cycle_id().await.map_err(store_error)?;
+        self.session.save().await.map_err(store_error)?;
+        let session_id = self.session.id().ok_or_else(|| StoreError::Corrupt("saved session has no id".into()))?;
+        Ok(Some((current.session_id, Current { session_id, ..current })))
     }
 
     /// Deletes the session from the store; the layer clears the cookie.
@@ -196,6 +270,14 @@ mod tests {
         assert_eq!(policy.expiry(at(0), at(950)), Some(at(1000)));
         assert_eq!(policy.expiry(at(0), at(1000)), None);
         assert_eq!(policy.end_by(UnixMillis::from_millis(5_500)), at(1005));
+    }
+
+    #[test]
+    fn activity_is_told_at_most_once_per_granularity() {
+        let at = UnixMillis::from_secs(1000);
+        assert!(activity_due(None, at), "never told");
+        assert!(!activity_due(Some(at), at + ACTIVITY_GRANULARITY - Duration::from_millis(1)));
+        assert!(activity_due(Some(at), at + ACTIVITY_GRANULARITY));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! sockets re-read sessions through [`Sessions::lookup`] and the sweep
 //! checks them through [`Sessions::exist`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ring::rand::SecureRandom;
@@ -16,15 +16,23 @@ use serde::Serialize;
 use tower_sessions::{session::Id, Session, SessionStore};
 
 use super::{
+    devices::{Device, SessionView, ACTIVITY_GRANULARITY},
+    journal::Journal,
     refresh::{self, Decision, Secret},
-    session::{live, AuthSession, Current, LiveSession, SessionPolicy},
+    session::{live, AuthSession, Current, LiveSession, SessionPolicies, SessionPolicy},
     tokens::{Claims, TokenError, TokenKeys},
 };
 use crate::{
-    backend::{EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore},
+    backend::{
+        Devices, EndReason, Event, EventBus, SessionIndex, SharedSessionStore, StoreError, StoreResult, TokenStore,
+        UserStore,
+    },
     clock::UnixMillis,
-    model::{TokenRecord, User, UserId},
+    model::{EndedBy, SecurityEventKind, SessionDescriptor, SessionKind, TokenRecord, User, UserId},
 };
+
+/// The most sessions of one user listed (the newest).
+pub const SESSIONS_LISTED: usize = 100;
 
 /// How long a WebSocket ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -122,11 +130,16 @@ pub struct Sessions {
     index: Arc<dyn SessionIndex>,
     bus: Arc<dyn EventBus>,
     local: Arc<dyn SessionsEnded>,
-    policy: SessionPolicy,
+    /// Cookie sessions' lifetimes; token sessions follow the usual ones.
+    policies: SessionPolicies,
     tokens: Arc<dyn TokenStore>,
     keys: Arc<TokenKeys>,
     /// `REFRESH_REUSE_GRACE_SECS`.
     refresh_grace: Duration,
+    devices: Arc<dyn Devices>,
+    journal: Journal,
+    /// Read at each refresh: a disabled account's token is not refreshed.
+    users: Arc<dyn UserStore>,
 }
 
 /// What the session lifecycle is made of.
@@ -135,34 +148,52 @@ pub struct SessionsParts {
     pub index: Arc<dyn SessionIndex>,
     pub bus: Arc<dyn EventBus>,
     pub local: Arc<dyn SessionsEnded>,
-    pub policy: SessionPolicy,
+    pub policies: SessionPolicies,
     pub tokens: Arc<dyn TokenStore>,
     pub keys: Arc<TokenKeys>,
     pub refresh_grace: Duration,
+    pub devices: Arc<dyn Devices>,
+    pub journal: Journal,
+    pub users: Arc<dyn UserStore>,
 }
 
 impl Sessions {
     pub fn new(parts: SessionsParts) -> Self {
-        let SessionsParts { store, index, bus, local, policy, tokens, keys, refresh_grace } = parts;
-        Self { store, index, bus, local, policy, tokens, keys, refresh_grace }
+        let SessionsParts { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal, users } =
+            parts;
+        Self { store, index, bus, local, policies, tokens, keys, refresh_grace, devices, journal, users }
+    }
+
+    /// The lifetimes of token sessions.
+    fn token_policy(&self) -> SessionPolicy {
+        self.policies.normal
     }
 
     /// The typed view of a request's cookie session.
     pub fn cookie(&self, session: Session) -> AuthSession {
-        AuthSession::new(session, self.policy)
+        AuthSession::new(session, self.policies, self.devices.clone())
     }
 
-    /// Signs `user` in under a new session id and indexes it under the user.
-    /// A session the browser was signed in with before ends, sockets included.
-    pub async fn sign_in(&self, session: &AuthSession, user: User) -> StoreResult<Current> {
+    /// Signs `user` in under a new session id, indexes it under the user
+    /// and describes it (`device`; `long`: "keep me signed in"). A session
+    /// the browser was signed in with before ends, sockets included.
+    pub async fn sign_in(
+        &self,
+        session: &AuthSession,
+        user: User,
+        device: &Device,
+        long: bool,
+    ) -> StoreResult<Current> {
         let previous = session.current().await?;
-        let current = session.start(user).await?;
-        let end_by = self.policy.end_by(UnixMillis::now());
-        if let Err(err) = self.index.add(current.user.id, current.session_id, end_by).await {
+        let current = session.start(user, long).await?;
+        if let Err(err) = self.index.add(current.user.id, current.session_id, current.end_by).await {
             // A session "log out everywhere" cannot find must not exist.
             let _ = session.end().await;
             return Err(err);
         }
+        let descriptor = device.describe(SessionKind::Browser, UnixMillis::now(), long, None);
+        self.describe(current.user.id, current.session_id, &descriptor, current.end_by).await;
+        self.signed_in(current.user.id, device).await;
         if let Some(previous) = previous {
             // `start` deleted it from the store already; its sockets go now.
             self.unindex(previous.user.id, previous.session_id).await;
@@ -202,21 +233,53 @@ impl Sessions {
     /// Ends every session of this request's user. `None` when signed out.
     pub async fn sign_out_everywhere(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
         let Some(current) = session.current().await? else { return Ok(None) };
-        let mut ended = self.delete_all(current.user.id, Some(current.session_id)).await?;
+        let user = current.user.id;
+        let described = self.described(user).await;
+        let mut ended = self.delete_all(user, Some(current.session_id)).await?;
         session.end().await?;
         ended.push(current.session_id);
         tracing::info!(user = %current.user.name, sessions = ended.len(), "logged out everywhere");
-        self.announce(Ended { user: current.user.id, sessions: ended, everywhere: true, reason: EndReason::LoggedOut })
-            .await;
+        self.record_ended(user, &ended, &described, EndedBy::LogoutEverywhere).await;
+        self.announce(Ended { user, sessions: ended, everywhere: true, reason: EndReason::LoggedOut }).await;
         Ok(Some(current))
     }
 
-    /// Ends every session of `user`, whoever asks (a token client, an admin).
-    pub async fn end_all(&self, user: UserId, reason: EndReason) -> StoreResult<usize> {
+    /// Ends every session of `user`, whoever asks (a token client, an
+    /// operator: `by`).
+    pub async fn end_all(&self, user: UserId, reason: EndReason, by: EndedBy) -> StoreResult<usize> {
+        let described = self.described(user).await;
         let ended = self.delete_all(user, None).await?;
         let count = ended.len();
+        self.record_ended(user, &ended, &described, by).await;
         self.announce(Ended { user, sessions: ended, everywhere: true, reason }).await;
         Ok(count)
+    }
+
+    /// What `user`'s sessions say of themselves, by store id (for the
+    /// events of ending them; best effort).
+    async fn described(&self, user: UserId) -> HashMap<Id, SessionDescriptor> {
+        match self.devices.list(user, SESSIONS_LISTED).await {
+            Ok(listed) => listed.into_iter().filter_map(|l| Some((l.id, l.descriptor?))).collect(),
+            Err(err) => {
+                tracing::warn!(%err, "sessions not described before ending them");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// A `session_ended` entry for each of `ended`.
+    async fn record_ended(&self, user: UserId, ended: &[Id], described: &HashMap<Id, SessionDescriptor>, by: EndedBy) {
+        for id in ended {
+            let (client, address) =
+                described.get(id).map(|d| (d.client.clone(), d.address.clone())).unwrap_or_default();
+            self.journal.record(user, SecurityEventKind::SessionEnded { by, client, address }).await;
+        }
+    }
+
+    /// A `signed_in` entry.
+    async fn signed_in(&self, user: UserId, device: &Device) {
+        let Device { client, address } = device.clone();
+        self.journal.record(user, SecurityEventKind::SignedIn { client, address }).await;
     }
 
     /// Ends one session by id, whoever asks.
@@ -225,6 +288,71 @@ impl Sessions {
         self.unindex(user, session).await;
         self.announce(Ended { user, sessions: vec![session], everywhere: false, reason }).await;
         Ok(())
+    }
+
+    /// Ends `user`'s session whose public id is `public` (their listing
+    /// from session `current` finds it), its sockets everywhere with 4401
+    /// `session revoked`. `None` when no live session of theirs has that id.
+    pub async fn end_listed(&self, user: UserId, public: &str, current: Id) -> StoreResult<Option<SessionView>> {
+        let listed = self.list(user, current).await?;
+        let Some(found) = listed.into_iter().find(|s| s.id == public) else { return Ok(None) };
+        self.end(user, found.store_id, EndReason::Revoked).await?;
+        tracing::info!(%user, "a session ended by its user");
+        let (client, address) = (found.client.clone(), found.address.clone());
+        self.journal.record(user, SecurityEventKind::SessionEnded { by: EndedBy::You, client, address }).await;
+        Ok(Some(found))
+    }
+
+    /// Ends every session of `user` but `keep` (revoked: their sockets
+    /// close with 4401 `session revoked`), and returns them. `keep` stays
+    /// indexed throughout, so a "log out everywhere" meanwhile still finds
+    /// it.
+    pub async fn end_others(&self, user: UserId, keep: Id, by: EndedBy) -> StoreResult<Vec<SessionView>> {
+        let mut ended: Vec<SessionView> = Vec::new();
+        loop {
+            let listed = self.list(user, keep).await?;
+            let full = listed.len() >= SESSIONS_LISTED;
+            let others: Vec<SessionView> = listed.into_iter().filter(|s| !s.current).collect();
+            if others.is_empty() {
+                break;
+            }
+            for other in &others {
+                self.store.delete(&other.store_id).await.map_err(StoreError::from)?;
+                self.unindex(user, other.store_id).await;
+                let (client, address) = (other.client.clone(), other.address.clone());
+                self.journal.record(user, SecurityEventKind::SessionEnded { by, client, address }).await;
+            }
+            ended.extend(others);
+            if !full {
+                break;
+            }
+        }
+        if !ended.is_empty() {
+            let sessions = ended.iter().map(|s| s.store_id).collect();
+            self.announce(Ended { user, sessions, everywhere: false, reason: EndReason::Revoked }).await;
+        }
+        Ok(ended)
+    }
+
+    /// Gives this cookie session a new id, all else kept (a password
+    /// change): indexed and described under the new id before the old
+    /// one's entries go. `None` when not signed in.
+    pub async fn cycle(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
+        let Some((old, current)) = session.cycle().await? else { return Ok(None) };
+        let user = current.user.id;
+        if let Err(err) = self.index.add(user, current.session_id, current.end_by).await {
+            // A session "log out everywhere" cannot find must not exist.
+            let _ = session.end().await;
+            self.unindex(user, old).await;
+            return Err(err);
+        }
+        if let Err(err) = self.devices.moved(user, old, current.session_id).await {
+            tracing::warn!(%err, "session descriptor not moved");
+        }
+        if let Err(err) = self.index.remove(user, old).await {
+            tracing::warn!(%err, "session index entry not removed");
+        }
+        Ok(Some(current))
     }
 
     /// Removes every indexed session of `user` from the store but `keep`.
@@ -244,6 +372,32 @@ impl Sessions {
             // Harmless: the entry points at a deleted session and ages out.
             tracing::warn!(%err, "session index entry not removed");
         }
+        if let Err(err) = self.devices.remove(user, session).await {
+            // Harmless too: a descriptor of a session no longer indexed is
+            // dropped when next found.
+            tracing::warn!(%err, "session descriptor not removed");
+        }
+    }
+
+    /// Describes a session just indexed. Best effort: a session without a
+    /// descriptor is still listed (as "Unknown") and ends like any other.
+    async fn describe(
+        &self,
+        user: UserId,
+        session: Id,
+        descriptor: &crate::model::SessionDescriptor,
+        end_by: UnixMillis,
+    ) {
+        if let Err(err) = self.devices.put(user, session, descriptor, end_by).await {
+            tracing::warn!(%err, "session descriptor not written");
+        }
+    }
+
+    /// Every live session of `user` (the newest [`SESSIONS_LISTED`]), as
+    /// seen from session `current`.
+    pub async fn list(&self, user: UserId, current: Id) -> StoreResult<Vec<SessionView>> {
+        let listed = self.devices.list(user, SESSIONS_LISTED).await?;
+        Ok(listed.into_iter().map(|listed| SessionView::new(listed, current)).collect())
     }
 
     /// Closes the local sockets of ended sessions now and tells every other
@@ -265,22 +419,27 @@ impl Sessions {
         }
     }
 
-    /// Starts a token session for `user` (who just proved their password):
-    /// indexed like a cookie session, so every way a session ends ends it.
-    pub async fn sign_in_token(&self, user: User) -> StoreResult<TokenPair> {
+    /// Starts a token session for `user` (who just proved their password)
+    /// from `device`: indexed like a cookie session, so every way a session
+    /// ends ends it.
+    pub async fn sign_in_token(&self, user: User, device: &Device) -> StoreResult<TokenPair> {
         let now = UnixMillis::now();
         let id = Id::default();
         let sid = random_text(16);
         let first = Secret::random();
         let record = TokenRecord { user, sid, signed_in_at: now, refresh: refresh::first_state(&first, now) };
-        let expires_at = self.policy.expiry(now, now).expect("a new session is within its lifetime");
-        let end_by = self.policy.end_by(now);
+        let policy = self.token_policy();
+        let expires_at = policy.expiry(now, now).expect("a new session is within its lifetime");
+        let end_by = policy.end_by(now);
         self.tokens.create_token_session(id, &record, expires_at, end_by).await?;
         if let Err(err) = self.index.add(record.user.id, id, end_by).await {
             // A session "log out everywhere" cannot find must not exist.
             let _ = self.store.delete(&id).await;
             return Err(err);
         }
+        let descriptor = device.describe(SessionKind::Token, now, false, Some(record.sid.clone()));
+        self.describe(record.user.id, id, &descriptor, end_by).await;
+        self.signed_in(record.user.id, device).await;
         tracing::info!(user = %record.user.name, "token session started");
         Ok(self.pair(&record, &first, expires_at, now))
     }
@@ -304,7 +463,9 @@ impl Sessions {
 
     /// Spends a refresh token for a new pair, sliding the session (see
     /// `refresh` for the rules of rotation and reuse).
-    pub async fn refresh_token(&self, presented: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
+    /// `address`: where it was presented from (said when a spent token
+    /// comes back).
+    pub async fn refresh_token(&self, presented: &str, address: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
         let Some((sid, secret)) = refresh::parse(presented) else { return Ok(Err(RefreshError::Invalid)) };
         // A concurrent refresh may rotate between our read and our write;
         // then the decision is made again on what it left.
@@ -316,12 +477,19 @@ impl Sessions {
             let state = &found.record.refresh;
             match refresh::decide(state, &secret, now, self.refresh_grace) {
                 Decision::Rotate => {
-                    let Some(expires_at) = self.policy.expiry(found.record.signed_in_at, now) else {
+                    let Some(expires_at) = self.token_policy().expiry(found.record.signed_in_at, now) else {
                         return Ok(Err(RefreshError::Invalid));
                     };
+                    if !self.may_sign_in(&found.record.user).await? {
+                        return Ok(Err(RefreshError::Invalid));
+                    }
                     let next = self.keys.successor(&secret);
                     let record = TokenRecord { refresh: refresh::rotated(state, &next, now), ..found.record.clone() };
                     if self.tokens.update_token_session(sid, &state.current, &record, expires_at).await? {
+                        let user = record.user.id;
+                        if let Err(err) = self.devices.touch(user, found.id, now, ACTIVITY_GRANULARITY).await {
+                            tracing::warn!(%err, "session activity not recorded");
+                        }
                         return Ok(Ok(self.pair(&record, &next, expires_at, now)));
                     }
                 }
@@ -332,18 +500,30 @@ impl Sessions {
                     if let Some(next) = self.keys.replayed_successor(&secret, &state.current) {
                         return Ok(Ok(self.pair(&found.record, &next, found.expires_at, now)));
                     }
-                    return self.reused(&found.record, found.id).await;
+                    return self.reused(&found.record, found.id, address).await;
                 }
-                Decision::Reuse => return self.reused(&found.record, found.id).await,
+                Decision::Reuse => return self.reused(&found.record, found.id, address).await,
                 Decision::Unknown => return Ok(Err(RefreshError::Invalid)),
             }
         }
         Ok(Err(RefreshError::Invalid))
     }
 
-    async fn reused(&self, record: &TokenRecord, id: Id) -> StoreResult<Result<TokenPair, RefreshError>> {
+    /// Whether `user`'s account exists still and is not disabled.
+    async fn may_sign_in(&self, user: &User) -> StoreResult<bool> {
+        let stored = self.users.find(&user.name).await?;
+        Ok(stored.is_some_and(|stored| stored.user.id == user.id && !stored.disabled))
+    }
+
+    async fn reused(&self, record: &TokenRecord, id: Id, from: &str) -> StoreResult<Result<TokenPair, RefreshError>> {
         tracing::warn!(user = %record.user.name, "a spent refresh token was used again; ending its session");
-        self.end(record.user.id, id, EndReason::Revoked).await?;
+        let user = record.user.id;
+        let described = self.described(user).await;
+        let (client, address) = described.get(&id).map(|d| (d.client.clone(), d.address.clone())).unwrap_or_default();
+        self.end(user, id, EndReason::Revoked).await?;
+        let detected = SecurityEventKind::RefreshReuseDetected { client: client.clone(), address: from.to_owned() };
+        self.journal.record(user, detected).await;
+        self.journal.record(user, SecurityEventKind::SessionEnded { by: EndedBy::RefreshReuse, client, address }).await;
         Ok(Err(RefreshError::Reused))
     }
 

@@ -102,30 +102,80 @@ impl LoginThrottle {
 }
 
 /// Registrations per client: each costs a password hash and a permanent key.
+///
+/// Like logins, attempts are counted before anything is checked and a
+/// successful one is forgiven, so the budget (`REGISTER_MAX_PER_ADDRESS`)
+/// is one of failures: an office of fifty behind one address can all sign
+/// up. What bounds the accounts one address makes is, when anyone may sign
+/// up, a separate and higher budget of successes
+/// (`REGISTER_MAX_SUCCESSES_PER_ADDRESS`), reserved atomically before the
+/// account is made; when sign-up takes an invite, each account costs a use
+/// of a valid code instead.
 #[derive(Clone)]
 pub struct RegisterThrottle {
     counters: Arc<dyn Counters>,
     max: u64,
+    max_successes: u64,
     window: Duration,
     refusals: RefusalLog,
 }
 
+/// A registration attempt that was counted.
+#[derive(Debug)]
+pub struct RegisterAttempt {
+    address: String,
+    successes: String,
+}
+
 impl RegisterThrottle {
-    pub fn new(counters: Arc<dyn Counters>, max: u32, window: Duration) -> Self {
-        Self { counters, max: u64::from(max), window, refusals: RefusalLog::new("registration throttled") }
+    pub fn new(counters: Arc<dyn Counters>, max: u32, max_successes: u32, window: Duration) -> Self {
+        Self {
+            counters,
+            max: u64::from(max),
+            max_successes: u64::from(max_successes),
+            window,
+            refusals: RefusalLog::new("registration throttled"),
+        }
     }
 
     /// Counts an attempt; `Err(retry_after)` past the limit.
-    pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<(), Duration>> {
+    pub async fn attempt(&self, addr: IpAddr) -> StoreResult<Result<RegisterAttempt, Duration>> {
         let client = address_key(addr);
-        let counts = self.counters.incr(&[format!("register:addr:{client}")], self.window).await?;
+        let attempt = RegisterAttempt {
+            address: format!("register:addr:{client}"),
+            successes: format!("register:made:{client}"),
+        };
+        let counts = self.counters.incr(std::slice::from_ref(&attempt.address), self.window).await?;
         match passed(&counts, self.max) {
             Some(retry_after) => {
                 self.refusals.note(&client);
                 Ok(Err(retry_after))
             }
+            None => Ok(Ok(attempt)),
+        }
+    }
+
+    /// Reserves one of the client's successes before an account is made;
+    /// `Err(retry_after)` when it made as many as it may this window.
+    pub async fn reserve_success(&self, attempt: &RegisterAttempt) -> StoreResult<Result<(), Duration>> {
+        let counts = self.counters.incr(std::slice::from_ref(&attempt.successes), self.window).await?;
+        match passed(&counts, self.max_successes) {
+            Some(retry_after) => {
+                self.counters.decr(&attempt.successes).await?;
+                Ok(Err(retry_after))
+            }
             None => Ok(Ok(())),
         }
+    }
+
+    /// The account was not made after all: its reserved success goes back.
+    pub async fn release_success(&self, attempt: &RegisterAttempt) -> StoreResult<()> {
+        self.counters.decr(&attempt.successes).await
+    }
+
+    /// The account was made: the attempt is forgiven.
+    pub async fn succeeded(&self, attempt: RegisterAttempt) -> StoreResult<()> {
+        self.counters.decr(&attempt.address).await
     }
 }
 
@@ -208,8 +258,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn registrations_forgive_successes_but_count_them_on_their_own_budget() {
+        let t = RegisterThrottle::new(counters(), 2, 3, Duration::from_secs(60));
+        for i in 0..3 {
+            let attempt = t.attempt(ip("10.0.0.6")).await.unwrap().expect("failures forgiven");
+            t.reserve_success(&attempt).await.unwrap().unwrap_or_else(|_| panic!("success {i}"));
+            t.succeeded(attempt).await.unwrap();
+        }
+        let attempt = t.attempt(ip("10.0.0.6")).await.unwrap().unwrap();
+        assert!(t.reserve_success(&attempt).await.unwrap().is_err(), "the fourth success");
+        // The attempt refused is not forgiven: with one more, two failures
+        // are all there may be.
+        assert!(t.attempt(ip("10.0.0.6")).await.unwrap().is_ok());
+        assert!(t.attempt(ip("10.0.0.6")).await.unwrap().is_err());
+        // A reservation given back makes room for one.
+        let other = t.attempt(ip("10.0.0.7")).await.unwrap().unwrap();
+        t.reserve_success(&other).await.unwrap().unwrap();
+        t.release_success(&other).await.unwrap();
+        for _ in 0..3 {
+            t.reserve_success(&other).await.unwrap().unwrap();
+        }
+        assert!(t.reserve_success(&other).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
     async fn an_ipv6_client_is_one_client_across_its_slash_64() {
-        let t = RegisterThrottle::new(counters(), 2, Duration::from_secs(60));
+        let t = RegisterThrottle::new(counters(), 2, 100, Duration::from_secs(60));
         assert!(t.attempt(ip("2001:db8:1:2::1")).await.unwrap().is_ok());
         assert!(t.attempt(ip("2001:db8:1:2:ffff::9")).await.unwrap().is_ok());
         assert!(t.attempt(ip("2001:db8:1:2:abcd::")).await.unwrap().is_err(), "same /64");

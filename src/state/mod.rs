@@ -13,16 +13,19 @@ use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 use crate::{
     auth::{
         access::RoomAccess,
+        invites::InviteCodes,
+        journal::Journal,
         login::PasswordCheck,
         memberships::{Memberships, MembershipsParts},
-        session::{SessionPolicy, SESSION_COOKIE},
+        password_change::PasswordChange,
+        session::{SessionPolicies, SessionPolicy, SESSION_COOKIE},
         sessions::SessionsParts,
         throttle::{LoginThrottle, RegisterThrottle},
         tokens::TokenKeys,
-        Sessions,
+        Sessions, SessionsEnded,
     },
     backend::{Backend, SharedSessionStore},
-    config::Config,
+    config::{Config, Registration},
     meters::Meters,
     net::{OriginPolicy, TrustedProxies},
     protocol::Rate,
@@ -36,8 +39,19 @@ use crate::{
         upgrade::Upgrader,
     },
     web::{
-        self, account::Accounts, api::Api, assets::Assets, caller::Callers, history::RoomHistory, pages::RoomPages,
-        rooms::RoomsApi, router::Router, Handles,
+        self,
+        account::Accounts,
+        account_api::AccountApi,
+        account_page::{AccountPages, InviteLinks},
+        api::Api,
+        assets::Assets,
+        caller::Callers,
+        history::RoomHistory,
+        pages::RoomPages,
+        rooms::RoomsApi,
+        router::Router,
+        signup::Signup,
+        Handles,
     },
 };
 
@@ -78,7 +92,8 @@ pub fn assemble(config: &Config, backend: Backend, identity: Identity, meters: M
     let Identity { instance_id, public_origin, origins, tls, keys } = identity;
     let access = RoomAccess::new(backend.history.clone(), backend.rooms.clone(), backend.users.clone());
     let realtime = realtime(config, &backend, &access, instance_id, keys, &meters);
-    let handles = handles(config, &backend, &realtime, access, Arc::new(origins), tls, meters);
+    let site = Site { public_origin: public_origin.clone(), origins: Arc::new(origins), tls };
+    let handles = handles(config, &backend, &realtime, access, site, meters);
     let stack = Stack::new(config, &public_origin, backend.sessions, web::routes(&handles));
     let Realtime { registry, hub, lifecycle, presence_task, .. } = realtime;
     Assembly { handles, tasks: Tasks { hub, lifecycle, presence: presence_task, registry }, stack }
@@ -117,10 +132,13 @@ pub(crate) fn realtime(
         index: backend.session_index.clone(),
         bus: backend.bus.clone(),
         local: registry.clone(),
-        policy: SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime },
+        policies: session_policies(config),
         tokens: backend.tokens.clone(),
         keys,
         refresh_grace: config.tokens.refresh_reuse_grace,
+        devices: backend.devices.clone(),
+        journal: journal(config, backend),
+        users: backend.users.clone(),
     });
     let memberships = Memberships::new(MembershipsParts {
         rooms: backend.rooms.clone(),
@@ -174,23 +192,105 @@ pub(crate) fn realtime(
     Realtime { registry, sessions, memberships, socket, hub, lifecycle, presence_task }
 }
 
+/// What an operator's command ends sessions with (`palaver admin`): the
+/// session lifecycle on the shared store, with no sockets of its own to
+/// close (every instance hears of the ending on the bus) and a signing key
+/// of its own it never uses (it issues no token).
+pub(crate) fn operator_sessions(config: &Config, backend: &Backend) -> Sessions {
+    struct NoSockets;
+    impl SessionsEnded for NoSockets {
+        fn ended(&self, _: &crate::auth::Ended) -> usize {
+            0
+        }
+    }
+    let mut refresh_key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut refresh_key).expect("randomness");
+    let keys = TokenKeys::new(
+        &crate::auth::tokens::generate_signing_key(),
+        &[],
+        "palaver-admin",
+        &[],
+        config.tokens.access_ttl,
+        &refresh_key,
+    )
+    .expect("a fresh key is valid");
+    Sessions::new(SessionsParts {
+        store: backend.sessions.clone(),
+        index: backend.session_index.clone(),
+        bus: backend.bus.clone(),
+        local: Arc::new(NoSockets),
+        policies: session_policies(config),
+        tokens: backend.tokens.clone(),
+        keys: Arc::new(keys),
+        refresh_grace: config.tokens.refresh_reuse_grace,
+        devices: backend.devices.clone(),
+        journal: journal(config, backend),
+        users: backend.users.clone(),
+    })
+}
+
+/// Invite codes, a user's counted per day.
+pub(crate) fn invite_codes(config: &Config, backend: &Backend) -> InviteCodes {
+    InviteCodes::new(backend.invites.clone(), backend.counters.clone(), config.signup.invites_per_user_per_day)
+}
+
+/// The security log, failed sign-ins counted in bursts of the login window.
+fn journal(config: &Config, backend: &Backend) -> Journal {
+    Journal::new(backend.security_log.clone(), config.throttle.login_window)
+}
+
+/// The lifetimes of sessions.
+fn session_policies(config: &Config) -> SessionPolicies {
+    let normal = SessionPolicy { ttl: config.sessions.ttl, max_lifetime: config.sessions.max_lifetime };
+    let long = SessionPolicy { ttl: config.sessions.long_ttl, max_lifetime: config.sessions.long_max_lifetime };
+    SessionPolicies { normal, long }
+}
+
+/// How browsers reach this instance.
+struct Site {
+    /// Where links given out point (invites).
+    public_origin: String,
+    origins: Arc<OriginPolicy>,
+    tls: bool,
+}
+
 /// What the route table is wired from.
 fn handles(
     config: &Config,
     backend: &Backend,
     realtime: &Realtime,
     access: RoomAccess,
-    origins: Arc<OriginPolicy>,
-    tls: bool,
+    site: Site,
     meters: Meters,
 ) -> Handles {
+    let Site { public_origin, origins, tls } = site;
     let sessions = &realtime.sessions;
     // One throttle for the form and the API: a guess counts the same wherever it is made.
     let passwords = PasswordCheck::new(
         backend.users.clone(),
         LoginThrottle::new(backend.counters.clone(), config.throttle.login_max_failures, config.throttle.login_window),
         meters.hash_wait(),
+        journal(config, backend),
     );
+    let accounts = Accounts {
+        users: backend.users.clone(),
+        sessions: sessions.clone(),
+        passwords: passwords.clone(),
+        registrations: RegisterThrottle::new(
+            backend.counters.clone(),
+            config.throttle.register_max_per_address,
+            config.throttle.register_max_successes_per_address,
+            config.throttle.register_window,
+        ),
+        meters: meters.clone(),
+    };
+    let callers = Callers { sessions: sessions.clone(), origins: origins.clone(), meters: meters.clone() };
+    let change = PasswordChange {
+        passwords: passwords.clone(),
+        users: backend.users.clone(),
+        sessions: sessions.clone(),
+        journal: journal(config, backend),
+    };
     Handles {
         upgrader: Arc::new(Upgrader {
             origins: origins.clone(),
@@ -201,17 +301,8 @@ fn handles(
             meters: meters.clone(),
         }),
         api: Api { sessions: sessions.clone(), passwords: passwords.clone(), meters: meters.clone() },
-        accounts: Accounts {
-            users: backend.users.clone(),
-            sessions: sessions.clone(),
-            passwords,
-            registrations: RegisterThrottle::new(
-                backend.counters.clone(),
-                config.throttle.register_max_per_address,
-                config.throttle.register_window,
-            ),
-            meters: meters.clone(),
-        },
+        accounts: accounts.clone(),
+        signup: Signup { accounts, registration: config.signup.registration, invites: invite_codes(config, backend) },
         rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
@@ -221,11 +312,24 @@ fn handles(
             max_page: config.chat.history_page_max,
         },
         rooms_api: RoomsApi {
-            callers: Callers { sessions: sessions.clone(), origins: origins.clone(), meters },
+            callers: callers.clone(),
             memberships: realtime.memberships.clone(),
             access,
             history: backend.history.clone(),
             reads: realtime.socket.reads.clone(),
+        },
+        account_api: AccountApi {
+            callers,
+            sessions: sessions.clone(),
+            change: change.clone(),
+            journal: journal(config, backend),
+        },
+        account_pages: AccountPages {
+            sessions: sessions.clone(),
+            change,
+            journal: journal(config, backend),
+            invites: (config.signup.registration == Registration::Invite && config.signup.invites_by_users)
+                .then(|| InviteLinks { codes: invite_codes(config, backend), origin: public_origin }),
         },
         health: backend.health.clone(),
         backend_kind: backend.kind,

@@ -111,7 +111,7 @@ impl Rig {
             true => user,
             false => self.backend.users.find(name).await.expect("found").expect("registered").user,
         };
-        let current = self.sessions.sign_in(&cookie, user).await.expect("sign in");
+        let current = self.sessions.sign_in(&cookie, user, &Default::default(), false).await.expect("sign in");
         SignedIn { current, cookie, session }
     }
 

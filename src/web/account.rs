@@ -13,21 +13,21 @@ use warp::{
 };
 
 use super::{
-    filters::{body_of_type, client_addr, session, with},
-    pages::{page, see_other, sign_in_reason, Field, FormPage, FormState, LoginPage, RegisterPage},
+    filters::{body_of_type, client_addr, session, user_agent, with},
+    pages::{page, see_other, sign_in_reason, Field, FormPage, FormState, LoginPage},
 };
 use crate::{
     auth::{
+        devices::Device,
         login::{PasswordCheck, Verdict},
         password::Password,
         session::AuthSession,
         throttle::RegisterThrottle,
-        validate_new_account, Sessions,
+        Sessions,
     },
     backend::UserStore,
     error::Error,
     meters::{outcome_of, Meters},
-    model::{valid_username, User, UserId},
     net::ClientAddr,
 };
 
@@ -45,29 +45,34 @@ pub struct Accounts {
 }
 
 /// The `username` and `password` fields of a form; absent fields are `None`.
-/// `next` is where to go once signed in (checked by `safe_next` before use).
+/// `next` is where to go once signed in (checked by `safe_next` before use);
+/// `invite` is the sign-up's invite code; `remember`, "keep me signed in".
 #[derive(Debug)]
 pub struct Credentials {
-    username: Option<String>,
-    password: Option<Password>,
-    next: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    pub next: Option<String>,
+    pub invite: Option<String>,
+    pub remember: bool,
 }
 
 /// Where a successful sign-in goes: `next` when it is a path on this site,
 /// else the chat.
-fn after_sign_in(form: &FormState) -> Response {
+pub(super) fn after_sign_in(form: &FormState) -> Response {
     see_other(if form.next.is_empty() { "/chat" } else { &form.next })
 }
 
 /// `?next=…&reason=…` of the form pages, read leniently: a query that does
 /// not parse counts as none (docs/protocol.md §2.1).
 #[derive(Debug, Default, serde::Deserialize)]
-struct FormQuery {
-    next: Option<String>,
-    reason: Option<String>,
+pub(super) struct FormQuery {
+    pub next: Option<String>,
+    pub reason: Option<String>,
+    /// `/register?invite=CODE`: the invite a link carries.
+    pub invite: Option<String>,
 }
 
-fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Infallible> + Clone {
+pub(super) fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Infallible> + Clone {
     warp::query::raw()
         .or(warp::any().map(String::new))
         .unify()
@@ -80,7 +85,7 @@ fn form_query() -> impl Filter<Extract = (FormQuery,), Error = std::convert::Inf
 /// 413 over [`MAX_FORM_BYTES`], all before the body is read. A form-typed
 /// body that does not parse is a form without the fields, answered with a
 /// clear message by the handler.
-fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + Clone {
+pub(super) fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + Clone {
     body_of_type(
         "application/x-www-form-urlencoded",
         "Send the form as application/x-www-form-urlencoded.",
@@ -92,6 +97,9 @@ fn credentials() -> impl Filter<Extract = (Credentials,), Error = Rejection> + C
             username: fields.remove("username"),
             password: fields.remove("password").map(Password::new),
             next: fields.remove("next"),
+            invite: fields.remove("invite").map(|code| code.trim().to_owned()).filter(|code| !code.is_empty()),
+            // A checkbox sends its value ("on") when ticked and nothing when not.
+            remember: fields.remove("remember").is_some_and(|v| matches!(v.as_str(), "on" | "true" | "1")),
         }
     })
 }
@@ -110,34 +118,57 @@ pub fn login_form(sessions: Sessions) -> impl Filter<Extract = (Response,), Erro
     })
 }
 
+/// Who asks: the browser's session, its address and what it calls itself.
+pub(super) struct Visitor {
+    pub session: AuthSession,
+    pub addr: ClientAddr,
+    pub user_agent: Option<String>,
+}
+
+impl Visitor {
+    pub fn device(&self) -> Device {
+        Device::browser(self.user_agent.as_deref(), self.addr.0.to_canonical().to_string())
+    }
+}
+
+pub(super) fn visitor(sessions: Sessions) -> impl Filter<Extract = (Visitor,), Error = Rejection> + Clone {
+    session(sessions).and(client_addr()).and(user_agent()).map(|session, addr, user_agent| Visitor {
+        session,
+        addr,
+        user_agent,
+    })
+}
+
 /// POST /login
 pub fn login(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
-        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
+    credentials().and(visitor(accounts.sessions.clone())).and(with(accounts)).and_then(
+        |form: Credentials, visitor: Visitor, accounts: Accounts| async move {
             let meters = accounts.meters.clone();
-            let answer = handle_login(form, session, addr, accounts).await;
+            let answer = handle_login(form, visitor, accounts).await;
             meters.login("form", answer.as_ref().map_or("unavailable", |res| outcome_of(res.status())));
             answer.map_err(Rejection::from)
         },
     )
 }
 
-async fn handle_login(
-    form: Credentials,
-    session: AuthSession,
-    addr: ClientAddr,
-    accounts: Accounts,
-) -> Result<Response, Error> {
+async fn handle_login(form: Credentials, visitor: Visitor, accounts: Accounts) -> Result<Response, Error> {
+    let addr = &visitor.addr;
     let (Some(username), Some(password)) = (form.username, form.password) else {
         let form = FormState::new(String::new(), form.next.as_deref())
             .with_error("Enter your username and password.", Some(Field::Username));
         return page(StatusCode::UNPROCESSABLE_ENTITY, &LoginPage { form });
     };
-    let state = FormState::new(username.trim().to_owned(), form.next.as_deref());
+    let mut state = FormState::new(username.trim().to_owned(), form.next.as_deref());
+    state.remember = form.remember;
     match accounts.passwords.check(&username, password, addr.0).await? {
         Verdict::Verified(user) => {
-            accounts.sessions.sign_in(&session, user).await?;
+            accounts.sessions.sign_in(&visitor.session, user, &visitor.device(), form.remember).await?;
             Ok(after_sign_in(&state))
+        }
+        Verdict::Disabled => {
+            tracing::info!(user = %state.username, "sign-in to a disabled account refused");
+            let form = state.with_error("This account is disabled.", None);
+            page(StatusCode::UNAUTHORIZED, &LoginPage { form })
         }
         Verdict::Refused => {
             // The password is the field to type again (which one was wrong is never said).
@@ -154,73 +185,22 @@ async fn handle_login(
     }
 }
 
+/// A page with the form again, a 503 and when to retry: the password
+/// threads are too busy.
+pub(super) fn busy_page(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
+    form.set_error("Too many requests at once. Try again in a moment.".to_owned());
+    let mut res = page(StatusCode::SERVICE_UNAVAILABLE, &form)?;
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    Ok(res)
+}
+
 /// A page with the form again, a 429 and when to retry.
-fn too_many_attempts(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
+pub(super) fn too_many_attempts(mut form: impl FormPage, retry_after: Duration) -> Result<Response, Error> {
     let minutes = retry_after.as_secs().div_ceil(60);
     form.set_error(format!("Too many attempts. Try again in {minutes} minute{}.", if minutes == 1 { "" } else { "s" }));
     let mut res = page(StatusCode::TOO_MANY_REQUESTS, &form)?;
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
     Ok(res)
-}
-
-/// GET /register, with `next` in the query
-pub fn register_form() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    form_query().and_then(|query: FormQuery| async move {
-        let form = FormState::new(String::new(), query.next.as_deref());
-        page(StatusCode::OK, &RegisterPage { form }).map_err(Rejection::from)
-    })
-}
-
-/// POST /register
-pub fn register(accounts: Accounts) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    credentials().and(session(accounts.sessions.clone())).and(client_addr()).and(with(accounts)).and_then(
-        |form: Credentials, session: AuthSession, addr: ClientAddr, accounts: Accounts| async move {
-            handle_register(form, session, addr, accounts).await.map_err(Rejection::from)
-        },
-    )
-}
-
-async fn handle_register(
-    form: Credentials,
-    session: AuthSession,
-    addr: ClientAddr,
-    accounts: Accounts,
-) -> Result<Response, Error> {
-    let next = form.next;
-    let refuse = |status, error: &str, field, username: String| {
-        let form = FormState::new(username, next.as_deref()).with_error(error, Some(field));
-        page(status, &RegisterPage { form })
-    };
-    let (Some(username), Some(password)) = (form.username, form.password) else {
-        return refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Choose a username and a password.",
-            Field::Username,
-            String::new(),
-        );
-    };
-    let username = username.trim().to_owned();
-    if let Err(why) = validate_new_account(&username, password.expose()) {
-        let field = if valid_username(&username) { Field::Password } else { Field::Username };
-        return refuse(StatusCode::UNPROCESSABLE_ENTITY, why, field, username);
-    }
-    // Every attempt that would cost a hash counts, taken or not.
-    if let Err(retry_after) = accounts.registrations.attempt(addr.0).await? {
-        return too_many_attempts(RegisterPage { form: FormState::new(username, next.as_deref()) }, retry_after);
-    }
-    const TAKEN: &str = "That username is taken. Choose another one.";
-    // Checked first to spare the hashing; `create` below is what decides.
-    if accounts.users.find(&username).await?.is_some() {
-        return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, username);
-    }
-    let hash = accounts.passwords.hash(password).await;
-    let user = User { id: UserId::new_v4(), name: username };
-    if !accounts.users.create(&user, &hash).await? {
-        return refuse(StatusCode::CONFLICT, TAKEN, Field::Username, user.name);
-    }
-    tracing::info!(user = %user.name, "registered");
-    accounts.sessions.sign_in(&session, user).await?;
-    Ok(after_sign_in(&FormState::new(String::new(), next.as_deref())))
 }
 
 /// POST /logout

@@ -17,11 +17,12 @@ use warp::{
 };
 
 use super::{
-    filters::{body_of_type, client_addr, with},
+    filters::{body_of_type, client_addr, user_agent, with},
     pages::classify,
 };
 use crate::{
     auth::{
+        devices::{Device, MAX_CLIENT_CHARS},
         login::{PasswordCheck, Verdict},
         password::Password,
         sessions::TICKET_TTL,
@@ -29,6 +30,7 @@ use crate::{
     },
     backend::{EndReason, StoreError},
     meters::{outcome_of, Meters},
+    model::EndedBy,
     net::ClientAddr,
 };
 
@@ -117,14 +119,29 @@ fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Rejection
 struct Login {
     username: String,
     password: String,
+    /// What the session is listed as (at most [`MAX_CLIENT_CHARS`]).
+    #[serde(default)]
+    client: Option<String>,
 }
 
 /// POST /api/token
 pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    json_body::<Login>().and(client_addr()).and(with(api)).then(
-        |login: Result<Login, serde_json::Error>, addr: ClientAddr, api: Api| async move {
+    json_body::<Login>().and(client_addr()).and(user_agent()).and(with(api)).then(
+        |login: Result<Login, serde_json::Error>, addr: ClientAddr, user_agent: Option<String>, api: Api| async move {
             let res = match login {
-                Ok(login) => sign_in(login, addr, &api).await.unwrap_or_else(unavailable),
+                Ok(login) if login.client.as_ref().is_some_and(|c| c.chars().count() > MAX_CLIENT_CHARS) => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    "client names the session in at most 64 characters.",
+                ),
+                Ok(login) => {
+                    let device = Device::token_client(
+                        login.client.as_deref(),
+                        user_agent.as_deref(),
+                        addr.0.to_canonical().to_string(),
+                    );
+                    sign_in(login, addr, device, &api).await.unwrap_or_else(unavailable)
+                }
                 Err(err) => unreadable(err),
             };
             api.meters.login("api", outcome_of(res.status()));
@@ -133,13 +150,14 @@ pub fn token(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> 
     )
 }
 
-async fn sign_in(login: Login, addr: ClientAddr, api: &Api) -> Result<Response, StoreError> {
+async fn sign_in(login: Login, addr: ClientAddr, device: Device, api: &Api) -> Result<Response, StoreError> {
     match api.passwords.check(&login.username, Password::new(login.password), addr.0).await? {
         Verdict::Verified(user) => {
-            let pair = api.sessions.sign_in_token(user).await?;
+            let pair = api.sessions.sign_in_token(user, &device).await?;
             Ok(secret(json!(pair)))
         }
         Verdict::Refused => Ok(error(StatusCode::UNAUTHORIZED, "invalid_credentials", "Wrong username or password.")),
+        Verdict::Disabled => Ok(error(StatusCode::UNAUTHORIZED, "account_disabled", "This account is disabled.")),
         Verdict::Throttled(retry_after) => Ok(too_many(retry_after)),
         Verdict::Busy(retry_after) => {
             let mut res =
@@ -157,24 +175,27 @@ struct Refresh {
 
 /// POST /api/token/refresh
 pub fn refresh(api: Api) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    json_body::<Refresh>().and(with(api)).then(|refresh: Result<Refresh, _>, api: Api| async move {
-        let refresh = match refresh {
-            Ok(refresh) => refresh,
-            Err(err) => return unreadable(err),
-        };
-        match api.sessions.refresh_token(&refresh.refresh_token).await {
-            Ok(Ok(pair)) => secret(json!(pair)),
-            Ok(Err(RefreshError::Invalid)) => {
-                error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
+    json_body::<Refresh>().and(client_addr()).and(with(api)).then(
+        |refresh: Result<Refresh, _>, addr: ClientAddr, api: Api| async move {
+            let refresh = match refresh {
+                Ok(refresh) => refresh,
+                Err(err) => return unreadable(err),
+            };
+            let from = addr.0.to_canonical().to_string();
+            match api.sessions.refresh_token(&refresh.refresh_token, &from).await {
+                Ok(Ok(pair)) => secret(json!(pair)),
+                Ok(Err(RefreshError::Invalid)) => {
+                    error(StatusCode::UNAUTHORIZED, "invalid_grant", "That refresh token is not valid; sign in again.")
+                }
+                Ok(Err(RefreshError::Reused)) => error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_grant",
+                    "That refresh token was already used, so its session was ended; sign in again.",
+                ),
+                Err(err) => unavailable(err),
             }
-            Ok(Err(RefreshError::Reused)) => error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_grant",
-                "That refresh token was already used, so its session was ended; sign in again.",
-            ),
-            Err(err) => unavailable(err),
-        }
-    })
+        },
+    )
 }
 
 /// POST /api/ws-ticket
@@ -200,7 +221,7 @@ pub fn logout(api: Api, everywhere: bool) -> impl Filter<Extract = (Response,), 
             Err(res) => return res,
         };
         let ended = if everywhere {
-            api.sessions.end_all(current.user.id, EndReason::LoggedOut).await.map(drop)
+            api.sessions.end_all(current.user.id, EndReason::LoggedOut, EndedBy::LogoutEverywhere).await.map(drop)
         } else {
             api.sessions.end(current.user.id, current.session_id, EndReason::LoggedOut).await
         };

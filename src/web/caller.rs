@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use tower_sessions::Session;
+use tower_sessions::{session::Id, Session};
 use warp::{
     http::{header, HeaderMap, HeaderValue, Method},
     Filter, Rejection,
@@ -23,7 +23,10 @@ use warp::{
 
 use super::filters::with;
 use crate::{
-    auth::{session::SESSION_COOKIE, tokens, Sessions},
+    auth::{
+        session::{AuthSession, SESSION_COOKIE},
+        tokens, Sessions,
+    },
     error::Error,
     meters::Meters,
     model::User,
@@ -38,11 +41,27 @@ pub struct Callers {
     pub meters: Meters,
 }
 
+/// Who calls, and with which session.
+#[derive(Clone)]
+pub struct Caller {
+    pub user: User,
+    /// The store id of the session the request came with.
+    pub session_id: Id,
+    /// The cookie session, when that was the credential (`None`: a Bearer
+    /// token's session).
+    pub cookie: Option<AuthSession>,
+}
+
 /// The signed-in user a request acts for, or its refusal: 401 (no
 /// credential, an invalid token, a signed-out cookie), 403 (a cookie
 /// without its page's origin), 503 (the store does not answer). A cookie
 /// session slides, as on every page.
 pub fn caller(callers: Callers) -> impl Filter<Extract = (User,), Error = Rejection> + Clone {
+    caller_session(callers).map(|caller: Caller| caller.user)
+}
+
+/// [`caller`], with the session the request came with.
+pub fn caller_session(callers: Callers) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::method()
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<Session>())
@@ -53,7 +72,7 @@ pub fn caller(callers: Callers) -> impl Filter<Extract = (User,), Error = Reject
 }
 
 impl Callers {
-    async fn prove(&self, method: &Method, headers: &HeaderMap, session: Option<Session>) -> Result<User, Error> {
+    async fn prove(&self, method: &Method, headers: &HeaderMap, session: Option<Session>) -> Result<Caller, Error> {
         if let Some(authorization) = headers.get(header::AUTHORIZATION) {
             return self.bearer(authorization).await;
         }
@@ -62,19 +81,20 @@ impl Callers {
             tracing::warn!(%method, origin = ?headers.get(header::ORIGIN), "session cookie without its page's origin refused");
             return Err(Error::OriginRequired);
         }
-        let current = self.sessions.refresh(&self.sessions.cookie(session)).await?;
-        current.map(|current| current.user).ok_or(Error::Unauthorized)
+        let cookie = self.sessions.cookie(session);
+        let current = self.sessions.refresh(&cookie).await?.ok_or(Error::Unauthorized)?;
+        Ok(Caller { user: current.user, session_id: current.session_id, cookie: Some(cookie) })
     }
 
-    /// The user of an `Authorization: Bearer <access token>` header: 401
+    /// The caller of an `Authorization: Bearer <access token>` header: 401
     /// `invalid_token` for anything else, 503 when the store does not
     /// answer. Every route that takes a token asks here.
-    pub async fn bearer(&self, authorization: &HeaderValue) -> Result<User, Error> {
+    pub async fn bearer(&self, authorization: &HeaderValue) -> Result<Caller, Error> {
         let token = authorization.to_str().ok().and_then(tokens::bearer).ok_or(Error::InvalidToken)?;
         match self.sessions.authenticate_token(token).await {
             Ok(Ok(current)) => {
                 self.meters.token_check("valid");
-                Ok(current.user)
+                Ok(Caller { user: current.user, session_id: current.session_id, cookie: None })
             }
             Ok(Err(err)) => {
                 self.meters.token_check("invalid");

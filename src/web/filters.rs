@@ -1,5 +1,6 @@
 //! The small filters handlers share: the typed session, the client's
-//! address, a captured path parameter, and injecting a handle.
+//! address and `User-Agent`, a captured path parameter, and injecting a
+//! handle.
 
 use std::convert::Infallible;
 
@@ -56,6 +57,11 @@ pub fn session(sessions: Sessions) -> impl Filter<Extract = (AuthSession,), Erro
 /// The client's address, put in the extensions by the accept loop.
 pub fn client_addr() -> impl Filter<Extract = (ClientAddr,), Error = Rejection> + Clone {
     warp::ext::get::<ClientAddr>()
+}
+
+/// The request's `User-Agent`, if any (what a session is described by).
+pub fn user_agent() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("user-agent")
 }
 
 /// Injects a handle.

@@ -105,7 +105,7 @@ pub fn route(rooms: RoomHistory) -> impl Filter<Extract = (Response,), Error = R
 /// what the same-origin policy lets its own page read.
 async fn reader(authorization: Option<HeaderValue>, session: AuthSession, callers: &Callers) -> Result<User, Error> {
     match authorization {
-        Some(value) => callers.bearer(&value).await,
+        Some(value) => Ok(callers.bearer(&value).await?.user),
         None => Ok(session.current().await?.ok_or(Error::Unauthorized)?.user),
     }
 }

@@ -2,6 +2,8 @@
 //! headers, and the one place rejections become responses.
 
 pub mod account;
+pub mod account_api;
+pub mod account_page;
 pub mod api;
 pub mod assets;
 pub mod caller;
@@ -10,6 +12,7 @@ pub mod history;
 pub mod pages;
 pub mod rooms;
 pub mod router;
+pub mod signup;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -38,10 +41,13 @@ pub struct Handles {
     pub tls: bool,
     pub sessions: Sessions,
     pub accounts: Accounts,
+    pub signup: self::signup::Signup,
     pub api: self::api::Api,
     pub rooms: RoomPages,
     pub room_history: self::history::RoomHistory,
     pub rooms_api: self::rooms::RoomsApi,
+    pub account_api: self::account_api::AccountApi,
+    pub account_pages: self::account_page::AccountPages,
     pub upgrader: Arc<Upgrader>,
     pub health: Arc<dyn Health>,
     pub backend_kind: BackendKind,
@@ -74,11 +80,16 @@ pub fn routes(state: &Handles) -> Router {
         .get("/", web(pages::index(sessions.clone())))
         .get("/login", web(account::login_form(sessions.clone())))
         .post("/login", web(account::login(state.accounts.clone())))
-        .get("/register", web(account::register_form()))
-        .post("/register", web(account::register(state.accounts.clone())))
+        .get("/register", web(self::signup::register_form(state.signup.clone())))
+        .post("/register", web(self::signup::register(state.signup.clone())))
         .post("/logout", web(account::logout(sessions.clone())))
         .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
         .post("/session/refresh", web(account::refresh(sessions.clone())))
+        .get("/account", web(self::account_page::show(state.account_pages.clone())))
+        .post("/account/sessions/{id}/end", web(self::account_page::end(state.account_pages.clone())))
+        .post("/account/sessions/end-others", web(self::account_page::end_others(state.account_pages.clone())))
+        .post("/account/password", web(self::account_page::password(state.account_pages.clone())))
+        .post("/account/invites", web(self::account_page::make_invite(state.account_pages.clone())))
         .post("/api/token", json_api(self::api::token(state.api.clone())))
         .post("/api/token/refresh", json_api(self::api::refresh(state.api.clone())))
         .post("/api/ws-ticket", json_api(self::api::ticket(state.api.clone())))
@@ -90,6 +101,11 @@ pub fn routes(state: &Handles) -> Router {
         .put("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), true)))
         .delete("/api/rooms/{name}/members/{username}", json_api(self::rooms::member(state.rooms_api.clone(), false)))
         .post("/api/direct", json_api(self::rooms::direct(state.rooms_api.clone())))
+        .get("/api/sessions", json_api(self::account_api::list(state.account_api.clone())))
+        .delete("/api/sessions/{id}", json_api(self::account_api::end(state.account_api.clone())))
+        .post("/api/sessions/end-others", json_api(self::account_api::end_others(state.account_api.clone())))
+        .post("/api/password", json_api(self::account_api::password(state.account_api.clone())))
+        .get("/api/security-events", json_api(self::account_api::security_events(state.account_api.clone())))
         .get("/chat", web(pages::chat_redirect()))
         .get("/chat/{room}", web(pages::chat_room(state.rooms.clone())))
         .get("/chat/{room}/history", json_api(self::history::route(state.room_history.clone())))

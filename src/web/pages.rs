@@ -44,6 +44,11 @@ pub struct FormState {
     pub next: String,
     /// Why the visitor was sent here (`/login?reason=`), as a sentence.
     pub notice: Option<&'static str>,
+    /// The strength estimator's advice on a refused password, shown
+    /// beside the field.
+    pub advice: Option<String>,
+    /// "Keep me signed in" stays ticked when the form comes back.
+    pub remember: bool,
 }
 
 impl FormState {
@@ -94,6 +99,10 @@ pub struct LoginPage {
 #[template(path = "register.html")]
 pub struct RegisterPage {
     pub form: FormState,
+    /// The invite code the sign-up carries (a hidden field), or empty.
+    pub invite: String,
+    /// Signing up takes an invite (`REGISTRATION=invite`).
+    pub invite_only: bool,
 }
 
 /// A page with a form that can show one error.

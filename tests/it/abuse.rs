@@ -107,30 +107,35 @@ async fn a_thousand_concurrent_logins_are_a_thousand_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_are_throttled_per_client() {
+async fn failed_registrations_are_throttled_per_client_and_successful_ones_forgiven() {
     let redis = RedisServer::start();
     let app = TestApp::spawn_with(Some(&redis), &[("REGISTER_MAX_PER_ADDRESS", "3")]).await;
-    for i in 0..3 {
+    // Successes are forgiven, as a login is: more accounts than the budget.
+    for i in 0..5 {
         assert_redirect(&Browser::new().register(&app, &format!("user{i}"), PASSWORD).await, "/chat");
     }
-    let res = Browser::new().register(&app, "user3", PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(Browser::new().register(&app, "user0", PASSWORD).await.status(), StatusCode::CONFLICT);
+    }
+    let res = Browser::new().register(&app, "user5", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=3600).contains(&retry), "{retry}");
     assert!(res.text().await.unwrap().contains(r#"id="form-error""#));
     // Nothing was created.
-    assert_eq!(Browser::new().login(&app, "user3", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(Browser::new().login(&app, "user5", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
 
-    // Concurrent registrations count each: 20 at once from one client.
+    // Concurrent attempts count each, before any is decided: 20 at once
+    // from one client, each for a name taken.
     let other =
         TestApp::spawn_with(Some(&redis), &[("REGISTER_MAX_PER_ADDRESS", "5"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
     let mut streams = pre_open(&other, 20).await;
-    for (i, stream) in streams.iter_mut().enumerate() {
-        let body = format!("username=burst{i}&password=correct+horse+battery");
-        stream.write_all(&form_post(&other, "/register", &body, Some("198.51.100.20"))).await.unwrap();
+    for stream in streams.iter_mut() {
+        let body = "username=user0&password=correct+horse+battery";
+        stream.write_all(&form_post(&other, "/register", body, Some("198.51.100.20"))).await.unwrap();
     }
     let statuses: Vec<u16> = futures_util::future::join_all(streams.into_iter().map(status_of)).await;
-    assert_eq!(statuses.iter().filter(|s| **s == 303).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 15, "{statuses:?}");
 }
 

@@ -11,6 +11,7 @@
 //! instances; see `browser/harness.rs` for how failures leave a screenshot
 //! and the page source under `target/browser-artifacts/`.
 
+mod account;
 mod harness;
 mod proxy;
 mod rooms;

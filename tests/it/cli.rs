@@ -1,7 +1,8 @@
 //! palaver-cli end to end against real instances: signing in with the
 //! token API, chatting with a browser user across instances, surviving a
 //! restart of its instance, being signed out by the browser's "log out
-//! everywhere", and its own logout leaving the browser alone.
+//! everywhere", its own logout leaving the browser alone, and listing
+//! and ending its user's sessions.
 //!
 //! The CLI is a workspace member: `cargo test --workspace` (what
 //! `scripts/test` runs) builds it beside this test binary.
@@ -243,4 +244,37 @@ async fn joining_shows_the_rooms_last_twenty_messages_then_live_ones_without_rep
     bobs.say("live now", "l1").await;
     let next = cli.stdout_line("the live message", |_| true);
     assert!(next.ends_with("bob: live now"), "nothing shown twice: {next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_its_users_sessions_as_itself_and_ends_a_browsers() {
+    let redis = RedisServer::start();
+    let (a, b) = TestApp::spawn_group(&redis, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    let laptop = crate::account::chrome(&a, "alice", true).await;
+    let (mut browser_socket, _) = laptop.join(&a, "").await;
+    let (status, _) = Cli::run(&b.origin, &credentials, &["login", "alice"]);
+    assert!(status.success(), "login: {status:?}");
+
+    let (status, out) = Cli::run(&b.origin, &credentials, &["sessions"]);
+    assert!(status.success(), "sessions: {status:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let mine = lines.iter().find(|l| l.ends_with("(this one)")).expect("this session marked");
+    assert!(mine.contains(" token ") && mine.contains(" palaver-cli/"), "{mine}");
+    let browser = lines.iter().find(|l| l.contains("Chrome on Linux")).expect("the browser's session");
+    assert!(browser.contains(" browser ") && !browser.ends_with("(this one)"), "{browser}");
+    let id = browser.split_whitespace().next().unwrap();
+
+    let (status, out) = Cli::run(&b.origin, &credentials, &["sessions", "end", id]);
+    assert!(status.success(), "sessions end: {status:?}");
+    assert_eq!(out, format!("Ended session {id}\n"));
+    let closed = within_for(Duration::from_secs(3), "the browser's socket to close", browser_socket.closed()).await;
+    assert_eq!(closed, (4401, "session revoked".to_string()));
+    assert_eq!(laptop.refresh(&a).await.status(), StatusCode::UNAUTHORIZED);
+    let (status, out) = Cli::run(&b.origin, &credentials, &["sessions"]);
+    assert!(status.success() && out.lines().count() == 1, "{out}");
+    let (status, _) = Cli::run(&b.origin, &credentials, &["sessions", "end", id]);
+    assert_eq!(status.code(), Some(1), "an id no longer there");
 }

@@ -7,6 +7,8 @@
 mod helpers;
 
 mod abuse;
+mod account;
+mod admin;
 mod auth;
 mod browser;
 mod chat;
@@ -28,6 +30,7 @@ mod proxy;
 mod revocation;
 mod rooms;
 mod routes;
+mod signup;
 mod tls;
 mod tokens;
 mod upgrade;

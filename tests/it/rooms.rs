@@ -75,6 +75,15 @@ fn classify(method: &Method, pattern: &str) -> Option<&'static [Reveals]> {
         ("PUT" | "DELETE", "/api/rooms/{name}/members/{username}") => &[ByParam],
         ("GET", "/api/rooms") => &[Lists],
         ("GET", "/" | "/login" | "/register" | "/chat" | "/healthz" | "/readyz" | "/static/{file}") => &[Nothing],
+        // A user's own sessions, password and security log: no room.
+        ("GET", "/api/sessions" | "/api/security-events")
+        | ("DELETE", "/api/sessions/{id}")
+        | ("POST", "/api/sessions/end-others" | "/api/password") => &[Nothing],
+        ("GET", "/account")
+        | (
+            "POST",
+            "/account/sessions/{id}/end" | "/account/sessions/end-others" | "/account/password" | "/account/invites",
+        ) => &[Nothing],
         (
             "POST",
             "/login"

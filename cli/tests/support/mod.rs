@@ -67,6 +67,10 @@ pub struct State {
     /// What `GET /chat/{room}/history` answers with, for any room: the
     /// stored messages, oldest first.
     pub history: Vec<Value>,
+    /// The `client` field of every `POST /api/token`.
+    pub clients: Vec<Value>,
+    /// What `GET /api/sessions` lists; `DELETE /api/sessions/{id}` takes one out.
+    pub sessions: Vec<Value>,
 }
 
 /// A room as the stand-in keeps it.
@@ -326,6 +330,9 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let (status, extra, reply) = {
         let mut st = state.lock().unwrap();
         st.requests.push(format!("{method} {path}"));
+        if (method, path) == ("POST", "/api/token") {
+            st.clients.push(body["client"].clone());
+        }
         match (method, path) {
             ("POST", "/api/token") => match body["password"].as_str() {
                 Some("right password") => (200, "", st.issue().to_string()),
@@ -368,6 +375,24 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<State>>) {
                     (200, "", json!({"messages": st.history[from..], "start": from == 0}).to_string())
                 } else {
                     (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
+                }
+            }
+            (_, p) if p.starts_with("/api/sessions") && !st.accepts(bearer.as_deref()) => {
+                (401, "", json!({"error":"unauthorized","message":"sign in again"}).to_string())
+            }
+            ("GET", "/api/sessions") => (200, "", json!({ "sessions": st.sessions }).to_string()),
+            ("DELETE", p) if p.starts_with("/api/sessions/") => {
+                let id = &p["/api/sessions/".len()..];
+                match st.sessions.iter().position(|s| s["id"] == id) {
+                    Some(i) => {
+                        st.sessions.remove(i);
+                        (204, "", String::new())
+                    }
+                    None => (
+                        404,
+                        "",
+                        json!({"error":"not_found","message":"You have no session with that id."}).to_string(),
+                    ),
                 }
             }
             _ => (404, "", json!({"error":"not_found"}).to_string()),
