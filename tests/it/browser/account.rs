@@ -128,6 +128,46 @@ async fn a_password_change_in_one_browser_sends_the_other_to_the_sign_in_page() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_in_one_tab_keeps_the_chat_of_another_tab_of_the_same_browser() {
+    let j = Journey::start("account-password-tabs").await;
+    let redis = RedisServer::start();
+    // The change moves this browser's session to a new id; the sweep is
+    // what closes the sockets opened under the old one, so it runs often.
+    let app = TestApp::spawn_with(Some(&redis), &[("REVALIDATE_INTERVAL_SECS", "1")]).await;
+    j.run(async {
+        let laptop = j.browser("laptop").await?;
+        laptop.register(&app, "alice").await?;
+        laptop.wait_state("connected", PAGE_DEADLINE).await?;
+        let chat_tab = laptop.client.window().await.ctx("the chat tab")?;
+        let hellos = laptop.frames_received("hello").await?.len();
+
+        let account_tab = laptop.client.new_window(true).await.ctx("a second tab")?.handle;
+        laptop.client.switch_to_window(account_tab).await.ctx("switching to the second tab")?;
+        laptop.goto(&app.url("/account")).await?;
+        laptop.fill("#current", PASSWORD).await?;
+        laptop.fill("#new", NEW_PASSWORD).await?;
+        laptop.click("#change-password").await?;
+        laptop.wait_path("/account", PAGE_DEADLINE).await?;
+        let notice = laptop.text("#account-notice").await?;
+        ensure!(notice.starts_with("Your password was changed."), "the page says {notice:?}");
+
+        // The chat tab's socket, opened under the old id, is closed and
+        // opened again under the new one: the tab stays in the chat.
+        laptop.client.switch_to_window(chat_tab).await.ctx("back to the chat tab")?;
+        let deadline = Instant::now() + Duration::from_secs(1) + PAGE_DEADLINE;
+        while laptop.frames_received("hello").await?.len() <= hellos {
+            ensure!(Instant::now() < deadline, "the chat tab never connected again (at {})", laptop.path().await?);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(laptop.path().await? == "/chat/lobby", "the chat tab left the chat for {}", laptop.path().await?);
+        laptop.wait_state("connected", PAGE_DEADLINE).await?;
+        laptop.send("still signed in").await?;
+        laptop.wait_confirmed(&["still signed in"], PAGE_DEADLINE).await.map(drop)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_past_its_lifetime_lands_on_the_sign_in_page_that_says_it_expired() {
     let j = Journey::start("account-expired").await;
     let redis = RedisServer::start();
