@@ -1,7 +1,8 @@
 //! The house's shape: no two modules import each other, at the level of
 //! files and of the top-level modules, so each can be read (and tested)
 //! from what it depends on. Read from the sources of the server (`src/`)
-//! and of palaver-cli (`cli/src/`), crate root included.
+//! and of palaver-cli (`cli/src/`), crate root included. And no file of the
+//! server is longer than [`MAX_LINES`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,6 +11,10 @@ use std::{
 
 /// The name the crate root's file goes by in the graph.
 const ROOT: &str = "crate";
+
+/// The most lines a file under `src/` may have: past it, a file holds more
+/// than one concern and is split by them (as `backend/redis/` is).
+const MAX_LINES: usize = 900;
 
 /// One crate's sources: every module file by path (`realtime::socket`,
 /// the root file as [`ROOT`]), with its text before its test module.
@@ -256,4 +261,25 @@ fn no_two_modules_of_palaver_cli_import_each_other() {
     assert!(files["session"].contains("session::outbox"), "relative imports are read: {:?}", files["session"]);
     assert!(files["args"].contains("api"), "imports are read: {:?}", files["args"]);
     assert_no_circle(&files);
+}
+
+#[test]
+fn no_file_of_the_server_is_over_the_line_limit() {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, usize)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+                out.push((path.strip_prefix(base).unwrap().display().to_string(), lines));
+            }
+        }
+    }
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(base, &base.join("src"), &mut files);
+    assert!(files.len() > 20, "read the sources: {files:?}");
+    let over: Vec<&(String, usize)> = files.iter().filter(|(_, lines)| *lines > MAX_LINES).collect();
+    assert!(over.is_empty(), "files over {MAX_LINES} lines (split them by concern): {over:?}");
 }
