@@ -20,5 +20,11 @@ local fence = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if token <= fence then return {5, fence} end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then return {4, 0} end
 local n = redis.call('HINCRBY', KEYS[1], 'joins', 1)
-redis.call('HSET', KEYS[2], ARGV[2], n .. ':' .. ARGV[4] .. ':' .. ARGV[5] .. ':' .. ARGV[3])
+-- Joins are ordered by n; their times must not run backwards in that
+-- order, though `now` was read by an instance before this ran (a later
+-- add can carry an earlier clock, or another instance's slower one).
+local last = tonumber(redis.call('HGET', KEYS[1], 'joined_last') or redis.call('HGET', KEYS[1], 'created_at') or '0')
+local at = math.max(tonumber(ARGV[4]), last)
+redis.call('HSET', KEYS[1], 'joined_last', at)
+redis.call('HSET', KEYS[2], ARGV[2], n .. ':' .. string.format('%d', at) .. ':' .. ARGV[5] .. ':' .. ARGV[3])
 return {1, 0}
