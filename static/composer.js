@@ -53,10 +53,13 @@ export class Composer {
     });
   }
 
-  /** Opens the box for writing, with the room's draft, focused at its end. */
+  /** Opens the box for writing, with the room's draft, focused at its end;
+   * on a touch screen not focused, since focus there brings up the
+   * keyboard over the messages on every room switch. */
   open() {
     this.o.fields.disabled = false;
     this.input.value = this.drafts.load();
+    if (window.matchMedia("(pointer: coarse)").matches) return;
     this.input.focus();
     this.input.setSelectionRange(this.input.value.length, this.input.value.length);
   }

@@ -251,6 +251,20 @@ const done = arguments[arguments.length - 1];
   paced.confirmed("x");
   eq("the announced rate is the pace", slow, ["x"]);
 
+  // a send the server could not confirm: retried by itself and shown so,
+  // then failed in words that say what to do (not the server's)
+  const { UNCONFIRMED } = await import("/static/outbox.js");
+  const unsure = [];
+  const retried = new Outbox({ send: () => true, onChange: (e) => unsure.push(e.shown + (e.reason ? ":" + e.reason : "")),
+    onDone: () => {}, now: () => 0, setTimeout: () => 1, clearTimeout: () => {} });
+  retried.add("u", "1");
+  retried.connected();
+  retried.refused("u", "unavailable", "Not confirmed: … the same client_id …");
+  eq("unconfirmed: retrying, not failed", [retried.view(retried.find("u")), retried.failedCount()], ["retrying", 0]);
+  for (let i = 0; i < 3; i++) retried.refused("u", "unavailable", "Not confirmed: … the same client_id …");
+  eq("then failed, in plain words", unsure, ["sending", "retrying", "failed:" + UNCONFIRMED]);
+  eq("the words say what to do", [UNCONFIRMED.startsWith("Not sent"), /client_id|store/.test(UNCONFIRMED)], [true, false]);
+
   // the session: decoded frames go where they belong
   const { ChatSession } = await import("/static/session.js");
   const calls = [];
@@ -260,7 +274,7 @@ const done = arguments[arguments.length - 1];
     room: "lobby", me: "alice", lastId: "5-0",
     timeline: { add: (m, cid) => { calls.push(["add", m.id, cid]); return true; }, settle: note("settle") },
     outbox: { find: (cid) => ours.has(cid), confirmed: note("confirmed"), connected: note("connected"),
-      refused: (cid, code) => { calls.push(["refused", cid, code]); return { status: "queued" }; } },
+      refused: (cid, code) => { calls.push(["refused", cid, code]); return { status: cid === "mine-2" ? "failed" : "queued" }; } },
     attention: { nearBottom: () => true, scrollToBottom: () => {}, arrived: note("arrived"), mentioned: note("mentioned"),
       unread: (fr) => calls.push(["unread", fr.room]) },
     presence: { reset: note("presence"), apply: note("diff") },
@@ -281,6 +295,8 @@ const done = arguments[arguments.length - 1];
   frame({ type: "room_removed", room: "old" });
   frame({ type: "error", code: "rate_limited", message: "" });
   frame({ type: "error", code: "strange", message: "" });
+  ours.add("mine-2");
+  frame({ type: "error", code: "unavailable", client_id: "mine-2", message: "for programs: the same client_id" });
   eq("each frame to its place", calls, [
     ["connected", null], ["reading", true],
     ["add", "6-0", "bob-1"], ["arrived", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }, true, true],
@@ -291,6 +307,7 @@ const done = arguments[arguments.length - 1];
     ["added", "secret", "private"], ["removed", "old"],
     ["refused", "", "rate_limited"],
     ["notice", "Something went wrong."],
+    ["refused", "mine-2", "unavailable"], ["notice", UNCONFIRMED],
   ]);
   eq("the newest id seen, for the next after=", session.lastId, "7-0");
 
@@ -333,7 +350,9 @@ const done = arguments[arguments.length - 1];
   const att = new Attention({ log: q("u-log"), list: q("u-list"), room: "lobby", me: "alice", jump: q("u-jump"),
     announcer: q("u-say"), notifyButton: null, rooms: q("u-rooms") });
   att.unread(decoded({ type: "unread", room: "other", unread: 3, mentions: 1 }));
-  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mentions, 3 unread");
+  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mention, 3 unread");
+  att.unread(decoded({ type: "unread", room: "other", unread: 4, mentions: 2 }));
+  eq("mentions counted in words", q("u-rooms").querySelector(".room-badge").textContent, "@2, 2 mentions, 4 unread");
   att.unread(decoded({ type: "unread", room: "other", unread: 0, mentions: 0 }));
   eq("cleared", q("u-rooms").querySelector(".room-badge"), null);
   // who is online: the list, then diffs; sorted ignoring case; the count as sent

