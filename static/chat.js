@@ -155,6 +155,11 @@ function start(root) {
     outbox,
     notice,
     followed: () => attention.scrollToBottom(true),
+    count: $("composer-count"),
+    tooLong: $("too-long"),
+    tooLongText: $("too-long-text"),
+    split: $("too-long-split"),
+    keepEditing: $("too-long-edit"),
   });
 
   setupMenu($("app"), $("nav-toggle"), $("sidebar"));

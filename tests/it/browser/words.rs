@@ -75,3 +75,80 @@ async fn the_page_greets_rules_and_times_in_plain_words() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paste_over_the_limit_is_counted_and_sent_as_several_messages_in_order_never_cut() {
+    let j = Journey::start("long-paste").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.register(&app, "alice").await?;
+        let paste = |text: String| {
+            let alice = alice.clone();
+            async move {
+                alice
+                    .js("const i = document.getElementById('message-input'); i.value = ''; i.focus();", vec![])
+                    .await?;
+                // As a paste arrives: one insertion, which a maxlength would cut.
+                alice.cdp("Input.insertText", json!({ "text": text })).await.map(drop)
+            }
+        };
+        let hidden = |css: &'static str| {
+            let alice = alice.clone();
+            async move { alice.js("return document.querySelector(arguments[0]).hidden;", vec![json!(css)]).await }
+        };
+
+        // Near the limit, a counter.
+        ensure!(hidden("#composer-count").await? == json!(true), "a counter for an empty box");
+        paste("x".repeat(1900)).await?;
+        let count = alice.text("#composer-count").await?;
+        ensure!(count.starts_with("1,900 / 2,000"), "the counter reads {count:?}");
+        ensure!(hidden("#too-long").await? == json!(true), "1,900 characters fit in one message");
+
+        // An 80-line stack trace: over the limit, the page asks.
+        let trace: Vec<String> =
+            (0..80).map(|i| format!("    at palaver::frame_{i:02} (src/deep/module/path.rs:{i}:17)")).collect();
+        let trace = trace.join("\n");
+        paste(trace.clone()).await?;
+        let kept = alice.js("return document.getElementById('message-input').value;", vec![]).await?;
+        ensure!(kept == json!(trace), "the paste was cut to {} characters", kept.as_str().map_or(0, str::len));
+        ensure!(hidden("#too-long").await? == json!(false), "no choice offered for {} characters", trace.len());
+        let offer = alice.text("#too-long-split").await?;
+        let parts: usize = offer
+            .strip_prefix("Send as ")
+            .and_then(|rest| rest.strip_suffix(" messages"))
+            .and_then(|n| n.parse().ok())
+            .ok_or(format!("the offer reads {offer:?}"))?;
+        ensure!(
+            parts == trace.len().div_ceil(2000) && parts >= 2,
+            "{parts} parts offered for {} characters",
+            trace.len()
+        );
+        alice.keys(&fantoccini::key::Key::Enter.to_string()).await?;
+        ensure!(alice.focused().await? == "too-long-split", "Enter over the limit should lead to the choice");
+        ensure!(alice.texts("#messages li.msg").await?.is_empty(), "Enter sent something");
+        alice.click("#too-long-edit").await?;
+        ensure!(alice.focused().await? == "message-input", "keep editing goes back to the text");
+
+        alice.click("#send").await?;
+        alice.click("#too-long-split").await?;
+        let sent = alice
+            .until_texts(
+                "the parts confirmed",
+                "#messages li.msg[data-id]:not(.pending) .msg-body",
+                PAGE_DEADLINE,
+                |b| b.len() == parts,
+            )
+            .await?;
+        ensure!(sent.join("\n") == trace, "the parts, joined at the line end cut, are not the paste: {sent:?}");
+        ensure!(sent.iter().all(|p| p.chars().count() <= 2000), "a part is over the limit");
+        ensure!(sent.iter().all(|p| p.ends_with(')') && p.starts_with("    at")), "cut mid-line: {sent:?}");
+        ensure!(
+            hidden("#too-long").await? == json!(true) && hidden("#composer-count").await? == json!(true),
+            "left over"
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -56,6 +56,13 @@ const done = arguments[arguments.length - 1];
     ["https://example.com/\"@bob", ["bob"]],
   ]) eq("mentions in " + JSON.stringify(body), named(body), want);
   eq("the href is normalised", text.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
+  // a body too long for one message, as several
+  const lines = Array.from({ length: 6 }, (_, i) => "line " + i + " " + "x".repeat(4));
+  eq("split at line ends", text.splitBody(lines.join("\n"), 25), [lines.slice(0, 2).join("\n"), lines.slice(2, 4).join("\n"), lines.slice(4).join("\n")]);
+  eq("then at spaces", text.splitBody("aaaa bbbb cccc", 9), ["aaaa bbbb", "cccc"]);
+  eq("else at the limit", text.splitBody("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+  eq("characters, not UTF-16 units", text.splitBody("\u{1F600}".repeat(5), 2).map((p) => Array.from(p).length), [2, 2, 1]);
+  eq("one that fits is one", text.splitBody("  short  ", 25), ["  short"]);
   eq("trimmed as the server trims", text.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
   eq("blank lines and trailing space go", text.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
   eq("nothing but space is nothing", text.cleanBody(" \n\t "), "");
