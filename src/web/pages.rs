@@ -386,8 +386,13 @@ async fn render_room(
     if !history_start {
         recent.remove(0);
     }
+    // Each section in name order, whatever order the store keeps (most
+    // recently opened first): a visit never moves a link.
     let section = |kind: RoomKind| -> Vec<SideRoom> {
-        listed.iter().filter(|l| l.kind() == kind).map(|l| SideRoom::new(l.label())).collect()
+        let mut rooms: Vec<SideRoom> =
+            listed.iter().filter(|l| l.kind() == kind).map(|l| SideRoom::new(l.label())).collect();
+        rooms.sort_by_cached_key(|r| (r.label.to_lowercase(), r.label.clone()));
+        rooms
     };
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let messages = recent.into_iter().map(MessageView::from).collect();

@@ -2,7 +2,9 @@
 //! greeting that knows a first visit, a room name typed with capitals
 //! landing on the room, a refused room name answered with the rule,
 //! message times read aloud short, no keyboard popping up on a phone at
-//! every room switch, and a paste too long for one message.
+//! every room switch, and a paste too long for one message; and the
+//! sidebar (defects 3 and 4): rooms in name order that a visit never
+//! moves, and an online list that says it is the room's.
 
 use serde_json::json;
 
@@ -147,6 +149,38 @@ async fn a_paste_over_the_limit_is_counted_and_sent_as_several_messages_in_order
         ensure!(
             hidden("#too-long").await? == json!(true) && hidden("#composer-count").await? == json!(true),
             "left over"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidebar_keeps_its_rooms_in_name_order_and_says_whose_online_list_it_shows() {
+    let j = Journey::start("sidebar-order").await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    j.run(async {
+        let alice = j.browser("alice").await?;
+        alice.register(&app, "alice").await?;
+        for room in ["zeta", "alpha", "mid"] {
+            alice.goto(&app.url(&format!("/chat/{room}"))).await?;
+            alice.wait_state("connected", PAGE_DEADLINE).await?;
+        }
+        let order = || async {
+            alice
+                .js("return Array.from(document.querySelectorAll('#rooms a[data-room]'), a => a.dataset.room);", vec![])
+                .await
+        };
+        let want = json!(["alpha", "lobby", "mid", "zeta"]);
+        ensure!(order().await? == want, "after opening zeta, alpha, mid: {}", order().await?);
+        alice.goto(&app.url("/chat/zeta")).await?;
+        alice.wait_state("connected", PAGE_DEADLINE).await?;
+        ensure!(order().await? == want, "a visit to zeta moved it: {}", order().await?);
+        let heading = alice.js("return document.getElementById('online-heading').textContent.trim();", vec![]).await?;
+        ensure!(
+            heading.as_str().is_some_and(|h| h.starts_with("Online in #zeta")),
+            "the online list is headed {heading}"
         );
         Ok(())
     })
