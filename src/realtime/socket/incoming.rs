@@ -219,7 +219,7 @@ where
                 // command can run after its caller gave up): say so, and
                 // let the resend, with the same client_id, settle it.
                 tracing::warn!(%err, "message not confirmed by the store");
-                let message = "Not confirmed: the server could not tell whether the message was stored. \
+                let message = "Not confirmed: the message may or may not be stored. \
                                Send it again with the same client_id; it is never stored twice.";
                 self.error(ErrorCode::Unavailable, message, cid).await
             }
