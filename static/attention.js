@@ -196,9 +196,14 @@ export class Attention {
     shown.textContent = mentions ? "@" + mentions : n > 99 ? "99+" : String(n);
     const said = document.createElement("span");
     said.className = "visually-hidden";
-    said.textContent = mentions ? ", " + mentions + " mentions, " + n + " unread" : ", " + n + " unread";
+    said.textContent = (mentions ? ", " + counted(mentions, "mention", "mentions") : "") + ", " + n + " unread";
     badge.replaceChildren(shown, said);
   }
+}
+
+/** "1 mention", "2 mentions". */
+export function counted(n, one, many) {
+  return n + " " + (n === 1 ? one : many);
 }
 
 function readPref() {

@@ -26,6 +26,7 @@
  *   labels.js      rooms as the page names them: #deploys, @bob
  *   text.js        message text: as stored, as tokens, mentions
  *   format.js      pure helpers: ids, dates, pacing, schedule, sign-in URL
+ *   welcome.js     the sign-in page's greeting, and the mark this page leaves
  *
  * This file finds the page's parts and wires the modules to them and to
  * each other; it holds no state of its own.
@@ -41,11 +42,12 @@ import { ReadMarker } from "./reading.js";
 import { Attention } from "./attention.js";
 import { ConnectionStatus, Notice, PageNotice } from "./status.js";
 import { Sidebar } from "./sidebar.js";
-import { setupNewDirect, setupNewRoom } from "./newroom.js";
+import { setupNewDirect, setupNewRoom, setupOpenRoom } from "./newroom.js";
 import { MembersPanel } from "./members.js";
 import { setupLogoutEverywhere, setupMenu } from "./ui.js";
 import { roomVisible } from "./api.js";
 import { arrivalNotice, lobbyAfter } from "./labels.js";
+import { markSignedIn } from "./welcome.js";
 
 document.documentElement.classList.remove("no-js");
 
@@ -53,6 +55,7 @@ const root = document.getElementById("chat");
 if (root) start(root);
 
 function start(root) {
+  markSignedIn();
   const room = root.dataset.room || "lobby";
   const kind = root.dataset.kind || "public";
   const me = root.dataset.user || "";
@@ -152,6 +155,11 @@ function start(root) {
     outbox,
     notice,
     followed: () => attention.scrollToBottom(true),
+    count: $("composer-count"),
+    tooLong: $("too-long"),
+    tooLongText: $("too-long-text"),
+    split: $("too-long-split"),
+    keepEditing: $("too-long-edit"),
   });
 
   setupMenu($("app"), $("nav-toggle"), $("sidebar"));
@@ -165,6 +173,7 @@ function start(root) {
     error: $(name + "-error"),
     cancel: $(name + "-cancel"),
   });
+  setupOpenRoom($("open-room-name"));
   setupNewRoom(sideForm("new-room"), go);
   setupNewDirect(sideForm("new-direct"), me, go);
   sidebar.showCurrent(kind);

@@ -14,6 +14,19 @@ const ROOM_RULE = "Room names are 1 to 32 characters: a to z, 0 to 9 and -.";
 const USER_RULE = "Usernames are 3 to 32 characters: letters, digits, _ . and -.";
 
 /**
+ * The sidebar's "Open a room by name" field: a name the browser refuses
+ * is refused with the rule, not with the browser's "Please match the
+ * requested format". Capitals are fine: the server opens the name in
+ * lower case.
+ */
+export function setupOpenRoom(input) {
+  if (!input) return;
+  input.title = ROOM_RULE;
+  input.addEventListener("invalid", () => input.setCustomValidity(ROOM_RULE));
+  input.addEventListener("input", () => input.setCustomValidity(""));
+}
+
+/**
  * "New room…": `els` {toggle, form, input, error, cancel}; the form's
  * radio buttons named `visibility` say "private" or "public".
  */

@@ -25,6 +25,9 @@ const MAX_UNAVAILABLE = 4;
 /** After a reconnect, how long the replay may take to confirm a message
  * that was in flight before it is sent again. */
 const REPLAY_GRACE_MS = 400;
+/** A message the server could not confirm, retried and still unconfirmed:
+ * what happened and what to do, in the reader's words. */
+export const UNCONFIRMED = "Not sent: the server could not confirm it. Retry sends it again (never twice).";
 
 export class Outbox {
   /**
@@ -65,12 +68,13 @@ export class Outbox {
     return this.entries.length;
   }
 
-  /** How each entry looks: `failed`, `held` (waiting behind a failed one)
-   * or `sending`. */
+  /** How each entry looks: `failed`, `held` (waiting behind a failed one),
+   * `retrying` (the server could not confirm it; sent again by itself) or
+   * `sending`. */
   view(entry) {
     if (entry.status === "failed") return "failed";
     for (const e of this.entries) {
-      if (e === entry) return "sending";
+      if (e === entry) return entry.unavailable ? "retrying" : "sending";
       if (e.status === "failed") return "held";
     }
     return "sending";
@@ -183,7 +187,7 @@ export class Outbox {
     } else if (code === "unavailable") {
       entry.unavailable += 1;
       if (entry.unavailable >= MAX_UNAVAILABLE) {
-        this.fail(entry, "Not confirmed: chat could not reach its store.");
+        this.fail(entry, UNCONFIRMED);
       } else {
         entry.status = "queued"; // resent with the same client_id: stored once
         this.pausedUntil = now + 1000 * 2 ** (entry.unavailable - 1);

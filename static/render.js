@@ -16,6 +16,8 @@ import { mentionsName, tokenize } from "./text.js";
 import { TimeWalk } from "./walk.js";
 
 const HUES = 8;
+/** The small label beside a message of ours that is not confirmed yet. */
+const STATE_WORDS = { sending: "sending…", retrying: "retrying…", held: "waiting" };
 
 function hue(name) {
   let h = 0;
@@ -56,16 +58,19 @@ export function renderBody(body, me) {
   return frag;
 }
 
-/** Fills a <time> with the short time, the full moment for assistive
- * technology, and `data-full` for the tooltip shown on hover and focus. */
+/** Fills a <time> with the short time, shown and read aloud (the day is
+ * the separator's to say, once, not every message's); the full moment is
+ * in `datetime`, the `title` (hover) and `data-full` (the tooltip shown on
+ * keyboard focus). */
 export function setTime(time, ms) {
   const d = new Date(ms);
   if (Number.isNaN(d.getTime())) return;
   time.dateTime = d.toISOString();
+  time.title = fullLabel(ms);
   time.dataset.full = fullLabel(ms);
   const short = el("span", "", timeLabel(ms));
   short.setAttribute("aria-hidden", "true");
-  time.replaceChildren(short, el("span", "visually-hidden", fullLabel(ms)));
+  time.replaceChildren(short, el("span", "visually-hidden", timeLabel(ms)));
 }
 
 export class Renderer {
@@ -175,18 +180,27 @@ export class Renderer {
   }
 
   /**
-   * How a message of ours is doing: `sending`, `held` (waiting behind one
-   * that failed), `failed` (with `reason`) or `confirmed`. A failed one gets
-   * Retry and Delete buttons: the only ways to resend.
+   * How a message of ours is doing: `sending`, `retrying` (the server
+   * could not confirm it, and the outbox sends it again by itself), `held`
+   * (waiting behind one that failed), `failed` (with `reason`) or
+   * `confirmed`. A failed one gets Retry and Delete buttons: the only ways
+   * to resend.
    */
   setStatus(li, status, reason) {
-    li.classList.toggle("pending", status === "sending" || status === "held");
+    const pending = status === "sending" || status === "retrying" || status === "held";
+    li.classList.toggle("pending", pending);
     li.classList.toggle("held", status === "held");
     li.classList.toggle("failed", status === "failed");
     const state = li.querySelector(".msg-state");
-    if (state) state.textContent = status === "sending" ? "sending…" : status === "held" ? "waiting" : "";
+    if (state) state.textContent = STATE_WORDS[status] || "";
     const old = li.querySelector(".msg-status");
     if (old) old.remove();
+    if (status === "retrying") {
+      const box = el("div", "msg-status");
+      box.append(el("span", "msg-status-text", "Not sent yet: the server could not confirm it. Retrying…"));
+      li.querySelector(".msg-main").append(box);
+      return;
+    }
     if (status !== "failed") return;
     const box = el("div", "msg-status");
     box.append(el("span", "msg-status-text", reason || "Not sent."));

@@ -7,6 +7,7 @@
  */
 
 import { compareIds } from "./format.js";
+import { UNCONFIRMED } from "./outbox.js";
 import { mentionsName } from "./text.js";
 
 /** After a hello, how long arriving messages count as the replay of what
@@ -15,7 +16,7 @@ const REPLAY_MS = 1000;
 /** What to say of a refusal that comes without a message. */
 const FALLBACK_ERRORS = {
   rate_limited: "You are sending messages too fast. Please wait a moment.",
-  unavailable: "Chat could not confirm your message. Try again: it will not be sent twice.",
+  unavailable: UNCONFIRMED,
   invalid: "That message could not be sent.",
 };
 
@@ -100,7 +101,10 @@ export class ChatSession {
   }
 
   error(f) {
-    const text = f.message || FALLBACK_ERRORS[f.code] || "Something went wrong.";
+    // The server's sentence for an unconfirmed message is written for
+    // programs (it names the client_id); the page says it in its own words.
+    const own = f.code === "unavailable" ? FALLBACK_ERRORS.unavailable : "";
+    const text = own || f.message || FALLBACK_ERRORS[f.code] || "Something went wrong.";
     // Errors about a send are answered in order: one without a client_id
     // is about the message in flight.
     const entry = f.clientId || FALLBACK_ERRORS[f.code] ? this.outbox.refused(f.clientId, f.code, text) : undefined;

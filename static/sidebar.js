@@ -87,7 +87,8 @@ export class Sidebar {
     a.append(name);
     const li = document.createElement("li");
     li.append(a);
-    const next = Array.from(list.querySelectorAll("a[data-room]")).find((other) => other.dataset.room > label);
+    const key = label.toLowerCase();
+    const next = Array.from(list.querySelectorAll("a[data-room]")).find((other) => other.dataset.room.toLowerCase() > key);
     list.insertBefore(li, next ? next.closest("li") : null);
     this.showHints();
   }

@@ -20,6 +20,33 @@ export function bodyLength(text) {
   return Array.from(text).length;
 }
 
+/**
+ * A body too long for one message as the messages to send in its place,
+ * in order, each at most `max` characters once cleaned as the server
+ * cleans it: cut at the last line end that fits, else the last space,
+ * else at `max`. The line end or space cut at is the only character lost.
+ */
+export function splitBody(body, max = MAX_BODY) {
+  const parts = [];
+  let rest = Array.from(cleanBody(body));
+  while (rest.length > max) {
+    let cut = rest.lastIndexOf("\n", max);
+    if (cut <= 0) cut = lastSpace(rest, max);
+    const skip = cut > 0 ? 1 : 0;
+    if (cut <= 0) cut = max;
+    const part = cleanBody(rest.slice(0, cut).join(""));
+    if (part) parts.push(part);
+    rest = Array.from(cleanBody(rest.slice(cut + skip).join("")));
+  }
+  if (rest.length) parts.push(rest.join(""));
+  return parts;
+}
+
+function lastSpace(chars, from) {
+  for (let i = from; i > 0; i--) if (/\s/.test(chars[i])) return i;
+  return -1;
+}
+
 /* ---------- tokens ---------- */
 
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;

@@ -45,6 +45,7 @@ const FILES: &[(&str, &[u8], &str)] = &[
     ("sideform.js", include_bytes!("../../static/sideform.js"), JS),
     ("newroom.js", include_bytes!("../../static/newroom.js"), JS),
     ("members.js", include_bytes!("../../static/members.js"), JS),
+    ("welcome.js", include_bytes!("../../static/welcome.js"), JS),
     ("favicon.svg", include_bytes!("../../static/favicon.svg"), "image/svg+xml"),
 ];
 

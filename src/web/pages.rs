@@ -298,6 +298,20 @@ pub fn chat_redirect() -> impl Filter<Extract = (Response,), Error = Rejection> 
     })
 }
 
+/// `/chat/Deploys` is `/chat/deploys`: room names are lower case, and a
+/// capital typed by hand opens (or creates) no other room. The page's
+/// address in lower case, when that is a room name the given one is not;
+/// a username (`@Bob`) keeps its case (it is found ignoring it).
+fn lower_case_name(room: &str) -> Option<Uri> {
+    if !room.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    match RoomRef::parse(&room.to_ascii_lowercase())? {
+        RoomRef::Named(name) => format!("/chat/{name}").parse().ok(),
+        RoomRef::Direct(_) => None,
+    }
+}
+
 /// What a room's page reads.
 #[derive(Clone)]
 pub struct RoomPages {
@@ -327,6 +341,9 @@ async fn render_room(
     elsewhere: bool,
     pages: &RoomPages,
 ) -> Result<Response, Error> {
+    if let Some(lower) = lower_case_name(&room) {
+        return Ok(warp::redirect::permanent(lower).into_response());
+    }
     let wanted = RoomRef::parse(&room);
     let Some(current) = session.current().await? else {
         // Back to this room after signing in (a name that is not one is not carried).
@@ -369,8 +386,13 @@ async fn render_room(
     if !history_start {
         recent.remove(0);
     }
+    // Each section in name order, whatever order the store keeps (most
+    // recently opened first): a visit never moves a link.
     let section = |kind: RoomKind| -> Vec<SideRoom> {
-        listed.iter().filter(|l| l.kind() == kind).map(|l| SideRoom::new(l.label())).collect()
+        let mut rooms: Vec<SideRoom> =
+            listed.iter().filter(|l| l.kind() == kind).map(|l| SideRoom::new(l.label())).collect();
+        rooms.sort_by_cached_key(|r| (r.label.to_lowercase(), r.label.clone()));
+        rooms
     };
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let messages = recent.into_iter().map(MessageView::from).collect();
@@ -425,6 +447,15 @@ mod tests {
         assert_eq!(login_url("/chat/a-b"), "/login?next=%2Fchat%2Fa-b");
         assert_eq!(login_url("//evil.example"), "/login");
         assert_eq!(login_url(""), "/login");
+    }
+
+    #[test]
+    fn a_room_name_with_capitals_is_sent_to_its_lower_case_page() {
+        assert_eq!(lower_case_name("Deploys").map(|u| u.to_string()).as_deref(), Some("/chat/deploys"));
+        assert_eq!(lower_case_name("DEV-2").map(|u| u.to_string()).as_deref(), Some("/chat/dev-2"));
+        for unchanged in ["deploys", "@Bob", "Not_A_Room", "%40Bob", ""] {
+            assert_eq!(lower_case_name(unchanged), None, "{unchanged}");
+        }
     }
 
     #[test]

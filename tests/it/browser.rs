@@ -5,7 +5,8 @@
 //! restarted instance without losing or repeating messages, HTML in
 //! messages staying text, and the login and register form errors.
 //! `browser/ux.rs` holds the journeys of the chat page's details,
-//! `browser/rooms.rs` those of private rooms and direct conversations.
+//! `browser/rooms.rs` those of private rooms and direct conversations,
+//! `browser/words.rs` the page's words and the composer's limit.
 //!
 //! Each test starts its own chromedriver, browsers, `redis-server` and
 //! instances; see `browser/harness.rs` for how failures leave a screenshot
@@ -16,6 +17,7 @@ mod harness;
 mod proxy;
 mod rooms;
 mod ux;
+mod words;
 
 use std::time::{Duration, Instant};
 

@@ -219,8 +219,8 @@ where
                 // command can run after its caller gave up): say so, and
                 // let the resend, with the same client_id, settle it.
                 tracing::warn!(%err, "message not confirmed by the store");
-                let message = "The store did not confirm the message, so it may or may not be stored. \
-                               Send it again with the same client_id: it will not be stored twice.";
+                let message = "Not confirmed: the message may or may not be stored. \
+                               Send it again with the same client_id; it is never stored twice.";
                 self.error(ErrorCode::Unavailable, message, cid).await
             }
         }

@@ -56,6 +56,13 @@ const done = arguments[arguments.length - 1];
     ["https://example.com/\"@bob", ["bob"]],
   ]) eq("mentions in " + JSON.stringify(body), named(body), want);
   eq("the href is normalised", text.tokenize("https://EXAMPLE.com")[0].href, "https://example.com/");
+  // a body too long for one message, as several
+  const lines = Array.from({ length: 6 }, (_, i) => "line " + i + " " + "x".repeat(4));
+  eq("split at line ends", text.splitBody(lines.join("\n"), 25), [lines.slice(0, 2).join("\n"), lines.slice(2, 4).join("\n"), lines.slice(4).join("\n")]);
+  eq("then at spaces", text.splitBody("aaaa bbbb cccc", 9), ["aaaa bbbb", "cccc"]);
+  eq("else at the limit", text.splitBody("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+  eq("characters, not UTF-16 units", text.splitBody("\u{1F600}".repeat(5), 2).map((p) => Array.from(p).length), [2, 2, 1]);
+  eq("one that fits is one", text.splitBody("  short  ", 25), ["  short"]);
   eq("trimmed as the server trims", text.cleanBody("  \n  code\n    more  \n"), "  code\n    more");
   eq("blank lines and trailing space go", text.cleanBody(" \r\n\t\n    fn main() {}\r\n\n"), "    fn main() {}");
   eq("nothing but space is nothing", text.cleanBody(" \n\t "), "");
@@ -251,6 +258,20 @@ const done = arguments[arguments.length - 1];
   paced.confirmed("x");
   eq("the announced rate is the pace", slow, ["x"]);
 
+  // a send the server could not confirm: retried by itself and shown so,
+  // then failed in words that say what to do (not the server's)
+  const { UNCONFIRMED } = await import("/static/outbox.js");
+  const unsure = [];
+  const retried = new Outbox({ send: () => true, onChange: (e) => unsure.push(e.shown + (e.reason ? ":" + e.reason : "")),
+    onDone: () => {}, now: () => 0, setTimeout: () => 1, clearTimeout: () => {} });
+  retried.add("u", "1");
+  retried.connected();
+  retried.refused("u", "unavailable", "Not confirmed: … the same client_id …");
+  eq("unconfirmed: retrying, not failed", [retried.view(retried.find("u")), retried.failedCount()], ["retrying", 0]);
+  for (let i = 0; i < 3; i++) retried.refused("u", "unavailable", "Not confirmed: … the same client_id …");
+  eq("then failed, in plain words", unsure, ["sending", "retrying", "failed:" + UNCONFIRMED]);
+  eq("the words say what to do", [UNCONFIRMED.startsWith("Not sent"), /client_id|store/.test(UNCONFIRMED)], [true, false]);
+
   // the session: decoded frames go where they belong
   const { ChatSession } = await import("/static/session.js");
   const calls = [];
@@ -260,7 +281,7 @@ const done = arguments[arguments.length - 1];
     room: "lobby", me: "alice", lastId: "5-0",
     timeline: { add: (m, cid) => { calls.push(["add", m.id, cid]); return true; }, settle: note("settle") },
     outbox: { find: (cid) => ours.has(cid), confirmed: note("confirmed"), connected: note("connected"),
-      refused: (cid, code) => { calls.push(["refused", cid, code]); return { status: "queued" }; } },
+      refused: (cid, code) => { calls.push(["refused", cid, code]); return { status: cid === "mine-2" ? "failed" : "queued" }; } },
     attention: { nearBottom: () => true, scrollToBottom: () => {}, arrived: note("arrived"), mentioned: note("mentioned"),
       unread: (fr) => calls.push(["unread", fr.room]) },
     presence: { reset: note("presence"), apply: note("diff") },
@@ -281,6 +302,8 @@ const done = arguments[arguments.length - 1];
   frame({ type: "room_removed", room: "old" });
   frame({ type: "error", code: "rate_limited", message: "" });
   frame({ type: "error", code: "strange", message: "" });
+  ours.add("mine-2");
+  frame({ type: "error", code: "unavailable", client_id: "mine-2", message: "for programs: the same client_id" });
   eq("each frame to its place", calls, [
     ["connected", null], ["reading", true],
     ["add", "6-0", "bob-1"], ["arrived", { id: "6-0", user: "bob", body: "hi @alice", sentAt: 9 }, true, true],
@@ -291,6 +314,7 @@ const done = arguments[arguments.length - 1];
     ["added", "secret", "private"], ["removed", "old"],
     ["refused", "", "rate_limited"],
     ["notice", "Something went wrong."],
+    ["refused", "mine-2", "unavailable"], ["notice", UNCONFIRMED],
   ]);
   eq("the newest id seen, for the next after=", session.lastId, "7-0");
 
@@ -333,7 +357,9 @@ const done = arguments[arguments.length - 1];
   const att = new Attention({ log: q("u-log"), list: q("u-list"), room: "lobby", me: "alice", jump: q("u-jump"),
     announcer: q("u-say"), notifyButton: null, rooms: q("u-rooms") });
   att.unread(decoded({ type: "unread", room: "other", unread: 3, mentions: 1 }));
-  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mentions, 3 unread");
+  eq("a badge", q("u-rooms").querySelector(".room-badge").textContent, "@1, 1 mention, 3 unread");
+  att.unread(decoded({ type: "unread", room: "other", unread: 4, mentions: 2 }));
+  eq("mentions counted in words", q("u-rooms").querySelector(".room-badge").textContent, "@2, 2 mentions, 4 unread");
   att.unread(decoded({ type: "unread", room: "other", unread: 0, mentions: 0 }));
   eq("cleared", q("u-rooms").querySelector(".room-badge"), null);
   // who is online: the list, then diffs; sorted ignoring case; the count as sent
