@@ -330,7 +330,7 @@ impl Session {
                             Step::Go => {}
                             Step::Greeted(rate) => {
                                 greeted = true;
-                                self.pace = rate.map(|rate| Pace::new(rate, Instant::now().into_std()));
+                                self.pace = rate.map(|rate| Pace::new(rate.with_margin(), Instant::now().into_std()));
                             }
                             Step::Reauthenticate => self.start_refresh(),
                             Step::Stop(code) => {

@@ -12,6 +12,19 @@ pub struct Rate {
     pub burst: u32,
 }
 
+impl Rate {
+    /// The share of the server's rate this side keeps to. The server counts
+    /// a send when it arrives, on its own clock: sends paced at exactly its
+    /// rate can land a hair ahead of their token (a late one shortens the
+    /// gap to the next), and one refusal costs a second's wait.
+    pub const MARGIN: f64 = 0.9;
+
+    /// This rate with [`Rate::MARGIN`] taken off; the burst is the server's.
+    pub fn with_margin(self) -> Rate {
+        Rate { per_sec: self.per_sec * Self::MARGIN, ..self }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Pace {
     per_sec: f64,
@@ -57,6 +70,12 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_margin_slows_the_rate_and_keeps_the_burst() {
+        let rate = Rate { per_sec: 20.0, burst: 5 }.with_margin();
+        assert_eq!(rate, Rate { per_sec: 18.0, burst: 5 });
+    }
 
     #[test]
     fn a_burst_goes_at_once_then_one_send_per_step() {
