@@ -23,8 +23,8 @@ use tower_sessions::{
 
 use super::{
     rules, Added, Candidate, Counters, Created, Devices, Event, EventBus, Health, History, Invites, ListedSession,
-    Member, Notice, PresenceStore, Removed, RoomOpened, RoomState, Rooms, SecurityLog, SessionIndex, SharedSecret,
-    Spend, StoreError, StoreResult, StoredTokenSession, StoredUser, TokenStore, UserStore,
+    Member, Mentioned, Notice, PresenceStore, Removed, RoomOpened, RoomState, Rooms, SecurityLog, SessionIndex,
+    SharedSecret, Spend, StoreError, StoreResult, StoredTokenSession, StoredUser, TokenStore, UserStore,
 };
 use crate::{
     clock::UnixMillis,
@@ -143,6 +143,8 @@ pub struct MemoryBackend {
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
     /// user -> their read markers.
     read: Mutex<HashMap<UserId, ReadMarkers>>,
+    /// user -> their mention inbox.
+    mentioned: Mutex<HashMap<UserId, MentionInbox>>,
     /// sender -> their message-rate bucket.
     buckets: Mutex<HashMap<UserId, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
@@ -159,6 +161,7 @@ pub struct MemoryBackend {
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
     room_limits: rules::RoomLimits,
+    mention_inbox_len: usize,
 }
 
 /// One user's session descriptors. Like the Redis hash they expire
@@ -192,6 +195,14 @@ struct ReadMarkers {
     rooms: HashMap<RoomName, MessageId>,
 }
 
+/// One user's mention inbox, newest first. Like the Redis list it goes a
+/// room lifetime after the newest note.
+#[derive(Debug)]
+struct MentionInbox {
+    noted_at: UnixMillis,
+    notes: VecDeque<Mentioned>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (every
     // critical section is a single map operation), so poisoning is ignored.
@@ -218,6 +229,7 @@ impl MemoryBackend {
             direct: Mutex::default(),
             user_rooms: Mutex::default(),
             read: Mutex::default(),
+            mentioned: Mutex::default(),
             buckets: Mutex::default(),
             sent: Mutex::default(),
             appended: Notify::new(),
@@ -229,6 +241,7 @@ impl MemoryBackend {
             user_rate: rules::UserRate::from_config(config),
             new_rooms: rules::NewRooms::from_config(config),
             room_limits: rules::RoomLimits::from_config(config),
+            mention_inbox_len: config.mention_inbox_len.max(1),
         }
     }
 
@@ -937,8 +950,16 @@ impl History for MemoryBackend {
         mine.moved_at = now;
         if mine.rooms.len() > rules::USER_ROOMS_KEPT + 1 {
             let user_rooms = lock(&self.user_rooms);
-            let listed = user_rooms.get(&user);
-            mine.rooms.retain(|room, _| listed.is_some_and(|l| l.contains_key(room)));
+            let opened = user_rooms.get(&user);
+            let rooms = lock(&self.rooms);
+            let private = rooms.memberships.get(&user);
+            let direct = lock(&self.direct);
+            let direct = direct.get(&user);
+            mine.rooms.retain(|room, _| {
+                opened.is_some_and(|l| l.contains_key(room))
+                    || private.is_some_and(|p| p.contains(room))
+                    || direct.is_some_and(|d| d.contains_key(room))
+            });
         }
         Ok(true)
     }
@@ -948,6 +969,27 @@ impl History for MemoryBackend {
         Ok(match read.get(&user) {
             Some(mine) if mine.moved_at > UnixMillis::now() - self.room_ttl => mine.rooms.clone(),
             _ => HashMap::new(),
+        })
+    }
+
+    async fn note_mention(&self, user: UserId, room: &RoomName, id: MessageId) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        let mut inboxes = lock(&self.mentioned);
+        let inbox = inboxes.entry(user).or_insert_with(|| MentionInbox { noted_at: now, notes: VecDeque::new() });
+        if inbox.noted_at <= now - self.room_ttl {
+            inbox.notes.clear();
+        }
+        inbox.notes.push_front(Mentioned { room: room.clone(), id });
+        inbox.notes.truncate(self.mention_inbox_len);
+        inbox.noted_at = now;
+        Ok(())
+    }
+
+    async fn mentions(&self, user: UserId) -> StoreResult<Vec<Mentioned>> {
+        let inboxes = lock(&self.mentioned);
+        Ok(match inboxes.get(&user) {
+            Some(inbox) if inbox.noted_at > UnixMillis::now() - self.room_ttl => inbox.notes.iter().cloned().collect(),
+            _ => Vec::new(),
         })
     }
 }
