@@ -385,6 +385,10 @@ pub enum AccessChange {
     Removed,
     /// The room is gone (its last member left).
     Deleted,
+    /// A message (`since`) of a public room mentions `user`: the room is
+    /// in their list from now on, through their mention inbox, and their
+    /// sockets that count other rooms start counting it if they do not.
+    Mentioned,
 }
 
 /// Why sessions ended, which their sockets' close reason says.
