@@ -187,6 +187,7 @@ function start(root) {
   }
 
   for (const id of timeline.showRendered($("history"))) session.noteId(id);
+  timeline.showSince(root.dataset.since);
   composer.open();
   connection.start();
 }
