@@ -57,7 +57,6 @@ export class Timeline {
     if (!first) return;
     const li = document.createElement("li");
     li.className = "since-divider";
-    li.setAttribute("role", "separator");
     li.id = "since-divider";
     li.textContent = "New since your last visit";
     this.list.insertBefore(li, first);
