@@ -196,6 +196,7 @@ function start(root) {
   }
 
   for (const id of timeline.showRendered($("history"))) session.noteId(id);
+  timeline.showSince(root.dataset.since);
   composer.open();
   connection.start();
 }

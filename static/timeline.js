@@ -46,6 +46,25 @@ export class Timeline {
     return messages.map((m) => m.id).filter(Boolean);
   }
 
+  /** Puts "New since your last visit" before the first rendered message
+   * after `since` (the read marker before this visit, data-since), when
+   * one is. The log then starts at the divider rather than the bottom,
+   * unless everything fits. */
+  showSince(since) {
+    if (!since) return;
+    const first = Array.from(this.list.querySelectorAll("li.msg[data-id]"))
+      .find((li) => compareIds(li.dataset.id, since) > 0);
+    if (!first) return;
+    const li = document.createElement("li");
+    li.className = "since-divider";
+    li.id = "since-divider";
+    li.textContent = "New since your last visit";
+    this.list.insertBefore(li, first);
+    if (first.previousElementSibling !== li || li.previousElementSibling) {
+      this.log.scrollTop = Math.max(0, li.offsetTop - this.log.offsetTop - 8);
+    }
+  }
+
   /**
    * A stored message, `{id, user, body, sentAt}`, sent with `clientId` ("" if
    * none); `near` is whether the reader is at the bottom. Returns false when
@@ -131,4 +150,11 @@ export class Timeline {
     this.emptyState.hidden = !!this.list.querySelector("li.msg");
     this.history.show(); // the room's first message: the start line above it
   }
+}
+
+/** Message ids ("<ms>-<seq>") compared as numbers: <0, 0 or >0. */
+function compareIds(a, b) {
+  const [am, as] = a.split("-").map(Number);
+  const [bm, bs] = b.split("-").map(Number);
+  return am !== bm ? am - bm : (as || 0) - (bs || 0);
 }

@@ -14,7 +14,7 @@ use super::access::{Access, RoomAccess, RoomRef, Visible};
 use crate::{
     backend::{AccessChange, Added, Created, Event, EventBus, History, Removed, RoomOpened, Rooms, StoreResult},
     clock::UnixMillis,
-    model::{folded_username, MessageId, Role, RoomKind, RoomName, User, UserId},
+    model::{folded_username, mentions, Message, MessageId, Role, RoomKind, RoomName, User, UserId},
 };
 
 /// A membership change, as this instance's sockets must learn of it.
@@ -189,6 +189,11 @@ impl Memberships {
         Ok(match self.rooms.add_member(&room, caller.id, &user).await? {
             Added::Added => {
                 tracing::info!(by = %caller.name, user = %user.name, %room, "member added");
+                // They count from here on, not the room's whole history.
+                let marked = async { self.history.mark_read(user.id, &room, self.history.last_id(&room).await?).await };
+                if let Err(err) = marked.await {
+                    tracing::warn!(%err, %room, "no read marker for the member added: they count the room from its start");
+                }
                 self.announce(Change::of(room, Some(user.id), AccessChange::Added)).await;
                 Ok(())
             }
@@ -263,6 +268,38 @@ impl Memberships {
             ..Change::of(room.clone(), Some(to), AccessChange::Added)
         };
         self.announce(change).await;
+    }
+
+    /// After `sender`'s `message` was stored in the public room `room`: each user it
+    /// mentions (at most [`MAX_MENTIONS`](crate::model::MAX_MENTIONS)
+    /// names), who exists and is not its sender, gets a note in their
+    /// mention inbox, and their sockets on every instance that do not count
+    /// the room yet start counting it from the mention on. Only public
+    /// rooms: a private room's members and a direct room's two users count
+    /// it already, and nobody else may see it. Best effort: a failure costs
+    /// the note, not the message.
+    pub async fn mentioned(&self, room: &RoomName, sender: &User, message: &Message) {
+        let names = mentions(&message.body);
+        let found = futures_util::future::join_all(names.iter().map(|name| self.access.find_user(name))).await;
+        let users: Vec<User> = found
+            .into_iter()
+            .filter_map(|found| {
+                found.inspect_err(|err| tracing::warn!(%err, "a mention not noted: store unavailable")).ok()?
+            })
+            .filter(|user| user.id != sender.id)
+            .collect();
+        let noted = users.iter().map(|user| async {
+            if let Err(err) = self.history.note_mention(user.id, room, message.id).await {
+                tracing::warn!(%err, %room, "a mention not noted: store unavailable");
+                return;
+            }
+            let change = Change { since: Some(message.id), ..Change::of(room.clone(), Some(user.id), AccessChange::Mentioned) };
+            self.local.applied(&change);
+            if let Err(err) = self.bus.publish(&change.to_event(&self.instance)).await {
+                tracing::warn!(%err, %room, "mention event not published: other instances count it at their next connect");
+            }
+        });
+        futures_util::future::join_all(noted).await;
     }
 
     async fn announce(&self, change: Change) {

@@ -385,6 +385,10 @@ pub enum AccessChange {
     Removed,
     /// The room is gone (its last member left).
     Deleted,
+    /// A message (`since`) of a public room mentions `user`: the room is
+    /// in their list from now on, through their mention inbox, and their
+    /// sockets that count other rooms start counting it if they do not.
+    Mentioned,
 }
 
 /// Why sessions ended, which their sockets' close reason says.
@@ -505,6 +509,19 @@ pub trait History: Send + Sync {
     async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool>;
     /// `user`'s read markers, by room.
     async fn read_markers(&self, user: UserId) -> StoreResult<HashMap<RoomName, MessageId>>;
+    /// Notes in `user`'s mention inbox that message `id` of `room`
+    /// mentions them. The inbox keeps the newest `MENTION_INBOX_LEN`
+    /// notes and goes a room lifetime (`ROOM_TTL_SECS`) after the newest.
+    async fn note_mention(&self, user: UserId, room: &RoomName, id: MessageId) -> StoreResult<()>;
+    /// `user`'s mention inbox, newest first.
+    async fn mentions(&self, user: UserId) -> StoreResult<Vec<Mentioned>>;
+}
+
+/// A note of the mention inbox: message `id` of `room` mentions its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mentioned {
+    pub room: RoomName,
+    pub id: MessageId,
 }
 
 /// What [`History::open_room`] did.

@@ -228,6 +228,9 @@ pub struct ChatConfig {
     pub history_max_len: u64,
     /// The most messages one page of `GET /chat/{room}/history` holds.
     pub history_page_max: usize,
+    /// How many mentions of a user their mention inbox keeps (the newest):
+    /// how mentions in rooms they never opened reach them.
+    pub mention_inbox_len: usize,
     /// Sustained messages per second one user may send across all their
     /// sockets, and the burst above it.
     pub user_message_rate: f64,
@@ -594,6 +597,7 @@ impl ChatConfig {
         Ok(ChatConfig {
             history_max_len: vars.number("HISTORY_MAX_LEN", 10_000, 1..=100_000_000)?,
             history_page_max: vars.number("HISTORY_PAGE_MAX", 100, 1..=1000)?,
+            mention_inbox_len: vars.number("MENTION_INBOX_LEN", 100, 1..=10_000)?,
             user_message_rate: vars.rate("USER_MESSAGE_RATE_PER_SEC", 20.0, 100_000.0)?,
             user_message_burst: vars.number("USER_MESSAGE_BURST", 40, 1..=1_000_000)?,
             rooms_per_user_per_hour: vars.number("ROOMS_PER_USER_PER_HOUR", 10, 1..=1_000_000)?,

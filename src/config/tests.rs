@@ -32,6 +32,7 @@ fn defaults_match_the_spec() {
     assert_eq!(c.connections.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.connections.max_open, 60_000);
     assert_eq!(c.chat.history_page_max, 100);
+    assert_eq!(c.chat.mention_inbox_len, 100);
     assert!(c.server.tls.is_none() && c.store.redis_url.is_none() && c.server.cookie_secure.is_none());
     assert_eq!(c.store.wait_replicas, None, "decided by the kind of Redis");
     assert_eq!(c.store.wait_timeout, Duration::from_millis(500));
@@ -102,6 +103,8 @@ const OUT_OF_RANGE: &[(&str, &str)] = &[
     ("HISTORY_MAX_LEN", "100000001"),
     ("HISTORY_PAGE_MAX", "0"),
     ("HISTORY_PAGE_MAX", "1001"),
+    ("MENTION_INBOX_LEN", "0"),
+    ("MENTION_INBOX_LEN", "10001"),
     ("SEND_DEDUPE_SECS", "0"),
     ("SEND_DEDUPE_SECS", "86401"),
     ("REGISTER_MAX_PER_ADDRESS", "0"),
@@ -172,6 +175,7 @@ fn the_ends_of_each_range_are_accepted() {
         ("MESSAGE_BURST", "100000"),
         ("HISTORY_MAX_LEN", "100000000"),
         ("HISTORY_PAGE_MAX", "1000"),
+        ("MENTION_INBOX_LEN", "10000"),
         ("SEND_DEDUPE_SECS", "86400"),
         ("REVALIDATE_INTERVAL_SECS", "86400"),
         ("WS_PING_INTERVAL_SECS", "3600"),
@@ -190,6 +194,7 @@ fn the_ends_of_each_range_are_accepted() {
         ("MESSAGE_BURST", "1"),
         ("HISTORY_MAX_LEN", "1"),
         ("HISTORY_PAGE_MAX", "1"),
+        ("MENTION_INBOX_LEN", "1"),
         ("PRESENCE_TTL_SECS", "3"),
         ("SHUTDOWN_GRACE_SECS", "0"),
     ])

@@ -7,14 +7,15 @@
 //! stored messages after the marker (the store's page, [`Unread::of_page`]),
 //! and the registry, which counts messages as they are delivered
 //! ([`Unread::count`]). Pure (no clock), but for the one page a count
-//! reads from the store ([`Unread::stored`]).
+//! reads from the store ([`Unread::stored`]). Where each count starts is
+//! [`Starts`]'s to say.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
-    backend::History,
+    backend::{History, Mentioned},
     model::{mentions, Message, MessageId, RoomName},
     protocol::{self as frames, UNREAD_CAP},
     realtime::reads::ReadBudget,
@@ -81,20 +82,21 @@ impl Unread {
     }
 
     /// The count of `room` for `reader` from the store: the messages after
-    /// their read marker up to `cursor` ([`Unread::of_page`]), read within
-    /// the instance's budget. A room never marked read counts none: what
-    /// arrives from now on counts. A store failure counts none too (a count
-    /// is not worth a refusal).
+    /// `from` (where [`Starts`] says their count starts) up to `cursor`
+    /// ([`Unread::of_page`]), read within the instance's budget. A store
+    /// failure counts none (a count is not worth a refusal).
     pub async fn stored(
         history: &dyn History,
         reads: &ReadBudget,
         reader: &Reader,
         room: &RoomName,
-        marker: Option<MessageId>,
+        from: MessageId,
         cursor: MessageId,
     ) -> Unread {
-        let Some(marker) = marker.filter(|m| *m < cursor) else { return Unread::default() };
-        match reads.unread_after(history, room, marker, Unread::PAGE, &reader.folded).await {
+        if from >= cursor {
+            return Unread::default();
+        }
+        match reads.unread_after(history, room, from, Unread::PAGE, &reader.folded).await {
             Ok(page) => Unread::of_page(reader, &page, cursor),
             Err(err) => {
                 tracing::warn!(%err, %room, "unread count not read: store unavailable");
@@ -120,6 +122,59 @@ impl Unread {
     /// room `room`.
     pub fn frame(self, room: &str) -> Utf8Bytes {
         frames::unread(room, self.unread, self.mentions)
+    }
+}
+
+/// Where a user's count of each of their rooms starts (docs/protocol.md
+/// §3.8): after their read marker, which opening a room's page puts at
+/// the newest message it shows. A room of their list they have no marker
+/// for was never opened: a public room a mention brought counts from its
+/// oldest mention the inbox keeps (the "since" of that room); any other
+/// (a conversation someone began, a room they were added to before markers
+/// were written on joining) counts from the start of what the room keeps.
+/// Never "nothing": no marker is not "all read".
+#[derive(Debug, Clone, Default)]
+pub struct Starts {
+    markers: HashMap<RoomName, MessageId>,
+    /// Per room, just before the oldest mention the inbox keeps there.
+    mentioned: HashMap<RoomName, MessageId>,
+}
+
+impl Starts {
+    /// From the user's markers and mention inbox (newest first).
+    pub fn new(markers: HashMap<RoomName, MessageId>, inbox: &[Mentioned]) -> Self {
+        let mut mentioned = HashMap::new();
+        for note in inbox {
+            mentioned.insert(note.room.clone(), just_before(note.id));
+        }
+        Self { markers, mentioned }
+    }
+
+    /// Where the "new since your last visit" divider of `room` goes: after
+    /// the marker, or before the oldest kept mention of a room never opened.
+    pub fn since(&self, room: &RoomName) -> Option<MessageId> {
+        self.markers.get(room).or_else(|| self.mentioned.get(room)).copied()
+    }
+
+    /// Where the count of `room` starts: [`Starts::since`], else from the
+    /// start of what the room keeps.
+    pub fn of(&self, room: &RoomName) -> MessageId {
+        self.since(room).unwrap_or(MessageId::ZERO)
+    }
+
+    /// Counts `room` from just before `first` (a message known to be the
+    /// first the user has not seen), unless a marker says otherwise.
+    pub fn starting(&mut self, room: &RoomName, first: MessageId) {
+        self.mentioned.insert(room.clone(), just_before(first));
+    }
+}
+
+/// The id just before `first`: a count from it counts `first` and what
+/// follows.
+pub fn just_before(first: MessageId) -> MessageId {
+    match first.seq {
+        0 => MessageId { ms: first.ms.saturating_sub(1), seq: u64::MAX },
+        seq => MessageId { ms: first.ms, seq: seq - 1 },
     }
 }
 
@@ -151,6 +206,24 @@ mod tests {
             count.count(&ali(), &message, &mentioned(&message));
         }
         assert_eq!(count, Unread { unread: 3, mentions: 2 });
+    }
+
+    #[test]
+    fn a_count_starts_at_the_marker_else_before_the_oldest_kept_mention_else_at_the_start() {
+        let room = |name: &str| RoomName::parse(name).unwrap();
+        let id = |ms, seq| MessageId { ms, seq };
+        let markers = HashMap::from([(room("dev"), id(5, 0))]);
+        let inbox = [
+            Mentioned { room: room("ops"), id: id(9, 0) },
+            Mentioned { room: room("dev"), id: id(8, 0) },
+            Mentioned { room: room("ops"), id: id(7, 2) },
+        ];
+        let starts = Starts::new(markers, &inbox);
+        assert_eq!(starts.of(&room("dev")), id(5, 0), "the marker wins");
+        assert_eq!(starts.of(&room("ops")), id(7, 1), "just before the oldest mention");
+        assert_eq!(starts.since(&room("qa")), None, "no divider in a room never opened");
+        assert_eq!(starts.of(&room("qa")), MessageId::ZERO, "but no marker is never all read");
+        assert_eq!(just_before(id(7, 0)), id(6, u64::MAX));
     }
 
     #[test]

@@ -19,8 +19,9 @@ use crate::{
     backend::{History, RoomOpened},
     clock::UnixMillis,
     error::Error,
-    model::{Message, Role, RoomKind},
+    model::{Message, MessageId, Role, RoomKind},
     net::from_another_site,
+    realtime::unread::Starts,
 };
 
 /// Messages rendered on a room's page.
@@ -191,6 +192,9 @@ pub struct ChatPage {
     /// The messages shown begin at the room's first (nothing older to page back to).
     pub history_start: bool,
     pub last_id: String,
+    /// Where "new since your last visit" goes: after this id (the read
+    /// marker before this visit, docs/protocol.md §3.8); empty: nowhere.
+    pub since: String,
 }
 
 /// A room in the sidebar: what the user calls it, and its page.
@@ -380,8 +384,11 @@ async fn render_room(
         }
     }
     // One more than shown tells whether anything older is left.
-    let (mut recent, listed) =
-        tokio::try_join!(history.recent(room, RECENT_MESSAGES + 1), pages.access.listed(current.user.id))?;
+    let (mut recent, (listed, inbox), markers) = tokio::try_join!(
+        history.recent(room, RECENT_MESSAGES + 1),
+        pages.access.listed(current.user.id),
+        history.read_markers(current.user.id),
+    )?;
     let history_start = recent.len() <= RECENT_MESSAGES;
     if !history_start {
         recent.remove(0);
@@ -394,6 +401,14 @@ async fn render_room(
         rooms.sort_by_cached_key(|r| (r.label.to_lowercase(), r.label.clone()));
         rooms
     };
+    let since = Starts::new(markers, &inbox).since(room).map(|id| id.to_string()).unwrap_or_default();
+    // Opening the room is reading what it shows: the marker moves to its
+    // newest message (to 0-0 in an empty room), so whatever comes after
+    // counts as unread on every device, even if the page is left at once.
+    if !elsewhere {
+        let newest = recent.last().map_or(MessageId::ZERO, |m| m.id);
+        history.mark_read(current.user.id, room, newest).await?;
+    }
     let last_id = recent.last().map(|m| m.id.to_string()).unwrap_or_default();
     let messages = recent.into_iter().map(MessageView::from).collect();
     page(
@@ -413,6 +428,7 @@ async fn render_room(
             messages,
             history_start,
             last_id,
+            since,
         },
     )
 }

@@ -31,7 +31,7 @@ use crate::{
     model::{MessageId, Role, RoomKind, RoomName, User},
     realtime::{
         reads::ReadBudget,
-        unread::{Reader, Unread},
+        unread::{Reader, Starts, Unread},
     },
 };
 
@@ -96,6 +96,8 @@ struct RoomView {
     role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unread: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mentions: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +137,7 @@ async fn create_room(user: User, body: NewRoom, api: &RoomsApi) -> Result<Respon
         return Ok(refused(refusal));
     }
     let role = (kind == RoomKind::Private).then_some(Role::Owner);
-    let view = RoomView { name: room.to_string(), visibility: kind, role, unread: None };
+    let view = RoomView { name: room.to_string(), visibility: kind, role, unread: None, mentions: None };
     Ok(warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response())
 }
 
@@ -146,15 +148,15 @@ pub fn list(api: RoomsApi) -> impl Filter<Extract = (Response,), Error = Rejecti
         .and_then(|user: User, api: RoomsApi| async move { list_rooms(user, &api).await.map_err(Rejection::from) })
 }
 
-/// Every room the user's sidebar lists, with its unread count (counted as
-/// a socket counts it: none in a room never marked read).
+/// Every room the user's sidebar lists, with its unread and mention
+/// counts, counted as a socket counts them (from where [`Starts`] says).
 async fn list_rooms(user: User, api: &RoomsApi) -> Result<Response, Error> {
-    let (listed, markers) = tokio::try_join!(api.access.listed(user.id), api.history.read_markers(user.id))?;
+    let ((listed, inbox), markers) = tokio::try_join!(api.access.listed(user.id), api.history.read_markers(user.id))?;
+    let starts = Starts::new(markers, &inbox);
     let reader = Reader::new(user.name.as_str().into());
     let newest = MessageId { ms: u64::MAX, seq: u64::MAX };
     let counts = futures_util::future::join_all(listed.iter().map(|visible| {
-        let marker = markers.get(visible.room()).copied();
-        Unread::stored(&*api.history, &api.reads, &reader, visible.room(), marker, newest)
+        Unread::stored(&*api.history, &api.reads, &reader, visible.room(), starts.of(visible.room()), newest)
     }))
     .await;
     let rooms: Vec<RoomView> = listed
@@ -165,6 +167,7 @@ async fn list_rooms(user: User, api: &RoomsApi) -> Result<Response, Error> {
             visibility: visible.kind(),
             role: visible.role(),
             unread: Some(count.unread),
+            mentions: Some(count.mentions),
         })
         .collect();
     let mut res = warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response();

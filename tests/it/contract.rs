@@ -4,6 +4,9 @@
 //!
 //! It pins down: usernames unique ignoring case, also under concurrent
 //! registration; the resend dedupe window of `(room, user, client_id)`;
+//! read markers (forward only, a direct room's too, bounded to the rooms of
+//! the user's list) and the mention inbox (the newest notes, newest first,
+//! gone a room lifetime after the newest);
 //! history ids increasing in append order, `recent`, `last_id`, the cap that
 //! keeps at least the newest messages, and exact round trips of stored
 //! messages; `after` replay from any id; `tail` following only the rooms it
@@ -126,6 +129,8 @@ contract! {
     each_user_lists_the_rooms_they_opened_most_recent_first,
     a_room_nobody_uses_expires_with_its_history => [("ROOM_TTL_SECS", "1")],
     read_markers_move_only_forward_per_user_and_room_and_stay_bounded,
+    the_mention_inbox_keeps_the_newest_notes_newest_first_per_user => [("MENTION_INBOX_LEN", "3")],
+    the_mention_inbox_goes_a_room_lifetime_after_its_newest_note => [("ROOM_TTL_SECS", "1")],
     a_senders_rate_counts_every_message_they_send => [("USER_MESSAGE_RATE_PER_SEC", "1"), ("USER_MESSAGE_BURST", "3")],
     a_client_id_the_server_assigned_drops_resends_but_is_not_shown,
     resends_and_the_rate_are_counted_per_sender_id_not_per_name => [("USER_MESSAGE_BURST", "2"), ("USER_MESSAGE_RATE_PER_SEC", "0.001")],
@@ -850,16 +855,62 @@ async fn read_markers_move_only_forward_per_user_and_room_and_stay_bounded(b: Ba
     assert_eq!(mine[&room("other")], id("5-0"));
     assert_eq!(b.history.read_markers(bo).await.expect("read_markers")[&room("lobby")], id("1-0"));
 
-    // Bounded: past the cap, only the rooms in the user's list keep theirs.
+    // A direct conversation's marker reads back under the room's key.
+    let direct = RoomName::direct(al, bo);
+    b.history.mark_read(al, &direct, id("0-0")).await.expect("mark_read");
+    assert_eq!(b.history.read_markers(al).await.expect("read_markers").get(&direct), Some(&id("0-0")));
+
+    // Bounded: past the cap, only the rooms in the user's list (opened,
+    // private, direct with a message) keep theirs.
     let kept = palaver::backend::rules::USER_ROOMS_KEPT;
+    let al_user = User { id: al, name: "al".into() };
     b.history.open_room(&room("listed"), al).await.expect("open_room");
     b.history.mark_read(al, &room("listed"), id("1-0")).await.expect("mark_read");
+    assert_eq!(b.rooms.create_private(&room("team"), &al_user).await.expect("create_private"), Created::Created);
+    b.history.mark_read(al, &room("team"), id("2-0")).await.expect("mark_read");
+    let talk = RoomName::direct(al, sender("cy"));
+    append_new(&b, &talk, NewMessage { sender: al, ..said("al", "hi cy", None) }).await;
+    b.rooms.note_direct(&talk, &al_user, &user("cy"), UnixMillis::now()).await.expect("note_direct");
+    b.history.mark_read(al, &talk, id("3-0")).await.expect("mark_read");
     for n in 0..kept {
         b.history.mark_read(al, &room(&format!("r{n}")), id("1-0")).await.expect("mark_read");
     }
     let mine = b.history.read_markers(al).await.expect("read_markers");
     assert!(mine.len() <= kept + 1, "{} markers", mine.len());
     assert_eq!(mine.get(&room("listed")), Some(&id("1-0")), "a room in the user's list keeps its marker");
+    assert_eq!(mine.get(&room("team")), Some(&id("2-0")), "so does a private room of theirs");
+    assert_eq!(mine.get(&talk), Some(&id("3-0")), "and a conversation of theirs");
+}
+
+async fn the_mention_inbox_keeps_the_newest_notes_newest_first_per_user(b: Backend) {
+    let (al, bo) = (sender("al"), sender("bo"));
+    let id = |s: &str| s.parse::<MessageId>().expect("an id");
+    assert!(b.history.mentions(al).await.expect("mentions").is_empty());
+    for (name, at) in [("ops", "1-0"), ("dev", "2-0"), ("ops", "3-0"), ("qa", "4-5")] {
+        b.history.note_mention(al, &room(name), id(at)).await.expect("note_mention");
+    }
+    b.history.note_mention(bo, &room("dev"), id("9-0")).await.expect("note_mention");
+    // MENTION_INBOX_LEN=3: the oldest went.
+    let notes: Vec<(String, MessageId)> = b
+        .history
+        .mentions(al)
+        .await
+        .expect("mentions")
+        .into_iter()
+        .map(|note| (note.room.to_string(), note.id))
+        .collect();
+    assert_eq!(notes, [("qa".into(), id("4-5")), ("ops".into(), id("3-0")), ("dev".into(), id("2-0"))]);
+    let bos = b.history.mentions(bo).await.expect("mentions");
+    assert_eq!((bos.len(), bos[0].id), (1, id("9-0")), "each user has their own");
+}
+
+async fn the_mention_inbox_goes_a_room_lifetime_after_its_newest_note(b: Backend) {
+    let al = sender("al");
+    let first = UnixMillis::now();
+    b.history.note_mention(al, &room("ops"), "1-0".parse().expect("an id")).await.expect("note_mention");
+    assert_eq!(b.history.mentions(al).await.expect("mentions").len(), 1);
+    eventually("the inbox to go", || async { b.history.mentions(al).await.expect("mentions").is_empty() }).await;
+    assert!(UnixMillis::now() >= first + Duration::from_millis(900), "not before its lifetime");
 }
 
 async fn a_senders_rate_counts_every_message_they_send(b: Backend) {

@@ -9,6 +9,7 @@ mod helpers;
 mod abuse;
 mod account;
 mod admin;
+mod attention;
 mod auth;
 mod browser;
 mod chat;

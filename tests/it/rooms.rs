@@ -426,7 +426,10 @@ async fn the_membership_rules_hold_through_http(redis: &dyn TestRedis) {
     let listed: Value = listed.json().await.unwrap();
     let names: Vec<&str> = listed["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["ops", "lobby", "d1", "d2"]);
-    assert_eq!(listed["rooms"][2], json!({"name": "d1", "visibility": "private", "role": "owner", "unread": 0}));
+    assert_eq!(
+        listed["rooms"][2],
+        json!({"name": "d1", "visibility": "private", "role": "owner", "unread": 0, "mentions": 0})
+    );
 }
 
 // -------------------------------------------------------------- direct --

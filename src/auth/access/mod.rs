@@ -44,7 +44,7 @@ use std::{
 
 use self::cache::{States, Users};
 use crate::{
-    backend::{History, RoomState, Rooms, StoreResult, UserStore},
+    backend::{History, Mentioned, RoomState, Rooms, StoreResult, UserStore},
     model::{valid_username, Role, RoomKind, RoomName, User, UserId},
 };
 
@@ -247,20 +247,32 @@ impl RoomAccess {
         Ok(states.into_iter().map(|s| s.expect("every state found")).collect())
     }
 
-    /// The rooms listed for `user`, in three parts: the [`LISTED_ROOMS`]
-    /// public rooms they opened most recently (newest first; a name that
-    /// has since become a private room's is left out, or listed with the
-    /// private rooms if they are a member), then the lobby if it is not
-    /// among them; every private room they are a member of, in the order
-    /// they joined; the [`LISTED_DIRECT`] direct conversations with a
-    /// message, most recent first.
-    pub async fn listed(&self, user: UserId) -> StoreResult<Vec<Visible>> {
+    /// The rooms listed for `user`, and their mention inbox (newest
+    /// first). The rooms, in three parts: the [`LISTED_ROOMS`] public rooms
+    /// they opened most recently (newest first; a name that has since
+    /// become a private room's is left out, or listed with the private
+    /// rooms if they are a member), then the lobby if it is not among
+    /// them, then the public rooms of the inbox not among those (mentions
+    /// in rooms never opened, or not lately: most recently mentioned first,
+    /// at most [`LISTED_ROOMS`], only rooms still in use and still public);
+    /// every private room they are a member of, in the order they joined;
+    /// the [`LISTED_DIRECT`] direct conversations with a message, most
+    /// recent first.
+    pub async fn listed(&self, user: UserId) -> StoreResult<(Vec<Visible>, Vec<Mentioned>)> {
         let inner = &self.inner;
-        let (opened, private, direct) = tokio::try_join!(
+        let (opened, private, direct, inbox) = tokio::try_join!(
             inner.history.user_rooms(user, LISTED_ROOMS),
             inner.rooms.private_rooms(user),
             inner.rooms.direct_rooms(user, LISTED_DIRECT),
+            inner.history.mentions(user),
         )?;
+        let mut mentioned: Vec<RoomName> = Vec::new();
+        for note in &inbox {
+            let fresh = !note.room.is_direct() && !opened.contains(&note.room) && !mentioned.contains(&note.room);
+            if fresh && mentioned.len() < LISTED_ROOMS {
+                mentioned.push(note.room.clone());
+            }
+        }
         let states = self.states(user, &opened).await?;
         let mut listed: Vec<Visible> = opened
             .into_iter()
@@ -271,12 +283,20 @@ impl RoomAccess {
         if !listed.iter().any(|v| v.room.is_lobby()) {
             listed.push(Visible::public(RoomName::lobby()));
         }
+        let states = self.states(user, &mentioned).await?;
+        listed.extend(
+            mentioned
+                .into_iter()
+                .zip(states)
+                .filter(|(room, state)| *state == RoomState::Public && !room.is_lobby())
+                .map(|(room, _)| Visible::public(room)),
+        );
         listed.extend(private.into_iter().map(|(room, role)| Visible::private(room, role)));
         listed.extend(direct.into_iter().filter_map(|(room, name)| {
             let other = room.other_member(user)?;
             Some(Visible::direct(user, User { id: other, name }))
         }));
-        Ok(listed)
+        Ok((listed, inbox))
     }
 
     /// The user of that name (ignoring case), if any.
@@ -434,7 +454,7 @@ mod tests {
         w.memory.note_direct(&direct, &al, &cy, crate::clock::UnixMillis::now()).await.unwrap();
         let labels = |list: Vec<Visible>| list.into_iter().map(|v| (v.kind, v.label.to_string())).collect::<Vec<_>>();
         assert_eq!(
-            labels(w.access.listed(al.id).await.unwrap()),
+            labels(w.access.listed(al.id).await.unwrap().0),
             [
                 (RoomKind::Public, "dev".into()),
                 (RoomKind::Public, "lobby".into()),
@@ -443,12 +463,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            labels(w.access.listed(bo.id).await.unwrap()),
+            labels(w.access.listed(bo.id).await.unwrap().0),
             [(RoomKind::Public, "dev".into()), (RoomKind::Public, "lobby".into())],
             "the lobby once, where it was opened"
         );
         assert_eq!(
-            labels(w.access.listed(cy.id).await.unwrap()),
+            labels(w.access.listed(cy.id).await.unwrap().0),
             [(RoomKind::Public, "lobby".into()), (RoomKind::Direct, "@al1".into())]
         );
     }

@@ -3,15 +3,15 @@
 //! rooms a user opened and their read markers.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 
-use super::{lock, MemoryBackend, ReadMarkers, RoomLog};
+use super::{lock, MemoryBackend, MentionInbox, ReadMarkers, RoomLog};
 use crate::{
-    backend::{rules, History, RoomOpened, StoreResult},
+    backend::{rules, History, Mentioned, RoomOpened, StoreResult},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, UserId},
 };
@@ -232,8 +232,16 @@ impl History for MemoryBackend {
         mine.moved_at = now;
         if mine.rooms.len() > rules::USER_ROOMS_KEPT + 1 {
             let user_rooms = lock(&self.user_rooms);
-            let listed = user_rooms.get(&user);
-            mine.rooms.retain(|room, _| listed.is_some_and(|l| l.contains_key(room)));
+            let opened = user_rooms.get(&user);
+            let rooms = lock(&self.rooms);
+            let private = rooms.memberships.get(&user);
+            let direct = lock(&self.direct);
+            let direct = direct.get(&user);
+            mine.rooms.retain(|room, _| {
+                opened.is_some_and(|l| l.contains_key(room))
+                    || private.is_some_and(|p| p.contains(room))
+                    || direct.is_some_and(|d| d.contains_key(room))
+            });
         }
         Ok(true)
     }
@@ -243,6 +251,27 @@ impl History for MemoryBackend {
         Ok(match read.get(&user) {
             Some(mine) if mine.moved_at > UnixMillis::now() - self.room_ttl => mine.rooms.clone(),
             _ => HashMap::new(),
+        })
+    }
+
+    async fn note_mention(&self, user: UserId, room: &RoomName, id: MessageId) -> StoreResult<()> {
+        let now = UnixMillis::now();
+        let mut inboxes = lock(&self.mentioned);
+        let inbox = inboxes.entry(user).or_insert_with(|| MentionInbox { noted_at: now, notes: VecDeque::new() });
+        if inbox.noted_at <= now - self.room_ttl {
+            inbox.notes.clear();
+        }
+        inbox.notes.push_front(Mentioned { room: room.clone(), id });
+        inbox.notes.truncate(self.mention_inbox_len);
+        inbox.noted_at = now;
+        Ok(())
+    }
+
+    async fn mentions(&self, user: UserId) -> StoreResult<Vec<Mentioned>> {
+        let inboxes = lock(&self.mentioned);
+        Ok(match inboxes.get(&user) {
+            Some(inbox) if inbox.noted_at > UnixMillis::now() - self.room_ttl => inbox.notes.iter().cloned().collect(),
+            _ => Vec::new(),
         })
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, Notify};
 use tower_sessions::session::{Id, Record};
 
 use crate::{
-    backend::{rules, Notice, SharedSecret, StoredUser},
+    backend::{rules, Mentioned, Notice, SharedSecret, StoredUser},
     clock::UnixMillis,
     config::ChatConfig,
     model::{Invite, Message, MessageId, Role, RoomName, SecurityEvent, SessionDescriptor, TokenRecord, User, UserId},
@@ -144,6 +144,8 @@ pub struct MemoryBackend {
     user_rooms: Mutex<HashMap<UserId, HashMap<RoomName, UnixMillis>>>,
     /// user -> their read markers.
     read: Mutex<HashMap<UserId, ReadMarkers>>,
+    /// user -> their mention inbox.
+    mentioned: Mutex<HashMap<UserId, MentionInbox>>,
     /// sender -> their message-rate bucket.
     buckets: Mutex<HashMap<UserId, (f64, UnixMillis)>>,
     sent: Mutex<SentIndex>,
@@ -160,6 +162,7 @@ pub struct MemoryBackend {
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
     room_limits: rules::RoomLimits,
+    mention_inbox_len: usize,
 }
 
 /// One user's session descriptors. Like the Redis hash they expire
@@ -193,6 +196,14 @@ struct ReadMarkers {
     rooms: HashMap<RoomName, MessageId>,
 }
 
+/// One user's mention inbox, newest first. Like the Redis list it goes a
+/// room lifetime after the newest note.
+#[derive(Debug)]
+struct MentionInbox {
+    noted_at: UnixMillis,
+    notes: VecDeque<Mentioned>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (every
     // critical section is a single map operation), so poisoning is ignored.
@@ -219,6 +230,7 @@ impl MemoryBackend {
             direct: Mutex::default(),
             user_rooms: Mutex::default(),
             read: Mutex::default(),
+            mentioned: Mutex::default(),
             buckets: Mutex::default(),
             sent: Mutex::default(),
             appended: Notify::new(),
@@ -230,6 +242,7 @@ impl MemoryBackend {
             user_rate: rules::UserRate::from_config(config),
             new_rooms: rules::NewRooms::from_config(config),
             room_limits: rules::RoomLimits::from_config(config),
+            mention_inbox_len: config.mention_inbox_len.max(1),
         }
     }
 

@@ -15,7 +15,7 @@ use super::{
     RedisBackend,
 };
 use crate::{
-    backend::{rules, Counters, History, RoomOpened, RoomState, StoreError, StoreResult},
+    backend::{rules, Counters, History, Mentioned, RoomOpened, RoomState, StoreError, StoreResult},
     clock::UnixMillis,
     model::{Appended, Message, MessageId, NewMessage, RoomName, UserId},
 };
@@ -342,7 +342,8 @@ impl History for RedisBackend {
     }
 
     async fn mark_read(&self, user: UserId, room: &RoomName, up_to: MessageId) -> StoreResult<bool> {
-        let keys = vec![keys::user_read(user), keys::user_rooms(user)];
+        let keys =
+            vec![keys::user_read(user), keys::user_rooms(user), keys::user_private(user), keys::user_direct(user)];
         let args = vec![
             room.as_str().into(),
             (up_to.ms as i64).into(),
@@ -358,6 +359,29 @@ impl History for RedisBackend {
         let all: HashMap<String, String> =
             self.conn.timed("hgetall", self.conn.fast.hgetall(keys::user_read(user))).await?;
         // A field that does not parse (written by hand) counts as no marker.
-        Ok(all.iter().filter_map(|(room, id)| Some((RoomName::parse(room)?, id.parse().ok()?))).collect())
+        Ok(all.iter().filter_map(|(room, id)| Some((RoomName::from_stored(room)?, id.parse().ok()?))).collect())
+    }
+
+    async fn note_mention(&self, user: UserId, room: &RoomName, id: MessageId) -> StoreResult<()> {
+        let args: Vec<Value> = vec![
+            format!("{room} {id}").into(),
+            (self.mention_inbox_len as i64).into(),
+            (self.room_ttl.as_millis() as i64).into(),
+        ];
+        self.conn.run::<i64>(&SCRIPTS.mention_note, vec![keys::user_mentions(user)], args).await?;
+        Ok(())
+    }
+
+    async fn mentions(&self, user: UserId) -> StoreResult<Vec<Mentioned>> {
+        let notes: Vec<String> =
+            self.conn.timed("lrange", self.conn.fast.lrange(keys::user_mentions(user), 0, -1)).await?;
+        // A note that does not parse (written by hand) is skipped.
+        Ok(notes
+            .iter()
+            .filter_map(|note| {
+                let (room, id) = note.split_once(' ')?;
+                Some(Mentioned { room: RoomName::from_stored(room)?, id: id.parse().ok()? })
+            })
+            .collect())
     }
 }

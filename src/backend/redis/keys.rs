@@ -168,6 +168,10 @@ pub fn ticket(hash: &str) -> String {
 pub fn user_read(user: UserId) -> String {
     format!("palaver:user:{{{user}}}:read")
 }
+/// The user's mention inbox: a list of `<room> <message id>`, newest first.
+pub fn user_mentions(user: UserId) -> String {
+    format!("palaver:user:{{{user}}}:mentions")
+}
 
 #[cfg(test)]
 mod tests {
@@ -218,6 +222,7 @@ mod tests {
             new_rooms(user),
             new_direct(user),
             user_read(user),
+            user_mentions(user),
             user_private(user),
             user_private_seq(user),
             user_direct(user),

@@ -52,6 +52,7 @@ pub struct RedisBackend {
     user_rate: rules::UserRate,
     new_rooms: rules::NewRooms,
     room_limits: rules::RoomLimits,
+    mention_inbox_len: usize,
 }
 
 impl RedisBackend {
@@ -92,6 +93,7 @@ impl RedisBackend {
             user_rate: rules::UserRate::from_config(chat),
             new_rooms: rules::NewRooms::from_config(chat),
             room_limits: rules::RoomLimits::from_config(chat),
+            mention_inbox_len: chat.mention_inbox_len.max(1),
         })
     }
 

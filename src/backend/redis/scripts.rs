@@ -68,6 +68,7 @@ scripts! {
     token_read,
     token_update,
     mark_read,
+    mention_note,
     wake,
     presence_update,
     presence_online,

@@ -34,7 +34,11 @@ impl Registry {
                 Self::added(inner, user, change);
                 0
             }
-            (AccessChange::Added, None) => 0,
+            (AccessChange::Mentioned, Some(user)) => {
+                Self::mentioned(inner, user, change);
+                0
+            }
+            (AccessChange::Added | AccessChange::Mentioned, None) => 0,
             (AccessChange::Removed, user) => Self::revoke(inner, &change.room, user),
             (AccessChange::Deleted, _) => Self::revoke(inner, &change.room, None),
         }
@@ -109,6 +113,32 @@ impl Registry {
                 }),
                 false => plain.clone(),
             };
+            if let Err(TrySendError::Full(_)) = conn.outbox.try_send(frame) {
+                slow.push(id);
+            }
+        }
+        Registry::close_ids(inner, &slow, frames::SLOW_CONSUMER);
+    }
+
+    /// A public room mentions `user`: each of their sockets that counts
+    /// other rooms but not this one (and is not in it) hears `room_added`
+    /// (public) and starts counting it from the mention on. Sockets that
+    /// count it already count the mention as it is delivered.
+    fn mentioned(inner: &mut Inner, user: UserId, change: &Change) {
+        let label: Arc<str> = change.room.as_str().into();
+        let text = ServerFrame::RoomAdded { room: &label, visibility: RoomKind::Public }.to_text();
+        let ids: Vec<ConnId> = inner.by_user.get(&user).into_iter().flatten().copied().collect();
+        let mut slow = Vec::new();
+        for id in ids {
+            let Some(conn) = inner.conns.get(&id) else { continue };
+            if conn.room == change.room || !conn.counts_others || conn.watching.contains(&change.room) {
+                continue;
+            }
+            let frame = Arc::new(OutFrame {
+                id: None,
+                text: text.clone(),
+                watch: Some(Box::new(Watch { room: change.room.clone(), label: label.clone(), since: change.since })),
+            });
             if let Err(TrySendError::Full(_)) = conn.outbox.try_send(frame) {
                 slow.push(id);
             }

@@ -545,8 +545,8 @@ impl Registry {
     /// Adds what the store counted (messages up to the cursor [`Registry::watch`]
     /// gave) to what was delivered since; from now on changes are sent.
     /// Returns the whole count.
-    pub fn settle_unread(&self, id: ConnId, room: &RoomName, stored: Unread) -> Option<Unread> {
-        self.lock().rooms.get_mut(room)?.watchers.settle(id, stored)
+    pub fn settle_unread(&self, id: ConnId, room: &RoomName, from: MessageId, stored: Unread) -> Option<Unread> {
+        self.lock().rooms.get_mut(room)?.watchers.settle(id, from, stored)
     }
 
     /// `user` has read `room` up to `up_to`: their sockets on this instance

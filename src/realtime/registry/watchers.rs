@@ -7,14 +7,16 @@
 //! watcher by the one rule ([`Unread::count`]): one comparison per message
 //! and watcher, no store round trip. Only the socket's start reads the
 //! store, for what came before the room's cursor; until that count is
-//! added ([`Watchers::settle`]), changes are counted but not sent, so the
-//! first frame a socket sends is the whole count.
+//! added ([`Watchers::settle`]), messages delivered are kept aside (the
+//! count may start after some of them) and nothing is sent, so the first
+//! frame a socket sends is the whole count.
 
 use std::{collections::HashMap, sync::Arc};
 
 use super::outbox::{ConnId, OutFrame, Outbound, Outbox, Single};
 use crate::{
-    model::{Message, UserId},
+    model::{Message, MessageId, UserId},
+    protocol::UNREAD_CAP,
     realtime::unread::{self, Reader, Unread},
 };
 
@@ -28,7 +30,16 @@ struct Watcher {
     count: Unread,
     /// The count from the store was added: changes are sent from now on.
     ready: bool,
+    /// Until then, what each message delivered counts, by id: the count
+    /// may start after some of them (a read marker the room's page just
+    /// moved past what this instance had delivered), which only the
+    /// socket's start knows. At most [`EARLY_KEPT`], the newest.
+    early: Vec<(MessageId, Unread)>,
 }
+
+/// How many delivered messages a watcher keeps before its start is known:
+/// more than a count shows.
+const EARLY_KEPT: usize = 4 * UNREAD_CAP as usize;
 
 impl Watcher {
     fn single(&self, id: ConnId) -> Single {
@@ -49,7 +60,9 @@ impl Watchers {
     /// Socket `id` of `user` (`reader`), who calls this room `label`,
     /// counts it from now on.
     pub(super) fn add(&mut self, id: ConnId, user: UserId, reader: Reader, label: Arc<str>, outbox: Outbox) {
-        self.0.insert(id, Watcher { user, reader, label, outbox, count: Unread::default(), ready: false });
+        let watcher =
+            Watcher { user, reader, label, outbox, count: Unread::default(), ready: false, early: Vec::new() };
+        self.0.insert(id, watcher);
     }
 
     pub(super) fn remove(&mut self, id: ConnId) {
@@ -77,22 +90,36 @@ impl Watchers {
         let mentioned: Vec<Vec<String>> = fresh.iter().map(|message| unread::mentioned(message)).collect();
         let mut out = Vec::new();
         for (id, watcher) in self.0.iter_mut() {
+            if !watcher.ready {
+                for (message, names) in fresh.iter().zip(&mentioned) {
+                    let mut one = Unread::default();
+                    one.count(&watcher.reader, message, names);
+                    if !one.is_zero() {
+                        watcher.early.push((message.id, one));
+                    }
+                }
+                let over = watcher.early.len().saturating_sub(EARLY_KEPT);
+                watcher.early.drain(..over);
+                continue;
+            }
             let before = watcher.count;
             for (message, names) in fresh.iter().zip(&mentioned) {
                 watcher.count.count(&watcher.reader, message, names);
             }
-            if watcher.ready && watcher.count != before {
+            if watcher.count != before {
                 out.push(watcher.single(*id));
             }
         }
         out
     }
 
-    /// Adds what the store counted to what was delivered since; from now on
-    /// changes are sent. The whole count, if `id` watches here.
-    pub(super) fn settle(&mut self, id: ConnId, stored: Unread) -> Option<Unread> {
+    /// Adds what the store counted to what was delivered since, after
+    /// `from` (where the count starts); from now on changes are sent. The
+    /// whole count, if `id` watches here.
+    pub(super) fn settle(&mut self, id: ConnId, from: MessageId, stored: Unread) -> Option<Unread> {
         let watcher = self.0.get_mut(&id)?;
-        watcher.count = watcher.count.plus(stored);
+        let early = std::mem::take(&mut watcher.early);
+        watcher.count = early.into_iter().filter(|(at, _)| *at > from).fold(stored, |count, (_, one)| count.plus(one));
         watcher.ready = true;
         Some(watcher.count)
     }
@@ -167,7 +194,7 @@ mod tests {
         reg.send(reg.deliver(&dev, &[said(6, "bo", "hi @ali"), said(7, "Ali", "mine")])).await;
         assert!(unread_frames(&mut outbox).is_empty());
         assert_eq!(
-            reg.settle_unread(joined.id, &dev, Unread { unread: 2, mentions: 0 }),
+            reg.settle_unread(joined.id, &dev, start, Unread { unread: 2, mentions: 0 }),
             Some(Unread { unread: 3, mentions: 1 })
         );
         reg.send(reg.deliver(&dev, &[said(8, "bo", "`@ali` in code"), said(9, "cy", "@ALI!")])).await;
@@ -183,5 +210,34 @@ mod tests {
         // Leaving drops the watch, and the room with it.
         reg.remove(joined.id);
         assert_eq!(reg.room_cursor(&dev), None);
+    }
+
+    #[tokio::test]
+    async fn messages_delivered_before_the_start_is_known_count_only_after_it() {
+        let reg = Registry::new(CAPS);
+        let dev = RoomName::parse("dev").unwrap();
+        let (tx, _outbox) = mpsc::channel(64);
+        let (close, _closed) = oneshot::channel();
+        let registration = Registration {
+            session: Id(1),
+            user: UserId::new_v4(),
+            name: "Ali".into(),
+            room: RoomName::lobby(),
+            label: "lobby".into(),
+            kind: RoomKind::Public,
+            outbox: tx.clone(),
+            close,
+            room_start: MessageId::ZERO,
+            epoch: reg.epoch(),
+        };
+        let joined = reg.register(registration).unwrap();
+        reg.watch(joined.id, &tx, &[(dev.clone(), "dev".into(), MessageId { ms: 5, seq: 0 })]);
+        reg.send(reg.deliver(&dev, &[said(6, "bo", "hi @ali"), said(7, "bo", "more")])).await;
+        // The page had marked the room read to 6 before the tail got there.
+        let from = MessageId { ms: 6, seq: 0 };
+        assert_eq!(
+            reg.settle_unread(joined.id, &dev, from, Unread::default()),
+            Some(Unread { unread: 1, mentions: 0 })
+        );
     }
 }

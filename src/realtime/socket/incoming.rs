@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use super::{Credential, Flow, Socket, CLOSE_TIMEOUT, MAX_FLOOD, READ_NOT_STORED};
 use crate::{
     clock::UnixMillis,
-    model::{clean_body, Appended, MessageId, NewMessage, MAX_CLIENT_ID_CHARS},
+    model::{clean_body, Appended, MessageId, NewMessage, RoomKind, MAX_CLIENT_ID_CHARS},
     protocol::{self as frames, ClientFrame, ErrorCode, ServerFrame},
     realtime::deadline::{Lookup, Step},
 };
@@ -199,7 +199,11 @@ where
         match self.deps.history.append(&self.room, message).await {
             Ok(Appended::New(stored)) => {
                 self.note_direct(stored.id, stored.sent_at).await;
-                self.acknowledge(cid, stored.id).await
+                let flow = self.acknowledge(cid, stored.id).await;
+                if self.kind == RoomKind::Public {
+                    self.deps.memberships.mentioned(&self.room, &self.user, &stored).await;
+                }
+                flow
             }
             Ok(Appended::Duplicate(id)) => {
                 tracing::debug!(%id, "resend of a stored message acknowledged again");

@@ -49,7 +49,7 @@ use crate::{
     backend::{History, Rooms},
     clock::UnixMillis,
     meters::Meters,
-    model::{MessageId, RoomName, User},
+    model::{MessageId, RoomKind, RoomName, User},
     protocol::{self as frames, CloseReason},
 };
 
@@ -176,6 +176,9 @@ struct Socket<S> {
     label: Arc<str>,
     /// The other user, in a direct room.
     other: Option<User>,
+    /// Public, private or direct: a public room's mentions go to the
+    /// mentioned users' inboxes.
+    kind: RoomKind,
     /// A direct room: this socket recorded its conversation in both
     /// users' lists already (after its first message).
     noted: bool,
@@ -227,6 +230,7 @@ where
         name: name.clone(),
         label: ctx.room.label().clone(),
         other: ctx.room.other().cloned(),
+        kind: ctx.room.kind(),
         noted: false,
         revoked: Revoked::default(),
         counting: None,

@@ -2,7 +2,7 @@
 //! `after`, then the unread counts of the user's other rooms it follows.
 //! Every frame carries the room's label.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -13,7 +13,7 @@ use crate::{
     protocol::{self as frames, ServerFrame},
     realtime::{
         registry::{ConnId, Outbox},
-        unread::{Reader, Unread},
+        unread::{just_before, Reader, Starts, Unread},
     },
 };
 
@@ -78,7 +78,7 @@ where
     pub(super) async fn follow_unread(&mut self, id: ConnId, outbox: Outbox) -> Flow {
         let (deps, user) = (self.deps.clone(), self.user.id);
         let found = tokio::try_join!(deps.access.listed(user), deps.history.read_markers(user));
-        let (listed, markers) = match found {
+        let ((listed, inbox), markers) = match found {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(%err, "no unread counts for this socket: store unavailable");
@@ -91,41 +91,46 @@ where
             .map(|listed| (listed.room().clone(), listed.label().clone()))
             .collect();
         self.counting = Some((id, outbox));
-        self.count(rooms, &markers).await
+        self.count(rooms, &Starts::new(markers, &inbox)).await
     }
 
     /// Starts counting rooms added to the user since this socket began
     /// counting (`room_added`, written just now): from the first message
     /// its user has not seen when that is known (a direct conversation's
-    /// first), else from their read marker, as at the start.
+    /// first, a mention's), unless a read marker is further on; else from
+    /// where [`Starts`] says.
     pub(super) async fn count_added(&mut self, added: Vec<(RoomName, Arc<str>, Option<MessageId>)>) -> Flow {
-        let mut markers: HashMap<RoomName, MessageId> =
-            added.iter().filter_map(|(room, _, since)| Some((room.clone(), just_before((*since)?)))).collect();
-        if added.iter().any(|(_, _, since)| since.is_none()) {
-            match self.deps.history.read_markers(self.user.id).await {
-                Ok(stored) => {
-                    for (room, marker) in stored {
-                        markers.entry(room).or_insert(marker);
-                    }
+        let stored =
+            tokio::try_join!(self.deps.history.read_markers(self.user.id), self.deps.history.mentions(self.user.id));
+        let mut starts = match stored {
+            Ok((markers, inbox)) => Starts::new(markers, &inbox),
+            Err(err) => {
+                tracing::warn!(%err, "an added room counted from its start: store unavailable");
+                Starts::default()
+            }
+        };
+        for (room, _, since) in &added {
+            if let Some(first) = since {
+                if starts.since(room).is_none_or(|at| at < just_before(*first)) {
+                    starts.starting(room, *first);
                 }
-                Err(err) => tracing::warn!(%err, "an added room counted from now: store unavailable"),
             }
         }
         let rooms = added.into_iter().map(|(room, label, _)| (room, label)).collect();
-        self.count(rooms, &markers).await
+        self.count(rooms, &starts).await
     }
 
     /// Counts `rooms` (each under its label) on this socket: from the store
-    /// after the user's marker up to each room's cursor, then as messages
+    /// after where `starts` says up to each room's cursor, then as messages
     /// are delivered (the registry counts those). Sends the counts that are
     /// not zero. A store failure here costs the counts, not the socket.
-    async fn count(&mut self, rooms: Vec<(RoomName, Arc<str>)>, markers: &HashMap<RoomName, MessageId>) -> Flow {
+    async fn count(&mut self, rooms: Vec<(RoomName, Arc<str>)>, starts: &Starts) -> Flow {
         let Some((id, outbox)) = self.counting.clone() else { return Flow::Continue };
         let deps = self.deps.clone();
-        let starts = futures_util::future::join_all(rooms.iter().map(|(r, _)| deps.hub.start_for(r))).await;
+        let positions = futures_util::future::join_all(rooms.iter().map(|(r, _)| deps.hub.start_for(r))).await;
         let rooms: Vec<(RoomName, Arc<str>, MessageId)> = rooms
             .into_iter()
-            .zip(starts)
+            .zip(positions)
             .filter_map(|((room, label), start)| Some((room, label, start.ok()?)))
             .collect();
         let (cursors, new_rooms) = deps.registry.watch(id, &outbox, &rooms);
@@ -134,25 +139,17 @@ where
         deps.hub.follow_new_rooms(&new_rooms).await;
         let reader = Reader::new(self.name.clone());
         let counts = futures_util::future::join_all(cursors.iter().map(|(room, cursor)| {
-            Unread::stored(&*deps.history, &deps.reads, &reader, room, markers.get(room).copied(), *cursor)
+            Unread::stored(&*deps.history, &deps.reads, &reader, room, starts.of(room), *cursor)
         }))
         .await;
         let mut out = Vec::new();
         for ((room, _), stored) in cursors.iter().zip(counts) {
             let label = rooms.iter().find(|(r, ..)| r == room).map_or(room.as_str(), |(_, label, _)| label);
-            match deps.registry.settle_unread(id, room, stored) {
+            match deps.registry.settle_unread(id, room, starts.of(room), stored) {
                 Some(count) if !count.is_zero() => out.push(count.frame(label)),
                 _ => {}
             }
         }
         self.write(out).await
-    }
-}
-
-/// The marker that counts `first` and everything after it as unread.
-fn just_before(first: MessageId) -> MessageId {
-    match first.seq {
-        0 => MessageId { ms: first.ms.saturating_sub(1), seq: u64::MAX },
-        seq => MessageId { ms: first.ms, seq: seq - 1 },
     }
 }
