@@ -223,6 +223,17 @@ pub(crate) fn start_palaver_on(redis_url: &str, extra: &[(&str, &str)]) -> (Proc
 /// A release instance on `port` (which may have been another's, killed:
 /// it binds with `SO_REUSEADDR`); its log goes to `log`.
 pub(crate) fn start_palaver_at(redis_url: &str, port: u16, extra: &[(&str, &str)], log: Stdio) -> Process {
+    try_start_palaver_at(redis_url, port, extra, log).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// [`start_palaver_at`], or why it did not start: it exited first (as it
+/// does when its store cannot be reached), or its port stayed shut 20 s.
+pub(crate) fn try_start_palaver_at(
+    redis_url: &str,
+    port: u16,
+    extra: &[(&str, &str)],
+    log: Stdio,
+) -> Result<Process, String> {
     let mut cmd = Command::new(BINARY);
     cmd.env("REDIS_URL", redis_url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -239,8 +250,18 @@ pub(crate) fn start_palaver_at(redis_url: &str, port: u16, extra: &[(&str, &str)
         cmd.env(k, v);
     }
     let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("palaver binary");
-    wait_for_port(port, "palaver");
-    Process(child)
+    let mut process = Process(child);
+    let start = Instant::now();
+    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = process.0.try_wait() {
+            return Err(format!("palaver exited before it listened ({status})"));
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("palaver did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
 }
 
 /// The Node peer's directory; its dependencies are installed from the

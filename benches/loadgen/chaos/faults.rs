@@ -116,8 +116,15 @@ async fn with_stage<T: Send + 'static>(stage: &SharedStage, work: impl FnOnce(&m
     tokio::task::spawn_blocking(move || work(&mut stage.lock().unwrap())).await.unwrap()
 }
 
-/// A change to one instance of the stage.
+/// Taking one instance of the stage out.
 type Step = fn(&mut Stage, usize);
+
+/// Bringing it back; false when it did not come back (yet).
+type Back = fn(&mut Stage, usize) -> bool;
+
+/// How long an instance is started again and again before the run gives
+/// up on it (its store may be away for a fault of its own meanwhile).
+const RESTART_FOR: Duration = Duration::from_secs(60);
 
 /// Takes instance `i` out (`kill-instance`: SIGKILL; `stop-instance`:
 /// SIGSTOP) for a while drawn from `away` (ms), then back (started again,
@@ -130,14 +137,18 @@ async fn instance_out(
     kind: &'static str,
     mut rng: Rng,
 ) {
-    let ((lo, hi), take, give): (_, Step, Step) = match kind {
+    let ((lo, hi), take, give): (_, Step, Back) = match kind {
         "kill-instance" => ((500, 4_000), Stage::kill_instance, Stage::start_instance),
         _ => ((1_000, 5_000), Stage::stop_instance, Stage::continue_instance),
     };
     let start = now();
     with_stage(&stage, move |s| take(s, i)).await;
     tokio::time::sleep(Duration::from_millis(rng.between(lo, hi))).await;
-    with_stage(&stage, move |s| give(s, i)).await;
+    let giving_up = tokio::time::Instant::now() + RESTART_FOR;
+    while !with_stage(&stage, move |s| give(s, i)).await {
+        assert!(tokio::time::Instant::now() < giving_up, "instance {i} did not start again within {RESTART_FOR:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let undone = now();
     let recovered = all_ready(&stage).await;
     out.lock().unwrap().instances.retain(|&x| x != i);

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     chaos::resp,
-    servers::{cluster_healthy, free_port, rss_kib, start_palaver_at, start_redis_cluster, Process, RedisNode},
+    servers::{cluster_healthy, free_port, rss_kib, start_redis_cluster, try_start_palaver_at, Process, RedisNode},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -129,7 +129,7 @@ impl Stage {
             .collect();
         let mut stage = Stage { kind, nodes, redis_url, instances, env };
         for i in 0..count {
-            stage.start_instance(i);
+            assert!(stage.start_instance(i), "instance {i} did not start");
         }
         stage
     }
@@ -138,12 +138,24 @@ impl Stage {
         self.instances.iter().map(|i| i.port).collect()
     }
 
-    pub(crate) fn start_instance(&mut self, i: usize) {
+    /// Starts instance `i`; false when it did not come up (it exits at once
+    /// when its store cannot be reached: the caller tries again, as a
+    /// supervisor would, without holding the stage meanwhile).
+    pub(crate) fn start_instance(&mut self, i: usize) -> bool {
         let instance = &mut self.instances[i];
         let log = File::options().create(true).append(true).open(&instance.log).unwrap();
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        instance.process = Some(start_palaver_at(&self.redis_url, instance.port, &env, Stdio::from(log)));
-        instance.stopped = false;
+        match try_start_palaver_at(&self.redis_url, instance.port, &env, Stdio::from(log)) {
+            Ok(process) => {
+                instance.process = Some(process);
+                instance.stopped = false;
+                true
+            }
+            Err(why) => {
+                eprintln!("chaos: instance {i} did not start ({why}); trying again");
+                false
+            }
+        }
     }
 
     /// SIGKILL.
@@ -157,9 +169,10 @@ impl Stage {
         self.instances[i].stopped = true;
     }
 
-    pub(crate) fn continue_instance(&mut self, i: usize) {
+    pub(crate) fn continue_instance(&mut self, i: usize) -> bool {
         self.instances[i].signal(libc::SIGCONT);
         self.instances[i].stopped = false;
+        true
     }
 
     /// The nodes that are masters now (by their own word), running ones only.
