@@ -306,7 +306,7 @@ fn handles(
         rooms: RoomPages { sessions: sessions.clone(), access: access.clone(), history: backend.history.clone() },
         room_history: RoomHistory {
             sessions: sessions.clone(),
-            callers: Callers { sessions: sessions.clone(), origins: origins.clone(), meters: meters.clone() },
+            callers: callers.clone(),
             access: access.clone(),
             history: backend.history.clone(),
             max_page: config.chat.history_page_max,
