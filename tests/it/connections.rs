@@ -259,16 +259,19 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_for_a_new_one() {
     }
 }
 
+/// A cap of 50 connections that one user's sockets may fill alone (their
+/// own per-user, per-session and message limits lifted).
+pub const FIFTY_PLACES_ONE_USER: [(&str, &str); 4] = [
+    ("MAX_OPEN_CONNECTIONS", "50"),
+    ("MAX_SOCKETS_PER_USER", "100"),
+    ("MAX_SOCKETS_PER_SESSION", "100"),
+    ("USER_MESSAGE_BURST", "100"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_a_cap_full_of_websockets_and_busy_requests_a_new_connection_gets_503_and_the_sockets_stay() {
     let redis = RedisServer::start();
-    let caps = [
-        ("MAX_OPEN_CONNECTIONS", "50"),
-        ("MAX_SOCKETS_PER_USER", "100"),
-        ("MAX_SOCKETS_PER_SESSION", "100"),
-        ("USER_MESSAGE_BURST", "100"),
-    ];
-    let app = TestApp::spawn_with(Some(&redis), &caps).await;
+    let app = TestApp::spawn_with(Some(&redis), &FIFTY_PLACES_ONE_USER).await;
     let alice = signed_up(&app, "alice").await;
     let mut sockets = Vec::new();
     // WebSockets take at most nine places in ten; requests in progress the rest.

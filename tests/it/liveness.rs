@@ -16,7 +16,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use crate::helpers::*;
+use crate::{connections::FIFTY_PLACES_ONE_USER, helpers::*};
 
 /// A probe must be answered this fast at a full cap: a load balancer's or
 /// orchestrator's check times out after a second or two.
@@ -86,13 +86,7 @@ async fn a_cap_full_of_slow_bodies_still_answers_healthz_readyz_and_metrics_at_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_up_to_their_cap_leave_room_for_healthz_and_a_sign_in() {
     let redis = RedisServer::start();
-    let caps = [
-        ("MAX_OPEN_CONNECTIONS", "50"),
-        ("MAX_SOCKETS_PER_USER", "100"),
-        ("MAX_SOCKETS_PER_SESSION", "100"),
-        ("USER_MESSAGE_BURST", "100"),
-    ];
-    let app = TestApp::spawn_with(Some(&redis), &caps).await;
+    let app = TestApp::spawn_with(Some(&redis), &FIFTY_PLACES_ONE_USER).await;
     let alice = signed_up(&app, "alice").await;
     let mut sockets = Vec::new();
     let refused = loop {
