@@ -442,6 +442,17 @@ pub trait History: Send + Sync {
     /// [`Appended::NotVisible`] answered, when the sender is not a member
     /// of the private or direct room, or the name is a private room's.
     async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended>;
+    /// [`History::append`] for several messages of one sender, stored in
+    /// their order; each answered as `append` would. A store may take
+    /// them in one round trip: a sender whose messages wait behind a busy
+    /// room's fan-out then keeps its pace (BENCHMARKS.md, fan-out).
+    async fn append_all(&self, room: &RoomName, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.append(room, message).await);
+        }
+        answers
+    }
     /// Up to `limit` messages after `after`, oldest first.
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>>;
     /// [`History::after`] as an unread count reads it: a body that cannot

@@ -19,6 +19,7 @@ on_both! {
     more_than_twenty_invalid_frames_in_a_minute_close_with_1008,
     a_flood_is_rate_limited_then_closed_with_1008,
     a_resend_with_the_same_client_id_is_stored_once,
+    sends_that_arrive_together_are_answered_in_order_each_as_if_alone,
     html_in_a_message_is_escaped_on_the_page,
     the_page_renders_recent_history_and_the_last_id,
     presence_spans_instances_and_follows_departures,
@@ -305,6 +306,67 @@ async fn a_resend_with_the_same_client_id_is_stored_once(redis: &dyn TestRedis) 
     let again = socket.say("once", "same").await;
     assert_eq!(first["id"], again["id"]);
     assert_eq!(redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap().trim(), ":1");
+}
+
+/// Frames that arrive in one read are stored in one round trip; each is
+/// still answered in its place: a refusal between two runs of sends, a
+/// resend of a message of the same run acknowledged with its first id,
+/// and the user's rate charged in order.
+async fn sends_that_arrive_together_are_answered_in_order_each_as_if_alone(redis: &dyn TestRedis) {
+    let limits = [
+        ("MESSAGE_RATE_PER_SEC", "1000"),
+        ("MESSAGE_BURST", "1000"),
+        ("USER_MESSAGE_RATE_PER_SEC", "0.01"),
+        ("USER_MESSAGE_BURST", "7"),
+    ];
+    let app = TestApp::spawn_with(Some(redis), &limits).await;
+    let alice = signed_up(&app, "alice").await;
+    let (mut socket, _) = alice.join(&app, "").await;
+    let send = |body: &str, client_id: &str| json!({"type": "send", "body": body, "client_id": client_id});
+    let mut frames: Vec<Value> = (1..=5).map(|i| send(&format!("m{i}"), &format!("c{i}"))).collect();
+    frames.push(send("   ", "blank"));
+    frames.push(send("m2", "c2"));
+    frames.extend((6..=8).map(|i| send(&format!("m{i}"), &format!("c{i}"))));
+    // One write: the server reads them together.
+    for frame in &frames {
+        socket.ws.feed(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+    socket.ws.flush().await.unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < frames.len() {
+        answers.push(socket.next_of_any(&["ack", "error"]).await);
+    }
+    let said: Vec<(String, String)> = answers
+        .iter()
+        .map(|a| {
+            let kind = if a["type"] == "ack" { "ack".to_owned() } else { a["code"].as_str().unwrap().to_owned() };
+            (kind, a["client_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("ack", "c1"),
+        ("ack", "c2"),
+        ("ack", "c3"),
+        ("ack", "c4"),
+        ("ack", "c5"),
+        ("invalid", "blank"),
+        ("ack", "c2"),
+        ("ack", "c6"),
+        ("ack", "c7"),
+        ("rate_limited", "c8"),
+    ]
+    .iter()
+    .map(|(k, c)| (k.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(said, want);
+    assert_eq!(answers[6]["id"], answers[1]["id"], "the resend is acknowledged with the first copy's id");
+    let ids: Vec<&str> = [0, 1, 2, 3, 4, 7, 8].iter().map(|&i| answers[i]["id"].as_str().unwrap()).collect();
+    let (mut replay, _) = alice.join(&app, "?after=0-0").await;
+    let stored = messages(&mut replay, 7).await;
+    assert_eq!(bodies(&stored), ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]);
+    let stored_ids: Vec<&str> = stored.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(stored_ids, ids, "stored in the order sent, under the ids acknowledged");
+    assert_eq!(redis.command(&["XLEN", &room_key("lobby", "messages")]).unwrap().trim(), ":7");
 }
 
 async fn html_in_a_message_is_escaped_on_the_page(redis: &dyn TestRedis) {

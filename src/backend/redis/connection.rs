@@ -339,7 +339,15 @@ impl Connections {
     /// fewer replicas than asked is an error: the write may be lost in a
     /// failover, so the caller must not say it is stored.
     pub(super) async fn run_durably(&self, call: Call<'_>) -> StoreResult<Value> {
-        let mut replies = self.pipelined(self.appends.next(), std::slice::from_ref(&call), self.durability).await?;
+        Ok(self.run_all_durably(std::slice::from_ref(&call)).await?.pop().expect("the call's reply"))
+    }
+
+    /// [`Connections::run_durably`] for several calls in one round trip,
+    /// with one `WAIT` after the last (it counts the writes of all of them:
+    /// every call must be on the last one's slot). Each call's reply, in
+    /// order.
+    pub(super) async fn run_all_durably(&self, calls: &[Call<'_>]) -> StoreResult<Vec<Value>> {
+        let mut replies = self.pipelined(self.appends.next(), calls, self.durability).await?;
         if let Some(wanted) = self.durability {
             let acked: i64 = replies.pop().expect("WAIT's reply").convert()?;
             if acked < wanted.replicas {
@@ -347,7 +355,7 @@ impl Connections {
                 return Err(StoreError::Unreplicated { wanted: wanted.replicas, acked });
             }
         }
-        Ok(replies.pop().expect("the call's reply"))
+        Ok(replies)
     }
 
     /// The tail group of `room` on this deployment.

@@ -23,6 +23,144 @@ use crate::{
 /// How many entries one `XREAD` returns per stream at most.
 const TAIL_BATCH: u64 = 512;
 
+/// Where `append_take`'s "the room is new" and `append_store`'s kind are
+/// in their arguments: what step 1 decides.
+const TAKE_NEW_ROOM: usize = 3;
+const STORE_KIND: usize = 9;
+
+/// The keys and arguments of an append's three scripts (docs/cluster.md,
+/// "Appending"), made once for the steps or for [`AppendSteps::at_once`].
+struct AppendSteps {
+    dedupe: Option<String>,
+    check_keys: Vec<String>,
+    check_args: Vec<Value>,
+    take_keys: Vec<String>,
+    /// With "the room is new" still to be decided.
+    take_args: Vec<Value>,
+    store_keys: Vec<String>,
+    /// With the room's kind still to be decided.
+    store_args: Vec<Value>,
+}
+
+impl AppendSteps {
+    fn new(backend: &RedisBackend, room: &RoomName, message: &NewMessage) -> Self {
+        let client_id = message.client_id.clone().filter(|c| !c.is_empty());
+        let dedupe = client_id.as_deref().map(|cid| keys::sent(room, message.sender, cid));
+        let now = UnixMillis::now();
+        let sender: Value = message.sender.to_string().into();
+        let mut check_keys = vec![keys::active(room), keys::meta(room), keys::members(room)];
+        check_keys.extend(dedupe.clone());
+        let (counter, quota) = if room.is_direct() {
+            (keys::new_direct(message.sender), backend.room_limits.new_direct)
+        } else {
+            (keys::new_rooms(message.sender), backend.new_rooms)
+        };
+        let take_args: Vec<Value> = vec![
+            millis(now),
+            backend.user_rate.rate.into(),
+            backend.user_rate.burst.into(),
+            "0".into(),
+            (quota.max as i64).into(),
+            (quota.window.as_millis() as i64).into(),
+        ];
+        let mut store_keys = vec![keys::messages(room), keys::active(room), keys::meta(room), keys::members(room)];
+        store_keys.extend(dedupe.clone());
+        let store_args: Vec<Value> = vec![
+            (backend.history_max_len as i64).into(),
+            message.user.as_str().into(),
+            message.body.as_str().into(),
+            millis(message.sent_at),
+            client_id.as_deref().unwrap_or_default().into(),
+            (if message.client_id_shown && client_id.is_some() { "1" } else { "0" }).into(),
+            (backend.dedupe_window.as_secs() as i64).into(),
+            millis(now),
+            (backend.room_ttl.as_millis() as i64).into(),
+            "".into(),
+            sender.clone(),
+        ];
+        Self {
+            dedupe,
+            check_keys,
+            check_args: vec![sender],
+            take_keys: vec![keys::rate(message.sender), counter],
+            take_args,
+            store_keys,
+            store_args,
+        }
+    }
+
+    /// The three steps as one script, for one Redis.
+    fn at_once(&self, room: &RoomName) -> Call<'static> {
+        let flag = |on: bool| Value::from(if on { "1" } else { "0" });
+        let mut args: Vec<Value> = vec![
+            (self.check_keys.len() as i64).into(),
+            (self.store_keys.len() as i64).into(),
+            flag(room.is_direct()),
+            flag(room.is_lobby()),
+        ];
+        args.extend(self.check_args.iter().chain(&self.take_args).chain(&self.store_args).cloned());
+        let keys = [&self.check_keys, &self.take_keys, &self.store_keys].into_iter().flatten().cloned().collect();
+        Call::new(&SCRIPTS.append_at_once, keys, args)
+    }
+
+    /// What step 1's kind means for step 3, or `None`: the sender may not
+    /// write here.
+    fn kind(&self, room: &RoomName, kind: i64) -> Option<&'static str> {
+        match kind {
+            _ if room.is_direct() => Some("direct"),
+            0 => Some("public"),
+            1 => Some("private"),
+            _ => None,
+        }
+    }
+
+    /// `append_store`'s answer as what the append did.
+    fn stored(&self, message: NewMessage, (id, stored): (String, i64)) -> StoreResult<Appended> {
+        if stored == 2 {
+            return Ok(Appended::NotVisible);
+        }
+        let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
+        Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
+    }
+}
+
+/// The failure of a pipeline, for each of its messages.
+fn same_failure(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Redis(err) => StoreError::Redis(err.clone()),
+        StoreError::Unreplicated { wanted, acked } => StoreError::Unreplicated { wanted: *wanted, acked: *acked },
+        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        other => StoreError::Usage(other.to_string()),
+    }
+}
+
+/// What `append_at_once` answered.
+enum AtOnce {
+    Refused,
+    Throttled,
+    Quota,
+    Seen,
+    Stored((String, i64)),
+}
+
+impl AtOnce {
+    fn read(answer: Value) -> StoreResult<Self> {
+        let mut parts: Vec<Value> = answer.convert()?;
+        let word = parts.first().and_then(|v| v.as_str().map(|s| s.into_owned())).unwrap_or_default();
+        Ok(match word.as_str() {
+            "refused" => AtOnce::Refused,
+            "throttled" => AtOnce::Throttled,
+            "quota" => AtOnce::Quota,
+            "seen" => AtOnce::Seen,
+            _ if parts.len() == 2 => {
+                let stored: i64 = parts.pop().expect("two parts").convert()?;
+                AtOnce::Stored((word, stored))
+            }
+            _ => return Err(StoreError::Corrupt(format!("append_at_once answered {parts:?}"))),
+        })
+    }
+}
+
 impl RedisBackend {
     /// A resend of a stored message: acknowledged with the first id, once
     /// the first copy is known to be on the replicas (the confirming write
@@ -84,24 +222,29 @@ impl History for RedisBackend {
         if room.is_direct() && room.other_member(message.sender).is_none() {
             return Ok(Appended::NotVisible);
         }
-        let client_id = message.client_id.clone().filter(|c| !c.is_empty());
-        let dedupe = client_id.as_deref().map(|cid| keys::sent(room, message.sender, cid));
-        let now = UnixMillis::now();
-        let sender: Value = message.sender.to_string().into();
+        let steps = AppendSteps::new(self, room, &message);
+        if !self.conn.cluster {
+            // One round trip on one Redis: under a busy fan-out every round
+            // trip waits its turn behind the room's sockets, so the sender's
+            // pace is what the steps cost in turns (BENCHMARKS.md, fan-out
+            // at 200 messages per second).
+            let answer = self.conn.run_durably(steps.at_once(room)).await?;
+            match AtOnce::read(answer)? {
+                AtOnce::Refused => return Ok(Appended::NotVisible),
+                AtOnce::Throttled => return Ok(Appended::Throttled),
+                AtOnce::Quota => return Ok(Appended::NewRoomRefused),
+                AtOnce::Stored(answer) => return steps.stored(message, answer),
+                // A resend: confirmed as the steps confirm it, below.
+                AtOnce::Seen => {}
+            }
+        }
 
         // 1. The room: its kind, a resend, and whether the room exists.
-        let mut check_keys = vec![keys::active(room), keys::meta(room), keys::members(room)];
-        check_keys.extend(dedupe.clone());
         let (seen, exists, kind): (String, i64, i64) =
-            self.conn.run(&SCRIPTS.append_check, check_keys, vec![sender.clone()]).await?;
-        let kind = match kind {
-            _ if room.is_direct() => "direct",
-            0 => "public",
-            1 => "private",
-            _ => return Ok(Appended::NotVisible),
-        };
+            self.conn.run(&SCRIPTS.append_check, steps.check_keys.clone(), steps.check_args.clone()).await?;
+        let Some(kind) = steps.kind(room, kind) else { return Ok(Appended::NotVisible) };
         if !seen.is_empty() {
-            if let Some(id) = self.confirm_resend(dedupe.as_deref().expect("seen by its key")).await? {
+            if let Some(id) = self.confirm_resend(steps.dedupe.as_deref().expect("seen by its key")).await? {
                 return Ok(Appended::Duplicate(id));
             }
             // The first copy's window closed between the two reads: the
@@ -110,22 +253,9 @@ impl History for RedisBackend {
 
         // 2. The sender: their rate, and their quota if the room is new
         // (of new conversations, for a direct room).
-        let new_room = exists == 0 && !room.is_lobby();
-        let (counter, quota) = if room.is_direct() {
-            (keys::new_direct(message.sender), self.room_limits.new_direct)
-        } else {
-            (keys::new_rooms(message.sender), self.new_rooms)
-        };
-        let take_keys = vec![keys::rate(message.sender), counter];
-        let take_args: Vec<Value> = vec![
-            millis(now),
-            self.user_rate.rate.into(),
-            self.user_rate.burst.into(),
-            (if new_room { "1" } else { "0" }).into(),
-            (quota.max as i64).into(),
-            (quota.window.as_millis() as i64).into(),
-        ];
-        match self.conn.run::<i64>(&SCRIPTS.append_take, take_keys, take_args).await? {
+        let mut take_args = steps.take_args.clone();
+        take_args[TAKE_NEW_ROOM] = (if exists == 0 && !room.is_lobby() { "1" } else { "0" }).into();
+        match self.conn.run::<i64>(&SCRIPTS.append_take, steps.take_keys.clone(), take_args).await? {
             2 => return Ok(Appended::Throttled),
             3 => return Ok(Appended::NewRoomRefused),
             _ => {}
@@ -133,28 +263,44 @@ impl History for RedisBackend {
 
         // 3. The room: store (unless a resend got there first, or the
         // sender may no longer write here), then WAIT.
-        let mut store_keys = vec![keys::messages(room), keys::active(room), keys::meta(room), keys::members(room)];
-        store_keys.extend(dedupe);
-        let args: Vec<Value> = vec![
-            (self.history_max_len as i64).into(),
-            message.user.as_str().into(),
-            message.body.as_str().into(),
-            millis(message.sent_at),
-            client_id.as_deref().unwrap_or_default().into(),
-            (if message.client_id_shown && client_id.is_some() { "1" } else { "0" }).into(),
-            (self.dedupe_window.as_secs() as i64).into(),
-            millis(now),
-            (self.room_ttl.as_millis() as i64).into(),
-            kind.into(),
-            sender,
-        ];
-        let (id, stored): (String, i64) =
-            self.conn.run_durably(Call::new(&SCRIPTS.append_store, store_keys, args)).await?.convert()?;
-        if stored == 2 {
-            return Ok(Appended::NotVisible);
+        let mut store_args = steps.store_args.clone();
+        store_args[STORE_KIND] = kind.into();
+        let answer =
+            self.conn.run_durably(Call::new(&SCRIPTS.append_store, steps.store_keys.clone(), store_args)).await?;
+        steps.stored(message, answer.convert()?)
+    }
+
+    /// On one Redis, every message's one script in one pipeline, with one
+    /// `WAIT` after the last; on a cluster, one append after the other.
+    /// A resend found in the pipeline is confirmed after the others, as
+    /// [`History::append`] confirms it.
+    async fn append_all(&self, room: &RoomName, messages: Vec<NewMessage>) -> Vec<StoreResult<Appended>> {
+        let direct_refused = room.is_direct() && messages.iter().any(|m| room.other_member(m.sender).is_none());
+        if self.conn.cluster || messages.len() < 2 || direct_refused {
+            let mut answers = Vec::with_capacity(messages.len());
+            for message in messages {
+                answers.push(self.append(room, message).await);
+            }
+            return answers;
         }
-        let id: MessageId = id.parse().map_err(|_| StoreError::Corrupt(format!("stream id {id}")))?;
-        Ok(if stored == 1 { Appended::New(message.stored(id)) } else { Appended::Duplicate(id) })
+        let steps: Vec<AppendSteps> = messages.iter().map(|m| AppendSteps::new(self, room, m)).collect();
+        let calls: Vec<Call> = steps.iter().map(|s| s.at_once(room)).collect();
+        let replies = match self.conn.run_all_durably(&calls).await {
+            Ok(replies) => replies,
+            Err(err) => return messages.iter().map(|_| Err(same_failure(&err))).collect(),
+        };
+        let mut answers = Vec::with_capacity(messages.len());
+        for ((message, steps), reply) in messages.into_iter().zip(&steps).zip(replies) {
+            answers.push(match AtOnce::read(reply) {
+                Ok(AtOnce::Refused) => Ok(Appended::NotVisible),
+                Ok(AtOnce::Throttled) => Ok(Appended::Throttled),
+                Ok(AtOnce::Quota) => Ok(Appended::NewRoomRefused),
+                Ok(AtOnce::Stored(answer)) => steps.stored(message, answer),
+                Ok(AtOnce::Seen) => self.append(room, message).await,
+                Err(err) => Err(err),
+            });
+        }
+        answers
     }
 
     async fn after(&self, room: &RoomName, after: MessageId, limit: usize) -> StoreResult<Vec<Message>> {

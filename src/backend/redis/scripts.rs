@@ -26,9 +26,10 @@ impl Script {
     }
 }
 
-/// Declares every script once: `name` is `scripts/name.lua`.
+/// Declares every script once: `name` is `scripts/name.lua`, or that file
+/// followed by what `= source` adds.
 macro_rules! scripts {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident $(= $tail:expr)?),* $(,)?) => {
         /// Every script, by name.
         pub struct Scripts {
             $(pub $name: Script,)*
@@ -39,7 +40,7 @@ macro_rules! scripts {
                 Self {
                     $($name: Script::new(
                         stringify!($name),
-                        include_str!(concat!("scripts/", stringify!($name), ".lua")),
+                        concat!(include_str!(concat!("scripts/", stringify!($name), ".lua")) $(, $tail)?),
                     ),)*
                 }
             }
@@ -62,6 +63,15 @@ scripts! {
     append_take,
     append_store,
     append_confirm,
+    append_at_once = concat!(
+        "\ncheck = function(KEYS, ARGV)\n",
+        include_str!("scripts/append_check.lua"),
+        "end\ntake = function(KEYS, ARGV)\n",
+        include_str!("scripts/append_take.lua"),
+        "end\nstore = function(KEYS, ARGV)\n",
+        include_str!("scripts/append_store.lua"),
+        "end\nreturn main()\n",
+    ),
     open_room,
     open_room_user,
     token_find,

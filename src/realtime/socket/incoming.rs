@@ -3,7 +3,7 @@
 //! re-read, the deadline moved), and the refusals and rate limits around
 //! them; and what the deadline's timer decides.
 
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::{timeout, Instant},
@@ -12,11 +12,25 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use super::{Credential, Flow, Socket, CLOSE_TIMEOUT, MAX_FLOOD, READ_NOT_STORED};
 use crate::{
+    backend::StoreResult,
     clock::UnixMillis,
     model::{clean_body, Appended, MessageId, NewMessage, RoomKind, MAX_CLIENT_ID_CHARS},
     protocol::{self as frames, ClientFrame, ErrorCode, ServerFrame},
     realtime::deadline::{Lookup, Step},
 };
+
+/// At most this many `send` frames already read are stored in one round
+/// trip.
+const SEND_RUN: usize = 32;
+
+/// What [`Socket::admit`] found of a `send`.
+enum Admit {
+    Ready(NewMessage),
+    /// Refused for its fields: why, and its client_id if it had one.
+    Invalid(&'static str, Option<String>),
+    /// Over the socket's rate; its client_id.
+    TooFast(String),
+}
 
 impl<S> Socket<S>
 where
@@ -116,7 +130,7 @@ where
             WsMessage::Text(text) => match serde_json::from_str::<ClientFrame>(&text) {
                 // Boxed: their futures are large and would otherwise be part
                 // of every idle socket's task for its whole life.
-                Ok(ClientFrame::Send { body, client_id }) => Box::pin(self.on_send(body, client_id)).await,
+                Ok(ClientFrame::Send { body, client_id }) => Box::pin(self.on_sends(body, client_id)).await,
                 Ok(ClientFrame::Reauth { token }) => Box::pin(self.on_reauth(token)).await,
                 Ok(ClientFrame::Read { up_to }) => Box::pin(self.on_read(up_to)).await,
                 Err(_) => self.refuse("Frames are JSON objects with a known \"type\".", None).await,
@@ -171,32 +185,104 @@ where
         self.error(ErrorCode::RateLimited, "Too many messages; slow down.", client_id).await
     }
 
-    async fn on_send(&mut self, body: String, client_id: Option<String>) -> Flow {
+    /// A `send`, and the frames the client sent after it that are already
+    /// here: their sends are stored in one round trip (a client ahead of
+    /// the store catches up in turns, not one turn per message), and
+    /// answered one by one, in order, as if each came alone. The first
+    /// frame that is not a `send` ends the run and is handled after it.
+    async fn on_sends(&mut self, body: String, client_id: Option<String>) -> Flow {
+        let mut sends = vec![(body, client_id)];
+        let mut then = None;
+        while sends.len() < SEND_RUN {
+            // Only what is here already; the loop's select waits for more.
+            let Some(frame) = self.ws.next().now_or_never() else { break };
+            if let Some(Ok(WsMessage::Text(text))) = &frame {
+                if let Ok(ClientFrame::Send { body, client_id }) = serde_json::from_str::<ClientFrame>(text) {
+                    self.last_seen = Instant::now();
+                    sends.push((body, client_id));
+                    continue;
+                }
+            }
+            then = Some(frame);
+            break;
+        }
+        let mut ready = Vec::new();
+        for (body, client_id) in sends {
+            match self.admit(body, client_id) {
+                Admit::Ready(message) => ready.push(message),
+                refused => {
+                    // What came before it is answered first.
+                    let flow = self.store(std::mem::take(&mut ready)).await;
+                    if !matches!(flow, Flow::Continue) {
+                        return flow;
+                    }
+                    let flow = match refused {
+                        Admit::Invalid(why, client_id) => self.refuse(why, client_id.as_deref()).await,
+                        Admit::TooFast(client_id) => self.too_fast(Some(&client_id)).await,
+                        Admit::Ready(_) => unreachable!("matched above"),
+                    };
+                    if !matches!(flow, Flow::Continue) {
+                        return flow;
+                    }
+                }
+            }
+        }
+        match self.store(ready).await {
+            Flow::Continue => match then {
+                Some(frame) => Box::pin(self.incoming(frame)).await,
+                None => Flow::Continue,
+            },
+            flow => flow,
+        }
+    }
+
+    /// Whether a `send` may go to the store: its fields, and the socket's
+    /// rate (which it spends).
+    fn admit(&mut self, body: String, client_id: Option<String>) -> Admit {
         let given = client_id.filter(|c| !c.is_empty());
         if given.as_deref().is_some_and(|c| c.chars().count() > MAX_CLIENT_ID_CHARS) {
-            return self.refuse("client_id is at most 64 characters.", None).await;
+            return Admit::Invalid("client_id is at most 64 characters.", None);
         }
         let Some(body) = clean_body(&body) else {
-            return self.refuse("A message is 1 to 2000 characters.", given.as_deref()).await;
+            return Admit::Invalid("A message is 1 to 2000 characters.", given);
         };
         // Every message gets an id to recognise a resend by: the sender's, or
         // one assigned here and echoed in the ack or error, so that a resend
         // after an unconfirmed store is never stored twice.
         let shown = given.is_some();
         let client_id = given.unwrap_or_else(|| format!("s-{}", uuid::Uuid::new_v4().simple()));
-        if let Err(flow) = self.rate_limit(Some(&client_id)).await {
-            return flow;
+        if !self.bucket.take(Instant::now().into_std()) {
+            return Admit::TooFast(client_id);
         }
-        let message = NewMessage {
+        Admit::Ready(NewMessage {
             sender: self.user.id,
             user: self.user.name.clone(),
             body: body.to_owned(),
-            client_id: Some(client_id.clone()),
+            client_id: Some(client_id),
             client_id_shown: shown,
             sent_at: UnixMillis::now(),
-        };
-        let cid = Some(client_id.as_str());
-        match self.deps.history.append(&self.room, message).await {
+        })
+    }
+
+    /// Stores admitted messages, in order, and answers each.
+    async fn store(&mut self, messages: Vec<NewMessage>) -> Flow {
+        if messages.is_empty() {
+            return Flow::Continue;
+        }
+        let client_ids: Vec<String> = messages.iter().map(|m| m.client_id.clone().unwrap_or_default()).collect();
+        let answers = self.deps.history.append_all(&self.room, messages).await;
+        for (client_id, answer) in client_ids.iter().zip(answers) {
+            let flow = self.answer_send(client_id, answer).await;
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn answer_send(&mut self, client_id: &str, answer: StoreResult<Appended>) -> Flow {
+        let cid = Some(client_id);
+        match answer {
             Ok(Appended::New(stored)) => {
                 self.note_direct(stored.id, stored.sent_at).await;
                 let flow = self.acknowledge(cid, stored.id).await;
