@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     args::{arg, flag},
     http::register_many,
-    servers::{start_palaver_on, start_redis, start_redis_cluster, start_servers, Kind},
+    servers::{start_palaver_on, start_redis, start_redis_cluster, start_servers, Kind, Process, RedisNode},
     sockets::{next_json, open, Ws},
-    stats::{latency_line, unix_micros},
+    stats::{latency_line, pct, unix_micros},
 };
 
 /// What one receiving socket got: (send time, latency) in µs per message,
@@ -208,6 +208,80 @@ pub(crate) const UNLIMITED: [(&str, &str); 4] = [
     ("USER_MESSAGE_BURST", "100000"),
 ];
 
+/// One room's run at one rate: what it sent, delivered and how fast.
+pub(crate) struct Measured {
+    pub(crate) sent: u64,
+    pub(crate) acked: usize,
+    pub(crate) deliveries_per_sec: f64,
+    /// Every delivery's (send time, latency) in µs, sorted by latency.
+    pub(crate) latencies: Vec<(u64, u64)>,
+    pub(crate) ack_latencies: Vec<(u64, u64)>,
+}
+
+/// Fills `room` with `sockets` sockets, `senders` of them sending `rate`
+/// messages per second in all for `seconds`; checks every receiver.
+pub(crate) async fn measure(
+    ports: &[u16],
+    cookies: &[String],
+    room: &str,
+    sockets: usize,
+    senders: usize,
+    rate: u64,
+    seconds: u64,
+) -> Measured {
+    let mut room = join_room(ports, cookies, room, sockets, senders).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // presence settles
+    let started = Instant::now();
+    let (sent, acked) = room.send(rate as f64, seconds as f64).await;
+    let elapsed = started.elapsed().as_secs_f64() - 2.0;
+    assert_eq!(acked.len() as u64, sent, "every message sent is acked");
+    let ack_latencies = std::mem::take(&mut room.ack_latencies);
+    let latencies = room.finish(&acked).await;
+    let deliveries_per_sec = latencies.len() as f64 / elapsed;
+    Measured { sent, acked: acked.len(), deliveries_per_sec, latencies, ack_latencies }
+}
+
+/// A store for `kind` (one Redis, or with `cluster` a six-node cluster for
+/// palaver) and `instances` servers on it, with the chat limits lifted.
+/// Fields drop in order: the servers, then the store, then its folder.
+pub(crate) struct Stage {
+    _servers: Vec<Process>,
+    _redis: (Process, Vec<RedisNode>),
+    _dir: tempfile::TempDir,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) store: String,
+}
+
+pub(crate) fn stage(kind: Kind, instances: usize, cluster: bool, wait_replicas: Option<&str>) -> Stage {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = UNLIMITED.to_vec();
+    if let Some(n) = wait_replicas {
+        extra.push(("REDIS_WAIT_REPLICAS", n));
+    }
+    let (redis, redis_port) = start_redis(dir.path());
+    let (cluster_nodes, servers) = if cluster {
+        let (nodes, url) = start_redis_cluster(dir.path(), None);
+        let servers: Vec<_> = (0..instances).map(|_| start_palaver_on(&url, &extra)).collect();
+        (nodes, servers)
+    } else {
+        (Vec::new(), start_servers(kind, redis_port, instances, &extra))
+    };
+    let store = match (cluster, wait_replicas) {
+        (true, None) => "a Redis Cluster of 3+3, WAIT 1".to_owned(),
+        (true, Some(n)) => format!("a Redis Cluster of 3+3, REDIS_WAIT_REPLICAS={n}"),
+        (false, None) => "one Redis".to_owned(),
+        (false, Some(n)) => format!("one Redis, REDIS_WAIT_REPLICAS={n}"),
+    };
+    let ports = servers.iter().map(|(_, port)| *port).collect();
+    Stage {
+        _servers: servers.into_iter().map(|(server, _)| server).collect(),
+        _redis: (redis, cluster_nodes),
+        _dir: dir,
+        ports,
+        store,
+    }
+}
+
 pub(crate) async fn chat(kind: Kind, args: &[String]) {
     let sockets: usize = arg(args, "--sockets", 1000);
     let senders: usize = arg(args, "--senders", 10);
@@ -216,53 +290,132 @@ pub(crate) async fn chat(kind: Kind, args: &[String]) {
     let rates: String = arg(args, "--rates", "100,200,400".to_string());
     // The bare server is one process: it has nothing to share rooms with.
     let instances = if kind == Kind::Bare { 1 } else { arg(args, "--instances", 2) };
-    let dir = tempfile::tempdir().unwrap();
     // --cluster (palaver): a six-node Redis Cluster instead of one Redis;
     // --wait-replicas N sets REDIS_WAIT_REPLICAS (the cost of WAIT).
     let cluster = flag(args, "--cluster") && kind == Kind::Palaver;
     let wait_replicas: Option<String> = args.iter().position(|a| a == "--wait-replicas").map(|i| args[i + 1].clone());
-    let mut extra = UNLIMITED.to_vec();
-    if let Some(n) = &wait_replicas {
-        extra.push(("REDIS_WAIT_REPLICAS", n));
-    }
-    let (_redis, redis_port) = start_redis(dir.path());
-    let (_cluster, servers) = if cluster {
-        let (nodes, url) = start_redis_cluster(dir.path(), None);
-        let servers: Vec<_> = (0..instances).map(|_| start_palaver_on(&url, &extra)).collect();
-        (nodes, servers)
-    } else {
-        (Vec::new(), start_servers(kind, redis_port, instances, &extra))
-    };
-    let store = match (cluster, &wait_replicas) {
-        (true, None) => "a Redis Cluster of 3+3, WAIT 1".to_owned(),
-        (true, Some(n)) => format!("a Redis Cluster of 3+3, REDIS_WAIT_REPLICAS={n}"),
-        (false, None) => "one Redis".to_owned(),
-        (false, Some(n)) => format!("one Redis, REDIS_WAIT_REPLICAS={n}"),
-    };
-    let ports: Vec<u16> = servers.iter().map(|(_, port)| *port).collect();
-    let cookies = register_many(kind, ports[0], "chat", users).await;
+    let stage = stage(kind, instances, cluster, wait_replicas.as_deref());
+    let cookies = register_many(kind, stage.ports[0], "chat", users).await;
 
     for rate in rates.split(',').map(|r| r.parse::<u64>().unwrap()) {
-        let mut room = join_room(&ports, &cookies, &format!("bench-{rate}"), sockets, senders).await;
-        tokio::time::sleep(Duration::from_secs(2)).await; // presence settles
-        let started = Instant::now();
-        let (sent, acked) = room.send(rate as f64, seconds as f64).await;
-        let elapsed = started.elapsed().as_secs_f64() - 2.0;
-        assert_eq!(acked.len() as u64, sent, "every message sent is acked");
-        let acks = std::mem::take(&mut room.ack_latencies);
-        let all = room.finish(&acked).await;
+        let run = measure(&stage.ports, &cookies, &format!("bench-{rate}"), sockets, senders, rate, seconds).await;
         println!(
             "chat ({}) @ {rate} msg/s offered into one room of {sockets} sockets over {instances} instance(s) on \
-             {store} ({senders} senders, {} receivers): {sent} sent, {} acked, {} deliveries = {:.0} deliveries/s; \
+             {} ({senders} senders, {} receivers): {} sent, {} acked, {} deliveries = {:.0} deliveries/s; \
              latency {}; ack latency {}; every receiver got exactly the acked ids in order, none was closed \
              (target: p99 at most 100 ms)",
             kind.name(),
+            stage.store,
             sockets - senders,
-            acked.len(),
-            all.len(),
-            all.len() as f64 / elapsed,
-            latency_line(&all),
-            latency_line(&acks),
+            run.sent,
+            run.acked,
+            run.latencies.len(),
+            run.deliveries_per_sec,
+            latency_line(&run.latencies),
+            latency_line(&run.ack_latencies),
         );
+    }
+}
+
+/// One row of the standard fan-out table: `sockets` in one room of one
+/// instance, 20 users (so 100 sockets per session in a room of 2,000),
+/// one sender at `rate` messages per second.
+struct Row {
+    sockets: usize,
+    rate: u64,
+}
+
+/// `fanout`: the standard fan-out table, every row for every `--server`
+/// in turn (each on a fresh Redis), palaver against the bare server of the
+/// same run. Panics when palaver delivers less than 90 % of the bare
+/// server's deliveries per second or its p99 is above 1.5 times the bare
+/// server's (`--report-only`: says so and goes on), so that a regression
+/// fails loudly. A server that fails a row's check (loses, repeats or
+/// reorders a message, or closes a receiver) is reported as failed; for
+/// palaver that fails the run too.
+pub(crate) async fn fanout(args: &[String]) {
+    let rows: String = arg(args, "--rows", "2000x50,2000x200,1000x400".to_string());
+    let rows: Vec<Row> = rows
+        .split(',')
+        .map(|row| {
+            let (sockets, rate) = row.split_once('x').expect("--rows SOCKETSxRATE,…");
+            Row { sockets: sockets.parse().unwrap(), rate: rate.parse().unwrap() }
+        })
+        .collect();
+    let users: usize = arg(args, "--users", 20);
+    let seconds: u64 = arg(args, "--seconds", 10);
+    let report_only = flag(args, "--report-only");
+    let kinds = crate::servers::servers(args);
+    let mut missed = Vec::new();
+    println!("| sockets × msg/s | server | deliveries/s | p50 | p99 | max | ack p99 | against bare |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        let mut results: Vec<(Kind, Result<Measured, String>)> = Vec::new();
+        for &kind in &kinds {
+            let stage = stage(kind, 1, false, None);
+            let cookies = register_many(kind, stage.ports[0], "fan", users).await;
+            let ports = stage.ports.clone();
+            let (sockets, rate) = (row.sockets + 1, row.rate);
+            let run = tokio::spawn(async move { measure(&ports, &cookies, "fan", sockets, 1, rate, seconds).await });
+            let result = run.await.map_err(|err| match err.try_into_panic() {
+                Ok(panic) => panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+                Err(err) => err.to_string(),
+            });
+            drop(stage);
+            results.push((kind, result));
+        }
+        let bare = results.iter().find_map(|(k, r)| (*k == Kind::Bare).then_some(r.as_ref().ok()).flatten());
+        let p99 = |m: &Measured| pct(&m.latencies, 0.99).1 as f64 / 1000.0;
+        for (kind, result) in &results {
+            let label = format!("{} × {}", row.sockets, row.rate);
+            match result {
+                Ok(m) => {
+                    let against = match (kind, bare) {
+                        (Kind::Bare, _) | (_, None) => String::new(),
+                        (_, Some(b)) => {
+                            let (share, ratio) = (m.deliveries_per_sec / b.deliveries_per_sec, p99(m) / p99(b));
+                            if *kind == Kind::Palaver && (share < 0.9 || ratio > 1.5) {
+                                missed.push(format!("{label}: {:.0} % of bare, p99 {ratio:.2}×", share * 100.0));
+                            }
+                            format!("{:.0} % of deliveries/s, p99 {ratio:.2}×", share * 100.0)
+                        }
+                    };
+                    let at = |p: f64| pct(&m.latencies, p).1 as f64 / 1000.0;
+                    println!(
+                        "| {label} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {against} |",
+                        kind.name(),
+                        m.deliveries_per_sec,
+                        at(0.5),
+                        at(0.99),
+                        m.latencies.last().map_or(0, |d| d.1) as f64 / 1000.0,
+                        pct(&m.ack_latencies, 0.99).1 as f64 / 1000.0,
+                    );
+                }
+                Err(why) => {
+                    let why = why.lines().next().unwrap_or_default();
+                    println!("| {label} | {} | failed its check: {why} | | | | | |", kind.name());
+                    if *kind == Kind::Palaver {
+                        missed.push(format!("{label}: palaver failed its check: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "every row: one instance, one Redis, {users} users, one sender, {seconds} s; every receiver of a row \
+         without 'failed' got exactly the acked ids in order and none was closed (target: palaver at least 90 % \
+         of the bare server's deliveries/s, p99 at most 1.5× the bare server's)"
+    );
+    if !missed.is_empty() {
+        let said = format!("palaver missed its target against the bare server: {}", missed.join("; "));
+        if report_only {
+            println!("{said}");
+        } else {
+            panic!("{said}");
+        }
     }
 }

@@ -116,7 +116,7 @@ mod stats;
 
 use crate::{
     chaos::chaos,
-    chat::chat,
+    chat::{chat, fanout},
     handshakes::handshakes,
     idle::{idle, idle_client},
     login::{login_storm, logins},
@@ -135,6 +135,7 @@ async fn main() {
         "login" => logins(&args).await,
         "replay" => replay(&args).await,
         "handshakes" => handshakes(&args).await,
+        "fanout" => fanout(&args).await,
         "chaos" => chaos(&args).await,
         "idle-client" => idle_client(&args).await,
         "idle" | "chat" | "logout" | "revoke" | "presence-storm" | "login-storm" => {
@@ -151,11 +152,11 @@ async fn main() {
         }
         _ => eprintln!(
             "usage: cargo bench --bench loadgen -- \
-             idle|chat|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos \
+             idle|chat|fanout|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
              [--count N] [--messages N] [--body N] [--concurrency N] [--room-kind public,private] [--same-room] \
              [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N] \
-             [--store cluster|single] [--seed S] [--minutes M] [--warm-up S] [--settle S]\n\
+             [--rows SOCKETSxRATE,…] [--report-only] [--store cluster|single] [--seed S] [--minutes M] [--warm-up S] [--settle S]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }
