@@ -34,6 +34,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     ("palaver_sockets_open", Kind::Gauge, None, "WebSockets open on this instance"),
     ("palaver_upgrades_total", Kind::Counter, None, "WebSocket upgrade requests by outcome"),
     ("palaver_upgrade_seconds", Kind::Histogram, Some(Unit::Seconds), "Time to answer an upgrade request"),
+    (
+        "palaver_upgrades_shed_total",
+        Kind::Counter,
+        None,
+        "WebSocket upgrades answered 503 with Retry-After at once: MAX_PENDING_UPGRADES were in flight",
+    ),
     ("palaver_socket_closes_total", Kind::Counter, None, "Sockets closed by the server, by close reason"),
     (
         "palaver_logout_close_seconds",
@@ -85,6 +91,7 @@ struct Inner {
     sockets_open: Gauge,
     fanout_lag: Histogram,
     presence_pushes: Counter,
+    upgrades_shed: Counter,
     hash_wait: Histogram,
 }
 
@@ -120,6 +127,7 @@ impl Meters {
             sockets_open: recorder.register_gauge(&key("palaver_sockets_open", &[]), &METADATA),
             fanout_lag: recorder.register_histogram(&key("palaver_fanout_lag_seconds", &[]), &METADATA),
             presence_pushes: recorder.register_counter(&key("palaver_presence_pushes_total", &[]), &METADATA),
+            upgrades_shed: recorder.register_counter(&key("palaver_upgrades_shed_total", &[]), &METADATA),
             hash_wait: recorder.register_histogram(&key("palaver_password_hash_wait_seconds", &[]), &METADATA),
             recorder,
         };
@@ -157,6 +165,14 @@ impl Meters {
     pub(crate) fn upgrade(&self, outcome: &'static str, took: Duration) {
         self.counter("palaver_upgrades_total", &[("outcome", outcome)]).increment(1);
         self.histogram("palaver_upgrade_seconds", &[]).record(took);
+    }
+
+    /// An upgrade was turned away at once, every place being taken (it is
+    /// counted in `palaver_upgrades_total` too, as `unavailable`).
+    pub(crate) fn upgrade_shed(&self) {
+        if let Some(inner) = &self.inner {
+            inner.upgrades_shed.increment(1);
+        }
     }
 
     /// The server closed a socket with `reason` (the close frame's text).

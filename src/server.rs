@@ -69,7 +69,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::{config::TlsPaths, net::TrustedProxies};
+use crate::{config::TlsPaths, net::TrustedProxies, telemetry::OnceASecond};
 
 /// Binds with a deep accept backlog: the default 128 drops SYNs under a burst
 /// of reconnecting clients and stalls each of them for a second.
@@ -256,29 +256,6 @@ fn raise_open_file_limit() -> io::Result<u64> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "no RLIMIT_NOFILE here"))
 }
 
-/// A warning that repeats at most once a second, counting what it held back.
-#[derive(Default)]
-struct Throttled {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttled {
-    /// Some(number suppressed since the last one) if it may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// The connections an accept loop started, for graceful shutdown.
 pub struct Connections {
     shutdown: watch::Sender<bool>,
@@ -353,11 +330,11 @@ where
 {
     let shared = Shared::new(tls, limits);
     let (shutdown, _) = watch::channel(false);
-    let mut accept_errors = Throttled::default();
-    let mut refusals = Throttled::default();
-    let mut reserved = Throttled::default();
-    let mut crowded = Throttled::default();
-    while let Some((stream, peer)) = accept(&listener, &mut stop, &mut accept_errors).await {
+    let accept_errors = OnceASecond::default();
+    let refusals = OnceASecond::default();
+    let reserved = OnceASecond::default();
+    let crowded = OnceASecond::default();
+    while let Some((stream, peer)) = accept(&listener, &mut stop, &accept_errors).await {
         let _ = stream.set_nodelay(true);
         if let Some(bytes) = shared.limits.send_buffer {
             let _ = linger::cap_send_buffer(&stream, bytes);
@@ -501,7 +478,7 @@ impl Shared {
 async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
-    errors: &mut Throttled,
+    errors: &OnceASecond,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
@@ -723,18 +700,5 @@ mod tests {
         assert_eq!(websocket_cap(100, 50), 45);
         assert_eq!(websocket_cap(10, 5), 4, "at least one place for HTTP");
         assert_eq!(websocket_cap(10, 1), 1, "and at least one WebSocket");
-    }
-
-    #[test]
-    fn a_repeated_warning_is_let_through_once_a_second_with_the_count_held_back() {
-        let mut log = Throttled::default();
-        let start = Instant::now();
-        assert_eq!(log.allow(start), Some(0));
-        for ms in [1, 50, 999] {
-            assert_eq!(log.allow(start + Duration::from_millis(ms)), None);
-        }
-        assert_eq!(log.allow(start + Duration::from_millis(1000)), Some(3));
-        assert_eq!(log.allow(start + Duration::from_millis(1500)), None);
-        assert_eq!(log.allow(start + Duration::from_millis(2000)), Some(1));
     }
 }

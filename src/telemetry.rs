@@ -5,13 +5,18 @@
 //!
 //! Refusals a client can repeat at will (a throttled sign-in) are logged
 //! through a [`RefusalLog`], which summarises them: a client flooding
-//! costs a line a minute, not a line a request.
+//! costs a line a minute, not a line a request. A warning about the
+//! instance itself (its connection cap, its upgrades) goes through a
+//! [`OnceASecond`]: a line a second at most, with what it held back.
 
 use std::{
     collections::{HashMap, VecDeque},
     ffi::OsString,
     io::IsTerminal,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +41,42 @@ pub fn init(format: LogFormat) {
 /// but the empty string.
 fn colour(terminal: bool, no_color: Option<OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// A warning that repeats at most once a second, counting what it held
+/// back. Shared by reference: asking is two atomic operations, no lock, so
+/// it may sit on a path every request of a flood takes.
+#[derive(Debug)]
+pub(crate) struct OnceASecond {
+    /// Where time is counted from.
+    origin: Instant,
+    /// Nanoseconds after `origin` from which the next line may go.
+    next: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Default for OnceASecond {
+    fn default() -> Self {
+        Self { origin: Instant::now(), next: AtomicU64::new(0), held_back: AtomicU64::new(0) }
+    }
+}
+
+impl OnceASecond {
+    /// `Some(how many were held back since the last line)` if a line may
+    /// be written at `now`. Of callers racing for the same second, one
+    /// wins; the others are counted.
+    pub(crate) fn allow(&self, now: Instant) -> Option<u64> {
+        let at = u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
+        let next = self.next.load(Ordering::Relaxed);
+        let second = Duration::from_secs(1).as_nanos() as u64;
+        if at >= next
+            && self.next.compare_exchange(next, at.saturating_add(second), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 /// How long a client's repeated refusals are counted before the count is
@@ -209,6 +250,19 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_let_through_once_a_second_with_the_count_held_back() {
+        let log = OnceASecond::default();
+        let start = Instant::now();
+        assert_eq!(log.allow(start), Some(0));
+        for ms in [1, 50, 999] {
+            assert_eq!(log.allow(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(log.allow(start + Duration::from_millis(1000)), Some(3));
+        assert_eq!(log.allow(start + Duration::from_millis(1500)), None);
+        assert_eq!(log.allow(start + Duration::from_millis(2000)), Some(1));
+    }
 
     #[test]
     fn a_clients_refusals_are_one_line_at_the_first_and_one_with_the_count_when_the_window_ends() {

@@ -1,13 +1,14 @@
 /* palaver: the socket's life. Connecting with `after=` the newest id seen
  * (so the server replays exactly what was missed, docs/protocol.md §3.4),
  * reconnecting on a schedule a person can follow (a countdown and "Retry
- * now"; at once when the network or the tab comes back), staying signed in
+ * now"; at once when the network or the tab comes back; no sooner than
+ * the server asked while it is turning upgrades away), staying signed in
  * (`reauthenticate` → POST /session/refresh → `reauth`, §3.5), going to
  * the sign-in page, saying why, when the session is over (4401), and
  * never coming back to a room the reader may no longer see (4403).
  */
 
-import { closeReason, loginUrl, reconnectDelay } from "./format.js";
+import { busyDelay, closeReason, loginUrl, reconnectDelay } from "./format.js";
 import { decodeFrame } from "./frames.js";
 import { refresh, standing } from "./refresh.js";
 
@@ -41,6 +42,8 @@ export class Connection {
     this.leaving = false; // the page is going away
     this.refreshing = false;
     this.lastSessionCheck = 0;
+    // The last session check said the instance is turning upgrades away.
+    this.busy = false;
     this.expiresAt = 0;
 
     window.addEventListener("online", () => {
@@ -121,6 +124,7 @@ export class Connection {
     this.helloSeen = true;
     this.attempt = 0;
     this.downSince = 0;
+    this.busy = false;
     this.expiresAt = frame.expiresAt;
     this.setState("connected");
   }
@@ -146,12 +150,27 @@ export class Connection {
     // slow retry covers a wrong report.
     const delay = offline ? 30000 : reconnectDelay(this.attempt, Date.now() - (this.downSince || Date.now()), visible);
     this.attempt += 1;
+    this.retryIn(delay);
+    this.setState(offline ? "offline" : "reconnecting");
+  }
+
+  retryIn(delay) {
     this.retryAt = Date.now() + delay;
     this.timer = setTimeout(() => {
       this.timer = 0;
       this.connect();
     }, delay);
-    this.setState(offline ? "offline" : "reconnecting");
+  }
+
+  /** The server is turning upgrades away: the next attempt no sooner than
+   * `delay` ms from now (the countdown shows it). An attempt under way is
+   * left alone: if it fails, the check after it says again. */
+  postpone(delay) {
+    if (this.stopped || this.leaving || this.ws) return;
+    if (this.timer && this.retryAt >= Date.now() + delay) return;
+    this.cancelRetry();
+    this.retryIn(delay);
+    this.setState(navigator.onLine === false ? "offline" : "reconnecting");
   }
 
   /** An attempt now: the "Retry now" button, the network or the tab back. */
@@ -220,15 +239,19 @@ export class Connection {
     this.o.onRevoked();
   }
 
-  /** After sockets closed before `hello`: is the session over, or is the
-   * room no longer the reader's? */
+  /** After sockets closed before `hello`: is the session over, is the
+   * room no longer the reader's, or is the instance turning upgrades away?
+   * While it is, every failed attempt asks again: that answer is good for
+   * seconds, not for the interval between session checks. */
   checkSession() {
     const now = Date.now();
-    if (now - this.lastSessionCheck < SESSION_CHECK_MS) return;
+    if (now - this.lastSessionCheck < SESSION_CHECK_MS && !this.busy) return;
     this.lastSessionCheck = now;
     standing(this.o.roomGone).then((said) => {
-      if (said === "expired") this.goLogin("expired");
-      else if (said === "revoked") this.revoked();
+      this.busy = said.retryAfter > 0;
+      if (said.standing === "expired") this.goLogin("expired");
+      else if (said.standing === "revoked") this.revoked();
+      else if (this.busy) this.postpone(busyDelay(said.retryAfter));
     });
   }
 

@@ -159,6 +159,17 @@ export function reconnectDelay(attempt, downFor, visible, random) {
   return Math.round(ceiling / 2 + (r * ceiling) / 2);
 }
 
+/**
+ * How long to wait before the next upgrade when the server said it is
+ * turning upgrades away for `retryAfter` seconds: at least that, plus up
+ * to a second of our own jitter, so that clients told the same second do
+ * not all come back at its start.
+ */
+export function busyDelay(retryAfter, random) {
+  const r = typeof random === "number" ? random : Math.random();
+  return Math.round(retryAfter * 1000 + r * 1000);
+}
+
 /** What a 4401 close's reason means for the sign-in page (`?reason=`). */
 export function closeReason(text) {
   const t = String(text || "").toLowerCase();

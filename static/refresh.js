@@ -2,8 +2,9 @@
  * session is refreshed with POST /session/refresh when the socket says
  * `reauthenticate`, and asked about when sockets keep closing before
  * `hello`: a browser cannot see the status of a refused upgrade, so a 401
- * here (the session is over) or a room the reader may no longer see is how
- * the page learns why. connection.js acts on the answers.
+ * here (the session is over), a room the reader may no longer see, or a
+ * `Retry-After` (the instance is turning upgrades away) is how the page
+ * learns why. connection.js acts on the answers.
  */
 
 /** Refresh attempts before giving up until the next `reauthenticate`. */
@@ -39,14 +40,23 @@ export async function refresh(deadline, stopped) {
   return {};
 }
 
+/** The whole seconds of a `Retry-After` header, 0 when there is none. */
+function retryAfter(res) {
+  const secs = Number.parseInt((res && res.headers.get("Retry-After")) || "", 10);
+  return Number.isFinite(secs) && secs > 0 ? secs : 0;
+}
+
 /**
- * After sockets closed before `hello`: "expired" when the session is over,
- * "revoked" when the session is fine but `roomGone()` (optional, resolving
- * to a bool) says the room is no longer the reader's, else "unknown".
+ * After sockets closed before `hello`. `standing`: "expired" when the
+ * session is over, "revoked" when the session is fine but `roomGone()`
+ * (optional, resolving to a bool) says the room is no longer the reader's,
+ * else "unknown". `retryAfter`: seconds to wait before the next upgrade
+ * while the instance is turning upgrades away (0 when it is not).
  */
 export async function standing(roomGone) {
   const res = await postRefresh();
-  if (res && res.status === 401) return "expired";
-  if (res && res.ok && roomGone && (await roomGone())) return "revoked";
-  return "unknown";
+  const wait = retryAfter(res);
+  if (res && res.status === 401) return { standing: "expired", retryAfter: wait };
+  if (res && res.ok && roomGone && (await roomGone())) return { standing: "revoked", retryAfter: wait };
+  return { standing: "unknown", retryAfter: wait };
 }

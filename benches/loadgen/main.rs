@@ -39,6 +39,14 @@
 //! and into a private room the user owns, instead of the default room, and
 //! with both prints the private rates as a share of the public ones.
 //!
+//! `fanout`: the standard fan-out table, `--rows` (default
+//! `2000x50,2000x200,1000x400`: sockets in one room × messages per second)
+//! on one instance each, `--users` 20 (so a room of 2,000 holds 100 sockets
+//! per session) and one sender, for every `--server` in turn; the same
+//! checks as `chat`. Fails when palaver delivers under 90 % of the bare
+//! server's deliveries per second or its p99 is above 1.5 times the bare
+//! server's (`--report-only`: says so and goes on).
+//!
 //! `chat`: two instances on one Redis (`--instances`; the bare server: one
 //! process);
 //! `--sockets` sockets in one room, split across the instances; `--senders`
@@ -93,8 +101,20 @@
 //! `--settle` s after the load. `scripts/test` runs two minutes of it in the
 //! test profile.
 //!
+//! `storm` (palaver): a restarted instance's reconnect storm. Two instances
+//! A and B on one Redis; `--sockets` sockets (15,000) of `--users` users
+//! (150) in as many rooms on A, `--survivors` (200) chatting on B at
+//! `--rate` (50) msg/s for `--seconds` (60). A is killed and started again
+//! on its port; its clients reconnect with `after`, honour a 503's
+//! `Retry-After` with jitter of their own and back off on failed
+//! connects. Reports the time until 99 % and 100 % are back, upgrade
+//! latency, 503s and failed connects, the survivors' delivery p99 and
+//! Redis's ops/s, before and during; checks that every client is back
+//! with every message of its room exactly once, in order.
+//! `--no-admission` lifts `MAX_PENDING_UPGRADES` to compare.
+//!
 //! Layout: one module per scenario family (`idle`, `login`, `replay`,
-//! `handshakes`, `chat`, `revocation`, `presence`, `chaos`) over a shared harness:
+//! `handshakes`, `chat`, `revocation`, `presence`, `chaos`, `storm`) over a shared harness:
 //! `servers` (the processes: Redis, palaver, the peers), `http` (raw HTTP:
 //! registering, signing in, tokens, the room API), `sockets` (opening,
 //! reading and holding WebSockets), `stats` (clocks, percentiles) and
@@ -113,6 +133,7 @@ mod revocation;
 mod servers;
 mod sockets;
 mod stats;
+mod storm;
 
 use crate::{
     chaos::chaos,
@@ -124,6 +145,7 @@ use crate::{
     replay::replay,
     revocation::{logout, revoke},
     servers::{raise_fd_limit, servers},
+    storm::storm,
 };
 
 #[tokio::main]
@@ -137,6 +159,7 @@ async fn main() {
         "handshakes" => handshakes(&args).await,
         "fanout" => fanout(&args).await,
         "chaos" => chaos(&args).await,
+        "storm" => storm(&args).await,
         "idle-client" => idle_client(&args).await,
         "idle" | "chat" | "logout" | "revoke" | "presence-storm" | "login-storm" => {
             for kind in servers(&args) {
@@ -152,11 +175,12 @@ async fn main() {
         }
         _ => eprintln!(
             "usage: cargo bench --bench loadgen -- \
-             idle|chat|fanout|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos \
+             idle|chat|fanout|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos|storm \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
              [--count N] [--messages N] [--body N] [--concurrency N] [--room-kind public,private] [--same-room] \
              [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N] \
-             [--rows SOCKETSxRATE,…] [--report-only] [--store cluster|single] [--seed S] [--minutes M] [--warm-up S] [--settle S]\n\
+             [--rows SOCKETSxRATE,…] [--report-only] [--store cluster|single] [--seed S] [--minutes M] \
+             [--warm-up S] [--settle S] [--survivors N] [--trickle R] [--no-admission]\n\
              (the bare server: cargo bench --bench bare --bench loadgen -- …)"
         ),
     }

@@ -245,6 +245,7 @@ pub(crate) fn try_start_palaver_at(
         .env("MAX_SOCKETS_PER_USER", "100000")
         .env("MAX_SOCKETS_PER_SESSION", "100000")
         .env("REGISTER_MAX_PER_ADDRESS", "1000000")
+        .env("REGISTER_MAX_SUCCESSES_PER_ADDRESS", "1000000")
         .env("ROOMS_PER_USER_PER_HOUR", "1000000");
     for (k, v) in extra {
         cmd.env(k, v);

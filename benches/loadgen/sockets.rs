@@ -1,5 +1,5 @@
-//! Client WebSockets: opening one (over 16 source addresses), reading its
-//! frames, and holding many idle ones open.
+//! Client WebSockets: opening one (over 16 source addresses; once, or
+//! retried), reading its frames, and holding many idle ones open.
 
 use std::{
     sync::{
@@ -12,7 +12,7 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    tungstenite::{self, client::IntoClientRequest, handshake::client::Request, http::HeaderValue, Message},
     MaybeTlsStream, WebSocketStream,
 };
 
@@ -22,24 +22,31 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// ~28k ephemeral ports towards one server port.
 pub(crate) static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) async fn open(port: u16, cookie: &str, query: &str) -> Ws {
+/// The upgrade request for `/ws{query}` on `port`, with `cookie` if any.
+pub(crate) fn upgrade_request(port: u16, cookie: &str, query: &str) -> Request {
     let mut request = format!("ws://127.0.0.1:{port}/ws{query}").into_client_request().unwrap();
     if !cookie.is_empty() {
         request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).unwrap());
     }
+    request
+}
+
+/// One attempt at `request` from the next source address: the socket, or
+/// why not (a refusal keeps its HTTP response, a failed connect its error).
+pub(crate) async fn try_open(port: u16, request: &Request) -> Result<Ws, tungstenite::Error> {
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16) as u8);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    let (ws, _) = tokio_tungstenite::client_async(request.clone(), MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+pub(crate) async fn open(port: u16, cookie: &str, query: &str) -> Ws {
+    let request = upgrade_request(port, cookie, query);
     let mut attempt = 0;
     loop {
-        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 16) as u8);
-        let connected = async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind((source, 0).into())?;
-            let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-            let (ws, _) = tokio_tungstenite::client_async(request.clone(), MaybeTlsStream::Plain(stream))
-                .await
-                .map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>(ws)
-        };
-        match connected.await {
+        match try_open(port, &request).await {
             Ok(ws) => return ws,
             Err(err) if attempt < 5 => {
                 attempt += 1;

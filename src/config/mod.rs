@@ -219,6 +219,13 @@ pub struct SocketsConfig {
     /// everyone's commands behind megabytes of history
     /// (`REPLAY_READ_BUDGET_BYTES`).
     pub replay_read_budget: u32,
+    /// Upgrades this instance answers at once: beyond them an upgrade is
+    /// answered 503 with `Retry-After` straight away, rather than queued
+    /// behind the others until its client gives up (`MAX_PENDING_UPGRADES`).
+    pub max_pending_upgrades: usize,
+    /// The longest `Retry-After` such a 503 gives; each is drawn uniformly
+    /// from 1 s to this (`UPGRADE_RETRY_AFTER_MAX_SECS`).
+    pub upgrade_retry_after_max: Duration,
 }
 
 /// Rooms, their history, and what one user may do with them.
@@ -575,6 +582,15 @@ impl SocketsConfig {
             // two, which is all a bystander's command can find queued
             // before it.
             replay_read_budget: vars.number("REPLAY_READ_BUDGET_BYTES", 262_144, 1..=1 << 30)?,
+            // An upgrade in flight waits for one store round trip; at the
+            // ~10,000 upgrades/s one instance answers (BENCHMARKS.md), 512
+            // are a twentieth of a second of its work alone, and well under
+            // a second while it also replays to the sockets it just let in.
+            // Never off: a restart's storm is exactly when it is needed.
+            max_pending_upgrades: vars.number("MAX_PENDING_UPGRADES", 512, 1..=10_000_000)?,
+            // 15,000 clients turned away come back over 1 to 5 s: about
+            // 3,000 a second, well within what one instance answers.
+            upgrade_retry_after_max: vars.secs("UPGRADE_RETRY_AFTER_MAX_SECS", 5, 1..=HOUR)?,
         })
     }
 

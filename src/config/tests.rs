@@ -26,6 +26,8 @@ fn defaults_match_the_spec() {
     assert!(c.signup.invites_by_users);
     assert_eq!(c.signup.invites_per_user_per_day, 10);
     assert_eq!(c.sockets.max_connections, 50_000);
+    assert_eq!(c.sockets.max_pending_upgrades, 512);
+    assert_eq!(c.sockets.upgrade_retry_after_max, Duration::from_secs(5));
     assert_eq!(c.connections.http_idle_timeout, Duration::from_secs(30));
     assert_eq!(c.connections.http_header_timeout, Duration::from_secs(10));
     assert_eq!(c.connections.http_request_timeout, Duration::from_secs(30));
@@ -92,6 +94,10 @@ const OUT_OF_RANGE: &[(&str, &str)] = &[
     ("LOGIN_WINDOW_SECS", "86401"),
     ("MAX_CONNECTIONS", "0"),
     ("MAX_CONNECTIONS", "10000001"),
+    ("MAX_PENDING_UPGRADES", "0"),
+    ("MAX_PENDING_UPGRADES", "10000001"),
+    ("UPGRADE_RETRY_AFTER_MAX_SECS", "0"),
+    ("UPGRADE_RETRY_AFTER_MAX_SECS", "3601"),
     ("MESSAGE_RATE_PER_SEC", "0"),
     ("MESSAGE_RATE_PER_SEC", "-1"),
     ("MESSAGE_RATE_PER_SEC", "NaN"),
@@ -171,6 +177,8 @@ fn the_ends_of_each_range_are_accepted() {
         ("LOGIN_MAX_FAILURES", "1000000"),
         ("LOGIN_WINDOW_SECS", "86400"),
         ("MAX_CONNECTIONS", "10000000"),
+        ("MAX_PENDING_UPGRADES", "10000000"),
+        ("UPGRADE_RETRY_AFTER_MAX_SECS", "3600"),
         ("MESSAGE_RATE_PER_SEC", "10000"),
         ("MESSAGE_BURST", "100000"),
         ("HISTORY_MAX_LEN", "100000000"),
@@ -190,6 +198,8 @@ fn the_ends_of_each_range_are_accepted() {
         ("SESSION_MAX_LIFETIME_SECS", "1"),
         ("LOGIN_MAX_FAILURES", "1"),
         ("MAX_CONNECTIONS", "1"),
+        ("MAX_PENDING_UPGRADES", "1"),
+        ("UPGRADE_RETRY_AFTER_MAX_SECS", "1"),
         ("MESSAGE_RATE_PER_SEC", "0.01"),
         ("MESSAGE_BURST", "1"),
         ("HISTORY_MAX_LEN", "1"),

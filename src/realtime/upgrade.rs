@@ -15,6 +15,10 @@
 //! whether the user may see the room (403, the same for a room that does
 //! not exist as for one the user may not see; see [`RoomAccess`]), the
 //! caps (503, 429). A room is named by its name or `@username`.
+//!
+//! Before the first check that waits on the store, the upgrade takes a
+//! place among those in flight ([`Admission`]); with none free it is
+//! answered 503 with `Retry-After` at once.
 
 use std::sync::Arc;
 
@@ -31,6 +35,7 @@ use tower_sessions::Session;
 use warp::Reply;
 
 use super::{
+    admission::{Admission, Shed},
     registry::{Full, Registry},
     socket::{self, Credential, SocketContext, SocketDeps},
 };
@@ -69,19 +74,34 @@ pub struct Upgrader {
     pub registry: Arc<Registry>,
     pub socket: Arc<SocketDeps>,
     pub meters: Meters,
+    /// Shared with `POST /session/refresh`, which tells a browser when
+    /// this instance is turning upgrades away.
+    pub admission: Arc<Admission>,
 }
 
 type Response = warp::reply::Response;
 
-/// An answer other than 101: its status and a sentence.
+/// An answer other than 101: its status and a sentence, and when to try
+/// again if that is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Refusal {
     status: StatusCode,
     message: &'static str,
+    /// Whole seconds, for `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 fn refuse(status: StatusCode, message: &'static str) -> Refusal {
-    Refusal { status, message }
+    Refusal { status, message, retry_after: None }
+}
+
+/// Every place for upgrades in flight is taken: 503, and when to come back.
+fn busy(shed: Shed) -> Refusal {
+    Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "too many connections are being opened; try again shortly",
+        retry_after: Some(shed.retry_after),
+    }
 }
 
 impl Refusal {
@@ -90,6 +110,9 @@ impl Refusal {
         if self.status == StatusCode::UPGRADE_REQUIRED {
             // A 426 names the protocol to upgrade to.
             res.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+        }
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         res
     }
@@ -234,6 +257,8 @@ async fn upgrade(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Result<
     let (wanted, mut query) = wanted(&req)?;
     let presented = presented(req.headers(), &mut query);
     let subprotocol = matches!(presented, Presented::Subprotocol(_));
+    // Held until this returns: the 101, or any refusal.
+    let _pending = upgrader.admission.enter().map_err(busy)?;
     let current = prove(&upgrader, &req, presented).await?;
     // Before the check: a removal applied between the check and the
     // socket's registration is found by the registration.

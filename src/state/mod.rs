@@ -30,6 +30,7 @@ use crate::{
     net::{OriginPolicy, TrustedProxies},
     protocol::Rate,
     realtime::{
+        admission::Admission,
         hub::Hub,
         lifecycle::Lifecycle,
         presence::{Presence, PresenceTask},
@@ -299,6 +300,11 @@ fn handles(
             registry: realtime.registry.clone(),
             socket: realtime.socket.clone(),
             meters: meters.clone(),
+            admission: Arc::new(Admission::new(
+                config.sockets.max_pending_upgrades,
+                config.sockets.upgrade_retry_after_max,
+                meters.clone(),
+            )),
         }),
         api: Api { sessions: sessions.clone(), passwords: passwords.clone(), meters: meters.clone() },
         accounts: accounts.clone(),

@@ -29,6 +29,7 @@ use crate::{
     error::Error,
     meters::{outcome_of, Meters},
     net::ClientAddr,
+    realtime::admission::Admission,
 };
 
 /// Largest form body accepted.
@@ -220,16 +221,28 @@ pub fn logout_everywhere(sessions: Sessions) -> impl Filter<Extract = (Response,
 }
 
 /// POST /session/refresh
-pub fn refresh(sessions: Sessions) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    session(sessions.clone()).and(with(sessions)).and_then(|session: AuthSession, sessions: Sessions| async move {
-        let res = match sessions.refresh(&session).await.map_err(Error::from)? {
-            Some(current) => warp::reply::json(&json!({ "expires_at": current.expires_at })).into_response(),
-            None => warp::reply::with_status(
-                warp::reply::json(&json!({ "error": "not signed in" })),
-                StatusCode::UNAUTHORIZED,
-            )
-            .into_response(),
-        };
-        Ok::<_, Rejection>(res)
-    })
+///
+/// Also how a browser learns why its upgrades fail (it cannot read their
+/// status): while this instance is turning upgrades away, the answer
+/// carries `Retry-After` (docs/protocol.md §3.5).
+pub fn refresh(
+    sessions: Sessions,
+    admission: Arc<Admission>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    session(sessions.clone()).and(with(sessions)).and(with(admission)).and_then(
+        |session: AuthSession, sessions: Sessions, admission: Arc<Admission>| async move {
+            let mut res = match sessions.refresh(&session).await.map_err(Error::from)? {
+                Some(current) => warp::reply::json(&json!({ "expires_at": current.expires_at })).into_response(),
+                None => warp::reply::with_status(
+                    warp::reply::json(&json!({ "error": "not signed in" })),
+                    StatusCode::UNAUTHORIZED,
+                )
+                .into_response(),
+            };
+            if let Some(secs) = admission.retry_after() {
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Ok::<_, Rejection>(res)
+        },
+    )
 }

@@ -84,7 +84,7 @@ pub fn routes(state: &Handles) -> Router {
         .post("/register", web(self::signup::register(state.signup.clone())))
         .post("/logout", web(account::logout(sessions.clone())))
         .post("/logout/everywhere", web(account::logout_everywhere(sessions.clone())))
-        .post("/session/refresh", web(account::refresh(sessions.clone())))
+        .post("/session/refresh", web(account::refresh(sessions.clone(), state.upgrader.admission.clone())))
         .get("/account", web(self::account_page::show(state.account_pages.clone())))
         .post("/account/sessions/{id}/end", web(self::account_page::end(state.account_pages.clone())))
         .post("/account/sessions/end-others", web(self::account_page::end_others(state.account_pages.clone())))

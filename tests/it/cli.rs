@@ -1,8 +1,9 @@
 //! palaver-cli end to end against real instances: signing in with the
 //! token API, chatting with a browser user across instances, surviving a
 //! restart of its instance, being signed out by the browser's "log out
-//! everywhere", its own logout leaving the browser alone, and listing
-//! and ending its user's sessions.
+//! everywhere", its own logout leaving the browser alone, listing and
+//! ending its user's sessions, and waiting as long as a busy instance
+//! asks (503 with `Retry-After`).
 //!
 //! The CLI is a workspace member: `cargo test --workspace` (what
 //! `scripts/test` runs) builds it beside this test binary.
@@ -11,11 +12,15 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::PathBuf,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::mpsc,
-    time::Duration,
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use reqwest::StatusCode;
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
 
 use crate::helpers::*;
 
@@ -277,4 +282,78 @@ async fn the_cli_lists_its_users_sessions_as_itself_and_ends_a_browsers() {
     assert!(status.success() && out.lines().count() == 1, "{out}");
     let (status, _) = Cli::run(&b.origin, &credentials, &["sessions", "end", id]);
     assert_eq!(status.code(), Some(1), "an id no longer there");
+}
+
+/// A front for an instance that turns its first `shed` upgrades away as an
+/// instance with every place taken does (503, `Retry-After: secs`) and
+/// passes everything else through; it notes when each upgrade arrived.
+struct BusyFront {
+    origin: String,
+    upgrades: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl BusyFront {
+    async fn start(app: &TestApp, shed: usize, secs: u64) -> BusyFront {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let (seen, upstream) = (upgrades.clone(), app.addr);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let head = read_head(&mut client).await;
+                    if head.starts_with("GET /ws") {
+                        let arrived = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push(Instant::now());
+                            seen.len()
+                        };
+                        if arrived <= shed {
+                            let body = "too many connections are being opened; try again shortly";
+                            let answer = format!(
+                                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {secs}\r\n\
+                                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = client.write_all(answer.as_bytes()).await;
+                            return;
+                        }
+                    }
+                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    if server.write_all(head.as_bytes()).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        BusyFront { origin, upgrades }
+    }
+
+    fn upgrades(&self) -> Vec<Instant> {
+        self.upgrades.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_instance_is_waited_for_as_long_as_it_asks_and_the_user_told_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(&redis).await;
+    signed_up(&app, "alice").await;
+    let front = BusyFront::start(&app, 2, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials.json");
+    assert!(Cli::run(&front.origin, &credentials, &["login", "alice"]).0.success());
+
+    let mut cli = Cli::start(&front.origin, &credentials, &["chat", "lobby"]);
+    cli.stderr_count("connected to lobby as alice", 1, Duration::from_secs(20));
+    let upgrades = front.upgrades();
+    assert_eq!(upgrades.len(), 3, "two turned away, then in");
+    for (i, pair) in upgrades.windows(2).enumerate() {
+        let waited = pair[1] - pair[0];
+        assert!(waited >= Duration::from_secs(2), "attempt {} came {waited:?} after the one before", i + 2);
+    }
+    let said = cli.stderr_so_far();
+    let busy: Vec<_> = said.iter().filter(|l| l.contains("the server is busy; retrying in ")).collect();
+    assert_eq!(busy.len(), 1, "told once: {said:?}");
 }

@@ -300,6 +300,23 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: connections stay open and nothing is answered (commands
+    /// time out) until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT: answers again, from where it stopped.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        // SAFETY: a signal to the child process this handle started and still holds.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "signal {signal} to redis-server");
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();

@@ -9,6 +9,7 @@ mod helpers;
 mod abuse;
 mod account;
 mod admin;
+mod admission;
 mod attention;
 mod auth;
 mod browser;

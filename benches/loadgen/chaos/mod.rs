@@ -17,8 +17,8 @@ mod check;
 mod client;
 mod faults;
 mod journal;
-mod resp;
-mod rng;
+pub(crate) mod resp;
+pub(crate) mod rng;
 mod stage;
 mod web;
 

@@ -5,8 +5,9 @@
 //!
 //! The decisions are made by small pure types, each with its own tests:
 //! [`outbox::Outbox`] (what to send and when), [`frames::Seen`] (what not
-//! to print twice), [`reconnect::after_close`] and [`reconnect::Backoff`]
-//! (whether and when to come back). The async code here only carries them out.
+//! to print twice), [`reconnect::after_close`], [`reconnect::Backoff`] and
+//! [`reconnect::busy_wait`] (whether and when to come back). The async code
+//! here only carries them out.
 
 pub mod frames;
 pub mod input;
@@ -48,7 +49,7 @@ use crate::{
 use frames::{message_line, presence_diff_line, presence_line, ClientFrame, Seen, ServerFrame};
 use outbox::{Outbox, Refused, Verdict};
 use pace::Pace;
-use reconnect::{after_close, jitter, AfterClose, Backoff, Outage};
+use reconnect::{after_close, busy_wait, jitter, AfterClose, Backoff, Outage};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -127,6 +128,9 @@ enum Refusal {
     Forbidden(String),
     /// Worth another try later.
     Transient(String),
+    /// 503 with `Retry-After`: the server is turning upgrades away; come
+    /// back no sooner than this.
+    Busy(Duration),
     /// Trying again would get the same answer.
     Fatal(String),
 }
@@ -201,7 +205,7 @@ impl Session {
                 connected = self.connect() => connected,
                 _ = interrupted.changed() => return exit::OK,
             };
-            match connected {
+            let wait = match connected {
                 Ok(socket) => {
                     fresh = false;
                     let started = Instant::now();
@@ -212,6 +216,7 @@ impl Session {
                             self.lost(&why);
                         }
                     }
+                    self.backoff.next_wait(jitter())
                 }
                 Err(Refusal::Unauthorized(why)) if fresh => return self.tokens.signed_out(&why),
                 Err(Refusal::Unauthorized(_)) => {
@@ -224,9 +229,18 @@ impl Session {
                     note(&format!("cannot connect: {why}"));
                     return exit::ERROR;
                 }
-                Err(Refusal::Transient(why)) => self.lost(&format!("cannot connect: {why}")),
-            }
-            let wait = self.backoff.next_wait(jitter());
+                Err(Refusal::Transient(why)) => {
+                    self.lost(&format!("cannot connect: {why}"));
+                    self.backoff.next_wait(jitter())
+                }
+                Err(Refusal::Busy(retry_after)) => {
+                    let wait = busy_wait(retry_after, self.backoff.next_wait(jitter()), jitter());
+                    if let Some(line) = self.outage.busy(wait, Instant::now().into_std()) {
+                        note(&line);
+                    }
+                    wait
+                }
+            };
             if let Some(code) = self.wait(wait).await {
                 return code;
             }
@@ -551,10 +565,12 @@ impl Session {
                     Some(said) => format!("the server answered {status}: {said}"),
                     None => format!("the server answered {status}"),
                 };
-                Err(match status.as_u16() {
-                    401 => Refusal::Unauthorized(why),
-                    403 => Refusal::Forbidden(why),
-                    408 | 429 | 500..=599 => Refusal::Transient(why),
+                let busy = retry_after(response.headers()).filter(|_| status.as_u16() == 503);
+                Err(match (status.as_u16(), busy) {
+                    (_, Some(retry_after)) => Refusal::Busy(retry_after),
+                    (401, _) => Refusal::Unauthorized(why),
+                    (403, _) => Refusal::Forbidden(why),
+                    (408 | 429 | 500..=599, _) => Refusal::Transient(why),
                     _ => Refusal::Fatal(why),
                 })
             }
@@ -564,6 +580,13 @@ impl Session {
             Ok(Err(e)) => Err(Refusal::Transient(e.to_string())),
         }
     }
+}
+
+/// A `Retry-After` in whole seconds (the form palaver sends; an HTTP date
+/// is not read).
+fn retry_after(headers: &tungstenite::http::HeaderMap) -> Option<Duration> {
+    let secs = headers.get(tungstenite::http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 /// What a frame asks of the loop.

@@ -85,31 +85,66 @@ impl Default for Backoff {
     }
 }
 
+/// The longest `Retry-After` honoured: an hour, the most a palaver server
+/// can be configured to say.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+
+/// The wait after an upgrade the server turned away as busy (503 with
+/// `Retry-After`): what it asked, plus up to a second of this client's own
+/// jitter (clients told the same second do not all come back at its
+/// start); and never less than the backoff's own `backoff` would be.
+pub fn busy_wait(retry_after: Duration, backoff: Duration, jitter: f64) -> Duration {
+    let asked = retry_after.min(RETRY_AFTER_MAX) + Duration::from_secs(1).mul_f64(jitter.clamp(0.0, 1.0));
+    asked.max(backoff)
+}
+
 /// What the user is told about the connection: once when it is lost (or
-/// cannot be made), once when it is back, never at every attempt between.
+/// cannot be made), once when the server says it is busy, once when it is
+/// back, never at every attempt between.
 #[derive(Debug, Default)]
 pub struct Outage {
     /// When the connection was lost, while it is.
     since: Option<Instant>,
     /// Attempts that failed since.
     attempts: u32,
+    /// Whether "the server is busy" was said in this outage.
+    told_busy: bool,
 }
 
 impl Outage {
     /// A connection ended, or an attempt to make one failed: the line to
     /// print, the first time only.
     pub fn failed(&mut self, why: &str, now: Instant) -> Option<String> {
+        if !self.begin(now) {
+            return None;
+        }
+        Some(format!("connection lost ({why}), reconnecting…"))
+    }
+
+    /// The server turned an attempt away as busy, and the next is `wait`
+    /// away: the line to print, the first time in an outage only.
+    pub fn busy(&mut self, wait: Duration, now: Instant) -> Option<String> {
+        self.begin(now);
+        if std::mem::replace(&mut self.told_busy, true) {
+            return None;
+        }
+        Some(format!("the server is busy; retrying in {} s", wait.as_secs_f64().ceil()))
+    }
+
+    /// Counts a failure; true when it starts the outage.
+    fn begin(&mut self, now: Instant) -> bool {
         if self.since.is_some() {
             self.attempts += 1;
-            return None;
+            return false;
         }
         self.since = Some(now);
         self.attempts = 0;
-        Some(format!("connection lost ({why}), reconnecting…"))
+        true
     }
 
     /// The server greeted a new socket: how long it was away, if it was.
     pub fn greeted(&mut self, now: Instant) -> Option<String> {
+        self.told_busy = false;
         let since = self.since.take()?;
         let tries = match self.attempts {
             0 => String::new(),
@@ -181,6 +216,38 @@ mod tests {
         assert_eq!(o.greeted(t + MS(3000)), None);
         assert!(o.failed("closed with 1001", t + MS(4000)).is_some(), "the next outage is told again");
         assert_eq!(o.greeted(t + MS(4200)).as_deref(), Some("reconnected after 0.2 s; what was missed follows"));
+    }
+
+    #[test]
+    fn a_busy_server_is_waited_for_at_least_as_long_as_it_asked_plus_up_to_a_second() {
+        let secs = Duration::from_secs;
+        assert_eq!(busy_wait(secs(3), MS(500), 0.0), secs(3));
+        assert_eq!(busy_wait(secs(3), MS(500), 0.5), MS(3500));
+        assert_eq!(busy_wait(secs(3), MS(500), 1.0), secs(4));
+        assert_eq!(busy_wait(secs(1), secs(8), 0.5), secs(8), "never sooner than the backoff");
+        assert_eq!(busy_wait(secs(86_400), MS(500), 0.0), RETRY_AFTER_MAX, "at most an hour");
+        for _ in 0..100 {
+            let wait = busy_wait(secs(5), MS(250), jitter());
+            assert!((secs(5)..secs(6)).contains(&wait), "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn a_busy_server_is_told_once_an_outage() {
+        let t = Instant::now();
+        let mut o = Outage::default();
+        let said = o.busy(MS(3400), t);
+        assert_eq!(said.as_deref(), Some("the server is busy; retrying in 4 s"));
+        assert_eq!(o.busy(MS(2000), t + MS(3400)), None);
+        assert_eq!(o.failed("connection refused", t + MS(6000)), None, "the outage was told already");
+        assert_eq!(
+            o.greeted(t + MS(7000)).as_deref(),
+            Some("reconnected after 7.0 s, 2 attempts failed; what was missed follows")
+        );
+        // A new outage: lost first, then busy, each said once.
+        assert!(o.failed("closed with 1012", t + MS(8000)).is_some());
+        assert_eq!(o.busy(MS(1000), t + MS(8100)).as_deref(), Some("the server is busy; retrying in 1 s"));
+        assert_eq!(o.busy(MS(1000), t + MS(9100)), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ const done = arguments[arguments.length - 1];
   };
   const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
 
-  // fetch, answering from a list of [status, body]; every request noted
+  // fetch, answering from a list of [status, body, headers?]; every request noted
   const asked = [];
   let answers = [];
   const realFetch = window.fetch;
@@ -35,8 +35,9 @@ const done = arguments[arguments.length - 1];
     asked.push([init.method || "GET", String(url), init.body === undefined ? null : JSON.parse(init.body)]);
     const next = answers.shift();
     if (!next) throw new TypeError("offline");
-    const [status, body] = next;
-    return new Response(status === 204 ? null : JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+    const [status, body, headers] = next;
+    return new Response(status === 204 ? null : JSON.stringify(body),
+      { status, headers: { "Content-Type": "application/json", ...headers } });
   };
   const answer = (...list) => { answers = list; asked.length = 0; };
 
@@ -69,15 +70,25 @@ const done = arguments[arguments.length - 1];
       ["PUT /api/rooms/secret/members/bo.b", "DELETE /api/rooms/a%20b/members/bob"]);
 
     // after sockets fail before hello: the session, then the room
+    const said = async (roomGone) => (await standing(roomGone)).standing;
     answer([401, {}]);
-    eq("a session over", await standing(async () => true), "expired");
+    eq("a session over", await said(async () => true), "expired");
     answer([200, { expires_at: 1 }]);
-    eq("a room taken away", await standing(async () => true), "revoked");
+    eq("a room taken away", await said(async () => true), "revoked");
     answer([200, { expires_at: 1 }]);
-    eq("a room still there", await standing(async () => false), "unknown");
+    eq("a room still there", await said(async () => false), "unknown");
     answer([200, {}], [404, { error: "not_found" }]);
-    eq("a room whose history is a 404", await standing(async () => !(await api.roomVisible("/chat/secret/history"))), "revoked");
+    eq("a room whose history is a 404", await said(async () => !(await api.roomVisible("/chat/secret/history"))), "revoked");
     eq("asked for one message", asked[1][1], "/chat/secret/history?limit=1");
+    // an instance turning upgrades away says how long to wait (whole seconds)
+    answer([200, { expires_at: 1 }]);
+    eq("not busy", await standing(async () => false), { standing: "unknown", retryAfter: 0 });
+    answer([200, { expires_at: 1 }, { "Retry-After": "3" }]);
+    eq("busy", await standing(async () => false), { standing: "unknown", retryAfter: 3 });
+    answer([200, { expires_at: 1 }, { "Retry-After": "soon" }]);
+    eq("a Retry-After that is not seconds", (await standing(async () => false)).retryAfter, 0);
+    answer([401, {}, { "Retry-After": "2" }]);
+    eq("a session over, however busy", await standing(async () => false), { standing: "expired", retryAfter: 2 });
 
     // ---------- the sidebar ----------
     host.innerHTML = '<ul id="s-pub"><li><a data-room="lobby" href="/chat/lobby">#lobby</a></li></ul>' +

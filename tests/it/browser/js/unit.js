@@ -97,6 +97,9 @@ const done = arguments[arguments.length - 1];
   eq("visible: at least 1 s", f.reconnectDelay(3, 5000, true, 0), 1000);
   eq("after a minute: backing off", [f.reconnectDelay(40, 61000, true, 1), f.reconnectDelay(50, 120000, true, 1)], [4000, 30000]);
   eq("hidden: full jitter to 30 s", [f.reconnectDelay(0, 0, false, 1), f.reconnectDelay(10, 0, false, 1)], [500, 30000]);
+  eq("busy: the Retry-After, plus up to a second", [f.busyDelay(3, 0), f.busyDelay(3, 0.5), f.busyDelay(1, 1)], [3000, 3500, 2000]);
+  const drawn = Array.from({ length: 200 }, () => f.busyDelay(5));
+  eq("busy: never sooner than asked, at most a second later", drawn.every((d) => d >= 5000 && d <= 6000), true);
 
   // the sign-in page's reasons and way back
   eq("reasons", ["logged out", "session expired", "token expired", "session revoked", "x"].map(f.closeReason),
