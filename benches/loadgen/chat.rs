@@ -142,7 +142,7 @@ impl ChatRoom {
                 let _ = sink.close().await;
                 let (ids, acks) = tokio::time::timeout(Duration::from_secs(10), reader)
                     .await
-                    .expect("the sender's socket closes")
+                    .expect("the server answers every send and closes within 10 s of the last")
                     .unwrap();
                 (sent, ids, acks)
             }));
@@ -396,7 +396,9 @@ pub(crate) async fn fanout(args: &[String]) {
                     );
                 }
                 Err(why) => {
-                    let why = why.lines().next().unwrap_or_default();
+                    // The innermost panic's words (a check in a task of the run).
+                    let why = why.rsplit(", \"").next().unwrap_or_default();
+                    let why = why.split('"').next().unwrap_or_default().lines().next().unwrap_or_default();
                     println!("| {label} | {} | failed its check: {why} | | | | | |", kind.name());
                     if *kind == Kind::Palaver {
                         missed.push(format!("{label}: palaver failed its check: {why}"));

@@ -234,7 +234,8 @@ pub(crate) fn try_start_palaver_at(
     extra: &[(&str, &str)],
     log: Stdio,
 ) -> Result<Process, String> {
-    let mut cmd = Command::new(BINARY);
+    // LOADGEN_PALAVER: another build to measure (a before/after table).
+    let mut cmd = Command::new(std::env::var_os("LOADGEN_PALAVER").unwrap_or(BINARY.into()));
     cmd.env("REDIS_URL", redis_url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", std::env::var("LOADGEN_SERVER_LOG").unwrap_or("warn".into()))
