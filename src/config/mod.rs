@@ -582,12 +582,14 @@ impl SocketsConfig {
             // two, which is all a bystander's command can find queued
             // before it.
             replay_read_budget: vars.number("REPLAY_READ_BUDGET_BYTES", 262_144, 1..=1 << 30)?,
-            // An upgrade in flight waits for one store round trip; at the
-            // ~10,000 upgrades/s one instance answers (BENCHMARKS.md), 512
-            // are a twentieth of a second of its work alone, and well under
-            // a second while it also replays to the sockets it just let in.
-            // Never off: a restart's storm is exactly when it is needed.
-            max_pending_upgrades: vars.number("MAX_PENDING_UPGRADES", 512, 1..=10_000_000)?,
+            // Shedding costs the clients turned away their Retry-After, so
+            // it starts only past what the instance answers in time: a
+            // restart's storm of 15,000 clients peaked between 2,048 and
+            // 4,096 in flight here and was answered within 1.6 s (p99) with
+            // none shed, while a cap of 512 or 2,048 held the last clients
+            // back 7.5 s instead of 2.3 (BENCHMARKS.md, reconnect storms).
+            // Never off: a bigger storm, or a slow store, is when it is needed.
+            max_pending_upgrades: vars.number("MAX_PENDING_UPGRADES", 4096, 1..=10_000_000)?,
             // 15,000 clients turned away come back over 1 to 5 s: about
             // 3,000 a second, well within what one instance answers.
             upgrade_retry_after_max: vars.secs("UPGRADE_RETRY_AFTER_MAX_SECS", 5, 1..=HOUR)?,

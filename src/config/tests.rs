@@ -26,7 +26,7 @@ fn defaults_match_the_spec() {
     assert!(c.signup.invites_by_users);
     assert_eq!(c.signup.invites_per_user_per_day, 10);
     assert_eq!(c.sockets.max_connections, 50_000);
-    assert_eq!(c.sockets.max_pending_upgrades, 512);
+    assert_eq!(c.sockets.max_pending_upgrades, 4096);
     assert_eq!(c.sockets.upgrade_retry_after_max, Duration::from_secs(5));
     assert_eq!(c.connections.http_idle_timeout, Duration::from_secs(30));
     assert_eq!(c.connections.http_header_timeout, Duration::from_secs(10));
