@@ -283,7 +283,7 @@ async fn upgrade(upgrader: Arc<Upgrader>, mut req: Request<Incoming>) -> Result<
         expires_at: current.expires_at,
         slot,
     };
-    tokio::spawn(open(upgrader.socket.clone(), on_upgrade, context));
+    tokio::spawn(open(Box::new((upgrader.socket.clone(), on_upgrade, context))));
     Ok(switching(accept, subprotocol))
 }
 
@@ -346,15 +346,33 @@ async fn see(access: &RoomAccess, current: &Proven, room: &RoomRef) -> Result<Vi
     }
 }
 
+/// What a socket's task starts from.
+pub(crate) type Opening = (Arc<SocketDeps>, OnUpgrade, SocketContext);
+
 /// Once hyper hands over the connection: the WebSocket, with small
-/// buffers, and its task.
-async fn open(deps: Arc<SocketDeps>, on_upgrade: OnUpgrade, context: SocketContext) {
-    match on_upgrade.await {
-        Ok(upgraded) => {
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
-            socket::serve(deps, ws, context).await;
+/// buffers, and its task. Everything up to the socket's loop runs boxed,
+/// and the task holds what it starts from in a box too: a task's state is
+/// sized for the largest of its steps and kept for its whole life, so an
+/// idle socket then costs its loop, not its start (BENCHMARKS.md, idle
+/// sockets).
+pub(crate) async fn open(opening: Box<Opening>) {
+    let live = Box::pin(async move {
+        let (deps, on_upgrade, context) = *opening;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+                socket::start(deps, ws, context).await
+            }
+            Err(err) => {
+                tracing::debug!(%err, "upgrade did not complete");
+                None
+            }
         }
-        Err(err) => tracing::debug!(%err, "upgrade did not complete"),
+    })
+    .await;
+    if let Some(live) = live {
+        live.run().await;
     }
 }
 

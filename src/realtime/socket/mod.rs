@@ -199,12 +199,57 @@ struct Socket<S> {
     invalid: Strikes,
 }
 
-/// Runs a socket to its end.
+/// Runs a socket to its end (the upgrade's task does the same from a box:
+/// `upgrade::open`).
+#[cfg(test)]
 pub async fn serve<S>(deps: Arc<SocketDeps>, ws: WebSocketStream<S>, ctx: SocketContext)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _slot = ctx.slot;
+    if let Some(live) = Box::pin(start(deps, ws, ctx)).await {
+        live.run().await;
+    }
+}
+
+/// A socket past its start: in the room, greeted, with what it holds until
+/// it ends (its place in the registry, the caps and the metrics). This,
+/// and its loop, is what an idle socket's task holds for its whole life;
+/// the start's locals and the futures it waited on are not (see
+/// `upgrade::open`).
+pub struct Live<S> {
+    socket: Box<Socket<S>>,
+    outbox: mpsc::Receiver<Outbound>,
+    close_rx: oneshot::Receiver<CloseReason>,
+    /// How the start ended: `Continue` to run.
+    flow: Flow,
+    _registered: Registered,
+    _open: crate::meters::OpenSocket,
+    _slot: Slot,
+}
+
+impl<S> Live<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The socket's loop, then its close.
+    pub async fn run(mut self) {
+        let mut flow = self.flow;
+        if let Flow::Continue = flow {
+            flow = self.socket.run(&mut self.outbox, &mut self.close_rx).await;
+        }
+        if let Flow::Close(reason) = flow {
+            Box::pin(self.socket.close(reason)).await;
+        }
+    }
+}
+
+/// Joins the room and greets the client; `None` when the socket ended
+/// (closed with its reason) before it could run.
+pub async fn start<S>(deps: Arc<SocketDeps>, ws: WebSocketStream<S>, ctx: SocketContext) -> Option<Live<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let slot = ctx.slot;
     let now = Instant::now();
     let name: Arc<str> = ctx.user.name.as_str().into();
     let limits = &deps.limits;
@@ -244,7 +289,8 @@ where
         Ok(start) => start,
         Err(err) => {
             tracing::warn!(%err, "socket refused after upgrade: store unavailable");
-            return socket.close(frames::STORE_UNAVAILABLE).await;
+            socket.close(frames::STORE_UNAVAILABLE).await;
+            return None;
         }
     };
     // An `after` past the room's cursor: the client saw messages this
@@ -259,14 +305,15 @@ where
             Ok(newest) => after.min(newest),
             Err(err) => {
                 tracing::warn!(%err, "socket refused after upgrade: store unavailable");
-                return socket.close(frames::STORE_UNAVAILABLE).await;
+                socket.close(frames::STORE_UNAVAILABLE).await;
+                return None;
             }
         },
         _ => MessageId::ZERO,
     };
-    let (outbox_tx, mut outbox) = mpsc::channel(OUTBOX_CAPACITY);
+    let (outbox_tx, outbox) = mpsc::channel(OUTBOX_CAPACITY);
     let unread_outbox = ctx.unread.then(|| outbox_tx.clone());
-    let (close_tx, mut close_rx) = oneshot::channel();
+    let (close_tx, close_rx) = oneshot::channel();
     let joined = deps.registry.register(Registration {
         session: socket.session_id,
         user: socket.user.id,
@@ -283,11 +330,14 @@ where
     // before anything of the room is written.
     let joined = match joined {
         Ok(joined) => joined,
-        Err(reason) => return socket.close(reason).await,
+        Err(reason) => {
+            socket.close(reason).await;
+            return None;
+        }
     };
     socket.revoked = joined.revoked.clone();
-    let _registered = Registered { deps: deps.clone(), id: joined.id, room: socket.room.clone(), name };
-    let _open = deps.meters.socket_opened();
+    let registered = Registered { deps: deps.clone(), id: joined.id, room: socket.room.clone(), name };
+    let open = deps.meters.socket_opened();
     deps.presence.touched(&socket.room, &socket.name);
     if joined.new_room {
         // The tail may be blocked on the old room set: make it look again.
@@ -299,13 +349,7 @@ where
     if let (Flow::Continue, Some(outbox_tx)) = (&flow, unread_outbox) {
         flow = Box::pin(socket.follow_unread(joined.id, outbox_tx)).await;
     }
-    if let Flow::Continue = flow {
-        flow = socket.run(&mut outbox, &mut close_rx).await;
-    }
-    match flow {
-        Flow::Close(reason) => socket.close(reason).await,
-        Flow::Continue | Flow::Drop => {}
-    }
+    Some(Live { socket, outbox, close_rx, flow, _registered: registered, _open: open, _slot: slot })
 }
 
 impl<S> Socket<S>
@@ -431,6 +475,37 @@ where
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+    type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+    fn three<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    fn one<A, F>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    fn two<A, B, F>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    #[ignore = "a probe: prints the sizes of the socket task's futures"]
+    fn print_future_sizes() {
+        eprintln!("serve: {}", three(serve::<Io>));
+        eprintln!("start: {}", three(start::<Io>));
+        eprintln!("Live::run: {}", one(Live::<Io>::run));
+        eprintln!("open: {}", one(crate::realtime::upgrade::open));
+        eprintln!("run: {}", three(Socket::<Io>::run));
+        eprintln!("forward: {}", three(Socket::<Io>::forward));
+        eprintln!("write_message: {}", two(Socket::<Io>::write_message));
+        eprintln!("close: {}", two(Socket::<Io>::close));
+        eprintln!("greet: {}", two(Socket::<Io>::greet));
+        eprintln!("Socket: {}", std::mem::size_of::<Socket<Io>>());
     }
 }
 
