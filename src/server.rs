@@ -71,13 +71,19 @@ use tower::Service;
 
 use crate::{config::TlsPaths, net::TrustedProxies, telemetry::OnceASecond};
 
-/// Binds with a deep accept backlog: the default 128 drops SYNs under a burst
-/// of reconnecting clients and stalls each of them for a second.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds, without listening yet: the address is known (port 0 picks a
+/// free one), and connections are refused until [`listen`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     // A restarted instance can take its port back at once.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Listens with a deep accept backlog: the default 128 drops SYNs under a
+/// burst of reconnecting clients and stalls each of them for a second.
+pub fn listen(socket: TcpSocket) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 

@@ -60,10 +60,13 @@ impl Application {
         let instance_id = uuid::Uuid::new_v4().simple().to_string();
         let (meters, metrics) = bind_metrics(&config.server).await?;
         let backend = Backend::connect(&config, &instance_id, &meters).await?;
-        let listener = server::bind(config.server.listen_addr)
-            .map_err(|source| StartError::Bind { addr: config.server.listen_addr, source })?;
-        let addr =
-            listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen_addr, source })?;
+        let bind_error = |source| StartError::Bind { addr: config.server.listen_addr, source };
+        // Bound to learn the address (the origin tokens name comes from
+        // it), listening only once the instance can serve: one that cannot
+        // read the shared keys exits with its port still shut, so that a
+        // port that takes connections means an instance that answers them.
+        let socket = server::bind(config.server.listen_addr).map_err(bind_error)?;
+        let addr = socket.local_addr().map_err(bind_error)?;
         let public_origin = config.server.resolve_origin(addr);
         let origins = OriginPolicy::new(
             &public_origin,
@@ -83,6 +86,7 @@ impl Application {
             config.tokens.access_ttl,
         )
         .await?;
+        let listener = server::listen(socket).map_err(bind_error)?;
         let keys = Arc::new(keys);
         let keeper = KeyKeeper {
             keys: keys.clone(),

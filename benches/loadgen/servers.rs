@@ -234,6 +234,22 @@ pub(crate) fn try_start_palaver_at(
     extra: &[(&str, &str)],
     log: Stdio,
 ) -> Result<Process, String> {
+    let mut process = spawn_palaver_at(redis_url, port, extra, log);
+    let start = Instant::now();
+    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = process.0.try_wait() {
+            return Err(format!("palaver exited before it listened ({status})"));
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("palaver did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
+}
+
+/// Starts palaver on `port` and returns at once, without waiting for it.
+pub(crate) fn spawn_palaver_at(redis_url: &str, port: u16, extra: &[(&str, &str)], log: Stdio) -> Process {
     // LOADGEN_PALAVER: another build to measure (a before/after table).
     let mut cmd = Command::new(std::env::var_os("LOADGEN_PALAVER").unwrap_or(BINARY.into()));
     cmd.env("REDIS_URL", redis_url)
@@ -251,19 +267,7 @@ pub(crate) fn try_start_palaver_at(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("palaver binary");
-    let mut process = Process(child);
-    let start = Instant::now();
-    while StdTcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = process.0.try_wait() {
-            return Err(format!("palaver exited before it listened ({status})"));
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            return Err("palaver did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(process)
+    Process(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("palaver binary"))
 }
 
 /// The Node peer's directory; its dependencies are installed from the
@@ -349,10 +353,15 @@ pub(crate) fn start_servers(kind: Kind, redis_port: u16, count: usize, extra: &[
 }
 
 pub(crate) fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    resident_kib(pid).unwrap_or_else(|| panic!("no resident memory for process {pid}"))
+}
+
+/// A process's resident memory (KiB), `None` once it has exited (a zombie
+/// has no `VmRSS`, a reaped process no `/proc` entry).
+pub(crate) fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }

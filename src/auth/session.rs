@@ -139,6 +139,9 @@ pub(crate) struct LiveSession {
 #[derive(Clone)]
 pub(crate) struct AuthSession {
     session: Session,
+    /// The id the request's cookie named, whether or not the store holds
+    /// it (tower-sessions forgets it once a read finds nothing).
+    presented: Option<Id>,
     policies: SessionPolicies,
     /// Told when the session is used, at most once per granularity.
     devices: Arc<dyn Devices>,
@@ -157,7 +160,14 @@ fn expiry_at(at: UnixMillis) -> Expiry {
 
 impl AuthSession {
     pub(crate) fn new(session: Session, policies: SessionPolicies, devices: Arc<dyn Devices>) -> Self {
-        Self { session, policies, devices }
+        Self { presented: session.id(), session, policies, devices }
+    }
+
+    /// The id the cookie named, when [`AuthSession::current`] found no
+    /// such session in the store: one ended (or expired) before this
+    /// request.
+    pub(super) fn presented_gone(&self) -> Option<Id> {
+        self.session.id().is_none().then_some(self.presented).flatten()
     }
 
     /// Whether the request carried a session cookie at all (no store access).
@@ -203,12 +213,14 @@ impl AuthSession {
         Ok(Some(Current { user: signed.user, session_id, expires_at, end_by: policy.end_by(signed.signed_in_at) }))
     }
 
-    /// Records `user` under a new session id: whatever id the browser held
-    /// before is deleted from the store (session fixation). Saved at once,
-    /// to learn the new id. `long`: "keep me signed in".
+    /// Records `user` under a new session id: whatever session the browser
+    /// held before is deleted from the store (session fixation). Saved at
+    /// once, to learn the new id. `long`: "keep me signed in".
     pub(super) async fn start(&self, user: User, long: bool) -> StoreResult<Current> {
         self.session.clear().await;
-        self.session.cycle_id().await.map_err(store_error)?;
+        if self.session.id().is_some() {
+            self.session.cycle_id().await.map_err(store_error)?;
+        }
         let policy = self.policies.of(long);
         let signed_in_at = UnixMillis::now();
         let expires_at = policy.expiry(signed_in_at, signed_in_at).expect("a new session is within its lifetime");

@@ -185,6 +185,9 @@ impl Sessions {
         long: bool,
     ) -> StoreResult<Current> {
         let previous = session.current().await?;
+        if previous.is_none() {
+            self.confirm_ended(session).await?;
+        }
         let current = session.start(user, long).await?;
         if let Err(err) = self.index.add(current.user.id, current.session_id, current.end_by).await {
             // A session "log out everywhere" cannot find must not exist.
@@ -216,7 +219,10 @@ impl Sessions {
 
     /// Ends this session. `None` when there was none.
     pub async fn sign_out(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
-        let Some(current) = session.current().await? else { return Ok(None) };
+        let Some(current) = session.current().await? else {
+            self.confirm_ended(session).await?;
+            return Ok(None);
+        };
         session.end().await?;
         self.unindex(current.user.id, current.session_id).await;
         tracing::info!(user = %current.user.name, "logged out");
@@ -232,11 +238,17 @@ impl Sessions {
 
     /// Ends every session of this request's user. `None` when signed out.
     pub async fn sign_out_everywhere(&self, session: &AuthSession) -> StoreResult<Option<Current>> {
-        let Some(current) = session.current().await? else { return Ok(None) };
+        let Some(current) = session.current().await? else {
+            self.confirm_ended(session).await?;
+            return Ok(None);
+        };
         let user = current.user.id;
         let described = self.described(user).await;
         let mut ended = self.delete_all(user, Some(current.session_id)).await?;
-        session.end().await?;
+        if let Err(err) = session.end().await {
+            self.reindex(user, &[current.session_id]).await;
+            return Err(err);
+        }
         ended.push(current.session_id);
         tracing::info!(user = %current.user.name, sessions = ended.len(), "logged out everywhere");
         self.record_ended(user, &ended, &described, EndedBy::LogoutEverywhere).await;
@@ -355,16 +367,56 @@ impl Sessions {
         Ok(Some(current))
     }
 
-    /// Removes every indexed session of `user` from the store but `keep`.
+    /// Removes every indexed session of `user` from the store but `keep`,
+    /// and returns them. Every deletion is tried; if one fails, what was
+    /// not deleted (and `keep`) goes back into the index before the error
+    /// is returned, so that the next "log out everywhere" finds it still.
     async fn delete_all(&self, user: UserId, keep: Option<Id>) -> StoreResult<Vec<Id>> {
-        let mut ended = Vec::new();
+        let (mut ended, mut left, mut failed) = (Vec::new(), Vec::new(), None);
         for id in self.index.take_all(user).await? {
-            if Some(id) != keep {
-                self.store.delete(&id).await.map_err(StoreError::from)?;
-                ended.push(id);
+            if Some(id) == keep {
+                left.push(id);
+                continue;
+            }
+            match self.store.delete(&id).await {
+                Ok(()) => ended.push(id),
+                Err(err) => {
+                    left.push(id);
+                    failed.get_or_insert(StoreError::from(err));
+                }
             }
         }
+        if let Some(err) = failed {
+            self.reindex(user, &left).await;
+            return Err(err);
+        }
         Ok(ended)
+    }
+
+    /// Puts sessions taken from `user`'s index back. Their own deadlines
+    /// are not known here: each is kept until the longest a session can
+    /// live from now, which only keeps an entry longer than needed (an
+    /// entry of a session gone is dropped when found).
+    async fn reindex(&self, user: UserId, sessions: &[Id]) {
+        let until = UnixMillis::now() + self.policies.normal.max_lifetime.max(self.policies.long.max_lifetime);
+        for &id in sessions {
+            if let Err(err) = self.index.add(user, id, until).await {
+                tracing::error!(%err, %user, "a session taken from the index to be ended is not in it again");
+            }
+        }
+    }
+
+    /// A request that ends its session, or signs in over it, may name one
+    /// the store no longer holds: ended by an earlier request whose
+    /// deletion no replica confirmed (answered 503, so the client asks
+    /// again), or whose answer was lost. Deleting it again, and waiting for
+    /// a replica, confirms that end before this request answers as if it
+    /// were done: a failover could bring the session back otherwise.
+    async fn confirm_ended(&self, session: &AuthSession) -> StoreResult<()> {
+        match session.presented_gone() {
+            Some(id) => self.store.delete(&id).await.map_err(StoreError::from),
+            None => Ok(()),
+        }
     }
 
     async fn unindex(&self, user: UserId, session: Id) {

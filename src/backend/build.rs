@@ -46,8 +46,8 @@ impl Backend {
     }
 
     fn redis(backend: redis::RedisBackend) -> Backend {
-        let sessions = SharedSessionStore(Arc::new(backend.session_store()));
-        Self::assemble(BackendKind::Redis, Arc::new(backend), sessions)
+        let backend = Arc::new(backend);
+        Self::assemble(BackendKind::Redis, backend.clone(), SharedSessionStore(backend))
     }
 
     /// One implementation behind every trait handle.

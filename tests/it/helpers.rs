@@ -359,7 +359,19 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::launch(false, true)).collect();
+        Self::create(false)
+    }
+
+    /// A cluster whose nodes keep an append-only file (fsync always): a
+    /// node killed and started again comes back with exactly what it had,
+    /// which is how a test makes a failover lose writes
+    /// ([`RedisCluster::hold_back`], [`RedisCluster::fail_over_losing`]).
+    pub fn start_persistent() -> Self {
+        Self::create(true)
+    }
+
+    fn create(persistent: bool) -> Self {
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::launch(persistent, true)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -433,6 +445,66 @@ impl RedisCluster {
 
     pub fn master_of(&self, key: &str) -> Option<usize> {
         self.master_of_slot(key_slot(key))
+    }
+
+    /// The live node that replicates master `master` now.
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let nodes = self.describe()?;
+        let lines: Vec<Vec<&str>> = nodes.lines().map(|line| line.split_whitespace().collect()).collect();
+        let port_of = |fields: &[&str]| fields.get(1)?.split('@').next()?.rsplit(':').next()?.parse::<u16>().ok();
+        let master_id = lines.iter().find(|f| port_of(f) == Some(self.nodes[master].port))?.first()?.to_owned();
+        let replica = lines.iter().find(|f| {
+            f.get(2).is_some_and(|flags| flags.contains("slave") && !flags.contains("fail"))
+                && f.get(3) == Some(&master_id)
+        })?;
+        let port = port_of(replica)?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
+    /// Kills `replica` once it has everything its master `master` wrote
+    /// (SIGKILL; its append-only file keeps what it had): from now on
+    /// nothing the master writes reaches it. A replica merely stopped
+    /// (SIGSTOP) would not do: the master's writes wait in its socket
+    /// buffer and it applies them when continued, and one cut off with
+    /// `CLIENT KILL TYPE replica` reconnects within a second and catches up.
+    pub fn hold_back(&mut self, master: usize, replica: usize) {
+        let offset = |node: &RedisServer, field: &str| node.info("replication", field).map(|v| v.trim().to_owned());
+        let caught_up = poll_blocking(DEADLINE, || {
+            let wrote = offset(&self.nodes[master], "master_repl_offset")?;
+            (offset(&self.nodes[replica], "slave_repl_offset")? == wrote).then_some(())
+        });
+        assert!(caught_up.is_some(), "node {replica} did not catch up with its master, node {master}");
+        self.kill(replica);
+    }
+
+    /// After [`RedisCluster::hold_back`]: kills `master` and makes its
+    /// replica the master as it came back from its own disk, so that what
+    /// the master wrote meanwhile is lost, as in a crash before the
+    /// replica had received it. The replica is started again and takes
+    /// the master's slots with `CLUSTER FAILOVER TAKEOVER` (no election:
+    /// one away from its master this long would not start one by itself,
+    /// its data being too old by `cluster-replica-validity-factor`). The
+    /// old master is started last: it rejoins as the new master's replica
+    /// and resyncs from it, so that what only it had is gone from every
+    /// node. Returns once the cluster is healthy again.
+    pub fn fail_over_losing(&mut self, master: usize, replica: usize) {
+        self.kill(master);
+        self.restart(replica);
+        let promoted = poll_blocking(DEADLINE, || {
+            let node = &self.nodes[replica];
+            if node.info("replication", "role").is_some_and(|role| role.trim() == "master") {
+                return Some(());
+            }
+            node.command(&["CLUSTER", "FAILOVER", "TAKEOVER"]);
+            None
+        });
+        assert!(promoted.is_some(), "node {replica} did not take over: {:?}", self.describe());
+        self.wait_healthy();
+        self.restart(master);
+        let rejoined =
+            poll_blocking(Duration::from_secs(30), || (self.replica_of(replica) == Some(master)).then_some(()));
+        assert!(rejoined.is_some(), "node {master} did not rejoin as a replica: {:?}", self.describe());
+        self.wait_healthy();
     }
 
     /// Kills node `i` (SIGKILL: a crash, nothing saved or handed over).

@@ -18,6 +18,7 @@ mod cli;
 mod connections;
 mod contract;
 mod deploy;
+mod durability;
 mod failover;
 mod faults;
 mod hashing;

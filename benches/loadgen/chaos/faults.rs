@@ -7,10 +7,14 @@
 //! out, and one store fault at a time (two masters down would leave no
 //! majority to promote a replica). Each is journaled from its start to the
 //! moment every instance is ready again. A monitor journals every span in
-//! which an instance's `/readyz` was not 200.
+//! which an instance's `/readyz` was not 200, and a supervisor starts again
+//! any instance that exits by itself, whenever it does.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -20,7 +24,7 @@ use crate::chaos::{
     journal::{now, FaultLog, Ms, Shared, Unready},
     resp,
     rng::Rng,
-    stage::{Stage, StoreKind},
+    stage::{up, Stage, StoreKind},
     web,
 };
 
@@ -79,13 +83,13 @@ pub(crate) async fn inject(stage: SharedStage, journal: Shared, mut rng: Rng, st
     }
 }
 
-/// Waits until every running instance answers `/readyz` with 200 (at
+/// Waits until every instance wanted up answers `/readyz` with 200 (at
 /// most 60 s, then goes on: the checker sees the unready span).
 async fn all_ready(stage: &SharedStage) -> Ms {
     let started = now();
     loop {
         let ports: Vec<u16> =
-            with_stage(stage, |s| s.instances.iter().filter(|i| i.running()).map(|i| i.port).collect()).await;
+            with_stage(stage, |s| s.instances.iter().filter(|i| i.wanted()).map(|i| i.port).collect()).await;
         let mut ready = true;
         for port in ports {
             ready &= matches!(web::request(port, "GET", "/readyz", &[], "").await, Ok(r) if r.status == 200);
@@ -109,26 +113,45 @@ fn record(journal: &Shared, fault: FaultLog) {
     journal.lock().unwrap().faults.push(fault);
 }
 
-/// Runs `work` on a blocking thread with the stage (starting processes
-/// waits for their ports).
+/// Runs `work` on a blocking thread with the stage (starting a Redis node
+/// waits for its port).
 async fn with_stage<T: Send + 'static>(stage: &SharedStage, work: impl FnOnce(&mut Stage) -> T + Send + 'static) -> T {
     let stage = stage.clone();
     tokio::task::spawn_blocking(move || work(&mut stage.lock().unwrap())).await.unwrap()
 }
 
-/// Taking one instance of the stage out.
+/// Supervises the instances ([`Stage::supervise`]) every 100 ms until
+/// `stop`, whatever the faults are doing.
+pub(crate) async fn supervise(stage: SharedStage, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        with_stage(&stage, Stage::supervise).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the instance on `port` is [`up`]; panics after
+/// [`RESTART_FOR`] (its store may be away for a fault of its own
+/// meanwhile, and the supervisor starts it as often as it exits).
+pub(crate) async fn wait_up(port: u16) {
+    let giving_up = tokio::time::Instant::now() + RESTART_FOR;
+    while !up(port).await {
+        assert!(
+            tokio::time::Instant::now() < giving_up,
+            "the instance on port {port} was not up within {RESTART_FOR:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Taking one instance of the stage out, or bringing it back.
 type Step = fn(&mut Stage, usize);
 
-/// Bringing it back; false when it did not come back (yet).
-type Back = fn(&mut Stage, usize) -> bool;
-
-/// How long an instance is started again and again before the run gives
-/// up on it (its store may be away for a fault of its own meanwhile).
+/// How long an instance may take to be up again before the run gives up.
 const RESTART_FOR: Duration = Duration::from_secs(60);
 
 /// Takes instance `i` out (`kill-instance`: SIGKILL; `stop-instance`:
-/// SIGSTOP) for a while drawn from `away` (ms), then back (started again,
-/// or continued).
+/// SIGSTOP) for a while drawn from `away` (ms), then back (wanted up
+/// again, or continued), and waits until it is up.
 async fn instance_out(
     stage: SharedStage,
     journal: Shared,
@@ -137,18 +160,19 @@ async fn instance_out(
     kind: &'static str,
     mut rng: Rng,
 ) {
-    let ((lo, hi), take, give): (_, Step, Back) = match kind {
-        "kill-instance" => ((500, 4_000), Stage::kill_instance, Stage::start_instance),
+    let ((lo, hi), take, give): (_, Step, Step) = match kind {
+        "kill-instance" => ((500, 4_000), Stage::kill_instance, Stage::want_back),
         _ => ((1_000, 5_000), Stage::stop_instance, Stage::continue_instance),
     };
     let start = now();
-    with_stage(&stage, move |s| take(s, i)).await;
+    let port = with_stage(&stage, move |s| {
+        take(s, i);
+        s.instances[i].port
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(rng.between(lo, hi))).await;
-    let giving_up = tokio::time::Instant::now() + RESTART_FOR;
-    while !with_stage(&stage, move |s| give(s, i)).await {
-        assert!(tokio::time::Instant::now() < giving_up, "instance {i} did not start again within {RESTART_FOR:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    with_stage(&stage, move |s| give(s, i)).await;
+    wait_up(port).await;
     let undone = now();
     let recovered = all_ready(&stage).await;
     out.lock().unwrap().instances.retain(|&x| x != i);
@@ -253,9 +277,9 @@ async fn poll(stage: &SharedStage, within: Ms, check: fn(&Stage) -> bool) -> boo
 
 /// Asks every instance's `/readyz` every 200 ms until `stop` says so;
 /// journals each span in which one did not answer 200.
-pub(crate) async fn watch_readiness(ports: Vec<u16>, journal: Shared, stop: Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) async fn watch_readiness(ports: Vec<u16>, journal: Shared, stop: Arc<AtomicBool>) {
     let mut since: Vec<Option<(Ms, String)>> = vec![None; ports.len()];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         for (i, &port) in ports.iter().enumerate() {
             let at = now();
             let why = match tokio::time::timeout(Duration::from_secs(1), web::request(port, "GET", "/readyz", &[], ""))

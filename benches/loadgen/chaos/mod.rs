@@ -106,6 +106,11 @@ pub(crate) async fn chaos(args: &[String]) {
     let stage = tokio::task::spawn_blocking(move || Stage::start(store, 3, &env, &path)).await.unwrap();
     let ports = stage.ports();
     let stage: SharedStage = Arc::new(Mutex::new(stage));
+    let stop_supervising = Arc::new(AtomicBool::new(false));
+    let supervisor = tokio::spawn(faults::supervise(stage.clone(), stop_supervising.clone()));
+    for &port in &ports {
+        faults::wait_up(port).await;
+    }
 
     // Users, and the private rooms with their first members.
     let usernames: Vec<String> = (0..users).map(|i| format!("chaos{i}")).collect();
@@ -179,6 +184,14 @@ pub(crate) async fn chaos(args: &[String]) {
         ready.push(matches!(web::request(port, "GET", "/readyz", &[], "").await, Ok(r) if r.status == 200));
     }
 
+    stop_supervising.store(true, std::sync::atomic::Ordering::Relaxed);
+    supervisor.await.unwrap();
+    let (mut exits, mut statuses) = (BTreeMap::<usize, usize>::new(), BTreeMap::<String, usize>::new());
+    for exit in &stage.lock().unwrap().exits {
+        *exits.entry(exit.instance).or_default() += 1;
+        *statuses.entry(exit.status.clone()).or_default() += 1;
+    }
+
     let journal = journal.lock().unwrap();
     let limits = Limits {
         revalidate: REVALIDATE_SECS * 1000,
@@ -247,6 +260,12 @@ pub(crate) async fn chaos(args: &[String]) {
         "  unready spans seen by the monitor: {} (longest {})",
         journal.unready.len(),
         secs(journal.unready.iter().map(|u| u.to - u.from).max().unwrap_or(0))
+    );
+    let per_instance = exits.iter().map(|(i, n)| format!("instance {i}: {n}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "  instances that exited by themselves, started again by the supervisor: {}{}",
+        exits.values().sum::<usize>(),
+        if exits.is_empty() { String::new() } else { format!(" ({per_instance}; {})", list(&statuses)) }
     );
     println!(
         "  sessions: {} signed in ({} cookie, {tokens} token); ended by a request: {}",

@@ -6,11 +6,15 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::Stdio,
+    time::{Duration, Instant},
 };
 
 use crate::{
-    chaos::resp,
-    servers::{cluster_healthy, free_port, rss_kib, start_redis_cluster, try_start_palaver_at, Process, RedisNode},
+    chaos::{
+        journal::{now as run_time, secs},
+        resp, web,
+    },
+    servers::{cluster_healthy, free_port, resident_kib, spawn_palaver_at, start_redis_cluster, Process, RedisNode},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,11 +62,21 @@ const APPENDFSYNC: &str = "always";
 /// cores do not fail healthy masters over.
 const NODE_TIMEOUT_MS: u32 = 2000;
 
+/// How long a supervisor waits before it starts an instance that exited
+/// again (systemd's `RestartSec`): long enough not to spin while its store
+/// is away, short next to a fault.
+pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(500);
+
 pub(crate) struct Instance {
     pub(crate) port: u16,
     process: Option<Process>,
     /// SIGSTOPped, not yet continued.
     stopped: bool,
+    /// Killed by a fault and not wanted back yet: the supervisor leaves it
+    /// down.
+    held: bool,
+    /// When the supervisor starts it again, after it exited by itself.
+    restart_at: Option<Instant>,
     /// Its log (standard error), appended to across restarts.
     log: PathBuf,
 }
@@ -72,15 +86,18 @@ impl Instance {
         self.process.as_ref().map(|p| p.0.id())
     }
 
-    pub(crate) fn running(&self) -> bool {
-        self.process.is_some() && !self.stopped
+    /// Wanted up, and not stopped: it should answer (once started).
+    pub(crate) fn wanted(&self) -> bool {
+        !self.held && !self.stopped
     }
 
-    /// Resident memory (KiB) and open files, from `/proc`.
+    /// Resident memory (KiB) and open files, from `/proc`; `None` for an
+    /// instance not running, or one that exited and was not restarted yet.
     pub(crate) fn footprint(&self) -> Option<(u64, usize)> {
         let pid = self.pid()?;
+        let rss = resident_kib(pid)?;
         let files = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-        Some((rss_kib(pid), files))
+        Some((rss, files))
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -93,17 +110,26 @@ impl Instance {
     }
 }
 
+/// An instance that exited by itself, and was started again.
+pub(crate) struct Exit {
+    pub(crate) instance: usize,
+    pub(crate) status: String,
+}
+
 pub(crate) struct Stage {
     pub(crate) kind: StoreKind,
     pub(crate) nodes: Vec<RedisNode>,
     pub(crate) redis_url: String,
     pub(crate) instances: Vec<Instance>,
     env: Vec<(String, String)>,
+    /// Every exit the supervisor saw.
+    pub(crate) exits: Vec<Exit>,
 }
 
 impl Stage {
-    /// The store, then `count` instances on it with `env`; every instance
-    /// accepts the others' origins, so tokens issued by one work on all.
+    /// The store, then `count` instances on it with `env` (started, not
+    /// waited for: see [`up`]); every instance accepts the others'
+    /// origins, so tokens issued by one work on all.
     pub(crate) fn start(kind: StoreKind, count: usize, env: &[(&str, String)], dir: &Path) -> Stage {
         let (nodes, redis_url) = match kind {
             StoreKind::Cluster => start_redis_cluster(dir, Some(NODE_TIMEOUT_MS)),
@@ -124,12 +150,14 @@ impl Stage {
                 port,
                 process: None,
                 stopped: false,
+                held: false,
+                restart_at: None,
                 log: dir.join(format!("instance-{i}.log")),
             })
             .collect();
-        let mut stage = Stage { kind, nodes, redis_url, instances, env };
+        let mut stage = Stage { kind, nodes, redis_url, instances, env, exits: Vec::new() };
         for i in 0..count {
-            assert!(stage.start_instance(i), "instance {i} did not start");
+            stage.spawn(i);
         }
         stage
     }
@@ -138,30 +166,52 @@ impl Stage {
         self.instances.iter().map(|i| i.port).collect()
     }
 
-    /// Starts instance `i`; false when it did not come up (it exits at once
-    /// when its store cannot be reached: the caller tries again, as a
-    /// supervisor would, without holding the stage meanwhile).
-    pub(crate) fn start_instance(&mut self, i: usize) -> bool {
+    /// Starts instance `i`'s process, without waiting for it.
+    fn spawn(&mut self, i: usize) {
         let instance = &mut self.instances[i];
         let log = File::options().create(true).append(true).open(&instance.log).unwrap();
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        match try_start_palaver_at(&self.redis_url, instance.port, &env, Stdio::from(log)) {
-            Ok(process) => {
-                instance.process = Some(process);
-                instance.stopped = false;
-                true
+        instance.process = Some(spawn_palaver_at(&self.redis_url, instance.port, &env, Stdio::from(log)));
+        instance.stopped = false;
+        instance.restart_at = None;
+    }
+
+    /// What a supervisor does (systemd's `Restart=always`): an instance
+    /// that exited by itself (palaver exits at start-up when its store
+    /// cannot be reached or read, as it should under a supervisor) is
+    /// started again [`RESTART_PAUSE`] later; one a fault killed is left
+    /// down until [`Stage::want_back`]. Quick: never waits for a process.
+    pub(crate) fn supervise(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.instances.len() {
+            let exited = self.instances[i].process.as_mut().and_then(|p| p.0.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                eprintln!("chaos: {:>8} instance {i} exited ({status}); starting it again", secs(run_time()));
+                self.exits.push(Exit { instance: i, status: status.to_string() });
+                self.instances[i].process = None;
+                self.instances[i].restart_at = Some(now + RESTART_PAUSE);
             }
-            Err(why) => {
-                eprintln!("chaos: instance {i} did not start ({why}); trying again");
-                false
+            let instance = &self.instances[i];
+            if instance.process.is_none() && !instance.held && instance.restart_at.is_some_and(|at| at <= now) {
+                self.spawn(i);
             }
         }
     }
 
-    /// SIGKILL.
+    /// SIGKILL, and kept down until [`Stage::want_back`].
     pub(crate) fn kill_instance(&mut self, i: usize) {
         self.instances[i].process = None;
         self.instances[i].stopped = false;
+        self.instances[i].held = true;
+    }
+
+    /// Starts a killed instance again (the supervisor keeps it up from
+    /// then on).
+    pub(crate) fn want_back(&mut self, i: usize) {
+        self.instances[i].held = false;
+        if self.instances[i].process.is_none() {
+            self.spawn(i);
+        }
     }
 
     pub(crate) fn stop_instance(&mut self, i: usize) {
@@ -169,10 +219,9 @@ impl Stage {
         self.instances[i].stopped = true;
     }
 
-    pub(crate) fn continue_instance(&mut self, i: usize) -> bool {
+    pub(crate) fn continue_instance(&mut self, i: usize) {
         self.instances[i].signal(libc::SIGCONT);
         self.instances[i].stopped = false;
-        true
     }
 
     /// The nodes that are masters now (by their own word), running ones only.
@@ -203,4 +252,12 @@ impl Stage {
     pub(crate) fn node_ports(&self) -> Vec<u16> {
         self.nodes.iter().filter(|n| n.running()).map(|n| n.port).collect()
     }
+}
+
+/// Whether the instance on `port` is up: it answered `GET /healthz` with
+/// 200, which needs its store now (an open port says only that it started
+/// once: it may have lost its store since, or be about to exit).
+pub(crate) async fn up(port: u16) -> bool {
+    let asked = tokio::time::timeout(Duration::from_secs(2), web::request(port, "GET", "/healthz", &[], ""));
+    matches!(asked.await, Ok(Ok(r)) if r.status == 200)
 }

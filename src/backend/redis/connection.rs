@@ -3,10 +3,12 @@
 //! - A small pool for ordinary commands; request paths use it through
 //!   `fail_fast` + a timeout, so that a Redis outage turns into a quick 503
 //!   instead of requests queueing behind the reconnect loop.
-//! - A second small pool for the last step of an append and its `WAIT`
-//!   (`REDIS_WAIT_REPLICAS`): `WAIT` counts the writes of the connection it
-//!   is sent on, and it blocks that connection while replicas catch up, so
-//!   it gets connections of its own that requests never queue behind.
+//! - A second small pool for writes that wait for a replica, each with its
+//!   `WAIT` (`REDIS_WAIT_REPLICAS`): the last step of an append, and the
+//!   other writes an answer promises across a failover (`run_kept`). `WAIT`
+//!   counts the writes of the connection it is sent on, and it blocks that
+//!   connection (to that master) while replicas catch up, so it gets
+//!   connections of its own that other requests never queue behind.
 //! - One connection of its own for the health checks (`/healthz`,
 //!   `/readyz`): their `PING` must say whether the store answers, not
 //!   wait behind this instance's own queue of commands on the pool (which
@@ -45,7 +47,7 @@ use crate::{
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled connections for ordinary commands.
 const POOL_SIZE: usize = 4;
-/// Pooled connections for the durable step of appends (and their `WAIT`).
+/// Pooled connections for writes that wait for a replica (and their `WAIT`).
 const APPEND_POOL_SIZE: usize = 2;
 
 /// One script call, to be sent alone or in a pipeline.
@@ -137,7 +139,7 @@ pub(super) struct Connections {
     pool: Pool,
     /// The pool with `fail_fast` and a timeout: every request-path command.
     pub(super) fast: WithOptions<Pool>,
-    /// The durable step of appends, and its `WAIT`.
+    /// Writes that wait for a replica, each with its `WAIT`.
     appends: Pool,
     /// The health checks' `PING`, with the request options.
     pub(super) health: WithOptions<Client>,
@@ -283,12 +285,15 @@ impl Connections {
     /// Sends script calls in one pipeline on `client` (each to its own
     /// slot's master), then `WAIT` on the slot of the last one when `wait`
     /// is given; returns each call's reply, and `WAIT`'s last. Loads the
-    /// scripts and sends again when the script cache was empty.
+    /// scripts and sends again when the script cache was empty. Timed in
+    /// the metrics under `label` when it is given, else under the script's
+    /// name (`pipeline` for several).
     async fn pipelined(
         &self,
         client: &Client,
         calls: &[Call<'_>],
         wait: Option<Durability>,
+        label: Option<&'static str>,
     ) -> StoreResult<Vec<Value>> {
         for attempt in 0..2 {
             let pipeline = client.pipeline().with_options(&request_options());
@@ -303,10 +308,8 @@ impl Connections {
                 let command = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), true);
                 let _: () = pipeline.custom(command, vec![Value::from(wait.replicas), wait.timeout_ms.into()]).await?;
             }
-            // Labelled by what it is: the durable step with its WAIT, one
-            // script, or several.
-            let label = match (wait, calls) {
-                (Some(_), _) => "append_wait",
+            let label = match (label, calls) {
+                (Some(label), _) => label,
                 (None, [call]) => call.script.name,
                 (None, _) => "pipeline",
             };
@@ -325,11 +328,11 @@ impl Connections {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.pipelined(self.pool.next(), calls, None).await
+        self.pipelined(self.pool.next(), calls, None, None).await
     }
 
-    /// Whether appends wait for replicas (`REDIS_WAIT_REPLICAS` above zero).
-    pub(super) fn durable(&self) -> bool {
+    /// Whether writes wait for replicas (`REDIS_WAIT_REPLICAS` above zero).
+    fn durable(&self) -> bool {
         self.durability.is_some()
     }
 
@@ -339,15 +342,19 @@ impl Connections {
     /// fewer replicas than asked is an error: the write may be lost in a
     /// failover, so the caller must not say it is stored.
     pub(super) async fn run_durably(&self, call: Call<'_>) -> StoreResult<Value> {
-        Ok(self.run_all_durably(std::slice::from_ref(&call)).await?.pop().expect("the call's reply"))
+        Ok(self.waited(std::slice::from_ref(&call), "append_wait").await?.pop().expect("the call's reply"))
     }
 
-    /// [`Connections::run_durably`] for several calls in one round trip,
-    /// with one `WAIT` after the last (it counts the writes of all of them:
-    /// every call must be on the last one's slot). Each call's reply, in
-    /// order.
+    /// [`Self::run_durably`] for several calls in one round trip, with one
+    /// `WAIT` after the last (it counts the writes of all of them: every
+    /// call must be on the last one's slot). Each call's reply, in order.
     pub(super) async fn run_all_durably(&self, calls: &[Call<'_>]) -> StoreResult<Vec<Value>> {
-        let mut replies = self.pipelined(self.appends.next(), calls, self.durability).await?;
+        self.waited(calls, "append_wait").await
+    }
+
+    /// Calls and their `WAIT`, timed under `label`.
+    async fn waited(&self, calls: &[Call<'_>], label: &'static str) -> StoreResult<Vec<Value>> {
+        let mut replies = self.pipelined(self.appends.next(), calls, self.durability, Some(label)).await?;
         if let Some(wanted) = self.durability {
             let acked: i64 = replies.pop().expect("WAIT's reply").convert()?;
             if acked < wanted.replicas {
@@ -356,6 +363,24 @@ impl Connections {
             }
         }
         Ok(replies)
+    }
+
+    /// One script call whose writes a promise depends on across a
+    /// failover (an acknowledged sign-in, a deletion that ends a session or
+    /// a membership): [`Self::run_durably`] where writes wait for replicas,
+    /// else an ordinary call. On a cluster it is answered only once a
+    /// replica holds it, so that the replica promoted in a crash has it too;
+    /// otherwise [`StoreError::Unreplicated`], and the caller must not say
+    /// it is done.
+    /// Timed under the script's name, `WAIT` included.
+    pub(super) async fn run_kept<R: FromValue>(&self, call: Call<'_>) -> StoreResult<R> {
+        if self.durable() {
+            let label = call.script.name;
+            let reply = self.waited(std::slice::from_ref(&call), label).await?.pop().expect("the call's reply");
+            Ok(reply.convert()?)
+        } else {
+            self.run(call.script, call.keys, call.args).await
+        }
     }
 
     /// The tail group of `room` on this deployment.

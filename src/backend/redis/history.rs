@@ -166,12 +166,8 @@ impl RedisBackend {
     /// the first copy is known to be on the replicas (the confirming write
     /// and its `WAIT` come after it in the replication stream).
     async fn confirm_resend(&self, dedupe: &str) -> StoreResult<Option<MessageId>> {
-        let call = Call::new(&SCRIPTS.append_confirm, vec![dedupe.to_owned()], vec![]);
-        let seen: String = if self.conn.durable() {
-            self.conn.run_durably(call).await?.convert()?
-        } else {
-            self.conn.run(call.script, call.keys, call.args).await?
-        };
+        let seen: String =
+            self.conn.run_kept(Call::new(&SCRIPTS.append_confirm, vec![dedupe.to_owned()], vec![])).await?;
         if seen.is_empty() {
             return Ok(None);
         }

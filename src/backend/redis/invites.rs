@@ -3,7 +3,12 @@
 
 use async_trait::async_trait;
 
-use super::{connection::millis, keys, scripts::SCRIPTS, RedisBackend};
+use super::{
+    connection::{millis, Call},
+    keys,
+    scripts::SCRIPTS,
+    RedisBackend,
+};
 use crate::{
     backend::{rules, Invites, Spend, StoreError, StoreResult},
     clock::UnixMillis,
@@ -41,9 +46,11 @@ impl Invites for RedisBackend {
         Ok(made == 1)
     }
 
+    /// Waits for a replica: a use a failover gave back would let one
+    /// sign-up more in than the invite was made for.
     async fn spend(&self, code_hash: &str, at: UnixMillis) -> StoreResult<Spend> {
-        let reply: Vec<String> =
-            self.conn.run(&SCRIPTS.invite_spend, vec![keys::invite(code_hash)], vec![millis(at)]).await?;
+        let call = Call::new(&SCRIPTS.invite_spend, vec![keys::invite(code_hash)], vec![millis(at)]);
+        let reply: Vec<String> = self.conn.run_kept(call).await?;
         match reply.split_first() {
             Some((status, fields)) if status == "spent" => Ok(Spend::Spent(read_invite(fields)?)),
             Some((status, _)) if status == "unknown" => Ok(Spend::Unknown),

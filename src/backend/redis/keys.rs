@@ -107,6 +107,12 @@ pub fn invite(code_hash: &str) -> String {
 pub fn session(id: &Id) -> String {
     id.to_string()
 }
+/// A key in the session's slot (its bare id is its hash tag) that never
+/// holds anything: `session_delete` writes and deletes it at once, for a
+/// replicated change when the session is gone already.
+pub fn session_gone(id: &Id) -> String {
+    format!("palaver:{{{id}}}:gone")
+}
 /// A throttle counter. Counters are used one key at a time, except the
 /// new-room quota ([`new_rooms`]).
 pub fn counter(key: &str) -> String {
@@ -183,6 +189,15 @@ mod tests {
         for group in 0..ROOM_GROUPS {
             let slot = usize::from(fred::util::redis_keyslot(group_tag(group).as_bytes()));
             assert_eq!(slot / span, group, "{} is in slot {slot}", group_tag(group));
+        }
+    }
+
+    #[test]
+    fn a_sessions_gone_key_is_in_the_sessions_slot() {
+        for _ in 0..100 {
+            let id = Id::default();
+            let (session, gone) = (session(&id), session_gone(&id));
+            assert_eq!(fred::util::redis_keyslot(session.as_bytes()), fred::util::redis_keyslot(gone.as_bytes()));
         }
     }
 

@@ -27,13 +27,14 @@ mod rooms;
 mod scripts;
 mod security_log;
 mod session_index;
+mod sessions;
 mod subscriber;
 mod tokens;
 mod users;
 
 use std::time::Duration;
 
-use fred::prelude::Pool;
+use fred::{clients::WithOptions, prelude::Pool};
 use tower_sessions_redis_store::RedisStore;
 
 use self::{connection::Connections, subscriber::Subscriber};
@@ -45,6 +46,10 @@ use crate::{
 
 pub struct RedisBackend {
     conn: Connections,
+    /// The session records as tower-sessions-redis-store keeps them, on
+    /// the ordinary pool (fail fast, timed out); deletions go their own
+    /// way (`sessions`).
+    records: RedisStore<WithOptions<Pool>>,
     subscriber: Subscriber,
     history_max_len: u64,
     dedupe_window: Duration,
@@ -85,6 +90,7 @@ impl RedisBackend {
             if cluster { " Cluster" } else { "" }
         );
         Ok(RedisBackend {
+            records: RedisStore::new(conn.fast.clone()),
             conn,
             subscriber,
             history_max_len: rules::history_cap(chat),
@@ -95,11 +101,6 @@ impl RedisBackend {
             room_limits: rules::RoomLimits::from_config(chat),
             mention_inbox_len: chat.mention_inbox_len.max(1),
         })
-    }
-
-    /// The tower-sessions store over the same pool (fail fast, timed out).
-    pub fn session_store(&self) -> RedisStore<fred::clients::WithOptions<Pool>> {
-        RedisStore::new(self.conn.fast.clone())
     }
 
     /// Loads every script into the script cache of every master. Calls do

@@ -374,8 +374,10 @@ impl Rooms for RedisBackend {
         }
         let keys = room_keys(room);
         let args = vec![by.to_string().into(), user.to_string().into()];
+        // Waits for a replica: a removal a failover undid would make the
+        // user a member again, free to open the room and read it.
         let (code, token, heir, deleted): (i64, String, String, i64) =
-            self.conn.run(&SCRIPTS.room_remove, keys, args).await?;
+            self.conn.run_kept(Call::new(&SCRIPTS.room_remove, keys, args)).await?;
         match code {
             1 => {}
             2 => return Ok(Removed::NotFound),

@@ -56,6 +56,9 @@ macro_rules! scripts {
 scripts! {
     index_add,
     index_take_all,
+    session_delete,
+    ticket_take,
+    user_create,
     counter_get,
     counter_incr,
     counter_decr,

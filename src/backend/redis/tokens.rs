@@ -65,7 +65,10 @@ impl RedisBackend {
 impl TokenStore for RedisBackend {
     /// The session and its pointer are set in one pipeline: a pointer to a
     /// session not (yet) there finds nothing, and a session without its
-    /// pointer can never be found; either way nothing is let in.
+    /// pointer can never be found; either way nothing is let in. Not
+    /// waited for, for the same reason: a failover that loses either
+    /// signs the client out (its tokens are refused), and the index entry
+    /// that "log out everywhere" needs is waited for on its own.
     async fn create_token_session(
         &self,
         id: Id,
@@ -95,6 +98,9 @@ impl TokenStore for RedisBackend {
 
     /// The pointer never changes once set, so following it first and then
     /// comparing-and-setting the session alone is as safe as one script.
+    /// Waits for a replica: a rotation a failover undid would make the
+    /// spent token current again, so that presenting it after the grace
+    /// would no longer end the session.
     async fn update_token_session(
         &self,
         sid: &str,
@@ -104,7 +110,7 @@ impl TokenStore for RedisBackend {
     ) -> StoreResult<bool> {
         let Some(id) = self.token_session_id(sid).await? else { return Ok(false) };
         let args = vec![expected.into(), token_json(record).into(), millis(expires_at)];
-        let replaced: i64 = self.conn.run(&SCRIPTS.token_update, vec![id], args).await?;
+        let replaced: i64 = self.conn.run_kept(Call::new(&SCRIPTS.token_update, vec![id], args)).await?;
         Ok(replaced == 1)
     }
 
@@ -115,8 +121,10 @@ impl TokenStore for RedisBackend {
             .await
     }
 
+    /// Waits for a replica: a ticket a failover gave back could open a
+    /// second socket.
     async fn take_ticket(&self, ticket_hash: &str) -> StoreResult<Option<String>> {
-        self.conn.timed("getdel", self.conn.fast.getdel(keys::ticket(ticket_hash))).await
+        self.conn.run_kept(Call::new(&SCRIPTS.ticket_take, vec![keys::ticket(ticket_hash)], vec![])).await
     }
 
     /// One script call per secret (a secret and its retired values share

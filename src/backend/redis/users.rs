@@ -1,10 +1,16 @@
-//! Users: one key per name, created with `SET NX`, changed one field at a
-//! time by a script (`user_set`) that leaves the other fields as they are.
+//! Users: one key per name, created with `SET NX` (`user_create`), changed
+//! one field at a time by a script (`user_set`) that leaves the other fields
+//! as they are.
+//!
+//! Every write waits for a replica (`run_kept`): a name a failover frees
+//! again could be registered by someone else while the first user's
+//! sessions still carry it, and a password change or a disabling it undid
+//! would let a refused password or account in again.
 
 use async_trait::async_trait;
 use fred::prelude::*;
 
-use super::{keys, scripts::SCRIPTS, RedisBackend};
+use super::{connection::Call, keys, scripts::SCRIPTS, RedisBackend};
 use crate::{
     backend::{StoreError, StoreResult, StoredUser, UserStore},
     model::{User, UserId},
@@ -37,7 +43,8 @@ impl RedisBackend {
     ) -> StoreResult<Option<StoredUser>> {
         let id = id.map(|id| id.to_string()).unwrap_or_default();
         let args = vec![id.into(), field.into(), value.to_string().into()];
-        let written: Option<String> = self.conn.run(&SCRIPTS.user_set, vec![keys::user(name)], args).await?;
+        let written: Option<String> =
+            self.conn.run_kept(Call::new(&SCRIPTS.user_set, vec![keys::user(name)], args)).await?;
         written.as_deref().map(read_record).transpose()
     }
 }
@@ -46,11 +53,8 @@ impl RedisBackend {
 impl UserStore for RedisBackend {
     async fn create(&self, user: &User, password_hash: &str) -> StoreResult<bool> {
         let record = serde_json::json!({ "id": user.id, "name": user.name, "hash": password_hash }).to_string();
-        let set: Option<String> = self
-            .conn
-            .timed("set", self.conn.fast.set(keys::user(&user.name), record, None, Some(SetOptions::NX), false))
-            .await?;
-        Ok(set.is_some())
+        let call = Call::new(&SCRIPTS.user_create, vec![keys::user(&user.name)], vec![record.into()]);
+        Ok(self.conn.run_kept::<i64>(call).await? == 1)
     }
 
     async fn find(&self, name: &str) -> StoreResult<Option<StoredUser>> {
