@@ -47,6 +47,11 @@
 //! server's deliveries per second or its p99 is above 1.5 times the bare
 //! server's (`--report-only`: says so and goes on).
 //!
+//! `churn`: `--clients` users (32) each reconnecting again and again into
+//! one room for `--seconds`: palaver's public room with presence on, with a
+//! cookie and then with an access token; the peers into their room; every
+//! `hello` checked. Prints palaver's rates as shares of the bare server's.
+//!
 //! `chat`: two instances on one Redis (`--instances`; the bare server: one
 //! process);
 //! `--sockets` sockets in one room, split across the instances; `--senders`
@@ -138,7 +143,7 @@ mod storm;
 use crate::{
     chaos::chaos,
     chat::{chat, fanout},
-    handshakes::handshakes,
+    handshakes::{churn, handshakes},
     idle::{idle, idle_client},
     login::{login_storm, logins},
     presence::presence_storm,
@@ -158,6 +163,7 @@ async fn main() {
         "replay" => replay(&args).await,
         "handshakes" => handshakes(&args).await,
         "fanout" => fanout(&args).await,
+        "churn" => churn(&args).await,
         "chaos" => chaos(&args).await,
         "storm" => storm(&args).await,
         "idle-client" => idle_client(&args).await,
@@ -175,7 +181,7 @@ async fn main() {
         }
         _ => eprintln!(
             "usage: cargo bench --bench loadgen -- \
-             idle|chat|fanout|login|replay|handshakes|logout|revoke|presence-storm|login-storm|chaos|storm \
+             idle|chat|fanout|login|replay|handshakes|churn|logout|revoke|presence-storm|login-storm|chaos|storm \
              [--server palaver,node,bare] [--sockets N] [--instances K] [--clients P] [--rates a,b] [--seconds S] \
              [--count N] [--messages N] [--body N] [--concurrency N] [--room-kind public,private] [--same-room] \
              [--users N] [--repeat N] [--gap-ms N] [--logins N] [--rate R] [--cluster] [--wait-replicas N] \

@@ -2459,10 +2459,8 @@ mod redis_only {
             assert!(called.contains(name), "the sources are read: {name} is called, found {called:?}");
         }
         let digest = |name: &str| {
-            let file = format!("{}/src/backend/redis/scripts/{name}.lua", env!("CARGO_MANIFEST_DIR"));
-            let source =
-                std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{name} is called but {file} is missing"));
-            fred::util::sha1_hash(&source)
+            palaver::backend::redis::RedisBackend::script_digest(name)
+                .unwrap_or_else(|| panic!("{name} is called but not in the list of scripts"))
         };
         let cached = |name: &str| server.command(&["SCRIPT", "EXISTS", &digest(name)]).expect("SCRIPT EXISTS");
         assert_eq!(server.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));

@@ -61,6 +61,13 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
+    /// The digest a script of the list runs by (`None`: not in the list).
+    /// A script may be more than its file (`append_at_once`), so this, not
+    /// the file, says what `SCRIPT EXISTS` must find.
+    pub fn script_digest(name: &str) -> Option<String> {
+        scripts::SCRIPTS.all().into_iter().find(|s| s.name == name).map(|s| s.sha.clone())
+    }
+
     /// Connects every client; fails when Redis does not answer now.
     pub async fn connect(
         url: &str,
