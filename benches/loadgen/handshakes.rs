@@ -10,8 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::SinkExt;
 use tokio_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue},
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
     MaybeTlsStream,
 };
 
@@ -19,7 +20,7 @@ use crate::{
     args::arg,
     http::{bearer, register, RoomApi},
     servers::{servers, start_redis, start_servers, Kind},
-    sockets::{next_json, NEXT_SOURCE},
+    sockets::{next_json, open, NEXT_SOURCE},
 };
 
 /// Where palaver's handshakes go (`--room-kind public,private`).
@@ -234,12 +235,21 @@ pub(crate) async fn churn(args: &[String]) {
         let names: Vec<String> = (0..clients).map(|i| format!("flap{i}")).collect();
         match kind {
             Kind::Palaver => {
-                let cookies = names.iter().map(|n| (Some(("cookie", register(port, n))), n.clone())).collect();
+                let cookies: Vec<_> = names.iter().map(|n| (Some(("cookie", register(port, n))), n.clone())).collect();
                 let tokens = names.iter().map(|n| (Some(("authorization", bearer(port, n))), n.clone())).collect();
+                // A room people come back to has been said something in:
+                // it exists (a free name is read from the store at every
+                // upgrade, as nothing announces that it came to exist).
+                let first = cookies[0].0.as_ref().expect("a cookie").1.clone();
+                let mut ws = open(port, &first, &RoomKind::Public.query()).await;
+                next_json(&mut ws).await.expect("hello");
+                ws.send(Message::Text(r#"{"type":"send","body":"welcome","client_id":"w"}"#.into())).await.unwrap();
+                while next_json(&mut ws).await.expect("an ack")["type"] != "ack" {}
+                drop(ws);
                 let cookie = clients_rate(port, cookies, RoomKind::Public, seconds).await;
                 let token = clients_rate(port, tokens, RoomKind::Public, seconds).await;
                 println!(
-                    "churn (palaver), {clients} users reconnecting into public room `plaza` (presence on), {seconds} s \
+                    "churn (palaver), {clients} users reconnecting into public room `plaza` (presence on, one message in it), {seconds} s \
                      each: cookie {cookie:.0}/s, access token {token:.0}/s (each read its hello as its user)"
                 );
                 palaver = Some((cookie, token));
