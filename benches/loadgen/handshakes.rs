@@ -19,7 +19,7 @@ use tokio_tungstenite::{
 use crate::{
     args::arg,
     http::{bearer, register, RoomApi},
-    servers::{servers, start_redis, start_servers, Kind},
+    servers::{servers, start_redis, start_servers, Kind, Process},
     sockets::{next_json, open, NEXT_SOURCE},
 };
 
@@ -64,6 +64,25 @@ impl RoomKind {
             RoomKind::Default => String::new(),
             other => format!("?room={}", other.room()),
         }
+    }
+}
+
+/// One server of a kind on a fresh Redis, its access tokens lasting the
+/// run. Fields drop in order: the server, then the store, then its folder.
+struct Alone {
+    _servers: Vec<(Process, u16)>,
+    _redis: Process,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Alone {
+    fn start(kind: Kind) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (redis, redis_port) = start_redis(dir.path());
+        let servers = start_servers(kind, redis_port, 1, &[("ACCESS_TOKEN_TTL_SECS", "3600")]);
+        let port = servers[0].1;
+        Self { _servers: servers, _redis: redis, _dir: dir, port }
     }
 }
 
@@ -136,10 +155,8 @@ pub(crate) async fn handshakes(args: &[String]) {
     let room_kinds = RoomKind::list(args);
     let (mut palaver, mut bare) = (None, None);
     for kind in servers(args) {
-        let dir = tempfile::tempdir().unwrap();
-        let (_redis, redis_port) = start_redis(dir.path());
-        let servers = start_servers(kind, redis_port, 1, &[("ACCESS_TOKEN_TTL_SECS", "3600")]);
-        let port = servers[0].1;
+        let alone = Alone::start(kind);
+        let port = alone.port;
         match kind {
             Kind::Palaver => {
                 let cookie = register(port, "shaker");
@@ -228,10 +245,8 @@ pub(crate) async fn churn(args: &[String]) {
     let seconds: u64 = arg(args, "--seconds", 10);
     let (mut palaver, mut bare) = (None, None);
     for kind in servers(args) {
-        let dir = tempfile::tempdir().unwrap();
-        let (_redis, redis_port) = start_redis(dir.path());
-        let servers = start_servers(kind, redis_port, 1, &[("ACCESS_TOKEN_TTL_SECS", "3600")]);
-        let port = servers[0].1;
+        let alone = Alone::start(kind);
+        let port = alone.port;
         let names: Vec<String> = (0..clients).map(|i| format!("flap{i}")).collect();
         match kind {
             Kind::Palaver => {
