@@ -105,7 +105,7 @@ impl AppendSteps {
 
     /// What step 1's kind means for step 3, or `None`: the sender may not
     /// write here.
-    fn kind(&self, room: &RoomName, kind: i64) -> Option<&'static str> {
+    fn kind(room: &RoomName, kind: i64) -> Option<&'static str> {
         match kind {
             _ if room.is_direct() => Some("direct"),
             0 => Some("public"),
@@ -157,6 +157,18 @@ impl AtOnce {
                 AtOnce::Stored((word, stored))
             }
             _ => return Err(StoreError::Corrupt(format!("append_at_once answered {parts:?}"))),
+        })
+    }
+
+    /// What the append did; `Err` gives the message back when it is a
+    /// resend, which is confirmed as the steps confirm it.
+    fn outcome(self, steps: &AppendSteps, message: NewMessage) -> Result<StoreResult<Appended>, NewMessage> {
+        Ok(match self {
+            AtOnce::Refused => Ok(Appended::NotVisible),
+            AtOnce::Throttled => Ok(Appended::Throttled),
+            AtOnce::Quota => Ok(Appended::NewRoomRefused),
+            AtOnce::Stored(answer) => steps.stored(message, answer),
+            AtOnce::Seen => return Err(message),
         })
     }
 }
@@ -214,7 +226,7 @@ impl History for RedisBackend {
     /// sender write here? a resend? does it exist?), charge the sender
     /// (rate, new-room quota), store in the room if the sender still may
     /// (and, with `REDIS_WAIT_REPLICAS`, wait for the replicas).
-    async fn append(&self, room: &RoomName, message: NewMessage) -> StoreResult<Appended> {
+    async fn append(&self, room: &RoomName, mut message: NewMessage) -> StoreResult<Appended> {
         if room.is_direct() && room.other_member(message.sender).is_none() {
             return Ok(Appended::NotVisible);
         }
@@ -225,20 +237,17 @@ impl History for RedisBackend {
             // pace is what the steps cost in turns (BENCHMARKS.md, fan-out
             // at 200 messages per second).
             let answer = self.conn.run_durably(steps.at_once(room)).await?;
-            match AtOnce::read(answer)? {
-                AtOnce::Refused => return Ok(Appended::NotVisible),
-                AtOnce::Throttled => return Ok(Appended::Throttled),
-                AtOnce::Quota => return Ok(Appended::NewRoomRefused),
-                AtOnce::Stored(answer) => return steps.stored(message, answer),
+            match AtOnce::read(answer)?.outcome(&steps, message) {
+                Ok(appended) => return appended,
                 // A resend: confirmed as the steps confirm it, below.
-                AtOnce::Seen => {}
+                Err(resend) => message = resend,
             }
         }
 
         // 1. The room: its kind, a resend, and whether the room exists.
         let (seen, exists, kind): (String, i64, i64) =
             self.conn.run(&SCRIPTS.append_check, steps.check_keys.clone(), steps.check_args.clone()).await?;
-        let Some(kind) = steps.kind(room, kind) else { return Ok(Appended::NotVisible) };
+        let Some(kind) = AppendSteps::kind(room, kind) else { return Ok(Appended::NotVisible) };
         if !seen.is_empty() {
             if let Some(id) = self.confirm_resend(steps.dedupe.as_deref().expect("seen by its key")).await? {
                 return Ok(Appended::Duplicate(id));
@@ -287,12 +296,9 @@ impl History for RedisBackend {
         };
         let mut answers = Vec::with_capacity(messages.len());
         for ((message, steps), reply) in messages.into_iter().zip(&steps).zip(replies) {
-            answers.push(match AtOnce::read(reply) {
-                Ok(AtOnce::Refused) => Ok(Appended::NotVisible),
-                Ok(AtOnce::Throttled) => Ok(Appended::Throttled),
-                Ok(AtOnce::Quota) => Ok(Appended::NewRoomRefused),
-                Ok(AtOnce::Stored(answer)) => steps.stored(message, answer),
-                Ok(AtOnce::Seen) => self.append(room, message).await,
+            answers.push(match AtOnce::read(reply).map(|at_once| at_once.outcome(steps, message)) {
+                Ok(Ok(appended)) => appended,
+                Ok(Err(resend)) => self.append(room, resend).await,
                 Err(err) => Err(err),
             });
         }
